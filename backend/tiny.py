@@ -1,0 +1,104 @@
+"""Write a tiny Stable Diffusion pipeline with random weights, for offline smoke runs and tests.
+
+    python -m backend.tiny ./data/tiny-sd
+
+The folder is in diffusers layout, so the backend loads it through the same `from_pretrained`
+code path as a real model (`MODEL_ID=./data/tiny-sd`). Its native size is 64x64 and it draws
+noise, quickly: the point is to exercise the whole system, not to make pictures.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+SEED = 0
+SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
+
+
+def _write_tokenizer(folder: Path) -> None:
+    """A byte-level CLIP tokenizer with no merges: every character is a token."""
+    from transformers import CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = [chr(c) for c in range(256)]
+    vocab = {tok: i for i, tok in enumerate(chars + [c + "</w>" for c in chars] + list(SPECIAL_TOKENS))}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+    tokenizer.save_pretrained(folder)
+
+
+def build_tiny_pipeline(output: Path) -> Path:
+    """Build the real diffusers classes at toy size with a fixed seed and save them to `output`."""
+    import torch
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    output = Path(output)
+    _write_tokenizer(output / "tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(output / "tokenizer")
+
+    torch.manual_seed(SEED)
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16,
+        norm_num_groups=4,
+        attention_head_dim=2,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=64,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.eos_token_id,
+            hidden_size=16,
+            intermediate_size=32,
+            num_attention_heads=2,
+            num_hidden_layers=2,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=77,
+            projection_dim=16,
+        )
+    )
+    scheduler = DPMSolverMultistepScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, steps_offset=1
+    )
+    pipe = StableDiffusionPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(output, safe_serialization=True)
+    return output
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("output", type=Path, help="folder to write the pipeline to")
+    args = parser.parse_args()
+    path = build_tiny_pipeline(args.output)
+    print(f"wrote a tiny random pipeline to {path}; run with MODEL_ID={path.resolve()}")
+
+
+if __name__ == "__main__":
+    main()
