@@ -1,0 +1,86 @@
+"""What routes depend on, as Annotated aliases: the services, and who the caller is."""
+
+import hashlib
+import hmac
+import ipaddress
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from backend.catalog import Catalog
+from backend.config import Settings
+from backend.errors import RateLimited, ShowroomError
+from backend.jobs import JobService
+from backend.metrics import Metrics
+from backend.ratelimit import RateLimiter
+from backend.scheduler import Scheduler
+from backend.storage import Storage
+
+
+@dataclass
+class Services:
+    settings: Settings
+    storage: Storage
+    catalog: Catalog
+    scheduler: Scheduler
+    jobs: JobService
+    metrics: Metrics
+    limiter: RateLimiter
+    upscales: object = None
+
+
+class Unauthorized(ShowroomError):
+    status_code = 401
+
+
+class Forbidden(ShowroomError):
+    status_code = 403
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "testclient"  # starlette's TestClient
+
+
+def require_client(request: Request, services: ServicesDep,
+                   authorization: Annotated[str | None, Header()] = None) -> str:
+    """The caller's identity for rate limits and idempotency; refuses callers without the key."""
+    expected = services.settings.api_key
+    host = request.client.host if request.client else ""
+    if expected is None:
+        if not _is_loopback(host):
+            raise Forbidden("API_KEY is not set on the backend, so /v1 answers only local clients; "
+                            "set API_KEY on the backend and send it as 'Authorization: Bearer <API_KEY>'")
+        return f"local:{host}"
+    scheme, _, token = (authorization or "").partition(" ")
+    secret = expected.get_secret_value().encode()
+    # compare_digest takes the same time wherever the first wrong byte is: no timing oracle
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), secret):
+        raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer <API_KEY>'",
+                           headers={"WWW-Authenticate": "Bearer"})
+    return "key:" + hashlib.sha256(secret).hexdigest()[:16]
+
+
+ClientDep = Annotated[str, Depends(require_client)]
+
+
+def rate_limited(services: ServicesDep, client: ClientDep) -> str:
+    wait = services.limiter.allow(client)
+    if wait:
+        services.metrics.refused.labels("rate_limit").inc()
+        raise RateLimited(f"too many submissions; the limit is {services.settings.rate_limit_per_minute} a "
+                          f"minute, try again in {wait:.0f} s", headers={"Retry-After": str(max(1, round(wait)))})
+    return client
+
+
+RateLimitedClientDep = Annotated[str, Depends(rate_limited)]

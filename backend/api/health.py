@@ -1,0 +1,55 @@
+"""Health and metrics: no auth, so load balancers, the frontend and Prometheus can read them."""
+
+from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+
+from backend.api.deps import ServicesDep
+from backend.storage import StorageError
+
+router = APIRouter(tags=["health"])
+
+
+def overall(workers: list[dict], storage_ok: bool, unsaved: int) -> tuple[str, str | None]:
+    states = [w["state"] for w in workers]
+    working = sum(s in ("ready", "busy") for s in states)
+    if not storage_ok:
+        return "degraded", "storage is unreachable; results are kept and written when it returns"
+    if unsaved:
+        return "degraded", f"{unsaved} job manifests wait to be written to storage"
+    if working == 0 and "starting" in states:
+        return "starting", "loading the model"
+    if working == 0:
+        return "error", "no worker is running"
+    if working < len(states):
+        return "degraded", f"{working} of {len(states)} workers are up"
+    return "ok", None
+
+
+@router.get("/health")
+async def health(services: ServicesDep) -> dict:
+    """Is the backend up, are its workers ready, how long is the queue."""
+    snap = services.scheduler.snapshot()
+    try:
+        await run_in_threadpool(services.storage.ping)
+        storage_ok = True
+    except StorageError:
+        storage_ok = False
+    status, detail = overall(snap["workers"], storage_ok, snap["unsaved"])
+    if status == "error" and snap["errors"]:
+        detail = snap["errors"][0]
+    return {
+        "status": status,
+        "model": services.settings.model_id,
+        "workers": snap["workers"],
+        "queue": {"pending": snap["pending"]},
+        "upscaler": services.settings.active_upscaler if services.upscales else "off",
+        "detail": detail,
+    }
+
+
+@router.get("/metrics")
+def metrics(services: ServicesDep) -> Response:
+    """Prometheus text format."""
+    body = services.metrics.render(services.scheduler.snapshot())
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

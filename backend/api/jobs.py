@@ -1,0 +1,126 @@
+"""Jobs: submit (JSON, or multipart with a photo), list, get, cancel, upscale one image."""
+
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from backend.api.deps import ClientDep, RateLimitedClientDep, ServicesDep
+from backend.errors import InvalidRequest, PayloadTooLarge, Unavailable
+from backend.models import JobManifest, JobSpec, JobTicket
+from backend.store import is_job_id
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+_SPEC_SCHEMA = {"$ref": "#/components/schemas/JobSpec"}
+_SUBMIT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": _SPEC_SCHEMA},
+            "multipart/form-data": {"schema": {
+                "type": "object", "required": ["spec"],
+                "properties": {"spec": {"type": "string", "description": "JobSpec as JSON"},
+                               "image": {"type": "string", "format": "binary"}},
+            }},
+        },
+    }
+}
+
+
+def validation_message(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        where = ".".join(str(p) for p in err.get("loc", ())) or "spec"
+        parts.append(f"{where}: {str(err.get('msg', 'invalid')).removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
+def parse_spec(raw: bytes | str) -> JobSpec:
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidRequest(f"the job spec is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("the job spec must be a JSON object")
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as e:
+        raise InvalidRequest(validation_message(e)) from None
+
+
+async def read_submission(request: Request, max_photo: int) -> tuple[JobSpec, bytes | None]:
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        try:
+            form = await request.form(max_files=1, max_fields=4)
+        except Exception as e:
+            raise InvalidRequest(f"the multipart body could not be read: {e}") from None
+        spec_part, image_part = form.get("spec"), form.get("image")
+        if spec_part is None:
+            raise InvalidRequest("the multipart body needs a part 'spec' holding the JobSpec as JSON")
+        spec = parse_spec(await spec_part.read() if isinstance(spec_part, UploadFile) else spec_part)
+        if image_part is None:
+            return spec, None
+        if not isinstance(image_part, UploadFile):
+            raise InvalidRequest("the part 'image' must be a file upload")
+        photo = await image_part.read(max_photo + 1)
+        if len(photo) > max_photo:
+            raise PayloadTooLarge(f"the photo is larger than the limit of {max_photo} bytes")
+        return spec, photo
+    if content_type and not content_type.startswith("application/json"):
+        raise InvalidRequest(f"send the JobSpec as application/json, or multipart/form-data with parts "
+                             f"'spec' and 'image'; got {content_type!r}")
+    return parse_spec(await request.body()), None
+
+
+@router.post("", status_code=202, response_model=JobTicket, openapi_extra=_SUBMIT_BODY)
+async def submit_job(request: Request, services: ServicesDep, client: RateLimitedClientDep,
+                     idempotency_key: Annotated[str | None, Header()] = None) -> JobTicket:
+    """Queue a job and answer at once with the keys its images will have."""
+    spec, photo = await read_submission(request, services.settings.max_upload_bytes)
+    try:
+        job = await run_in_threadpool(services.jobs.submit, spec, photo, idempotency_key, client)
+    except Exception as e:
+        services.metrics.refused.labels(type(e).__name__).inc()
+        raise
+    services.metrics.jobs.inc()
+    return job.ticket()
+
+
+@router.get("", response_model=dict[str, list[JobManifest]])
+async def list_jobs(services: ServicesDep, client: ClientDep,
+                    limit: Annotated[int, Query(ge=1, le=200)] = 20) -> dict:
+    """Recent jobs, newest first."""
+    return {"jobs": await run_in_threadpool(services.jobs.list, limit)}
+
+
+def _job_id(job_id: str) -> str:
+    if not is_job_id(job_id):
+        from backend.errors import NotFound
+
+        raise NotFound(f"no job {job_id!r}: job ids are 32 lowercase hex characters")
+    return job_id
+
+
+@router.get("/{job_id}", response_model=JobManifest)
+async def get_job(job_id: str, services: ServicesDep, client: ClientDep) -> JobManifest:
+    """One job's manifest."""
+    return await run_in_threadpool(services.jobs.get, _job_id(job_id))
+
+
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobManifest)
+async def cancel_job(job_id: str, services: ServicesDep, client: ClientDep) -> JobManifest:
+    """Cancel the queued images of a job and interrupt the running ones."""
+    return await run_in_threadpool(services.jobs.cancel, _job_id(job_id))
+
+
+@router.post("/{job_id}/images/{index}/upscale", status_code=202)
+async def upscale_image(job_id: str, index: int, services: ServicesDep, client: ClientDep) -> dict:
+    """Queue a 4x upscale of one succeeded image."""
+    if services.upscales is None:
+        raise Unavailable("upscaler is off: set UPSCALER=replicate with REPLICATE_API_TOKEN, or UPSCALER=local")
+    return await run_in_threadpool(services.upscales.request, _job_id(job_id), index)

@@ -1,0 +1,68 @@
+"""Products live in storage (so an upload is usable at once, by every worker); templates ship with the code."""
+
+import json
+import logging
+from functools import lru_cache
+from pathlib import Path
+
+from backend.errors import UnknownReference
+from backend.models import Product, Template, check_name
+from backend.storage import NotFound, Storage
+
+log = logging.getLogger("showroom.catalog")
+TEMPLATES_FILE = Path(__file__).with_name("templates.json")
+
+
+@lru_cache
+def load_templates() -> dict[str, Template]:
+    templates = [Template(**t) for t in json.loads(TEMPLATES_FILE.read_text())]
+    return {t.id: t for t in templates}
+
+
+def lora_key(name: str) -> str:
+    return f"products/{check_name('product', name)}.safetensors"
+
+
+def product_key(name: str) -> str:
+    return f"products/{check_name('product', name)}.json"
+
+
+class Catalog:
+    def __init__(self, storage: Storage):
+        self.storage = storage
+
+    @property
+    def templates(self) -> dict[str, Template]:
+        return load_templates()
+
+    def template(self, template_id: str) -> Template:
+        try:
+            return self.templates[template_id]
+        except KeyError:
+            raise UnknownReference(f"unknown template {template_id!r}; GET /v1/catalog lists them") from None
+
+    def products(self) -> list[Product]:
+        found = []
+        for key in self.storage.list_files("products/"):
+            if key.endswith(".json"):
+                try:
+                    found.append(Product.model_validate_json(self.storage.get(key)))
+                except (NotFound, ValueError):
+                    log.warning("skipping unreadable product record %s", key)
+        return sorted(found, key=lambda p: p.name)
+
+    def product(self, name: str) -> Product:
+        try:
+            return Product.model_validate_json(self.storage.get(product_key(name)))
+        except NotFound:
+            raise UnknownReference(f"unknown product {name!r}; add it with POST /v1/products") from None
+
+    def lora_exists(self, name: str) -> bool:
+        return self.storage.exists(lora_key(name))
+
+    def add_product(self, product: Product, lora: bytes) -> Product:
+        # The weights go first: a product record is only listed once its LoRA is complete.
+        self.storage.put(lora_key(product.name), lora, "application/octet-stream")
+        self.storage.put(product_key(product.name), product.model_dump_json().encode(), "application/json")
+        log.info("product %s added (%d bytes of LoRA)", product.name, len(lora))
+        return product

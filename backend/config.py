@@ -1,0 +1,97 @@
+"""The one settings object. Names follow ../shared/CONTRACT.md; nothing else reads os.environ."""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_STORAGE_URL = f"file://{Path('data/storage').resolve()}"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False)
+
+    # --- contract names ---
+    model_id: str = DEFAULT_MODEL_ID
+    device: Literal["auto", "cuda", "cpu", "mps"] = "auto"
+    workers: str = "auto"
+    storage_url: str = DEFAULT_STORAGE_URL
+    s3_endpoint_url: str | None = None
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: SecretStr | None = None
+    aws_region: str | None = None
+    api_key: SecretStr | None = None
+    upscaler: Literal["replicate", "local", "off"] | None = None
+    replicate_api_token: SecretStr | None = None
+    replicate_base_url: str | None = None
+
+    # --- ours (documented in README) ---
+    queue_max_images: int = Field(256, ge=1, description="images waiting in the queue before 429")
+    max_batch: int = Field(8, ge=1, description="most images of one job a worker generates as one batch")
+    image_timeout_s: float = Field(600, gt=0, description="per-image time limit (scaled by batch size)")
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_upload_pixels: int = Field(40_000_000, ge=1024)
+    max_lora_bytes: int = Field(1024 * 1024 * 1024, ge=1024)
+    rate_limit_per_minute: int = Field(60, ge=0, description="job submissions per client per minute; 0 = off")
+    cors_origins: list[str] = Field(default_factory=list)
+    presign_ttl_s: int = Field(600, ge=10, le=7 * 24 * 3600)
+    idle_stop_minutes: float = Field(0, ge=0, description="stop this vast.ai instance after N idle minutes; 0 = off")
+    replicate_model: str = "mv-lab/swin2sr"
+    replicate_version: str | None = None
+    replicate_task: str = "real_sr"
+    local_upscaler_model: str = "caidas/swin2SR-realworld-sr-x4-64-bsrgan-psnr"
+    compile: bool = Field(False, description="torch.compile the UNet on CUDA (slow first image, faster after)")
+    public_bind: bool = Field(False, description="set when the API is reachable from outside; then API_KEY is required")
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value != "auto" and not (value.isdigit() and 1 <= int(value) <= 64):
+            raise ValueError(f"WORKERS must be 'auto' or a number from 1 to 64, got {value!r}")
+        return value
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_url(cls, value: str) -> str:
+        if not (value.startswith("s3://") or value.startswith("file:///")):
+            raise ValueError(f"STORAGE_URL must be s3://bucket[/prefix] or file:///absolute/path, got {value!r}")
+        if value.startswith("s3://") and not value[5:].split("/")[0]:
+            raise ValueError(f"STORAGE_URL names no bucket: {value!r}")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> "Settings":
+        if self.storage_url.startswith("s3://") and bool(self.aws_access_key_id) != bool(self.aws_secret_access_key):
+            raise ValueError("set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither (boto3's chain)")
+        if self.public_bind and not self.api_key:
+            raise ValueError("PUBLIC_BIND is set but API_KEY is not: set API_KEY, or anyone can spend your GPU")
+        if self.upscaler == "replicate" and not self.replicate_api_token:
+            raise ValueError("UPSCALER=replicate needs REPLICATE_API_TOKEN")
+        return self
+
+    @property
+    def active_upscaler(self) -> str:
+        if self.upscaler:
+            return self.upscaler
+        return "replicate" if self.replicate_api_token else "off"
+
+    def open_storage(self):
+        from backend.storage import open_storage
+
+        secret = self.aws_secret_access_key.get_secret_value() if self.aws_secret_access_key else None
+        return open_storage(self.storage_url, endpoint_url=self.s3_endpoint_url, access_key=self.aws_access_key_id,
+                            secret_key=secret, region=self.aws_region)
+
+    def worker_count(self, gpus: int) -> int:
+        if self.workers != "auto":
+            return int(self.workers)
+        return max(gpus, 1)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

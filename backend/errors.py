@@ -1,0 +1,81 @@
+"""Domain errors inside, HTTP codes at the edge: the one place where one becomes the other."""
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("showroom.api")
+
+
+class ShowroomError(Exception):
+    status_code = 400
+
+    def __init__(self, detail: str, headers: dict[str, str] | None = None):
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers
+
+
+class InvalidRequest(ShowroomError):
+    status_code = 422
+
+
+class UnknownReference(ShowroomError):
+    """The body names a product, template or LoRA that the catalog does not have."""
+    status_code = 422
+
+
+class NotFound(ShowroomError):
+    status_code = 404
+
+
+class Conflict(ShowroomError):
+    status_code = 409
+
+
+class PayloadTooLarge(ShowroomError):
+    status_code = 413
+
+
+class QueueFull(ShowroomError):
+    status_code = 429
+
+
+class RateLimited(ShowroomError):
+    status_code = 429
+
+
+class Unavailable(ShowroomError):
+    status_code = 503
+
+
+def _location(loc: tuple) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ShowroomError)
+    async def _domain(request: Request, exc: ShowroomError):
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        messages = []
+        for err in exc.errors():
+            msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+            messages.append(f"{_location(tuple(err.get('loc', ())))}: {msg}")
+        return JSONResponse({"detail": "; ".join(messages) or "invalid request"}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal error; the server log has the details"}, status_code=500)

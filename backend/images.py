@@ -1,0 +1,70 @@
+"""Pictures in and out: judging an uploaded photo by its content, and writing PNGs with their parameters."""
+
+import io
+import json
+import warnings
+
+from PIL import Image, ImageOps, PngImagePlugin
+
+ACCEPTED_FORMATS = {"PNG", "JPEG", "WEBP"}
+
+
+class BadImage(ValueError):
+    """The upload is not a usable picture; the message says why."""
+
+
+def normalize_photo(data: bytes, *, max_bytes: int, max_pixels: int) -> bytes:
+    """Check an uploaded photo by its content and return it as a clean RGB PNG with no EXIF.
+
+    Refuses: empty or oversized uploads, anything that is not PNG/JPEG/WebP whatever its name
+    or content type says, truncated files, and images whose header claims more pixels than
+    `max_pixels` (decompression bombs are refused before any pixel is decoded).
+    """
+    if not data:
+        raise BadImage("the photo is empty")
+    if len(data) > max_bytes:
+        raise BadImage(f"the photo is {len(data)} bytes; the limit is {max_bytes} bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            if img.format not in ACCEPTED_FORMATS:
+                raise BadImage(f"the photo must be PNG, JPEG or WebP, got {img.format}")
+            width, height = img.size
+            if width * height > max_pixels:
+                raise BadImage(f"the photo is {width}x{height} pixels; the limit is {max_pixels} pixels in all")
+            img.load()
+            img = ImageOps.exif_transpose(img)
+    except BadImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise BadImage(f"the photo claims more than {max_pixels} pixels") from None
+    except Exception as e:  # PIL raises many kinds for broken input: all mean the same to the user
+        raise BadImage(f"the photo could not be read as an image ({type(e).__name__}: {e})") from None
+    if img.mode in ("RGBA", "LA", "P"):
+        img = img.convert("RGBA")
+        background = Image.new("RGB", img.size, (255, 255, 255))
+        background.paste(img, mask=img.getchannel("A"))
+        img = background
+    out = io.BytesIO()
+    img.convert("RGB").save(out, format="PNG")  # a fresh PNG carries no EXIF, GPS or maker notes
+    return out.getvalue()
+
+
+def encode_png(img: Image.Image, parameters: dict) -> bytes:
+    """A PNG with its generation parameters in text chunks: `parameters` (the A1111 style line
+    other tools read) and `showroom` (the same as JSON)."""
+    info = PngImagePlugin.PngInfo()
+    line = (f"{parameters.get('prompt', '')}\nNegative prompt: {parameters.get('negative_prompt', '')}\n"
+            f"Steps: {parameters.get('steps')}, CFG scale: {parameters.get('guidance_scale')}, "
+            f"Seed: {parameters.get('seed')}, Size: {img.width}x{img.height}, Model: {parameters.get('model')}")
+    info.add_text("parameters", line)
+    info.add_text("showroom", json.dumps(parameters, sort_keys=True))
+    out = io.BytesIO()
+    img.save(out, format="PNG", pnginfo=info)
+    return out.getvalue()
+
+
+def read_png_parameters(data: bytes) -> dict:
+    with Image.open(io.BytesIO(data)) as img:
+        return json.loads(img.text.get("showroom", "{}"))

@@ -1,0 +1,135 @@
+"""The backend: `uvicorn backend.main:app --host 0.0.0.0 --port 8000`.
+
+It owns the HTTP API and starts one generation worker process per GPU. The API process never
+imports torch: the workers do.
+"""
+
+import json
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.responses import JSONResponse
+
+from backend.api import catalog, health, jobs, products
+from backend.api.deps import Services
+from backend.catalog import Catalog
+from backend.config import Settings, get_settings
+from backend.errors import install_error_handlers
+from backend.jobs import JobService
+from backend.metrics import Metrics
+from backend.ratelimit import RateLimiter
+from backend.recovery import recover
+from backend.scheduler import Scheduler
+from backend.store import JobStore
+
+log = logging.getLogger("showroom")
+
+
+def visible_gpus() -> int:
+    """Count GPUs without importing torch into the API process."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("nvidia-smi"):
+        return 0
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return sum(line.startswith("GPU ") for line in out.splitlines())
+
+
+def native_size_guess(model_id: str) -> int:
+    """The model's native size from its config files when local, else from its name."""
+    folder = Path(model_id)
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+        return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    except (OSError, KeyError, ValueError):
+        return 1024 if "xl" in model_id.lower() else 512
+
+
+class BodyLimit:
+    """Refuse request bodies over a limit before they are read into memory (413)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared and declared.isdigit() and int(declared) > self.limit:
+            return await self._refuse(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope, receive, send):
+        response = JSONResponse({"detail": f"the request body is larger than the limit of {self.limit} bytes"},
+                                status_code=413)
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        storage = settings.open_storage()
+        store, catalog_ = JobStore(storage), Catalog(storage)
+        metrics = Metrics()
+        services_box: dict = {}
+        scheduler = Scheduler(settings, store, lambda job: services_box["jobs"].loras_for(job.spec),
+                              settings.worker_count(visible_gpus()), on_event=metrics.on_event)
+        job_service = JobService(settings, catalog_, store, scheduler, native_size_guess(settings.model_id))
+        services_box["jobs"] = job_service
+        app.state.services = Services(settings, storage, catalog_, scheduler, job_service, metrics,
+                                      RateLimiter(settings.rate_limit_per_minute))
+        log.info("storage %s, model %s, %d workers, upscaler %s", storage.url, settings.model_id,
+                 len(scheduler.slots), settings.active_upscaler)
+        scheduler.start()
+        recover(store, scheduler, job_service)
+        try:
+            yield
+        finally:
+            scheduler.stop()
+
+    app = FastAPI(title="Showroom", version="0.1.0", lifespan=lifespan,
+                  description="Pictures of a real product in any scene. See README.md.")
+    install_error_handlers(app)
+    for module in (health, catalog, products, jobs):
+        app.include_router(module.router)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "Idempotency-Key"])
+    app.add_middleware(BodyLimit, limit=max(settings.max_upload_bytes, settings.max_lora_bytes) + 64 * 1024)
+    return app
+
+
+def __getattr__(name: str):
+    # `backend.main:app` is built on first access, so importing this module reads no settings.
+    if name == "app":
+        globals()["app"] = create_app()
+        return globals()["app"]
+    raise AttributeError(name)

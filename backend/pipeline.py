@@ -1,0 +1,203 @@
+"""The diffusers side, imported only inside worker processes (it imports torch).
+
+One set of weights per worker: text-to-image and image-to-image share them (`from_pipe`).
+Half precision on CUDA, fp32 on CPU and MPS (fp16 on MPS overflows into NaN and black images).
+A NaN or black decode is retried once with the VAE in fp32; if it is still bad the image fails.
+"""
+
+import hashlib
+import io
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from backend.messages import LoraTask, Task
+
+log = logging.getLogger("showroom.pipeline")
+MAX_ADAPTERS = 16
+
+
+class Canceled(Exception):
+    pass
+
+
+def pick_device(preference: str, worker_id: int) -> str:
+    if preference in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{worker_id % torch.cuda.device_count()}"
+    if preference == "cuda":
+        raise RuntimeError("DEVICE=cuda but no CUDA GPU is visible to this process")
+    if preference in ("auto", "mps") and torch.backends.mps.is_available():
+        return "mps"
+    if preference == "mps":
+        raise RuntimeError("DEVICE=mps but MPS is not available on this machine")
+    return "cpu"
+
+
+def bad_pixels(arr: np.ndarray) -> str | None:
+    """Why an decoded image must not be stored, or None if it is fine."""
+    if not np.isfinite(arr).all():
+        return "the decoder produced NaN values (numerical overflow)"
+    if arr.max() < 2 / 255:
+        return "the image is entirely black"
+    return None
+
+
+class Adapters:
+    """Caches the LoRAs loaded into one pipeline and switches between them with set_adapters."""
+
+    def __init__(self, pipe, storage, cache_dir: Path, loader: Callable):
+        self.pipe, self.storage, self.cache_dir, self.loader = pipe, storage, Path(cache_dir), loader
+        self.loaded: OrderedDict[tuple[str, str], str] = OrderedDict()
+
+    def _ensure(self, lora: LoraTask) -> str:
+        version = self.storage.version(lora.key)
+        cache_key = (lora.name, version)
+        if cache_key in self.loaded:
+            self.loaded.move_to_end(cache_key)
+            return self.loaded[cache_key]
+        adapter = f"{lora.name}_{hashlib.sha1(version.encode()).hexdigest()[:8]}".replace("-", "_")
+        path = self.cache_dir / f"{adapter}.safetensors"
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(self.storage.get(lora.key))
+        self.loader(self.pipe, path, adapter)
+        self.loaded[cache_key] = adapter
+        while len(self.loaded) > MAX_ADAPTERS:
+            _, old = self.loaded.popitem(last=False)
+            self.pipe.delete_adapters(old)
+        log.info("loaded LoRA %s as adapter %s", lora.name, adapter)
+        return adapter
+
+    def activate(self, loras: tuple[LoraTask, ...]) -> None:
+        if not loras:
+            if self.loaded:
+                self.pipe.disable_lora()
+            return
+        names = [self._ensure(lora) for lora in loras]
+        self.pipe.enable_lora()
+        self.pipe.set_adapters(names, adapter_weights=[lora.weight for lora in loras])
+
+
+def load_lora_file(pipe, path: Path, adapter_name: str) -> None:
+    """Load a LoRA from safetensors only: never a pickle."""
+    try:
+        from backend.lora_formats import load_lora_into
+    except ImportError:  # the converters are optional; the diffusers layout loads without them
+        from safetensors.torch import load_file
+
+        pipe.load_lora_weights(load_file(str(path)), adapter_name=adapter_name)
+    else:
+        load_lora_into(pipe, path, adapter_name)
+
+
+class Generator:
+    def __init__(self, model_id: str, device: str, storage, cache_dir: Path, compile_unet: bool = False):
+        from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image
+
+        self.device, self.storage, self.model_id = device, storage, model_id
+        cuda = device.startswith("cuda")
+        self.dtype = torch.float16 if cuda else torch.float32
+        if cuda:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        extra = {"safety_checker": None, "requires_safety_checker": False} if self._has_safety_checker() else {}
+        variant = "fp16" if cuda and self._has_variant("fp16") else None
+        self.t2i = AutoPipelineForText2Image.from_pretrained(
+            model_id, dtype=self.dtype, use_safetensors=True, variant=variant, **extra)
+        self.t2i.to(device)
+        self.t2i.set_progress_bar_config(disable=True)
+        if cuda:
+            self.t2i.unet.to(memory_format=torch.channels_last)
+            self.t2i.vae.to(memory_format=torch.channels_last)
+            if compile_unet:
+                self.t2i.unet = torch.compile(self.t2i.unet, mode="max-autotune", fullgraph=True)
+        self.i2i = AutoPipelineForImage2Image.from_pipe(self.t2i)
+        self.i2i.set_progress_bar_config(disable=True)
+        self.native_size = int(self.t2i.unet.config.sample_size * self.t2i.vae_scale_factor)
+        self.adapters = Adapters(self.t2i, storage, cache_dir, load_lora_file)
+
+    def _has_safety_checker(self) -> bool:
+        index = Path(self.model_id) / "model_index.json"
+        if index.is_file():
+            return "safety_checker" in index.read_text()
+        return "xl" not in self.model_id.lower()
+
+    def _has_variant(self, variant: str) -> bool:
+        folder = Path(self.model_id)
+        if folder.is_dir():
+            return any(folder.glob(f"unet/*.{variant}.safetensors"))
+        return self.model_id.startswith(("stable-diffusion-v1-5/", "stabilityai/"))
+
+    def warm_up(self) -> None:
+        """One tiny generation so the first user image does not pay for lazy initialisation."""
+        size = min(self.native_size, 256)
+        self.t2i(prompt="warm up", num_inference_steps=1, width=size, height=size, output_type="latent",
+                 guidance_scale=1.0)
+
+    def _decode(self, latents: torch.Tensor) -> list[Image.Image | str]:
+        """Decode latents to images; each entry is a picture or the reason it cannot be stored."""
+        vae = self.t2i.vae
+        results: list[Image.Image | str] = []
+        for i in range(latents.shape[0]):
+            latent = latents[i:i + 1]
+            if not torch.isfinite(latent).all():
+                results.append("the model produced NaN values (numerical overflow); try another seed")
+                continue
+            arr = self._decode_one(vae, latent, vae.dtype)
+            reason = bad_pixels(arr)
+            if reason and vae.dtype != torch.float32:
+                log.warning("%s in %s; decoding again in fp32", reason, vae.dtype)
+                vae.to(torch.float32)
+                try:
+                    arr = self._decode_one(vae, latent, torch.float32)
+                finally:
+                    vae.to(self.dtype)
+                reason = bad_pixels(arr)
+            results.append(reason or Image.fromarray((arr * 255).round().astype(np.uint8)))
+        return results
+
+    def _decode_one(self, vae, latent: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
+        scaled = latent.to(dtype) / vae.config.scaling_factor
+        if getattr(vae.config, "shift_factor", None):
+            scaled = scaled + vae.config.shift_factor
+        decoded = vae.decode(scaled, return_dict=False)[0]
+        arr = self.t2i.image_processor.postprocess(decoded.float(), output_type="np")[0]
+        return arr.astype(np.float32)
+
+    def generate(self, task: Task, should_cancel: Callable[[], bool],
+                 on_step: Callable[[int, int], None]) -> list[Image.Image | str]:
+        """Run one batch; image i of the task comes from its own seed, whatever the batch size."""
+        n = len(task.indices)
+        self.adapters.activate(task.loras)
+
+        def callback(pipe, step, timestep, kwargs):
+            if should_cancel():
+                raise Canceled()
+            on_step(step + 1, task.steps)
+            return kwargs
+
+        kwargs = dict(
+            prompt=[task.prompt] * n, negative_prompt=[task.negative_prompt] * n,
+            num_inference_steps=task.steps, guidance_scale=task.guidance_scale,
+            # CPU generators: the same seed gives the same noise on any GPU, CPU or batch size.
+            generator=[torch.Generator("cpu").manual_seed(s) for s in task.seeds],
+            output_type="latent", callback_on_step_end=callback,
+        )
+        if task.input_key:
+            photo = Image.open(io.BytesIO(self.storage.get(task.input_key))).convert("RGB")
+            photo = photo.resize((task.width, task.height), Image.LANCZOS)
+            pipe, kwargs = self.i2i, kwargs | {"image": [photo] * n, "strength": task.strength}
+        else:
+            pipe, kwargs = self.t2i, kwargs | {"width": task.width, "height": task.height}
+        started = time.perf_counter()
+        with torch.inference_mode():
+            latents = pipe(**kwargs).images
+            images = self._decode(latents)
+        log.info("job %s images %s: %d steps in %.2fs on %s", task.job_id, list(task.indices), task.steps,
+                 time.perf_counter() - started, self.device)
+        return images

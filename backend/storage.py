@@ -1,0 +1,209 @@
+"""Object storage: one interface, two implementations chosen by STORAGE_URL.
+
+`s3://bucket[/prefix]` goes through boto3 (AWS or any S3-compatible endpoint), `file:///path` to a
+local directory. Every write is whole: a reader sees the old object or the new one, never a part.
+Only boto3 and the standard library are imported here, so the frontend can use it too.
+"""
+
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+from urllib.parse import urlparse
+
+
+class StorageError(Exception):
+    """Storage could not be reached or refused the request (after boto3's retries)."""
+
+
+class NotFound(StorageError):
+    """No object at that key."""
+
+
+def check_key(key: str) -> str:
+    """Keys are built by us, but refuse anything that could leave the storage root all the same."""
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in key or "\x00" in key:
+        raise ValueError(f"invalid storage key {key!r}")
+    return key
+
+
+class Storage(ABC):
+    url: str
+
+    @abstractmethod
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None: ...
+
+    @abstractmethod
+    def get(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    def version(self, key: str) -> str:
+        """A string that changes whenever the object at `key` is replaced (raises NotFound)."""
+
+    @abstractmethod
+    def list_dirs(self, prefix: str) -> list[str]:
+        """Names of the immediate sub-folders of `prefix` (e.g. job ids under `jobs/`)."""
+
+    @abstractmethod
+    def list_files(self, prefix: str) -> list[str]:
+        """Keys of the objects directly under `prefix`."""
+
+    def presigned_url(self, key: str, ttl_s: int) -> str | None:
+        """A short-lived URL a browser or a remote service can fetch, where the store supports it."""
+        return None
+
+    def ping(self) -> None:
+        """Raise StorageError if the store cannot be reached."""
+        self.list_dirs("jobs/")
+
+
+class LocalStorage(Storage):
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.url = f"file://{self.root}"
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)  # atomic: readers never see a partial file
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(key) from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def version(self, key: str) -> str:
+        try:
+            stat = self._path(key).stat()
+        except FileNotFoundError:
+            raise NotFound(key) from None
+        return f"{stat.st_mtime_ns}-{stat.st_size}"
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        folder = self.root / prefix.strip("/") if prefix.strip("/") else self.root
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if p.is_dir())
+
+    def list_files(self, prefix: str) -> list[str]:
+        folder = self.root / prefix.strip("/")
+        if not folder.is_dir():
+            return []
+        base = prefix.strip("/") + "/"
+        return sorted(base + p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".tmp-"))
+
+
+class S3Storage(Storage):
+    def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
+                 access_key: str | None = None, secret_key: str | None = None, region: str | None = None):
+        import boto3
+        from botocore.config import Config
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
+        # boto3's standard retry mode backs off on throttling, 5xx and connection errors: storage
+        # hiccups are common on cheap boxes and every write here is idempotent, so retrying pays.
+        config = Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=60,
+                        signature_version="s3v4", s3={"addressing_style": "path"})
+        self.client = boto3.client("s3", endpoint_url=endpoint_url, aws_access_key_id=access_key,
+                                   aws_secret_access_key=secret_key, region_name=region or "us-east-1",
+                                   config=config)
+
+    def _key(self, key: str) -> str:
+        return self.prefix + check_key(key)
+
+    def _call(self, method, **kwargs):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return method(Bucket=self.bucket, **kwargs)
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise NotFound(kwargs.get("Key", "")) from None
+            raise StorageError(f"S3 {code or 'error'}: {e.response.get('Error', {}).get('Message', '')}") from None
+        except BotoCoreError as e:
+            raise StorageError(f"S3 unreachable: {e}") from None
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        self._call(self.client.put_object, Key=self._key(key), Body=data, ContentType=content_type)
+
+    def get(self, key: str) -> bytes:
+        return self._call(self.client.get_object, Key=self._key(key))["Body"].read()
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._call(self.client.head_object, Key=self._key(key))
+            return True
+        except NotFound:
+            return False
+
+    def delete(self, key: str) -> None:
+        self._call(self.client.delete_object, Key=self._key(key))
+
+    def version(self, key: str) -> str:
+        return self._call(self.client.head_object, Key=self._key(key))["ETag"].strip('"')
+
+    def _list(self, prefix: str):
+        full = self.prefix + prefix.strip("/") + "/" if prefix.strip("/") else self.prefix
+        token = None
+        while True:
+            kwargs = {"Prefix": full, "Delimiter": "/"} | ({"ContinuationToken": token} if token else {})
+            page = self._call(self.client.list_objects_v2, **kwargs)
+            yield full, page
+            if not page.get("IsTruncated"):
+                return
+            token = page["NextContinuationToken"]
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        names = []
+        for full, page in self._list(prefix):
+            names += [p["Prefix"][len(full):].rstrip("/") for p in page.get("CommonPrefixes", [])]
+        return sorted(names)
+
+    def list_files(self, prefix: str) -> list[str]:
+        keys = []
+        for _, page in self._list(prefix):
+            keys += [o["Key"][len(self.prefix):] for o in page.get("Contents", [])]
+        return sorted(keys)
+
+    def presigned_url(self, key: str, ttl_s: int) -> str | None:
+        return self.client.generate_presigned_url("get_object", ExpiresIn=ttl_s,
+                                                  Params={"Bucket": self.bucket, "Key": self._key(key)})
+
+
+def open_storage(url: str, *, endpoint_url: str | None = None, access_key: str | None = None,
+                 secret_key: str | None = None, region: str | None = None) -> Storage:
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        return LocalStorage(Path(parsed.path))
+    if parsed.scheme == "s3" and parsed.netloc:
+        return S3Storage(parsed.netloc, parsed.path, endpoint_url=endpoint_url, access_key=access_key,
+                         secret_key=secret_key, region=region)
+    raise ValueError(f"storage URL must be s3://bucket[/prefix] or file:///absolute/path, got {url!r}")

@@ -1,0 +1,101 @@
+"""A GPU worker process: loads the pipeline once onto its device, keeps it warm, runs tasks.
+
+It talks to the scheduler only through small messages (backend.messages) over a pipe, and
+reads one shared integer: the id of the task the scheduler wants canceled. It uploads each
+finished image itself, so a picture reaches storage the moment it exists.
+"""
+
+import logging
+import os
+import signal
+import time
+import traceback
+from pathlib import Path
+
+from backend.messages import Done, ImageDone, ImageFailed, LoadFailed, Progress, Ready, Started, Stop, Task
+
+log = logging.getLogger("showroom.worker")
+
+
+def _short(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}".strip()
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+def run_worker(worker_id: int, settings, conn, cancel_task) -> None:
+    """Entry point of the worker process (spawned: nothing of the parent's CUDA state leaks in)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which stops us cleanly
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker-{worker_id} %(levelname)s %(message)s")
+    started = time.perf_counter()
+    try:
+        import torch
+
+        from backend import pipeline
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, settings.worker_count(0))))
+        device = pipeline.pick_device(settings.device, worker_id)
+        storage = settings.open_storage()
+        cache = Path(os.environ.get("SHOWROOM_CACHE", "/tmp/showroom")) / f"worker-{worker_id}"
+        gen = pipeline.Generator(settings.model_id, device, storage, cache, compile_unet=settings.compile)
+        gen.warm_up()
+    except Exception as e:
+        log.error("could not load %s: %s", settings.model_id, traceback.format_exc())
+        conn.send(LoadFailed(worker_id, f"could not load model {settings.model_id!r}: {_short(e)}"))
+        return
+    conn.send(Ready(worker_id, device, gen.native_size, time.perf_counter() - started))
+    log.info("ready on %s in %.1fs", device, time.perf_counter() - started)
+
+    while True:
+        msg = conn.recv()
+        if isinstance(msg, Stop):
+            return
+        if isinstance(msg, Task):
+            _run_task(gen, storage, msg, conn, cancel_task)
+
+
+def _run_task(gen, storage, task: Task, conn, cancel_task) -> None:
+    from backend import pipeline
+    from backend.images import encode_png
+
+    conn.send(Started(task.task_id))
+    started = time.perf_counter()
+    last_sent = 0.0
+
+    def on_step(step: int, total: int) -> None:
+        nonlocal last_sent
+        if time.monotonic() - last_sent > 0.25 or step == total:
+            last_sent = time.monotonic()
+            conn.send(Progress(task.task_id, step, total))
+
+    try:
+        images = gen.generate(task, should_cancel=lambda: cancel_task.value == task.task_id, on_step=on_step)
+    except pipeline.Canceled:
+        conn.send(Done(task.task_id, canceled=True, seconds=time.perf_counter() - started))
+        return
+    except Exception as e:
+        log.error("task %s failed: %s", task.task_id, traceback.format_exc())
+        for index in task.indices:
+            conn.send(ImageFailed(task.task_id, index, f"generation failed: {_short(e)}"))
+        conn.send(Done(task.task_id, seconds=time.perf_counter() - started))
+        _free_memory()
+        return
+
+    for index, seed, key, image in zip(task.indices, task.seeds, task.keys, images):
+        if isinstance(image, str):
+            conn.send(ImageFailed(task.task_id, index, image))
+            continue
+        params = task.meta | {"seed": seed, "index": index, "job": task.job_id}
+        try:
+            storage.put(key, encode_png(image, params), "image/png")
+        except Exception as e:
+            conn.send(ImageFailed(task.task_id, index, f"storage write failed: {_short(e)}"))
+            continue
+        conn.send(ImageDone(task.task_id, index))
+    conn.send(Done(task.task_id, seconds=time.perf_counter() - started))
+
+
+def _free_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

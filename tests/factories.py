@@ -1,0 +1,136 @@
+"""Factories for tests: backends in their own uvicorn process, LoRAs and photos for the tiny model."""
+
+import io
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+from PIL import Image
+
+from backend.seaweed import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+SETTINGS_NAMES = ("MODEL_ID", "DEVICE", "WORKERS", "STORAGE_URL", "S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+                  "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "API_KEY", "UPSCALER", "REPLICATE_API_TOKEN",
+                  "REPLICATE_BASE_URL", "BACKEND_URL")
+
+
+class Backend:
+    """The real backend, started with the contract's command in a uvicorn process of its own."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {k: v for k, v in os.environ.items() if k not in SETTINGS_NAMES} | env
+        self.api_key = env.get("API_KEY")
+        self.log_path = Path(log_dir) / f"backend-{self.port}.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 180, wait_for: str = "ok") -> "Backend":
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "backend.main:app", "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=REPO, env=self.env | {"PYTHONUNBUFFERED": "1"}, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        self.wait_health(wait_for, timeout)
+        return self
+
+    def wait_health(self, status: str, timeout: float) -> dict:
+        deadline, last = time.monotonic() + timeout, None
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"backend exited ({self.process.returncode}):\n{self.log()[-3000:]}")
+            try:
+                last = requests.get(f"{self.url}/health", timeout=5).json()
+                if last["status"] == status:
+                    return last
+            except requests.RequestException:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(f"backend health never became {status!r} (last: {last}):\n{self.log()[-3000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+    # ----- a small client -----
+    @property
+    def headers(self) -> dict:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def get(self, path: str, **kw) -> requests.Response:
+        return requests.get(self.url + path, headers=self.headers | kw.pop("headers", {}), timeout=30, **kw)
+
+    def post(self, path: str, **kw) -> requests.Response:
+        return requests.post(self.url + path, headers=self.headers | kw.pop("headers", {}), timeout=30, **kw)
+
+    def submit(self, spec: dict, photo: bytes | None = None, **kw) -> dict:
+        if photo is None:
+            r = self.post("/v1/jobs", json=spec, **kw)
+        else:
+            import json
+
+            r = self.post("/v1/jobs", files={"spec": (None, json.dumps(spec), "application/json"),
+                                              "image": ("photo.png", photo, "image/png")}, **kw)
+        assert r.status_code == 202, r.text
+        return r.json()
+
+    def wait_job(self, job_id: str, timeout: float = 120) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.get(f"/v1/jobs/{job_id}").json()
+            if job["status"] in ("succeeded", "failed", "canceled"):
+                return job
+            time.sleep(0.2)
+        raise TimeoutError(f"job {job_id} not terminal after {timeout}s: {job}\n{self.log()[-3000:]}")
+
+    def add_product(self, name: str, trigger: str, lora: bytes, **fields) -> requests.Response:
+        data = {"name": name, "trigger": trigger} | {k: str(v) for k, v in fields.items()}
+        return self.post("/v1/products", data=data, files={"file": (f"{name}.safetensors", lora)})
+
+
+def png_bytes(width: int = 64, height: int = 64, color=(200, 30, 30), fmt: str = "PNG", **save) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(out, format=fmt, **save)
+    return out.getvalue()
+
+
+def make_lora(model_dir: Path, seed: int, rank: int = 4, text_encoder: bool = False) -> bytes:
+    """A LoRA for the tiny model in diffusers layout, with random (non-zero) weights so it changes images."""
+    import tempfile
+
+    import torch
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet")
+    torch.manual_seed(seed)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    with torch.no_grad():  # scale up so the tiny model's output visibly changes
+        for name, p in unet.named_parameters():
+            if "lora_" in name:
+                p.mul_(3.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=get_peft_model_state_dict(unet),
+                                                  safe_serialization=True)
+        return (Path(tmp) / "pytorch_lora_weights.safetensors").read_bytes()
+
+
+def decode_png(data: bytes):
+    import numpy as np
+
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("RGB")).astype("int16")
