@@ -1,0 +1,27 @@
+# Two commands: `make run` (the whole system) and `make test` (the tests). Both install what they
+# need into .venv the first time.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: run test browser reliability bench
+
+$(VENV)/.installed: requirements.txt frontend/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+run: $(VENV)/.installed
+	$(PY) -m backend.dev
+
+# The browser test drives Debian's Chromium (Playwright cannot download browsers here).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+	  || { echo "install Chromium (apt-get install chromium) for the browser test"; exit 1; }
+
+test: $(VENV)/.installed browser
+	$(PY) -m pytest
+
+bench: $(VENV)/.installed
+	$(PY) -m backend.bench --quick

@@ -1,0 +1,104 @@
+"""Run the whole system on one machine: `make run` (or `python -m backend.dev`).
+
+Starts an embedded S3 store (SeaweedFS, data in ./data/seaweed) unless STORAGE_URL points
+elsewhere, the backend with the contract's command, and the Streamlit frontend. MODEL_ID=tiny
+writes and uses the tiny random pipeline (offline smoke runs: it draws noise, fast).
+Ctrl-C stops everything.
+"""
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from backend.seaweed import SeaweedS3, free_port
+
+DATA = Path("data").resolve()
+BUCKET = "showroom"
+
+
+def _local_s3_credentials() -> tuple[str, str]:
+    """Credentials for the embedded store, made once and kept in data/ (never printed)."""
+    path = DATA / ".s3-credentials"
+    if not path.exists():
+        DATA.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"showroom-{secrets.token_hex(4)}\n{secrets.token_urlsafe(24)}\n")
+        path.chmod(0o600)
+    key, secret = path.read_text().split()
+    return key, secret
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def main() -> None:
+    env = dict(os.environ)
+    store = None
+    if env.get("MODEL_ID", "").lower() == "tiny":
+        from backend.tiny import build_tiny_pipeline
+
+        tiny = DATA / "tiny-sd"
+        if not (tiny / "model_index.json").exists():
+            build_tiny_pipeline(tiny)
+        env["MODEL_ID"] = str(tiny)
+    if not env.get("STORAGE_URL"):
+        key, secret = _local_s3_credentials()
+        store = SeaweedS3(DATA / "seaweed", BUCKET, key, secret, s3_port=8333 if _port_free(8333) else free_port())
+        store.start()
+        env |= {"STORAGE_URL": f"s3://{BUCKET}", "S3_ENDPOINT_URL": store.endpoint, "AWS_ACCESS_KEY_ID": key,
+                "AWS_SECRET_ACCESS_KEY": secret, "AWS_REGION": "us-east-1"}
+        print(f"storage: SeaweedFS S3 at {store.endpoint}, bucket {BUCKET}, data in {DATA / 'seaweed'}")
+    backend_port = int(env.get("BACKEND_PORT", 8000))
+    env.setdefault("BACKEND_URL", f"http://localhost:{backend_port}")
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "uvicorn", "backend.main:app", "--host", env.get("HOST", "0.0.0.0"),
+                          "--port", str(backend_port)], env=env),
+        subprocess.Popen([sys.executable, "-m", "streamlit", "run", "frontend/streamlit_app.py",
+                          "--server.headless", "true"], env=env),
+    ]
+    print(f"backend:  {env['BACKEND_URL']}  (model {env.get('MODEL_ID', 'default')}; first start downloads it)")
+    print("frontend: http://localhost:8501")
+    stopping = False
+
+    def stop(*_):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        announced = False
+        while not stopping and all(p.poll() is None for p in procs):
+            if not announced:
+                try:
+                    health = requests.get(f"http://127.0.0.1:{backend_port}/health", timeout=2).json()
+                    if health["status"] in ("ok", "degraded", "error"):
+                        print(f"backend is {health['status']}: {health.get('detail') or 'ready'}")
+                        announced = True
+                except requests.RequestException:
+                    pass
+            time.sleep(1)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if store:
+            store.stop()
+
+
+if __name__ == "__main__":
+    main()
