@@ -99,11 +99,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         storage = settings.open_storage()
         store, catalog_ = JobStore(storage), Catalog(storage)
         metrics = Metrics()
-        services_box: dict = {}
-        scheduler = Scheduler(settings, store, lambda job: services_box["jobs"].loras_for(job.spec),
-                              settings.worker_count(visible_gpus()), on_event=metrics.on_event)
+        scheduler = Scheduler(settings, store, settings.worker_count(visible_gpus()), on_event=metrics.on_event)
         job_service = JobService(settings, catalog_, store, scheduler, native_size_guess(settings.model_id))
-        services_box["jobs"] = job_service
         app.state.services = Services(settings, storage, catalog_, scheduler, job_service, metrics,
                                       RateLimiter(settings.rate_limit_per_minute))
         log.info("storage %s, model %s, %d workers, upscaler %s", storage.url, settings.model_id,

@@ -63,9 +63,10 @@ class WorkerSlot:
 
 
 class Scheduler:
-    def __init__(self, settings, store: JobStore, resolve_loras: Callable[[JobManifest], tuple],
-                 worker_count: int, on_event: Callable[[str, dict], None] | None = None):
-        self.settings, self.store, self.resolve_loras = settings, store, resolve_loras
+    def __init__(self, settings, store: JobStore, worker_count: int, on_event: Callable[[str, dict], None] | None = None,
+                 worker_target: Callable | None = None):
+        self.settings, self.store = settings, store
+        self.worker_target = worker_target
         self.on_event = on_event or (lambda kind, info: None)
         self.ctx = mp.get_context("spawn")
         self.lock = threading.RLock()
@@ -152,9 +153,10 @@ class Scheduler:
     def _spawn(self, slot: WorkerSlot) -> None:
         from backend.worker import run_worker
 
+        target = self.worker_target or run_worker
         parent, child = self.ctx.Pipe()
         slot.cancel_task = self.ctx.Value("q", -1, lock=False)
-        slot.process = self.ctx.Process(target=run_worker, args=(slot.id, self.settings, child, slot.cancel_task),
+        slot.process = self.ctx.Process(target=target, args=(slot.id, self.settings, child, slot.cancel_task),
                                         name=f"showroom-worker-{slot.id}", daemon=True)
         slot.process.start()
         child.close()

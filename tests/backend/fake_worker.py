@@ -1,0 +1,38 @@
+"""A hand-written fake of the GPU worker, for scheduler tests: same messages, scripted behaviour."""
+
+import os
+import time
+from pathlib import Path
+
+from backend import messages as m
+
+
+def run_fake_worker(worker_id, settings, conn, cancel_task):
+    behaviour = settings.behaviour
+    if behaviour == "load_fail":
+        conn.send(m.LoadFailed(worker_id, "could not load model 'fake': out of memory"))
+        return
+    conn.send(m.Ready(worker_id, f"fake:{worker_id}", 64, 0.0))
+    while True:
+        msg = conn.recv()
+        if isinstance(msg, m.Stop):
+            return
+        conn.send(m.Started(msg.task_id))
+        marker = Path(settings.marker_dir) / f"died-{msg.job_id}"
+        if behaviour == "always_die" or (behaviour == "die_once" and not marker.exists()):
+            marker.touch()
+            os._exit(9)
+        if behaviour == "hang":
+            time.sleep(3600)
+        canceled = False
+        for index in msg.indices:
+            for _ in range(20):  # a few "steps", each checking for cancel like the step callback does
+                canceled = cancel_task.value == msg.task_id
+                if canceled:
+                    break
+                time.sleep(settings.step_s)
+            if canceled:
+                break
+            Path(settings.marker_dir, f"{msg.job_id}-{index}-w{worker_id}-b{len(msg.indices)}").touch()
+            conn.send(m.ImageDone(msg.task_id, index))
+        conn.send(m.Done(msg.task_id, canceled=canceled, seconds=0.01))
