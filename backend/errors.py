@@ -7,6 +7,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from backend.storage import StorageError
+
 log = logging.getLogger("showroom.api")
 
 
@@ -61,6 +63,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ShowroomError)
     async def _domain(request: Request, exc: ShowroomError):
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(StorageError)
+    async def _storage(request: Request, exc: StorageError):
+        log.warning("storage error on %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse({"detail": f"storage is unreachable, try again shortly ({exc})"}, status_code=503,
+                            headers={"Retry-After": "5"})
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):

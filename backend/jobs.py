@@ -110,7 +110,7 @@ class JobService:
         loras = self.loras_for(resolved)
         if png:
             self.store.storage.put(job.input_key, png, "image/png")
-        if not self.store.save(job):
+        if not self.store.save(job, keep=False):
             raise Unavailable("storage is unreachable; nothing was queued, try again shortly")
         self.scheduler.submit(job, loras)
         log.info("job %s queued: %d images, %dx%d, %d steps, product=%s, template=%s", job_id,

@@ -37,16 +37,16 @@ class SeaweedS3:
         self.access_key, self.secret_key = access_key, secret_key
         self.s3_port = s3_port or free_port()
         self.process: subprocess.Popen | None = None
+        self.ports = [f"-{flag}={free_port()}" for flag in PORT_FLAGS]  # kept, so a restart comes back the same
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.s3_port}"
 
     def command(self) -> list[str]:
-        ports = [f"-{flag}={free_port()}" for flag in PORT_FLAGS]
         return [weed_binary(), "mini", f"-dir={self.data_dir}", f"-bucket={self.bucket}", "-ip=127.0.0.1",
                 "-ip.bind=127.0.0.1", f"-s3.port={self.s3_port}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-                "-admin.ui=false", "-webdav=false", "-master.telemetry=false", *ports]
+                "-admin.ui=false", "-webdav=false", "-master.telemetry=false", *self.ports]
 
     def start(self, timeout: float = 90) -> "SeaweedS3":
         self.data_dir.mkdir(parents=True, exist_ok=True)

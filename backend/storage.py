@@ -7,6 +7,7 @@ Only boto3 and the standard library are imported here, so the frontend can use i
 
 import os
 import tempfile
+import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 from urllib.parse import urlparse
@@ -131,9 +132,12 @@ class S3Storage(Storage):
         # hiccups are common on cheap boxes and every write here is idempotent, so retrying pays.
         config = Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=60,
                         signature_version="s3v4", s3={"addressing_style": "path"})
-        self.client = boto3.client("s3", endpoint_url=endpoint_url, aws_access_key_id=access_key,
-                                   aws_secret_access_key=secret_key, region_name=region or "us-east-1",
-                                   config=config)
+        args = dict(endpoint_url=endpoint_url, aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+                    region_name=region or "us-east-1")
+        self.client = boto3.client("s3", config=config, **args)
+        # /health must answer fast during an outage: its probe tries once, with short timeouts.
+        self.probe = boto3.client("s3", config=config.merge(Config(retries={"max_attempts": 1}, connect_timeout=2,
+                                                                     read_timeout=3)), **args)
 
     def _key(self, key: str) -> str:
         return self.prefix + check_key(key)
@@ -193,9 +197,27 @@ class S3Storage(Storage):
             keys += [o["Key"][len(self.prefix):] for o in page.get("Contents", [])]
         return sorted(keys)
 
+    def ping(self) -> None:
+        self._call(self.probe.list_objects_v2, Prefix=self.prefix + "jobs/", MaxKeys=1)
+
     def presigned_url(self, key: str, ttl_s: int) -> str | None:
         return self.client.generate_presigned_url("get_object", ExpiresIn=ttl_s,
                                                   Params={"Bucket": self.bucket, "Key": self._key(key)})
+
+
+def put_retrying(storage: Storage, key: str, data: bytes, content_type: str, budget_s: float,
+                 sleep=time.sleep) -> None:
+    """Write, retrying with exponential backoff for up to `budget_s`: an image that took a GPU a
+    second to make is worth waiting for through a storage restart. Raises the last StorageError."""
+    deadline, delay = time.monotonic() + budget_s, 0.5
+    while True:
+        try:
+            return storage.put(key, data, content_type)
+        except StorageError:
+            if time.monotonic() + delay > deadline:
+                raise
+            sleep(delay)
+            delay = min(delay * 2, 8.0)
 
 
 def open_storage(url: str, *, endpoint_url: str | None = None, access_key: str | None = None,

@@ -20,24 +20,33 @@ def is_job_id(value: str) -> bool:
 
 
 class JobStore:
-    def __init__(self, storage: Storage):
-        self.storage = storage
+    def __init__(self, storage: Storage, clock=time.monotonic):
+        self.storage, self.clock = storage, clock
         self.unsaved: dict[str, JobManifest] = {}  # manifests whose last write failed; retried by flush()
+        self.down_until = 0.0  # after a failed write, skip writes for a moment: the caller must not stall
 
-    def save(self, job: JobManifest) -> bool:
-        """Write the manifest; on a storage outage keep it to retry later instead of losing the change."""
+    def save(self, job: JobManifest, keep: bool = True) -> bool:
+        """Write the manifest; on a storage outage keep it (unless `keep` is false) to retry later."""
+        if self.clock() < self.down_until:
+            if keep:
+                self.unsaved[job.id] = job
+            return False
         try:
             self.storage.put(job.manifest_key, job.model_dump_json(indent=1).encode(), "application/json")
         except StorageError as e:
-            log.warning("manifest of job %s not saved (%s); will retry", job.id, e)
-            self.unsaved[job.id] = job
+            log.warning("manifest of job %s not saved (%s)%s", job.id, e, "; will retry" if keep else "")
+            if keep:
+                self.unsaved[job.id] = job
+            self.down_until = self.clock() + 2.0
             return False
         self.unsaved.pop(job.id, None)
         return True
 
     def flush(self) -> None:
+        """Write what an outage held back, oldest change first; stop at the first failure."""
         for job in list(self.unsaved.values()):
-            self.save(job)
+            if not self.save(job):
+                return
 
     def load(self, job_id: str) -> JobManifest:
         if not is_job_id(job_id):

@@ -50,12 +50,13 @@ def run_worker(worker_id: int, settings, conn, cancel_task) -> None:
         if isinstance(msg, Stop):
             return
         if isinstance(msg, Task):
-            _run_task(gen, storage, msg, conn, cancel_task)
+            _run_task(gen, storage, msg, conn, cancel_task, settings.storage_retry_s)
 
 
-def _run_task(gen, storage, task: Task, conn, cancel_task) -> None:
+def _run_task(gen, storage, task: Task, conn, cancel_task, retry_s: float) -> None:
     from backend import pipeline
     from backend.images import encode_png
+    from backend.storage import put_retrying
 
     conn.send(Started(task.task_id))
     started = time.perf_counter()
@@ -86,7 +87,7 @@ def _run_task(gen, storage, task: Task, conn, cancel_task) -> None:
             continue
         params = task.meta | {"seed": seed, "index": index, "job": task.job_id}
         try:
-            storage.put(key, encode_png(image, params), "image/png")
+            put_retrying(storage, key, encode_png(image, params), "image/png", budget_s=retry_s)
         except Exception as e:
             conn.send(ImageFailed(task.task_id, index, f"storage write failed: {_short(e)}"))
             continue

@@ -1,0 +1,94 @@
+"""Faults injected into the real stack: every image still ends `succeeded` (object present) or `failed` (reason)."""
+
+import os
+import signal
+import time
+
+import psutil
+import pytest
+
+from backend.seaweed import SeaweedS3
+from tests.conftest import ACCESS_KEY, SECRET_KEY, s3_env
+
+LONG = {"prompt": "a long job", "steps": 60, "width": 128, "height": 128, "seed": 1}
+
+
+def worker_pids(backend) -> list[int]:
+    children = psutil.Process(backend.process.pid).children()
+    return [p.pid for p in children if any("spawn_main" in part for part in p.cmdline())]
+
+
+def wait_until(predicate, timeout: float = 60, every: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise TimeoutError("condition not met in time")
+
+
+def assert_nothing_lost(backend, job: dict) -> None:
+    assert job["status"] in ("succeeded", "failed"), job
+    for img in job["images"]:
+        assert img["status"] in ("succeeded", "failed"), img
+        assert backend.storage.exists(img["key"]) == (img["status"] == "succeeded"), img
+        if img["status"] == "failed":
+            assert img["error"], img
+
+
+def test_kill_9_a_worker_mid_job(make_backend):
+    backend = make_backend(WORKERS="2")
+    ticket = backend.submit(LONG | {"num_images": 6})
+    wait_until(lambda: backend.get(f"/v1/jobs/{ticket['id']}").json()["status"] == "running")
+    victim = worker_pids(backend)[0]
+    os.kill(victim, signal.SIGKILL)
+    states = wait_until(lambda: [w["state"] for w in backend.get("/health").json()["workers"]
+                                 if w["state"] in ("dead", "starting")], timeout=10, every=0.02)
+    assert states, "health should show the lost worker while it is replaced"
+    job = backend.wait_job(ticket["id"], timeout=180)
+    assert_nothing_lost(backend, job)
+    assert job["status"] == "succeeded", "the images of the dead worker are tried again on a live one"
+    backend.wait_health("ok", timeout=120)
+    assert victim not in worker_pids(backend) and len(worker_pids(backend)) == 2
+
+
+def test_backend_restart_mid_job(make_backend):
+    first = make_backend(WORKERS="1")
+    ticket = first.submit(LONG | {"num_images": 4})
+    wait_until(lambda: first.get(f"/v1/jobs/{ticket['id']}").json()["status"] == "running")
+    os.killpg(first.process.pid, signal.SIGKILL)  # the whole box goes: API and workers, no goodbye
+    first.process.wait(10)
+    assert first.storage.exists(ticket["manifest_key"])
+    second = make_backend(**{k: first.env[k] for k in ("STORAGE_URL", "S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+                                                         "AWS_SECRET_ACCESS_KEY", "AWS_REGION")}, WORKERS="1")
+    job = second.wait_job(ticket["id"], timeout=180)
+    assert_nothing_lost(second, job)
+    assert job["status"] == "succeeded", "the job is taken back and finished after the restart"
+
+
+@pytest.fixture
+def own_s3(tmp_path):
+    server = SeaweedS3(tmp_path / "seaweed", "outage", ACCESS_KEY, SECRET_KEY).start()
+    yield server
+    server.stop()
+
+
+def test_storage_outage_mid_job(make_backend, own_s3):
+    backend = make_backend(WORKERS="1", STORAGE_RETRY_S="4", **s3_env(own_s3, "outage"))
+    ticket = backend.submit(LONG | {"num_images": 4, "steps": 40})
+    wait_until(lambda: backend.get(f"/v1/jobs/{ticket['id']}").json()["status"] == "running")
+    own_s3.stop()
+    health = wait_until(lambda: (h := backend.get("/health").json())["status"] == "degraded" and h, timeout=15)
+    assert "storage" in health["detail"]
+    assert backend.get("/v1/jobs").status_code in (502, 503), "listing needs storage: a clear 5xx, not a hang"
+    time.sleep(6)  # longer than the backend's write retry budget: some images may fail, none may be lost
+    own_s3.start()
+    backend.wait_health("ok", timeout=30)
+    job = wait_until(lambda: (j := backend.get(f"/v1/jobs/{ticket['id']}").json())["status"]
+                     in ("succeeded", "failed") and j, timeout=120, every=0.3)
+    assert_nothing_lost(backend, job)
+    stored = backend.storage.get(ticket["manifest_key"])
+    assert b'"running"' not in stored and b'"queued"' not in stored, "the final manifest reached storage"
+    after = backend.wait_job(backend.submit({"prompt": "after", "num_images": 1, "steps": 2})["id"])
+    assert after["status"] == "succeeded", "the backend recovers by itself"
