@@ -54,34 +54,36 @@ def native_size_guess(model_id: str) -> int:
 
 
 class BodyLimit:
-    """Refuse request bodies over a limit before they are read into memory (413)."""
+    """Refuse request bodies over a limit before they are read into memory (413). LoRA uploads
+    may be large; everything else is a spec and at most one photo."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, default: int, uploads: int):
+        self.app, self.default, self.uploads = app, default, uploads
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.uploads if scope["path"].rstrip("/") == "/v1/products" else self.default
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared and declared.isdigit() and int(declared) > self.limit:
-            return await self._refuse(scope, receive, send)
+        if declared and declared.isdigit() and int(declared) > limit:
+            return await self._refuse(scope, receive, send, limit)
         seen = 0
 
         async def counted():
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.limit:
+            if seen > limit:
                 raise _TooLarge()
             return message
 
         try:
             await self.app(scope, counted, send)
         except _TooLarge:
-            await self._refuse(scope, receive, send)
+            await self._refuse(scope, receive, send, limit)
 
-    async def _refuse(self, scope, receive, send):
-        response = JSONResponse({"detail": f"the request body is larger than the limit of {self.limit} bytes"},
+    async def _refuse(self, scope, receive, send, limit: int):
+        response = JSONResponse({"detail": f"the request body is larger than the limit of {limit} bytes"},
                                 status_code=413)
         await response(scope, receive, send)
 
@@ -120,7 +122,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"])
-    app.add_middleware(BodyLimit, limit=max(settings.max_upload_bytes, settings.max_lora_bytes) + 64 * 1024)
+    app.add_middleware(BodyLimit, default=settings.max_upload_bytes + 1024 * 1024,
+                       uploads=settings.max_lora_bytes + 1024 * 1024)
     return app
 
 
