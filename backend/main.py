@@ -24,6 +24,7 @@ from backend.ratelimit import RateLimiter
 from backend.recovery import recover
 from backend.scheduler import Scheduler
 from backend.store import JobStore
+from backend.upscale_service import UpscaleService
 
 log = logging.getLogger("showroom")
 
@@ -103,15 +104,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics = Metrics()
         scheduler = Scheduler(settings, store, settings.worker_count(visible_gpus()), on_event=metrics.on_event)
         job_service = JobService(settings, catalog_, store, scheduler, native_size_guess(settings.model_id))
+        upscales = UpscaleService(settings, scheduler, job_service) if settings.active_upscaler != "off" else None
         app.state.services = Services(settings, storage, catalog_, scheduler, job_service, metrics,
-                                      RateLimiter(settings.rate_limit_per_minute))
+                                      RateLimiter(settings.rate_limit_per_minute), upscales)
         log.info("storage %s, model %s, %d workers, upscaler %s", storage.url, settings.model_id,
                  len(scheduler.slots), settings.active_upscaler)
         scheduler.start()
-        recover(store, scheduler, job_service)
+        recover(store, scheduler, job_service, upscales)
         try:
             yield
         finally:
+            if upscales:
+                upscales.close()
             scheduler.stop()
 
     app = FastAPI(title="Showroom", version="0.1.0", lifespan=lifespan,

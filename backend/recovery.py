@@ -10,8 +10,13 @@ log = logging.getLogger("showroom.recovery")
 SCAN_LIMIT = 2000  # the newest jobs; older ones were surely finished by an earlier run
 
 
-def recover(store, scheduler, jobs) -> int:
-    """Queue again what was `queued` or `running`; fail images whose LoRA is gone. Returns jobs taken back."""
+def _pending_upscales(job) -> bool:
+    return any(img.upscale and not img.upscale.status.is_terminal() for img in job.images)
+
+
+def recover(store, scheduler, jobs, upscales=None) -> int:
+    """Queue again what was `queued` or `running`; fail images whose LoRA is gone; restart upscales
+    left unfinished. Returns the number of jobs taken back."""
     taken = 0
     try:
         ids = store.ids()[:SCAN_LIMIT]
@@ -23,6 +28,14 @@ def recover(store, scheduler, jobs) -> int:
             job = store.load(job_id)
         except Exception:
             continue
+        if _pending_upscales(job):
+            if upscales is not None:
+                upscales.resume(job)
+            else:
+                for img in job.images:
+                    if img.upscale and not img.upscale.status.is_terminal():
+                        img.upscale.status, img.upscale.error = Status.failed, "the upscaler is off (UPSCALER=off)"
+                store.save(job)
         if job.status.is_terminal():
             continue
         try:

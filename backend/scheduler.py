@@ -21,7 +21,7 @@ from enum import Enum
 from multiprocessing.connection import wait
 
 from backend import messages as m
-from backend.models import JobManifest, Status
+from backend.models import JobManifest, Status, now
 from backend.store import JobStore
 
 log = logging.getLogger("showroom.scheduler")
@@ -119,6 +119,16 @@ class Scheduler:
                 if slot.task and slot.task.job_id == job_id:
                     slot.cancel_task.value = slot.task.task_id
             self._changed(job)
+            return job.model_copy(deep=True)
+
+    def mutate(self, job_id: str, change: Callable[[JobManifest], None]) -> JobManifest:
+        """Apply a change to a job's manifest and persist it; the one writer for active and finished jobs
+        alike, so an upscale recorded beside running images is never overwritten by them."""
+        with self.lock:
+            job = self.jobs.get(job_id) or self.store.load(job_id)
+            change(job)
+            job.updated_at = now()
+            self.store.save(job)
             return job.model_copy(deep=True)
 
     def hopeless(self) -> bool:

@@ -1,0 +1,580 @@
+"""The benchmark of issue 8: `python -m backend.bench [--quick] [--s3] [--gpu | --no-gpu] [--json-out FILE]`.
+
+Part 1, system overhead (always; on CPU with the tiny model unless --model). The real backend is
+started with the contract's command (`uvicorn backend.main:app`) with WORKERS=1, then 2; jobs are
+POSTed over HTTP and timed from the POST to the moment the last image object is in storage, polled
+directly. The baseline is the same pipeline calls (`backend.pipeline.Generator.generate`, same spec,
+the batches the scheduler makes) run one after another in this process, with the thread count of
+one worker. Ratio = system / direct: 1.00 means the system costs nothing on top of generation.
+
+Part 2, GPU (with CUDA, or forced with --gpu): the SD 1.5 architecture at full size, random weights
+(no download); UNet steps for dtype x attention x memory format x batch; torch.compile; the
+production pipeline (Generator) at batch 1/4/8, 512x512, 30 steps, CFG; load-and-warm time; and the
+whole system, submit to first and last image, for 4 images. Figures are read against the issue's
+anchors: 104.6 it/s (stable-fast, H100, batch 1) and a floor of 2.0 ms per CFG step (1.6 TFLOP at
+--peak-tflops, 790 by default).
+
+Prints plain tables, then, as its LAST line, one JSON object (also written to --json-out).
+The launcher lives here rather than in tests.factories: the bench ships with the backend (the GPU
+image has no tests folder), and backend code must not import test code.
+"""
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPT, NEGATIVE = "a leather handbag on a marble table, soft studio light", "blurry, low quality"
+ANCHORS = {"stable_fast_it_per_s_batch1_h100": 104.6, "floor_ms_per_cfg_step_h100": 2.0,
+           "unet_tflop_per_cfg_step": 1.6, "peak_tflops_h100_issue": 790}
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A Stable Diffusion architecture to build with random weights: configs and native image size."""
+    unet: dict
+    vae: dict
+    text: dict
+    size: int
+
+
+SD15 = Arch(  # stable-diffusion-v1-5: unet/, vae/ and text_encoder/ config.json (CLIP ViT-L/14 text tower)
+    unet=dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+              down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+              up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+              cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32),
+    vae=dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
+             block_out_channels=(128, 256, 512, 512), norm_num_groups=32,
+             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4),
+    text=dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+              vocab_size=49408, max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu"),
+    size=512,
+)
+TINY = Arch(  # the sizes of backend/tiny.py: runs part 2's code on a CPU in seconds (--arch tiny)
+    unet=dict(sample_size=32, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+              down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+              cross_attention_dim=16, attention_head_dim=2, norm_num_groups=4),
+    vae=dict(in_channels=3, out_channels=3, latent_channels=4, sample_size=64, block_out_channels=(8, 16), norm_num_groups=4,
+             down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2),
+    text=dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=2, vocab_size=1000,
+              max_position_embeddings=77, projection_dim=16),
+    size=64,
+)
+
+
+def median(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(statistics.median(values), 4) if values else None
+
+
+def scheduler_batches(n: int, workers: int, max_batch: int = 8) -> list[int]:
+    """The batches backend.scheduler makes of one n-image job with `workers` idle workers."""
+    batches, left = [], n
+    while left:
+        idle = workers
+        while idle and left:
+            size = min(math.ceil(left / idle), max_batch)
+            batches.append(size)
+            left, idle = left - size, idle - 1
+    return batches
+
+
+def table(title: str, headers: list[str], rows: list[list]) -> str:
+    cells = [[("-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+
+    def line(row: list[str]) -> str:
+        return "  ".join(c.rjust(w) for c, w in zip(row, widths))
+    return "\n".join([f"== {title}", line(headers), line(["-" * w for w in widths]), *map(line, cells), ""])
+
+
+# ----- the backend under test, in its own uvicorn process -----
+class Server:
+    def __init__(self, env: dict[str, str], log_dir: Path):
+        from backend.config import Settings
+        from backend.seaweed import free_port
+
+        ours = {name.upper() for name in Settings.model_fields}  # no stray setting of the caller leaks in
+        self.env = {k: v for k, v in os.environ.items() if k.upper() not in ours} | env | {"PYTHONUNBUFFERED": "1"}
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(log_dir) / f"backend-{self.port}.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 900) -> float:
+        """Start the backend; return the seconds until /health says ok (workers loaded and warm)."""
+        started = time.perf_counter()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "backend.main:app", "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=REPO, env=self.env, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        self.wait(lambda h: h["status"] == "ok", timeout, 0.1)
+        return time.perf_counter() - started
+
+    def wait(self, done, timeout: float, every: float) -> dict:
+        deadline, last = time.monotonic() + timeout, None
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the backend exited ({self.process.returncode}); see {self.log_path}")
+            try:
+                last = requests.get(f"{self.url}/health", timeout=5).json()
+                if done(last):
+                    return last
+            except requests.RequestException:
+                pass
+            time.sleep(every)
+        raise TimeoutError(f"backend not ready after {timeout:.0f}s (last /health: {last}); see {self.log_path}")
+
+    def wait_idle(self) -> None:
+        """Every worker ready and nothing queued, so each job starts from the same state."""
+        self.wait(lambda h: h["queue"]["pending"] == 0 and all(w["state"] == "ready" for w in h["workers"]), 120, 0.02)
+
+    def submit(self, spec: dict) -> dict:
+        r = requests.post(f"{self.url}/v1/jobs", json=spec, timeout=30)
+        if r.status_code != 202:
+            raise RuntimeError(f"POST /v1/jobs answered {r.status_code}: {r.text}")
+        return r.json()
+
+    def job(self, job_id: str) -> dict:
+        return requests.get(f"{self.url}/v1/jobs/{job_id}", timeout=30).json()
+
+    def metric(self, name: str) -> float | None:
+        text = requests.get(f"{self.url}/metrics", timeout=30).text
+        return next((float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")), None)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+def _stamp(iso: str | None) -> float | None:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() if iso else None
+
+
+def system_once(server: Server, storage, spec: dict, poll_s: float, timeout: float = 600) -> dict:
+    """POST one job; poll storage for its image objects; seconds from the POST to the first and last."""
+    server.wait_idle()
+    wall, t0 = time.time(), time.perf_counter()
+    ticket = server.submit(spec)
+    post_s = time.perf_counter() - t0
+    missing, arrived, next_check = {img["key"] for img in ticket["images"]}, [], t0 + 1.0
+    while missing:
+        for key in list(missing):
+            if storage.exists(key):
+                arrived.append(time.perf_counter() - t0)
+                missing.discard(key)
+        now = time.perf_counter()
+        if missing and now > next_check:  # rarely, so the poll does not load the API process
+            next_check = now + 1.0
+            job = server.job(ticket["id"])
+            if job["status"] in ("succeeded", "failed", "canceled") or now - t0 > timeout:
+                errors = {img["error"] for img in job["images"] if img["error"]}
+                raise RuntimeError(f"job {ticket['id']} ended {job['status']} without all images: {errors}")
+        time.sleep(poll_s)
+    started = [_stamp(img["started_at"]) for img in server.job(ticket["id"])["images"]]
+    return {"post_s": post_s, "first_s": min(arrived), "last_s": max(arrived),
+            "dispatch_s": min(s for s in started if s) - wall if any(started) else None}
+
+
+def direct_once(gen, storage, spec: dict, batches: list[int]) -> dict:
+    """The same pipeline calls in this process, batch after batch; then the PNG encode and write."""
+    from backend.images import encode_png
+    from backend.messages import Task
+
+    t0, images, first = time.perf_counter(), [], 0
+    for size in batches:
+        idx = tuple(range(first, first + size))
+        task = Task(task_id=0, job_id="direct", indices=idx, seeds=tuple(spec["seed"] + i for i in idx),
+                    keys=tuple(f"bench-direct/{i}.png" for i in idx), prompt=spec["prompt"],
+                    negative_prompt=spec["negative_prompt"], steps=spec["steps"], guidance_scale=spec["guidance_scale"],
+                    width=spec["width"], height=spec["height"], strength=0.5)
+        images += gen.generate(task, should_cancel=lambda: False, on_step=lambda step, total: None)
+        first += size
+    gen_s, t1 = time.perf_counter() - t0, time.perf_counter()
+    for i, image in enumerate(images):
+        if isinstance(image, str):
+            raise RuntimeError(f"direct generation failed: {image}")
+        storage.put(f"bench-direct/{i}.png", encode_png(image, spec | {"seed": spec["seed"] + i}), "image/png")
+    return {"gen_s": gen_s, "write_s": time.perf_counter() - t1}
+
+
+def job_spec(n: int, size: int, steps: int) -> dict:
+    return dict(prompt=PROMPT, negative_prompt=NEGATIVE, num_images=n, steps=steps, guidance_scale=7.5,
+                width=size, height=size, seed=1234)
+
+
+def load_generator(model_dir: str, device: str, storage, cache: Path, compile_unet: bool = False):
+    from backend.pipeline import Generator
+
+    t0 = time.perf_counter()
+    gen = Generator(str(model_dir), device, storage, cache, compile_unet=compile_unet)
+    load_s, t1 = time.perf_counter() - t0, time.perf_counter()
+    gen.warm_up()
+    return gen, load_s, time.perf_counter() - t1
+
+
+# ----- part 1: system overhead -----
+def cpu_part(args, model_dir: str, store_env: dict[str, str], work: Path) -> dict:
+    import torch
+
+    from backend.storage import open_storage
+
+    storage = open_storage(store_env["STORAGE_URL"], endpoint_url=store_env.get("S3_ENDPOINT_URL"),
+                           access_key=store_env.get("AWS_ACCESS_KEY_ID"),
+                           secret_key=store_env.get("AWS_SECRET_ACCESS_KEY"), region=store_env.get("AWS_REGION"))
+    torch.set_num_threads(max(1, os.cpu_count() or 1))  # what one worker uses (cpu_count // WORKERS)
+    gen, load_s, warm_s = load_generator(model_dir, "cpu", storage, work / "cache")
+    rows, startup = [], {}
+    for workers in args.workers:
+        env = store_env | {"MODEL_ID": str(model_dir), "DEVICE": "cpu", "WORKERS": str(workers), "UPSCALER": "off",
+                           "RATE_LIMIT_PER_MINUTE": "0", "SHOWROOM_CACHE": str(work / "cache")}
+        server = Server(env, work)
+        try:
+            startup[workers] = {"health_ok_s": server.start(), "worker_load_s": None}
+            count = server.metric("showroom_worker_load_seconds_count")
+            if count:
+                startup[workers]["worker_load_s"] = server.metric("showroom_worker_load_seconds_sum") / count
+            for n in args.counts:
+                spec, batches = job_spec(n, args.size, args.steps), scheduler_batches(n, workers)
+                direct_once(gen, storage, spec, batches)  # warm-up runs, not measured
+                system_once(server, storage, spec, args.poll_s)
+                runs = [(direct_once(gen, storage, spec, batches), system_once(server, storage, spec, args.poll_s))
+                        for _ in range(args.repeats)]  # interleaved: both see the same background load
+                rows.append(summarise(workers, n, batches, runs))
+                print(f"  workers={workers} images={n}: {rows[-1]}", file=sys.stderr)
+        finally:
+            server.stop()
+    fours = {r["workers"]: r for r in rows if r["images"] == 4}
+    return {"size": args.size, "steps": args.steps, "repeats": args.repeats, "poll_s": args.poll_s,
+            "storage": storage.url.split(":")[0], "threads_direct": torch.get_num_threads(),
+            "direct_load_s": load_s, "direct_warm_s": warm_s, "startup": startup, "rows": rows,
+            "overhead_ratio_4img": (fours.get(1) or {}).get("ratio"),
+            "overhead_ratio_4img_2workers": (fours.get(2) or {}).get("ratio"),
+            "images_per_s": (fours.get(1) or next(iter(fours.values()), {})).get("images_per_s")}
+
+
+def summarise(workers: int, n: int, batches: list[int], runs: list[tuple[dict, dict]]) -> dict:
+    direct, system = [d for d, _ in runs], [s for _, s in runs]
+    gen, write = median(d["gen_s"] for d in direct), median(d["gen_s"] + d["write_s"] for d in direct)
+    last = median(s["last_s"] for s in system)
+    return {"workers": workers, "images": n, "batches": "+".join(map(str, batches)), "direct_s": gen,
+            "direct_write_s": write, "post_s": median(s["post_s"] for s in system),
+            "dispatch_s": median(s["dispatch_s"] for s in system), "first_s": median(s["first_s"] for s in system),
+            "last_s": last, "ratio": round(last / gen, 3), "ratio_vs_write": round(last / write, 3),
+            "images_per_s": round(n / last, 3)}
+
+
+# ----- part 2: the GPU -----
+def build_models(arch: Arch, device: str = "cpu", dtype=None, tokenizer=None, seed: int = 0):
+    """UNet, VAE and CLIP text encoder of `arch` with random weights, made directly on `device`."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    ids = {}
+    if tokenizer is not None:
+        ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                   pad_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        models = (UNet2DConditionModel(**arch.unet), AutoencoderKL(**arch.vae),
+                  CLIPTextModel(CLIPTextConfig(**arch.text, **ids)))
+    return tuple(m.to(dtype).eval() if dtype is not None else m.eval() for m in models)
+
+
+def count_tflop(arch: Arch) -> dict:
+    """FLOPs counted by torch's FlopCounterMode on the meta device (no memory, no compute)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    unet, vae, text = build_models(arch, device="meta")
+    latent, ctx = arch.size // 8, arch.unet["cross_attention_dim"]
+    calls = {"unet_cfg_step": lambda: unet(torch.randn(2, 4, latent, latent, device="meta"), torch.tensor([500, 500]),
+                                           encoder_hidden_states=torch.randn(2, 77, ctx, device="meta")),
+             "vae_decode": lambda: vae.decode(torch.randn(1, 4, latent, latent, device="meta")),
+             "text_cfg": lambda: text(torch.zeros(2, 77, dtype=torch.long, device="meta"))}
+    out = {}
+    for name, call in calls.items():
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            call()
+        out[name] = counter.get_total_flops() / 1e12
+    return out
+
+
+def ceiling_fraction(tflop: float, seconds: float, peak_tflops: float) -> float:
+    """Achieved TFLOP/s as a fraction of the peak."""
+    return tflop / seconds / peak_tflops
+
+
+def timed_ms(fn, device: str, iters: int, warmup: int = 2) -> float:
+    """Mean milliseconds per call, after warm-up: CUDA events on a GPU, perf_counter elsewhere."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(iters):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / iters
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    return (time.perf_counter() - t0) * 1000 / iters
+
+
+def unet_step(unet, arch: Arch, batch: int, device: str, dtype, channels_last: bool):
+    """One CFG denoising step of `batch` images: the UNet on 2 x batch latents."""
+    import torch
+
+    latent = arch.size // 8
+    x = torch.randn(2 * batch, 4, latent, latent, device=device, dtype=dtype)
+    x = x.to(memory_format=torch.channels_last) if channels_last else x
+    t = torch.full((2 * batch,), 500, device=device)
+    ctx = torch.randn(2 * batch, 77, arch.unet["cross_attention_dim"], device=device, dtype=dtype)
+
+    def step():
+        with torch.inference_mode():
+            return unet(x, t, encoder_hidden_states=ctx, return_dict=False)[0]
+    return step
+
+
+def unet_grid(args, arch: Arch, device: str, tflop_step: float) -> list[dict]:
+    """ms per CFG step for dtype x attention x memory format x batch."""
+    import torch
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    unet = build_models(arch, device)[0]
+    rows = []
+    for dtype_name in args.dtypes:
+        dtype = getattr(torch, {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}[dtype_name])
+        unet.to(dtype)
+        for attention, processor in (("sdpa", AttnProcessor2_0), ("math", AttnProcessor)):
+            unet.set_attn_processor(processor())
+            for channels_last in (True, False):
+                unet.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+                for batch in args.batches:
+                    ms = timed_ms(unet_step(unet, arch, batch, device, dtype, channels_last), device, args.iters)
+                    rows.append(unet_row(dtype_name, attention, channels_last, batch, ms, tflop_step, args))
+    if args.compile:
+        unet.to(torch.float16 if device.startswith("cuda") else torch.float32).set_attn_processor(AttnProcessor2_0())
+        unet.to(memory_format=torch.channels_last)
+        compiled = torch.compile(unet, mode=args.compile_mode, fullgraph=True)
+        for batch in args.batches:
+            step = unet_step(compiled, arch, batch, device, next(unet.parameters()).dtype, True)
+            t0 = time.perf_counter()
+            try:
+                step()
+                sync(device)
+            except Exception as e:  # an inductor failure is a finding to report, not a reason to lose the rest
+                rows.append(unet_row("compiled", "sdpa", True, batch, None, tflop_step, args) | {"error": str(e)[:300]})
+                break
+            warm_s = time.perf_counter() - t0
+            ms = timed_ms(step, device, args.iters)
+            rows.append(unet_row("compiled", "sdpa", True, batch, ms, tflop_step, args)
+                        | {"compile_warmup_s": round(warm_s, 2)})
+    del unet
+    return rows
+
+
+def sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+
+def unet_row(dtype: str, attention: str, channels_last: bool, batch: int, ms: float | None, tflop_step: float,
+             args) -> dict:
+    row = {"dtype": dtype, "attention": attention, "channels_last": channels_last, "batch": batch,
+           "ms_per_step": None if ms is None else round(ms, 3)}
+    if ms:
+        row |= {"it_per_s": round(1000 / ms, 2), "images_per_s_30": round(batch * 1000 / (ms * args.gpu_steps), 2),
+                "ceiling": round(ceiling_fraction(tflop_step * batch, ms / 1000, args.peak_tflops), 4)}
+    return row
+
+
+def save_pipeline(arch: Arch, folder: Path, device: str) -> Path:
+    """Save the random full-size pipeline in diffusers layout (fp16 on CUDA) for Generator and the backend."""
+    import torch
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    from backend.tiny import _write_tokenizer
+
+    _write_tokenizer(folder / "tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    dtype = torch.float16 if device.startswith("cuda") else None
+    unet, vae, text = build_models(arch, device, dtype, tokenizer)
+    scheduler = DPMSolverMultistepScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                            num_train_timesteps=1000, steps_offset=1)
+    StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text, tokenizer=tokenizer, scheduler=scheduler,
+                            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+                            ).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def gpu_part(args, arch: Arch, work: Path) -> dict:
+    import torch
+
+    from backend.storage import LocalStorage
+
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    flops = count_tflop(arch)
+    out = {"device": torch.cuda.get_device_name(0) if device != "cpu" else "cpu", "arch": args.arch,
+           "size": arch.size, "steps": args.gpu_steps, "peak_tflops": args.peak_tflops, "tflop": flops}
+    out["unet"] = unet_grid(args, arch, device, flops["unet_cfg_step"])
+    default = [r for r in out["unet"] if r["dtype"] == args.dtypes[0] and r["attention"] == "sdpa" and r["channels_last"]]
+    b1 = next((r for r in default if r["batch"] == 1 and r["ms_per_step"]), None)
+    out["unet_it_per_s_batch1"] = b1 and b1["it_per_s"]
+    out["best_ceiling"] = max((r.get("ceiling", 0) for r in out["unet"]), default=None)
+    sync(device)
+
+    model_dir = save_pipeline(arch, work / "sd-random", device)
+    storage = LocalStorage(work / "gpu-direct")
+    gen, load_s, warm_s = load_generator(model_dir, device, storage, work / "cache")
+    out["load_s"], out["warm_s"], out["pipeline"] = round(load_s, 3), round(warm_s, 3), []
+    image_tflop = args.gpu_steps * flops["unet_cfg_step"] + flops["vae_decode"] + flops["text_cfg"]
+    for batch in args.batches:
+        spec = job_spec(batch, arch.size, args.gpu_steps)
+        runs = [direct_once(gen, storage, spec, [batch]) for _ in range(args.repeats + 1)][1:]  # first one warms
+        gen_s = median(r["gen_s"] for r in runs)
+        out["pipeline"].append({"batch": batch, "s": gen_s, "s_per_image": round(gen_s / batch, 4),
+                                "images_per_s": round(batch / gen_s, 3), "png_write_s": median(r["write_s"] for r in runs),
+                                "ceiling": round(ceiling_fraction(image_tflop * batch, gen_s, args.peak_tflops), 4)})
+    out["images_per_s"] = max(r["images_per_s"] for r in out["pipeline"])
+    del gen
+    sync(device)
+
+    env = {"MODEL_ID": str(model_dir), "DEVICE": "cuda" if device != "cpu" else "cpu", "WORKERS": "1",
+           "UPSCALER": "off", "RATE_LIMIT_PER_MINUTE": "0", "STORAGE_URL": f"file://{work / 'gpu-storage'}",
+           "SHOWROOM_CACHE": str(work / "cache")}
+    server = Server(env, work)
+    try:
+        out["system_health_ok_s"] = round(server.start(), 3)
+        system_storage, spec = LocalStorage(work / "gpu-storage"), job_spec(4, arch.size, args.gpu_steps)
+        runs = [system_once(server, system_storage, spec, args.poll_s) for _ in range(args.repeats + 1)][1:]
+        out["system_4img"] = {k: median(r[k] for r in runs) for k in ("post_s", "dispatch_s", "first_s", "last_s")}
+    finally:
+        server.stop()
+    return out
+
+
+# ----- the command -----
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small and fast: the CI/2-core setting (< 5 minutes)")
+    p.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=None,
+                   help="run part 2 (default: when CUDA is available); --gpu without CUDA runs it on the CPU")
+    p.add_argument("--model", help="diffusers folder for part 1 (default: the tiny random pipeline, built here)")
+    p.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2], help="e.g. 1,2")
+    p.add_argument("--counts", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4], help="images per job")
+    p.add_argument("--repeats", type=int, help="measured runs per figure (median); default 3, or 5 without --quick")
+    p.add_argument("--size", type=int, help="part 1 image size (default 128)")
+    p.add_argument("--steps", type=int, help="part 1 steps (default 10 with --quick, else 20)")
+    p.add_argument("--s3", action="store_true", help="part 1 storage: an embedded SeaweedFS S3 instead of a folder")
+    p.add_argument("--poll-ms", type=float, default=2.0, help="storage poll interval")
+    p.add_argument("--arch", choices=("sd15", "tiny"), default="sd15", help="part 2 architecture")
+    p.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 8])
+    p.add_argument("--dtypes", type=lambda s: s.split(","), default=["fp16", "bf16"])
+    p.add_argument("--gpu-steps", type=int, default=30)
+    p.add_argument("--iters", type=int, default=10, help="UNet steps timed per figure")
+    p.add_argument("--peak-tflops", type=float, default=790.0,
+                   help="the ceiling: 790 is the issue's H100 anchor (the SXM datasheet's dense bf16 is 989)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="time torch.compile")
+    p.add_argument("--compile-mode", default="max-autotune", help="as backend.pipeline uses with COMPILE=true")
+    p.add_argument("--json-out", type=Path)
+    args = p.parse_args(argv)
+    args.repeats = args.repeats or (3 if args.quick else 5)
+    args.size, args.steps = args.size or 128, args.steps or (10 if args.quick else 20)
+    args.poll_s = args.poll_ms / 1000
+    return args
+
+
+def report(result: dict) -> str:
+    cpu, gpu = result["cpu"], result["gpu"]
+    heads = ["workers", "images", "batches", "direct_s", "direct_write_s", "post_s", "dispatch_s", "first_s", "last_s",
+             "ratio", "ratio_vs_write", "images_per_s"]
+    text = table(f"part 1: system vs direct, {cpu['size']}x{cpu['size']}, {cpu['steps']} steps, {cpu['storage']} "
+                 f"storage, median of {cpu['repeats']}", heads, [[r[h] for h in heads] for r in cpu["rows"]])
+    text += table("startup (seconds)", ["workers", "health_ok_s", "worker_load_s"],
+                  [[w, s["health_ok_s"], s["worker_load_s"]] for w, s in cpu["startup"].items()])
+    if gpu:
+        heads = ["dtype", "attention", "channels_last", "batch", "ms_per_step", "it_per_s", "images_per_s_30", "ceiling"]
+        text += table(f"part 2: UNet, one CFG step ({gpu['tflop']['unet_cfg_step']:.3f} TFLOP per image), "
+                      f"{gpu['device']}, peak {gpu['peak_tflops']:g} TFLOP/s", heads + ["compile_warmup_s"],
+                      [[r.get(h) for h in heads + ["compile_warmup_s"]] for r in gpu["unet"]])
+        heads = ["batch", "s", "s_per_image", "images_per_s", "png_write_s", "ceiling"]
+        text += table(f"part 2: Generator (fp16, SDPA, channels_last), {gpu['size']}px, {gpu['steps']} steps, CFG",
+                      heads, [[r[h] for h in heads] for r in gpu["pipeline"]])
+        text += table("part 2: load and system", ["load_s", "warm_s", "system_health_ok_s", "submit_to_first_s",
+                                                  "submit_to_last_s"],
+                      [[gpu["load_s"], gpu["warm_s"], gpu["system_health_ok_s"], gpu["system_4img"]["first_s"],
+                        gpu["system_4img"]["last_s"]]])
+    return text
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    import torch
+
+    from backend.seaweed import SeaweedS3
+
+    run_gpu = torch.cuda.is_available() if args.gpu is None else args.gpu
+    with tempfile.TemporaryDirectory(prefix="showroom-bench-") as tmp:
+        work, s3 = Path(tmp), None
+        try:
+            if args.s3:
+                s3 = SeaweedS3(work / "seaweed", "bench", "bench-key", "bench-secret-0123456789").start()
+                store_env = {"STORAGE_URL": "s3://bench/run", "S3_ENDPOINT_URL": s3.endpoint, "AWS_REGION": "us-east-1",
+                             "AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key}
+            else:
+                store_env = {"STORAGE_URL": f"file://{work / 'storage'}"}
+            if args.model:
+                model = args.model
+            else:
+                from backend.tiny import build_tiny_pipeline
+                model = str(build_tiny_pipeline(work / "tiny-sd"))
+            result = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__,
+                                  "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+                      "anchors": ANCHORS, "cpu": cpu_part(args, model, store_env, work), "gpu": None}
+            if run_gpu:
+                result["gpu"] = gpu_part(args, SD15 if args.arch == "sd15" else TINY, work)
+        finally:
+            if s3:
+                s3.stop()
+    for key in ("overhead_ratio_4img", "overhead_ratio_4img_2workers", "images_per_s"):
+        result[key] = result["cpu"][key]
+    gpu = result["gpu"] or {}
+    result |= {"gpu_images_per_s": gpu.get("images_per_s"), "gpu_unet_it_per_s_batch1": gpu.get("unet_it_per_s_batch1"),
+               "gpu_best_ceiling": gpu.get("best_ceiling"), "gpu_submit_to_last_4img_s": gpu.get("system_4img", {}).get("last_s")}
+    print(report(result))
+    line = json.dumps(result, default=str)
+    if args.json_out:
+        args.json_out.write_text(line + "\n")
+    print(line, flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()

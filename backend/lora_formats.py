@@ -1,0 +1,528 @@
+"""LoRA files in the layouts users have, turned into the one layout the workers load.
+
+`normalize_upload` runs in the API process (numpy only, never torch, never a pickle); `load_lora_into`
+runs in a worker and is the only place where a LoRA meets a pipeline.
+
+Accepted uploads (safetensors only):
+  diffusers    `unet.<module>.lora_A.weight` / `lora_B.weight` (also the older `.lora.down.weight`,
+               `.lora_linear_layer.down.weight` and `.processor.to_q_lora.down.weight` spellings),
+               `text_encoder.` / `text_encoder_2.` for the text encoders; alphas from `<module>.alpha`
+               tensors or diffusers' `lora_adapter_metadata`, else alpha = rank
+  peft         `base_model.model.<module>.lora_A[.<adapter>].weight`, or the bare `<module>.lora_A.weight`
+               of `get_peft_model_state_dict`; alpha = rank (peft keeps alpha in adapter_config.json)
+  kohya        `lora_unet_<module_with_underscores>.lora_down.weight` / `.lora_up.weight` / `.alpha`,
+               `lora_te_` (`lora_te1_`, `lora_te2_` on SDXL); SDXL's `input_blocks`/`output_blocks` names too
+  cloneofsimo  `unet:<i>:up` / `unet:<i>:down` (and `text_encoder:<i>:...`), i = injection order, plus
+               token embeddings such as `<s1>` (metadata `<embed>`), as written by lora_diffusion
+
+Canonical layout (what `normalize_upload` returns, safetensors):
+  `<component>.<module>.lora_A.weight`    down, (rank, in) or (rank, in, kh, kw)
+  `<component>.<module>.lora_B.weight`    up with alpha/rank folded in, so every scale is 1
+  `cloneofsimo.<component>.<i>.lora_A.weight` / `lora_B.weight`
+        cloneofsimo keys name no module: the index is resolved against the model in the worker
+  `embedding:<token>`                     a token embedding for the first text encoder, (dim,) or (n, dim)
+  metadata `showroom_lora` = "1", `source_format` = the detected layout, `cloneofsimo.<component>` = the
+  cloneofsimo target classes (JSON). Without cloneofsimo and embedding keys this is exactly what
+  `pipe.load_lora_weights(state_dict, adapter_name=...)` takes; `load_lora_into` handles the rest.
+"""
+
+import json
+import logging
+import re
+import struct
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("showroom.lora")
+
+MAX_HEADER = 100 * 1024 * 1024
+EMBEDDING_PREFIX = "embedding:"
+CLONEOFSIMO_PREFIX = "cloneofsimo."
+COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+NOT_SAFETENSORS = ("the file is not a .safetensors file ({why}); pickled .ckpt/.pt/.bin files are refused because "
+                   "loading them can run code: convert the LoRA to safetensors first")
+
+
+class LoraFormatError(ValueError):
+    """The file is not a LoRA we can load, or not one for this base model; the message says how to fix it."""
+
+
+# ----- safetensors without torch -----
+
+_ITEMSIZE = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
+_NUMPY = {"F16": np.float16, "F32": np.float32, "F64": np.float64}
+
+
+@dataclass
+class Tensor:
+    dtype: str
+    shape: tuple[int, ...]
+    raw: bytes
+
+    def array(self) -> np.ndarray:
+        """The values as float32 (bf16 widened bit-exactly)."""
+        if self.dtype == "BF16":
+            bits = np.frombuffer(self.raw, dtype="<u2").astype(np.uint32) << 16
+            return bits.view(np.float32).reshape(self.shape)
+        return np.frombuffer(self.raw, dtype=np.dtype(_NUMPY[self.dtype]).newbyteorder("<")).astype(
+            np.float32).reshape(self.shape)
+
+    @classmethod
+    def from_array(cls, arr: np.ndarray, dtype: str) -> "Tensor":
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        if dtype == "BF16":  # round to nearest even on the upper 16 bits
+            bits = arr.view(np.uint32)
+            raw = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2").tobytes()
+        else:
+            raw = arr.astype(np.dtype(_NUMPY[dtype]).newbyteorder("<")).tobytes()
+        return cls(dtype, tuple(arr.shape), raw)
+
+
+def read_safetensors(data: bytes) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file, every offset and size checked against the bytes."""
+    if len(data) < 10:
+        raise LoraFormatError(NOT_SAFETENSORS.format(why="empty or too short"))
+    (size,) = struct.unpack("<Q", data[:8])
+    if size < 2 or size > min(MAX_HEADER, len(data) - 8) or data[8:9] != b"{":
+        why = "it is a zip, e.g. torch.save output" if data[:2] == b"PK" else "no safetensors header"
+        raise LoraFormatError(NOT_SAFETENSORS.format(why=why))
+    try:
+        header = json.loads(data[8:8 + size])
+    except ValueError:
+        raise LoraFormatError(NOT_SAFETENSORS.format(why="its header is not JSON")) from None
+    if not isinstance(header, dict):
+        raise LoraFormatError(NOT_SAFETENSORS.format(why="its header is not a JSON object"))
+    metadata = header.pop("__metadata__", None) or {}
+    body = memoryview(data)[8 + size:]
+    tensors = {}
+    for name, info in header.items():
+        try:
+            dtype, shape, (start, end) = info["dtype"], tuple(int(d) for d in info["shape"]), info["data_offsets"]
+        except (TypeError, KeyError, ValueError):
+            raise LoraFormatError(f"the safetensors header is malformed at tensor {name!r}") from None
+        if dtype not in _ITEMSIZE:
+            raise LoraFormatError(f"tensor {name!r} has dtype {dtype}; a LoRA holds floating-point weights only")
+        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end):
+            raise LoraFormatError(f"the safetensors header is malformed at tensor {name!r}")
+        if end > len(body):
+            raise LoraFormatError(f"the file is truncated: tensor {name!r} runs past its end; upload it again")
+        if end - start != int(np.prod(shape, dtype=np.int64)) * _ITEMSIZE[dtype]:
+            raise LoraFormatError(f"tensor {name!r}: its byte size does not match its shape {list(shape)}")
+        tensors[name] = Tensor(dtype, shape, bytes(body[start:end]))
+    return tensors, {str(k): str(v) for k, v in metadata.items()}
+
+
+def write_safetensors(tensors: dict[str, Tensor], metadata: dict[str, str]) -> bytes:
+    header: dict = {"__metadata__": metadata}
+    offset, chunks = 0, []
+    for name in sorted(tensors):
+        t = tensors[name]
+        header[name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [offset, offset + len(t.raw)]}
+        offset += len(t.raw)
+        chunks.append(t.raw)
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    return struct.pack("<Q", len(encoded)) + encoded + b"".join(chunks)
+
+
+# ----- layouts -----
+
+@dataclass
+class Pair:
+    """One LoRA'd module: `target` is `<component>.<module>` (or a cloneofsimo index), scale = alpha / rank."""
+    down: Tensor | None = None
+    up: Tensor | None = None
+    alpha: float | None = None
+
+
+_DIFFUSERS_AB = re.compile(r"^(?P<mod>.+?)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
+_DIFFUSERS_OLD = re.compile(r"^(?P<mod>.+?)\.lora(?:_linear_layer)?\.(?P<ab>down|up)\.weight$")
+_DIFFUSERS_PROC = re.compile(r"^(?P<mod>.+?)(?:\.processor)?\.(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?P<ab>down|up)\.weight$")
+_KOHYA = re.compile(r"^lora_(?P<part>unet|te1|te2|te)_(?P<name>.+?)\.(?:(?P<ab>lora_down|lora_up)\.weight|alpha)$")
+_CLONEOFSIMO = re.compile(r"^(?P<part>unet|text_encoder):(?P<i>\d+):(?P<ab>up|down)$")
+_TEXT_PROJ = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}
+_KOHYA_PARTS = {"unet": "unet", "te": "text_encoder", "te1": "text_encoder", "te2": "text_encoder_2"}
+# Module-name words that hold an underscore, for reading kohya's flattened names back (longest first).
+_COMPOUNDS = sorted((tuple(w.split("_")) for w in (
+    "down_blocks up_blocks mid_block transformer_blocks to_q to_k to_v to_out proj_in proj_out conv_shortcut "
+    "time_emb_proj time_embedding linear_1 linear_2 conv_in conv_out conv_norm_out add_embedding class_embedding "
+    "encoder_hid_proj text_model self_attn q_proj k_proj v_proj out_proj layer_norm1 layer_norm2 final_layer_norm "
+    "token_embedding position_embedding text_projection input_blocks middle_block output_blocks in_layers "
+    "out_layers emb_layers skip_connection time_embed label_emb").split()), key=len, reverse=True)
+
+
+def _unflatten(name: str) -> str:
+    """`down_blocks_1_attentions_0_proj_in` -> `down_blocks.1.attentions.0.proj_in`."""
+    words, out, i = name.split("_"), [], 0
+    while i < len(words):
+        for compound in _COMPOUNDS:
+            if tuple(words[i:i + len(compound)]) == compound:
+                out.append("_".join(compound))
+                i += len(compound)
+                break
+        else:
+            out.append(words[i])
+            i += 1
+    return ".".join(out)
+
+
+_SGM_RESNET = {"in_layers.0": "norm1", "in_layers.2": "conv1", "emb_layers.1": "time_emb_proj",
+               "out_layers.0": "norm2", "out_layers.3": "conv2", "skip_connection": "conv_shortcut"}
+
+
+def _sgm_to_diffusers(path: str, layers_per_block: int = 2) -> str:
+    """SDXL's original (sgm) UNet names, as kohya writes them, to diffusers names (2 layers a block, as SD/SDXL)."""
+    parts = path.split(".")
+    if parts[0] not in ("input_blocks", "middle_block", "output_blocks"):
+        return path
+    if parts[0] == "middle_block":
+        j, rest = int(parts[1]), ".".join(parts[2:])
+        head = {0: "mid_block.resnets.0", 1: "mid_block.attentions.0", 2: "mid_block.resnets.1"}[j]
+        inner = j != 1
+    else:
+        i, j, rest = int(parts[1]), int(parts[2]), ".".join(parts[3:])
+        if parts[0] == "input_blocks":
+            if i == 0:
+                raise LoraFormatError(f"kohya module input_blocks.0.{j} (conv_in) is not supported")
+            block, layer = divmod(i - 1, layers_per_block + 1)
+            if layer == layers_per_block:
+                return f"down_blocks.{block}.downsamplers.0.{rest.replace('op', 'conv')}"
+            if j > 1:
+                raise LoraFormatError(f"kohya module input_blocks.{i}.{j} is not a UNet module we know")
+            kind = ("resnets", "attentions")[j]
+            head, inner = f"down_blocks.{block}.{kind}.{layer}", j == 0
+        else:
+            block, layer = divmod(i, layers_per_block + 1)
+            if j > 0 and rest.startswith("conv"):
+                return f"up_blocks.{block}.upsamplers.0.{rest}"
+            if j > 1:
+                raise LoraFormatError(f"kohya module output_blocks.{i}.{j} is not a UNet module we know")
+            head, inner = f"up_blocks.{block}.{('resnets', 'attentions')[j]}.{layer}", j == 0
+    if inner:
+        for old, new in _SGM_RESNET.items():
+            if rest == old or rest.startswith(old + "."):
+                rest = new + rest[len(old):]
+    return f"{head}.{rest}"
+
+
+def _kohya_target(part: str, name: str) -> str:
+    path = _unflatten(name)
+    if part == "unet":
+        path = _sgm_to_diffusers(path)
+    return f"{_KOHYA_PARTS[part]}.{path}"
+
+
+def _diffusers_target(key: str) -> tuple[str, str] | None:
+    """(target, 'down'|'up') for a diffusers/peft weight key, or None."""
+    if m := _DIFFUSERS_PROC.match(key):
+        mod, proj = m["mod"], m["proj"]
+        text = mod.startswith("text_encoder")
+        mod = f"{mod}.{_TEXT_PROJ[proj]}" if text else f"{mod}.{'to_out.0' if proj == 'to_out' else proj}"
+        return mod, m["ab"]
+    if m := (_DIFFUSERS_AB.match(key) or _DIFFUSERS_OLD.match(key)):
+        return m["mod"], {"A": "down", "B": "up"}.get(m["ab"], m["ab"])
+    return None
+
+
+def _with_component(mod: str) -> str:
+    mod = mod.removeprefix("base_model.model.")
+    if mod.split(".")[0] in COMPONENTS:
+        return mod
+    return f"text_encoder.{mod}" if mod.startswith("text_model.") else f"unet.{mod}"
+
+
+def _metadata_alpha(metadata: dict[str, str]) -> dict[str, float]:
+    """Per-component lora_alpha and alpha_pattern from diffusers' `lora_adapter_metadata`."""
+    raw = metadata.get("lora_adapter_metadata")
+    if not raw:
+        return {}
+    try:
+        packed = json.loads(raw)
+    except ValueError:
+        raise LoraFormatError("the file's lora_adapter_metadata is not JSON") from None
+    alphas = {}
+    for component in COMPONENTS:
+        if f"{component}.lora_alpha" in packed:
+            alphas[component] = float(packed[f"{component}.lora_alpha"])
+            for pattern, alpha in (packed.get(f"{component}.alpha_pattern") or {}).items():
+                alphas[f"{component}.{pattern}"] = float(alpha)
+    return alphas
+
+
+def _parse(tensors: dict[str, Tensor], metadata: dict[str, str]) -> tuple[str, dict[str, Pair], dict[str, Tensor]]:
+    """(source layout, pairs by target, token embeddings)."""
+    pairs: dict[str, Pair] = {}
+    embeddings: dict[str, Tensor] = {}
+    unknown: list[str] = []
+    layouts: set[str] = set()
+    for key, tensor in tensors.items():
+        if m := _CLONEOFSIMO.match(key):
+            layouts.add("cloneofsimo")
+            setattr(pairs.setdefault(f"{CLONEOFSIMO_PREFIX}{m['part']}.{m['i']}", Pair()), m["ab"], tensor)
+        elif metadata.get(key) == "<embed>" or key.startswith(EMBEDDING_PREFIX):
+            embeddings[key.removeprefix(EMBEDDING_PREFIX)] = tensor
+        elif m := _KOHYA.match(key):
+            layouts.add("kohya")
+            pair = pairs.setdefault(_kohya_target(m["part"], m["name"]), Pair())
+            if m["ab"]:
+                setattr(pair, "down" if m["ab"] == "lora_down" else "up", tensor)
+            else:
+                pair.alpha = float(tensor.array().reshape(-1)[0])
+        elif found := _diffusers_target(key):
+            layouts.add("peft" if key.split(".")[0] not in COMPONENTS else "diffusers")
+            setattr(pairs.setdefault(_with_component(found[0]), Pair()), found[1], tensor)
+        elif key.endswith(".alpha") and key.split(".")[0] in COMPONENTS:
+            pairs.setdefault(key.removesuffix(".alpha"), Pair()).alpha = float(tensor.array().reshape(-1)[0])
+        else:
+            unknown.append(key)
+    if unknown:
+        raise LoraFormatError(_unknown_message(unknown, bool(pairs)))
+    if not pairs:
+        raise LoraFormatError("the file holds no LoRA weights" + (" (only token embeddings)" if embeddings else ""))
+    if len(layouts) > 1:
+        raise LoraFormatError(f"the file mixes LoRA layouts ({', '.join(sorted(layouts))}); export it in one")
+    return layouts.pop(), pairs, embeddings
+
+
+def _unknown_message(unknown: list[str], has_lora: bool) -> str:
+    sample = ", ".join(repr(k) for k in unknown[:3])
+    if any(k.startswith(("model.diffusion_model.", "first_stage_model.", "cond_stage_model.")) for k in unknown):
+        return "this is a full Stable Diffusion checkpoint, not a LoRA: upload the LoRA file"
+    if any(s in k for k in unknown for s in ("hada_", "lokr_", "dora_scale", "lora_magnitude_vector")):
+        return f"LyCORIS LoHa/LoKr and DoRA weights are not supported, only plain LoRA (found {sample})"
+    if not has_lora:
+        return (f"the file holds no LoRA weights in a known layout (diffusers, peft, kohya or cloneofsimo); "
+                f"first tensors: {sample}")
+    return f"the file holds {len(unknown)} tensors that are not part of a LoRA, e.g. {sample}"
+
+
+def _check_pair(target: str, pair: Pair) -> float:
+    """Validate one module's weights; returns its scale alpha / rank."""
+    name = target.removeprefix(CLONEOFSIMO_PREFIX)
+    if pair.down is None or pair.up is None:
+        missing = "up (lora_B)" if pair.up is None else "down (lora_A)"
+        raise LoraFormatError(f"the LoRA for {name} has no {missing} matrix: the file is incomplete")
+    down, up = pair.down.shape, pair.up.shape
+    if len(down) not in (2, 4) or len(up) != len(down) or down[0] != up[1] or (len(up) == 4 and up[2:] != (1, 1)):
+        raise LoraFormatError(f"the LoRA for {name} has inconsistent shapes: down {list(down)}, up {list(up)}")
+    return 1.0 if pair.alpha is None else pair.alpha / down[0]
+
+
+def normalize_upload(data: bytes) -> bytes:
+    """An uploaded LoRA in any supported layout -> the canonical safetensors layout; LoraFormatError says why not."""
+    tensors, metadata = read_safetensors(data)
+    source, pairs, embeddings = _parse(tensors, metadata)
+    alphas = _metadata_alpha(metadata)
+    out: dict[str, Tensor] = {}
+    for target, pair in pairs.items():
+        if pair.alpha is None and alphas:
+            component = target.split(".")[0]
+            pattern = next((p for p in alphas if "." in p and (target == p or target.endswith("." + p.split(".", 1)[1]))
+                            and p.startswith(component + ".")), component)
+            pair.alpha = alphas.get(pattern)
+        scale = _check_pair(target, pair)
+        up = pair.up
+        if scale != 1.0:
+            up = Tensor.from_array(up.array() * np.float32(scale), up.dtype)
+        for tensor in (pair.down, up):
+            if not np.isfinite(tensor.array()).all():
+                raise LoraFormatError(f"the LoRA for {target} holds NaN or infinite values: the training diverged")
+        out[f"{target}.lora_A.weight"], out[f"{target}.lora_B.weight"] = pair.down, up
+    for token, tensor in embeddings.items():
+        if len(tensor.shape) not in (1, 2) or not token.strip():
+            raise LoraFormatError(f"token embedding {token!r} has shape {list(tensor.shape)}; expected (dim,) or (n, dim)")
+        out[EMBEDDING_PREFIX + token] = tensor
+    if metadata.get("showroom_lora") == "1":  # already canonical: keep what was detected the first time
+        source = metadata.get("source_format", source)
+    new_metadata = {"format": "pt", "showroom_lora": "1", "source_format": source}
+    for part in ("unet", "text_encoder"):
+        targets = metadata.get(f"cloneofsimo.{part}") or (metadata.get(part) if source == "cloneofsimo" else None)
+        if targets:
+            new_metadata[f"cloneofsimo.{part}"] = targets
+    log.info("LoRA upload: %s layout, %d modules, %d token embeddings", source, len(pairs), len(embeddings))
+    return write_safetensors(out, new_metadata)
+
+
+# ----- in the worker: the canonical file meets a pipeline (torch from here on, imported lazily) -----
+
+# The Linear layers lora_diffusion wraps under each target class, in the order it finds them: registration
+# order of the diffusers/transformers of its time (CLIPAttention registers k, v, q, out).
+_CLONEOFSIMO_LINEARS = {"Attention": ("to_q", "to_k", "to_v", "to_out.0"), "GEGLU": ("proj",),
+                        "CLIPAttention": ("k_proj", "v_proj", "q_proj", "out_proj")}
+_CLONEOFSIMO_DEFAULT = {"unet": ["CrossAttention", "Attention", "GEGLU"], "text_encoder": ["CLIPAttention"]}
+# text encoder -> {adapter name: {token: embedding}}, for use_token_embeddings
+_TOKEN_REGISTRY: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _cloneofsimo_orders(model, targets: list[str]) -> list[list[str]]:
+    """Candidate module orders for lora_diffusion's indices: on today's module tree, and on the diffusers it was
+    used with, whose BasicTransformerBlock registered `ff` between `attn1` and `attn2`."""
+    wanted = {"Attention" if t == "CrossAttention" else t for t in targets}
+    order = []
+    for name, module in model.named_modules():
+        cls = type(module).__name__
+        if cls in wanted and cls in _CLONEOFSIMO_LINEARS:
+            order += [f"{name}.{leaf}" for leaf in _CLONEOFSIMO_LINEARS[cls]]
+    legacy = [m for m in order if not m.endswith(".ff.net.0.proj")]
+    for ff in (m for m in order if m.endswith(".ff.net.0.proj")):
+        block = ff.removesuffix(".ff.net.0.proj")
+        if f"{block}.attn1.to_out.0" in legacy:
+            legacy.insert(legacy.index(f"{block}.attn1.to_out.0") + 1, ff)
+    return [legacy, order] if legacy != order else [order]
+
+
+def _module_shape_error(pipe, target: str, down, up) -> str | None:
+    """Why `target` cannot take these weights in this pipeline, or None when it can."""
+    import torch
+
+    component, _, path = target.partition(".")
+    model = getattr(pipe, component, None)
+    if model is None:
+        return f"the model has no {component}"
+    try:
+        module = model.get_submodule(path)
+    except AttributeError:
+        return f"module {path!r} not found in the model's {component}"
+    base = getattr(module, "base_layer", module)
+    r = down.shape[0]
+    if isinstance(base, torch.nn.Linear):
+        expected_down, expected_up = (r, base.in_features), (base.out_features, r)
+    elif isinstance(base, torch.nn.Conv2d):
+        expected_down, expected_up = (r, base.in_channels, *base.kernel_size), (base.out_channels, r, 1, 1)
+    else:
+        return f"module {target} is a {type(base).__name__}, not a Linear or Conv2d layer"
+    if tuple(down.shape) != expected_down or tuple(up.shape) != expected_up:
+        return (f"shape mismatch at {target}: LoRA down {list(down.shape)} / up {list(up.shape)} vs model "
+                f"down {list(expected_down)} / up {list(expected_up)} (rank {r})")
+    return None
+
+
+def _guess_base(targets: dict[str, tuple]) -> str:
+    """What the LoRA was probably trained for, from its keys and the cross-attention width it expects."""
+    if any(t.startswith("text_encoder_2.") for t in targets):
+        return "SDXL (it has text encoder 2 weights)"
+    widths = {shape[1] for t, shape in targets.items() if t.endswith(("attn2.to_k", "attn2.to_v"))}
+    names = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
+    if len(widths) == 1 and (width := widths.pop()) in names:
+        return f"{names[width]} (cross-attention width {width})"
+    return "another base model"
+
+
+def _mismatch(pipe, reason: str, downs: dict[str, tuple]) -> "LoraFormatError":
+    unet = getattr(pipe, "unet", None)
+    width = getattr(getattr(unet, "config", None), "cross_attention_dim", "?")
+    model = f"{type(pipe).__name__}, cross-attention width {width}"
+    return LoraFormatError(f"this LoRA does not match the base model: {reason}. It was trained for "
+                           f"{_guess_base(downs)} but the model is a {model}; use a LoRA trained on this model")
+
+
+def _resolve_cloneofsimo(pipe, state: dict, metadata: dict[str, str]) -> dict:
+    """Replace `cloneofsimo.<component>.<i>` targets by module names, trying each plausible injection order."""
+    out = {k: v for k, v in state.items() if not k.startswith(CLONEOFSIMO_PREFIX)}
+    for component in ("unet", "text_encoder"):
+        prefix = f"{CLONEOFSIMO_PREFIX}{component}."
+        count = len([k for k in state if k.startswith(prefix) and k.endswith(".lora_A.weight")])
+        if not count:
+            continue
+        model = getattr(pipe, component, None)
+        stored = metadata.get(f"cloneofsimo.{component}")
+        target_sets = [json.loads(stored)] if stored else [_CLONEOFSIMO_DEFAULT[component], ["CrossAttention"]]
+        candidates = [o for t in target_sets for o in (_cloneofsimo_orders(model, t) if model is not None else [])]
+        for order in candidates:
+            if len(order) == count and not any(
+                    _module_shape_error(pipe, f"{component}.{m}", state[f"{prefix}{i}.lora_A.weight"],
+                                        state[f"{prefix}{i}.lora_B.weight"]) for i, m in enumerate(order)):
+                for i, m in enumerate(order):
+                    for ab in ("lora_A", "lora_B"):
+                        out[f"{component}.{m}.{ab}.weight"] = state[f"{prefix}{i}.{ab}.weight"]
+                break
+        else:
+            sizes = sorted({len(o) for o in candidates})
+            raise _mismatch(pipe, f"the cloneofsimo LoRA has {count} {component} layers, the model has {sizes} "
+                                  f"in lora_diffusion's order, or their shapes differ", {})
+    return out
+
+
+def _header_metadata(data: bytes) -> dict[str, str]:
+    try:
+        (size,) = struct.unpack("<Q", data[:8])
+        return json.loads(data[8:8 + size]).get("__metadata__") or {}
+    except (struct.error, ValueError, AttributeError):
+        return {}
+
+
+def load_lora_into(pipe, path: Path, adapter_name: str) -> list[str]:
+    """Load a canonical LoRA file into `pipe` as `adapter_name`; returns the tokens it added to the tokenizer."""
+    from safetensors.torch import load
+
+    data = Path(path).read_bytes()
+    metadata = _header_metadata(data)
+    if metadata.get("showroom_lora") != "1":  # stored before the converters existed, or put there by hand
+        data = normalize_upload(data)
+        metadata = _header_metadata(data)
+    try:
+        state = load(data)
+    except Exception as e:  # safetensors has its own error types for damaged files
+        raise LoraFormatError(f"the LoRA file {Path(path).name} cannot be read ({e}); upload it again") from None
+    embeddings = {k.removeprefix(EMBEDDING_PREFIX): v for k, v in state.items() if k.startswith(EMBEDDING_PREFIX)}
+    state = _resolve_cloneofsimo(pipe, {k: v for k, v in state.items() if not k.startswith(EMBEDDING_PREFIX)},
+                                 metadata)
+    targets = {k.removesuffix(".lora_A.weight") for k in state if k.endswith(".lora_A.weight")}
+    downs = {t: tuple(state[f"{t}.lora_A.weight"].shape) for t in targets}
+    for target in sorted(targets):
+        if reason := _module_shape_error(pipe, target, state[f"{target}.lora_A.weight"], state[f"{target}.lora_B.weight"]):
+            raise _mismatch(pipe, reason, downs)
+    for key, value in state.items():  # the LoRA layers take the dtype of the layer they wrap
+        component = getattr(pipe, key.split(".")[0])
+        state[key] = value.to(dtype=component.dtype)
+    try:
+        pipe.load_lora_weights(state, adapter_name=adapter_name)
+    except Exception:
+        if adapter_name in {a for names in pipe.get_list_adapters().values() for a in names}:
+            pipe.delete_adapters(adapter_name)
+        raise
+    return _add_tokens(pipe, adapter_name, embeddings) if embeddings else []
+
+
+def _add_tokens(pipe, adapter_name: str, embeddings: dict) -> list[str]:
+    """Register token embeddings with the first tokenizer/text encoder; existing tokens get the new vectors."""
+    tokenizer, text_encoder = getattr(pipe, "tokenizer", None), getattr(pipe, "text_encoder", None)
+    if tokenizer is None or text_encoder is None:
+        raise LoraFormatError("this LoRA carries token embeddings but the model has no text encoder")
+    table = text_encoder.get_input_embeddings().weight
+    for token, vector in embeddings.items():
+        if vector.shape[-1] != table.shape[1]:
+            raise _mismatch(pipe, f"token embedding {token!r} has {vector.shape[-1]} values but the model's text "
+                                  f"encoder uses {table.shape[1]}", {})
+    vocab = tokenizer.get_vocab()
+    new = {t: v.to(table.dtype) for t, v in embeddings.items() if t not in vocab}
+    if new:
+        pipe.load_textual_inversion(list(new.values()), token=list(new), tokenizer=tokenizer, text_encoder=text_encoder)
+    _TOKEN_REGISTRY.setdefault(text_encoder, {})[adapter_name] = embeddings
+    _write_rows(tokenizer, text_encoder, {t: v for t, v in embeddings.items() if t not in new})
+    log.info("adapter %s: token embeddings %s", adapter_name, ", ".join(embeddings))
+    return list(embeddings)
+
+
+def _write_rows(tokenizer, text_encoder, embeddings: dict) -> None:
+    import torch
+
+    table = text_encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        for token, vector in embeddings.items():
+            rows = vector.reshape(-1, table.shape[1])
+            names = [token] + [f"{token}_{i}" for i in range(1, rows.shape[0])]
+            for name, row in zip(names, rows):
+                table[tokenizer.convert_tokens_to_ids(name)] = row.to(table.dtype, table.device)
+
+
+def use_token_embeddings(pipe, adapter_names: list[str]) -> None:
+    """Before a job: give shared token names (every cloneofsimo LoRA says `<s1>`) the vectors of these adapters."""
+    text_encoder = getattr(pipe, "text_encoder", None)
+    by_adapter = _TOKEN_REGISTRY.get(text_encoder, {}) if text_encoder is not None else {}
+    for name in adapter_names:
+        if name in by_adapter:
+            _write_rows(pipe.tokenizer, text_encoder, by_adapter[name])

@@ -1,0 +1,107 @@
+"""Upscaling chosen images 4x: requests, their place in the manifest, and where the work runs.
+
+Replicate upscales run in a thread pool here (they wait on the network); local Swin2SR runs in a
+process of its own, so the API process never imports torch and the model stays loaded between
+requests. The engines are in backend.upscale.
+"""
+
+import logging
+import multiprocessing as mp
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+
+from backend.errors import Conflict, NotFound
+from backend.models import JobManifest, Status, UpscaleRecord
+from backend.storage import NotFound as ObjectMissing
+from backend.storage import put_retrying
+
+log = logging.getLogger("showroom.upscale")
+_engine = None  # the engine of this process, built on first use
+
+
+def upscale_key(image_key: str) -> str:
+    return image_key.removesuffix(".png") + "_x4.png"
+
+
+def build_engine(settings):
+    from backend.upscale import make_upscaler
+
+    token = settings.replicate_api_token.get_secret_value() if settings.replicate_api_token else None
+    kwargs = dict(replicate_api_token=token, replicate_base_url=settings.replicate_base_url,
+                  replicate_model=settings.replicate_model, replicate_task=settings.replicate_task,
+                  local_model_id=settings.local_upscaler_model, device=settings.device)
+    if settings.replicate_version:
+        kwargs["replicate_version"] = settings.replicate_version
+    return make_upscaler(settings.active_upscaler, **kwargs)
+
+
+def run_upscale(settings, source_key: str, target_key: str) -> None:
+    """Read the image, upscale it, store the result. Runs in a pool thread or the upscaler process."""
+    global _engine
+    if _engine is None:
+        _engine = build_engine(settings)
+    storage = settings.open_storage()
+    png = storage.get(source_key)
+    url = storage.presigned_url(source_key, settings.presign_ttl_s) if _engine.name == "replicate" else None
+    result = _engine.upscale(png, source_url=url)
+    put_retrying(storage, target_key, result, "image/png", budget_s=settings.storage_retry_s)
+
+
+class UpscaleService:
+    def __init__(self, settings, scheduler, jobs):
+        self.settings, self.scheduler, self.jobs = settings, scheduler, jobs
+        self.kind = settings.active_upscaler
+        self.pool: Executor = (
+            ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) if self.kind == "local"
+            else ThreadPoolExecutor(4, thread_name_prefix="upscale"))
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def request(self, job_id: str, index: int) -> dict:
+        """Queue an upscale of a succeeded image; asking again while it is queued, running or done
+        returns the same record instead of paying twice."""
+        job = self.jobs.get(job_id)
+        if not 0 <= index < len(job.images):
+            raise NotFound(f"job {job_id} has no image {index}; its images are 0..{len(job.images) - 1}")
+        image = job.images[index]
+        if image.status != Status.succeeded:
+            raise Conflict(f"image {index} is {image.status.value}; only a succeeded image can be upscaled")
+        if image.upscale and image.upscale.status != Status.failed:
+            return {"key": image.upscale.key, "status": image.upscale.status.value}
+        record = UpscaleRecord(key=upscale_key(image.key))
+        self.scheduler.mutate(job_id, lambda j: setattr(j.images[index], "upscale", record))
+        self._start(job_id, index, image.key, record.key)
+        return {"key": record.key, "status": "queued"}
+
+    def _start(self, job_id: str, index: int, source: str, target: str) -> None:
+        log.info("job %s image %d: upscale queued (%s)", job_id, index, self.kind)
+        future = self.pool.submit(run_upscale, self.settings, source, target)
+        self._set(job_id, index, Status.running)
+        future.add_done_callback(lambda f: self._finished(job_id, index, f))
+
+    def _finished(self, job_id: str, index: int, future) -> None:
+        error = future.exception() if not future.cancelled() else RuntimeError("canceled at shutdown")
+        if error is None:
+            self._set(job_id, index, Status.succeeded)
+            log.info("job %s image %d: upscaled", job_id, index)
+        else:
+            reason = str(error) if not isinstance(error, ObjectMissing) else "the source image is missing"
+            log.warning("job %s image %d: upscale failed: %s", job_id, index, reason)
+            self._set(job_id, index, Status.failed, f"upscale failed: {reason}"[:500])
+
+    def _set(self, job_id: str, index: int, status: Status, error: str | None = None) -> None:
+        def change(job: JobManifest) -> None:
+            record = job.images[index].upscale
+            if record is not None and not record.status.is_terminal():
+                record.status, record.error = status, error
+
+        try:
+            self.scheduler.mutate(job_id, change)
+        except Exception:
+            log.exception("could not record the upscale of job %s image %d", job_id, index)
+
+    def resume(self, job: JobManifest) -> None:
+        """After a restart: upscales left queued or running are started again."""
+        for image in job.images:
+            if image.upscale and not image.upscale.status.is_terminal():
+                self._start(job.id, image.index, image.key, image.upscale.key)
