@@ -1,0 +1,76 @@
+"""Checks backend/templates.json against the contract's Template shape and JobSpec ranges.
+
+Plain json + stdlib on purpose: the file must be valid on its own, without importing the backend.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+TEMPLATES_FILE = Path(__file__).resolve().parents[2] / "backend" / "templates.json"
+
+KEYS = {"id", "name", "category", "prompt", "negative_prompt", "steps", "guidance_scale", "strength"}
+CATEGORIES = {
+    "cosmetics", "shoes", "eyewear", "bags", "watches", "jewellery",
+    "food-drink", "electronics", "furniture", "pets", "clothing", "general",
+}
+SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+
+
+def _load():
+    return json.loads(TEMPLATES_FILE.read_text(encoding="utf-8"))
+
+
+TEMPLATES = _load()
+
+
+def _ids(templates):
+    return [t.get("id", f"#{i}") if isinstance(t, dict) else f"#{i}" for i, t in enumerate(templates)]
+
+
+def test_is_a_list_of_at_least_16():
+    assert isinstance(TEMPLATES, list)
+    assert len(TEMPLATES) >= 16
+
+
+def test_at_least_10_distinct_categories():
+    assert len({t["category"] for t in TEMPLATES}) >= 10
+
+
+def test_ids_unique():
+    ids = [t["id"] for t in TEMPLATES]
+    assert len(ids) == len(set(ids)), sorted(i for i in ids if ids.count(i) > 1)
+
+
+def test_no_two_prompts_identical():
+    prompts = [t["prompt"] for t in TEMPLATES]
+    assert len(prompts) == len(set(prompts))
+
+
+@pytest.mark.parametrize("t", TEMPLATES, ids=_ids(TEMPLATES))
+def test_exact_keys(t):
+    assert isinstance(t, dict)
+    assert set(t) == KEYS
+
+
+@pytest.mark.parametrize("t", TEMPLATES, ids=_ids(TEMPLATES))
+def test_fields(t):
+    assert isinstance(t["id"], str) and SLUG.fullmatch(t["id"]), t["id"]
+    assert isinstance(t["name"], str) and t["name"].strip()
+    assert t["category"] in CATEGORIES
+    assert isinstance(t["negative_prompt"], str)
+
+    prompt = t["prompt"]
+    assert isinstance(prompt, str)
+    assert 1 <= len(prompt) <= 1000
+    assert prompt.count("<product>") == 1
+
+    # bool is an int subclass; reject it explicitly.
+    assert isinstance(t["steps"], int) and not isinstance(t["steps"], bool)
+    assert 1 <= t["steps"] <= 150
+    for key, hi in (("guidance_scale", 30), ("strength", 1)):
+        value = t[key]
+        assert isinstance(value, (int, float)) and not isinstance(value, bool), key
+        assert 0 <= value <= hi, key
