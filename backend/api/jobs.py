@@ -121,6 +121,8 @@ async def cancel_job(job_id: str, services: ServicesDep, client: ClientDep) -> J
 @router.post("/{job_id}/images/{index}/upscale", status_code=202)
 async def upscale_image(job_id: str, index: int, services: ServicesDep, client: ClientDep) -> dict:
     """Queue a 4x upscale of one succeeded image."""
+    job_id = _job_id(job_id)
     if services.upscales is None:
+        await run_in_threadpool(services.jobs.get, job_id)  # an unknown job is a 404 whatever the upscaler
         raise Unavailable("upscaler is off: set UPSCALER=replicate with REPLICATE_API_TOKEN, or UPSCALER=local")
-    return await run_in_threadpool(services.upscales.request, _job_id(job_id), index)
+    return await run_in_threadpool(services.upscales.request, job_id, index)

@@ -121,7 +121,7 @@ def test_health_and_metrics_need_no_key(backend):
     assert requests.get(backend.url + "/metrics", timeout=10).status_code == 200
 
 
-@pytest.mark.parametrize("path", ["/v1/jobs/not-a-job", "/v1/jobs/" + "0" * 32, "/v1/jobs/..%2Fjob.json"])
+@pytest.mark.parametrize("path", ["/v1/jobs/not-a-job", "/v1/jobs/" + "0" * 32, "/v1/jobs/..%2E%2E"])
 def test_unknown_or_hostile_job_id_is_404(backend, path):
     r = backend.get(path)
     assert r.status_code == 404 and "no job" in r.json()["detail"]
