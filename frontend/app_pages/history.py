@@ -1,0 +1,5 @@
+"""History: recent jobs from storage, each openable."""
+
+from frontend.views import history
+
+history.draw()

@@ -1,0 +1,88 @@
+"""The one client of the backend's HTTP API: explicit timeouts, the bearer key, errors that say what to do."""
+
+import json
+import uuid
+
+import requests
+
+CONNECT_S = 3.05   # a GPU box that is off should not freeze the page
+HEALTH_READ_S = 5
+READ_S = 30        # a submission writes the manifest (and the photo) to storage before it answers
+UPLOAD_READ_S = 120  # a LoRA upload can be tens of MB
+
+
+class BackendError(Exception):
+    """The backend refused the request; `message` is its own explanation (the contract's `detail`)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.message, self.status = message, status
+
+
+class BackendOffline(BackendError):
+    """The backend did not answer at all."""
+
+
+class ShowroomClient:
+    def __init__(self, base_url: str, api_key: str | None):
+        self.base_url = base_url.rstrip("/")
+        self.session = requests.Session()
+        if api_key:
+            self.session.headers["Authorization"] = f"Bearer {api_key}"
+
+    def __repr__(self) -> str:  # never the key
+        return f"ShowroomClient({self.base_url!r})"
+
+    def _call(self, method: str, path: str, read_s: float = READ_S, **kwargs) -> dict:
+        url = self.base_url + path
+        try:
+            response = self.session.request(method, url, timeout=(CONNECT_S, read_s), **kwargs)
+        except requests.Timeout:
+            raise BackendOffline(f"the backend at {self.base_url} did not answer in time") from None
+        except requests.RequestException:
+            raise BackendOffline(f"the backend at {self.base_url} cannot be reached") from None
+        if response.status_code >= 400:
+            raise BackendError(_detail(response), response.status_code)
+        try:
+            return response.json()
+        except ValueError:
+            raise BackendError(f"the backend answered {path} with something that is not JSON",
+                               response.status_code) from None
+
+    def health(self) -> dict:
+        return self._call("GET", "/health", read_s=HEALTH_READ_S)
+
+    def catalog(self) -> dict:
+        return self._call("GET", "/v1/catalog")
+
+    def submit(self, spec: dict, photo: tuple[str, bytes, str] | None = None) -> dict:
+        """Queue a job; the Idempotency-Key makes a retried request return the same ticket."""
+        headers = {"Idempotency-Key": uuid.uuid4().hex}
+        if photo is None:
+            return self._call("POST", "/v1/jobs", json=spec, headers=headers)
+        files = {"spec": (None, json.dumps(spec), "application/json"), "image": photo}
+        return self._call("POST", "/v1/jobs", files=files, headers=headers)
+
+    def cancel(self, job_id: str) -> dict:
+        return self._call("POST", f"/v1/jobs/{job_id}/cancel")
+
+    def upscale(self, job_id: str, index: int) -> dict:
+        return self._call("POST", f"/v1/jobs/{job_id}/images/{index}/upscale")
+
+    def add_product(self, name: str, trigger: str, category: str | None, weight: float,
+                    lora: tuple[str, bytes]) -> dict:
+        data = {"name": name, "trigger": trigger, "weight": str(weight)} | ({"category": category} if category else {})
+        return self._call("POST", "/v1/products", read_s=UPLOAD_READ_S, data=data,
+                          files={"file": (lora[0], lora[1], "application/octet-stream")})
+
+
+def _detail(response: requests.Response) -> str:
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    if isinstance(detail, list):  # FastAPI's own validation errors
+        detail = "; ".join(str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in detail)
+    if response.status_code == 401:
+        return f"the backend refused the API key: set API_KEY to the backend's key ({detail or 'unauthorized'})"
+    return str(detail or f"the backend answered {response.status_code} {response.reason}")

@@ -1,0 +1,167 @@
+"""Jobs as the frontend sees them, read straight from storage: the manifest plus which objects exist.
+
+Nothing here draws; the views turn these into pixels. An image counts as done the moment its
+object is listed, even if the manifest saying so is still being written.
+"""
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from backend.storage import NotFound, Storage, StorageError
+
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+TERMINAL = ("succeeded", "failed", "canceled")
+LABELS = {"queued": "Waiting", "running": "Generating", "succeeded": "Done", "failed": "Failed",
+          "canceled": "Canceled"}
+
+
+def is_job_id(value: str | None) -> bool:
+    return bool(value) and bool(JOB_ID.match(value))
+
+
+def manifest_key(job_id: str) -> str:
+    return f"jobs/{job_id}/job.json"
+
+
+def upscale_key(key: str) -> str:
+    return key.removesuffix(".png") + "_x4.png"
+
+
+@dataclass
+class ImageView:
+    index: int
+    key: str
+    seed: int | None
+    status: str
+    error: str | None = None
+    upscale_status: str | None = None   # None: never asked; else queued/running/succeeded/failed
+    upscale_error: str | None = None
+    upscaled: bool = False              # the 4x object exists
+
+    @property
+    def done(self) -> bool:
+        return self.status == "succeeded"
+
+    @property
+    def label(self) -> str:
+        return LABELS.get(self.status, self.status)
+
+    @property
+    def upscaling(self) -> bool:
+        return self.upscale_status in ("queued", "running") and not self.upscaled
+
+
+@dataclass
+class JobView:
+    id: str
+    status: str
+    prompt: str
+    created_at: str | None
+    updated_at: str | None
+    width: int
+    height: int
+    images: list[ImageView]
+    error: str | None = None
+    product: str | None = None
+    template: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return all(img.status in TERMINAL for img in self.images)
+
+    @property
+    def needs_polling(self) -> bool:
+        return not self.terminal or any(img.upscaling for img in self.images)
+
+    @property
+    def done_count(self) -> int:
+        return sum(img.done for img in self.images)
+
+    def elapsed_s(self, now: datetime | None = None) -> float:
+        start = parse_time(self.created_at)
+        end = parse_time(self.updated_at) if self.terminal else (now or datetime.now(timezone.utc))
+        return max(0.0, (end - start).total_seconds()) if start and end else 0.0
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def read_manifest(storage: Storage, job_id: str) -> dict | None:
+    """The job's manifest, or None if there is no job of that id (yet)."""
+    try:
+        return json.loads(storage.get(manifest_key(job_id)))
+    except NotFound:
+        return None
+    except ValueError as e:
+        raise StorageError(f"the manifest of job {job_id} is not valid JSON: {e}") from None
+
+
+def job_view(manifest: dict, present: set[str] | None = None) -> JobView:
+    """Merge the manifest with the listing of the job's folder (`present`: keys that exist)."""
+    present = present or set()
+    spec = manifest.get("spec") or {}
+    images = []
+    for img in manifest.get("images", []):
+        up = img.get("upscale") or {}
+        status = "succeeded" if img["key"] in present else img.get("status", "queued")
+        x4 = up.get("key") or upscale_key(img["key"])
+        images.append(ImageView(index=img["index"], key=img["key"], seed=img.get("seed"), status=status,
+                                error=img.get("error"), upscale_status=up.get("status"),
+                                upscale_error=up.get("error"), upscaled=x4 in present))
+    view = JobView(id=manifest["id"], status=manifest.get("status", "queued"), prompt=spec.get("prompt", ""),
+                   created_at=manifest.get("created_at"), updated_at=manifest.get("updated_at"),
+                   width=spec.get("width") or 512, height=spec.get("height") or 512, images=images,
+                   error=manifest.get("error"), product=spec.get("product"), template=spec.get("template"))
+    if view.terminal and view.status not in TERMINAL:  # objects landed before the manifest caught up
+        view.status = "succeeded" if all(i.done for i in images) else "failed"
+    return view
+
+
+def ticket_view(ticket: dict, spec: dict) -> JobView:
+    """What to show between the 202 and the first manifest read: every image waiting."""
+    images = [ImageView(index=i["index"], key=i["key"], seed=i.get("seed"), status="queued") for i in ticket["images"]]
+    return JobView(id=ticket["id"], status="queued", prompt=spec.get("prompt", ""), created_at=None,
+                   updated_at=None, width=spec.get("width") or 512, height=spec.get("height") or 512, images=images)
+
+
+def load_job(storage: Storage, job_id: str) -> JobView | None:
+    """One GET of the manifest and one LIST of the job's folder."""
+    manifest = read_manifest(storage, job_id)
+    if manifest is None:
+        return None
+    return job_view(manifest, set(storage.list_files(f"jobs/{job_id}/")))
+
+
+def recent_jobs(storage: Storage, limit: int) -> list[JobView]:
+    """The newest jobs first (ids sort by creation time), skipping folders without a readable manifest."""
+    ids = [i for i in storage.list_dirs("jobs/") if is_job_id(i)]
+    found = []
+    for job_id in sorted(ids, reverse=True):
+        try:
+            manifest = read_manifest(storage, job_id)
+        except StorageError:
+            continue
+        if manifest is not None:
+            found.append(job_view(manifest))
+        if len(found) >= limit:
+            break
+    return found
+
+
+def format_elapsed(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"

@@ -1,0 +1,115 @@
+"""What every page shares, made once: the settings, the API client, the store, and short-lived caches.
+
+Cached functions take the backend URL or the storage URL as an argument, so two configurations in
+one process (tests, a settings change) never share an entry.
+"""
+
+import hashlib
+import io
+from dataclasses import dataclass, field
+
+import streamlit as st
+from PIL import Image
+
+from backend.storage import Storage, open_storage
+from frontend.client import BackendError, BackendOffline, ShowroomClient
+from frontend.jobs import JobView, recent_jobs
+from frontend.settings import Settings, load_settings
+
+
+def settings() -> Settings:
+    return load_settings()
+
+
+@st.cache_resource(show_spinner=False)
+def _client(base_url: str, api_key: str | None) -> ShowroomClient:
+    return ShowroomClient(base_url, api_key)
+
+
+def client() -> ShowroomClient:
+    s = settings()
+    return _client(s.backend_url, s.api_key)
+
+
+@st.cache_resource(show_spinner=False)
+def _storage(url: str, endpoint: str | None, key: str | None, secret: str | None, region: str | None) -> Storage:
+    return open_storage(url, endpoint_url=endpoint, access_key=key, secret_key=secret, region=region)
+
+
+def storage() -> Storage | None:
+    """The results store, or None when STORAGE_URL is not set."""
+    s = settings()
+    return _storage(*s.storage_args) if s.storage_url else None
+
+
+@dataclass(frozen=True)
+class Health:
+    state: str            # online, loading, degraded, error, offline
+    label: str
+    detail: str | None = None
+    gpus: int = 0
+    workers: int = 0
+    pending: int = 0
+    upscaler: str = "off"
+    devices: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def can_generate(self) -> bool:
+        """Jobs are accepted while the model loads (they wait in the queue), not when nothing runs."""
+        return self.state in ("online", "loading", "degraded")
+
+
+_STATES = {"ok": ("online", "Online"), "starting": ("loading", "Loading the model"),
+           "degraded": ("degraded", "Degraded"), "error": ("error", "Error")}
+
+
+@st.cache_data(ttl=5, show_spinner=False)
+def health(base_url: str) -> Health:
+    try:
+        body = client().health()
+    except BackendOffline:
+        return Health("offline", "Offline", f"the generator at {base_url} is not answering")
+    except BackendError as e:
+        return Health("error", "Error", e.message)
+    state, label = _STATES.get(body.get("status"), ("error", "Error"))
+    workers = body.get("workers") or []
+    devices = tuple(str(w.get("device", "?")) for w in workers)
+    return Health(state, label, body.get("detail"), gpus=sum(d.startswith(("cuda", "mps")) for d in devices),
+                  workers=len(workers), pending=int((body.get("queue") or {}).get("pending", 0)),
+                  upscaler=str(body.get("upscaler") or "off"), devices=devices)
+
+
+def current_health() -> Health:
+    return health(settings().backend_url)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def catalog(base_url: str, key_id: str) -> dict:
+    """Products and templates; raises BackendError (failures are not cached)."""
+    return client().catalog()
+
+
+def current_catalog() -> dict:
+    s = settings()
+    # the key's fingerprint, not the key, tells cache entries apart: a wrong key must not reuse a good answer
+    return catalog(s.backend_url, hashlib.sha256((s.api_key or "").encode()).hexdigest()[:16])
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def image_bytes(storage_url: str, key: str) -> bytes:
+    """An image object: written once and never changed, so it is safe to keep."""
+    return storage().get(key)
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def thumbnail(storage_url: str, key: str, size: int = 384) -> bytes:
+    with Image.open(io.BytesIO(image_bytes(storage_url, key))) as img:
+        img.thumbnail((size, size))
+        out = io.BytesIO()
+        img.convert("RGB").save(out, format="JPEG", quality=85)
+    return out.getvalue()
+
+
+@st.cache_data(ttl=5, show_spinner=False)
+def history(storage_url: str, limit: int) -> list[JobView]:
+    return recent_jobs(storage(), limit)

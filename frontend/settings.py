@@ -1,0 +1,53 @@
+"""The one settings reader: each name from `st.secrets` first, then the environment.
+
+Secret values never reach a log or the page: the dataclass hides them from its repr.
+"""
+
+import os
+from dataclasses import dataclass, field
+
+import streamlit as st
+
+DEFAULT_BACKEND_URL = "http://localhost:8000"
+
+
+@dataclass(frozen=True)
+class Settings:
+    backend_url: str = DEFAULT_BACKEND_URL
+    api_key: str | None = field(default=None, repr=False)
+    storage_url: str | None = None
+    s3_endpoint_url: str | None = None
+    aws_access_key_id: str | None = field(default=None, repr=False)
+    aws_secret_access_key: str | None = field(default=None, repr=False)
+    aws_region: str | None = None
+    app_password: str | None = field(default=None, repr=False)
+
+    @property
+    def storage_args(self) -> tuple:
+        """What opens the store; also the cache key of the opened store."""
+        return (self.storage_url, self.s3_endpoint_url, self.aws_access_key_id, self.aws_secret_access_key,
+                self.aws_region)
+
+
+def _read(name: str) -> str | None:
+    """A secret of that name if the app has secrets, else the environment; blank counts as unset."""
+    value = None
+    if st.secrets.load_if_toml_exists():  # False, not an error, when no secrets file exists
+        value = st.secrets.get(name)
+    if value is None:
+        value = os.environ.get(name)
+    value = str(value).strip() if value is not None else None
+    return value or None
+
+
+def load_settings() -> Settings:
+    return Settings(
+        backend_url=(_read("BACKEND_URL") or DEFAULT_BACKEND_URL).rstrip("/"),
+        api_key=_read("API_KEY"),
+        storage_url=_read("STORAGE_URL"),
+        s3_endpoint_url=_read("S3_ENDPOINT_URL"),
+        aws_access_key_id=_read("AWS_ACCESS_KEY_ID"),
+        aws_secret_access_key=_read("AWS_SECRET_ACCESS_KEY"),
+        aws_region=_read("AWS_REGION"),
+        app_password=_read("APP_PASSWORD"),
+    )

@@ -1,0 +1,27 @@
+"""Showroom's frontend: `streamlit run frontend/streamlit_app.py` from the repo root.
+
+The entry point only frames the app (password, header, navigation); the pages in views/ draw.
+It needs frontend/requirements.txt alone: no torch, no diffusers, nothing from backend/ but storage.
+"""
+
+import sys
+from pathlib import Path
+
+# Streamlit puts only this folder on sys.path; the repo root makes `frontend.*` and `backend.storage` importable.
+ROOT = str(Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import streamlit as st  # noqa: E402
+
+from frontend import nav, services  # noqa: E402
+from frontend.auth import require_password  # noqa: E402
+from frontend.views import chrome, compose  # noqa: E402
+
+st.set_page_config(page_title="Showroom", page_icon="◆", layout="wide", initial_sidebar_state="collapsed")
+chrome.inject_css()
+require_password(services.settings().app_password)
+compose.keep_compose_state()
+page = st.navigation(nav.build(), position="top")
+chrome.header()
+page.run()

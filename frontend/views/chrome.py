@@ -1,0 +1,84 @@
+"""The frame around every page: the stylesheet, the header with the backend's status pill."""
+
+import html
+
+import streamlit as st
+
+from frontend import services
+
+CSS = """
+<style>
+.block-container {padding-top: 4.2rem; max-width: 1320px;}
+.sr-brand {display: flex; align-items: baseline; gap: .7rem;}
+.sr-brand h1 {font-size: 1.9rem; margin: 0; padding: 0; letter-spacing: -.02em;}
+.sr-brand .sr-mark {color: var(--primary-color, #4F46E5);}
+.sr-tagline {color: #6B6B80; font-size: .95rem; margin-top: .15rem;}
+.sr-pill {display: inline-flex; align-items: center; gap: .45rem; padding: .32rem .8rem; border-radius: 999px;
+  font-size: .85rem; font-weight: 600; border: 1px solid transparent; white-space: nowrap;}
+.sr-pill .sr-dot {width: .55rem; height: .55rem; border-radius: 50%; background: currentColor;}
+.sr-pill-online {background: #E8F7EE; color: #17803D; border-color: #BFE8CF;}
+.sr-pill-loading, .sr-pill-degraded {background: #FFF5E5; color: #B25E00; border-color: #FBDDB0;}
+.sr-pill-error {background: #FDECEC; color: #B42318; border-color: #F6C7C3;}
+.sr-pill-offline {background: #F1F1F5; color: #5B5B6E; border-color: #DCDCE5;}
+.sr-pill-loading .sr-dot {animation: sr-pulse 1.2s ease-in-out infinite;}
+.sr-status {text-align: right;}
+.sr-status-meta {color: #6B6B80; font-size: .8rem; margin-top: .3rem;}
+.sr-slot {position: relative; width: 100%; border-radius: .5rem; display: flex; align-items: center;
+  justify-content: center; flex-direction: column; gap: .35rem; color: #6B6B80; font-size: .9rem;
+  background: #F4F4F8; border: 1px dashed #D9D9E3; overflow: hidden; text-align: center; padding: .5rem;}
+.sr-slot-running {background: linear-gradient(100deg, #F1F0FF 20%, #E2DFFF 40%, #F1F0FF 60%);
+  background-size: 200% 100%; animation: sr-shimmer 1.4s linear infinite; color: #4F46E5; border-style: solid;
+  border-color: #D6D2FF;}
+.sr-slot-failed {background: #FDF1F0; color: #B42318; border-color: #F6C7C3;}
+.sr-slot-canceled {background: #F6F6F8; color: #8A8A9A;}
+.sr-slot b {font-weight: 650;}
+.sr-slot small {max-width: 95%; font-size: .78rem; line-height: 1.25;}
+.sr-empty {border: 1px dashed #D9D9E3; border-radius: .8rem; padding: 2.6rem 1.5rem; text-align: center;
+  color: #6B6B80; background: #FAFAFC;}
+.sr-empty h3 {color: #1B1B2F; font-size: 1.15rem; margin-bottom: .3rem;}
+.sr-prompt {color: #55556A; font-size: .84rem; line-height: 1.35; min-height: 3.4em;}
+.sr-card-head {display: flex; justify-content: space-between; align-items: baseline; gap: .5rem;
+  margin-bottom: .35rem;}
+.sr-card-head b {font-size: .95rem; line-height: 1.25;}
+.sr-tag {text-transform: capitalize; font-size: .72rem; font-weight: 600; color: #5B4FD6; background: #EEECFF; padding: .1rem .5rem;
+  border-radius: 999px; white-space: nowrap;}
+.sr-clamp {display: -webkit-box; -webkit-line-clamp: 3; -webkit-box-orient: vertical; overflow: hidden;
+  min-height: 3.9em;}
+.sr-meta {color: #6B6B80; font-size: .82rem;}
+@keyframes sr-shimmer {to {background-position: -200% 0;}}
+@keyframes sr-pulse {50% {opacity: .3;}}
+</style>
+"""
+
+
+def inject_css() -> None:
+    st.html(CSS)
+
+
+def status_pill(h: services.Health) -> str:
+    return (f'<span class="sr-pill sr-pill-{h.state}" title="{html.escape(h.detail or "")}">'
+            f'<span class="sr-dot"></span>Generator: {html.escape(h.label)}</span>')
+
+
+def status_meta(h: services.Health) -> str:
+    if h.state == "offline":
+        return "History stays available; generation is paused."
+    hardware = f"{h.gpus} GPU{'s' if h.gpus != 1 else ''}" if h.gpus else f"{h.workers} CPU worker{'s' if h.workers != 1 else ''}"
+    parts = [hardware, f"{h.pending} image{'s' if h.pending != 1 else ''} in queue"]
+    return " · ".join(parts) + (f" — {h.detail}" if h.detail else "")
+
+
+def header() -> None:
+    brand, status = st.columns([3, 2], vertical_alignment="center")
+    brand.markdown('<div class="sr-brand"><h1><span class="sr-mark">◆</span> Showroom</h1></div>'
+                   '<div class="sr-tagline">Studio-quality pictures of your product, in any scene.</div>',
+                   unsafe_allow_html=True)
+    with status:
+        _live_status()
+
+
+@st.fragment(run_every=15)
+def _live_status() -> None:
+    h = services.current_health()
+    st.markdown(f'<div class="sr-status">{status_pill(h)}<div class="sr-status-meta">'
+                f'{html.escape(status_meta(h))}</div></div>', unsafe_allow_html=True)

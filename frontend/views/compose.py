@@ -1,0 +1,126 @@
+"""The Create page: compose a job on the left, watch its pictures land on the right."""
+
+import streamlit as st
+
+from frontend import nav, services
+from frontend.client import BackendError
+from frontend.views import job_panel, styles
+
+MAX_SEED = 2**53 - 1 - 16
+NO_PRODUCT = ""  # not None: a selectbox shows None as "nothing chosen yet"
+# Kept across page switches: Streamlit forgets a widget's value when a page without it is drawn.
+COMPOSE_KEYS = ("product", "template_id", "prompt", "negative", "num_images", "steps", "guidance", "width",
+                "height", "seed", "strength", "style_category")
+
+
+def keep_compose_state() -> None:
+    for key in COMPOSE_KEYS:
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
+
+
+def _defaults(native: int) -> None:
+    values = {"product": NO_PRODUCT, "template_id": None, "prompt": "", "negative": "", "num_images": 4, "steps": 30,
+              "guidance": 7.5, "width": native, "height": native, "seed": None, "strength": 0.5}
+    for key, value in values.items():
+        st.session_state.setdefault(key, value)
+
+
+def draw() -> None:
+    health = services.current_health()
+    compose_col, results_col = st.columns([5, 7], gap="large")
+    with compose_col:
+        catalog = _catalog_or_reason(health)
+        if catalog is not None:
+            _compose(catalog, health)
+    with results_col:
+        job_panel.draw(st.query_params.get("job"))
+
+
+def _catalog_or_reason(health: services.Health) -> dict | None:
+    if health.state == "offline":
+        _unavailable("The generator is offline, so generation is unavailable right now.",
+                     "Your finished pictures are safe: browse them in History, or open a job link.")
+        return None
+    try:
+        return services.current_catalog()
+    except BackendError as e:
+        _unavailable("Generation is unavailable: the generator could not list products and styles.", e.message)
+        return None
+
+
+def _unavailable(title: str, body: str) -> None:
+    st.warning(f"**{title}**\n\n{body}", icon=":material/cloud_off:")
+    st.page_link(nav.page("history"), label="Browse history", icon=":material/photo_library:")
+
+
+def _compose(catalog: dict, health: services.Health) -> None:
+    _defaults(int(catalog.get("native_size") or 512))
+    st.markdown("##### 1 · Product and style")
+    products = {p["name"]: p for p in catalog.get("products", [])}
+    if st.session_state.get("product") not in products:
+        st.session_state["product"] = NO_PRODUCT
+    st.selectbox("Product", [NO_PRODUCT, *products], key="product",
+                 format_func=lambda n: "No product (generic scene)" if n == NO_PRODUCT else
+                 f"{n} — {products[n].get('category') or 'uncategorised'}",
+                 help="The product's LoRA is applied and `<product>` becomes its trigger words.")
+    if not products:
+        st.caption("No products yet: add your first on the Products page.")
+    styles.gallery(catalog.get("templates", []))
+
+    st.markdown("##### 2 · Describe the shot")
+    st.text_area("Prompt", key="prompt", height=100, max_chars=1000,
+                 placeholder="<product> on a marble counter, soft morning light")
+    st.caption("`<product>` is replaced by the product's trigger words.")
+    st.text_area("Negative prompt", key="negative", height=68, placeholder="blurry, low quality, text, watermark")
+    st.slider("Number of images", 1, 16, key="num_images")
+    with st.expander("Place a product photo (optional)", icon=":material/add_photo_alternate:"):
+        photo = st.file_uploader("Product photo", type=["png", "jpg", "jpeg", "webp"], key="photo")
+        st.slider("Strength", 0.0, 1.0, step=0.05, key="strength",
+                  help="Low keeps the photo nearly as it is; high lets the prompt repaint more of it.")
+    with st.expander("Advanced settings", icon=":material/tune:"):
+        left, right = st.columns(2)
+        left.number_input("Steps", 1, 150, key="steps")
+        right.number_input("Guidance", 0.0, 30.0, step=0.5, key="guidance")
+        left.number_input("Width", 64, 2048, step=8, key="width")
+        right.number_input("Height", 64, 2048, step=8, key="height")
+        st.number_input("Seed", 0, MAX_SEED, key="seed", placeholder="random",
+                        help="Image i is made from seed + i: the same seed gives the same pictures.")
+
+    if health.state == "loading":
+        st.caption("The model is still loading: your job waits in the queue and starts as soon as it is ready.")
+    elif not health.can_generate:
+        st.warning(f"Generation is unavailable: {health.detail or 'the generator reports an error'}.")
+    if st.button("Generate", type="primary", width="stretch", key="generate", icon=":material/auto_awesome:",
+                 disabled=not health.can_generate):
+        _submit(photo)
+
+
+def _spec() -> tuple[dict | None, str | None]:
+    ss = st.session_state
+    prompt = (ss["prompt"] or "").strip()
+    if not prompt:
+        return None, "Write a prompt, or choose a style to start from."
+    for name in ("width", "height"):
+        if int(ss[name]) % 8:
+            return None, f"{name.capitalize()} must be a multiple of 8, got {ss[name]}."
+    spec = {"prompt": prompt, "negative_prompt": ss["negative"] or "", "product": ss["product"] or None,
+            "template": ss["template_id"], "num_images": int(ss["num_images"]), "steps": int(ss["steps"]),
+            "guidance_scale": float(ss["guidance"]), "width": int(ss["width"]), "height": int(ss["height"]),
+            "seed": None if ss["seed"] is None else int(ss["seed"]), "strength": float(ss["strength"])}
+    return spec, None
+
+
+def _submit(photo) -> None:
+    spec, problem = _spec()
+    if problem:
+        st.error(problem)
+        return
+    upload = (photo.name, photo.getvalue(), photo.type or "application/octet-stream") if photo else None
+    try:
+        ticket = services.client().submit(spec, upload)
+    except BackendError as e:
+        st.error(f"The job was not started: {e.message}")
+        return
+    job_panel.remember_ticket(ticket, spec)
+    st.query_params["job"] = ticket["id"]

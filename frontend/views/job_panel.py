@@ -1,0 +1,163 @@
+"""One job's pictures, filled in as they land in storage.
+
+The panel is a fragment that reruns alone every POLL_S seconds while the job (or an upscale) is
+still moving: one GET of the manifest and one LIST of the job's folder per tick, never the backend.
+Once everything is terminal the page reruns once, redefining the fragment without a timer.
+"""
+
+import html
+import time
+
+import streamlit as st
+
+from backend.storage import StorageError
+from frontend import services
+from frontend.client import BackendError
+from frontend.jobs import ImageView, JobView, format_elapsed, is_job_id, load_job, ticket_view, upscale_key
+
+POLL_S = 1.0
+UPSCALE_WAIT_S = 600  # how long a requested upscale keeps the panel polling before its manifest shows it
+BADGES = {"queued": ("Queued", "gray"), "running": ("Generating", "blue"), "succeeded": ("Done", "green"),
+          "failed": ("Failed", "red"), "canceled": ("Canceled", "gray")}
+
+
+def remember_ticket(ticket: dict, spec: dict) -> None:
+    """Placeholders for the moment between the 202 and the first manifest read."""
+    st.session_state.setdefault("tickets", {})[ticket["id"]] = (ticket, spec)
+
+
+def draw(job_id: str | None) -> None:
+    st.markdown("##### Your pictures")
+    if not job_id:
+        st.markdown('<div class="sr-empty"><h3>Your pictures will appear here</h3>Pick a product and a style, '
+                    'then press <b>Generate</b>. Each picture shows up the moment it is ready, and the page link '
+                    'brings the job back on any device.</div>', unsafe_allow_html=True)
+        return
+    if not is_job_id(job_id):
+        st.warning(f"This link does not point to a job: {job_id!r} is not a job id.")
+        return
+    if services.storage() is None:
+        st.error("STORAGE_URL is not set, so results cannot be read: set it to the backend's storage.")
+        return
+    try:
+        first = _load(job_id)
+    except StorageError as e:
+        st.error(f"The results store cannot be read right now: {e}")
+        return
+    if first is None:
+        st.warning(f"No job {job_id} was found in storage. It may have been made with another storage, or deleted.")
+        return
+    polling = _needs_polling(first)
+
+    @st.fragment(run_every=POLL_S if polling else None)
+    def live() -> None:
+        _render(job_id, polling)
+
+    live()
+
+
+def _load(job_id: str) -> JobView | None:
+    view = load_job(services.storage(), job_id)
+    if view is None and job_id in st.session_state.get("tickets", {}):
+        view = ticket_view(*st.session_state["tickets"][job_id])
+    return view
+
+
+def _needs_polling(view: JobView) -> bool:
+    asked = st.session_state.get("upscales_asked", {})
+    waiting = any(time.time() - asked.get(f"{view.id}/{img.index}", 0) < UPSCALE_WAIT_S
+                  and img.upscale_status is None and not img.upscaled for img in view.images)
+    return view.needs_polling or waiting
+
+
+def _render(job_id: str, polling: bool) -> None:
+    try:
+        view = _load(job_id)
+    except StorageError as e:
+        st.warning(f"Storage is not answering ({e}); retrying.")
+        return
+    if view is None:
+        return
+    if polling and not _needs_polling(view):
+        st.rerun()  # the whole page once, so the fragment is drawn again without its timer
+    _summary(view)
+    per_row = 2 if len(view.images) <= 4 else 3
+    for start in range(0, len(view.images), per_row):
+        for column, img in zip(st.columns(per_row), view.images[start:start + per_row]):
+            with column:
+                _image_card(view, img)
+
+
+def _summary(view: JobView) -> None:
+    label, color = BADGES.get(view.status, (view.status, "gray"))
+    info, actions = st.columns([3, 1], vertical_alignment="center")
+    with info:
+        with st.container(horizontal=True, vertical_alignment="center", gap="small"):
+            st.badge(label, color=color)
+            st.markdown(f'<span class="sr-meta">{view.done_count} of {len(view.images)} ready · '
+                        f'{format_elapsed(view.elapsed_s())} elapsed</span>', unsafe_allow_html=True)
+    if not view.terminal and actions.button("Cancel", key="cancel-job", icon=":material/stop_circle:",
+                                            width="stretch"):
+        try:
+            services.client().cancel(view.id)
+            st.toast("Canceling: pictures already made are kept.")
+        except BackendError as e:
+            st.error(f"Could not cancel: {e.message}")
+    st.markdown(f'<div class="sr-prompt">{html.escape(view.prompt)}</div>', unsafe_allow_html=True)
+    if view.status == "failed" and view.error:
+        st.error(view.error)
+
+
+def _image_card(view: JobView, img: ImageView) -> None:
+    with st.container(border=True, key=f"result-{img.index}"):
+        if not img.done:
+            reason = f"<small>{html.escape(img.error)}</small>" if img.error else ""
+            st.markdown(f'<div class="sr-slot sr-slot-{img.status}" style="aspect-ratio: {view.width} / '
+                        f'{view.height}"><b>{img.label}</b>{reason}</div>', unsafe_allow_html=True)
+            st.caption(f"#{img.index + 1}" + (f" · seed {img.seed}" if img.seed is not None else ""))
+            return
+        url = services.settings().storage_url
+        data = services.image_bytes(url, img.key)
+        if img.upscaled:
+            st.image(services.thumbnail(url, upscale_key(img.key), 1024), width="stretch")
+            st.caption(f"#{img.index + 1} · seed {img.seed} · upscaled 4×")
+        else:
+            st.image(data, width="stretch")
+            st.caption(f"#{img.index + 1} · seed {img.seed}")
+        _image_actions(view, img, url, data)
+
+
+def _image_actions(view: JobView, img: ImageView, url: str, data: bytes) -> None:
+    name = f"showroom-{view.id[:12]}-{img.index + 1}"
+    left, right = st.columns(2)
+    left.download_button("Download", data, file_name=f"{name}.png", mime="image/png", key=f"dl-{img.index}",
+                         icon=":material/download:", width="stretch", on_click="ignore")
+    if img.upscaled:
+        right.download_button("4× PNG", services.image_bytes(url, upscale_key(img.key)),
+                              file_name=f"{name}-x4.png", mime="image/png", key=f"dl4-{img.index}",
+                              icon=":material/download:", width="stretch", on_click="ignore")
+    elif img.upscaling or (img.upscale_status is None and f"{view.id}/{img.index}" in _asked()):
+        right.button("Upscaling…", key=f"up-{img.index}", disabled=True, width="stretch")
+    elif right.button("Upscale 4×", key=f"up-{img.index}", icon=":material/zoom_out_map:", width="stretch"):
+        _request_upscale(view.id, img.index)
+    if img.upscale_status == "failed":
+        st.warning(f"Upscale failed: {img.upscale_error or 'no reason given'}")
+    message = st.session_state.get("upscale_errors", {}).get(f"{view.id}/{img.index}")
+    if message and img.upscale_status is None:
+        st.warning(f"Cannot upscale: {message}")
+
+
+def _asked() -> dict:
+    return st.session_state.setdefault("upscales_asked", {})
+
+
+def _request_upscale(job_id: str, index: int) -> None:
+    errors = st.session_state.setdefault("upscale_errors", {})
+    try:
+        services.client().upscale(job_id, index)
+    except BackendError as e:
+        errors[f"{job_id}/{index}"] = e.message  # drawn under the button, in this same run
+        return
+    errors.pop(f"{job_id}/{index}", None)
+    _asked()[f"{job_id}/{index}"] = time.time()
+    st.rerun()  # the whole page, so the panel polls until the upscale lands

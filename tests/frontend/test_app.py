@@ -1,0 +1,150 @@
+"""The app's pages under AppTest, against the real backend (tiny model, SeaweedFS)."""
+
+import json
+
+from backend.storage import open_storage
+from tests.factories import make_lora
+from tests.frontend.conftest import (SMALL, assert_no_exception, frontend_env, offline_url, page_text, run_until,
+                                     shown_images)
+
+BLOCKER = {"prompt": "a chair", "num_images": 16, "steps": 150, "width": 128, "height": 128, "seed": 1}
+
+
+def templates_of(backend) -> list[dict]:
+    catalog = backend.get("/v1/catalog")
+    assert catalog.status_code == 200, catalog.text
+    return catalog.json()["templates"]
+
+
+def test_generate_from_a_template_fills_every_image(backend, open_app):
+    template = templates_of(backend)[0]
+    at = open_app(frontend_env(backend))
+    assert_no_exception(at)
+    assert "Generator: Online" in page_text(at)
+    at.button(key=f"tpl-{template['id']}").click().run()
+    assert at.text_area(key="prompt").value == template["prompt"], "the template pre-fills the prompt"
+    assert at.number_input(key="steps").value == template["steps"]
+    at.text_area(key="prompt").input(template["prompt"] + ", studio shot")
+    at.number_input(key="steps").set_value(2)
+    at.slider(key="num_images").set_value(3)
+    at.number_input(key="seed").set_value(42)
+    at.button(key="generate").click().run()
+    assert_no_exception(at)
+
+    job_id = at.query_params.get("job")
+    assert job_id and len(job_id) == 32, at.query_params
+    assert "of 3 ready" in page_text(at), "one placeholder per image at once"
+    run_until(at, lambda a: shown_images(a) == 3 and "3 of 3 ready" in page_text(a), what="all 3 images shown")
+    manifest = json.loads(backend.storage.get(f"jobs/{job_id}/job.json"))
+    spec = manifest["spec"]
+    assert spec["template"] == template["id"] and spec["steps"] == 2 and spec["num_images"] == 3
+    assert spec["seed"] == 42 and spec["prompt"].endswith(", studio shot")
+    assert not [b for b in at.button if b.key == "cancel-job"], "no cancel button once the job is over"
+
+
+def test_job_link_brings_back_finished_images_at_once(backend, open_app):
+    job = backend.wait_job(backend.submit({"prompt": "a vase", "num_images": 2, **SMALL})["id"])
+    at = open_app(frontend_env(backend), job=job["id"])
+    assert_no_exception(at)
+    assert shown_images(at) == 2
+    assert len([b for b in at.download_button]) == 2, "each image can be downloaded at full resolution"
+
+
+def test_job_link_to_a_pending_job_shows_placeholders_then_fills(backend, open_app):
+    blocker = backend.submit(BLOCKER)  # keeps both workers busy, so the job below waits
+    pending = backend.submit({"prompt": "a lamp", "num_images": 2, **SMALL})
+    try:
+        at = open_app(frontend_env(backend), job=pending["id"])
+        assert_no_exception(at)
+        assert shown_images(at) == 0
+        assert page_text(at).count("Waiting") == 2, page_text(at)
+        assert [b for b in at.button if b.key == "cancel-job"]
+    finally:
+        backend.post(f"/v1/jobs/{blocker['id']}/cancel")
+    run_until(at, lambda a: shown_images(a) == 2, what="the pending job's images filled in")
+
+
+def test_cancel_button_stops_the_job(backend, open_app):
+    job = backend.submit(BLOCKER)
+    at = open_app(frontend_env(backend), job=job["id"])
+    at.button(key="cancel-job").click().run()
+    assert_no_exception(at)
+    assert backend.wait_job(job["id"], timeout=60)["status"] == "canceled"
+    run_until(at, lambda a: "Canceled" in page_text(a), what="the canceled state shown")
+
+
+def test_upscale_says_why_it_cannot(backend, open_app):
+    job = backend.wait_job(backend.submit({"prompt": "a cup", "num_images": 1, **SMALL})["id"])
+    at = open_app(frontend_env(backend), job=job["id"])
+    at.button(key="up-0").click().run()
+    assert_no_exception(at)
+    assert any("upscaler is off" in w.value for w in at.warning), page_text(at)
+
+
+def test_backend_offline_the_app_opens_and_browses_history(backend, open_app):
+    job = backend.wait_job(backend.submit({"prompt": "a teapot", "num_images": 1, **SMALL})["id"])
+    at = open_app(frontend_env(backend, BACKEND_URL=offline_url()))
+    assert_no_exception(at)
+    text = page_text(at)
+    assert "Generator: Offline" in text and "generation is unavailable" in text
+    assert not [b for b in at.button if b.key == "generate"]
+
+    at.switch_page("app_pages/history.py").run()
+    assert_no_exception(at)
+    assert shown_images(at) >= 1, "history thumbnails come from storage"
+    at.button(key=f"open-{job['id']}").click().run()
+    assert_no_exception(at)
+    assert at.query_params.get("job") == job["id"]
+    assert shown_images(at) == 1
+
+
+def test_wrong_api_key_is_explained(backend, open_app):
+    at = open_app(frontend_env(backend, API_KEY="not-the-key"))
+    assert_no_exception(at)
+    assert "refused the API key" in page_text(at)
+
+
+def test_password_gate(backend, open_app):
+    at = open_app(frontend_env(backend), secrets={"APP_PASSWORD": "open sesame"})
+    assert not [b for b in at.button if b.key == "generate"] and shown_images(at) == 0
+    at.text_input(key="password").input("wrong")
+    at.button[0].click().run()
+    assert "not right" in page_text(at)
+    at.text_input(key="password").input("open sesame")
+    at.button[0].click().run()
+    assert_no_exception(at)
+    assert [b for b in at.button if b.key == "generate"]
+
+
+def test_add_product_then_generate_with_it(backend, open_app, tiny_model):
+    at = open_app(frontend_env(backend))
+    at.switch_page("app_pages/products.py").run()
+    form = at.text_input
+    form[0].input("frontend-mug")
+    form[1].input("sks mug")
+    form[2].input("kitchen")
+    at.file_uploader[0].set_value(("mug.safetensors", make_lora(tiny_model, seed=5), "application/octet-stream"))
+    at.button[0].click().run()
+    assert_no_exception(at)
+    assert "Added" in page_text(at) and "frontend-mug" in page_text(at)
+
+    at.switch_page("app_pages/create.py").run()
+    at.selectbox(key="product").set_value("frontend-mug")
+    at.text_area(key="prompt").input("<product> on a table")
+    at.number_input(key="steps").set_value(2)
+    at.slider(key="num_images").set_value(1)
+    at.button(key="generate").click().run()
+    job_id = at.query_params["job"]
+    assert backend.wait_job(job_id)["spec"]["prompt"] == "sks mug on a table"
+
+
+def test_storage_reader_matches_the_backend_layout(backend):
+    """The frontend reads jobs through backend.storage with its own settings names."""
+    from frontend.jobs import load_job
+
+    env = frontend_env(backend)
+    store = open_storage(env["STORAGE_URL"], endpoint_url=env["S3_ENDPOINT_URL"], access_key=env["AWS_ACCESS_KEY_ID"],
+                         secret_key=env["AWS_SECRET_ACCESS_KEY"], region=env["AWS_REGION"])
+    job = backend.wait_job(backend.submit({"prompt": "a pen", "num_images": 2, **SMALL})["id"])
+    view = load_job(store, job["id"])
+    assert view.terminal and view.done_count == 2 and [i.key for i in view.images] == [i["key"] for i in job["images"]]

@@ -1,0 +1,99 @@
+"""A real browser on the real app: headless Chromium (Debian's) driven by Playwright, the real backend behind it."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+from playwright.sync_api import expect, sync_playwright
+
+from backend.seaweed import free_port
+from tests.frontend.conftest import REPO, frontend_env
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+RESULT_IMAGES = '[class*="st-key-result-"] img'
+
+
+@pytest.fixture
+def app_url(backend, tmp_path):
+    """`streamlit run` exactly as the contract starts it, from the repo root, with the backend's settings."""
+    port = free_port()
+    log = open(tmp_path / "streamlit.log", "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "frontend/streamlit_app.py", "--server.port", str(port),
+         "--server.headless", "true"],
+        cwd=REPO, env=backend.env | frontend_env(backend), stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if requests.get(f"{url}/_stcore/health", timeout=2).ok:
+                break
+        except requests.RequestException:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"streamlit did not start:\n{(tmp_path / 'streamlit.log').read_text()[-3000:]}")
+        time.sleep(0.3)
+    yield url
+    process.terminate()
+    process.wait(20)
+
+
+def all_images_loaded(page, count: int) -> bool:
+    return page.evaluate(f"""() => {{
+        const imgs = [...document.querySelectorAll('{RESULT_IMAGES}')];
+        return imgs.length === {count} && imgs.every(i => i.complete && i.naturalWidth > 0);
+    }}""")
+
+
+def wait_images(page, count: int, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not all_images_loaded(page, count):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"expected {count} rendered images, page shows "
+                                 f"{page.locator(RESULT_IMAGES).count()}")
+        page.wait_for_timeout(300)
+
+
+@pytest.mark.browser
+def test_generate_in_a_real_browser_then_reload_the_job_link(backend, app_url, artifacts):
+    template = backend.get("/v1/catalog").json()["templates"][1]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 1500})
+        page.goto(app_url)
+        expect(page.get_by_text("Generator: Online")).to_be_visible(timeout=30_000)
+
+        page.locator(f".st-key-tpl-{template['id']} button").click()
+        prompt = page.get_by_label("Prompt", exact=True)
+        expect(prompt).to_have_value(template["prompt"], timeout=10_000)
+        prompt.fill("<product> on a white marble plinth, soft light, a sprig of eucalyptus")
+        prompt.press("Control+Enter")
+        page.get_by_text("Advanced settings").click()
+        steps = page.get_by_label("Steps")
+        steps.fill("2")
+        steps.press("Enter")
+        page.wait_for_timeout(800)
+        page.get_by_role("button", name="Generate").click()
+
+        wait_images(page, 4)
+        expect(page.get_by_text("4 of 4 ready")).to_be_visible(timeout=15_000)
+        job_url = page.evaluate("window.location.href")
+        assert "?job=" in job_url, job_url
+        page.evaluate("for (const el of document.querySelectorAll('*')) if (el.scrollTop) el.scrollTop = 0")
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(artifacts / "frontend-generate.png"), full_page=True)
+
+        again = browser.new_page(viewport={"width": 1440, "height": 1500})  # another device, same link
+        again.goto(job_url)
+        wait_images(again, 4, timeout_s=30)
+        expect(again.get_by_text("4 of 4 ready")).to_be_visible()
+        again.screenshot(path=str(artifacts / "frontend-job-link.png"), full_page=True)
+        browser.close()
+
+    job_id = job_url.split("job=")[1].split("&")[0]
+    spec = backend.get(f"/v1/jobs/{job_id}").json()["spec"]
+    assert spec["steps"] == 2 and spec["template"] == template["id"] and "eucalyptus" in spec["prompt"]

@@ -1,0 +1,68 @@
+"""The frontend's pure parts: merging a manifest with the storage listing, and the settings reader."""
+
+from datetime import datetime, timezone
+
+from streamlit.testing.v1 import AppTest
+
+from frontend.jobs import format_elapsed, job_view
+
+JOB = "01a206f4c81d197d56572d84651ad46e"
+
+
+def manifest(*statuses, upscale=None) -> dict:
+    images = [{"index": i, "key": f"jobs/{JOB}/{i}.png", "seed": 7 + i, "status": s,
+               "error": "out of memory" if s == "failed" else None, "upscale": upscale if i == 0 else None}
+              for i, s in enumerate(statuses)]
+    return {"id": JOB, "status": "running", "created_at": "2026-01-01T10:00:00.000Z",
+            "updated_at": "2026-01-01T10:00:42.000Z", "spec": {"prompt": "a shoe", "width": 64, "height": 64},
+            "images": images}
+
+
+def test_an_image_is_done_the_moment_its_object_is_listed():
+    view = job_view(manifest("running", "queued"), {f"jobs/{JOB}/0.png"})
+    assert [i.status for i in view.images] == ["succeeded", "queued"]
+    assert [i.label for i in view.images] == ["Done", "Waiting"]
+    assert view.done_count == 1 and not view.terminal and view.needs_polling
+
+
+def test_terminal_job_stops_polling_and_keeps_failure_reasons():
+    view = job_view(manifest("succeeded", "failed"), {f"jobs/{JOB}/0.png"})
+    assert view.terminal and not view.needs_polling
+    assert view.images[1].error == "out of memory"
+    assert view.elapsed_s() == 42
+
+
+def test_a_running_upscale_keeps_polling_until_its_object_lands():
+    up = {"key": f"jobs/{JOB}/0_x4.png", "status": "running", "error": None}
+    assert job_view(manifest("succeeded", upscale=up), {f"jobs/{JOB}/0.png"}).needs_polling
+    landed = job_view(manifest("succeeded", upscale=up), {f"jobs/{JOB}/0.png", f"jobs/{JOB}/0_x4.png"})
+    assert landed.images[0].upscaled and not landed.needs_polling
+
+
+def test_elapsed_counts_to_now_while_running():
+    view = job_view(manifest("running"))
+    assert view.elapsed_s(datetime(2026, 1, 1, 10, 1, 5, tzinfo=timezone.utc)) == 65
+    assert format_elapsed(65) == "1 min 05 s" and format_elapsed(9) == "9 s"
+
+
+SHOW_SETTINGS = """
+import streamlit as st
+from frontend.settings import load_settings
+s = load_settings()
+st.text(s.backend_url)
+st.text(s.api_key or "-")
+st.text(repr(s))
+"""
+
+
+def test_settings_read_secrets_first_then_the_environment_and_never_show_secrets(monkeypatch):
+    monkeypatch.setenv("BACKEND_URL", "http://from-env:8000/")
+    monkeypatch.setenv("API_KEY", "env-key-123")
+    at = AppTest.from_string(SHOW_SETTINGS).run()
+    assert [t.value for t in at.text][:2] == ["http://from-env:8000", "env-key-123"]
+    at = AppTest.from_string(SHOW_SETTINGS)
+    at.secrets["API_KEY"] = "secret-key-456"
+    at.run()
+    backend_url, api_key, shown = (t.value for t in at.text)
+    assert backend_url == "http://from-env:8000" and api_key == "secret-key-456"
+    assert "secret-key-456" not in shown and "backend_url" in shown
