@@ -34,12 +34,8 @@ def read_safetensors_header(data: bytes) -> dict:
 
 
 def normalize_lora(data: bytes) -> bytes:
-    """Return the LoRA in the layout the workers load. Uses the format converters when present."""
-    try:
-        from backend.lora_formats import normalize_upload
-    except ImportError:
-        header = read_safetensors_header(data)
-        if not any("lora" in k.lower() for k in header if k != "__metadata__"):
-            raise ValueError("the file holds no LoRA weights (no tensor name contains 'lora')") from None
-        return data
+    """Return the LoRA in the canonical layout the workers load (diffusers, peft, kohya, cloneofsimo in)."""
+    from backend.lora_formats import normalize_upload
+
+    read_safetensors_header(data)  # a cheap first look, with the message for pickles
     return normalize_upload(data)

@@ -132,7 +132,7 @@ def write_safetensors(tensors: dict[str, Tensor], metadata: dict[str, str]) -> b
 
 @dataclass
 class Pair:
-    """One LoRA'd module: `target` is `<component>.<module>` (or a cloneofsimo index), scale = alpha / rank."""
+    """The weights of one LoRA'd module, keyed by `<component>.<module>` (or a cloneofsimo index)."""
     down: Tensor | None = None
     up: Tensor | None = None
     alpha: float | None = None
@@ -140,7 +140,8 @@ class Pair:
 
 _DIFFUSERS_AB = re.compile(r"^(?P<mod>.+?)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
 _DIFFUSERS_OLD = re.compile(r"^(?P<mod>.+?)\.lora(?:_linear_layer)?\.(?P<ab>down|up)\.weight$")
-_DIFFUSERS_PROC = re.compile(r"^(?P<mod>.+?)(?:\.processor)?\.(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?P<ab>down|up)\.weight$")
+_DIFFUSERS_PROC = re.compile(
+    r"^(?P<mod>.+?)(?:\.processor)?\.(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?P<ab>down|up)\.weight$")
 _KOHYA = re.compile(r"^lora_(?P<part>unet|te1|te2|te)_(?P<name>.+?)\.(?:(?P<ab>lora_down|lora_up)\.weight|alpha)$")
 _CLONEOFSIMO = re.compile(r"^(?P<part>unet|text_encoder):(?P<i>\d+):(?P<ab>up|down)$")
 _TEXT_PROJ = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}
@@ -252,6 +253,16 @@ def _metadata_alpha(metadata: dict[str, str]) -> dict[str, float]:
     return alphas
 
 
+def _alpha_for(target: str, alphas: dict[str, float]) -> float | None:
+    """peft's rule: an alpha_pattern entry matching the module's name (or its tail), else the component's alpha."""
+    component, _, module = target.partition(".")
+    for key, alpha in alphas.items():
+        pattern = key.removeprefix(component + ".")
+        if key != pattern and (module == pattern or module.endswith("." + pattern)):
+            return alpha
+    return alphas.get(component)
+
+
 def _parse(tensors: dict[str, Tensor], metadata: dict[str, str]) -> tuple[str, dict[str, Pair], dict[str, Tensor]]:
     """(source layout, pairs by target, token embeddings)."""
     pairs: dict[str, Pair] = {}
@@ -319,10 +330,7 @@ def normalize_upload(data: bytes) -> bytes:
     out: dict[str, Tensor] = {}
     for target, pair in pairs.items():
         if pair.alpha is None and alphas:
-            component = target.split(".")[0]
-            pattern = next((p for p in alphas if "." in p and (target == p or target.endswith("." + p.split(".", 1)[1]))
-                            and p.startswith(component + ".")), component)
-            pair.alpha = alphas.get(pattern)
+            pair.alpha = _alpha_for(target, alphas)
         scale = _check_pair(target, pair)
         up = pair.up
         if scale != 1.0:
@@ -333,7 +341,8 @@ def normalize_upload(data: bytes) -> bytes:
         out[f"{target}.lora_A.weight"], out[f"{target}.lora_B.weight"] = pair.down, up
     for token, tensor in embeddings.items():
         if len(tensor.shape) not in (1, 2) or not token.strip():
-            raise LoraFormatError(f"token embedding {token!r} has shape {list(tensor.shape)}; expected (dim,) or (n, dim)")
+            raise LoraFormatError(f"token embedding {token!r} has shape {list(tensor.shape)}; "
+                                  "expected (dim,) or (n, dim)")
         out[EMBEDDING_PREFIX + token] = tensor
     if metadata.get("showroom_lora") == "1":  # already canonical: keep what was detected the first time
         source = metadata.get("source_format", source)
@@ -473,7 +482,8 @@ def load_lora_into(pipe, path: Path, adapter_name: str) -> list[str]:
     targets = {k.removesuffix(".lora_A.weight") for k in state if k.endswith(".lora_A.weight")}
     downs = {t: tuple(state[f"{t}.lora_A.weight"].shape) for t in targets}
     for target in sorted(targets):
-        if reason := _module_shape_error(pipe, target, state[f"{target}.lora_A.weight"], state[f"{target}.lora_B.weight"]):
+        down, up = state[f"{target}.lora_A.weight"], state[f"{target}.lora_B.weight"]
+        if reason := _module_shape_error(pipe, target, down, up):
             raise _mismatch(pipe, reason, downs)
     for key, value in state.items():  # the LoRA layers take the dtype of the layer they wrap
         component = getattr(pipe, key.split(".")[0])

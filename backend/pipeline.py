@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from backend.lora_formats import load_lora_into, use_token_embeddings
 from backend.messages import LoraTask, Task
 
 log = logging.getLogger("showroom.pipeline")
@@ -51,8 +52,8 @@ def bad_pixels(arr: np.ndarray) -> str | None:
 class Adapters:
     """Caches the LoRAs loaded into one pipeline and switches between them with set_adapters."""
 
-    def __init__(self, pipe, storage, cache_dir: Path, loader: Callable):
-        self.pipe, self.storage, self.cache_dir, self.loader = pipe, storage, Path(cache_dir), loader
+    def __init__(self, pipe, storage, cache_dir: Path):
+        self.pipe, self.storage, self.cache_dir = pipe, storage, Path(cache_dir)
         self.loaded: OrderedDict[tuple[str, str], str] = OrderedDict()
 
     def _ensure(self, lora: LoraTask) -> str:
@@ -65,7 +66,7 @@ class Adapters:
         path = self.cache_dir / f"{adapter}.safetensors"
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         path.write_bytes(self.storage.get(lora.key))
-        self.loader(self.pipe, path, adapter)
+        load_lora_into(self.pipe, path, adapter)
         self.loaded[cache_key] = adapter
         while len(self.loaded) > MAX_ADAPTERS:
             _, old = self.loaded.popitem(last=False)
@@ -81,18 +82,8 @@ class Adapters:
         names = [self._ensure(lora) for lora in loras]
         self.pipe.enable_lora()
         self.pipe.set_adapters(names, adapter_weights=[lora.weight for lora in loras])
-
-
-def load_lora_file(pipe, path: Path, adapter_name: str) -> None:
-    """Load a LoRA from safetensors only: never a pickle."""
-    try:
-        from backend.lora_formats import load_lora_into
-    except ImportError:  # the converters are optional; the diffusers layout loads without them
-        from safetensors.torch import load_file
-
-        pipe.load_lora_weights(load_file(str(path)), adapter_name=adapter_name)
-    else:
-        load_lora_into(pipe, path, adapter_name)
+        # cloneofsimo LoRAs all name their token <s1>: point it at this job's embedding
+        use_token_embeddings(self.pipe, names)
 
 
 class Generator:
@@ -119,7 +110,7 @@ class Generator:
         self.i2i = AutoPipelineForImage2Image.from_pipe(self.t2i)
         self.i2i.set_progress_bar_config(disable=True)
         self.native_size = int(self.t2i.unet.config.sample_size * self.t2i.vae_scale_factor)
-        self.adapters = Adapters(self.t2i, storage, cache_dir, load_lora_file)
+        self.adapters = Adapters(self.t2i, storage, cache_dir)
 
     def _has_safety_checker(self) -> bool:
         index = Path(self.model_id) / "model_index.json"

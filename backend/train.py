@@ -121,3 +121,318 @@ def to_pixels(images: list[Image.Image]):
 
     arr = np.stack([np.asarray(img, dtype=np.float32) / 127.5 - 1 for img in images])
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
+# ----- the model -----
+
+class Trainer:
+    """The frozen model with trainable LoRA layers, its optimizer, and the loss of one batch."""
+
+    def __init__(self, args: argparse.Namespace):
+        import torch
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from peft import LoraConfig
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        self.args = args
+        self.device = torch.device(pick_device(args.device))
+        cuda = self.device.type == "cuda"
+        precision = args.mixed_precision
+        if precision == "auto":
+            precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
+        if precision != "no" and not cuda:
+            raise SystemExit(f"--mixed-precision {precision} needs a CUDA GPU; use --mixed-precision no here")
+        self.autocast_dtype = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        weight_dtype = self.autocast_dtype or torch.float32
+        model = args.model
+        self.unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet")
+        if self.unet.config.addition_embed_type == "text_time":
+            raise SystemExit("backend.train trains SD 1.x/2.x LoRAs; for SDXL train with diffusers' "
+                             "train_dreambooth_lora_sdxl.py or kohya sd-scripts and upload the file to /v1/products")
+        self.tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
+        self.text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder")
+        self.vae = AutoencoderKL.from_pretrained(model, subfolder="vae")
+        self.scheduler = DDPMScheduler.from_pretrained(model, subfolder="scheduler")
+        for part in (self.text_encoder, self.vae, self.unet):
+            part.requires_grad_(False)
+            part.to(self.device, dtype=weight_dtype)
+        self.unet.add_adapter(LoraConfig(r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian",
+                                         target_modules=UNET_TARGETS))
+        if args.train_text_encoder:
+            self.text_encoder.add_adapter(LoraConfig(r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian",
+                                                     target_modules=TEXT_TARGETS))
+        self.named_params = {f"unet.{n}": p for n, p in self.unet.named_parameters() if p.requires_grad}
+        if args.train_text_encoder:
+            self.named_params |= {f"text_encoder.{n}": p for n, p in self.text_encoder.named_parameters()
+                                  if p.requires_grad}
+        for p in self.named_params.values():  # the LoRA weights train in fp32 whatever the frozen weights are
+            p.data = p.data.float()
+        if args.gradient_checkpointing == "on" or (args.gradient_checkpointing == "auto" and cuda):
+            self.unet.enable_gradient_checkpointing()
+            if args.train_text_encoder:
+                self.text_encoder.gradient_checkpointing_enable()
+        groups = [{"params": [p for n, p in self.named_params.items() if n.startswith("unet.")], "lr": args.lr}]
+        if args.train_text_encoder:
+            groups.append({"params": [p for n, p in self.named_params.items() if n.startswith("text_encoder.")],
+                           "lr": args.text_encoder_lr or args.lr})
+        self.optimizer = torch.optim.AdamW(groups, weight_decay=1e-2)
+        self.scaler = torch.amp.GradScaler("cuda") if self.autocast_dtype == torch.float16 else None
+
+    def loss(self, pixels, captions: list[str], seed: int):
+        """MSE between the UNet's prediction and the noise (or v) the scheduler asks for, from `seed`'s draws."""
+        import torch
+        import torch.nn.functional as F
+
+        gen = torch.Generator("cpu").manual_seed(seed)
+        ids = self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids.to(self.device)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            dist = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist
+            sample = torch.randn(dist.mean.shape, generator=gen).to(self.device, dist.mean.dtype)
+            latents = (dist.mean + dist.std * sample) * self.vae.config.scaling_factor
+            noise = torch.randn(latents.shape, generator=gen).to(self.device, latents.dtype)
+            steps = torch.randint(0, self.scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen)
+            steps = steps.to(self.device)
+            noisy = self.scheduler.add_noise(latents, noise, steps)
+            hidden = self.text_encoder(ids)[0]
+            pred = self.unet(noisy, steps, hidden).sample
+        kind = self.scheduler.config.prediction_type
+        target = noise if kind == "epsilon" else self.scheduler.get_velocity(latents, noise, steps)
+        return F.mse_loss(pred.float(), target.float())
+
+    def probe_loss(self, items: list) -> float:
+        """The loss on a fixed batch (centre crops, fixed noise and timesteps): lower means it learnt the photos."""
+        import torch
+
+        batch = items[:4]
+        pixels = to_pixels([augment(img, self.args.resolution, random.Random(0), False, False, 0) for img, _ in batch])
+        with torch.no_grad():
+            return float(self.loss(pixels, [c for _, c in batch], PROBE_SEED))
+
+    def step(self, items: list, step: int) -> float:
+        """One optimizer step over `--grad-accum` batches; the draws depend only on (seed, step)."""
+        import torch
+
+        args, total = self.args, 0.0
+        for micro in range(args.grad_accum):
+            rng = random.Random(_seed(args.seed, step, micro))
+            batch = [items[rng.randrange(len(items))] for _ in range(args.batch_size)]
+            pixels = to_pixels([augment(img, args.resolution, rng, args.crop, args.flip, args.color_jitter)
+                                for img, _ in batch])
+            loss = self.loss(pixels, [c for _, c in batch], _seed(args.seed, step, micro, "noise")) / args.grad_accum
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            total += float(loss.detach())
+        params = list(self.named_params.values())
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total
+
+    def save_lora(self, output: Path) -> None:
+        """The diffusers layout that load_lora_weights (and our /v1/products) takes as it is."""
+        from diffusers import StableDiffusionPipeline
+        from peft.utils import get_peft_model_state_dict
+
+        te = get_peft_model_state_dict(self.text_encoder) if self.args.train_text_encoder else None
+        output.parent.mkdir(parents=True, exist_ok=True)
+        StableDiffusionPipeline.save_lora_weights(
+            output.parent, unet_lora_layers=get_peft_model_state_dict(self.unet), text_encoder_lora_layers=te,
+            weight_name=output.name, safe_serialization=True)
+
+
+def pick_device(preference: str) -> str:
+    import torch
+
+    if preference == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    return preference
+
+
+# ----- checkpoints: safetensors and JSON, never a pickle -----
+
+def checkpoint_root(output: Path) -> Path:
+    return output.with_name(f"{output.stem}-checkpoints")
+
+
+def save_checkpoint(trainer: Trainer, output: Path, step: int, keep: int) -> Path:
+    from safetensors.torch import save_file
+
+    root = checkpoint_root(output)
+    folder, tmp = root / f"step-{step:06d}", root / f".step-{step:06d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({n: p.detach().float().cpu().contiguous() for n, p in trainer.named_params.items()},
+              str(tmp / "lora.safetensors"))
+    state = trainer.optimizer.state_dict()
+    save_file({f"{i}.{k}": v.detach().cpu().contiguous().reshape(-1) if v.ndim == 0 else v.detach().cpu().contiguous()
+               for i, s in state["state"].items() for k, v in s.items()}, str(tmp / "optimizer.safetensors"))
+    groups = [{k: v for k, v in g.items()} for g in state["param_groups"]]
+    (tmp / "state.json").write_text(json.dumps({"step": step, "rank": trainer.args.rank, "param_groups": groups,
+                                                "train_text_encoder": trainer.args.train_text_encoder}, indent=1))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    for old in sorted(root.glob("step-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def load_checkpoint(trainer: Trainer, output: Path) -> int:
+    """Restore the newest checkpoint; returns its step (0 when there is none)."""
+    import torch
+    from safetensors.torch import load_file
+
+    found = sorted(p for p in checkpoint_root(output).glob("step-*") if (p / "state.json").is_file())
+    if not found:
+        log.warning("--resume: no checkpoint in %s; starting from step 0", checkpoint_root(output))
+        return 0
+    folder = found[-1]
+    meta = json.loads((folder / "state.json").read_text())
+    if (meta["rank"], meta["train_text_encoder"]) != (trainer.args.rank, trainer.args.train_text_encoder):
+        raise SystemExit(f"checkpoint {folder} was trained with rank {meta['rank']} and train_text_encoder="
+                         f"{meta['train_text_encoder']}: pass the same options to --resume it")
+    weights = load_file(str(folder / "lora.safetensors"))
+    with torch.no_grad():
+        for name, p in trainer.named_params.items():
+            p.copy_(weights[name])
+    flat = load_file(str(folder / "optimizer.safetensors"))
+    state: dict[int, dict] = {}
+    for key, value in flat.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value.reshape(()) if name == "step" else value
+    trainer.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    print(f"resumed from {folder} at step {meta['step']}", file=sys.stderr)
+    return int(meta["step"])
+
+
+# ----- the run -----
+
+def train(args: argparse.Namespace) -> TrainResult:
+    """Train (or resume) to `args.steps` optimizer steps and write the LoRA to `args.output`."""
+    import torch
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(args.seed)  # the LoRA's initial weights
+    items = load_photos(args.images, args.video, args.video_frames, args.caption, args.trigger)
+    trainer = Trainer(args)
+    start = load_checkpoint(trainer, args.output) if args.resume else 0
+    print(f"training on {len(items)} photos from step {start} to {args.steps} on {trainer.device}", file=sys.stderr)
+    before = trainer.probe_loss(items)
+    losses, smooth = [], None
+    bar = tqdm(total=args.steps, initial=start, desc="training", unit="step", disable=args.quiet)
+    for step in range(start + 1, args.steps + 1):
+        loss = trainer.step(items, step)
+        if not torch.isfinite(torch.tensor(loss)):
+            raise SystemExit(f"the loss became {loss} at step {step}: lower --lr or use --mixed-precision no")
+        losses.append(loss)
+        smooth = loss if smooth is None else 0.9 * smooth + 0.1 * loss
+        bar.update(1)
+        bar.set_postfix(loss=f"{smooth:.4f}")
+        if args.checkpoint_every and step % args.checkpoint_every == 0 and step < args.steps:
+            save_checkpoint(trainer, args.output, step, args.keep_checkpoints)
+    bar.close()
+    if args.checkpoint_every and args.steps > start:
+        save_checkpoint(trainer, args.output, args.steps, args.keep_checkpoints)
+    after = trainer.probe_loss(items)
+    trainer.save_lora(args.output)
+    print(f"wrote {args.output}; loss on the photos (fixed noise): {before:.4f} -> {after:.4f}", file=sys.stderr)
+    return TrainResult(args.output, start, args.steps, before, after, losses)
+
+
+def register(args: argparse.Namespace, settings: TrainSettings) -> dict:
+    """Upload the LoRA as a product through the backend's API (`POST /v1/products`)."""
+    import requests
+
+    url = (args.backend_url or settings.backend_url).rstrip("/")
+    headers = {"Authorization": f"Bearer {settings.api_key.get_secret_value()}"} if settings.api_key else {}
+    data = {"name": args.name or args.output.stem, "trigger": args.trigger, "weight": str(args.weight)}
+    if args.category:
+        data["category"] = args.category
+    with open(args.output, "rb") as f:
+        files = {"file": (args.output.name, f, "application/octet-stream")}
+        try:
+            r = requests.post(f"{url}/v1/products", data=data, files=files, headers=headers, timeout=600)
+        except requests.RequestException as e:
+            raise SystemExit(f"could not reach the backend at {url} ({type(e).__name__}); the LoRA is saved at "
+                             f"{args.output}: upload it later with --register-only") from None
+    if r.status_code != 201:
+        try:
+            detail = r.json().get("detail")
+        except ValueError:
+            detail = r.text[:300]
+        raise SystemExit(f"the backend refused the LoRA ({r.status_code}): {detail}")
+    return r.json()
+
+
+def parse_args(argv: list[str] | None = None, settings: TrainSettings | None = None) -> argparse.Namespace:
+    settings = settings or TrainSettings()
+    p = argparse.ArgumentParser(prog="python -m backend.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--images", type=Path, help="folder of product photos (name.txt = its caption); required to train")
+    g.add_argument("--video", type=Path, help="optional video or animated GIF/WebP of the product to take frames from")
+    g.add_argument("--video-frames", type=int, default=24, help="frames taken from --video, evenly spaced")
+    g.add_argument("--trigger", required=True, help="the words that call up the product, e.g. 'sks bottle'")
+    g.add_argument("--caption", default="a photo of {trigger}", help="caption of photos without a .txt")
+    g.add_argument("--resolution", type=int, default=512, help="training size in pixels (512 for SD 1.5)")
+    g.add_argument("--crop", action=argparse.BooleanOptionalAction, default=True, help="random crops")
+    g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
+                   help="random mirroring (turn off for products with text or logos)")
+    g.add_argument("--color-jitter", type=float, default=0.05, help="brightness/contrast/colour jitter, 0 = off")
+    g = p.add_argument_group("training")
+    g.add_argument("--model", default=settings.model_id, help="diffusers model id or folder (default: MODEL_ID)")
+    g.add_argument("--output", type=Path, required=True, help="the LoRA to write, e.g. out/bottle.safetensors")
+    g.add_argument("--steps", type=int, default=1000, help="optimizer steps")
+    g.add_argument("--rank", type=int, default=16)
+    g.add_argument("--lr", type=float, default=1e-4)
+    g.add_argument("--train-text-encoder", action="store_true", help="also train a LoRA on the text encoder")
+    g.add_argument("--text-encoder-lr", type=float, help="default: --lr")
+    g.add_argument("--batch-size", type=int, default=1)
+    g.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation: batches per optimizer step")
+    g.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"], default="auto",
+                   help="auto = bf16 (or fp16) on CUDA, none elsewhere")
+    g.add_argument("--gradient-checkpointing", choices=["auto", "on", "off"], default="auto", help="auto = on CUDA")
+    g.add_argument("--device", default="auto", help="auto, cuda, cuda:1, mps or cpu")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--checkpoint-every", type=int, default=250, help="0 = no checkpoints")
+    g.add_argument("--keep-checkpoints", type=int, default=2)
+    g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of --output")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("registering the product")
+    g.add_argument("--register", action="store_true", help="upload the LoRA to the backend as a product")
+    g.add_argument("--register-only", action="store_true", help="upload an existing --output without training")
+    g.add_argument("--name", help="product name (default: the output file's stem)")
+    g.add_argument("--category")
+    g.add_argument("--weight", type=float, default=1.0)
+    g.add_argument("--backend-url", help="default: BACKEND_URL or http://localhost:8000")
+    args = p.parse_args(argv)
+    if args.images is None and not args.register_only:
+        p.error("--images is required to train (only --register-only uploads an existing --output)")
+    for name in ("steps", "rank", "batch_size", "grad_accum", "resolution", "video_frames", "keep_checkpoints"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.resolution % 8:
+        p.error(f"--resolution must be a multiple of 8, got {args.resolution}")
+    if args.output.suffix != ".safetensors":
+        p.error(f"--output must end in .safetensors, got {args.output}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    settings = TrainSettings()
+    args = parse_args(argv, settings)
+    if not args.register_only:
+        train(args)
+    if args.register or args.register_only:
+        product = register(args, settings)
+        print(f"registered product {product['name']!r} (trigger {product['trigger']!r})")
+
+
+if __name__ == "__main__":
+    main()

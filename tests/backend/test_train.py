@@ -1,0 +1,138 @@
+"""backend.train on the tiny model, on CPU: it learns the photos, its LoRA loads and changes images, it resumes."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from safetensors.torch import load_file
+
+from backend.lora_formats import load_lora_into, normalize_upload, read_safetensors
+from backend.train import TrainSettings, load_photos, main, parse_args, train, video_frames
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Toy-sized tensors on a shared 2-core box: a second thread only adds contention (10x slower when busy)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+SMALL = ["--resolution", "32", "--rank", "4", "--lr", "1e-2", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    for i, colour in enumerate([(200, 30, 30), (30, 160, 60), (40, 40, 200)]):
+        img = Image.new("RGB", (48, 40), (235, 235, 230))
+        ImageDraw.Draw(img).ellipse((6 + 4 * i, 4, 34 + 4 * i, 36), fill=colour)
+        img.save(folder / f"bottle_{i}.png")
+    (folder / "bottle_0.txt").write_text("sks bottle on a table")
+    return folder
+
+
+def run(tiny_model: Path, photos: Path, output: Path, *extra: str):
+    return train(parse_args(["--images", str(photos), "--trigger", "sks bottle", "--output", str(output),
+                             "--model", str(tiny_model), *SMALL, *extra], TrainSettings()))
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model, photos, tmp_path_factory):
+    return run(tiny_model, photos, tmp_path_factory.mktemp("out") / "bottle.safetensors",
+               "--steps", "30", "--checkpoint-every", "0")
+
+
+def test_training_lowers_the_loss_on_the_photos(trained):
+    """Probe loss: the same photos with the same noise and timesteps, before the first and after the last step."""
+    assert trained.end_step == 30 and len(trained.losses) == 30
+    assert trained.probe_loss_after < 0.97 * trained.probe_loss_before, trained
+
+
+def test_trained_lora_loads_and_changes_images(trained, tiny_model, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    data = trained.output.read_bytes()
+    tensors, _ = read_safetensors(data)
+    assert tensors and all(k.startswith("unet.") and ".lora_" in k for k in tensors)
+    (tmp_path / "p.safetensors").write_bytes(normalize_upload(data))
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_model, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+
+    def draw():
+        return pipe("a photo of sks bottle", num_inference_steps=2, height=64, width=64, output_type="np",
+                    generator=torch.Generator().manual_seed(0)).images[0]
+
+    plain = draw()
+    assert load_lora_into(pipe, tmp_path / "p.safetensors", "bottle") == []
+    with_lora = draw()
+    pipe.disable_lora()
+    np.testing.assert_allclose(draw(), plain, atol=1e-5)
+    assert np.abs(with_lora - plain).max() > 1e-3
+
+
+def test_resume_continues_from_the_checkpoint(tiny_model, photos, tmp_path):
+    """2 steps, then --resume to 4, equals 4 steps in one go: the step count and the optimizer state carry on."""
+    straight = run(tiny_model, photos, tmp_path / "a" / "l.safetensors", "--steps", "4", "--checkpoint-every", "2")
+    first = run(tiny_model, photos, tmp_path / "b" / "l.safetensors", "--steps", "2", "--checkpoint-every", "2")
+    assert (first.start_step, first.end_step) == (0, 2)
+    assert (tmp_path / "b" / "l-checkpoints" / "step-000002" / "state.json").is_file()
+    resumed = run(tiny_model, photos, tmp_path / "b" / "l.safetensors", "--steps", "4", "--checkpoint-every", "2",
+                  "--resume")
+    assert (resumed.start_step, resumed.end_step, len(resumed.losses)) == (2, 4, 2)
+    assert json.loads((tmp_path / "b" / "l-checkpoints" / "step-000004" / "state.json").read_text())["step"] == 4
+    assert resumed.losses == pytest.approx(straight.losses[2:], rel=1e-4)
+    a, b = load_file(str(straight.output)), load_file(str(resumed.output))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], msg=key)
+
+
+def test_photos_captions_and_video_frames(photos, tmp_path):
+    gif = tmp_path / "turn.gif"
+    frames = [Image.new("RGB", (40, 40), (i * 20, 0, 0)) for i in range(10)]
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=50)
+    assert len(video_frames(gif, 4)) == 4
+    items = load_photos(photos, gif, 5, "a photo of {trigger}", "sks bottle")
+    assert len(items) == 3 + 5
+    assert [c for _, c in items[:3]] == ["sks bottle on a table", "a photo of sks bottle", "a photo of sks bottle"]
+
+
+def test_register_uploads_the_product(tmp_path, monkeypatch, capsys):
+    """--register-only posts name, trigger, category, weight and the file with the API key; it never prints the key."""
+    received = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            received["path"], received["auth"] = self.path, self.headers["Authorization"]
+            received["body"] = self.rfile.read(int(self.headers["Content-Length"]))
+            body = json.dumps({"name": "bottle", "trigger": "sks bottle", "category": "drinks", "weight": 0.8})
+            self.send_response(201)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    lora = tmp_path / "bottle.safetensors"
+    lora.write_bytes(b"LORA-BYTES")
+    monkeypatch.setenv("API_KEY", "secret-key-123")
+    try:
+        main(["--trigger", "sks bottle", "--output", str(lora), "--register-only",
+              "--category", "drinks", "--weight", "0.8", "--backend-url", f"http://127.0.0.1:{server.server_port}"])
+    finally:
+        server.shutdown()
+    assert received["path"] == "/v1/products" and received["auth"] == "Bearer secret-key-123"
+    for part in (b'name="name"\r\n\r\nbottle', b'name="trigger"\r\n\r\nsks bottle', b'name="category"\r\n\r\ndrinks',
+                 b'name="weight"\r\n\r\n0.8', b"LORA-BYTES"):
+        assert part in received["body"]
+    out = capsys.readouterr()
+    assert "registered product 'bottle'" in out.out and "secret-key-123" not in out.out + out.err
