@@ -16,7 +16,7 @@ def fuzz_backend(make_backend):
     backend.stop()
 
 
-def test_no_server_errors_for_any_generated_request(fuzz_backend):
+def test_no_server_errors_for_any_generated_request(fuzz_backend, record_property):
     schema = schemathesis.openapi.from_url(fuzz_backend.url + "/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 8, [op.label for op in operations]
@@ -36,5 +36,7 @@ def test_no_server_errors_for_any_generated_request(fuzz_backend):
 
         fuzz()
     assert len(tried) >= 5 * len(operations)
+    record_property("fuzz_requests", len(tried))
+    record_property("fuzz_operations", len(operations))
     assert fuzz_backend.get("/health").json()["status"] in ("ok", "degraded", "starting")
     assert "Traceback" not in fuzz_backend.log()

@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 
 
-def test_forty_concurrent_submissions(make_backend):
+def test_forty_concurrent_submissions(make_backend, record_property):
     backend = make_backend(WORKERS="2", QUEUE_MAX_IMAGES="24", RATE_LIMIT_PER_MINUTE="0")
 
     def submit(i: int) -> requests.Response:
@@ -36,6 +36,10 @@ def test_forty_concurrent_submissions(make_backend):
                 assert backend.storage.exists(img["key"])
             else:
                 assert img["status"] == "failed" and img["error"], img
+    record_property("load_submissions", len(responses))
+    record_property("load_accepted", codes[202])
+    record_property("load_refused_429", codes[429])
+    record_property("load_images", images)
     stored_pngs = [k for t in tickets for k in backend.storage.list_files(f"jobs/{t['id']}") if k[-5].isdigit()]
     assert len(stored_pngs) <= images and len(set(stored_pngs)) == len(stored_pngs)
 
