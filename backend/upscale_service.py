@@ -34,6 +34,23 @@ def build_engine(settings):
     return make_upscaler(settings.active_upscaler, **kwargs)
 
 
+def reachable_from_outside(endpoint_url: str | None) -> bool:
+    """Replicate fetches a presigned URL from the internet: AWS (no endpoint) or a public endpoint only."""
+    import ipaddress
+    from urllib.parse import urlparse
+
+    if not endpoint_url:
+        return True
+    host = urlparse(endpoint_url).hostname or ""
+    if host == "localhost" or "." not in host:
+        return False
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return True  # a DNS name: assume public
+    return ip.is_global
+
+
 def run_upscale(settings, source_key: str, target_key: str) -> None:
     """Read the image, upscale it, store the result. Runs in a pool thread or the upscaler process."""
     global _engine
@@ -41,7 +58,9 @@ def run_upscale(settings, source_key: str, target_key: str) -> None:
         _engine = build_engine(settings)
     storage = settings.open_storage()
     png = storage.get(source_key)
-    url = storage.presigned_url(source_key, settings.presign_ttl_s) if _engine.name == "replicate" else None
+    url = None
+    if _engine.name == "replicate" and reachable_from_outside(settings.s3_endpoint_url):
+        url = storage.presigned_url(source_key, settings.presign_ttl_s)  # short-lived; else the bytes go along
     result = _engine.upscale(png, source_url=url)
     put_retrying(storage, target_key, result, "image/png", budget_s=settings.storage_retry_s)
 

@@ -1,0 +1,346 @@
+"""The 4x upscaling engines: Replicate's hosted mv-lab/swin2sr, or Swin2SR from transformers here.
+
+Both take PNG bytes and give back PNG bytes exactly 4x the source in each side. torch and
+transformers are imported by LocalUpscaler when it first loads its model, never at module load,
+so the API process that imports this module stays light. backend.upscale_service decides where
+an engine runs and where its result is stored.
+"""
+
+import base64
+import io
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol, TypeVar
+
+import httpx
+import replicate
+from PIL import Image
+from replicate.exceptions import ReplicateError
+from replicate.version import Versions
+
+log = logging.getLogger("showroom.upscale")
+T = TypeVar("T")
+
+SCALE = 4
+REPLICATE_MODEL = "mv-lab/swin2sr"
+# Pinned so that the output (and the price) stays what we tested until we choose to move: a model
+# owner can push a new version at any time. Input: `image` (a URI) and `task`.
+REPLICATE_VERSION = "a01b0512004918ca55d02e554914a9eca63909fa83a29ff0f115c78a7045574f"
+LOCAL_MODEL_ID = "caidas/swin2SR-realworld-sr-x4-64-bsrgan-psnr"
+DATA_URI_MAX_BYTES = 1 << 20  # Replicate recommends data URIs only under 1 MB; larger inputs are uploaded
+MAX_OUTPUT_BYTES = 512 << 20
+DOWNLOAD_TIMEOUT_S = 120.0  # the output is ready when this starts; Replicate deletes it after an hour
+
+
+class UpscaleError(Exception):
+    """An upscale that produced no result; the message says why, in words fit for the manifest."""
+
+
+class Upscaler(Protocol):
+    name: str
+
+    def upscale(self, png: bytes, source_url: str | None = None) -> bytes:
+        """PNG bytes exactly 4x `png` in each side. `source_url`: the same image, fetchable by URL."""
+        ...
+
+
+def _image_size(data: bytes, what: str) -> tuple[int, int]:
+    try:
+        return Image.open(io.BytesIO(data)).size
+    except Exception as exc:  # PIL raises several kinds for bytes that are not an image
+        raise UpscaleError(f"{what} is not a readable image ({exc})") from exc
+
+
+def _encode_png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def fit_4x(source: bytes, result: bytes, what: str = "the upscaled image") -> bytes:
+    """`result` as PNG bytes cropped to exactly 4x `source` (models pad their input to a multiple of
+    their window); UpscaleError if it is smaller than that or not a complete image."""
+    width, height = _image_size(source, "the source image")
+    try:
+        image = Image.open(io.BytesIO(result))
+        if image.size == (width * SCALE, height * SCALE) and image.format == "PNG":
+            image.verify()  # checks every chunk's CRC without decoding: a truncated file fails here
+            return result
+        image.load()
+    except Exception as exc:
+        raise UpscaleError(f"{what} is not a complete image ({exc})") from exc
+    if image.width < width * SCALE or image.height < height * SCALE:
+        raise UpscaleError(f"{what} is {image.width}x{image.height}, smaller than 4x the "
+                           f"{width}x{height} source ({width * SCALE}x{height * SCALE})")
+    return _encode_png(image.crop((0, 0, width * SCALE, height * SCALE)))
+
+
+def _status_of(exc: Exception) -> int | None:
+    if isinstance(exc, ReplicateError):
+        return exc.status
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code
+    return None
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, ReplicateError):
+        return f"{exc.status} {exc.detail or exc.title or 'with no detail'}"
+    if isinstance(exc, httpx.HTTPStatusError):
+        return f"{exc.response.status_code} {exc.response.reason_phrase}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _bound_timeout(bound: httpx.Timeout) -> Callable[[httpx.Request], None]:
+    """An httpx request hook that fills in every timeout a request left unset. replicate 1.0.7 sends
+    predictions.create and files.create with timeout=None, which in httpx means wait forever."""
+    limits = bound.as_dict()
+
+    def hook(request: httpx.Request) -> None:
+        timeouts = request.extensions.get("timeout") or {}
+        request.extensions["timeout"] = {k: timeouts.get(k) if timeouts.get(k) is not None else v
+                                         for k, v in limits.items()}
+
+    return hook
+
+
+class ReplicateUpscaler:
+    """mv-lab/swin2sr on Replicate, through the replicate client. Every wait is bounded: the
+    prediction by `timeout_s` (then it is canceled), each request by an explicit timeout."""
+
+    name = "replicate"
+
+    def __init__(self, api_token: str, base_url: str | None = None, model: str = REPLICATE_MODEL,
+                 version: str = REPLICATE_VERSION, task: str = "real_sr", timeout_s: float = 300,
+                 poll_interval_s: float = 1.0, max_retries: int = 4, retry_backoff_s: float = 1.0,
+                 data_uri_max_bytes: int = DATA_URI_MAX_BYTES):
+        if not api_token:
+            raise ValueError("the Replicate upscaler needs an API token: set REPLICATE_API_TOKEN")
+        if not re.fullmatch(r"[0-9a-f]{64}", version):
+            raise ValueError(f"a Replicate version id is 64 hex digits, got {version!r}")
+        if timeout_s <= 0 or poll_interval_s <= 0 or max_retries < 0 or retry_backoff_s < 0:
+            raise ValueError(f"timeout_s and poll_interval_s must be > 0, max_retries and retry_backoff_s >= 0; got "
+                             f"{timeout_s}, {poll_interval_s}, {max_retries}, {retry_backoff_s}")
+        self.model, self.version, self.task = model, version, task
+        self.timeout_s, self.poll_interval_s = timeout_s, poll_interval_s
+        self.max_retries, self.retry_backoff_s = max_retries, retry_backoff_s
+        self.data_uri_max_bytes = data_uri_max_bytes
+        self._token = api_token
+        # base_url=None lets the client use REPLICATE_BASE_URL, else https://api.replicate.com. The
+        # client itself retries GETs answered 429/503/504 (up to 10 times, honouring Retry-After)
+        # before _call sees them; _call adds retries for create, other 5xx and lost connections.
+        request_timeout = httpx.Timeout(min(30.0, timeout_s), connect=min(10.0, timeout_s))
+        self._client = replicate.Client(api_token=api_token, base_url=base_url or None, timeout=request_timeout,
+                                        event_hooks={"request": [_bound_timeout(request_timeout)]})
+
+    def check(self) -> None:
+        """Raise UpscaleError unless Replicate accepts the token and knows the pinned version."""
+        self._guarded(lambda: self._call(lambda: Versions(self._client, self.model).get(self.version),
+                                         f"look up {self.model} version {self.version}",
+                                         time.monotonic() + self.timeout_s))
+
+    def upscale(self, png: bytes, source_url: str | None = None) -> bytes:
+        return self._guarded(lambda: self._upscale(png, source_url))
+
+    def _guarded(self, work: Callable[[], T]) -> T:
+        try:
+            return work()
+        except UpscaleError as exc:  # last line of defence: the token never reaches a manifest or a log
+            if self._token in str(exc):
+                raise UpscaleError(str(exc).replace(self._token, "***")) from None
+            raise
+
+    def _upscale(self, png: bytes, source_url: str | None) -> bytes:
+        _image_size(png, "the source image")
+        deadline = time.monotonic() + self.timeout_s
+        image = source_url or self._image_input(png, deadline)
+        inputs = {"image": image, "task": self.task}
+        prediction = self._call(lambda: self._client.predictions.create(version=self.version, input=inputs),
+                                f"start {self.model}", deadline, idempotent=False)
+        log.info("replicate prediction %s started (%s, task %s)", prediction.id, self.model, self.task)
+        prediction = self._wait(prediction, deadline)
+        result = self._download(prediction.output)
+        return fit_4x(png, result, f"{self.model}'s output")
+
+    def _image_input(self, png: bytes, deadline: float) -> str:
+        if len(png) <= self.data_uri_max_bytes:
+            return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+        return self._call(lambda: self._client.files.create(io.BytesIO(png), filename="source.png",
+                                                            content_type="image/png").urls["get"],
+                          "upload the source image", deadline)
+
+    def _wait(self, prediction, deadline: float):
+        pid = prediction.id
+        try:
+            while prediction.status not in ("succeeded", "failed", "canceled"):
+                if time.monotonic() + self.poll_interval_s > deadline:
+                    raise UpscaleError(f"Replicate prediction {pid} timed out after {self.timeout_s:g} s "
+                                       f"(status {prediction.status}); it was canceled")
+                time.sleep(self.poll_interval_s)
+                prediction = self._call(lambda: self._client.predictions.get(pid), "poll the prediction", deadline)
+        except UpscaleError:
+            self._cancel(pid)  # a prediction we stop waiting for should stop costing money
+            raise
+        if prediction.status == "failed":
+            raise UpscaleError(f"{self.model} failed on Replicate: {prediction.error or 'no error message given'}")
+        if prediction.status == "canceled":
+            raise UpscaleError(f"Replicate prediction {pid} was canceled before it finished")
+        return prediction
+
+    def _cancel(self, pid: str) -> None:
+        try:
+            self._client.predictions.cancel(pid)
+        except Exception as exc:  # best effort: the error being raised already says what went wrong
+            log.warning("could not cancel replicate prediction %s: %s", pid, _describe(exc))
+
+    def _download(self, output) -> bytes:
+        if isinstance(output, list) and output:
+            output = output[-1]
+        if not isinstance(output, str) or not output.startswith(("https://", "http://", "data:")):
+            raise UpscaleError(f"{self.model} returned no image URL (output: {str(output)[:200]})")
+        if output.startswith("data:"):
+            return base64.b64decode(output.partition(",")[2])
+
+        def fetch() -> bytes:
+            # No Authorization header: the output lives on Replicate's delivery host, not the API.
+            with httpx.stream("GET", output, timeout=httpx.Timeout(60.0, connect=10.0), follow_redirects=True) as r:
+                r.raise_for_status()
+                chunks, size = [], 0
+                for chunk in r.iter_bytes():
+                    size += len(chunk)
+                    if size > MAX_OUTPUT_BYTES:
+                        raise UpscaleError(f"{self.model}'s output is larger than {MAX_OUTPUT_BYTES >> 20} MiB")
+                    chunks.append(chunk)
+                return b"".join(chunks)
+
+        return self._call(fetch, "download the result", time.monotonic() + DOWNLOAD_TIMEOUT_S)
+
+    def _call(self, request: Callable[[], T], what: str, deadline: float, idempotent: bool = True) -> T:
+        """One request, retried with exponential backoff on 429 (rate limited: Replicate asks us to
+        slow down) and 5xx (its side, usually brief): a blip should not fail an image someone chose.
+        A 4xx is our mistake and fails at once. A request that may have reached Replicate is only
+        retried if repeating it is harmless, so a lost answer never starts a second paid prediction.
+        Never sleeps past `deadline`."""
+        for attempt in range(self.max_retries + 1):
+            try:
+                return request()
+            except (ReplicateError, httpx.HTTPError) as exc:
+                status = _status_of(exc)
+                if status is not None:
+                    retryable = status == 429 or status >= 500
+                else:  # no answer: retry if the request never left, or if sending it twice is harmless
+                    retryable = idempotent or isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+                hint = " (check REPLICATE_API_TOKEN)" if status in (401, 403) else ""
+                failure = UpscaleError(f"Replicate could not {what}: {_describe(exc)}{hint}")
+                delay = self.retry_backoff_s * 2 ** attempt
+                if not retryable or attempt == self.max_retries or time.monotonic() + delay > deadline:
+                    raise failure from exc
+                log.warning("replicate: %s, retrying in %.1f s (attempt %d of %d)", failure, delay, attempt + 1,
+                            self.max_retries)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+
+class LocalUpscaler:
+    """Swin2SR from transformers on this machine's GPU or CPU. The model loads on first use and stays
+    loaded; one image at a time runs through it. Large images are upscaled in tiles, each with a
+    margin of context around it, so memory stays flat whatever the image size."""
+
+    name = "local"
+
+    def __init__(self, model_id: str = LOCAL_MODEL_ID, device: str = "auto", tile: int = 512, tile_overlap: int = 16):
+        if device not in ("auto", "cuda", "cpu", "mps"):
+            raise ValueError(f"device must be auto, cuda, cpu or mps, got {device!r}")
+        if tile < 0 or tile_overlap < 0:
+            raise ValueError(f"tile and tile_overlap must be >= 0, got {tile} and {tile_overlap}")
+        self.model_id, self.device, self.tile, self.tile_overlap = model_id, device, tile, tile_overlap
+        self._lock = threading.Lock()
+        self._loaded = None  # (model, processor, torch device) once loaded
+
+    def upscale(self, png: bytes, source_url: str | None = None) -> bytes:
+        _image_size(png, "the source image")
+        image = Image.open(io.BytesIO(png)).convert("RGB")
+        with self._lock:
+            pixels = self._upscale_tiled(image)
+        return fit_4x(png, _encode_png(Image.fromarray(pixels)), "the local upscaler's output")
+
+    def _load(self):
+        if self._loaded is None:
+            import torch
+            from transformers import Swin2SRForImageSuperResolution, Swin2SRImageProcessor
+
+            device = self._pick_device(torch)
+            try:
+                processor = Swin2SRImageProcessor.from_pretrained(self.model_id)
+                model = Swin2SRForImageSuperResolution.from_pretrained(self.model_id, use_safetensors=True)
+            except (OSError, ValueError) as exc:
+                raise UpscaleError(f"could not load the upscaling model {self.model_id!r}: {exc}") from exc
+            if model.config.upscale != SCALE:
+                raise UpscaleError(f"{self.model_id} upscales {model.config.upscale}x; Showroom needs a 4x model")
+            # fp32 everywhere: Swin2SR is small (about 12M parameters), and fp16 output was not verified here.
+            self._loaded = (model.to(device).eval(), processor, device)
+            log.info("local upscaler %s loaded on %s", self.model_id, device)
+        return self._loaded
+
+    def _pick_device(self, torch):
+        if self.device == "auto":
+            if torch.cuda.is_available():
+                return torch.device("cuda")
+            return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise UpscaleError("DEVICE=cuda but torch sees no CUDA GPU; set DEVICE=auto or cpu")
+        return torch.device(self.device)
+
+    def _upscale_tiled(self, image: Image.Image):
+        import numpy as np
+
+        width, height = image.size
+        step, margin = self.tile or max(width, height), self.tile_overlap
+        out = np.empty((height * SCALE, width * SCALE, 3), dtype=np.uint8)
+        for top in range(0, height, step):
+            for left in range(0, width, step):
+                right, bottom = min(left + step, width), min(top + step, height)
+                ctx_left, ctx_top = max(left - margin, 0), max(top - margin, 0)
+                context = image.crop((ctx_left, ctx_top, min(right + margin, width), min(bottom + margin, height)))
+                upscaled = self._infer(context)
+                y, x = (top - ctx_top) * SCALE, (left - ctx_left) * SCALE
+                out[top * SCALE:bottom * SCALE, left * SCALE:right * SCALE] = \
+                    upscaled[y:y + (bottom - top) * SCALE, x:x + (right - left) * SCALE]
+        return out
+
+    def _infer(self, image: Image.Image):
+        """One tile through the model: a uint8 HxWx3 array exactly 4x the tile (the processor pads
+        its bottom and right edges; the padding's share of the output is cut off here)."""
+        import torch
+
+        model, processor, device = self._load()
+        pixel_values = processor(image, return_tensors="pt")["pixel_values"].to(device)
+        with torch.inference_mode():
+            reconstruction = model(pixel_values=pixel_values).reconstruction
+        width, height = image.size
+        if reconstruction.shape[-2] < height * SCALE or reconstruction.shape[-1] < width * SCALE:
+            raise UpscaleError(f"{self.model_id} gave {tuple(reconstruction.shape[-2:])} for a "
+                               f"{height}x{width} tile, less than 4x")
+        reconstruction = reconstruction[0, :, :height * SCALE, :width * SCALE].clamp(0, 1)
+        return reconstruction.mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def make_upscaler(kind: str, *, replicate_api_token: str | None = None, replicate_base_url: str | None = None,
+                  replicate_model: str = REPLICATE_MODEL, replicate_version: str = REPLICATE_VERSION,
+                  replicate_task: str = "real_sr", local_model_id: str = LOCAL_MODEL_ID,
+                  device: str = "auto") -> Upscaler | None:
+    """The engine UPSCALER names: `replicate`, `local`, or None for `off`."""
+    if kind == "off":
+        return None
+    if kind == "replicate":
+        if replicate_model != REPLICATE_MODEL and replicate_version == REPLICATE_VERSION:
+            raise ValueError(f"the Replicate model is {replicate_model!r}: set the Replicate version to one of its "
+                             f"version ids (the pinned default belongs to {REPLICATE_MODEL})")
+        return ReplicateUpscaler(replicate_api_token or "", base_url=replicate_base_url, model=replicate_model,
+                                 version=replicate_version, task=replicate_task)
+    if kind == "local":
+        return LocalUpscaler(local_model_id, device=device)
+    raise ValueError(f"UPSCALER must be replicate, local or off, got {kind!r}")
