@@ -148,3 +148,20 @@ def test_storage_reader_matches_the_backend_layout(backend):
     job = backend.wait_job(backend.submit({"prompt": "a pen", "num_images": 2, **SMALL})["id"])
     view = load_job(store, job["id"])
     assert view.terminal and view.done_count == 2 and [i.key for i in view.images] == [i["key"] for i in job["images"]]
+
+
+def test_upscale_shows_the_4x_result_when_it_lands(make_backend, open_app):
+    from tests.fake_replicate import FakeReplicate
+
+    fake = FakeReplicate().start()
+    try:
+        backend = make_backend(UPSCALER="replicate", REPLICATE_API_TOKEN=fake.token, REPLICATE_BASE_URL=fake.url)
+        job = backend.wait_job(backend.submit({"prompt": "a cup", "num_images": 1, **SMALL})["id"])
+        at = open_app(frontend_env(backend), job=job["id"])
+        at.button(key="up-0").click().run()
+        assert_no_exception(at)
+        run_until(at, lambda a: "upscaled 4×" in page_text(a), what="the upscaled image shown")
+        assert any(b.label == "4× PNG" for b in at.get("download_button")), "a download of the 4x file"
+        assert backend.storage.exists(f"jobs/{job['id']}/0_x4.png")
+    finally:
+        fake.stop()
