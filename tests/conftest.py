@@ -65,6 +65,17 @@ def backend(make_backend) -> Backend:
     return make_backend(WORKERS="2")
 
 
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """Toy-sized tensors on a 2-core box: a second torch thread only adds contention (10x slower when busy)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)

@@ -14,13 +14,7 @@ from safetensors.torch import load_file
 from backend.lora_formats import load_lora_into, normalize_upload, read_safetensors
 from backend.train import TrainSettings, load_photos, main, parse_args, train, video_frames
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Toy-sized tensors on a shared 2-core box: a second thread only adds contention (10x slower when busy)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 SMALL = ["--resolution", "32", "--rank", "4", "--lr", "1e-2", "--quiet"]

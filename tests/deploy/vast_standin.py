@@ -1,0 +1,95 @@
+"""A local stand-in for the vast.ai REST API (and for the rented instance's GET /health).
+
+It records every request (method, path, Authorization header, JSON body) so tests can assert the
+exact requests docker/vast.py and backend/idle.py send. Behaviour is set by plain attributes.
+Listens on 127.0.0.1 on a free port; nothing leaves the machine.
+"""
+
+import json
+import re
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    auth: str | None
+    body: object
+
+
+class VastStandIn:
+    def __init__(self):
+        self.seen: list[Seen] = []
+        self.offers: list[dict] = []
+        self.create_answer: tuple[int, dict] = (200, {"success": True, "new_contract": 4242})
+        self.manage_answer: tuple[int, dict] = (200, {"success": True})
+        self.instances: list[dict] = []  # answered in order to GET /instances/{id}/; the last one repeats
+        self.health: list[dict] = [{"status": "ok"}]  # same, for GET /health
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/v0"
+
+    def running_instance(self, **extra) -> dict:
+        """An instance whose port 8000 maps to this server, so its /health is served here."""
+        return {"actual_status": "running", "public_ipaddr": "127.0.0.1",
+                "ports": {"8000/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(self.port)}]}} | extra
+
+    def requests(self, path_prefix: str = "") -> list[tuple[str, str]]:
+        return [(s.method, s.path) for s in self.seen if s.path.startswith(path_prefix)]
+
+    def __enter__(self) -> "VastStandIn":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _answer(self, method: str, path: str) -> tuple[int, object]:
+        if method == "POST" and path == "/api/v0/bundles/":
+            return 200, {"offers": self.offers}
+        if method == "PUT" and re.fullmatch(r"/api/v0/asks/\d+/", path):
+            return self.create_answer
+        if re.fullmatch(r"/api/v0/instances/\d+/", path):
+            if method == "GET":
+                state = self.instances.pop(0) if len(self.instances) > 1 else (self.instances or [{}])[0]
+                return 200, {"instances": state}
+            if method in ("PUT", "DELETE"):
+                return self.manage_answer
+        if method == "GET" and path == "/health":
+            return 200, self.health.pop(0) if len(self.health) > 1 else self.health[0]
+        return 404, {"success": False, "error": "not_found", "msg": f"no {method} {path} here"}
+
+    def _handler(self):
+        standin = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _serve(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                body = json.loads(raw) if raw else None
+                standin.seen.append(Seen(self.command, self.path, self.headers.get("Authorization"), body))
+                status, answer = standin._answer(self.command, self.path)
+                data = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _serve
+
+            def log_message(self, *args):
+                pass
+
+        return Handler
