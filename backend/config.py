@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list)
     presign_ttl_s: int = Field(600, ge=10, le=7 * 24 * 3600)
     idle_stop_minutes: float = Field(0, ge=0, description="stop this vast.ai instance after N idle minutes; 0 = off")
+    container_id: str | None = Field(None, description="set by vast.ai inside an instance: its id")
+    container_api_key: SecretStr | None = Field(None, description="set by vast.ai: a key scoped to this instance")
+    vast_api_url: str = "https://console.vast.ai/api/v0"
     replicate_model: str = "mv-lab/swin2sr"
     replicate_version: str | None = None
     replicate_task: str = "real_sr"
@@ -70,6 +73,9 @@ class Settings(BaseSettings):
             raise ValueError("set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither (boto3's chain)")
         if self.public_bind and not self.api_key:
             raise ValueError("PUBLIC_BIND is set but API_KEY is not: set API_KEY, or anyone can spend your GPU")
+        if self.idle_stop_minutes > 0 and not (self.container_id and self.container_api_key):
+            raise ValueError("IDLE_STOP_MINUTES needs CONTAINER_ID and CONTAINER_API_KEY "
+                             "(vast.ai sets them inside an instance)")
         if self.upscaler == "replicate" and not self.replicate_api_token:
             raise ValueError("UPSCALER=replicate needs REPLICATE_API_TOKEN")
         return self

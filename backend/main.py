@@ -18,6 +18,7 @@ from backend.api.deps import Services
 from backend.catalog import Catalog
 from backend.config import Settings, get_settings
 from backend.errors import install_error_handlers
+from backend.idle import Activity, IdleStopper, vast_stop_action
 from backend.jobs import JobService
 from backend.metrics import Metrics
 from backend.ratelimit import RateLimiter
@@ -93,9 +94,26 @@ class _TooLarge(Exception):
     pass
 
 
+def start_idle_stop(settings: Settings, scheduler: Scheduler, activity: Activity) -> IdleStopper | None:
+    """Opt-in: stop this vast.ai instance after IDLE_STOP_MINUTES without requests or work."""
+    if settings.idle_stop_minutes <= 0:
+        return None
+
+    def busy() -> bool:
+        snap = scheduler.snapshot()
+        return snap["pending"] > 0 or any(w["state"] in ("busy", "starting") for w in snap["workers"])
+
+    stop = vast_stop_action(settings.container_id, settings.container_api_key.get_secret_value(),
+                            api_url=settings.vast_api_url)
+    log.info("idle stop on: this instance stops after %g idle minutes", settings.idle_stop_minutes)
+    limit_s = settings.idle_stop_minutes * 60
+    return IdleStopper(settings.idle_stop_minutes, activity.last, stop, busy=busy).start(min(30.0, limit_s / 4))
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    activity = Activity()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -111,9 +129,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                  len(scheduler.slots), settings.active_upscaler)
         scheduler.start()
         recover(store, scheduler, job_service, upscales)
+        idle = start_idle_stop(settings, scheduler, activity)
         try:
             yield
         finally:
+            if idle:
+                idle.close()
             if upscales:
                 upscales.close()
             scheduler.stop()
@@ -121,6 +142,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Showroom", version="0.1.0", lifespan=lifespan,
                   description="Pictures of a real product in any scene. See README.md.")
     install_error_handlers(app)
+
+    @app.middleware("http")
+    async def count_activity(request, call_next):
+        if request.url.path.startswith("/v1/"):  # health checks and metrics scrapes are not work
+            activity.touch()
+        return await call_next(request)
     for module in (health, catalog, products, jobs):
         app.include_router(module.router)
     if settings.cors_origins:

@@ -140,7 +140,8 @@ def test_vast_stop_action_unreachable_api_raises():
 
 
 @pytest.mark.parametrize("instance_id, key, message", [
-    (None, "k", "CONTAINER_ID"), ("", "k", "CONTAINER_ID"), ("abc", "k", "CONTAINER_ID"), ("12", None, "CONTAINER_API_KEY"),
+    (None, "k", "CONTAINER_ID"), ("", "k", "CONTAINER_ID"), ("abc", "k", "CONTAINER_ID"),
+    ("12", None, "CONTAINER_API_KEY"),
 ])
 def test_vast_stop_action_needs_vast_variables(instance_id, key, message):
     with pytest.raises(ValueError, match=message):

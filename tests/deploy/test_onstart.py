@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 
+from tests.deploy.vast_standin import load_launcher
 from tests.factories import REPO
 
 SCRIPT = REPO / "docker" / "onstart.sh"
@@ -17,10 +18,10 @@ SECRETS = {"API_KEY": "backend-key-abcdef", "AWS_SECRET_ACCESS_KEY": "s3-secret-
 SHELLS = [shell for shell in ("dash", "bash") if shutil.which(shell)]
 
 
-def run_onstart(shell: str, tmp_path, **env) -> subprocess.CompletedProcess:
+def run_onstart(shell: str, tmp_path, script=SCRIPT, **env) -> subprocess.CompletedProcess:
     base = {"PATH": os.environ["PATH"], "PUBLIC_IPADDR": "203.0.113.7", "VAST_TCP_PORT_8000": "41234",
             "CONTAINER_ID": "4242", "STORAGE_URL": "s3://shots", "SHOWROOM_LOG": str(tmp_path / "backend.log")}
-    return subprocess.run([shell, str(SCRIPT)], env=base | SECRETS | env, capture_output=True, text=True, timeout=30)
+    return subprocess.run([shell, str(script)], env=base | SECRETS | env, capture_output=True, text=True, timeout=30)
 
 
 def assert_no_secret(text: str) -> None:
@@ -44,6 +45,12 @@ def test_onstart_dry_run_prints_the_exact_commands(shell, tmp_path):
         "Set the frontend's BACKEND_URL to it; it answers once GET /health says \"ok\".",
     ]
     assert_no_secret(out.stdout + out.stderr)
+    # what docker/vast.py sends (comments stripped) behaves the same
+    sent = tmp_path / "onstart-sent.sh"
+    sent.write_text(load_launcher().onstart_script())
+    again = run_onstart(shell, tmp_path, script=sent, SHOWROOM_DRY_RUN="1", SHOWROOM_USER="nobody",
+                        SHOWROOM_ENV_FILE=str(tmp_path / "environment"))
+    assert (again.returncode, again.stdout, again.stderr) == (0, out.stdout, out.stderr)
 
 
 def exported(path) -> dict[str, str]:

@@ -1,6 +1,5 @@
 """docker/vast.py against a local stand-in of the vast.ai API: the exact requests, and every way it fails."""
 
-import importlib.util
 import io
 import json
 import os
@@ -9,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.deploy.vast_standin import VastStandIn
+from tests.deploy.vast_standin import VastStandIn, load_launcher
 from tests.factories import REPO
 
 VAST_KEY, API_KEY, S3_SECRET = "vast-key-0123456789", "backend-key-abcdef", "s3-secret-zyxwvu"
@@ -21,13 +20,6 @@ EXPECTED_QUERY = {
     "cuda_max_good": {"gte": 12.8}, "disk_space": {"gte": 40}, "direct_port_count": {"gte": 1},
     "order": [["dph_total", "asc"]], "type": "on-demand", "limit": 10, "allocated_storage": 40,
 }
-
-
-def load_launcher():
-    spec = importlib.util.spec_from_file_location("showroom_vast_launcher", REPO / "docker" / "vast.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 vast_py = load_launcher()

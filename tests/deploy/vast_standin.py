@@ -1,15 +1,28 @@
-"""A local stand-in for the vast.ai REST API (and for the rented instance's GET /health).
+"""A local stand-in for the vast.ai REST API (and for the rented instance's GET /health), and a loader
+for docker/vast.py.
 
 It records every request (method, path, Authorization header, JSON body) so tests can assert the
 exact requests docker/vast.py and backend/idle.py send. Behaviour is set by plain attributes.
 Listens on 127.0.0.1 on a free port; nothing leaves the machine.
 """
 
+import importlib.util
 import json
 import re
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+LAUNCHER = Path(__file__).resolve().parents[2] / "docker" / "vast.py"
+
+
+def load_launcher():
+    """docker/vast.py as a module (docker/ is not a package: users run it as a script)."""
+    spec = importlib.util.spec_from_file_location("showroom_vast_launcher", LAUNCHER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @dataclass

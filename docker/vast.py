@@ -1,0 +1,360 @@
+"""Rent a GPU on vast.ai for the Showroom backend, wait until it is healthy, print its URL; stop or destroy it.
+
+    python docker/vast.py offers --gpus 1 --min-vram 16 --max-price 0.60
+    python docker/vast.py up --image ghcr.io/you/showroom:latest --env-file docker/vast.env
+    python docker/vast.py status ID | stop ID | start ID | destroy ID
+
+The vast.ai key comes from VAST_API_KEY or the vastai CLI's key file (~/.config/vastai/vast_api_key),
+never from the command line. No secret is ever printed: values of names holding KEY, SECRET, TOKEN
+or PASSWORD are replaced by *** in everything this prints. `--dry-run` sends only read-only requests
+(offer search, instance status) and prints the others. `--api-url` (or VAST_API_URL) points it at
+another API base: the tests run it against a local stand-in.
+
+Only the standard library and `requests` (in frontend/requirements.txt): it runs on a laptop.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import requests
+
+VAST_API_URL = "https://console.vast.ai/api/v0"
+KEY_FILE = Path("~/.config/vastai/vast_api_key").expanduser()
+ONSTART = Path(__file__).with_name("onstart.sh")
+ONSTART_LIMIT = 4048  # vast's cap on the onstart field
+SECRET_MARKERS = ("KEY", "SECRET", "TOKEN", "PASSWORD")
+# Backend settings taken from this shell when the env file does not set them (CONTRACT.md + ours).
+PASS_THROUGH = ("MODEL_ID", "DEVICE", "WORKERS", "STORAGE_URL", "S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+                "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "API_KEY", "UPSCALER", "REPLICATE_API_TOKEN",
+                "REPLICATE_BASE_URL", "IDLE_STOP_MINUTES", "HF_TOKEN")
+EXIT_API, EXIT_CONFIG, EXIT_NO_OFFER, EXIT_CREATE, EXIT_UNHEALTHY = 1, 2, 3, 4, 5
+
+
+class LaunchError(Exception):
+    def __init__(self, message: str, code: int = EXIT_API):
+        super().__init__(message)
+        self.code = code
+
+
+def is_secret(name: str) -> bool:
+    return any(marker in name.upper() for marker in SECRET_MARKERS)
+
+
+class Redactor:
+    """Replaces every known secret value in text about to be printed."""
+
+    def __init__(self):
+        self.values: set[str] = set()
+
+    def add(self, value: str | None) -> None:
+        if value and len(value) >= 4:
+            self.values.add(value)
+
+    def __call__(self, text: str) -> str:
+        for value in sorted(self.values, key=len, reverse=True):
+            text = text.replace(value, "***")
+        return text
+
+
+class VastAPI:
+    """The few vast.ai REST calls Showroom needs. Mutating calls are only printed in dry-run mode."""
+
+    def __init__(self, base: str, key: str, redact: Redactor, say: Callable[[str], None], dry_run: bool = False):
+        self.base, self.dry_run, self.redact, self.say = base.rstrip("/"), dry_run, redact, say
+        self.session = requests.Session()
+        self.session.headers.update({"Authorization": f"Bearer {key}", "Accept": "application/json"})
+
+    def call(self, method: str, path: str, body: dict | None = None, mutating: bool = True):
+        url = f"{self.base}{path}"
+        if mutating and self.dry_run:
+            shown = {k: ({n: "***" if is_secret(n) else v for n, v in v.items()} if k == "env" else v)
+                     for k, v in (body or {}).items()}
+            self.say(self.redact(f"DRY-RUN {method} {url} {json.dumps(shown, sort_keys=True)}"))
+            return None
+        try:  # one attempt with a timeout: every caller either polls again or reports and stops
+            response = self.session.request(method, url, json=body, timeout=30)
+        except requests.RequestException as e:
+            raise LaunchError(self.redact(f"{method} {url} failed: {e}")) from None
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = {}
+        if response.status_code >= 400 or (isinstance(answer, dict) and answer.get("success") is False):
+            reason = answer.get("msg") or answer.get("error") if isinstance(answer, dict) else None
+            raise LaunchError(self.redact(f"{method} {url} answered {response.status_code}: "
+                                          f"{reason or response.text[:200] or 'no reason given'}"))
+        return answer
+
+    def offers(self, query: dict) -> list[dict]:
+        return (self.call("POST", "/bundles/", query, mutating=False) or {}).get("offers") or []
+
+    def create(self, offer_id: int, body: dict) -> int | None:
+        answer = self.call("PUT", f"/asks/{offer_id}/", body)
+        if answer is None:
+            return None
+        if not answer.get("new_contract"):
+            raise LaunchError(f"vast.ai did not return the new instance's id: {self.redact(json.dumps(answer))}")
+        return int(answer["new_contract"])
+
+    def instance(self, instance_id: int) -> dict:
+        answer = self.call("GET", f"/instances/{instance_id}/", mutating=False) or {}
+        return answer.get("instances") or {}
+
+    def set_state(self, instance_id: int, state: str) -> None:
+        self.call("PUT", f"/instances/{instance_id}/", {"state": state})
+
+    def destroy(self, instance_id: int) -> None:
+        self.call("DELETE", f"/instances/{instance_id}/")
+
+
+def offer_query(args) -> dict:
+    """vast's search filter: GPU count, VRAM (MB in the REST API), price, reliability, CUDA, disk."""
+    query = {"verified": {"eq": True}, "external": {"eq": False}, "rentable": {"eq": True},
+             "rented": {"eq": False}, "num_gpus": {"eq": args.gpus}, "gpu_ram": {"gte": args.min_vram * 1000},
+             "dph_total": {"lte": args.max_price}, "reliability": {"gte": args.min_reliability},
+             "cuda_max_good": {"gte": args.min_cuda}, "disk_space": {"gte": args.disk},
+             "direct_port_count": {"gte": 1}, "order": [["dph_total", "asc"]], "type": "on-demand",
+             "limit": args.limit, "allocated_storage": args.disk}
+    if args.gpu_name:
+        query["gpu_name"] = {"eq": args.gpu_name.replace("_", " ")}
+    return query
+
+
+def describe(offer: dict) -> str:
+    return (f"offer {offer.get('id')}: {offer.get('num_gpus')}x {offer.get('gpu_name')} "
+            f"{(offer.get('gpu_ram') or 0) / 1000:.0f} GB, ${offer.get('dph_total', 0):.3f}/h, "
+            f"reliability {offer.get('reliability', offer.get('reliability2', 0)):.3f}, "
+            f"CUDA {offer.get('cuda_max_good')}, {offer.get('geolocation') or 'unknown location'}")
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    env = {}
+    for number, raw in enumerate(path.read_text().splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.removeprefix("export ").partition("=")
+        if not sep or not name.strip().isidentifier():
+            raise LaunchError(f"{path}:{number}: expected NAME=value", EXIT_CONFIG)
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        elif " #" in value:  # an unquoted value ends where a comment starts, as in compose's .env
+            value = value.split(" #", 1)[0].rstrip()
+        env[name.strip()] = value
+    return env
+
+
+def instance_env(env_file: Path | None, environ: dict[str, str]) -> dict[str, str]:
+    """The backend's settings: the env file first, then PASS_THROUGH names from this shell."""
+    env = read_env_file(env_file) if env_file else {}
+    for name in PASS_THROUGH:
+        if name not in env and environ.get(name):
+            env[name] = environ[name]
+    if not env.get("API_KEY"):
+        raise LaunchError("set API_KEY (env file or environment): the backend is reachable from the internet, "
+                          "and without a key anyone could spend your GPU", EXIT_CONFIG)
+    if not env.get("STORAGE_URL", "").startswith("s3://"):
+        raise LaunchError("set STORAGE_URL to s3://bucket[/prefix] (with S3_ENDPOINT_URL and AWS_* for a non-AWS "
+                          "store): results must outlive the rented box, and the frontend reads them there",
+                          EXIT_CONFIG)
+    return env | {"PUBLIC_BIND": "true"}
+
+
+def onstart_script() -> str:
+    """docker/onstart.sh without its full-line comments (the shebang stays): vast caps the field."""
+    lines = ONSTART.read_text().splitlines()
+    kept = [lines[0]] + [line for line in lines[1:] if not line.lstrip().startswith("#")]
+    return "\n".join(kept) + "\n"
+
+
+def create_body(args, env: dict[str, str]) -> dict:
+    body = {"client_id": "me", "image": args.image, "disk": args.disk, "label": args.label,
+            "env": env | {"-p 8000:8000": "1"}, "runtype": args.runtype}
+    if args.runtype == "ssh":
+        # vast's SSH mode replaces the entrypoint and sets up sshd, which needs root; onstart.sh then runs
+        # the backend as the image's non-root user. In "args" mode the image's own USER and CMD run.
+        body |= {"onstart": onstart_script(), "user": "root"}
+    return body
+
+
+def public_url(instance: dict) -> str | None:
+    mapped = (instance.get("ports") or {}).get("8000/tcp") or []
+    ip = (instance.get("public_ipaddr") or "").strip()
+    if ip and mapped and mapped[0].get("HostPort"):
+        return f"http://{ip}:{mapped[0]['HostPort']}"
+    return None
+
+
+def wait_healthy(api: VastAPI, instance_id: int, timeout_s: float, poll_s: float,
+                 clock: Callable[[], float], sleep: Callable[[float], None]) -> str:
+    """Poll the instance, then its /health (plain GET, never with the vast key), until status is "ok"."""
+    deadline, last = clock() + timeout_s, "vast.ai has not scheduled the instance yet"
+    while True:
+        try:
+            instance = api.instance(instance_id)
+            status, url = instance.get("actual_status"), public_url(instance)
+            if status == "exited":
+                raise LaunchError(f"the container exited: {instance.get('status_msg') or 'see its logs'}",
+                                  EXIT_UNHEALTHY)
+            if status == "running" and url:
+                last = f"{url}/health does not answer yet"
+                health = requests.get(f"{url}/health", timeout=10).json()
+                if health.get("status") == "ok":
+                    return url
+                if health.get("status") == "error":
+                    raise LaunchError(f"the backend reports an error: {health.get('detail')}", EXIT_UNHEALTHY)
+                last = f"backend is {health.get('status')}: {health.get('detail') or 'no detail'}"
+            else:
+                last = f"instance is {status or 'being provisioned'}: {instance.get('status_msg') or 'no message'}"
+        except (requests.RequestException, ValueError):
+            pass  # not up yet, or not JSON yet: keep polling until the deadline
+        except LaunchError as e:
+            if e.code != EXIT_API:
+                raise
+            last = str(e)  # vast's API had a hiccup: keep polling until the deadline
+        if clock() + poll_s > deadline:
+            raise LaunchError(f"not healthy after {timeout_s:.0f} s; last seen: {api.redact(last)}", EXIT_UNHEALTHY)
+        sleep(poll_s)
+
+
+def cmd_offers(api: VastAPI, args, say) -> int:
+    offers = api.offers(offer_query(args))
+    if not offers:
+        raise LaunchError(no_offer_message(args), EXIT_NO_OFFER)
+    for offer in offers:
+        say(describe(offer))
+    return 0
+
+
+def no_offer_message(args) -> str:
+    return (f"no offer matches: {args.gpus} GPU(s), >= {args.min_vram:g} GB VRAM, <= ${args.max_price:g}/h, "
+            f"reliability >= {args.min_reliability}, CUDA >= {args.min_cuda}, {args.disk} GB disk; "
+            "raise --max-price, lower --min-vram or --min-reliability, or try again later")
+
+
+def cmd_up(api: VastAPI, args, say, environ, clock, sleep) -> int:
+    env = instance_env(args.env_file, environ)
+    for name, value in env.items():
+        if is_secret(name):
+            api.redact.add(value)
+    body = create_body(args, env)
+    if len(body.get("onstart", "")) > ONSTART_LIMIT:
+        raise LaunchError(f"docker/onstart.sh is over vast's {ONSTART_LIMIT} characters", EXIT_CONFIG)
+    offers = api.offers(offer_query(args))
+    if not offers:
+        raise LaunchError(no_offer_message(args), EXIT_NO_OFFER)
+    offer = offers[0]
+    say(describe(offer))
+    try:
+        instance_id = api.create(offer["id"], body)
+    except LaunchError as e:
+        raise LaunchError(f"could not rent offer {offer['id']}: {e}; nothing was created, run again "
+                          "to try the next cheapest offer", EXIT_CREATE) from None
+    if instance_id is None:  # dry run
+        return 0
+    say(f"created instance {instance_id} (${offer.get('dph_total', 0):.3f}/h while it runs)")
+    say(f"  stop it:    python docker/vast.py stop {instance_id}")
+    say(f"  destroy it: python docker/vast.py destroy {instance_id}")
+    say(f"waiting up to {args.timeout:.0f} s for the image, the model and GET /health ...")
+    try:
+        url = wait_healthy(api, instance_id, args.timeout, args.poll, clock, sleep)
+    except LaunchError:
+        if args.keep_on_failure:
+            say(f"instance {instance_id} is kept (--keep-on-failure) and costs money until you destroy it")
+        else:
+            try:
+                api.destroy(instance_id)
+                say(f"destroyed instance {instance_id} so it costs nothing (--keep-on-failure keeps it to debug)")
+            except LaunchError as failed:
+                say(f"could not destroy instance {instance_id} ({failed}): destroy it yourself, it costs money")
+        raise
+    say(f"healthy. Put this in the frontend's secrets (API_KEY as in your env file):\nBACKEND_URL={url}")
+    return 0
+
+
+def cmd_status(api: VastAPI, args, say) -> int:
+    instance = api.instance(args.id)
+    say(f"instance {args.id}: {instance.get('actual_status') or 'unknown'} "
+        f"(wants {instance.get('intended_status') or 'unknown'}), ${instance.get('dph_total', 0):.3f}/h, "
+        f"url {public_url(instance) or 'none yet'}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python docker/vast.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--api-url", default=None, help=f"vast.ai API base (env VAST_API_URL; default {VAST_API_URL})")
+    p.add_argument("--dry-run", action="store_true", help="send read-only requests only; print the others")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name in ("offers", "up"):
+        s = sub.add_parser(name)
+        s.add_argument("--gpus", type=int, default=1, help="GPUs per instance (one worker each)")
+        s.add_argument("--min-vram", type=float, default=16, help="GB per GPU (SD 1.5 needs ~4, SDXL ~10)")
+        s.add_argument("--max-price", type=float, default=0.60, help="dollars per hour, whole instance")
+        s.add_argument("--min-reliability", type=float, default=0.98)
+        s.add_argument("--min-cuda", type=float, default=12.8, help="host driver's CUDA; the image needs 12.8")
+        s.add_argument("--gpu-name", default=None, help="e.g. RTX_4090 (underscores for spaces)")
+        s.add_argument("--disk", type=int, default=40, help="GB of disk: image, model cache, LoRAs")
+        s.add_argument("--limit", type=int, default=10)
+    up = sub.choices["up"]
+    up.add_argument("--image", required=True, help="the backend image, built from ./Dockerfile and pushed")
+    up.add_argument("--env-file", type=Path, default=None, help="NAME=value lines: the backend's settings")
+    up.add_argument("--runtype", choices=("ssh", "args"), default="ssh",
+                    help="ssh: SSH access, docker/onstart.sh starts the backend; args: the image's CMD only")
+    up.add_argument("--label", default="showroom")
+    up.add_argument("--timeout", type=float, default=1800, help="seconds to wait for GET /health to say ok")
+    up.add_argument("--poll", type=float, default=15, help="seconds between status checks")
+    up.add_argument("--keep-on-failure", action="store_true", help="do not destroy an instance that never got healthy")
+    for name in ("status", "stop", "start", "destroy"):
+        sub.add_parser(name).add_argument("id", type=int)
+    return p
+
+
+def api_key(environ) -> str:
+    key = (environ.get("VAST_API_KEY") or "").strip()
+    if not key and KEY_FILE.is_file():
+        key = KEY_FILE.read_text().strip()
+    if not key:
+        raise LaunchError(f"no vast.ai API key: set VAST_API_KEY or write it to {KEY_FILE} "
+                          "(https://cloud.vast.ai/manage-keys/)", EXIT_CONFIG)
+    return key
+
+
+def main(argv: list[str] | None = None, environ=None, out=None, clock=time.monotonic, sleep=time.sleep) -> int:
+    environ = os.environ if environ is None else environ
+    out = out or sys.stdout
+    redact = Redactor()
+
+    def say(text: str) -> None:
+        print(redact(text), file=out, flush=True)
+
+    args = parser().parse_args(argv)
+    try:
+        key = api_key(environ)
+        redact.add(key)
+        api = VastAPI(args.api_url or environ.get("VAST_API_URL") or VAST_API_URL, key, redact, say, args.dry_run)
+        if args.command == "offers":
+            return cmd_offers(api, args, say)
+        if args.command == "up":
+            return cmd_up(api, args, say, environ, clock, sleep)
+        if args.command == "status":
+            return cmd_status(api, args, say)
+        if args.command == "destroy":
+            api.destroy(args.id)
+        else:
+            api.set_state(args.id, "stopped" if args.command == "stop" else "running")
+        if not args.dry_run:
+            say(f"instance {args.id}: {args.command} requested")
+        return 0
+    except LaunchError as e:
+        print(redact(f"error: {e}"), file=sys.stderr if out is sys.stdout else out, flush=True)
+        return e.code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
