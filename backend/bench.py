@@ -4,19 +4,19 @@ Part 1, system overhead (always; on CPU with the tiny model unless --model). The
 started with the contract's command (`uvicorn backend.main:app`) with WORKERS=1, then 2; jobs are
 POSTed over HTTP and timed from the POST to the moment the last image object is in storage, polled
 directly. The baseline is the same pipeline calls (`backend.pipeline.Generator.generate`, same spec,
-the batches the scheduler makes) run one after another in this process, with the thread count of
-one worker. Ratio = system / direct: 1.00 means the system costs nothing on top of generation.
+the batches the scheduler makes) run one after another in this process, with the thread count each
+worker of that run uses. Ratio = system / direct: 1.00 means the system costs nothing on top of the
+generation; with 2 workers it falls below 1 when running the batches side by side pays.
 
-Part 2, GPU (with CUDA, or forced with --gpu): the SD 1.5 architecture at full size, random weights
-(no download); UNet steps for dtype x attention x memory format x batch; torch.compile; the
-production pipeline (Generator) at batch 1/4/8, 512x512, 30 steps, CFG; load-and-warm time; and the
-whole system, submit to first and last image, for 4 images. Figures are read against the issue's
-anchors: 104.6 it/s (stable-fast, H100, batch 1) and a floor of 2.0 ms per CFG step (1.6 TFLOP at
---peak-tflops, 790 by default).
+Part 2, GPU (with CUDA, or forced with --gpu): the SD 1.5 architecture at full size with random
+weights (no download): UNet steps for dtype x attention x memory format x batch, torch.compile, the
+production pipeline (Generator) at batch 1/4/8, 512x512, 30 steps, CFG, load-and-warm time, and the
+whole system, submit to first and last image, for 4 images. Read against the issue's anchors:
+104.6 it/s (stable-fast, H100, batch 1) and a floor of 2.0 ms per CFG step (1.6 TFLOP at 790 TFLOP/s).
 
 Prints plain tables, then, as its LAST line, one JSON object (also written to --json-out).
-The launcher lives here rather than in tests.factories: the bench ships with the backend (the GPU
-image has no tests folder), and backend code must not import test code.
+The launcher lives here, not in tests.factories: the bench ships with the backend (the GPU image has
+no tests folder) and backend code does not import test code.
 """
 
 import argparse
@@ -49,11 +49,11 @@ class Arch:
     size: int
 
 
-SD15 = Arch(  # stable-diffusion-v1-5: unet/, vae/ and text_encoder/ config.json (CLIP ViT-L/14 text tower)
-    unet=dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+SD15 = Arch(  # stable-diffusion-v1-5's unet/, vae/ and text_encoder/ config.json (CLIP ViT-L/14's text tower)
+    unet=dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, norm_num_groups=32,
+              block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
               down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-              up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-              cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32),
+              up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3),
     vae=dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
              block_out_channels=(128, 256, 512, 512), norm_num_groups=32,
              down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4),
@@ -61,13 +61,14 @@ SD15 = Arch(  # stable-diffusion-v1-5: unet/, vae/ and text_encoder/ config.json
               vocab_size=49408, max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu"),
     size=512,
 )
-TINY = Arch(  # the sizes of backend/tiny.py: runs part 2's code on a CPU in seconds (--arch tiny)
-    unet=dict(sample_size=32, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
-              down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-              cross_attention_dim=16, attention_head_dim=2, norm_num_groups=4),
-    vae=dict(in_channels=3, out_channels=3, latent_channels=4, sample_size=64, block_out_channels=(8, 16), norm_num_groups=4,
-             down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2),
-    text=dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=2, vocab_size=1000,
+TINY = Arch(  # backend/tiny.py's sizes: part 2's code on a CPU in seconds (--gpu --arch tiny, and the tests)
+    unet=dict(sample_size=32, in_channels=4, out_channels=4, layers_per_block=1, norm_num_groups=4,
+              block_out_channels=(8, 16), cross_attention_dim=16, attention_head_dim=2,
+              down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+              up_block_types=("CrossAttnUpBlock2D", "UpBlock2D")),
+    vae=dict(in_channels=3, out_channels=3, latent_channels=4, sample_size=64, block_out_channels=(8, 16),
+             norm_num_groups=4, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2),
+    text=dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=2, vocab_size=49408,
               max_position_embeddings=77, projection_dim=16),
     size=64,
 )
@@ -91,7 +92,7 @@ def scheduler_batches(n: int, workers: int, max_batch: int = 8) -> list[int]:
 
 
 def table(title: str, headers: list[str], rows: list[list]) -> str:
-    cells = [[("-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)) for v in row] for row in rows]
+    cells = [["-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v) for v in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
 
     def line(row: list[str]) -> str:
@@ -115,9 +116,10 @@ class Server:
     def start(self, timeout: float = 900) -> float:
         """Start the backend; return the seconds until /health says ok (workers loaded and warm)."""
         started = time.perf_counter()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "backend.main:app", "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=REPO, env=self.env, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "backend.main:app", "--host", "127.0.0.1", "--port", str(self.port)],
+                cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.wait(lambda h: h["status"] == "ok", timeout, 0.1)
         return time.perf_counter() - started
 
@@ -148,9 +150,16 @@ class Server:
     def job(self, job_id: str) -> dict:
         return requests.get(f"{self.url}/v1/jobs/{job_id}", timeout=30).json()
 
-    def metric(self, name: str) -> float | None:
-        text = requests.get(f"{self.url}/metrics", timeout=30).text
-        return next((float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")), None)
+    def histogram(self, name: str) -> tuple[float, float]:
+        """(sum, count) of one of the backend's /metrics histograms."""
+        lines = requests.get(f"{self.url}/metrics", timeout=30).text.splitlines()
+        return tuple(next((float(x.split()[-1]) for x in lines if x.startswith(f"{name}_{part} ")), 0.0)
+                     for part in ("sum", "count"))
+
+    def worker_load_s(self) -> float | None:
+        """Mean seconds a worker took to load and warm, as the workers report it."""
+        total, count = self.histogram("showroom_worker_load_seconds")
+        return total / count if count else None
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -162,37 +171,49 @@ class Server:
                 self.process.wait(5)
 
 
+# ----- one measurement each -----
+def job_spec(n: int, size: int, steps: int) -> dict:
+    return dict(prompt=PROMPT, negative_prompt=NEGATIVE, num_images=n, steps=steps, guidance_scale=7.5,
+                width=size, height=size, seed=1234)
+
+
 def _stamp(iso: str | None) -> float | None:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() if iso else None
 
 
 def system_once(server: Server, storage, spec: dict, poll_s: float, timeout: float = 600) -> dict:
-    """POST one job; poll storage for its image objects; seconds from the POST to the first and last."""
+    """POST one job and poll storage for its image objects: seconds from the POST to the first and last."""
     server.wait_idle()
-    wall, t0 = time.time(), time.perf_counter()
+    before = server.histogram("showroom_batch_seconds")
+    wall, t0, cpu0 = time.time(), time.perf_counter(), time.process_time()
     ticket = server.submit(spec)
     post_s = time.perf_counter() - t0
     missing, arrived, next_check = {img["key"] for img in ticket["images"]}, [], t0 + 1.0
     while missing:
-        for key in list(missing):
-            if storage.exists(key):
-                arrived.append(time.perf_counter() - t0)
-                missing.discard(key)
+        present = missing.intersection(storage.list_files(f"jobs/{ticket['id']}"))  # one request for all keys
+        arrived += [time.perf_counter() - t0] * len(present)
+        missing -= present
         now = time.perf_counter()
-        if missing and now > next_check:  # rarely, so the poll does not load the API process
+        if missing and now > next_check:  # once a second, so this loop does not load the API process
             next_check = now + 1.0
             job = server.job(ticket["id"])
-            if job["status"] in ("succeeded", "failed", "canceled") or now - t0 > timeout:
+            ended = job["status"] in ("succeeded", "failed", "canceled")
+            if (ended and not all(storage.exists(k) for k in missing)) or now - t0 > timeout:
                 errors = {img["error"] for img in job["images"] if img["error"]}
                 raise RuntimeError(f"job {ticket['id']} ended {job['status']} without all images: {errors}")
         time.sleep(poll_s)
+    poll_cpu = (time.process_time() - cpu0) / max(arrived)  # the share of a core this loop took from the system
     started = [_stamp(img["started_at"]) for img in server.job(ticket["id"])["images"]]
-    return {"post_s": post_s, "first_s": min(arrived), "last_s": max(arrived),
-            "dispatch_s": min(s for s in started if s) - wall if any(started) else None}
+    server.wait_idle()  # every batch's Done is in: the workers' own seconds per batch (generate, PNG, write)
+    after = server.histogram("showroom_batch_seconds")
+    batch_s, batches = after[0] - before[0], after[1] - before[1]
+    return {"post_s": post_s, "first_s": min(arrived), "last_s": max(arrived), "poll_cpu": poll_cpu,
+            "dispatch_s": min(s for s in started if s) - wall if any(started) else None,
+            "worker_s": batch_s / batches if batches else None}
 
 
 def direct_once(gen, storage, spec: dict, batches: list[int]) -> dict:
-    """The same pipeline calls in this process, batch after batch; then the PNG encode and write."""
+    """The same pipeline calls in this process, batch after batch; then the PNG encoding and writes."""
     from backend.images import encode_png
     from backend.messages import Task
 
@@ -201,8 +222,8 @@ def direct_once(gen, storage, spec: dict, batches: list[int]) -> dict:
         idx = tuple(range(first, first + size))
         task = Task(task_id=0, job_id="direct", indices=idx, seeds=tuple(spec["seed"] + i for i in idx),
                     keys=tuple(f"bench-direct/{i}.png" for i in idx), prompt=spec["prompt"],
-                    negative_prompt=spec["negative_prompt"], steps=spec["steps"], guidance_scale=spec["guidance_scale"],
-                    width=spec["width"], height=spec["height"], strength=0.5)
+                    negative_prompt=spec["negative_prompt"], steps=spec["steps"],
+                    guidance_scale=spec["guidance_scale"], width=spec["width"], height=spec["height"], strength=0.5)
         images += gen.generate(task, should_cancel=lambda: False, on_step=lambda step, total: None)
         first += size
     gen_s, t1 = time.perf_counter() - t0, time.perf_counter()
@@ -213,16 +234,25 @@ def direct_once(gen, storage, spec: dict, batches: list[int]) -> dict:
     return {"gen_s": gen_s, "write_s": time.perf_counter() - t1}
 
 
-def job_spec(n: int, size: int, steps: int) -> dict:
-    return dict(prompt=PROMPT, negative_prompt=NEGATIVE, num_images=n, steps=steps, guidance_scale=7.5,
-                width=size, height=size, seed=1234)
+def png_encode_s(size: int) -> float:
+    """Seconds backend.images.encode_png takes for one noise-like size x size picture (what random weights draw)."""
+    import numpy as np
+    from PIL import Image
+
+    from backend.images import encode_png
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8))
+    t0 = time.perf_counter()
+    encode_png(image, {"prompt": PROMPT})
+    return time.perf_counter() - t0
 
 
-def load_generator(model_dir: str, device: str, storage, cache: Path, compile_unet: bool = False):
+def load_generator(model_dir: str, device: str, storage, cache: Path):
+    """Generator as a worker makes it: seconds to load, and to warm up."""
     from backend.pipeline import Generator
 
     t0 = time.perf_counter()
-    gen = Generator(str(model_dir), device, storage, cache, compile_unet=compile_unet)
+    gen = Generator(str(model_dir), device, storage, cache)
     load_s, t1 = time.perf_counter() - t0, time.perf_counter()
     gen.warm_up()
     return gen, load_s, time.perf_counter() - t1
@@ -237,32 +267,29 @@ def cpu_part(args, model_dir: str, store_env: dict[str, str], work: Path) -> dic
     storage = open_storage(store_env["STORAGE_URL"], endpoint_url=store_env.get("S3_ENDPOINT_URL"),
                            access_key=store_env.get("AWS_ACCESS_KEY_ID"),
                            secret_key=store_env.get("AWS_SECRET_ACCESS_KEY"), region=store_env.get("AWS_REGION"))
-    torch.set_num_threads(max(1, os.cpu_count() or 1))  # what one worker uses (cpu_count // WORKERS)
     gen, load_s, warm_s = load_generator(model_dir, "cpu", storage, work / "cache")
     rows, startup = [], {}
     for workers in args.workers:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))  # as each worker sets it (worker.py)
         env = store_env | {"MODEL_ID": str(model_dir), "DEVICE": "cpu", "WORKERS": str(workers), "UPSCALER": "off",
                            "RATE_LIMIT_PER_MINUTE": "0", "SHOWROOM_CACHE": str(work / "cache")}
         server = Server(env, work)
         try:
-            startup[workers] = {"health_ok_s": server.start(), "worker_load_s": None}
-            count = server.metric("showroom_worker_load_seconds_count")
-            if count:
-                startup[workers]["worker_load_s"] = server.metric("showroom_worker_load_seconds_sum") / count
+            startup[workers] = {"health_ok_s": server.start(), "worker_load_s": server.worker_load_s()}
             for n in args.counts:
                 spec, batches = job_spec(n, args.size, args.steps), scheduler_batches(n, workers)
                 direct_once(gen, storage, spec, batches)  # warm-up runs, not measured
                 system_once(server, storage, spec, args.poll_s)
                 runs = [(direct_once(gen, storage, spec, batches), system_once(server, storage, spec, args.poll_s))
                         for _ in range(args.repeats)]  # interleaved: both see the same background load
-                rows.append(summarise(workers, n, batches, runs))
-                print(f"  workers={workers} images={n}: {rows[-1]}", file=sys.stderr)
+                rows.append(summarise(workers, n, batches, runs) | {"threads": torch.get_num_threads()})
+                print(f"  {rows[-1]}", file=sys.stderr)
         finally:
             server.stop()
     fours = {r["workers"]: r for r in rows if r["images"] == 4}
     return {"size": args.size, "steps": args.steps, "repeats": args.repeats, "poll_s": args.poll_s,
-            "storage": storage.url.split(":")[0], "threads_direct": torch.get_num_threads(),
-            "direct_load_s": load_s, "direct_warm_s": warm_s, "startup": startup, "rows": rows,
+            "storage": storage.url.split(":")[0], "direct_load_s": load_s, "direct_warm_s": warm_s,
+            "png_encode_512_s": median(png_encode_s(512) for _ in range(3)), "startup": startup, "rows": rows,
             "overhead_ratio_4img": (fours.get(1) or {}).get("ratio"),
             "overhead_ratio_4img_2workers": (fours.get(2) or {}).get("ratio"),
             "images_per_s": (fours.get(1) or next(iter(fours.values()), {})).get("images_per_s")}
@@ -276,6 +303,9 @@ def summarise(workers: int, n: int, batches: list[int], runs: list[tuple[dict, d
             "direct_write_s": write, "post_s": median(s["post_s"] for s in system),
             "dispatch_s": median(s["dispatch_s"] for s in system), "first_s": median(s["first_s"] for s in system),
             "last_s": last, "ratio": round(last / gen, 3), "ratio_vs_write": round(last / write, 3),
+            "ratio_min": round(min(s["last_s"] for s in system) / min(d["gen_s"] for d in direct), 3),
+            "poll_cpu": median(s["poll_cpu"] for s in system), "worker_s": median(s["worker_s"] for s in system),
+            "outside_s": median(s["last_s"] - s["worker_s"] for s in system if s["worker_s"] is not None),
             "images_per_s": round(n / last, 3)}
 
 
@@ -298,21 +328,22 @@ def build_models(arch: Arch, device: str = "cpu", dtype=None, tokenizer=None, se
 
 
 def count_tflop(arch: Arch) -> dict:
-    """FLOPs counted by torch's FlopCounterMode on the meta device (no memory, no compute)."""
+    """TFLOP of one CFG step, one VAE decode and the two prompt encodings, counted on the meta device."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     unet, vae, text = build_models(arch, device="meta")
     latent, ctx = arch.size // 8, arch.unet["cross_attention_dim"]
-    calls = {"unet_cfg_step": lambda: unet(torch.randn(2, 4, latent, latent, device="meta"), torch.tensor([500, 500]),
-                                           encoder_hidden_states=torch.randn(2, 77, ctx, device="meta")),
-             "vae_decode": lambda: vae.decode(torch.randn(1, 4, latent, latent, device="meta")),
-             "text_cfg": lambda: text(torch.zeros(2, 77, dtype=torch.long, device="meta"))}
-    out = {}
-    for name, call in calls.items():
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            call()
-        out[name] = counter.get_total_flops() / 1e12
+    with torch.device("meta"):
+        calls = {"unet_cfg_step": lambda: unet(torch.randn(2, 4, latent, latent), torch.tensor([500, 500]),
+                                               encoder_hidden_states=torch.randn(2, 77, ctx)),
+                 "vae_decode": lambda: vae.decode(torch.randn(1, 4, latent, latent)),
+                 "text_cfg": lambda: text(torch.zeros(2, 77, dtype=torch.long))}
+        out = {}
+        for name, call in calls.items():
+            with FlopCounterMode(display=False) as counter, torch.no_grad():
+                call()
+            out[name] = counter.get_total_flops() / 1e12
     return out
 
 
@@ -321,25 +352,32 @@ def ceiling_fraction(tflop: float, seconds: float, peak_tflops: float) -> float:
     return tflop / seconds / peak_tflops
 
 
+def sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def timed_ms(fn, device: str, iters: int, warmup: int = 2) -> float:
-    """Mean milliseconds per call, after warm-up: CUDA events on a GPU, perf_counter elsewhere."""
+    """Mean milliseconds per call after warm-up: CUDA events on a GPU, perf_counter elsewhere."""
     import torch
 
     for _ in range(warmup):
         fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+    if not device.startswith("cuda"):
+        t0 = time.perf_counter()
         for _ in range(iters):
             fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / iters
-    t0 = time.perf_counter()
+        return (time.perf_counter() - t0) * 1000 / iters
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
     for _ in range(iters):
         fn()
-    return (time.perf_counter() - t0) * 1000 / iters
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / iters
 
 
 def unet_step(unet, arch: Arch, batch: int, device: str, dtype, channels_last: bool):
@@ -358,15 +396,22 @@ def unet_step(unet, arch: Arch, batch: int, device: str, dtype, channels_last: b
     return step
 
 
-def unet_grid(args, arch: Arch, device: str, tflop_step: float) -> list[dict]:
-    """ms per CFG step for dtype x attention x memory format x batch."""
+def unet_row(dtype: str, attention: str, channels_last: bool, batch: int, ms: float, tflop_step: float,
+             args) -> dict:
+    return {"dtype": dtype, "attention": attention, "channels_last": channels_last, "batch": batch,
+            "ms_per_step": round(ms, 3), "it_per_s": round(1000 / ms, 2),
+            "images_per_s_30": round(batch * 1000 / (ms * args.gpu_steps), 2),
+            "ceiling": ceiling_fraction(tflop_step * batch, ms / 1000, args.peak_tflops)}
+
+
+def unet_grid(args, unet, arch: Arch, device: str, tflop_step: float) -> list[dict]:
+    """ms per CFG step for dtype x attention (SDPA or the classic math path) x memory format x batch."""
     import torch
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-    unet = build_models(arch, device)[0]
     rows = []
     for dtype_name in args.dtypes:
-        dtype = getattr(torch, {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}[dtype_name])
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
         unet.to(dtype)
         for attention, processor in (("sdpa", AttnProcessor2_0), ("math", AttnProcessor)):
             unet.set_attn_processor(processor())
@@ -375,47 +420,33 @@ def unet_grid(args, arch: Arch, device: str, tflop_step: float) -> list[dict]:
                 for batch in args.batches:
                     ms = timed_ms(unet_step(unet, arch, batch, device, dtype, channels_last), device, args.iters)
                     rows.append(unet_row(dtype_name, attention, channels_last, batch, ms, tflop_step, args))
-    if args.compile:
-        unet.to(torch.float16 if device.startswith("cuda") else torch.float32).set_attn_processor(AttnProcessor2_0())
-        unet.to(memory_format=torch.channels_last)
-        compiled = torch.compile(unet, mode=args.compile_mode, fullgraph=True)
-        for batch in args.batches:
-            step = unet_step(compiled, arch, batch, device, next(unet.parameters()).dtype, True)
-            t0 = time.perf_counter()
-            try:
-                step()
-                sync(device)
-            except Exception as e:  # an inductor failure is a finding to report, not a reason to lose the rest
-                rows.append(unet_row("compiled", "sdpa", True, batch, None, tflop_step, args) | {"error": str(e)[:300]})
-                break
-            warm_s = time.perf_counter() - t0
-            ms = timed_ms(step, device, args.iters)
-            rows.append(unet_row("compiled", "sdpa", True, batch, ms, tflop_step, args)
-                        | {"compile_warmup_s": round(warm_s, 2)})
-    del unet
     return rows
 
 
-def sync(device: str) -> None:
+def compile_rows(args, unet, arch: Arch, device: str, tflop_step: float) -> list[dict]:
+    """torch.compile as COMPILE=true does it (fp16, SDPA, channels_last), one static-shape compile per batch."""
     import torch
+    from diffusers.models.attention_processor import AttnProcessor2_0
 
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-
-
-def unet_row(dtype: str, attention: str, channels_last: bool, batch: int, ms: float | None, tflop_step: float,
-             args) -> dict:
-    row = {"dtype": dtype, "attention": attention, "channels_last": channels_last, "batch": batch,
-           "ms_per_step": None if ms is None else round(ms, 3)}
-    if ms:
-        row |= {"it_per_s": round(1000 / ms, 2), "images_per_s_30": round(batch * 1000 / (ms * args.gpu_steps), 2),
-                "ceiling": round(ceiling_fraction(tflop_step * batch, ms / 1000, args.peak_tflops), 4)}
-    return row
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    unet.to(dtype).to(memory_format=torch.channels_last)
+    unet.set_attn_processor(AttnProcessor2_0())
+    rows = []
+    for batch in args.batches:
+        torch._dynamo.reset()
+        step = unet_step(torch.compile(unet, mode=args.compile_mode, fullgraph=True, dynamic=False), arch, batch,
+                         device, dtype, True)
+        t0 = time.perf_counter()
+        step()
+        sync(device)
+        warm_s = time.perf_counter() - t0
+        rows.append(unet_row("compiled", "sdpa", True, batch, timed_ms(step, device, args.iters), tflop_step, args)
+                    | {"compile_warmup_s": round(warm_s, 2)})
+    return rows
 
 
 def save_pipeline(arch: Arch, folder: Path, device: str) -> Path:
-    """Save the random full-size pipeline in diffusers layout (fp16 on CUDA) for Generator and the backend."""
+    """The random pipeline in diffusers layout (fp16 on CUDA), for Generator and the backend (MODEL_ID)."""
     import torch
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
     from transformers import CLIPTokenizer
@@ -424,8 +455,7 @@ def save_pipeline(arch: Arch, folder: Path, device: str) -> Path:
 
     _write_tokenizer(folder / "tokenizer")
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
-    dtype = torch.float16 if device.startswith("cuda") else None
-    unet, vae, text = build_models(arch, device, dtype, tokenizer)
+    unet, vae, text = build_models(arch, device, torch.float16 if device.startswith("cuda") else None, tokenizer)
     scheduler = DPMSolverMultistepScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                             num_train_timesteps=1000, steps_offset=1)
     StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text, tokenizer=tokenizer, scheduler=scheduler,
@@ -434,7 +464,38 @@ def save_pipeline(arch: Arch, folder: Path, device: str) -> Path:
     return folder
 
 
+def pipeline_rows(args, gen, arch: Arch, storage, image_tflop: float) -> list[dict]:
+    """The production path (Generator.generate: fp16, SDPA, channels_last, own decode) per batch size."""
+    rows = []
+    for batch in args.batches:
+        spec = job_spec(batch, arch.size, args.gpu_steps)
+        cold, *runs = [direct_once(gen, storage, spec, [batch]) for _ in range(args.repeats + 1)]
+        gen_s = median(r["gen_s"] for r in runs)
+        rows.append({"batch": batch, "cold_s": round(cold["gen_s"], 4), "s": gen_s, "s_per_image": round(gen_s / batch, 4),
+                     "images_per_s": round(batch / gen_s, 3), "png_write_s": median(r["write_s"] for r in runs),
+                     "ceiling": ceiling_fraction(image_tflop * batch, gen_s, args.peak_tflops)})
+    return rows
+
+
+def system_gpu(args, model_dir: Path, arch: Arch, device: str, work: Path) -> dict:
+    """The whole system on the full-size model: start-up, then submit to first and last image of 4."""
+    from backend.storage import LocalStorage
+
+    env = {"MODEL_ID": str(model_dir), "DEVICE": "cuda" if device.startswith("cuda") else "cpu", "WORKERS": "1",
+           "UPSCALER": "off", "RATE_LIMIT_PER_MINUTE": "0", "STORAGE_URL": f"file://{work / 'gpu-storage'}",
+           "SHOWROOM_CACHE": str(work / "cache")}
+    server = Server(env, work)
+    try:
+        out = {"health_ok_s": round(server.start(), 3), "worker_load_s": server.worker_load_s()}
+        storage, spec = LocalStorage(work / "gpu-storage"), job_spec(4, arch.size, args.gpu_steps)
+        runs = [system_once(server, storage, spec, args.poll_s) for _ in range(args.repeats + 1)][1:]
+        return out | {k: median(r[k] for r in runs) for k in ("post_s", "dispatch_s", "first_s", "last_s")}
+    finally:
+        server.stop()
+
+
 def gpu_part(args, arch: Arch, work: Path) -> dict:
+    """Each section records its error and lets the others run: one failure must not cost a rented GPU's hour."""
     import torch
 
     from backend.storage import LocalStorage
@@ -442,132 +503,147 @@ def gpu_part(args, arch: Arch, work: Path) -> dict:
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
     flops = count_tflop(arch)
     out = {"device": torch.cuda.get_device_name(0) if device != "cpu" else "cpu", "arch": args.arch,
-           "size": arch.size, "steps": args.gpu_steps, "peak_tflops": args.peak_tflops, "tflop": flops}
-    out["unet"] = unet_grid(args, arch, device, flops["unet_cfg_step"])
-    default = [r for r in out["unet"] if r["dtype"] == args.dtypes[0] and r["attention"] == "sdpa" and r["channels_last"]]
-    b1 = next((r for r in default if r["batch"] == 1 and r["ms_per_step"]), None)
-    out["unet_it_per_s_batch1"] = b1 and b1["it_per_s"]
-    out["best_ceiling"] = max((r.get("ceiling", 0) for r in out["unet"]), default=None)
-    sync(device)
+           "size": arch.size, "steps": args.gpu_steps, "peak_tflops": args.peak_tflops, "tflop": flops,
+           "unet": [], "pipeline": [], "errors": {}}
+
+    def section(name: str, fn):
+        try:
+            return fn()
+        except Exception as e:
+            out["errors"][name] = f"{type(e).__name__}: {e}"[:500]
+            print(f"  part 2, {name} failed: {out['errors'][name]}", file=sys.stderr)
+
+    unet = build_models(arch, device)[0]
+    out["unet"] = section("unet", lambda: unet_grid(args, unet, arch, device, flops["unet_cfg_step"])) or []
+    if args.compile:
+        out["unet"] += section("compile", lambda: compile_rows(args, unet, arch, device, flops["unet_cfg_step"])) or []
+    del unet
+    if device != "cpu":
+        torch.cuda.empty_cache()
+    b1 = [r for r in out["unet"] if r["batch"] == 1 and r["dtype"] == args.dtypes[0] and r["attention"] == "sdpa"
+          and r["channels_last"]]
+    out["unet_it_per_s_batch1"] = b1[0]["it_per_s"] if b1 else None
+    out["best_ceiling"] = max((r["ceiling"] for r in out["unet"]), default=None)
 
     model_dir = save_pipeline(arch, work / "sd-random", device)
     storage = LocalStorage(work / "gpu-direct")
-    gen, load_s, warm_s = load_generator(model_dir, device, storage, work / "cache")
-    out["load_s"], out["warm_s"], out["pipeline"] = round(load_s, 3), round(warm_s, 3), []
-    image_tflop = args.gpu_steps * flops["unet_cfg_step"] + flops["vae_decode"] + flops["text_cfg"]
-    for batch in args.batches:
-        spec = job_spec(batch, arch.size, args.gpu_steps)
-        runs = [direct_once(gen, storage, spec, [batch]) for _ in range(args.repeats + 1)][1:]  # first one warms
-        gen_s = median(r["gen_s"] for r in runs)
-        out["pipeline"].append({"batch": batch, "s": gen_s, "s_per_image": round(gen_s / batch, 4),
-                                "images_per_s": round(batch / gen_s, 3), "png_write_s": median(r["write_s"] for r in runs),
-                                "ceiling": round(ceiling_fraction(image_tflop * batch, gen_s, args.peak_tflops), 4)})
-    out["images_per_s"] = max(r["images_per_s"] for r in out["pipeline"])
-    del gen
-    sync(device)
-
-    env = {"MODEL_ID": str(model_dir), "DEVICE": "cuda" if device != "cpu" else "cpu", "WORKERS": "1",
-           "UPSCALER": "off", "RATE_LIMIT_PER_MINUTE": "0", "STORAGE_URL": f"file://{work / 'gpu-storage'}",
-           "SHOWROOM_CACHE": str(work / "cache")}
-    server = Server(env, work)
-    try:
-        out["system_health_ok_s"] = round(server.start(), 3)
-        system_storage, spec = LocalStorage(work / "gpu-storage"), job_spec(4, arch.size, args.gpu_steps)
-        runs = [system_once(server, system_storage, spec, args.poll_s) for _ in range(args.repeats + 1)][1:]
-        out["system_4img"] = {k: median(r[k] for r in runs) for k in ("post_s", "dispatch_s", "first_s", "last_s")}
-    finally:
-        server.stop()
+    loaded = section("load", lambda: load_generator(model_dir, device, storage, work / "cache"))
+    if loaded:
+        gen, out["load_s"], out["warm_s"] = loaded
+        image_tflop = args.gpu_steps * flops["unet_cfg_step"] + flops["vae_decode"] + flops["text_cfg"]
+        out["pipeline"] = section("pipeline", lambda: pipeline_rows(args, gen, arch, storage, image_tflop)) or []
+        del gen, loaded
+        if device != "cpu":
+            torch.cuda.empty_cache()
+    out["images_per_s"] = max((r["images_per_s"] for r in out["pipeline"]), default=None)
+    if args.gpu_system:
+        out["system_4img"] = section("system", lambda: system_gpu(args, model_dir, arch, device, work))
     return out
 
 
 # ----- the command -----
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",")]
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="small and fast: the CI/2-core setting (< 5 minutes)")
+    p.add_argument("--quick", action="store_true", help="small and fast: the CI / 2-core setting (under 5 minutes)")
     p.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=None,
                    help="run part 2 (default: when CUDA is available); --gpu without CUDA runs it on the CPU")
     p.add_argument("--model", help="diffusers folder for part 1 (default: the tiny random pipeline, built here)")
-    p.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2], help="e.g. 1,2")
-    p.add_argument("--counts", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4], help="images per job")
-    p.add_argument("--repeats", type=int, help="measured runs per figure (median); default 3, or 5 without --quick")
-    p.add_argument("--size", type=int, help="part 1 image size (default 128)")
-    p.add_argument("--steps", type=int, help="part 1 steps (default 10 with --quick, else 20)")
+    p.add_argument("--workers", type=_ints, default=[1, 2], help="part 1 worker counts, e.g. 1,2")
+    p.add_argument("--counts", type=_ints, default=[1, 4], help="part 1 images per job, e.g. 1,4")
+    p.add_argument("--repeats", type=int, help="measured runs per figure, median reported (default 3 quick, else 5)")
+    p.add_argument("--size", type=int, help="part 1 image size (default 64 quick, else 128)")
+    p.add_argument("--steps", type=int, default=20, help="part 1 steps")
     p.add_argument("--s3", action="store_true", help="part 1 storage: an embedded SeaweedFS S3 instead of a folder")
-    p.add_argument("--poll-ms", type=float, default=2.0, help="storage poll interval")
+    p.add_argument("--poll-ms", type=float, help="storage poll interval (default 2, or 20 with --s3: a LIST costs CPU)")
     p.add_argument("--arch", choices=("sd15", "tiny"), default="sd15", help="part 2 architecture")
-    p.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 8])
-    p.add_argument("--dtypes", type=lambda s: s.split(","), default=["fp16", "bf16"])
+    p.add_argument("--batches", type=_ints, default=[1, 4, 8], help="part 2 batch sizes")
+    p.add_argument("--dtypes", type=lambda s: s.split(","), default=["fp16", "bf16"], help="part 2 UNet dtypes")
     p.add_argument("--gpu-steps", type=int, default=30)
     p.add_argument("--iters", type=int, default=10, help="UNet steps timed per figure")
     p.add_argument("--peak-tflops", type=float, default=790.0,
-                   help="the ceiling: 790 is the issue's H100 anchor (the SXM datasheet's dense bf16 is 989)")
+                   help="the ceiling: the issue's H100 anchor (the H100 SXM datasheet's dense fp16/bf16 is 989)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="time torch.compile")
-    p.add_argument("--compile-mode", default="max-autotune", help="as backend.pipeline uses with COMPILE=true")
+    p.add_argument("--compile-mode", default="max-autotune", help="backend.pipeline's mode with COMPILE=true")
+    p.add_argument("--gpu-system", action=argparse.BooleanOptionalAction, default=True,
+                   help="part 2 through the whole system too (a backend on the saved full-size model)")
+    p.add_argument("--omp-passive", action=argparse.BooleanOptionalAction, default=True,
+                   help="OMP_WAIT_POLICY=PASSIVE for this process and the backend: on a shared CPU, spinning "
+                        "OpenMP threads make 2-thread runs several times slower whenever a neighbour runs")
     p.add_argument("--json-out", type=Path)
     args = p.parse_args(argv)
     args.repeats = args.repeats or (3 if args.quick else 5)
-    args.size, args.steps = args.size or 128, args.steps or (10 if args.quick else 20)
-    args.poll_s = args.poll_ms / 1000
+    args.size = args.size or (64 if args.quick else 128)
+    args.poll_s = (args.poll_ms or (20.0 if args.s3 else 2.0)) / 1000
     return args
 
 
 def report(result: dict) -> str:
     cpu, gpu = result["cpu"], result["gpu"]
-    heads = ["workers", "images", "batches", "direct_s", "direct_write_s", "post_s", "dispatch_s", "first_s", "last_s",
-             "ratio", "ratio_vs_write", "images_per_s"]
+    heads = ["workers", "threads", "images", "batches", "direct_s", "direct_write_s", "worker_s", "post_s",
+             "dispatch_s", "first_s", "last_s", "outside_s", "ratio", "ratio_vs_write", "ratio_min", "images_per_s"]
     text = table(f"part 1: system vs direct, {cpu['size']}x{cpu['size']}, {cpu['steps']} steps, {cpu['storage']} "
-                 f"storage, median of {cpu['repeats']}", heads, [[r[h] for h in heads] for r in cpu["rows"]])
-    text += table("startup (seconds)", ["workers", "health_ok_s", "worker_load_s"],
-                  [[w, s["health_ok_s"], s["worker_load_s"]] for w, s in cpu["startup"].items()])
-    if gpu:
-        heads = ["dtype", "attention", "channels_last", "batch", "ms_per_step", "it_per_s", "images_per_s_30", "ceiling"]
-        text += table(f"part 2: UNet, one CFG step ({gpu['tflop']['unet_cfg_step']:.3f} TFLOP per image), "
-                      f"{gpu['device']}, peak {gpu['peak_tflops']:g} TFLOP/s", heads + ["compile_warmup_s"],
-                      [[r.get(h) for h in heads + ["compile_warmup_s"]] for r in gpu["unet"]])
-        heads = ["batch", "s", "s_per_image", "images_per_s", "png_write_s", "ceiling"]
-        text += table(f"part 2: Generator (fp16, SDPA, channels_last), {gpu['size']}px, {gpu['steps']} steps, CFG",
-                      heads, [[r[h] for h in heads] for r in gpu["pipeline"]])
-        text += table("part 2: load and system", ["load_s", "warm_s", "system_health_ok_s", "submit_to_first_s",
-                                                  "submit_to_last_s"],
-                      [[gpu["load_s"], gpu["warm_s"], gpu["system_health_ok_s"], gpu["system_4img"]["first_s"],
-                        gpu["system_4img"]["last_s"]]])
-    return text
+                 f"storage, seconds, median of {cpu['repeats']}", heads, [[r[h] for h in heads] for r in cpu["rows"]])
+    text += table("part 1: start-up and PNG encoding (seconds)",
+                  ["workers", "health_ok_s", "worker_load_s", "png_encode_512_s"],
+                  [[w, s["health_ok_s"], s["worker_load_s"], cpu["png_encode_512_s"]]
+                   for w, s in cpu["startup"].items()])
+    if not gpu:
+        return text
+    heads = ["dtype", "attention", "channels_last", "batch", "ms_per_step", "it_per_s", "images_per_s_30", "ceiling",
+             "compile_warmup_s"]
+    text += table(f"part 2: UNet, one CFG step ({gpu['tflop']['unet_cfg_step']:.3f} TFLOP per image), {gpu['device']}, "
+                  f"ceiling = share of {gpu['peak_tflops']:g} TFLOP/s", heads,
+                  [[r.get(h) for h in heads] for r in gpu["unet"]])
+    heads = ["batch", "cold_s", "s", "s_per_image", "images_per_s", "png_write_s", "ceiling"]
+    text += table(f"part 2: Generator (fp16, SDPA, channels_last), {gpu['size']}px, {gpu['steps']} steps, CFG",
+                  heads, [[r[h] for h in heads] for r in gpu["pipeline"]])
+    system = gpu.get("system_4img") or {}
+    text += table("part 2: load, and the whole system for 4 images (seconds)",
+                  ["load_s", "warm_s", "health_ok_s", "worker_load_s", "submit_to_first_s", "submit_to_last_s"],
+                  [[gpu.get("load_s"), gpu.get("warm_s"), system.get("health_ok_s"), system.get("worker_load_s"),
+                    system.get("first_s"), system.get("last_s")]])
+    return text + "".join(f"part 2, {name} failed: {error}\n" for name, error in gpu["errors"].items())
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.omp_passive:  # read when torch loads libgomp: here, and in the backend, which inherits it
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
     from backend.seaweed import SeaweedS3
 
-    run_gpu = torch.cuda.is_available() if args.gpu is None else args.gpu
     with tempfile.TemporaryDirectory(prefix="showroom-bench-") as tmp:
         work, s3 = Path(tmp), None
         try:
+            store_env = {"STORAGE_URL": f"file://{work / 'storage'}"}
             if args.s3:
                 s3 = SeaweedS3(work / "seaweed", "bench", "bench-key", "bench-secret-0123456789").start()
                 store_env = {"STORAGE_URL": "s3://bench/run", "S3_ENDPOINT_URL": s3.endpoint, "AWS_REGION": "us-east-1",
                              "AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key}
-            else:
-                store_env = {"STORAGE_URL": f"file://{work / 'storage'}"}
-            if args.model:
-                model = args.model
-            else:
+            if args.model is None:
                 from backend.tiny import build_tiny_pipeline
-                model = str(build_tiny_pipeline(work / "tiny-sd"))
-            result = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__,
-                                  "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
-                      "anchors": ANCHORS, "cpu": cpu_part(args, model, store_env, work), "gpu": None}
-            if run_gpu:
+
+                args.model = str(build_tiny_pipeline(work / "tiny-sd"))
+            cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+            result = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "cuda": cuda,
+                                  "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
+                      "anchors": ANCHORS, "cpu": cpu_part(args, args.model, store_env, work), "gpu": None}
+            if (cuda is not None) if args.gpu is None else args.gpu:
                 result["gpu"] = gpu_part(args, SD15 if args.arch == "sd15" else TINY, work)
         finally:
             if s3:
                 s3.stop()
-    for key in ("overhead_ratio_4img", "overhead_ratio_4img_2workers", "images_per_s"):
-        result[key] = result["cpu"][key]
     gpu = result["gpu"] or {}
+    headline = ("overhead_ratio_4img", "overhead_ratio_4img_2workers", "images_per_s")
+    result |= {key: result["cpu"][key] for key in headline}
     result |= {"gpu_images_per_s": gpu.get("images_per_s"), "gpu_unet_it_per_s_batch1": gpu.get("unet_it_per_s_batch1"),
-               "gpu_best_ceiling": gpu.get("best_ceiling"), "gpu_submit_to_last_4img_s": gpu.get("system_4img", {}).get("last_s")}
+               "gpu_best_ceiling": gpu.get("best_ceiling"),
+               "gpu_submit_to_last_4img_s": (gpu.get("system_4img") or {}).get("last_s")}
     print(report(result))
     line = json.dumps(result, default=str)
     if args.json_out:
