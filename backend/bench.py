@@ -404,6 +404,26 @@ def unet_row(dtype: str, attention: str, channels_last: bool, batch: int, ms: fl
             "ceiling": ceiling_fraction(tflop_step * batch, ms / 1000, args.peak_tflops)}
 
 
+def decode_rows(args, vae, arch: Arch, device: str) -> list[dict]:
+    """ms to decode one latent: the model's VAE against TAESD (TAESD_ID; madebyollin/taesd's architecture)."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    taesd_config = {} if arch is SD15 else dict(encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
+                                                  num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1))
+    with torch.device(device):
+        taesd = AutoencoderTiny(**taesd_config).to(dtype).eval()
+    latent = torch.randn(1, 4, arch.size // 8, arch.size // 8, device=device, dtype=dtype)
+    rows = []
+    for name, decoder in (("vae", vae.to(dtype)), ("taesd", taesd)):
+        def decode():
+            with torch.inference_mode():
+                return decoder.decode(latent, return_dict=False)[0]
+        rows.append({"decoder": name, "ms": round(timed_ms(decode, device, args.iters), 3)})
+    return rows
+
+
 def unet_grid(args, unet, arch: Arch, device: str, tflop_step: float) -> list[dict]:
     """ms per CFG step for dtype x attention (SDPA or the classic math path) x memory format x batch."""
     import torch
@@ -513,7 +533,7 @@ def gpu_part(args, arch: Arch, work: Path) -> dict:
             out["errors"][name] = f"{type(e).__name__}: {e}"[:500]
             print(f"  part 2, {name} failed: {out['errors'][name]}", file=sys.stderr)
 
-    unet = build_models(arch, device)[0]
+    unet, vae, _ = build_models(arch, device)
     out["unet"] = section("unet", lambda: unet_grid(args, unet, arch, device, flops["unet_cfg_step"])) or []
     if args.compile:
         out["unet"] += section("compile", lambda: compile_rows(args, unet, arch, device, flops["unet_cfg_step"])) or []
@@ -523,6 +543,8 @@ def gpu_part(args, arch: Arch, work: Path) -> dict:
     b1 = [r for r in out["unet"] if r["batch"] == 1 and r["dtype"] == args.dtypes[0] and r["attention"] == "sdpa"
           and r["channels_last"]]
     out["unet_it_per_s_batch1"] = b1[0]["it_per_s"] if b1 else None
+    out["decode"] = section("decode", lambda: decode_rows(args, vae, arch, device)) or []
+    del vae
     out["best_ceiling"] = max((r["ceiling"] for r in out["unet"]), default=None)
 
     model_dir = save_pipeline(arch, work / "sd-random", device)
@@ -601,6 +623,8 @@ def report(result: dict) -> str:
     heads = ["batch", "cold_s", "s", "s_per_image", "images_per_s", "png_write_s", "ceiling"]
     text += table(f"part 2: Generator (fp16, SDPA, channels_last), {gpu['size']}px, {gpu['steps']} steps, CFG",
                   heads, [[r[h] for h in heads] for r in gpu["pipeline"]])
+    text += table("part 2: decoding one latent, VAE against TAESD (TAESD_ID)", ["decoder", "ms"],
+                  [[r["decoder"], r["ms"]] for r in gpu.get("decode", [])])
     system = gpu.get("system_4img") or {}
     text += table("part 2: load, and the whole system for 4 images (seconds)",
                   ["load_s", "warm_s", "health_ok_s", "worker_load_s", "submit_to_first_s", "submit_to_last_s"],

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     replicate_task: str = "real_sr"
     local_upscaler_model: str = "caidas/swin2SR-realworld-sr-x4-64-bsrgan-psnr"
     compile: bool = Field(False, description="torch.compile the UNet on CUDA (slow first image, faster after)")
+    taesd_id: str = Field("", description="decode with this tiny autoencoder (TAESD, e.g. madebyollin/taesd) "
+                          "instead of the model's VAE: a faster, slightly softer decode; empty = the VAE")
     public_bind: bool = Field(False, description="set when the API is reachable from outside; then API_KEY is required")
 
     @field_validator("workers")

@@ -3,6 +3,7 @@
 One set of weights per worker: text-to-image and image-to-image share them (`from_pipe`).
 Half precision on CUDA, fp32 on CPU and MPS (fp16 on MPS overflows into NaN and black images).
 A NaN or black decode is retried once with the VAE in fp32; if it is still bad the image fails.
+With TAESD_ID set, the final decode uses that tiny autoencoder (AutoencoderTiny) instead of the VAE.
 """
 
 import hashlib
@@ -87,7 +88,8 @@ class Adapters:
 
 
 class Generator:
-    def __init__(self, model_id: str, device: str, storage, cache_dir: Path, compile_unet: bool = False):
+    def __init__(self, model_id: str, device: str, storage, cache_dir: Path, compile_unet: bool = False,
+                 taesd_id: str | None = None):
         from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image
 
         self.device, self.storage, self.model_id = device, storage, model_id
@@ -110,7 +112,26 @@ class Generator:
         self.i2i = AutoPipelineForImage2Image.from_pipe(self.t2i)
         self.i2i.set_progress_bar_config(disable=True)
         self.native_size = int(self.t2i.unet.config.sample_size * self.t2i.vae_scale_factor)
+        self.decoder = self._load_taesd(taesd_id) if taesd_id else self.t2i.vae
         self.adapters = Adapters(self.t2i, storage, cache_dir)
+
+    def _load_taesd(self, taesd_id: str):
+        """The tiny autoencoder: it decodes the UNet's (scaled) latents directly, in a fraction of the VAE's time."""
+        from diffusers import AutoencoderTiny
+
+        taesd = AutoencoderTiny.from_pretrained(taesd_id, dtype=self.dtype, use_safetensors=True)
+        config, vae = taesd.config, self.t2i.vae.config
+        scale = config.upsampling_scaling_factor ** (len(config.num_decoder_blocks) - 1)
+        if config.latent_channels != vae.latent_channels or scale != self.t2i.vae_scale_factor:
+            raise ValueError(f"TAESD_ID {taesd_id!r} does not fit {self.model_id!r}: it decodes "
+                             f"{config.latent_channels} latent channels {scale}x up, the model needs "
+                             f"{vae.latent_channels} channels {self.t2i.vae_scale_factor}x up "
+                             "(madebyollin/taesd fits SD 1.x/2.x, madebyollin/taesdxl fits SDXL)")
+        taesd.to(self.device).eval()
+        if self.device.startswith("cuda"):
+            taesd.to(memory_format=torch.channels_last)
+        log.info("decoding with TAESD %s instead of the VAE", taesd_id)
+        return taesd
 
     def _has_safety_checker(self) -> bool:
         index = Path(self.model_id) / "model_index.json"
@@ -132,7 +153,7 @@ class Generator:
 
     def _decode(self, latents: torch.Tensor) -> list[Image.Image | str]:
         """Decode latents to images; each entry is a picture or the reason it cannot be stored."""
-        vae = self.t2i.vae
+        vae = self.decoder
         results: list[Image.Image | str] = []
         for i in range(latents.shape[0]):
             latent = latents[i:i + 1]

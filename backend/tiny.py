@@ -92,12 +92,26 @@ def build_tiny_pipeline(output: Path) -> Path:
     return output
 
 
+def build_tiny_taesd(output: Path) -> Path:
+    """A tiny random AutoencoderTiny that fits the tiny pipeline (4 latent channels, 2x up), for TAESD_ID."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(SEED)
+    AutoencoderTiny(encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8), num_encoder_blocks=(1, 1),
+                    num_decoder_blocks=(1, 1), latent_channels=4).save_pretrained(output, safe_serialization=True)
+    return Path(output)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("output", type=Path, help="folder to write the pipeline to")
+    parser.add_argument("--taesd", type=Path, help="also write a tiny TAESD that fits it to this folder")
     args = parser.parse_args()
     path = build_tiny_pipeline(args.output)
     print(f"wrote a tiny random pipeline to {path}; run with MODEL_ID={path.resolve()}")
+    if args.taesd:
+        print(f"wrote a tiny TAESD to {build_tiny_taesd(args.taesd)}; add TAESD_ID={args.taesd.resolve()}")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ def run_worker(worker_id: int, settings, conn, cancel_task) -> None:
         device = pipeline.pick_device(settings.device, worker_id)
         storage = settings.open_storage()
         cache = Path(os.environ.get("SHOWROOM_CACHE", "/tmp/showroom")) / f"worker-{worker_id}"
-        gen = pipeline.Generator(settings.model_id, device, storage, cache, compile_unet=settings.compile)
+        gen = pipeline.Generator(settings.model_id, device, storage, cache, compile_unet=settings.compile,
+                                 taesd_id=settings.taesd_id or None)
         gen.warm_up()
     except Exception as e:
         log.error("could not load %s: %s", settings.model_id, traceback.format_exc())

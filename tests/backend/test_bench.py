@@ -60,4 +60,6 @@ def test_gpu_part_runs_on_cpu_with_the_tiny_arch(tmp_path):
     assert len(out["unet"]) == 2 * 2  # attention x memory format, at batch 1
     assert all(r["ms_per_step"] > 0 and r["ceiling"] > 0 for r in out["unet"])
     assert out["unet_it_per_s_batch1"] > 0 and out["load_s"] > 0
+    assert [r["decoder"] for r in out["decode"]] == ["vae", "taesd"] and all(r["ms"] > 0 for r in out["decode"])
     assert [r["batch"] for r in out["pipeline"]] == [1] and out["images_per_s"] > 0
+    assert out["errors"] == {}
