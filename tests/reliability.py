@@ -29,7 +29,7 @@ SUITES = {
 def run() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "junit.xml"
-        code = subprocess.call([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+        code = subprocess.call([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "junit_family=legacy",
                                 f"--junitxml={report}", *SUITES.values()], cwd=REPO)
         root = ET.parse(report).getroot()
     results: dict = {name: {"passed": 0, "failed": 0} for name in SUITES}
