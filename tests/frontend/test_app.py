@@ -3,7 +3,7 @@
 import json
 
 from backend.storage import open_storage
-from tests.factories import make_lora
+from tests.factories import decode_png, make_lora, png_bytes
 from tests.frontend.conftest import (SMALL, assert_no_exception, frontend_env, offline_url, page_text, run_until,
                                      shown_images)
 
@@ -40,6 +40,30 @@ def test_generate_from_a_template_fills_every_image(backend, open_app):
     assert spec["template"] == template["id"] and spec["steps"] == 2 and spec["num_images"] == 3
     assert spec["seed"] == 42 and spec["prompt"].endswith(", studio shot")
     assert not [b for b in at.button if b.key == "cancel-job"], "no cancel button once the job is over"
+
+
+def test_a_product_photo_uploaded_on_the_page_is_placed_into_the_scene(backend, open_app):
+    at = open_app(frontend_env(backend))
+    at.text_area(key="prompt").input("a green bottle on a beach at sunset")
+    at.number_input(key="steps").set_value(4)
+    at.slider(key="num_images").set_value(1)
+    at.file_uploader(key="photo").set_value(("bottle.jpg", png_bytes(96, 72, (20, 160, 60), fmt="JPEG"), "image/jpeg"))
+    at.slider(key="strength").set_value(0.2)
+    at.button(key="generate").click().run()
+    assert "The job was not started: with a photo, steps x strength must be at least 1" in page_text(at)
+    assert not at.query_params.get("job"), "a refused job leaves nothing to resume"
+
+    at.slider(key="strength").set_value(0.5)
+    at.button(key="generate").click().run()
+    assert_no_exception(at)
+
+    job_id = at.query_params.get("job")
+    assert job_id, "the job was not started: " + page_text(at)
+    manifest = json.loads(backend.storage.get(f"jobs/{job_id}/job.json"))
+    assert manifest["input_key"] == f"jobs/{job_id}/input.png" and manifest["spec"]["strength"] == 0.5
+    stored = decode_png(backend.storage.get(manifest["input_key"]))
+    assert stored.shape[:2] == (72, 96) and abs(stored[..., 1].mean() - 160) < 4, "the photo, as uploaded"
+    run_until(at, lambda a: shown_images(a) == 1, what="the photo job's image shown")
 
 
 def test_job_link_brings_back_finished_images_at_once(backend, open_app):
