@@ -22,7 +22,7 @@ from backend.idle import Activity, IdleStopper, vast_stop_action
 from backend.jobs import JobService
 from backend.metrics import Metrics
 from backend.ratelimit import RateLimiter
-from backend.recovery import recover
+from backend.recovery import Recovery
 from backend.scheduler import Scheduler
 from backend.store import JobStore
 from backend.upscale_service import UpscaleService
@@ -128,11 +128,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.info("storage %s, model %s, %d workers, upscaler %s", storage.url, settings.model_id,
                  len(scheduler.slots), settings.active_upscaler)
         scheduler.start()
-        recover(store, scheduler, job_service, upscales)
+        recovery = Recovery(store, scheduler, job_service, upscales).start()
         idle = start_idle_stop(settings, scheduler, activity)
         try:
             yield
         finally:
+            recovery.close()
             if idle:
                 idle.close()
             if upscales:

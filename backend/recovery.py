@@ -1,32 +1,52 @@
-"""At start-up, take back the jobs a previous run left unfinished, so no manifest stays open forever."""
+"""At start-up, take back the jobs a previous run left unfinished, so no manifest stays open forever.
+
+If storage cannot be read at start-up, the scan is tried again in the background until it can:
+a box that boots while S3 is down still finishes what its previous run left.
+"""
 
 import logging
+import threading
+import time
 
 from backend.errors import ShowroomError
 from backend.models import Status
-from backend.storage import StorageError
+from backend.storage import NotFound, StorageError
+from backend.store import created_us
 
 log = logging.getLogger("showroom.recovery")
 SCAN_LIMIT = 2000  # the newest jobs; older ones were surely finished by an earlier run
+RETRY_DELAYS_S = (1, 2, 4, 8, 10)  # then every 10 s
 
 
 def _pending_upscales(job) -> bool:
     return any(img.upscale and not img.upscale.status.is_terminal() for img in job.images)
 
 
-def recover(store, scheduler, jobs, upscales=None) -> int:
+def recover(store, scheduler, jobs, upscales=None, booted_us: int | None = None) -> int | None:
     """Queue again what was `queued` or `running`; fail images whose LoRA is gone; restart upscales
-    left unfinished. Returns the number of jobs taken back."""
+    left unfinished. Jobs made by this run (created at or after `booted_us`) and jobs the scheduler
+    already holds are left alone, so a scan may be repeated. Returns the number of jobs taken back,
+    or None when storage could not be read and the scan must be tried again."""
     taken = 0
     try:
         ids = store.ids()[:SCAN_LIMIT]
     except StorageError as e:
-        log.error("could not scan for unfinished jobs: %s", e)
-        return 0
+        log.warning("could not scan for unfinished jobs: %s", e)
+        return None
     for job_id in ids:
+        if booted_us is not None and created_us(job_id) >= booted_us:
+            continue
+        if scheduler.active(job_id) is not None:
+            continue
         try:
             job = store.load(job_id)
-        except Exception:
+        except NotFound:
+            continue  # a job folder without a manifest: nothing was promised
+        except StorageError as e:
+            log.warning("could not read job %s while taking back unfinished jobs: %s", job_id, e)
+            return None
+        except ValueError as e:
+            log.error("job %s has an unreadable manifest, left as it is: %s", job_id, e)
             continue
         if _pending_upscales(job):
             if upscales is not None:
@@ -56,3 +76,46 @@ def recover(store, scheduler, jobs, upscales=None) -> int:
             log.info("job %s taken back after a restart (%d images to go)", job_id,
                      sum(not i.status.is_terminal() for i in job.images))
     return taken
+
+
+class Recovery:
+    """Runs `recover` once at start-up and, while storage cannot be read, again in the background."""
+
+    def __init__(self, store, scheduler, jobs, upscales=None, delays_s=RETRY_DELAYS_S):
+        self.args = (store, scheduler, jobs, upscales)
+        self.booted_us = time.time_ns() // 1000
+        self.delays_s = delays_s
+        self.done = threading.Event()
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> "Recovery":
+        if self._attempt():
+            return self
+        log.warning("unfinished jobs of an earlier run will be taken back once storage answers")
+        self.thread = threading.Thread(target=self._retry, name="recovery", daemon=True)
+        self.thread.start()
+        return self
+
+    def close(self) -> None:
+        self.stopping.set()
+        if self.thread:
+            self.thread.join(timeout=5)
+
+    def _attempt(self) -> bool:
+        taken = recover(*self.args, booted_us=self.booted_us)
+        if taken is None:
+            return False
+        self.done.set()
+        return True
+
+    def _retry(self) -> None:
+        attempt = 0
+        while not self.stopping.wait(self.delays_s[min(attempt, len(self.delays_s) - 1)]):
+            attempt += 1
+            try:
+                if self._attempt():
+                    log.info("storage answers again: unfinished jobs of the earlier run taken back")
+                    return
+            except Exception:  # the thread must outlive any surprise; the next attempt starts afresh
+                log.exception("taking back unfinished jobs failed; trying again")

@@ -25,6 +25,11 @@ def new_job_id() -> str:
     return f"{stamp:013x}{secrets.randbits(76):019x}"
 
 
+def created_us(job_id: str) -> int:
+    """When a job was made, in microseconds since the epoch, read from its id."""
+    return int(job_id[:13], 16)
+
+
 def is_job_id(value: str) -> bool:
     return len(value) == 32 and all(c in "0123456789abcdef" for c in value)
 

@@ -7,6 +7,7 @@ requests. The engines are in backend.upscale.
 
 import logging
 import multiprocessing as mp
+import threading
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
 from backend.errors import Conflict, NotFound
@@ -72,6 +73,8 @@ class UpscaleService:
         self.pool: Executor = (
             ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) if self.kind == "local"
             else ThreadPoolExecutor(4, thread_name_prefix="upscale"))
+        self._lock = threading.Lock()
+        self._inflight: set[tuple[str, int]] = set()  # started by this run and not yet finished
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -88,9 +91,32 @@ class UpscaleService:
         if image.upscale and image.upscale.status != Status.failed:
             return {"key": image.upscale.key, "status": image.upscale.status.value}
         record = UpscaleRecord(key=upscale_key(image.key))
-        self.scheduler.mutate(job_id, lambda j: setattr(j.images[index], "upscale", record))
-        self._start(job_id, index, image.key, record.key)
+        if not self._claim(job_id, index):
+            return {"key": record.key, "status": "queued"}  # a second click racing the first
+        try:
+            self.scheduler.mutate(job_id, lambda j: setattr(j.images[index], "upscale", record))
+            self._start(job_id, index, image.key, record.key)
+        except Exception:
+            self._release(job_id, index)
+            raise
         return {"key": record.key, "status": "queued"}
+
+    def resume(self, job: JobManifest) -> None:
+        """After a restart: upscales left queued or running are started again, once."""
+        for image in job.images:
+            if image.upscale and not image.upscale.status.is_terminal() and self._claim(job.id, image.index):
+                self._start(job.id, image.index, image.key, image.upscale.key)
+
+    def _claim(self, job_id: str, index: int) -> bool:
+        with self._lock:
+            if (job_id, index) in self._inflight:
+                return False
+            self._inflight.add((job_id, index))
+            return True
+
+    def _release(self, job_id: str, index: int) -> None:
+        with self._lock:
+            self._inflight.discard((job_id, index))
 
     def _start(self, job_id: str, index: int, source: str, target: str) -> None:
         log.info("job %s image %d: upscale queued (%s)", job_id, index, self.kind)
@@ -107,6 +133,7 @@ class UpscaleService:
             reason = str(error) if not isinstance(error, ObjectMissing) else "the source image is missing"
             log.warning("job %s image %d: upscale failed: %s", job_id, index, reason)
             self._set(job_id, index, Status.failed, f"upscale failed: {reason}"[:500])
+        self._release(job_id, index)
 
     def _set(self, job_id: str, index: int, status: Status, error: str | None = None) -> None:
         def change(job: JobManifest) -> None:
@@ -118,9 +145,3 @@ class UpscaleService:
             self.scheduler.mutate(job_id, change)
         except Exception:
             log.exception("could not record the upscale of job %s image %d", job_id, index)
-
-    def resume(self, job: JobManifest) -> None:
-        """After a restart: upscales left queued or running are started again."""
-        for image in job.images:
-            if image.upscale and not image.upscale.status.is_terminal():
-                self._start(job.id, image.index, image.key, image.upscale.key)

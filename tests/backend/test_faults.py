@@ -92,3 +92,21 @@ def test_storage_outage_mid_job(make_backend, own_s3):
     assert b'"running"' not in stored and b'"queued"' not in stored, "the final manifest reached storage"
     after = backend.wait_job(backend.submit({"prompt": "after", "num_images": 1, "steps": 2})["id"])
     assert after["status"] == "succeeded", "the backend recovers by itself"
+
+
+def test_backend_restarted_while_storage_is_down_finishes_the_earlier_job(make_backend, own_s3):
+    env = s3_env(own_s3, "outage")
+    first = make_backend(WORKERS="1", **env)
+    ticket = first.submit(LONG | {"num_images": 3})
+    wait_until(lambda: first.get(f"/v1/jobs/{ticket['id']}").json()["status"] == "running")
+    os.killpg(first.process.pid, signal.SIGKILL)
+    first.process.wait(10)
+    own_s3.stop()
+
+    second = make_backend(wait_for="degraded", WORKERS="1", **env)
+    assert "storage" in second.get("/health").json()["detail"]
+    own_s3.start()
+    job = second.wait_job(ticket["id"], timeout=180)
+    assert_nothing_lost(second, job)
+    assert job["status"] == "succeeded", "the earlier run's job is taken back once storage answers"
+    assert "taken back once storage answers" in second.log()

@@ -25,10 +25,11 @@ def make_job(n: int) -> JobManifest:
 def run_scheduler(tmp_path):
     started = []
 
-    def start(workers: int, behaviour: str = "ok", timeout_s: float = 30, step_s: float = 0.005):
+    def start(workers: int, behaviour: str = "ok", timeout_s: float = 30, step_s: float = 0.005,
+              store: JobStore | None = None):
         settings = SimpleNamespace(behaviour=behaviour, marker_dir=str(tmp_path), max_batch=8, step_s=step_s,
                                    image_timeout_s=timeout_s, model_id="fake")
-        store = JobStore(LocalStorage(tmp_path / "storage"))
+        store = store or JobStore(LocalStorage(tmp_path / "storage"))
         sched = Scheduler(settings, store, workers, worker_target=run_fake_worker)
         sched.start()
         started.append(sched)

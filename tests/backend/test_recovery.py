@@ -1,0 +1,151 @@
+"""Taking back an earlier run's unfinished work: with the real scheduler and fake workers, on a store
+that can be made to fail. Each unfinished job is queued again exactly once, however the scan goes."""
+
+import time
+from collections import Counter
+from concurrent.futures import Future
+from types import SimpleNamespace
+
+from backend.models import Status, UpscaleRecord
+from backend.recovery import Recovery, recover
+from backend.storage import LocalStorage, StorageError
+from backend.store import JobStore
+from backend.upscale_service import UpscaleService
+from tests.backend.test_scheduler import make_job, run_scheduler, submit, wait_terminal  # noqa: F401 (fixture)
+
+NO_LORAS = SimpleNamespace(loras_for=lambda spec: ())
+
+
+class FlakyStorage(LocalStorage):
+    """A local store that is down while `down` is set, or fails to read the keys in `unreadable`."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.down, self.unreadable = False, set()
+
+    def _check(self, key: str = "") -> None:
+        if self.down or key in self.unreadable:
+            raise StorageError("connection refused")
+
+    def get(self, key):
+        self._check(key)
+        return super().get(key)
+
+    def put(self, key, data, content_type="application/octet-stream"):
+        self._check()
+        return super().put(key, data, content_type)
+
+    def list_dirs(self, prefix):
+        self._check()
+        return super().list_dirs(prefix)
+
+
+class CountingScheduler:
+    """The real scheduler, with a count of what is submitted to it."""
+
+    def __init__(self, scheduler):
+        self.scheduler, self.submitted = scheduler, Counter()
+
+    def submit(self, job, loras):
+        self.submitted[job.id] += 1
+        self.scheduler.submit(job, loras)
+
+    def active(self, job_id):
+        return self.scheduler.active(job_id)
+
+
+def left_by_a_crash(store: JobStore, images: int):
+    """A job as a run killed mid-work leaves it: one image done, one running, the rest queued."""
+    job = make_job(images)
+    job.images[0].succeeded()
+    job.images[1].started(worker=0)
+    job.refresh()
+    store.save(job)
+    return job
+
+
+def test_a_boot_while_storage_is_down_takes_back_the_earlier_work_once_storage_answers(run_scheduler, tmp_path):
+    storage = FlakyStorage(tmp_path / "flaky")
+    sched, store = run_scheduler(1, store=JobStore(storage))
+    earlier = left_by_a_crash(store, 3)
+    counting = CountingScheduler(sched)
+    storage.down = True
+    recovery = Recovery(store, counting, NO_LORAS, delays_s=(0.05,)).start()
+    time.sleep(0.3)
+    assert not recovery.done.is_set() and not counting.submitted, "nothing can be read yet"
+
+    mine = make_job(2)  # submitted to this run while storage is down: held, and not "taken back"
+    store.save(mine)
+    counting.submit(mine, ())
+    storage.down = False
+    assert recovery.done.wait(5), "the scan is tried again until storage answers"
+    recovery.close()
+
+    finished = wait_terminal(store, earlier)
+    assert finished.status == Status.succeeded and all(i.status == Status.succeeded for i in finished.images)
+    assert counting.submitted == {earlier.id: 1, mine.id: 1}, "each job queued exactly once"
+    assert wait_terminal(store, mine).status == Status.succeeded
+
+
+def test_a_scan_cut_short_by_storage_resumes_without_queueing_twice(run_scheduler, tmp_path):
+    storage = FlakyStorage(tmp_path / "flaky")
+    sched, store = run_scheduler(1, store=JobStore(storage))
+    older, newer = left_by_a_crash(store, 2), left_by_a_crash(store, 2)
+    counting = CountingScheduler(sched)
+    booted_us = time.time_ns() // 1000
+    mine = make_job(1)  # this run's own, its manifest written and its submit a moment away: not ours to take
+    store.save(mine)
+
+    storage.unreadable = {older.manifest_key}  # the newest first: `newer` is taken back, then the read fails
+    assert recover(store, counting, NO_LORAS, booted_us=booted_us) is None
+    assert counting.submitted == {newer.id: 1}
+
+    storage.unreadable = set()
+    assert recover(store, counting, NO_LORAS, booted_us=booted_us) == 1
+    assert recover(store, counting, NO_LORAS, booted_us=booted_us) == 0, "both are held or done: a third scan adds nothing"
+    assert counting.submitted == {newer.id: 1, older.id: 1}, "this run's own job is left to its submitter"
+    assert wait_terminal(store, older).status == wait_terminal(store, newer).status == Status.succeeded
+
+
+def test_a_job_whose_manifest_is_unreadable_is_left_and_the_rest_are_taken_back(run_scheduler, tmp_path):
+    sched, store = run_scheduler(1)
+    broken, fine = left_by_a_crash(store, 2), left_by_a_crash(store, 2)
+    store.storage.put(broken.manifest_key, b"{not json", "application/json")
+    counting = CountingScheduler(sched)
+    assert recover(store, counting, NO_LORAS, booted_us=time.time_ns() // 1000) == 1
+    assert counting.submitted == {fine.id: 1}
+    assert store.storage.get(broken.manifest_key) == b"{not json", "left for a person to look at"
+
+
+class RecordingPool:
+    def __init__(self):
+        self.futures = []
+
+    def submit(self, fn, *args):
+        self.futures.append(Future())
+        return self.futures[-1]
+
+    def shutdown(self, **_):
+        pass
+
+
+def test_an_upscale_left_running_is_started_once_however_often_it_is_resumed(run_scheduler):
+    sched, store = run_scheduler(1)
+    job = make_job(1)
+    job.images[0].succeeded()
+    job.images[0].upscale = UpscaleRecord(key=f"jobs/{job.id}/0_x4.png", status=Status.running)
+    job.refresh()
+    store.save(job)
+    service = UpscaleService(SimpleNamespace(active_upscaler="replicate"), sched, jobs=None)
+    service.pool = RecordingPool()
+
+    service.resume(store.load(job.id))
+    service.resume(store.load(job.id))  # a second scan, or a click on "upscale" meanwhile
+    assert len(service.pool.futures) == 1
+
+    service.pool.futures[0].set_result(None)
+    assert store.load(job.id).images[0].upscale.status == Status.succeeded
+    job = store.load(job.id)
+    job.images[0].upscale.status = Status.running  # left unfinished again by a later crash
+    service.resume(job)
+    assert len(service.pool.futures) == 2, "once finished, the same image may be upscaled again"
