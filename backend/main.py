@@ -6,6 +6,7 @@ imports torch: the workers do.
 
 import json
 import logging
+import os
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -31,7 +32,7 @@ log = logging.getLogger("showroom")
 
 
 def visible_gpus() -> int:
-    """Count GPUs without importing torch into the API process."""
+    """Count the GPUs this process may use, without importing torch into the API process."""
     import shutil
     import subprocess
 
@@ -41,7 +42,24 @@ def visible_gpus() -> int:
         out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.TimeoutExpired):
         return 0
-    return sum(line.startswith("GPU ") for line in out.splitlines())
+    return count_visible(out, os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+def count_visible(nvidia_smi_list: str, cuda_visible_devices: str | None) -> int:
+    """GPUs in `nvidia-smi -L`, narrowed by CUDA_VISIBLE_DEVICES as CUDA narrows them: its entries
+    (indexes, GPU- or MIG- UUIDs) up to the first invalid one; "" or "-1" hides every GPU."""
+    devices = [line.strip() for line in nvidia_smi_list.splitlines() if line.strip().startswith(("GPU ", "MIG "))]
+    gpus = sum(d.startswith("GPU ") for d in devices)
+    if cuda_visible_devices is None:
+        return gpus
+    count = 0
+    for entry in (e.strip() for e in cuda_visible_devices.split(",")):
+        valid = (entry.isdigit() and int(entry) < gpus) or (
+            entry.startswith(("GPU-", "MIG-")) and any(entry in d for d in devices))
+        if not valid:
+            break
+        count += 1
+    return count
 
 
 def native_size_guess(model_id: str) -> int:
@@ -146,9 +164,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.middleware("http")
     async def count_activity(request, call_next):
-        if request.url.path.startswith("/v1/"):  # health checks and metrics scrapes are not work
+        response = await call_next(request)
+        # Health checks and metrics scrapes are not work, nor are strangers knocking on a public IP:
+        # neither may keep a paid box from its idle stop.
+        if request.url.path.startswith("/v1/") and response.status_code not in (401, 403):
             activity.touch()
-        return await call_next(request)
+        return response
     for module in (health, catalog, products, jobs):
         app.include_router(module.router)
     if settings.cors_origins:

@@ -2,6 +2,8 @@
 
 import time
 
+import requests
+
 from tests.deploy.vast_standin import VastStandIn
 
 
@@ -15,6 +17,8 @@ def test_backend_stops_its_instance_when_idle(make_backend):
         deadline = time.monotonic() + 30
         while not vast.requests("/api/v0/instances") and time.monotonic() < deadline:
             backend.get("/health")  # health checks are not work: they must not keep the box alive
+            stranger = requests.get(f"{backend.url}/v1/jobs", timeout=5)  # nor a scanner without the key
+            assert stranger.status_code == 401
             time.sleep(0.5)
         stops = [s for s in vast.seen if s.path == "/api/v0/instances/4242/"]
         assert len(stops) == 1 and stops[0].method == "PUT" and stops[0].body == {"state": "stopped"}
