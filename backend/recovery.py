@@ -65,7 +65,11 @@ def recover(store, scheduler, jobs, upscales=None, booted_us: int | None = None)
             reason = f"the backend restarted and {e.detail}"
         for img in job.images:
             if img.status == Status.running:
-                img.requeued()
+                try:  # stored before the crash, unreported: made already
+                    img.succeeded() if store.storage.exists(img.key) else img.requeued()
+                except StorageError as e:
+                    log.warning("could not check job %s image %d in storage: %s", job_id, img.index, e)
+                    return None
             if loras is None and not img.status.is_terminal():
                 img.failed(reason)
         job.refresh()

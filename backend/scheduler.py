@@ -22,6 +22,7 @@ from multiprocessing.connection import wait
 
 from backend import messages as m
 from backend.models import JobManifest, Status, now
+from backend.storage import StorageError
 from backend.store import JobStore
 
 log = logging.getLogger("showroom.scheduler")
@@ -324,7 +325,9 @@ class Scheduler:
             if job is None or job.images[w.index].status.is_terminal():
                 continue
             img = job.images[w.index]
-            if job.canceled_requested:
+            if self._already_stored(img.key):
+                img.succeeded()  # it died between its upload and its report: the image is made
+            elif job.canceled_requested:
                 img.canceled()
             elif slot.kill_reason is None and w.attempts < MAX_ATTEMPTS:
                 img.requeued()
@@ -339,6 +342,12 @@ class Scheduler:
         if slot.failed_starts >= MAX_RESTARTS:
             log.error("worker %d failed to start %d times; giving up on it", slot.id, slot.failed_starts)
         self._fail_if_hopeless()
+
+    def _already_stored(self, key: str) -> bool:
+        try:
+            return self.store.storage.exists(key)
+        except StorageError:
+            return False  # unknown: try again or fail, as if it were not there
 
     def _restart_due(self) -> None:
         for slot in self.slots:

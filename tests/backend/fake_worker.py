@@ -5,11 +5,13 @@ import time
 from pathlib import Path
 
 from backend import messages as m
+from backend.storage import LocalStorage
 
 
 def run_fake_worker(worker_id, settings, conn, cancel_task):
     behaviour = settings.behaviour
     if behaviour == "load_fail":
+        Path(settings.marker_dir, f"load-{worker_id}-{time.monotonic_ns()}").touch()
         conn.send(m.LoadFailed(worker_id, "could not load model 'fake': out of memory"))
         return
     conn.send(m.Ready(worker_id, f"fake:{worker_id}", 64, 0.0))
@@ -23,6 +25,9 @@ def run_fake_worker(worker_id, settings, conn, cancel_task):
             marker.touch()
             os._exit(9)
         if behaviour == "hang":
+            time.sleep(3600)
+        if behaviour == "upload_then_hang":  # the image reaches storage, the report never comes
+            LocalStorage(Path(settings.storage_dir)).put(msg.keys[0], b"\x89PNG made", "image/png")
             time.sleep(3600)
         canceled = False
         for index in msg.indices:

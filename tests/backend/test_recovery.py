@@ -107,6 +107,17 @@ def test_a_scan_cut_short_by_storage_resumes_without_queueing_twice(run_schedule
     assert wait_terminal(store, older).status == wait_terminal(store, newer).status == Status.succeeded
 
 
+def test_an_image_stored_just_before_the_crash_is_kept_not_made_again(run_scheduler, tmp_path):
+    sched, store = run_scheduler(1)
+    job = left_by_a_crash(store, 3)
+    store.storage.put(job.images[1].key, b"\x89PNG made before the crash", "image/png")
+    assert recover(store, CountingScheduler(sched), NO_LORAS, booted_us=time.time_ns() // 1000) == 1
+    done = wait_terminal(store, job)
+    assert [i.status for i in done.images] == [Status.succeeded] * 3
+    assert store.storage.get(job.images[1].key) == b"\x89PNG made before the crash"
+    assert {p.name.split("-")[1] for p in tmp_path.glob(f"{job.id}-*")} == {"2"}, "only the unmade image is made"
+
+
 def test_a_job_whose_manifest_is_unreadable_is_left_and_the_rest_are_taken_back(run_scheduler, tmp_path):
     sched, store = run_scheduler(1)
     broken, fine = left_by_a_crash(store, 2), left_by_a_crash(store, 2)
