@@ -24,6 +24,7 @@ from backend import messages as m
 from backend.models import JobManifest, Status, now
 from backend.storage import StorageError
 from backend.store import JobStore
+from backend.worker import DEVICE_BROKEN_EXIT
 
 log = logging.getLogger("showroom.scheduler")
 MAX_ATTEMPTS = 2          # an image whose worker died is tried once more on another worker
@@ -318,7 +319,8 @@ class Scheduler:
 
     def _died(self, slot: WorkerSlot) -> None:
         code = slot.process.exitcode
-        reason = slot.kill_reason or f"worker {slot.id} died (exit code {code})"
+        reason = slot.kill_reason or (f"worker {slot.id} hit a device error and was restarted"
+                                      if code == DEVICE_BROKEN_EXIT else f"worker {slot.id} died (exit code {code})")
         log.error("%s", reason if not slot.error else f"{reason}: {slot.error}")
         for w in slot.work:
             job = self.jobs.get(w.job_id)

@@ -10,6 +10,7 @@ import os
 import signal
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 from backend.messages import Done, ImageDone, ImageFailed, LoadFailed, Progress, Ready, Started, Stop, Task
@@ -70,14 +71,21 @@ def _run_task(gen, storage, task: Task, conn, cancel_task, retry_s: float) -> No
             conn.send(Progress(task.task_id, step, total))
 
     try:
-        images = gen.generate(task, should_cancel=lambda: cancel_task.value == task.task_id, on_step=on_step)
+        images = _generate(gen, task, lambda: cancel_task.value == task.task_id, on_step)
     except pipeline.Canceled:
         conn.send(Done(task.task_id, canceled=True, seconds=time.perf_counter() - started))
         return
     except Exception as e:
         log.error("task %s failed: %s", task.task_id, traceback.format_exc())
+        if _device_broken(e):
+            # A CUDA error poisons this process's context: every later task would fail too. Leave
+            # without a report; the scheduler tries these images once more on a fresh worker.
+            log.error("the device is in an unusable state; this worker exits to be replaced")
+            os._exit(DEVICE_BROKEN_EXIT)
+        reason = (f"out of GPU memory at {task.width}x{task.height}: try a smaller size"
+                  if _out_of_memory(e) else f"generation failed: {_short(e)}")
         for index in task.indices:
-            conn.send(ImageFailed(task.task_id, index, f"generation failed: {_short(e)}"))
+            conn.send(ImageFailed(task.task_id, index, reason))
         conn.send(Done(task.task_id, seconds=time.perf_counter() - started))
         _free_memory()
         return
@@ -94,6 +102,37 @@ def _run_task(gen, storage, task: Task, conn, cancel_task, retry_s: float) -> No
             continue
         conn.send(ImageDone(task.task_id, index))
     conn.send(Done(task.task_id, seconds=time.perf_counter() - started))
+
+
+DEVICE_BROKEN_EXIT = 3  # the scheduler reads this exit code as "restarted after a device error"
+_BROKEN_MARKERS = ("CUDA error", "device-side assert", "illegal memory access", "CUBLAS_STATUS", "CUDNN_STATUS",
+                   "unspecified launch failure")
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    return "out of memory" in str(e).lower()  # torch.cuda.OutOfMemoryError, and MPS's RuntimeError
+
+
+def _device_broken(e: BaseException) -> bool:
+    return not _out_of_memory(e) and any(marker in str(e) for marker in _BROKEN_MARKERS)
+
+
+def _generate(gen, task: Task, should_cancel, on_step) -> list:
+    """The batch at once; if it runs out of memory, the same images one at a time (same seeds, same
+    pictures): a batch too big for this GPU still gives every image that fits alone."""
+    try:
+        return gen.generate(task, should_cancel=should_cancel, on_step=on_step)
+    except Exception as e:
+        if not _out_of_memory(e) or len(task.indices) == 1:
+            raise
+    log.warning("task %s: a batch of %d is out of memory; making them one at a time", task.task_id,
+                len(task.indices))
+    _free_memory()
+    images = []
+    for index, seed, key in zip(task.indices, task.seeds, task.keys):
+        single = replace(task, indices=(index,), seeds=(seed,), keys=(key,))
+        images += gen.generate(single, should_cancel=should_cancel, on_step=on_step)
+    return images
 
 
 def _free_memory() -> None:

@@ -24,6 +24,8 @@ def run_fake_worker(worker_id, settings, conn, cancel_task):
         if behaviour == "always_die" or (behaviour == "die_once" and not marker.exists()):
             marker.touch()
             os._exit(9)
+        if behaviour == "device_error":
+            os._exit(3)  # as the real worker leaves after a CUDA error
         if behaviour == "hang":
             time.sleep(3600)
         if behaviour == "upload_then_hang":  # the image reaches storage, the report never comes

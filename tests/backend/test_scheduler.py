@@ -102,6 +102,14 @@ def test_images_fail_with_the_reason_after_a_second_death(run_scheduler):
     assert "images failed" in done.error
 
 
+def test_a_worker_that_leaves_after_a_device_error_is_replaced_and_says_so(run_scheduler):
+    sched, store = run_scheduler(1, behaviour="device_error")
+    job = make_job(1)
+    submit(sched, store, job)
+    done = wait_terminal(store, job)
+    assert "worker 0 hit a device error and was restarted; it was the second try" == done.images[0].error
+
+
 def test_a_model_that_cannot_load_fails_the_queue_instead_of_keeping_it(run_scheduler, tmp_path):
     sched, store = run_scheduler(1, behaviour="load_fail")
     job = make_job(2)

@@ -1,0 +1,80 @@
+"""What the worker does when generation raises: out of memory, a broken device, any other error.
+A unit test of the worker's task loop with a scripted generator; the pipe is a list."""
+
+from types import SimpleNamespace
+
+import pytest
+from PIL import Image
+
+from backend import worker
+from backend.messages import Done, ImageDone, ImageFailed, Started, Task
+from backend.storage import LocalStorage
+
+
+class Pipe:
+    def __init__(self):
+        self.sent = []
+
+    def send(self, msg):
+        self.sent.append(msg)
+
+
+class ScriptedGenerator:
+    """Raises `error` for batches of at least `fails_from` images; else makes grey squares."""
+
+    def __init__(self, error: Exception | None, fails_from: int = 1):
+        self.error, self.fails_from, self.batches = error, fails_from, []
+
+    def generate(self, task, should_cancel, on_step):
+        self.batches.append(task.indices)
+        if self.error and len(task.indices) >= self.fails_from:
+            raise self.error
+        return [Image.new("RGB", (task.width, task.height), (seed % 256,) * 3) for seed in task.seeds]
+
+
+def make_task(n: int) -> Task:
+    return Task(task_id=7, job_id="j" * 32, indices=tuple(range(n)), seeds=tuple(range(10, 10 + n)),
+                keys=tuple(f"jobs/{'j' * 32}/{i}.png" for i in range(n)), prompt="p", negative_prompt="",
+                steps=2, guidance_scale=7.5, width=64, height=48, strength=0.5)
+
+
+def run(gen, n: int, tmp_path) -> tuple[list, LocalStorage]:
+    storage, pipe = LocalStorage(tmp_path), Pipe()
+    worker._run_task(gen, storage, make_task(n), pipe, SimpleNamespace(value=-1), retry_s=1)
+    return pipe.sent, storage
+
+
+def test_a_batch_out_of_memory_is_made_one_image_at_a_time(tmp_path):
+    gen = ScriptedGenerator(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), fails_from=2)
+    sent, storage = run(gen, 3, tmp_path)
+    assert gen.batches == [(0, 1, 2), (0,), (1,), (2,)]
+    assert [type(m) for m in sent] == [Started, ImageDone, ImageDone, ImageDone, Done]
+    assert all(storage.exists(f"jobs/{'j' * 32}/{i}.png") for i in range(3))
+
+
+def test_one_image_out_of_memory_fails_with_a_reason_a_user_can_act_on(tmp_path):
+    sent, storage = run(ScriptedGenerator(RuntimeError("MPS backend out of memory")), 1, tmp_path)
+    failed = [m for m in sent if isinstance(m, ImageFailed)]
+    assert [m.error for m in failed] == ["out of GPU memory at 64x48: try a smaller size"]
+    assert isinstance(sent[-1], Done) and not storage.list_files(f"jobs/{'j' * 32}/")
+
+
+def test_any_other_error_fails_the_batch_with_its_message_and_the_worker_stays(tmp_path):
+    sent, _ = run(ScriptedGenerator(ValueError("prompt too long for the tokenizer")), 2, tmp_path)
+    assert [m.error for m in sent if isinstance(m, ImageFailed)] == [
+        "generation failed: ValueError: prompt too long for the tokenizer"] * 2
+    assert isinstance(sent[-1], Done)
+
+
+class Exited(Exception):
+    pass
+
+
+def test_a_cuda_error_makes_the_worker_leave_without_failing_the_images(tmp_path, monkeypatch):
+    def exit_(code):
+        raise Exited(code)
+
+    monkeypatch.setattr(worker.os, "_exit", exit_)
+    with pytest.raises(Exited) as left:
+        run(ScriptedGenerator(RuntimeError("CUDA error: an illegal memory access was encountered")), 2, tmp_path)
+    assert left.value.args == (worker.DEVICE_BROKEN_EXIT,)
