@@ -4,6 +4,7 @@ import hashlib
 import logging
 import secrets
 import threading
+from collections.abc import Callable
 
 from backend.catalog import Catalog, lora_key
 from backend.errors import InvalidRequest, NotFound, QueueFull, Unavailable, UnknownReference
@@ -79,12 +80,15 @@ class JobService:
                 earlier = self._idempotent(idempotency_key, client)
                 if earlier:
                     return earlier
-                job = self._submit(spec, photo)
-                self.store.storage.put(self._idem_key(idempotency_key, client), job.id.encode(), "text/plain")
-                return job
+                record = self._idem_key(idempotency_key, client)
+                # The record is written before the manifest: a job that exists always has it, so a
+                # retry can never start a second one. A record whose manifest never came is ignored.
+                return self._submit(spec, photo, claim=lambda job_id: self.store.storage.put(
+                    record, job_id.encode(), "text/plain"))
         return self._submit(spec, photo)
 
-    def _submit(self, spec: JobSpec, photo: bytes | None) -> JobManifest:
+    def _submit(self, spec: JobSpec, photo: bytes | None,
+                claim: Callable[[str], None] | None = None) -> JobManifest:
         if self.scheduler.hopeless():
             raise Unavailable(f"generation is unavailable: {self.scheduler.last_error()}")
         resolved = self.resolve(spec, has_photo=photo is not None)
@@ -110,6 +114,8 @@ class JobService:
         loras = self.loras_for(resolved)
         if png:
             self.store.storage.put(job.input_key, png, "image/png")
+        if claim:
+            claim(job_id)
         if not self.store.save(job, keep=False):
             raise Unavailable("storage is unreachable; nothing was queued, try again shortly")
         self.scheduler.submit(job, loras)
@@ -128,8 +134,12 @@ class JobService:
             job_id = self.store.storage.get(self._idem_key(key, client)).decode()
         except ObjectMissing:
             return None
+        try:
+            job = self.get(job_id)
+        except NotFound:
+            return None  # the first try stopped before its manifest was written: nothing was started
         log.info("idempotent retry for job %s", job_id)
-        return self.get(job_id)
+        return job
 
     def get(self, job_id: str) -> JobManifest:
         active = self.scheduler.active(job_id)

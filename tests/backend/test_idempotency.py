@@ -1,0 +1,88 @@
+"""Idempotency-Key when storage fails half-way through a submission: a retry never starts a second
+job, and a first try that stopped before its manifest never blocks the retry. The job service with a
+real local store that can be made to fail, and a scheduler that only counts."""
+
+import itertools
+from types import SimpleNamespace
+
+import pytest
+
+from backend.catalog import Catalog
+from backend.config import Settings
+from backend.errors import Unavailable
+from backend.jobs import JobService
+from backend.models import JobSpec
+from backend.storage import LocalStorage, StorageError
+from backend.store import JobStore
+
+
+class FailingPuts(LocalStorage):
+    """Fails the next write whose key ends with `fail_next`."""
+
+    fail_next: str | None = None
+
+    def put(self, key, data, content_type="application/octet-stream"):
+        if self.fail_next and key.endswith(self.fail_next):
+            self.fail_next = None
+            raise StorageError("connection reset")
+        super().put(key, data, content_type)
+
+
+class CountingScheduler:
+    native_size = 64
+
+    def __init__(self):
+        self.submitted = []
+
+    def hopeless(self):
+        return False
+
+    def pending_images(self):
+        return 0
+
+    def submit(self, job, loras):
+        self.submitted.append(job.id)
+
+    def active(self, job_id):
+        return None
+
+
+@pytest.fixture
+def service(tmp_path, monkeypatch):
+    monkeypatch.setenv("STORAGE_URL", f"file://{tmp_path}")
+    storage = FailingPuts(tmp_path)
+    scheduler = CountingScheduler()
+    store = JobStore(storage, clock=itertools.count(0, 10).__next__)  # each call 10 s on: no write back-off
+    jobs = JobService(Settings(), Catalog(storage), store, scheduler, 64)
+    return SimpleNamespace(jobs=jobs, storage=storage, scheduler=scheduler)
+
+
+SPEC = JobSpec(prompt="a lamp", num_images=1, steps=2)
+
+
+def test_a_manifest_write_that_fails_lets_the_retry_start_the_job_once(service):
+    service.storage.fail_next = "job.json"
+    with pytest.raises(Unavailable):
+        service.jobs.submit(SPEC, idempotency_key="order-7", client="c")
+    assert service.scheduler.submitted == [], "nothing queued, as the 503 says"
+
+    job = service.jobs.submit(SPEC, idempotency_key="order-7", client="c")
+    again = service.jobs.submit(SPEC, idempotency_key="order-7", client="c")
+    assert again.id == job.id and service.scheduler.submitted == [job.id]
+
+
+def test_a_record_write_that_fails_starts_nothing(service):
+    service.storage.put = _fail_keys_under(service.storage, "idempotency/")
+    with pytest.raises(StorageError):
+        service.jobs.submit(SPEC, idempotency_key="order-8", client="c")
+    assert service.scheduler.submitted == [] and not service.storage.list_dirs("jobs/"), "no job, no manifest"
+
+
+def _fail_keys_under(storage, prefix):
+    put = storage.put
+
+    def failing(key, data, content_type="application/octet-stream"):
+        if key.startswith(prefix):
+            raise StorageError("connection reset")
+        put(key, data, content_type)
+    return failing
