@@ -47,13 +47,16 @@ def test_same_spec_twice_gives_the_same_pixels(backend):
     assert not np.array_equal(images_of(backend, other)[0], images_of(backend, first)[0])
 
 
-def test_one_worker_and_two_workers_give_the_same_pixels(backend, make_backend):
+def test_one_worker_and_two_workers_give_the_same_pixels(backend, make_backend, tmp_path):
     spec = {"prompt": "a leather bag", "num_images": 4, "seed": 7, **SMALL}
     two = backend.wait_job(backend.submit(spec)["id"])
     assert len({img["worker"] for img in two["images"]}) == 2, "the job should be spread over both workers"
-    single = make_backend(WORKERS="1")
+    single = make_backend(WORKERS="1", STORAGE_URL=f"file://{tmp_path}")  # and a local folder instead of S3
     one = single.wait_job(single.submit(spec)["id"])
     assert {img["worker"] for img in one["images"]} == {0}
+    folder = tmp_path / "jobs" / one["id"]
+    assert sorted(p.name for p in folder.iterdir()) == ["0.png", "1.png", "2.png", "3.png", "job.json"]
+    assert '"succeeded"' in (folder / "job.json").read_text()
     for a, b in zip(images_of(backend, two), images_of(single, one)):
         assert np.abs(a - b).max() <= 2  # batch 2 vs batch 4: the same seeds, float noise at most
 
