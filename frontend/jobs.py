@@ -39,6 +39,7 @@ class ImageView:
     upscale_status: str | None = None   # None: never asked; else queued/running/succeeded/failed
     upscale_error: str | None = None
     upscaled: bool = False              # the 4x object exists
+    finished_at: str | None = None
 
     @property
     def done(self) -> bool:
@@ -80,9 +81,15 @@ class JobView:
         return sum(img.done for img in self.images)
 
     def elapsed_s(self, now: datetime | None = None) -> float:
+        """Creation to now while running; once terminal, to the last image's end (not `updated_at`,
+        which a later upscale moves on)."""
         start = parse_time(self.created_at)
-        end = parse_time(self.updated_at) if self.terminal else (now or datetime.now(timezone.utc))
+        end = self.finished_at() if self.terminal else (now or datetime.now(timezone.utc))
         return max(0.0, (end - start).total_seconds()) if start and end else 0.0
+
+    def finished_at(self) -> datetime | None:
+        ends = [t for t in (parse_time(img.finished_at) for img in self.images) if t]
+        return max(ends) if ends else parse_time(self.updated_at)
 
 
 def parse_time(value: str | None) -> datetime | None:
@@ -115,7 +122,8 @@ def job_view(manifest: dict, present: set[str] | None = None) -> JobView:
         x4 = up.get("key") or upscale_key(img["key"])
         images.append(ImageView(index=img["index"], key=img["key"], seed=img.get("seed"), status=status,
                                 error=img.get("error"), upscale_status=up.get("status"),
-                                upscale_error=up.get("error"), upscaled=x4 in present))
+                                upscale_error=up.get("error"), upscaled=x4 in present,
+                                finished_at=img.get("finished_at")))
     view = JobView(id=manifest["id"], status=manifest.get("status", "queued"), prompt=spec.get("prompt", ""),
                    created_at=manifest.get("created_at"), updated_at=manifest.get("updated_at"),
                    width=spec.get("width") or 512, height=spec.get("height") or 512, images=images,

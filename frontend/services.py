@@ -47,10 +47,10 @@ class Health:
     state: str            # online, loading, degraded, error, offline
     label: str
     detail: str | None = None
-    gpus: int = 0
+    gpus: int = 0         # distinct GPUs, however many workers share them
     workers: int = 0
     pending: int = 0
-    upscaler: str = "off"
+    upscaler: str = "unknown"   # off, replicate, local; unknown when the backend did not say
     devices: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -58,9 +58,34 @@ class Health:
         """Jobs are accepted while the model loads (they wait in the queue), not when nothing runs."""
         return self.state in ("online", "loading", "degraded")
 
+    @property
+    def upscale_refusal(self) -> str | None:
+        """Why an Upscale request can only fail right now, or None when it may work."""
+        if self.state == "offline":
+            return "The generator is offline, so nothing can be upscaled now"
+        if self.upscaler == "off":
+            return "Upscaling is off on this backend (UPSCALER=off)"
+        return None
+
 
 _STATES = {"ok": ("online", "Online"), "starting": ("loading", "Loading the model"),
            "degraded": ("degraded", "Degraded"), "error": ("error", "Error")}
+
+
+def count_gpus(devices: tuple[str, ...]) -> int:
+    """Distinct accelerators among the workers' devices: three workers on cuda:0 are one GPU
+    (a bare "cuda" or "mps" is that backend's device 0, as in torch)."""
+    return len({d if ":" in d else f"{d}:0" for d in devices if d.startswith(("cuda", "mps"))})
+
+
+def health_from(body: dict) -> Health:
+    """The backend's /health answer, as the pages use it."""
+    state, label = _STATES.get(body.get("status"), ("error", "Error"))
+    workers = body.get("workers") or []
+    devices = tuple(str(w.get("device", "?")) for w in workers)
+    return Health(state, label, body.get("detail"), gpus=count_gpus(devices), workers=len(workers),
+                  pending=int((body.get("queue") or {}).get("pending", 0)),
+                  upscaler=str(body.get("upscaler") or "unknown"), devices=devices)
 
 
 @st.cache_data(ttl=5, show_spinner=False)
@@ -71,12 +96,7 @@ def health(base_url: str) -> Health:
         return Health("offline", "Offline", f"the generator at {base_url} is not answering")
     except BackendError as e:
         return Health("error", "Error", e.message)
-    state, label = _STATES.get(body.get("status"), ("error", "Error"))
-    workers = body.get("workers") or []
-    devices = tuple(str(w.get("device", "?")) for w in workers)
-    return Health(state, label, body.get("detail"), gpus=sum(d.startswith(("cuda", "mps")) for d in devices),
-                  workers=len(workers), pending=int((body.get("queue") or {}).get("pending", 0)),
-                  upscaler=str(body.get("upscaler") or "off"), devices=devices)
+    return health_from(body)
 
 
 def current_health() -> Health:

@@ -63,7 +63,11 @@ def status_pill(h: services.Health) -> str:
 def status_meta(h: services.Health) -> str:
     if h.state == "offline":
         return "History stays available; generation is paused."
-    hardware = f"{h.gpus} GPU{'s' if h.gpus != 1 else ''}" if h.gpus else f"{h.workers} CPU worker{'s' if h.workers != 1 else ''}"
+    workers = f"{h.workers} worker{'s' if h.workers != 1 else ''}"
+    if not h.gpus:
+        hardware = f"{h.workers} CPU worker{'s' if h.workers != 1 else ''}"
+    else:
+        hardware = f"{h.gpus} GPU{'s' if h.gpus != 1 else ''}" + (f" ({workers})" if h.workers > h.gpus else "")
     parts = [hardware, f"{h.pending} image{'s' if h.pending != 1 else ''} in queue"]
     return " · ".join(parts) + (f" — {h.detail}" if h.detail else "")
 

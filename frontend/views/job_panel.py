@@ -120,7 +120,7 @@ def _image_card(view: JobView, img: ImageView) -> None:
         data = services.image_bytes(url, img.key)
         if img.upscaled:
             st.image(services.thumbnail(url, upscale_key(img.key), 1024), width="stretch")
-            st.caption(f"#{img.index + 1} · seed {img.seed} · upscaled 4×")
+            st.caption(f"#{img.index + 1} · seed {img.seed} · upscaled 4x")
         else:
             st.image(data, width="stretch")
             st.caption(f"#{img.index + 1} · seed {img.seed}")
@@ -133,12 +133,15 @@ def _image_actions(view: JobView, img: ImageView, url: str, data: bytes) -> None
     left.download_button("Download", data, file_name=f"{name}.png", mime="image/png", key=f"dl-{img.index}",
                          icon=":material/download:", width="stretch", on_click="ignore")
     if img.upscaled:
-        right.download_button("4× PNG", services.image_bytes(url, upscale_key(img.key)),
+        right.download_button("4x PNG", services.image_bytes(url, upscale_key(img.key)),
                               file_name=f"{name}-x4.png", mime="image/png", key=f"dl4-{img.index}",
                               icon=":material/download:", width="stretch", on_click="ignore")
     elif img.upscaling or (img.upscale_status is None and f"{view.id}/{img.index}" in _asked()):
         right.button("Upscaling…", key=f"up-{img.index}", disabled=True, width="stretch")
-    elif right.button("Upscale 4×", key=f"up-{img.index}", icon=":material/zoom_out_map:", width="stretch"):
+    elif refusal := services.current_health().upscale_refusal:  # a button that can only fail is not offered
+        right.button("Upscale 4x", key=f"up-{img.index}", icon=":material/zoom_out_map:", width="stretch",
+                     disabled=True, help=refusal)
+    elif right.button("Upscale 4x", key=f"up-{img.index}", icon=":material/zoom_out_map:", width="stretch"):
         _request_upscale(view.id, img.index)
     if img.upscale_status == "failed":
         st.warning(f"Upscale failed: {img.upscale_error or 'no reason given'}")

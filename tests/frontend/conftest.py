@@ -65,5 +65,10 @@ def shown_images(at: AppTest) -> int:
     return sum(len(image.value) for image in at.image)
 
 
+def placeholder_tiles(at: AppTest) -> int:
+    """Tiles drawn for images that are not ready (waiting, generating, failed or canceled)."""
+    return sum('class="sr-slot ' in str(m.value) for m in at.markdown)
+
+
 def assert_no_exception(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]

@@ -1,11 +1,14 @@
 """The app's pages under AppTest, against the real backend (tiny model, SeaweedFS)."""
 
 import json
+import re
+import uuid
 
 from backend.storage import open_storage
+from frontend import services
 from tests.factories import decode_png, make_lora, png_bytes
-from tests.frontend.conftest import (SMALL, assert_no_exception, frontend_env, offline_url, page_text, run_until,
-                                     shown_images)
+from tests.frontend.conftest import (SMALL, assert_no_exception, frontend_env, offline_url, page_text,
+                                     placeholder_tiles, run_until, shown_images)
 
 BLOCKER = {"prompt": "a chair", "num_images": 16, "steps": 150, "width": 128, "height": 128, "seed": 1}
 
@@ -33,7 +36,10 @@ def test_generate_from_a_template_fills_every_image(backend, open_app):
 
     job_id = at.query_params.get("job")
     assert job_id and len(job_id) == 32, at.query_params
-    assert "of 3 ready" in page_text(at), "one placeholder per image at once"
+    ready = re.search(r"(\d) of 3 ready", page_text(at))
+    assert ready, page_text(at)
+    # at once, one tile per image: a placeholder for each one not ready yet (the tiny model may be quick)
+    assert placeholder_tiles(at) == 3 - int(ready[1]) and shown_images(at) == int(ready[1]), page_text(at)
     run_until(at, lambda a: shown_images(a) == 3 and "3 of 3 ready" in page_text(a), what="all 3 images shown")
     manifest = json.loads(backend.storage.get(f"jobs/{job_id}/job.json"))
     spec = manifest["spec"]
@@ -81,11 +87,12 @@ def test_job_link_to_a_pending_job_shows_placeholders_then_fills(backend, open_a
         at = open_app(frontend_env(backend), job=pending["id"])
         assert_no_exception(at)
         assert shown_images(at) == 0
-        assert page_text(at).count("Waiting") == 2, page_text(at)
+        assert page_text(at).count("Waiting") == 2 and placeholder_tiles(at) == 2, page_text(at)
         assert [b for b in at.button if b.key == "cancel-job"]
     finally:
         backend.post(f"/v1/jobs/{blocker['id']}/cancel")
     run_until(at, lambda a: shown_images(a) == 2, what="the pending job's images filled in")
+    assert placeholder_tiles(at) == 0
 
 
 def test_cancel_button_stops_the_job(backend, open_app):
@@ -97,12 +104,40 @@ def test_cancel_button_stops_the_job(backend, open_app):
     run_until(at, lambda a: "Canceled" in page_text(a), what="the canceled state shown")
 
 
-def test_upscale_says_why_it_cannot(backend, open_app):
+def test_upscale_says_why_it_cannot(backend, open_app, monkeypatch):
     job = backend.wait_job(backend.submit({"prompt": "a cup", "num_images": 1, **SMALL})["id"])
     at = open_app(frontend_env(backend), job=job["id"])
+    assert_no_exception(at)
+    button = at.button(key="up-0")
+    assert button.label == "Upscale 4x"
+    assert button.disabled and "Upscaling is off on this backend" in button.help, "/health says upscaler: off"
+
+    # a health answer from before the backend restarted without its upscaler: the backend's refusal is shown
+    monkeypatch.setattr(services, "current_health", lambda: services.Health("online", "Online", upscaler="replicate"))
+    at.run()
+    assert not at.button(key="up-0").disabled
     at.button(key="up-0").click().run()
     assert_no_exception(at)
     assert any("upscaler is off" in w.value for w in at.warning), page_text(at)
+
+
+def test_a_failed_image_shows_its_reason(backend, open_app):
+    job_id = uuid.uuid4().hex
+    outcomes = [("succeeded", None, "10:00:07"), ("failed", "CUDA out of memory on worker 0", "10:00:09")]
+    images = [{"index": i, "key": f"jobs/{job_id}/{i}.png", "seed": 3 + i, "status": status, "worker": 0,
+               "error": error, "started_at": "2026-01-01T10:00:01.000Z", "finished_at": f"2026-01-01T{end}.000Z",
+               "upscale": None} for i, (status, error, end) in enumerate(outcomes)]
+    manifest = {"id": job_id, "created_at": "2026-01-01T10:00:00.000Z", "updated_at": "2026-01-01T12:00:00.000Z",
+                "status": "failed", "spec": {"prompt": "a kettle", **SMALL, "num_images": 2}, "input_key": None,
+                "error": None, "images": images}
+    backend.storage.put(images[0]["key"], png_bytes(64, 64, (200, 40, 40)), "image/png")
+    backend.storage.put(f"jobs/{job_id}/job.json", json.dumps(manifest).encode(), "application/json")
+    at = open_app(frontend_env(backend), job=job_id)
+    assert_no_exception(at)
+    text = page_text(at)
+    assert shown_images(at) == 1 and placeholder_tiles(at) == 1
+    assert "Failed" in text and "CUDA out of memory on worker 0" in text, text
+    assert "1 of 2 ready · 9 s elapsed" in text, "the job ended with its last image, not at a later manifest write"
 
 
 def test_backend_offline_the_app_opens_and_browses_history(backend, open_app):
@@ -182,10 +217,11 @@ def test_upscale_shows_the_4x_result_when_it_lands(make_backend, open_app):
         backend = make_backend(UPSCALER="replicate", REPLICATE_API_TOKEN=fake.token, REPLICATE_BASE_URL=fake.url)
         job = backend.wait_job(backend.submit({"prompt": "a cup", "num_images": 1, **SMALL})["id"])
         at = open_app(frontend_env(backend), job=job["id"])
+        assert at.button(key="up-0").label == "Upscale 4x" and not at.button(key="up-0").disabled
         at.button(key="up-0").click().run()
         assert_no_exception(at)
-        run_until(at, lambda a: "upscaled 4×" in page_text(a), what="the upscaled image shown")
-        assert any(b.label == "4× PNG" for b in at.get("download_button")), "a download of the 4x file"
+        run_until(at, lambda a: "upscaled 4x" in page_text(a), what="the upscaled image shown")
+        assert any(b.label == "4x PNG" for b in at.get("download_button")), "a download of the 4x file"
         assert backend.storage.exists(f"jobs/{job['id']}/0_x4.png")
     finally:
         fake.stop()

@@ -5,6 +5,8 @@ from datetime import datetime, timezone
 from streamlit.testing.v1 import AppTest
 
 from frontend.jobs import format_elapsed, job_view
+from frontend.services import Health, health_from
+from frontend.views.chrome import status_meta
 
 JOB = "01a206f4c81d197d56572d84651ad46e"
 
@@ -43,6 +45,38 @@ def test_elapsed_counts_to_now_while_running():
     view = job_view(manifest("running"))
     assert view.elapsed_s(datetime(2026, 1, 1, 10, 1, 5, tzinfo=timezone.utc)) == 65
     assert format_elapsed(65) == "1 min 05 s" and format_elapsed(9) == "9 s"
+
+
+def test_elapsed_of_a_finished_job_ends_at_its_last_image_not_at_a_later_upscale():
+    up = {"key": f"jobs/{JOB}/0_x4.png", "status": "succeeded", "error": None}
+    m = manifest("succeeded", "failed", upscale=up)
+    m["updated_at"] = "2026-01-01T13:00:00.000Z"  # the upscale, three hours later, rewrote the manifest
+    m["images"][0] |= {"started_at": "2026-01-01T10:00:01.000Z", "finished_at": "2026-01-01T10:00:09.000Z"}
+    m["images"][1] |= {"started_at": "2026-01-01T10:00:01.000Z", "finished_at": "2026-01-01T10:00:10.500Z"}
+    view = job_view(m, {f"jobs/{JOB}/0.png", f"jobs/{JOB}/0_x4.png"})
+    assert view.terminal and view.elapsed_s() == 10.5
+
+
+def workers_on(*devices: str) -> dict:
+    return {"status": "ok", "model": "tiny", "queue": {"pending": 2}, "upscaler": "off", "detail": None,
+            "workers": [{"id": i, "device": d, "state": "ready"} for i, d in enumerate(devices)]}
+
+
+def test_health_counts_distinct_gpus_not_workers():
+    shared = health_from(workers_on("cuda:0", "cuda:0", "cuda:0"))
+    assert (shared.gpus, shared.workers) == (1, 3)
+    assert status_meta(shared).startswith("1 GPU (3 workers)")
+    assert health_from(workers_on("cuda:0", "cuda:1", "cuda:1")).gpus == 2
+    assert health_from(workers_on("mps", "mps:0")).gpus == 1
+    cpu = health_from(workers_on("cpu", "cpu"))
+    assert cpu.gpus == 0 and status_meta(cpu).startswith("2 CPU workers")
+
+
+def test_health_says_when_upscaling_can_only_fail():
+    assert "off on this backend" in health_from(workers_on("cpu")).upscale_refusal
+    assert health_from(workers_on("cpu") | {"upscaler": "replicate"}).upscale_refusal is None
+    assert "offline" in Health("offline", "Offline").upscale_refusal
+    assert Health("error", "Error", "500").upscale_refusal is None, "unknown: let the backend answer"
 
 
 SHOW_SETTINGS = """
