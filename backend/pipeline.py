@@ -42,7 +42,7 @@ def pick_device(preference: str, worker_id: int) -> str:
 
 
 def bad_pixels(arr: np.ndarray) -> str | None:
-    """Why an decoded image must not be stored, or None if it is fine."""
+    """Why a decoded image must not be stored, or None if it is fine."""
     if not np.isfinite(arr).all():
         return "the decoder produced NaN values (numerical overflow)"
     if arr.max() < 2 / 255:
