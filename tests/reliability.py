@@ -39,13 +39,15 @@ def run() -> dict:
         failed = case.find("failure") is not None or case.find("error") is not None
         results[suite]["failed" if failed else "passed"] += 1
         for prop in case.iter("property"):
-            figures[prop.get("name")] = int(float(prop.get("value")))
+            name, value = prop.get("name"), int(float(prop.get("value")))
+            figures[name] = figures.get(name, 0) + value if name.startswith("images_") else value
     return {"exit_code": code, "suites": results, "figures": figures}
 
 
 def write(outcome: dict) -> str:
     f, s = outcome["figures"], outcome["suites"]
-    lost = "0" if s["faults"]["failed"] == 0 and s["load"]["failed"] == 0 else "see failures below"
+    lost = (f"{f.get('images_lost', '?')} of {f.get('images_checked', '?')} images checked after the load and "
+            "fault tests (each must end `succeeded` with its object, or `failed` with a reason and none)")
     lines = [
         "# Reliability",
         "",
