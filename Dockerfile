@@ -44,15 +44,17 @@ RUN sed '/^# tests/,$d' requirements.txt > requirements-runtime.txt \
     && pip install --no-cache-dir -r requirements-runtime.txt \
     && rm requirements-runtime.txt
 
-COPY backend/ backend/
-COPY docker/onstart.sh docker/bake_model.py docker/
-
 USER 10001:10001
 
 # Optional: bake the model into the cache for fast cold starts. Empty = download on first start into
-# the /models volume, which survives container restarts.
+# the /models volume, which survives container restarts. Before the code, so a code change does not
+# download the model again; bake_model.py needs nothing from backend/.
+COPY docker/bake_model.py docker/
 ARG MODEL_ID=""
 RUN if [ -n "${MODEL_ID}" ]; then python docker/bake_model.py "${MODEL_ID}"; fi
+
+COPY backend/ backend/
+COPY docker/onstart.sh docker/
 # Same default as backend/config.py (tests/deploy checks it); `-e MODEL_ID=...` overrides it.
 ENV MODEL_ID=${MODEL_ID:-stable-diffusion-v1-5/stable-diffusion-v1-5} \
     PUBLIC_BIND=true

@@ -2,22 +2,25 @@
 
     python docker/bake_model.py stable-diffusion-v1-5/stable-diffusion-v1-5
 
-Fetches what the backend loads on a GPU: the fp16 weights when the model has them (else the full
-ones), safetensors only, and no safety checker (the backend turns it off). Uses diffusers' own
-`DiffusionPipeline.download`, so the files land exactly where `from_pretrained` looks for them.
+Fetches what the backend loads on a GPU: the fp16 weights where the backend asks for them, safetensors
+only, and no safety checker (the backend turns it off). Uses diffusers' own `DiffusionPipeline.download`,
+so the files land exactly where `from_pretrained` looks for them.
+Runs before the code is copied into the image: it imports nothing from backend/.
 """
 
 import sys
 from collections.abc import Callable
 
+# Hub ids whose fp16 weights the backend loads on a GPU: the same rule as `Generator._has_variant` in
+# backend/pipeline.py (tests/deploy checks that they agree). Other models load their default weights.
+FP16_PREFIXES = ("stable-diffusion-v1-5/", "stabilityai/")
+
 
 def bake(model_id: str, download: Callable[..., str]) -> str:
     options = {"use_safetensors": True, "safety_checker": None}
-    try:
+    if model_id.startswith(FP16_PREFIXES):
         return download(model_id, variant="fp16", **options)
-    except (OSError, ValueError) as e:  # no fp16 variant of this model: take the full-precision weights
-        print(f"no fp16 weights for {model_id} ({e}); fetching the default ones", file=sys.stderr)
-        return download(model_id, **options)
+    return download(model_id, **options)
 
 
 def main(argv: list[str]) -> int:

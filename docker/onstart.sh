@@ -29,16 +29,18 @@ if [ -n "$ENV_FILE" ]; then
     {
         if [ -f "$ENV_FILE" ]; then sed '/^# >>> showroom/,/^# <<< showroom/d' "$ENV_FILE"; fi
         echo "# >>> showroom: written by docker/onstart.sh at each start"
-        env | while IFS= read -r line; do
-            name="${line%%=*}"
-            value="${line#*=}"
-            case "$name" in
-                "$line" | "" | *[!A-Za-z0-9_]* | [0-9]*) continue ;;
-                HOME | PWD | OLDPWD | SHLVL | _ | TERM | HOSTNAME | SHOWROOM_*) continue ;;
-            esac
-            case "$value" in *\"*) echo "skipping $name: its value holds a double quote" >&2; continue ;; esac
-            printf '%s="%s"\n' "$name" "$value"
-        done
+        # awk's ENVIRON holds each value whole; `env | read` would take a value's second line for a variable.
+        # A value with a double quote or a newline cannot be written as NAME="value": it is left out.
+        awk 'BEGIN {
+            for (name in ENVIRON) {
+                value = ENVIRON[name]
+                if (name !~ /^[A-Za-z_][A-Za-z0-9_]*$/) continue
+                if (name ~ /^(HOME|PWD|OLDPWD|SHLVL|_|TERM|HOSTNAME|SHOWROOM_.*)$/) continue
+                why = index(value, "\"") ? "a double quote" : index(value, "\n") ? "a newline" : ""
+                if (why != "") { print "skipping " name ": its value holds " why > "/dev/stderr"; continue }
+                printf "%s=\"%s\"\n", name, value
+            }
+        }'
         echo "# <<< showroom"
     } >"$tmp"
     mv "$tmp" "$ENV_FILE"

@@ -1,11 +1,13 @@
 """The Dockerfiles: hadolint finds nothing, and the facts the deployment relies on hold."""
 
+import ast
 import json
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -104,11 +106,26 @@ def test_backend_image_keeps_the_model_cache_on_a_volume_seeded_by_the_bake():
     assert f"MODEL_ID=${{MODEL_ID:-{default.group(1)}}}" in " ".join(values(dockerfile, "ENV"))
 
 
-def test_backend_image_dependencies_come_before_the_code():
+def test_backend_image_dependencies_and_the_model_come_before_the_code():
+    """Layer order: dependencies, then the (multi-GB) model bake, then the code, so a code change rebuilds neither."""
     steps = instructions(REPO / "Dockerfile")
     install = max(i for i, (kw, rest) in enumerate(steps) if kw == "RUN" and "pip install" in rest)
+    bake_copy = next(i for i, (kw, rest) in enumerate(steps) if kw == "COPY" and "bake_model.py" in rest)
+    bake = next(i for i, (kw, rest) in enumerate(steps) if kw == "RUN" and "bake_model.py" in rest)
     code = min(i for i, (kw, rest) in enumerate(steps) if kw == "COPY" and rest.startswith("backend/"))
-    assert install < code
+    assert install < bake_copy < bake < code, steps
+    # the bake layer sees no other code: every other COPY after the install comes after the bake
+    assert steps[bake_copy] == ("COPY", "docker/bake_model.py docker/")
+    assert all(i > bake for i, (kw, _) in enumerate(steps) if kw == "COPY" and i > install and i != bake_copy)
+
+
+def test_bake_model_needs_nothing_from_the_code():
+    """It runs before `COPY backend/`: only the standard library and diffusers are there."""
+    tree = ast.parse((REPO / "docker" / "bake_model.py").read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert imported <= set(sys.stdlib_module_names) | {"diffusers"}, imported
 
 
 def test_frontend_image_installs_only_the_frontend_requirements():
@@ -127,7 +144,13 @@ def test_dockerignore_keeps_secrets_and_local_state_out():
     assert {".streamlit/secrets.toml", "**/.env", ".venv", ".git", "/data"} <= ignored
 
 
-def test_bake_model_prefers_fp16_and_falls_back(tmp_path):
+@pytest.mark.parametrize("model_id", ["stable-diffusion-v1-5/stable-diffusion-v1-5", "stabilityai/sd-turbo",
+                                      "segmind/tiny-sd", "someone/stabilityai-copy"])
+def test_bake_model_fetches_the_weights_the_loader_asks_for(model_id, tmp_path):
+    """The fp16 variant exactly where the GPU loader asks for it, else the default weights: a bake of other files
+    would leave the loader downloading at start anyway."""
+    from backend.pipeline import Generator
+
     spec_path = REPO / "docker" / "bake_model.py"
     namespace: dict = {"__name__": "bake"}
     exec(compile(spec_path.read_text(), str(spec_path), "exec"), namespace)
@@ -135,10 +158,9 @@ def test_bake_model_prefers_fp16_and_falls_back(tmp_path):
 
     def download(model_id, **options):
         calls.append(options)
-        if options.get("variant") == "fp16":
-            raise ValueError("no fp16 variant")
         return str(tmp_path)
 
-    assert namespace["bake"]("me/model", download) == str(tmp_path)
-    assert calls == [{"variant": "fp16", "use_safetensors": True, "safety_checker": None},
-                     {"use_safetensors": True, "safety_checker": None}]
+    assert namespace["bake"](model_id, download) == str(tmp_path)
+    loader_asks_fp16 = Generator._has_variant(SimpleNamespace(model_id=model_id), "fp16")
+    expected = {"variant": "fp16"} if loader_asks_fp16 else {}
+    assert calls == [expected | {"use_safetensors": True, "safety_checker": None}]

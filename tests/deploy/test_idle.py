@@ -106,10 +106,19 @@ def test_idle_stop_thread_stops_the_instance_and_ends():
 
 
 def test_idle_stop_close_ends_the_thread_without_stopping():
-    stopper = IdleStopper(60, lambda: 0.0, lambda: pytest.fail("must not stop"), clock=lambda: 0.0)
+    """The stop runs in the stopper's thread, where an exception could not fail the test: record it instead."""
+    checked, stops = threading.Event(), []
+
+    def last_activity() -> float:
+        checked.set()
+        return 0.0
+
+    stopper = IdleStopper(60, last_activity, lambda: stops.append("stopped"), clock=lambda: 0.0)
     stopper.start(interval_s=0.01)
+    assert checked.wait(5)  # the thread is checking, not idle before its first check
     stopper.close()
     assert not stopper._thread.is_alive() and not stopper.stopped
+    assert stops == []
 
 
 def test_vast_stop_action_sends_the_manage_instance_request():

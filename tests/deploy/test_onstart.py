@@ -66,7 +66,7 @@ def test_onstart_exports_the_environment_for_ssh_sessions_once(shell, tmp_path):
     env_file.write_text('PATH="/usr/local/bin:/usr/bin:/bin"\n')
     for _ in range(2):  # every start rewrites the block instead of appending another
         out = run_onstart(shell, tmp_path, SHOWROOM_DRY_RUN="1", SHOWROOM_ENV_FILE=str(env_file),
-                          MULTI="two\nlines", QUOTED='say "hi"')
+                          MULTI="two\nINJECTED=lines", QUOTED='say "hi"')
         assert out.returncode == 0, out.stderr
     text = env_file.read_text()
     assert text.startswith('PATH="/usr/local/bin:/usr/bin:/bin"\n')
@@ -76,7 +76,10 @@ def test_onstart_exports_the_environment_for_ssh_sessions_once(shell, tmp_path):
     assert values["CONTAINER_API_KEY"] == f'"{SECRETS["CONTAINER_API_KEY"]}"'
     assert values["CONTAINER_ID"] == '"4242"' and values["PUBLIC_IPADDR"] == '"203.0.113.7"'
     assert values["PATH"].startswith('"/opt/venv/bin:')
-    assert "QUOTED" not in values and "skipping QUOTED" in out.stderr
+    assert "QUOTED" not in values and "skipping QUOTED: its value holds a double quote" in out.stderr
+    # a value over two lines is left out whole: neither its first line nor a second line that looks like a variable
+    assert "MULTI" not in values and "INJECTED" not in values
+    assert "skipping MULTI: its value holds a newline" in out.stderr
     assert not any(name.startswith("SHOWROOM_") for name in values)
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600  # it holds keys
     assert_no_secret(out.stdout + out.stderr)
