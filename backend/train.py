@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, ImageEnhance, ImageOps, ImageSequence
+from PIL import Image, ImageEnhance, ImageOps
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -60,11 +60,21 @@ def _seed(*parts) -> int:
 
 # ----- data -----
 
+def spaced(total: int, count: int) -> list[int]:
+    """`count` indices spread evenly over `range(total)`, from the first; all of them when there are no more."""
+    if total <= count:
+        return list(range(total))
+    return [i * total // count for i in range(count)]
+
+
 def video_frames(path: Path, count: int) -> list[Image.Image]:
-    """`count` evenly spaced frames of an animated GIF/WebP/PNG (Pillow) or a video (PyAV, when installed)."""
+    """`count` frames evenly spaced over an animated GIF/WebP/PNG (Pillow) or a video (PyAV); only those are kept."""
     if path.suffix.lower() in ANIMATED_SUFFIXES:
         with Image.open(path) as img:
-            frames = [f.convert("RGB") for f in ImageSequence.Iterator(img)]
+            frames = []
+            for index in spaced(getattr(img, "n_frames", 1), count):
+                img.seek(index)
+                frames.append(img.convert("RGB"))
     else:
         try:
             import av
@@ -72,12 +82,17 @@ def video_frames(path: Path, count: int) -> list[Image.Image]:
             raise SystemExit(f"reading {path.suffix} video needs PyAV (pip install av), which is not installed; or "
                              f"extract frames yourself (ffmpeg -i {path.name} -vf fps=2 frames/%03d.png) and add "
                              "them to --images") from None
-        with av.open(str(path)) as container:
-            frames = [f.to_image().convert("RGB") for f in container.decode(video=0)]
+        try:
+            with av.open(str(path)) as container:  # count the frames without decoding them
+                total = sum(1 for packet in container.demux(video=0) if packet.size)
+            wanted = set(spaced(total, count))
+            with av.open(str(path)) as container:
+                frames = [f.to_image().convert("RGB") for i, f in enumerate(container.decode(video=0)) if i in wanted]
+        except av.FFmpegError as e:
+            raise SystemExit(f"could not read the video {path}: {e}") from None
     if not frames:
         raise SystemExit(f"no frames could be read from {path}")
-    step = max(1, len(frames) // max(1, count))
-    return frames[::step][:count]
+    return frames
 
 
 def load_photos(folder: Path, video: Path | None, video_count: int, caption: str, trigger: str):
@@ -170,7 +185,7 @@ class Trainer:
         if args.gradient_checkpointing == "on" or (args.gradient_checkpointing == "auto" and cuda):
             self.unet.enable_gradient_checkpointing()
             if args.train_text_encoder:
-                self.text_encoder.gradient_checkpointing_enable()
+                self.text_encoder.activation_checkpointing_enable()
         groups = [{"params": [p for n, p in self.named_params.items() if n.startswith("unet.")], "lr": args.lr}]
         if args.train_text_encoder:
             groups.append({"params": [p for n, p in self.named_params.items() if n.startswith("text_encoder.")],
@@ -200,10 +215,17 @@ class Trainer:
         target = noise if kind == "epsilon" else self.scheduler.get_velocity(latents, noise, steps)
         return F.mse_loss(pred.float(), target.float())
 
+    def set_training(self, on: bool) -> None:
+        """Training mode for the modules being trained: transformers checkpoints gradients only in training mode."""
+        self.unet.train(on)
+        if self.args.train_text_encoder:
+            self.text_encoder.train(on)
+
     def probe_loss(self, items: list) -> float:
         """The loss on a fixed batch (centre crops, fixed noise and timesteps): lower means it learnt the photos."""
         import torch
 
+        self.set_training(False)
         batch = items[:4]
         pixels = to_pixels([augment(img, self.args.resolution, random.Random(0), False, False, 0) for img, _ in batch])
         with torch.no_grad():
@@ -214,6 +236,7 @@ class Trainer:
         import torch
 
         args, total = self.args, 0.0
+        self.set_training(True)
         for micro in range(args.grad_accum):
             rng = random.Random(_seed(args.seed, step, micro))
             batch = [items[rng.randrange(len(items))] for _ in range(args.batch_size)]

@@ -11,8 +11,9 @@ import torch
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
+import backend.train
 from backend.lora_formats import load_lora_into, normalize_upload, read_safetensors
-from backend.train import TrainSettings, load_photos, main, parse_args, train, video_frames
+from backend.train import Trainer, TrainSettings, load_photos, main, parse_args, train, video_frames
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -87,11 +88,56 @@ def test_resume_continues_from_the_checkpoint(tiny_model, photos, tmp_path):
         torch.testing.assert_close(b[key], a[key], msg=key)
 
 
+def test_text_encoder_lora_trains_with_gradient_checkpointing(tiny_model, photos, tmp_path, monkeypatch):
+    """Checkpointing on: each step runs the text encoder's layers again in the backward pass (transformers checkpoints
+    only in training mode), and the file holds a text-encoder LoRA that learnt the photos."""
+    layer_runs = []
+
+    class Watched(Trainer):
+        def __init__(self, args):
+            super().__init__(args)
+            # a pre-hook: a recompute stops once it has what the backward pass needs, maybe before a module returns
+            attention = next(m for name, m in self.text_encoder.named_modules() if name.endswith("layers.0.self_attn"))
+            attention.register_forward_pre_hook(lambda *_: layer_runs.append(1))
+
+    monkeypatch.setattr(backend.train, "Trainer", Watched)
+    steps = 25
+    result = run(tiny_model, photos, tmp_path / "te.safetensors", "--steps", str(steps), "--checkpoint-every", "0",
+                 "--train-text-encoder", "--gradient-checkpointing", "on")
+    assert len(layer_runs) == 2 * steps + 2  # forward and recompute per step; the two probes run it once
+    assert all(np.isfinite(result.losses)) and result.probe_loss_after < 0.97 * result.probe_loss_before, result
+    tensors = load_file(str(result.output))
+    te_up = [v for k, v in tensors.items() if k.startswith("text_encoder.") and ".lora_B." in k]
+    assert te_up and any(k.startswith("unet.") for k in tensors)
+    assert max(float(v.abs().max()) for v in te_up) > 0  # lora_B starts at zero: gradients reached it
+
+
+def write_video(path: Path, greys: list[int], size: tuple[int, int]) -> None:
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = *size, "yuv420p"
+        for grey in greys:
+            container.mux(stream.encode(av.VideoFrame.from_image(Image.new("RGB", size, (grey,) * 3))))
+        container.mux(stream.encode())
+
+
+def test_video_frames_from_an_mp4_are_evenly_spaced(tmp_path):
+    """10 frames, each its own grey: 4 of them are frames 0, 2, 5 and 7, at the video's size; 50 are all 10."""
+    video = tmp_path / "turn.mp4"
+    write_video(video, [25 * i for i in range(10)], (64, 48))
+    frames = video_frames(video, 4)
+    assert [f.size for f in frames] == [(64, 48)] * 4
+    assert [round(float(np.asarray(f).mean()) / 25) for f in frames] == [0, 2, 5, 7]
+    assert len(video_frames(video, 50)) == 10
+
+
 def test_photos_captions_and_video_frames(photos, tmp_path):
     gif = tmp_path / "turn.gif"
     frames = [Image.new("RGB", (40, 40), (i * 20, 0, 0)) for i in range(10)]
     frames[0].save(gif, save_all=True, append_images=frames[1:], duration=50)
-    assert len(video_frames(gif, 4)) == 4
+    assert [f.getpixel((0, 0))[0] // 20 for f in video_frames(gif, 4)] == [0, 2, 5, 7]  # evenly spaced
     items = load_photos(photos, gif, 5, "a photo of {trigger}", "sks bottle")
     assert len(items) == 3 + 5
     assert [c for _, c in items[:3]] == ["sks bottle on a table", "a photo of sks bottle", "a photo of sks bottle"]
