@@ -22,7 +22,7 @@ async def add_product(
     category: Annotated[str | None, Form(max_length=64)] = None,
     weight: Annotated[float, Form(ge=-4, le=4)] = 1.0,
 ) -> Product:
-    """Add (or replace) a product; it is usable in the next job, on every worker."""
+    """Add (or replace) a product whose LoRA fits MODEL_ID; it is usable in the next job, on every worker."""
     try:
         check_name("product", name)
     except ValueError as e:
@@ -33,8 +33,8 @@ async def add_product(
     data = await file.read(limit + 1)
     if len(data) > limit:
         raise PayloadTooLarge(f"the LoRA file is larger than the limit of {limit} bytes")
-    try:
-        lora = await run_in_threadpool(normalize_lora, data)
+    try:  # converted to our layout and checked against MODEL_ID's widths, before anything is stored
+        lora = await run_in_threadpool(normalize_lora, data, services.settings.model_id)
     except ValueError as e:
         raise InvalidRequest(str(e)) from None
     product = Product(name=name, trigger=trigger.strip(), category=(category or "").strip() or None, weight=weight)

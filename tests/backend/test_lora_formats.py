@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save
 
+from backend.lora_check import WrongBaseModel, normalize_lora
 from backend.lora_formats import LoraFormatError, load_lora_into, normalize_upload, read_safetensors
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -245,18 +246,24 @@ def test_refuses_half_a_pair():
         normalize_upload(save({"unet.down_blocks.1.attentions.0.proj_in.lora_A.weight": torch.zeros(2, 16)}))
 
 
-def test_refuses_wrong_shapes_for_the_base_model(pipe, tmp_path):
-    """Rank-consistent, so the upload passes; the worker finds in-features 768 where the tiny model has 16."""
+def test_refuses_wrong_shapes_for_the_base_model(pipe, tmp_path, tiny_model):
+    """Rank-consistent, so the layout converts; the upload refuses it against the model's config (test_lora_base.py),
+    and a file stored without that check (before it existed, or before the model's config was on the machine) is
+    refused by the worker, which finds in-features 768 where the tiny model has 16."""
     target = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k"
     data = save({f"{target}.lora_A.weight": torch.randn(RANK, 768), f"{target}.lora_B.weight": torch.randn(16, RANK)})
+    with pytest.raises(WrongBaseModel, match=r"768-wide cross-attention \(SD 1\.x\); .* with 16-wide"):
+        normalize_lora(data, str(tiny_model))
     with pytest.raises(LoraFormatError, match=r"shape mismatch at .*attn2\.to_k.*SD 1\.x"):
         import_lora(pipe, tmp_path, data)
     assert not any(pipe.get_list_adapters().values())
 
 
-def test_refuses_an_sdxl_lora_on_an_sd_model(pipe, tmp_path):
+def test_refuses_an_sdxl_lora_on_an_sd_model(pipe, tmp_path, tiny_model):
     sd = {"lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": torch.randn(RANK, 16),
           "lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight": torch.randn(16, RANK)}
+    with pytest.raises(WrongBaseModel, match="text_encoder_2.*SDXL"):
+        normalize_lora(save(sd), str(tiny_model))
     with pytest.raises(LoraFormatError, match="SDXL.*text encoder 2"):
         import_lora(pipe, tmp_path, save(sd))
 
