@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     taesd_id: str = Field("", description="decode with this tiny autoencoder (TAESD, e.g. madebyollin/taesd) "
                           "instead of the model's VAE: a faster, slightly softer decode; empty = the VAE")
     public_bind: bool = Field(False, description="set when the API is reachable from outside; then API_KEY is required")
+    showroom_cache: Path = Field(Path("/tmp/showroom"), description="where workers keep downloaded LoRAs")
+    cuda_visible_devices: str | None = Field(None, description="CUDA's own: WORKERS=auto counts only these GPUs")
 
     @field_validator("workers")
     @classmethod

@@ -6,7 +6,6 @@ imports torch: the workers do.
 
 import json
 import logging
-import os
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from backend.upscale_service import UpscaleService
 log = logging.getLogger("showroom")
 
 
-def visible_gpus() -> int:
+def visible_gpus(cuda_visible_devices: str | None) -> int:
     """Count the GPUs this process may use, without importing torch into the API process."""
     import shutil
     import subprocess
@@ -42,7 +41,7 @@ def visible_gpus() -> int:
         out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.TimeoutExpired):
         return 0
-    return count_visible(out, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    return count_visible(out, cuda_visible_devices)
 
 
 def count_visible(nvidia_smi_list: str, cuda_visible_devices: str | None) -> int:
@@ -138,7 +137,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         storage = settings.open_storage()
         store, catalog_ = JobStore(storage), Catalog(storage)
         metrics = Metrics()
-        scheduler = Scheduler(settings, store, settings.worker_count(visible_gpus()), on_event=metrics.on_event)
+        workers = settings.worker_count(visible_gpus(settings.cuda_visible_devices))
+        scheduler = Scheduler(settings, store, workers, on_event=metrics.on_event)
         job_service = JobService(settings, catalog_, store, scheduler, native_size_guess(settings.model_id))
         upscales = UpscaleService(settings, scheduler, job_service) if settings.active_upscaler != "off" else None
         app.state.services = Services(settings, storage, catalog_, scheduler, job_service, metrics,

@@ -36,7 +36,7 @@ def run_worker(worker_id: int, settings, conn, cancel_task) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, settings.worker_count(0))))
         device = pipeline.pick_device(settings.device, worker_id)
         storage = settings.open_storage()
-        cache = Path(os.environ.get("SHOWROOM_CACHE", "/tmp/showroom")) / f"worker-{worker_id}"
+        cache = Path(settings.showroom_cache) / f"worker-{worker_id}"
         gen = pipeline.Generator(settings.model_id, device, storage, cache, compile_unet=settings.compile,
                                  taesd_id=settings.taesd_id or None)
         gen.warm_up()
