@@ -9,6 +9,7 @@ an engine runs and where its result is stored.
 import base64
 import io
 import logging
+import math
 import re
 import threading
 import time
@@ -32,7 +33,7 @@ REPLICATE_VERSION = "a01b0512004918ca55d02e554914a9eca63909fa83a29ff0f115c78a704
 LOCAL_MODEL_ID = "caidas/swin2SR-realworld-sr-x4-64-bsrgan-psnr"
 DATA_URI_MAX_BYTES = 1 << 20  # Replicate recommends data URIs only under 1 MB; larger inputs are uploaded
 MAX_OUTPUT_BYTES = 512 << 20
-DOWNLOAD_TIMEOUT_S = 120.0  # the output is ready when this starts; Replicate deletes it after an hour
+CANCEL_TIMEOUT_S = 5.0  # granted past the deadline to cancel a prediction, which stops it costing money
 
 
 class UpscaleError(Exception):
@@ -91,25 +92,57 @@ def _describe(exc: Exception) -> str:
         return f"{exc.status} {exc.detail or exc.title or 'with no detail'}"
     if isinstance(exc, httpx.HTTPStatusError):
         return f"{exc.response.status_code} {exc.response.reason_phrase}"
+    if isinstance(exc, DeadlinePassed):
+        return str(exc)
     return f"{type(exc).__name__}: {exc}"
 
 
-def _bound_timeout(bound: httpx.Timeout) -> Callable[[httpx.Request], None]:
-    """An httpx request hook that fills in every timeout a request left unset. replicate 1.0.7 sends
-    predictions.create and files.create with timeout=None, which in httpx means wait forever."""
-    limits = bound.as_dict()
+class DeadlinePassed(httpx.TimeoutException):
+    """A request that would end past its upscale's deadline, refused before it waits."""
 
-    def hook(request: httpx.Request) -> None:
+
+class _DeadlineTransport(httpx.BaseTransport):
+    """The transport under the replicate client's own retry layer (replicate.client.RetryTransport),
+    which retries GETs answered 429/503/504 up to 10 times and sleeps whatever Retry-After says,
+    uncapped. This keeps all of that inside the deadline `time_left` reports: each attempt's
+    timeouts (some of which the client leaves unset, meaning forever) are capped at the time left,
+    no attempt starts past the deadline, and an answer asking for a wait the time left cannot cover
+    ends the request at once instead of sleeping."""
+
+    RETRIED_STATUSES = frozenset({429, 503, 504})  # as RetryTransport's, for the methods below
+    RETRIED_METHODS = frozenset({"HEAD", "GET", "PUT", "DELETE", "OPTIONS", "TRACE"})
+
+    def __init__(self, time_left: Callable[[], float], bound: httpx.Timeout):
+        self._inner = httpx.HTTPTransport()
+        self._time_left, self._bound = time_left, bound.as_dict()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        left = self._time_left()
+        if left <= 0:
+            raise DeadlinePassed("the time limit was reached before this request", request=request)
         timeouts = request.extensions.get("timeout") or {}
-        request.extensions["timeout"] = {k: timeouts.get(k) if timeouts.get(k) is not None else v
-                                         for k, v in limits.items()}
+        request.extensions["timeout"] = {k: min(v if timeouts.get(k) is None else timeouts[k], left)
+                                         for k, v in self._bound.items()}
+        response = self._inner.handle_request(request)
+        if response.status_code in self.RETRIED_STATUSES and request.method in self.RETRIED_METHODS:
+            asked = response.headers.get("Retry-After", "").strip()
+            wait = math.ceil(float(asked)) if re.fullmatch(r"\d+(\.\d+)?", asked) else 1  # whole seconds
+            left = self._time_left()
+            if wait >= left:
+                response.close()
+                raise DeadlinePassed(f"Replicate answered {response.status_code} and asked to wait {wait} s, "
+                                     f"more than the {max(left, 0):.1f} s left", request=request)
+            response.headers["Retry-After"] = str(wait)  # RetryTransport sleeps exactly this
+        return response
 
-    return hook
+    def close(self) -> None:
+        self._inner.close()
 
 
 class ReplicateUpscaler:
-    """mv-lab/swin2sr on Replicate, through the replicate client. Every wait is bounded: the
-    prediction by `timeout_s` (then it is canceled), each request by an explicit timeout."""
+    """mv-lab/swin2sr on Replicate, through the replicate client. Every wait is bounded: the whole
+    upscale (upload, prediction, retries, download) by `timeout_s`, after which the prediction is
+    canceled within CANCEL_TIMEOUT_S more. One instance serves several threads at once."""
 
     name = "replicate"
 
@@ -129,12 +162,18 @@ class ReplicateUpscaler:
         self.max_retries, self.retry_backoff_s = max_retries, retry_backoff_s
         self.data_uri_max_bytes = data_uri_max_bytes
         self._token = api_token
+        self._local = threading.local()  # this thread's deadline, read by the transport
         # base_url=None lets the client use REPLICATE_BASE_URL, else https://api.replicate.com. The
-        # client itself retries GETs answered 429/503/504 (up to 10 times, honouring Retry-After)
-        # before _call sees them; _call adds retries for create, other 5xx and lost connections.
+        # client itself retries GETs answered 429/503/504 (up to 10 times, honouring Retry-After, kept
+        # within our deadline by _DeadlineTransport) before _call sees them; _call adds retries for
+        # create, other 5xx and lost connections.
         request_timeout = httpx.Timeout(min(30.0, timeout_s), connect=min(10.0, timeout_s))
         self._client = replicate.Client(api_token=api_token, base_url=base_url or None, timeout=request_timeout,
-                                        event_hooks={"request": [_bound_timeout(request_timeout)]})
+                                        transport=_DeadlineTransport(self._time_left, request_timeout))
+
+    def _time_left(self) -> float:
+        deadline = getattr(self._local, "deadline", None)  # set by _call and _cancel before every request
+        return self.timeout_s if deadline is None else deadline - time.monotonic()
 
     def check(self) -> None:
         """Raise UpscaleError unless Replicate accepts the token and knows the pinned version."""
@@ -162,7 +201,7 @@ class ReplicateUpscaler:
                                 f"start {self.model}", deadline, idempotent=False)
         log.info("replicate prediction %s started (%s, task %s)", prediction.id, self.model, self.task)
         prediction = self._wait(prediction, deadline)
-        result = self._download(prediction.output)
+        result = self._download(prediction.output, deadline)
         return fit_4x(png, result, f"{self.model}'s output")
 
     def _image_input(self, png: bytes, deadline: float) -> str:
@@ -191,12 +230,13 @@ class ReplicateUpscaler:
         return prediction
 
     def _cancel(self, pid: str) -> None:
+        self._local.deadline = time.monotonic() + CANCEL_TIMEOUT_S  # past the upscale's own: worth a moment
         try:
             self._client.predictions.cancel(pid)
         except Exception as exc:  # best effort: the error being raised already says what went wrong
             log.warning("could not cancel replicate prediction %s: %s", pid, _describe(exc))
 
-    def _download(self, output) -> bytes:
+    def _download(self, output, deadline: float) -> bytes:
         if isinstance(output, list) and output:
             output = output[-1]
         if not isinstance(output, str) or not output.startswith(("https://", "http://", "data:")):
@@ -205,38 +245,51 @@ class ReplicateUpscaler:
             return base64.b64decode(output.partition(",")[2])
 
         def fetch() -> bytes:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DeadlinePassed("the time limit was reached before the download")
             # No Authorization header: the output lives on Replicate's delivery host, not the API.
-            with httpx.stream("GET", output, timeout=httpx.Timeout(60.0, connect=10.0), follow_redirects=True) as r:
+            timeout = httpx.Timeout(min(60.0, left), connect=min(10.0, left))
+            with httpx.stream("GET", output, timeout=timeout, follow_redirects=True) as r:
                 r.raise_for_status()
                 chunks, size = [], 0
-                for chunk in r.iter_bytes():
+                for chunk in r.iter_bytes():  # the timeout bounds each read; this, the whole download
                     size += len(chunk)
+                    if time.monotonic() > deadline:
+                        raise UpscaleError(f"{self.model}'s output was still downloading ({size} bytes) when the "
+                                           f"upscale's {self.timeout_s:g} s limit ran out")
                     if size > MAX_OUTPUT_BYTES:
                         raise UpscaleError(f"{self.model}'s output is larger than {MAX_OUTPUT_BYTES >> 20} MiB")
                     chunks.append(chunk)
                 return b"".join(chunks)
 
-        return self._call(fetch, "download the result", time.monotonic() + DOWNLOAD_TIMEOUT_S)
+        return self._call(fetch, "download the result", deadline)
 
     def _call(self, request: Callable[[], T], what: str, deadline: float, idempotent: bool = True) -> T:
         """One request, retried with exponential backoff on 429 (rate limited: Replicate asks us to
         slow down) and 5xx (its side, usually brief): a blip should not fail an image someone chose.
         A 4xx is our mistake and fails at once. A request that may have reached Replicate is only
         retried if repeating it is harmless, so a lost answer never starts a second paid prediction.
-        Never sleeps past `deadline`."""
+        Never sleeps past `deadline`, nor lets the client's own retries run past it."""
         for attempt in range(self.max_retries + 1):
+            self._local.deadline = deadline
             try:
                 return request()
             except (ReplicateError, httpx.HTTPError) as exc:
                 status = _status_of(exc)
-                if status is not None:
+                if isinstance(exc, DeadlinePassed):
+                    retryable = False
+                elif status is not None:
                     retryable = status == 429 or status >= 500
                 else:  # no answer: retry if the request never left, or if sending it twice is harmless
                     retryable = idempotent or isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
                 hint = " (check REPLICATE_API_TOKEN)" if status in (401, 403) else ""
                 failure = UpscaleError(f"Replicate could not {what}: {_describe(exc)}{hint}")
                 delay = self.retry_backoff_s * 2 ** attempt
-                if not retryable or attempt == self.max_retries or time.monotonic() + delay > deadline:
+                if isinstance(exc, DeadlinePassed) or (retryable and attempt < self.max_retries
+                                                       and time.monotonic() + delay > deadline):
+                    raise UpscaleError(f"{failure}; gave up at the upscale's {self.timeout_s:g} s limit") from exc
+                if not retryable or attempt == self.max_retries:
                     raise failure from exc
                 log.warning("replicate: %s, retrying in %.1f s (attempt %d of %d)", failure, delay, attempt + 1,
                             self.max_retries)

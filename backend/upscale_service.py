@@ -1,17 +1,19 @@
 """Upscaling chosen images 4x: requests, their place in the manifest, and where the work runs.
 
-Replicate upscales run in a thread pool here (they wait on the network); local Swin2SR runs in a
-process of its own, so the API process never imports torch and the model stays loaded between
-requests. The engines are in backend.upscale.
+Every upscale is taken up by a thread of a pool here, which marks it running. Replicate upscales
+run in that thread (they wait on the network); local Swin2SR runs in a process of its own, so the
+API process never imports torch and the model stays loaded between requests. The engines are in
+backend.upscale.
 """
 
 import logging
 import multiprocessing as mp
 import threading
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 from backend.errors import Conflict, NotFound
-from backend.models import JobManifest, Status, UpscaleRecord
+from backend.models import ImageRecord, JobManifest, Status, UpscaleRecord
 from backend.storage import NotFound as ObjectMissing
 from backend.storage import put_retrying
 
@@ -52,6 +54,16 @@ def reachable_from_outside(endpoint_url: str | None) -> bool:
     return ip.is_global
 
 
+def upscalable_image(job: JobManifest, index: int) -> ImageRecord:
+    """The image `index` of `job`, if it can be upscaled: NotFound or Conflict saying why not."""
+    if not 0 <= index < len(job.images):
+        raise NotFound(f"job {job.id} has no image {index}; its images are 0..{len(job.images) - 1}")
+    image = job.images[index]
+    if image.status != Status.succeeded:
+        raise Conflict(f"image {index} is {image.status.value}; only a succeeded image can be upscaled")
+    return image
+
+
 def run_upscale(settings, source_key: str, target_key: str) -> None:
     """Read the image, upscale it, store the result. Runs in a pool thread or the upscaler process."""
     global _engine
@@ -66,40 +78,94 @@ def run_upscale(settings, source_key: str, target_key: str) -> None:
     put_retrying(storage, target_key, result, "image/png", budget_s=settings.storage_retry_s)
 
 
+class LocalProcess:
+    """The process the local upscaler runs in, one upscale at a time (one model in memory). A process
+    that dies (out of memory, a CUDA crash) leaves its pool broken for good, so the pool is replaced
+    here and the next upscale gets a fresh process."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._pool = self._new_pool()
+
+    @staticmethod
+    def _new_pool() -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"))
+
+    def run(self, work, *args):
+        with self._lock:
+            pool = self._pool
+        try:
+            future = pool.submit(work, *args)
+        except BrokenProcessPool:  # it died while idle: this upscale never started, a fresh process may run it
+            pool = self._replace(pool)
+            future = pool.submit(work, *args)
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            self._replace(pool)
+            raise RuntimeError("the local upscaler process died while upscaling (out of memory, or a crash in "
+                               "the GPU driver?); a fresh process takes the next request") from None
+
+    def _replace(self, broken: ProcessPoolExecutor) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._pool is broken:
+                broken.shutdown(wait=False, cancel_futures=True)
+                self._pool = self._new_pool()
+                log.warning("the local upscaler process died; started a fresh pool")
+            return self._pool
+
+    def close(self) -> None:
+        with self._lock:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
 class UpscaleService:
     def __init__(self, settings, scheduler, jobs):
         self.settings, self.scheduler, self.jobs = settings, scheduler, jobs
         self.kind = settings.active_upscaler
-        self.pool: Executor = (
-            ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) if self.kind == "local"
-            else ThreadPoolExecutor(4, thread_name_prefix="upscale"))
+        self.work = run_upscale  # what an upscale runs: (settings, source key, target key); tests replace it
+        # Replicate upscales wait on the network, so four run at once. Local ones run one at a time in
+        # the upscaler's process, fed by a single thread: the process is idle whenever that thread
+        # takes up an upscale, so "running" is true from the moment it is recorded.
+        self.process = LocalProcess() if self.kind == "local" else None
+        self.pool: Executor = ThreadPoolExecutor(1 if self.process else 4, thread_name_prefix="upscale")
         self._lock = threading.Lock()
         self._inflight: set[tuple[str, int]] = set()  # started by this run and not yet finished
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.process:
+            self.process.close()
 
     def request(self, job_id: str, index: int) -> dict:
         """Queue an upscale of a succeeded image; asking again while it is queued, running or done
         returns the same record instead of paying twice."""
-        job = self.jobs.get(job_id)
-        if not 0 <= index < len(job.images):
-            raise NotFound(f"job {job_id} has no image {index}; its images are 0..{len(job.images) - 1}")
-        image = job.images[index]
-        if image.status != Status.succeeded:
-            raise Conflict(f"image {index} is {image.status.value}; only a succeeded image can be upscaled")
+        image = upscalable_image(self.jobs.get(job_id), index)
         if image.upscale and image.upscale.status != Status.failed:
             return {"key": image.upscale.key, "status": image.upscale.status.value}
         record = UpscaleRecord(key=upscale_key(image.key))
         if not self._claim(job_id, index):
             return {"key": record.key, "status": "queued"}  # a second click racing the first
         try:
-            self.scheduler.mutate(job_id, lambda j: setattr(j.images[index], "upscale", record))
+            found: list[dict | None] = []
+            self.scheduler.mutate(job_id, lambda job: found.append(self._attach(job, index, record)))
+            if found[0] is not None:  # another click started and finished it between our read and our claim
+                self._release(job_id, index)
+                return found[0]
             self._start(job_id, index, image.key, record.key)
         except Exception:
             self._release(job_id, index)
             raise
         return {"key": record.key, "status": "queued"}
+
+    @staticmethod
+    def _attach(job: JobManifest, index: int, record: UpscaleRecord) -> dict | None:
+        """Record `record` on the image unless it has a live or finished upscale; that one's answer if so."""
+        current = job.images[index].upscale
+        if current is None or current.status == Status.failed:
+            job.images[index].upscale = record
+            return None
+        return {"key": current.key, "status": current.status.value}
 
     def resume(self, job: JobManifest) -> None:
         """After a restart: upscales left queued or running are started again, once."""
@@ -120,9 +186,21 @@ class UpscaleService:
 
     def _start(self, job_id: str, index: int, source: str, target: str) -> None:
         log.info("job %s image %d: upscale queued (%s)", job_id, index, self.kind)
-        future = self.pool.submit(run_upscale, self.settings, source, target)
-        self._set(job_id, index, Status.running)
+        try:
+            future = self.pool.submit(self._run, job_id, index, source, target)
+        except RuntimeError as exc:  # the pool is shut down: the app is stopping
+            self._set(job_id, index, Status.failed, f"upscale failed: could not start ({exc})")
+            self._release(job_id, index)
+            raise
         future.add_done_callback(lambda f: self._finished(job_id, index, f))
+
+    def _run(self, job_id: str, index: int, source: str, target: str) -> None:
+        """In a pool thread, as the upscale actually starts."""
+        self._set(job_id, index, Status.running)
+        if self.process is None:
+            self.work(self.settings, source, target)
+        else:
+            self.process.run(self.work, self.settings, source, target)
 
     def _finished(self, job_id: str, index: int, future) -> None:
         error = future.exception() if not future.cancelled() else RuntimeError("canceled at shutdown")

@@ -41,6 +41,9 @@ class FakeReplicate:
     error_message: str = "CUDA out of memory. Tried to allocate 2.00 GiB"
     throttle_creates: int = 0  # POST /v1/predictions answered 429 this many times first
     server_errors_on_poll: int = 0  # GET /v1/predictions/{id} answered 500 this many times first
+    unavailable_polls: int = 0  # GET /v1/predictions/{id} answered 503 with Retry-After this many times first
+    retry_after: str = "4"  # the Retry-After header of those 503s
+    download_chunk_delay_s: float = 0.0  # files are sent in 1 KiB pieces with this pause after each
     create_delay_s: float = 0.0  # POST /v1/predictions holds its answer this long
     output_scale: int = 4
     output_pad: tuple[int, int] = (0, 0)  # extra columns and rows, as a model that pads leaves them
@@ -82,7 +85,8 @@ class FakeReplicate:
         return [r for r in self.requests if r.method == method and r.path.startswith(path_prefix)]
 
     # --- the API ---
-    def handle(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, dict | bytes]:
+    def handle(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> tuple:
+        """(status, JSON body or file bytes), or (status, body, extra response headers)."""
         body = json.loads(raw) if raw and headers.get("content-type", "").startswith("application/json") else None
         with self._lock:
             self.requests.append(Recorded(method, path, headers, body))
@@ -132,6 +136,9 @@ class FakeReplicate:
             if self.server_errors_on_poll > 0:
                 self.server_errors_on_poll -= 1
                 return 500, {"detail": "Internal server error", "status": 500}
+            if self.unavailable_polls > 0:
+                self.unavailable_polls -= 1
+                return 503, {"detail": "Service Unavailable", "status": 503}, {"Retry-After": self.retry_after}
         prediction = self.predictions[pid]
         if prediction["status"] not in TERMINAL:
             prediction["polls"] += 1
@@ -197,13 +204,24 @@ def _handler_for(fake: FakeReplicate) -> type[BaseHTTPRequestHandler]:
         def _serve(self) -> None:
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             headers = {k.lower(): v for k, v in self.headers.items()}
-            status, payload = fake.handle(self.command, self.path, headers, raw)
+            status, payload, *extra = fake.handle(self.command, self.path, headers, raw)
             data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
             self.send_response(status)
             self.send_header("Content-Type", "image/png" if isinstance(payload, bytes) else "application/json")
             self.send_header("Content-Length", str(len(data)))
+            for name, value in (extra[0] if extra else {}).items():
+                self.send_header(name, value)
             self.end_headers()
-            self.wfile.write(data)
+            if not (isinstance(payload, bytes) and fake.download_chunk_delay_s):
+                self.wfile.write(data)
+                return
+            try:
+                for start in range(0, len(data), 1024):
+                    self.wfile.write(data[start:start + 1024])
+                    self.wfile.flush()
+                    time.sleep(fake.download_chunk_delay_s)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up on a slow download
+                self.close_connection = True
 
         do_GET = do_POST = _serve
 

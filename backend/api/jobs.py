@@ -12,6 +12,7 @@ from backend.api.deps import ClientDep, RateLimitedClientDep, ServicesDep
 from backend.errors import InvalidRequest, PayloadTooLarge, Unavailable
 from backend.models import JobManifest, JobSpec, JobTicket
 from backend.store import is_job_id
+from backend.upscale_service import upscalable_image
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -122,7 +123,7 @@ async def cancel_job(job_id: str, services: ServicesDep, client: ClientDep) -> J
 async def upscale_image(job_id: str, index: int, services: ServicesDep, client: ClientDep) -> dict:
     """Queue a 4x upscale of one succeeded image."""
     job_id = _job_id(job_id)
-    if services.upscales is None:
-        await run_in_threadpool(services.jobs.get, job_id)  # an unknown job is a 404 whatever the upscaler
+    if services.upscales is None:  # a wrong job or image is 404 or 409 whatever the upscaler, as when it is on
+        upscalable_image(await run_in_threadpool(services.jobs.get, job_id), index)
         raise Unavailable("upscaler is off: set UPSCALER=replicate with REPLICATE_API_TOKEN, or UPSCALER=local")
     return await run_in_threadpool(services.upscales.request, job_id, index)

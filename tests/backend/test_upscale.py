@@ -1,19 +1,28 @@
 """The upscaling engines: Replicate's path against a local fake of its API, the local path with a
-tiny random Swin2SR. In every case the result is exactly 4x the source in each side."""
+tiny random Swin2SR. In every case the result is exactly 4x the source in each side. Then the
+service that runs them: when an upscale shows running, and a local upscaler process that dies."""
 
 import base64
 import io
+import os
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from backend.models import Status
 from backend.upscale import (REPLICATE_VERSION, LocalUpscaler, ReplicateUpscaler, UpscaleError, fit_4x,
                              make_upscaler)
+from backend.upscale_service import UpscaleService
+from tests.backend.test_scheduler import make_job
 from tests.fake_replicate import FakeReplicate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -138,6 +147,33 @@ def test_replicate_create_that_hangs_is_bounded(fake):
     assert time.monotonic() - started < 3
 
 
+def test_replicate_poll_asking_for_a_wait_past_the_limit_gives_up_within_it(fake):
+    # The client's own retry layer would sleep Retry-After (4 s) up to 9 times: 36 s for a 1 s limit.
+    fake.unavailable_polls, fake.retry_after = 100, "4"
+    started = time.monotonic()
+    with pytest.raises(UpscaleError, match=r"could not poll.*503 and asked to wait 4 s.*1 s limit"):
+        replicate_upscaler(fake, timeout_s=1).upscale(png_of(10, 10))
+    assert time.monotonic() - started < 1.5
+    assert [p["status"] for p in fake.predictions.values()] == ["canceled"]
+
+
+def test_replicate_poll_unavailable_for_a_moment_is_waited_out_as_asked(fake):
+    fake.unavailable_polls, fake.retry_after = 2, "1"
+    started = time.monotonic()
+    assert size_of(replicate_upscaler(fake).upscale(png_of(10, 7))) == (40, 28)
+    assert time.monotonic() - started >= 2, "Retry-After within the limit is honoured"
+    assert len(fake.requests_to("GET", "/v1/predictions/")) == 3  # two 503s, then the answer
+    assert len(fake.predictions) == 1
+
+
+def test_replicate_slow_download_is_cut_at_the_limit(fake):
+    fake.download_chunk_delay_s = 0.25  # about 21 KiB of output at 1 KiB a quarter second: over 5 s
+    started = time.monotonic()
+    with pytest.raises(UpscaleError, match=r"still downloading.*1.5 s limit"):
+        replicate_upscaler(fake, timeout_s=1.5).upscale(png_of(24, 24))
+    assert time.monotonic() - started < 2.2
+
+
 def test_replicate_errors_never_contain_the_token(fake):
     fake.outcome, fake.error_message = "fail", f"model crashed; env had REPLICATE_API_TOKEN={fake.token}"
     with pytest.raises(UpscaleError) as failed:
@@ -258,3 +294,114 @@ def test_local_rejects_a_model_that_is_not_4x(tmp_path):
 def test_local_missing_model_is_an_upscale_error(tmp_path):
     with pytest.raises(UpscaleError, match="could not load"):
         LocalUpscaler(str(tmp_path), device="cpu").upscale(png_of(8, 8))
+
+
+# --- the service: where upscales run and what their records say ---
+
+class ManifestBook:
+    """The parts of the scheduler and job service UpscaleService uses: manifests kept in memory."""
+
+    def __init__(self, job):
+        self.jobs, self.lock = {job.id: job}, threading.Lock()
+
+    def get(self, job_id: str):
+        with self.lock:
+            return self.jobs[job_id].model_copy(deep=True)
+
+    def mutate(self, job_id: str, change):
+        with self.lock:
+            change(self.jobs[job_id])
+            return self.jobs[job_id].model_copy(deep=True)
+
+    def upscale(self, job_id: str, index: int):
+        return self.get(job_id).images[index].upscale
+
+
+def succeeded_job(images: int):
+    job = make_job(images)
+    for image in job.images:
+        image.succeeded()
+    job.refresh()
+    return job
+
+
+def wait_until(condition, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.02)
+
+
+def exit_like_an_oom_kill(settings, source: str, target: str) -> None:
+    os._exit(137)  # the upscaler process vanishes mid-upscale, as when the kernel or a CUDA crash ends it
+
+
+def pretend_upscale(settings, source: str, target: str) -> None:
+    pass
+
+
+class BrokenPool:
+    """A process pool whose process died while it was idle."""
+
+    def submit(self, *args, **kwargs):
+        raise BrokenProcessPool("A child process terminated abruptly, the process pool is not usable anymore")
+
+    def shutdown(self, **kwargs):
+        pass
+
+
+def test_upscale_shows_running_only_once_a_pool_thread_takes_it_up():
+    job = succeeded_job(2)
+    book = ManifestBook(job)
+    service = UpscaleService(SimpleNamespace(active_upscaler="replicate"), book, book)
+    service.pool.shutdown()
+    service.pool = ThreadPoolExecutor(1)  # one at a time: the second waits behind the first
+    gate = threading.Event()
+    service.work = lambda settings, source, target: gate.wait(10)
+    try:
+        service.request(job.id, 0)
+        service.request(job.id, 1)
+        wait_until(lambda: book.upscale(job.id, 0).status == Status.running)
+        time.sleep(0.1)
+        assert book.upscale(job.id, 1).status == Status.queued, "waiting behind another is not running"
+        gate.set()
+        wait_until(lambda: [book.upscale(job.id, i).status for i in (0, 1)] == [Status.succeeded] * 2)
+    finally:
+        gate.set()
+        service.close()
+
+
+def test_local_upscaler_process_that_dies_fails_its_upscale_and_the_next_gets_a_fresh_process():
+    job = succeeded_job(2)
+    book = ManifestBook(job)
+    service = UpscaleService(SimpleNamespace(active_upscaler="local"), book, book)
+    service.work = exit_like_an_oom_kill
+    try:
+        service.request(job.id, 0)
+        wait_until(lambda: book.upscale(job.id, 0).status.is_terminal())
+        record = book.upscale(job.id, 0)
+        assert record.status == Status.failed and "upscaler process died" in record.error
+        service.work = pretend_upscale
+        service.request(job.id, 1)
+        wait_until(lambda: book.upscale(job.id, 1).status.is_terminal())
+        assert book.upscale(job.id, 1).status == Status.succeeded
+        service.request(job.id, 0)  # the failed one may be asked for again, and now works
+        wait_until(lambda: book.upscale(job.id, 0).status.is_terminal())
+        assert book.upscale(job.id, 0).status == Status.succeeded
+    finally:
+        service.close()
+
+
+def test_local_upscaler_process_that_died_while_idle_is_replaced_before_the_next_upscale():
+    job = succeeded_job(1)
+    book = ManifestBook(job)
+    service = UpscaleService(SimpleNamespace(active_upscaler="local"), book, book)
+    service.process._pool = broken = BrokenPool()
+    service.work = pretend_upscale
+    try:
+        service.request(job.id, 0)
+        wait_until(lambda: book.upscale(job.id, 0).status.is_terminal())
+        assert book.upscale(job.id, 0).status == Status.succeeded, "it never started, so a fresh process runs it"
+        assert service.process._pool is not broken
+    finally:
+        service.close()

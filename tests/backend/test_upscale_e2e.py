@@ -1,7 +1,9 @@
 """Upscaling through the real backend: the endpoint, the manifest's `upscale` field, the stored 4x object."""
 
 import io
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from PIL import Image
@@ -57,6 +59,27 @@ def test_replicate_upscale_lands_exactly_4x_and_is_paid_once(make_backend, fake_
     assert backend.get(f"/v1/jobs/{job['id']}").json()["images"][0]["upscale"] is None
 
 
+def test_two_simultaneous_upscale_requests_start_one_prediction(make_backend, fake_replicate):
+    fake_replicate.polls_to_finish = 3
+    backend = make_backend(UPSCALER="replicate", REPLICATE_API_TOKEN=fake_replicate.token,
+                           REPLICATE_BASE_URL=fake_replicate.url)
+    job = backend.wait_job(backend.submit(SMALL | {"num_images": 1})["id"])
+    together = threading.Barrier(4)
+
+    def click():
+        together.wait(timeout=10)
+        return backend.post(f"/v1/jobs/{job['id']}/images/0/upscale")
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: click(), range(4)))
+    assert [a.status_code for a in answers] == [202] * 4
+    assert {a.json()["key"] for a in answers} == {f"jobs/{job['id']}/0_x4.png"}
+    record = wait_upscale(backend, job["id"], 0)
+    assert record["status"] == "succeeded", record
+    assert len(fake_replicate.predictions) == 1, "four clicks at once paid once"
+    assert len([r for r in fake_replicate.requests_to("POST", "/v1/predictions") if r.path == "/v1/predictions"]) == 1
+
+
 def test_replicate_model_failure_is_recorded_with_its_message(make_backend, fake_replicate):
     fake_replicate.outcome = "fail"
     backend = make_backend(UPSCALER="replicate", REPLICATE_API_TOKEN=fake_replicate.token,
@@ -93,7 +116,14 @@ def test_upscale_refusals(make_backend, fake_replicate):
 
 
 def test_upscaler_off_says_how_to_turn_it_on(backend):
+    running = backend.submit({"prompt": "slow", "num_images": 1, "steps": 150, "width": 256, "height": 256})
+    r = backend.post(f"/v1/jobs/{running['id']}/images/0/upscale")
+    assert r.status_code == 409 and "only a succeeded image" in r.json()["detail"], "as when the upscaler is on"
+    backend.post(f"/v1/jobs/{running['id']}/cancel")
     job = backend.wait_job(backend.submit(SMALL | {"num_images": 1})["id"])
+    r = backend.post(f"/v1/jobs/{job['id']}/images/3/upscale")
+    assert r.status_code == 404 and "no image 3" in r.json()["detail"]
+    assert backend.post("/v1/jobs/" + "0" * 32 + "/images/0/upscale").status_code == 404
     r = backend.post(f"/v1/jobs/{job['id']}/images/0/upscale")
     assert r.status_code == 503 and "UPSCALER=replicate" in r.json()["detail"]
 
