@@ -34,6 +34,7 @@ def half_vae(gen, monkeypatch):
 
     monkeypatch.setattr(vae, "decode", decode)
     monkeypatch.setattr(gen, "dtype", torch.bfloat16)
+    monkeypatch.setattr(gen, "decoder_dtype", torch.bfloat16)
     vae.to(torch.bfloat16)
     yield state
     vae.to(torch.float32)
@@ -74,3 +75,30 @@ def test_nan_latents_fail_before_any_decode(gen):
     out = decode(gen, bad)
     assert isinstance(out[0], Image.Image)
     assert out[1] == "the model produced NaN values (numerical overflow); try another seed"
+
+
+def test_latents_decoded_several_per_call_give_the_same_pictures_as_one_by_one(gen, monkeypatch):
+    z = latents(3)
+    one_by_one = decode(gen, z)
+    calls = []
+    real_decode = gen.decoder.decode
+    monkeypatch.setattr(gen.decoder, "decode",
+                        lambda x, return_dict=False: calls.append(len(x)) or real_decode(x, return_dict=False))
+    side = z.shape[-1] * gen.t2i.vae_scale_factor
+    monkeypatch.setattr(gen, "decode_pixels", 2 * side * side)  # two pictures per call, as on a GPU
+    together = decode(gen, z)
+    assert calls == [2, 1]
+    for a, b in zip(one_by_one, together):
+        assert np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max() <= 1
+
+
+def test_the_decoder_is_put_back_in_its_precision_before_each_decode(gen, monkeypatch):
+    """SDXL's img2img pipeline casts an fp32 VAE back to fp16 after encoding a photo."""
+    monkeypatch.setattr(gen, "decoder_dtype", torch.float32)
+    gen.decoder.to(torch.bfloat16)
+    try:
+        out = decode(gen, latents(1))
+    finally:
+        gen.decoder.to(torch.float32)
+    assert isinstance(out[0], Image.Image)
+    assert gen.decoder.dtype == torch.float32
