@@ -169,7 +169,8 @@ class Scheduler:
         target = self.worker_target or run_worker
         parent, child = self.ctx.Pipe()
         slot.cancel_task = self.ctx.Value("q", -1, lock=False)
-        slot.process = self.ctx.Process(target=target, args=(slot.id, self.settings, child, slot.cancel_task),
+        args = (slot.id, self.settings, child, slot.cancel_task, len(self.slots))
+        slot.process = self.ctx.Process(target=target, args=args,
                                         name=f"showroom-worker-{slot.id}", daemon=True)
         slot.process.start()
         child.close()

@@ -10,6 +10,7 @@ import os
 import signal
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,8 +24,9 @@ def _short(e: BaseException) -> str:
     return text if len(text) <= 500 else text[:497] + "..."
 
 
-def run_worker(worker_id: int, settings, conn, cancel_task) -> None:
-    """Entry point of the worker process (spawned: nothing of the parent's CUDA state leaks in)."""
+def run_worker(worker_id: int, settings, conn, cancel_task, workers: int = 1) -> None:
+    """Entry point of the worker process (spawned: nothing of the parent's CUDA state leaks in).
+    `workers` is how many run on this box: they share its CPU cores."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which stops us cleanly
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker-{worker_id} %(levelname)s %(message)s")
     started = time.perf_counter()
@@ -33,7 +35,7 @@ def run_worker(worker_id: int, settings, conn, cancel_task) -> None:
 
         from backend import pipeline
 
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, settings.worker_count(0))))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
         device = pipeline.pick_device(settings.device, worker_id)
         storage = settings.open_storage()
         cache = Path(settings.showroom_cache) / f"worker-{worker_id}"
@@ -90,18 +92,33 @@ def _run_task(gen, storage, task: Task, conn, cancel_task, retry_s: float) -> No
         _free_memory()
         return
 
+    def store(index: int, seed: int, key: str, image) -> None:
+        params = task.meta | {"seed": seed, "index": index, "job": task.job_id}
+        put_retrying(storage, key, encode_png(image, params), "image/png", budget_s=retry_s)
+
+    # PNG encoding (zlib) and uploads release the GIL: a batch's images are stored side by side, and
+    # each is reported the moment it is in storage. Only this thread talks on the pipe.
+    uploads = {}
     for index, seed, key, image in zip(task.indices, task.seeds, task.keys, images):
         if isinstance(image, str):
             conn.send(ImageFailed(task.task_id, index, image))
-            continue
-        params = task.meta | {"seed": seed, "index": index, "job": task.job_id}
-        try:
-            put_retrying(storage, key, encode_png(image, params), "image/png", budget_s=retry_s)
-        except Exception as e:
-            conn.send(ImageFailed(task.task_id, index, f"storage write failed: {_short(e)}"))
-            continue
-        conn.send(ImageDone(task.task_id, index))
+        else:
+            uploads[_uploader().submit(store, index, seed, key, image)] = index
+    for future in as_completed(uploads):
+        error = future.exception()
+        conn.send(ImageDone(task.task_id, uploads[future]) if error is None else
+                  ImageFailed(task.task_id, uploads[future], f"storage write failed: {_short(error)}"))
     conn.send(Done(task.task_id, seconds=time.perf_counter() - started))
+
+
+_uploads: ThreadPoolExecutor | None = None
+
+
+def _uploader() -> ThreadPoolExecutor:
+    global _uploads
+    if _uploads is None:
+        _uploads = ThreadPoolExecutor(4, thread_name_prefix="upload")
+    return _uploads
 
 
 DEVICE_BROKEN_EXIT = 3  # the scheduler reads this exit code as "restarted after a device error"

@@ -8,7 +8,7 @@ from backend import messages as m
 from backend.storage import LocalStorage
 
 
-def run_fake_worker(worker_id, settings, conn, cancel_task):
+def run_fake_worker(worker_id, settings, conn, cancel_task, workers=1):
     behaviour = settings.behaviour
     if behaviour == "load_fail":
         Path(settings.marker_dir, f"load-{worker_id}-{time.monotonic_ns()}").touch()

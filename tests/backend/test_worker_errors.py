@@ -8,7 +8,7 @@ from PIL import Image
 
 from backend import worker
 from backend.messages import Done, ImageDone, ImageFailed, Started, Task
-from backend.storage import LocalStorage
+from backend.storage import LocalStorage, StorageError
 
 
 class Pipe:
@@ -78,3 +78,34 @@ def test_a_cuda_error_makes_the_worker_leave_without_failing_the_images(tmp_path
     with pytest.raises(Exited) as left:
         run(ScriptedGenerator(RuntimeError("CUDA error: an illegal memory access was encountered")), 2, tmp_path)
     assert left.value.args == (worker.DEVICE_BROKEN_EXIT,)
+
+
+def test_a_batchs_images_are_stored_side_by_side_and_each_reported(tmp_path):
+    """Three uploads that each wait for the other two: done only if they really run at once."""
+    import threading
+
+    class MeetingStorage(LocalStorage):
+        meet = threading.Barrier(3, timeout=10)
+
+        def put(self, key, data, content_type="application/octet-stream"):
+            self.meet.wait()
+            super().put(key, data, content_type)
+
+    storage, pipe = MeetingStorage(tmp_path), Pipe()
+    worker._run_task(ScriptedGenerator(None), storage, make_task(3), pipe, SimpleNamespace(value=-1), retry_s=0)
+    assert sorted(m.index for m in pipe.sent if isinstance(m, ImageDone)) == [0, 1, 2], pipe.sent
+    assert isinstance(pipe.sent[-1], Done)
+
+
+def test_a_failed_upload_fails_only_its_image(tmp_path):
+    class OneBadKey(LocalStorage):
+        def put(self, key, data, content_type="application/octet-stream"):
+            if key.endswith("/1.png"):
+                raise StorageError("access denied")
+            super().put(key, data, content_type)
+
+    storage, pipe = OneBadKey(tmp_path), Pipe()
+    worker._run_task(ScriptedGenerator(None), storage, make_task(3), pipe, SimpleNamespace(value=-1), retry_s=0)
+    assert sorted(m.index for m in pipe.sent if isinstance(m, ImageDone)) == [0, 2]
+    assert [m.error for m in pipe.sent if isinstance(m, ImageFailed)] == [
+        "storage write failed: StorageError: access denied"]
