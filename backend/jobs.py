@@ -11,7 +11,7 @@ from backend.errors import InvalidRequest, NotFound, QueueFull, Unavailable, Unk
 from backend.images import BadImage, normalize_photo
 from backend.messages import LoraTask
 from backend.models import ImageRecord, JobManifest, JobSpec, ResolvedSpec, Status, now
-from backend.scheduler import Scheduler
+from backend.executor import Executor
 from backend.storage import NotFound as ObjectMissing
 from backend.store import JobStore, new_job_id
 
@@ -21,7 +21,7 @@ PRODUCT_TOKEN = "<product>"
 
 
 class JobService:
-    def __init__(self, settings, catalog: Catalog, store: JobStore, scheduler: Scheduler, default_size: int):
+    def __init__(self, settings, catalog: Catalog, store: JobStore, scheduler: Executor, default_size: int):
         self.settings, self.catalog, self.store, self.scheduler = settings, catalog, store, scheduler
         self.default_size = default_size
         self._idem_lock = threading.Lock()

@@ -23,6 +23,7 @@ from backend.jobs import JobService
 from backend.metrics import Metrics
 from backend.ratelimit import RateLimiter
 from backend.recovery import Recovery
+from backend.executor import Executor
 from backend.scheduler import Scheduler
 from backend.store import JobStore
 from backend.upscale_service import UpscaleService
@@ -111,7 +112,7 @@ class _TooLarge(Exception):
     pass
 
 
-def start_idle_stop(settings: Settings, scheduler: Scheduler, activity: Activity) -> IdleStopper | None:
+def start_idle_stop(settings: Settings, scheduler: Executor, activity: Activity) -> IdleStopper | None:
     """Opt-in: stop this vast.ai instance after IDLE_STOP_MINUTES without requests or work."""
     if settings.idle_stop_minutes <= 0:
         return None

@@ -14,7 +14,7 @@ from backend.errors import RateLimited, ShowroomError
 from backend.jobs import JobService
 from backend.metrics import Metrics
 from backend.ratelimit import RateLimiter
-from backend.scheduler import Scheduler
+from backend.executor import Executor
 from backend.storage import Storage
 
 
@@ -23,7 +23,7 @@ class Services:
     settings: Settings
     storage: Storage
     catalog: Catalog
-    scheduler: Scheduler
+    scheduler: Executor
     jobs: JobService
     metrics: Metrics
     limiter: RateLimiter

@@ -64,6 +64,14 @@ def batches(tmp_path, job) -> dict[int, tuple[int, int]]:
     return found
 
 
+def test_the_scheduler_is_an_executor(run_scheduler):
+    from backend.executor import Executor
+
+    sched, _ = run_scheduler(1)
+    assert isinstance(sched, Executor)
+    assert set(sched.snapshot()) == {"workers", "errors", "pending", "native_size", "unsaved"}
+
+
 def test_four_images_on_four_workers_run_one_each(run_scheduler, tmp_path):
     sched, store = run_scheduler(4)
     job = make_job(4)
