@@ -23,6 +23,9 @@ SUITES = {
     "hostile input": "tests/backend/test_bad_input.py",
     "security": "tests/backend/test_security.py",
     "scheduler faults": "tests/backend/test_scheduler.py",
+    "recovery": "tests/backend/test_recovery.py",
+    "worker errors": "tests/backend/test_worker_errors.py",
+    "idempotency": "tests/backend/test_idempotency.py",
 }
 
 
@@ -61,8 +64,12 @@ def write(outcome: dict) -> str:
         f"{f.get('load_refused_429', '?')} refused with 429 + Retry-After, none stored |",
         f"| faults survived | {s['faults']['passed']} of {s['faults']['passed'] + s['faults']['failed']} against the "
         f"real stack (kill -9 of a worker mid-job, kill -9 of the whole backend mid-job then restart, SeaweedFS "
-        f"stopped mid-job then started); {s['scheduler faults']['passed']} scheduler cases with fake workers "
-        "(deaths, a model that cannot load, time limits, cancel) |",
+        f"stopped mid-job then started, a restart while SeaweedFS is down); {s['scheduler faults']['passed']} "
+        "scheduler cases with fake workers (deaths, a device error, a model that cannot load, time limits, an "
+        f"image stored just before its worker was killed, cancel); {s['recovery']['passed']} recovery cases "
+        f"(storage down at boot, a scan cut short, an unreadable manifest, upscales resumed once); "
+        f"{s['worker errors']['passed']} worker error cases (out of memory, CUDA error, failed upload); "
+        f"{s['idempotency']['passed']} idempotency cases with storage failing half-way |",
         f"| hostile inputs tried | {s['hostile input']['passed'] + s['hostile input']['failed']} hand-written cases "
         f"(bad specs, broken photos, decompression bombs, path escapes, pickles, wrong keys) + "
         f"{f.get('fuzz_requests', '?')} generated requests over {f.get('fuzz_operations', '?')} operations "
@@ -79,7 +86,14 @@ def write(outcome: dict) -> str:
         "- A worker that dies is noticed through its process sentinel at once; the images it held are tried "
         "once more on another worker, or failed with the exit code; a new worker is started.",
         "- At start-up the backend reads the manifests in storage and queues again what was `queued` or "
-        "`running`, and restarts unfinished upscales.",
+        "`running` (an image already in storage counts as made), and restarts unfinished upscales; while "
+        "storage cannot be read it tries again in the background, and never takes a job of its own run.",
+        "- An image is `succeeded` exactly when its object exists: a worker killed between its upload and "
+        "its report still gets the image counted, not failed and not made twice.",
+        "- A batch that runs out of GPU memory is made one image at a time; a CUDA error makes the worker "
+        "leave so its images are retried on a fresh process.",
+        "- The Idempotency-Key record is written before the manifest, so a retried submit never starts a "
+        "second job, even when storage failed half-way through the first.",
         "- Workers retry image writes for `STORAGE_RETRY_S` with backoff; manifest writes that fail are "
         "kept and written when storage returns; `/health` says `degraded` meanwhile.",
         "- The queue is bounded (`QUEUE_MAX_IMAGES`): past it, 429 with Retry-After. A token bucket per "
