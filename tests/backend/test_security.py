@@ -1,5 +1,5 @@
-"""Security: keys compared in constant time, secrets never echoed, CORS only for configured origins,
-unsafe production settings refused, uploads judged by content."""
+"""Security: wrong keys refused (deps.py compares them with hmac.compare_digest; not timed here), secrets
+never echoed, CORS only for configured origins, unsafe production settings refused, uploads judged by content."""
 
 import json
 
