@@ -137,17 +137,17 @@ class UpscaleService:
         if self.process:
             self.process.close()
 
-    def request(self, job_id: str, index: int) -> dict:
-        """Queue an upscale of a succeeded image; asking again while it is queued, running or done
-        returns the same record instead of paying twice."""
+    def request(self, job_id: str, index: int) -> str:
+        """Queue an upscale of a succeeded image and return the key it will have; asking again while
+        it is queued, running or done returns the same key instead of paying twice."""
         image = upscalable_image(self.jobs.get(job_id), index)
         if image.upscale and image.upscale.status != Status.failed:
-            return {"key": image.upscale.key, "status": image.upscale.status.value}
+            return image.upscale.key
         record = UpscaleRecord(key=upscale_key(image.key))
         if not self._claim(job_id, index):
-            return {"key": record.key, "status": "queued"}  # a second click racing the first
+            return record.key  # a second click racing the first
         try:
-            found: list[dict | None] = []
+            found: list[str | None] = []
             self.scheduler.mutate(job_id, lambda job: found.append(self._attach(job, index, record)))
             if found[0] is not None:  # another click started and finished it between our read and our claim
                 self._release(job_id, index)
@@ -156,16 +156,16 @@ class UpscaleService:
         except Exception:
             self._release(job_id, index)
             raise
-        return {"key": record.key, "status": "queued"}
+        return record.key
 
     @staticmethod
-    def _attach(job: JobManifest, index: int, record: UpscaleRecord) -> dict | None:
-        """Record `record` on the image unless it has a live or finished upscale; that one's answer if so."""
+    def _attach(job: JobManifest, index: int, record: UpscaleRecord) -> str | None:
+        """Record `record` on the image unless it has a live or finished upscale; that one's key if so."""
         current = job.images[index].upscale
         if current is None or current.status == Status.failed:
             job.images[index].upscale = record
             return None
-        return {"key": current.key, "status": current.status.value}
+        return current.key
 
     def resume(self, job: JobManifest) -> None:
         """After a restart: upscales left queued or running are started again, once."""

@@ -126,4 +126,7 @@ async def upscale_image(job_id: str, index: int, services: ServicesDep, client: 
     if services.upscales is None:  # a wrong job or image is 404 or 409 whatever the upscaler, as when it is on
         upscalable_image(await run_in_threadpool(services.jobs.get, job_id), index)
         raise Unavailable("upscaler is off: set UPSCALER=replicate with REPLICATE_API_TOKEN, or UPSCALER=local")
-    return await run_in_threadpool(services.upscales.request, job_id, index)
+    key = await run_in_threadpool(services.upscales.request, job_id, index)
+    # The contract's answer whether this request started it or found it under way or done: the
+    # manifest's `upscale` record says how far it is.
+    return {"key": key, "status": "queued"}
