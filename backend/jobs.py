@@ -24,7 +24,7 @@ class JobService:
     def __init__(self, settings, catalog: Catalog, store: JobStore, scheduler: Executor, default_size: int):
         self.settings, self.catalog, self.store, self.scheduler = settings, catalog, store, scheduler
         self.default_size = default_size
-        self._idem_lock = threading.Lock()
+        self._idem_locks = [threading.Lock() for _ in range(64)]  # striped: keys do not wait on each other
 
     # ----- resolving a spec -----
     def resolve(self, spec: JobSpec, has_photo: bool) -> ResolvedSpec:
@@ -76,7 +76,8 @@ class JobService:
     def submit(self, spec: JobSpec, photo: bytes | None = None, idempotency_key: str | None = None,
                client: str = "") -> JobManifest:
         if idempotency_key:
-            with self._idem_lock:  # one submission per key at a time, so a retry never races the first
+            lock = self._idem_locks[hash((client, idempotency_key)) % len(self._idem_locks)]
+            with lock:  # one submission per key at a time, so a retry never races the first
                 earlier = self._idempotent(idempotency_key, client)
                 if earlier:
                     return earlier

@@ -86,3 +86,13 @@ def _fail_keys_under(storage, prefix):
             raise StorageError("connection reset")
         put(key, data, content_type)
     return failing
+
+
+def test_the_same_key_sent_eight_times_at_once_starts_one_job(service):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        jobs = list(pool.map(lambda _: service.jobs.submit(SPEC, idempotency_key="order-9", client="c"), range(8)))
+    assert len({job.id for job in jobs}) == 1 and len(service.scheduler.submitted) == 1
+    other = service.jobs.submit(SPEC, idempotency_key="order-9", client="another client")
+    assert other.id != jobs[0].id, "keys are per client"
