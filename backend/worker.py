@@ -84,8 +84,7 @@ def _run_task(gen, storage, task: Task, conn, cancel_task, retry_s: float) -> No
             # without a report; the scheduler tries these images once more on a fresh worker.
             log.error("the device is in an unusable state; this worker exits to be replaced")
             os._exit(DEVICE_BROKEN_EXIT)
-        reason = (f"out of GPU memory at {task.width}x{task.height}: try a smaller size"
-                  if _out_of_memory(e) else f"generation failed: {_short(e)}")
+        reason = _oom_reason(task) if _out_of_memory(e) else f"generation failed: {_short(e)}"
         for index in task.indices:
             conn.send(ImageFailed(task.task_id, index, reason))
         conn.send(Done(task.task_id, seconds=time.perf_counter() - started))
@@ -148,8 +147,18 @@ def _generate(gen, task: Task, should_cancel, on_step) -> list:
     images = []
     for index, seed, key in zip(task.indices, task.seeds, task.keys):
         single = replace(task, indices=(index,), seeds=(seed,), keys=(key,))
-        images += gen.generate(single, should_cancel=should_cancel, on_step=on_step)
+        try:
+            images += gen.generate(single, should_cancel=should_cancel, on_step=on_step)
+        except Exception as e:
+            if not _out_of_memory(e):
+                raise
+            images.append(_oom_reason(task))  # this one fails with the reason; the ones that fit are kept
+            _free_memory()
     return images
+
+
+def _oom_reason(task: Task) -> str:
+    return f"out of GPU memory at {task.width}x{task.height}: try a smaller size"
 
 
 def _free_memory() -> None:

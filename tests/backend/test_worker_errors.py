@@ -52,6 +52,29 @@ def test_a_batch_out_of_memory_is_made_one_image_at_a_time(tmp_path):
     assert all(storage.exists(f"jobs/{'j' * 32}/{i}.png") for i in range(3))
 
 
+class TooBigAlone(ScriptedGenerator):
+    """Out of memory for any batch of two or more, and for image `index` even alone."""
+
+    def __init__(self, index: int):
+        super().__init__(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), fails_from=2)
+        self.index = index
+
+    def generate(self, task, should_cancel, on_step):
+        if task.indices == (self.index,):
+            self.batches.append(task.indices)
+            raise self.error
+        return super().generate(task, should_cancel, on_step)
+
+
+def test_in_the_one_at_a_time_fallback_only_the_image_that_does_not_fit_fails(tmp_path):
+    gen = TooBigAlone(index=1)
+    sent, storage = run(gen, 3, tmp_path)
+    assert gen.batches == [(0, 1, 2), (0,), (1,), (2,)]
+    assert [m.error for m in sent if isinstance(m, ImageFailed)] == ["out of GPU memory at 64x48: try a smaller size"]
+    assert sorted(m.index for m in sent if isinstance(m, ImageDone)) == [0, 2]
+    assert [storage.exists(f"jobs/{'j' * 32}/{i}.png") for i in range(3)] == [True, False, True]
+
+
 def test_one_image_out_of_memory_fails_with_a_reason_a_user_can_act_on(tmp_path):
     sent, storage = run(ScriptedGenerator(RuntimeError("MPS backend out of memory")), 1, tmp_path)
     failed = [m for m in sent if isinstance(m, ImageFailed)]
