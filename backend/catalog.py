@@ -56,6 +56,10 @@ class Catalog:
             return Product.model_validate_json(self.storage.get(product_key(name)))
         except NotFound:
             raise UnknownReference(f"unknown product {name!r}; add it with POST /v1/products") from None
+        except ValueError:
+            log.error("product record %s is unreadable", product_key(name))
+            raise UnknownReference(f"product {name!r} has an unreadable record; add it again with "
+                                   "POST /v1/products") from None
 
     def lora_exists(self, name: str) -> bool:
         return self.storage.exists(lora_key(name))

@@ -36,49 +36,57 @@ def recover(store, scheduler, jobs, upscales=None, booted_us: int | None = None)
     for job_id in ids:
         if booted_us is not None and created_us(job_id) >= booted_us:
             continue
-        if scheduler.active(job_id) is not None:
-            continue
-        try:
-            job = store.load(job_id)
-        except NotFound:
-            continue  # a job folder without a manifest: nothing was promised
-        except StorageError as e:
-            log.warning("could not read job %s while taking back unfinished jobs: %s", job_id, e)
-            return None
-        except ValueError as e:
-            log.error("job %s has an unreadable manifest, left as it is: %s", job_id, e)
-            continue
-        if _pending_upscales(job):
-            if upscales is not None:
-                upscales.resume(job)
-            else:
-                for img in job.images:
-                    if img.upscale and not img.upscale.status.is_terminal():
-                        img.upscale.status, img.upscale.error = Status.failed, "the upscaler is off (UPSCALER=off)"
-                store.save(job)
-        if job.status.is_terminal():
-            continue
+        # Under the scheduler's lock, so a cancel or an upscale recorded meanwhile is never overwritten
+        # by this copy: it lands either before the load (and is seen) or after the submit (on the held job).
+        with scheduler.lock:
+            if scheduler.active(job_id) is not None:
+                continue
+            try:
+                outcome = _take_back(store, scheduler, jobs, upscales, job_id)
+            except StorageError as e:
+                log.warning("storage failed while taking back job %s: %s", job_id, e)
+                return None
+        taken += outcome
+    return taken
+
+
+def _take_back(store, scheduler, jobs, upscales, job_id: str) -> int:
+    """One job: 1 if it was queued again, else 0. Storage errors propagate: the scan is retried."""
+    try:
+        job = store.load(job_id)
+    except NotFound:
+        return 0  # a job folder without a manifest: nothing was promised
+    except ValueError as e:
+        log.error("job %s has an unreadable manifest, left as it is: %s", job_id, e)
+        return 0
+    upscales_left = _pending_upscales(job)
+    if upscales_left and upscales is None:
+        for img in job.images:
+            if img.upscale and not img.upscale.status.is_terminal():
+                img.upscale.status, img.upscale.error = Status.failed, "the upscaler is off (UPSCALER=off)"
+        store.save(job)
+        upscales_left = False
+    taken = 0
+    if not job.status.is_terminal():
         try:
             loras = jobs.loras_for(job.spec)
-        except ShowroomError as e:
+        except (ShowroomError, ValueError) as e:
             loras = None
-            reason = f"the backend restarted and {e.detail}"
+            reason = f"the backend restarted and {getattr(e, 'detail', None) or e}"
         for img in job.images:
-            if img.status == Status.running:
-                try:  # stored before the crash, unreported: made already
-                    img.succeeded() if store.storage.exists(img.key) else img.requeued()
-                except StorageError as e:
-                    log.warning("could not check job %s image %d in storage: %s", job_id, img.index, e)
-                    return None
+            if img.status == Status.running:  # stored before the crash, unreported: made already
+                img.succeeded() if store.storage.exists(img.key) else img.requeued()
             if loras is None and not img.status.is_terminal():
                 img.failed(reason)
         job.refresh()
-        store.save(job)
+        store.save(job)  # if storage fails here, the store keeps the manifest and writes it later
         if not job.status.is_terminal():
             scheduler.submit(job, loras)
-            taken += 1
+            taken = 1
             log.info("job %s taken back after a restart (%d images to go)", job_id,
                      sum(not i.status.is_terminal() for i in job.images))
+    if upscales_left:
+        upscales.resume(job)  # after the submit: the upscale writes to the job the scheduler now holds
     return taken
 
 
@@ -94,8 +102,11 @@ class Recovery:
         self.thread: threading.Thread | None = None
 
     def start(self) -> "Recovery":
-        if self._attempt():
-            return self
+        try:
+            if self._attempt():
+                return self
+        except Exception:  # start-up must not fail over an earlier run's leftovers: try again in the background
+            log.exception("taking back unfinished jobs failed; trying again")
         log.warning("unfinished jobs of an earlier run will be taken back once storage answers")
         self.thread = threading.Thread(target=self._retry, name="recovery", daemon=True)
         self.thread.start()

@@ -53,6 +53,10 @@ class CountingScheduler:
     def active(self, job_id):
         return self.scheduler.active(job_id)
 
+    @property
+    def lock(self):
+        return self.scheduler.lock
+
 
 def left_by_a_crash(store: JobStore, images: int):
     """A job as a run killed mid-work leaves it: one image done, one running, the rest queued."""
@@ -160,3 +164,89 @@ def test_an_upscale_left_running_is_started_once_however_often_it_is_resumed(run
     job.images[0].upscale.status = Status.running  # left unfinished again by a later crash
     service.resume(job)
     assert len(service.pool.futures) == 2, "once finished, the same image may be upscaled again"
+
+
+class ProductsDown:
+    """A catalog whose product records cannot be read while `down` is set."""
+
+    def __init__(self):
+        self.down = True
+
+    def loras_for(self, spec):
+        if self.down:
+            raise StorageError("read timed out")
+        return ()
+
+
+def test_a_product_record_that_cannot_be_read_yet_makes_the_scan_try_again(run_scheduler):
+    sched, store = run_scheduler(1)
+    job = left_by_a_crash(store, 2)
+    counting, products = CountingScheduler(sched), ProductsDown()
+    recovery = Recovery(store, counting, products, delays_s=(0.05,)).start()  # start-up does not fail
+    assert not recovery.done.is_set() and not counting.submitted
+    assert store.load(job.id).images[1].status == Status.running, "nothing decided while the product is unknown"
+    products.down = False
+    assert recovery.done.wait(5)
+    recovery.close()
+    assert counting.submitted == {job.id: 1}
+    assert wait_terminal(store, job).status == Status.succeeded
+
+
+def test_a_corrupt_product_record_fails_the_images_it_would_make_with_the_reason(run_scheduler, tmp_path):
+    from backend.catalog import Catalog
+    from backend.jobs import JobService
+    from backend.models import Product
+
+    sched, store = run_scheduler(1)
+    catalog = Catalog(store.storage)
+    catalog.add_product(Product(name="mug", trigger="sks mug"), b"weights")
+    job = make_job(2)
+    job.spec.product = "mug"
+    store.save(job)
+    store.storage.put("products/mug.json", b"{cut off", "application/json")
+    jobs = JobService(SimpleNamespace(), catalog, store, sched, 64)
+    assert recover(store, CountingScheduler(sched), jobs, booted_us=time.time_ns() // 1000) == 0
+    failed = store.load(job.id)
+    assert failed.status == Status.failed
+    assert {i.error for i in failed.images} == {
+        "the backend restarted and product 'mug' has an unreadable record; add it again with POST /v1/products"}
+
+
+class FailingAtOncePool:
+    """Like a pool whose upscale fails before `submit` even returns (a wrong Replicate token)."""
+
+    def submit(self, fn, *args):
+        future = Future()
+        future.set_exception(RuntimeError("invalid token"))
+        return future
+
+    def shutdown(self, **_):
+        pass
+
+
+def test_an_upscale_that_fails_at_once_on_a_job_taken_back_keeps_its_reason(run_scheduler):
+    sched, store = run_scheduler(1)
+    job = left_by_a_crash(store, 3)
+    job.images[0].upscale = UpscaleRecord(key=f"jobs/{job.id}/0_x4.png", status=Status.queued)
+    store.save(job)
+    service = UpscaleService(SimpleNamespace(active_upscaler="replicate"), sched, jobs=None)
+    service.pool = FailingAtOncePool()
+    assert recover(store, CountingScheduler(sched), NO_LORAS, service, booted_us=time.time_ns() // 1000) == 1
+    done = wait_terminal(store, job)
+    assert done.status == Status.succeeded
+    assert (done.images[0].upscale.status, done.images[0].upscale.error) == (Status.failed,
+                                                                             "upscale failed: invalid token")
+
+
+def test_a_cancel_before_recovery_takes_a_job_back_sticks(run_scheduler):
+    from backend.jobs import JobService
+
+    sched, store = run_scheduler(1)
+    job = left_by_a_crash(store, 3)
+    jobs = JobService(SimpleNamespace(), None, store, sched, 64)
+    canceled = jobs.cancel(job.id)  # storage was down at boot: the job is not held yet
+    assert canceled.status == Status.canceled
+    assert [i.status for i in store.load(job.id).images] == [Status.succeeded, Status.canceled, Status.canceled]
+    counting = CountingScheduler(sched)
+    assert recover(store, counting, NO_LORAS, booted_us=time.time_ns() // 1000) == 0
+    assert not counting.submitted, "a canceled job is not made after all"
