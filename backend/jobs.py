@@ -4,7 +4,6 @@ import hashlib
 import logging
 import secrets
 import threading
-from collections.abc import Callable
 
 from backend.catalog import Catalog, lora_key
 from backend.errors import InvalidRequest, NotFound, QueueFull, Unavailable, UnknownReference
@@ -13,6 +12,7 @@ from backend.messages import LoraTask
 from backend.models import ImageRecord, JobManifest, JobSpec, ResolvedSpec, Status, now
 from backend.executor import Executor
 from backend.storage import NotFound as ObjectMissing
+from backend.storage import StorageError
 from backend.store import JobStore, new_job_id
 
 log = logging.getLogger("showroom.jobs")
@@ -84,12 +84,10 @@ class JobService:
                 record = self._idem_key(idempotency_key, client)
                 # The record is written before the manifest: a job that exists always has it, so a
                 # retry can never start a second one. A record whose manifest never came is ignored.
-                return self._submit(spec, photo, claim=lambda job_id: self.store.storage.put(
-                    record, job_id.encode(), "text/plain"))
+                return self._submit(spec, photo, record)
         return self._submit(spec, photo)
 
-    def _submit(self, spec: JobSpec, photo: bytes | None,
-                claim: Callable[[str], None] | None = None) -> JobManifest:
+    def _submit(self, spec: JobSpec, photo: bytes | None, record: str | None = None) -> JobManifest:
         if self.scheduler.hopeless():
             raise Unavailable(f"generation is unavailable: {self.scheduler.last_error()}")
         resolved = self.resolve(spec, has_photo=photo is not None)
@@ -115,15 +113,26 @@ class JobService:
         loras = self.loras_for(resolved)
         if png:
             self.store.storage.put(job.input_key, png, "image/png")
-        if claim:
-            claim(job_id)
+        if record:
+            self.store.storage.put(record, job_id.encode(), "text/plain")
         if not self.store.save(job, keep=False):
+            self._discard(job, record)
             raise Unavailable("storage is unreachable; nothing was queued, try again shortly")
         self.scheduler.submit(job, loras)
         log.info("job %s queued: %d images, %dx%d, %d steps, product=%s, template=%s", job_id,
                  resolved.num_images, resolved.width, resolved.height, resolved.steps, resolved.product,
                  resolved.template)
         return job
+
+    def _discard(self, job: JobManifest, record: str | None) -> None:
+        """After a failed manifest write, remove what may have landed all the same (a write can fail
+        after storing), so neither a retry nor a later start-up finds a job that was never queued."""
+        for key in (job.manifest_key, record, job.input_key):
+            if key:
+                try:
+                    self.store.storage.delete(key)
+                except StorageError as e:
+                    log.warning("job %s: could not remove %s after a failed submit: %s", job.id, key, e)
 
     def _idem_key(self, key: str, client: str) -> str:
         return f"idempotency/{hashlib.sha256(f'{client}|{key}'.encode()).hexdigest()}"
@@ -160,10 +169,16 @@ class JobService:
             log.info("job %s cancel requested", job_id)
             return job
         job = self.get(job_id)
-        if not job.status.is_terminal():  # known to storage but not to this process (should not happen)
-            for img in job.images:
-                if not img.status.is_terminal():
-                    img.canceled()
-            job.refresh()
-            self.store.save(job)
-        return job
+        if job.status.is_terminal():
+            return job
+        # Known to storage but not held: an earlier run's job that start-up recovery has not taken back
+        # yet. Recorded through the one writer; if recovery took it meanwhile, cancel it where it is held.
+        job = self.scheduler.mutate(job_id, _cancel_rest)
+        return self.scheduler.cancel(job_id) or job
+
+
+def _cancel_rest(job: JobManifest) -> None:
+    for img in job.images:
+        if not img.status.is_terminal():
+            img.canceled()
+    job.refresh()

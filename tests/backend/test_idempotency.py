@@ -96,3 +96,29 @@ def test_the_same_key_sent_eight_times_at_once_starts_one_job(service):
     assert len({job.id for job in jobs}) == 1 and len(service.scheduler.submitted) == 1
     other = service.jobs.submit(SPEC, idempotency_key="order-9", client="another client")
     assert other.id != jobs[0].id, "keys are per client"
+
+
+class StoredThenFailed(FailingPuts):
+    """The next manifest write stores the object and then fails, as a timeout after the write does."""
+
+    def put(self, key, data, content_type="application/octet-stream"):
+        if self.fail_next and key.endswith(self.fail_next):
+            self.fail_next = None
+            LocalStorage.put(self, key, data, content_type)
+            raise StorageError("read timed out")
+        super().put(key, data, content_type)
+
+
+def test_a_manifest_stored_despite_its_error_is_removed_so_the_retry_starts_a_job_that_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("STORAGE_URL", f"file://{tmp_path}")
+    storage, scheduler = StoredThenFailed(tmp_path), CountingScheduler()
+    jobs = JobService(Settings(), Catalog(storage), JobStore(storage, clock=itertools.count(0, 10).__next__),
+                      scheduler, 64)
+    storage.fail_next = "job.json"
+    with pytest.raises(Unavailable):
+        jobs.submit(SPEC, idempotency_key="order-9", client="c")
+    assert not [d for d in storage.list_dirs("jobs/") if storage.exists(f"jobs/{d}/job.json")], \
+        "no manifest left that nothing will ever run"
+
+    job = jobs.submit(SPEC, idempotency_key="order-9", client="c")
+    assert scheduler.submitted == [job.id], "the retry's job is the one queued"
