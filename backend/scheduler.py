@@ -348,6 +348,8 @@ class Scheduler:
         self._fail_if_hopeless()
 
     def _already_stored(self, key: str) -> bool:
+        if self.store.clock() < self.store.down_until:
+            return False  # storage just failed: do not hold the lock (and every request) on its retries
         try:
             return self.store.storage.exists(key)
         except StorageError:
