@@ -24,11 +24,13 @@ VAST_API_URL = "https://console.vast.ai/api/v0"
 
 
 class Activity:
-    """The monotonic time of the last unit of work; `touch()` it when something happens."""
+    """The monotonic time of the last unit of work; `touch()` it when something happens. Requests
+    still being served (a large LoRA upload) are counted with `begin()`/`end()`: the box is busy."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self._clock = clock
         self._last = clock()
+        self._open = 0
         self._lock = threading.Lock()
 
     def touch(self) -> None:
@@ -38,6 +40,20 @@ class Activity:
     def last(self) -> float:
         with self._lock:
             return self._last
+
+    def begin(self) -> None:
+        with self._lock:
+            self._open += 1
+
+    def end(self, touch: bool) -> None:
+        with self._lock:
+            self._open -= 1
+            if touch:
+                self._last = self._clock()
+
+    def serving(self) -> bool:
+        with self._lock:
+            return self._open > 0
 
 
 class IdleStopper:

@@ -112,12 +112,15 @@ class _TooLarge(Exception):
     pass
 
 
-def start_idle_stop(settings: Settings, scheduler: Executor, activity: Activity) -> IdleStopper | None:
+def start_idle_stop(settings: Settings, scheduler: Executor, activity: Activity,
+                    upscales: UpscaleService | None = None) -> IdleStopper | None:
     """Opt-in: stop this vast.ai instance after IDLE_STOP_MINUTES without requests or work."""
     if settings.idle_stop_minutes <= 0:
         return None
 
     def busy() -> bool:
+        if activity.serving() or (upscales is not None and upscales.in_flight()):
+            return True
         snap = scheduler.snapshot()
         return snap["pending"] > 0 or any(w["state"] in ("busy", "starting") for w in snap["workers"])
 
@@ -148,7 +151,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                  len(scheduler.slots), settings.active_upscaler)
         scheduler.start()
         recovery = Recovery(store, scheduler, job_service, upscales).start()
-        idle = start_idle_stop(settings, scheduler, activity)
+        idle = start_idle_stop(settings, scheduler, activity, upscales)
         try:
             yield
         finally:
@@ -165,12 +168,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.middleware("http")
     async def count_activity(request, call_next):
-        response = await call_next(request)
         # Health checks and metrics scrapes are not work, nor are strangers knocking on a public IP:
-        # neither may keep a paid box from its idle stop.
-        if request.url.path.startswith("/v1/") and response.status_code not in (401, 403):
-            activity.touch()
-        return response
+        # neither may keep a paid box from its idle stop. A request still being served keeps it up.
+        if not request.url.path.startswith("/v1/"):
+            return await call_next(request)
+        activity.begin()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            activity.end(touch=status not in (401, 403))
     for module in (health, catalog, products, jobs):
         app.include_router(module.router)
     if settings.cors_origins:

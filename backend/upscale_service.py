@@ -83,7 +83,8 @@ class LocalProcess:
     that dies (out of memory, a CUDA crash) leaves its pool broken for good, so the pool is replaced
     here and the next upscale gets a fresh process."""
 
-    def __init__(self):
+    def __init__(self, timeout_s: float):
+        self.timeout_s = timeout_s  # one upscale may take this long; past it the process is killed
         self._lock = threading.Lock()
         self._pool = self._new_pool()
 
@@ -100,7 +101,14 @@ class LocalProcess:
             pool = self._replace(pool)
             future = pool.submit(work, *args)
         try:
-            return future.result()
+            return future.result(timeout=self.timeout_s)
+        except TimeoutError:
+            # A hung upscale would hold the only process, and every later upscale would wait forever.
+            for process in list(getattr(pool, "_processes", {}).values()):  # the pool has no public kill
+                process.kill()
+            self._replace(pool)
+            raise RuntimeError(f"the local upscale took longer than {self.timeout_s:g} s and was stopped; "
+                               "a fresh process takes the next request") from None
         except BrokenProcessPool:
             self._replace(pool)
             raise RuntimeError("the local upscaler process died while upscaling (out of memory, or a crash in "
@@ -127,7 +135,7 @@ class UpscaleService:
         # Replicate upscales wait on the network, so four run at once. Local ones run one at a time in
         # the upscaler's process, fed by a single thread: the process is idle whenever that thread
         # takes up an upscale, so "running" is true from the moment it is recorded.
-        self.process = LocalProcess() if self.kind == "local" else None
+        self.process = LocalProcess(settings.image_timeout_s) if self.kind == "local" else None
         self.pool: Executor = ThreadPoolExecutor(1 if self.process else 4, thread_name_prefix="upscale")
         self._lock = threading.Lock()
         self._inflight: set[tuple[str, int]] = set()  # started by this run and not yet finished
@@ -172,6 +180,11 @@ class UpscaleService:
         for image in job.images:
             if image.upscale and not image.upscale.status.is_terminal() and self._claim(job.id, image.index):
                 self._start(job.id, image.index, image.key, image.upscale.key)
+
+    def in_flight(self) -> bool:
+        """True while an upscale is queued or running: the box has work."""
+        with self._lock:
+            return bool(self._inflight)
 
     def _claim(self, job_id: str, index: int) -> bool:
         with self._lock:

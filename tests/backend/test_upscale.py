@@ -340,6 +340,10 @@ def pretend_upscale(settings, source: str, target: str) -> None:
     pass
 
 
+def hang(settings, source: str, target: str) -> None:
+    time.sleep(3600)  # a stuck driver call
+
+
 class BrokenPool:
     """A process pool whose process died while it was idle."""
 
@@ -374,7 +378,7 @@ def test_upscale_shows_running_only_once_a_pool_thread_takes_it_up():
 def test_local_upscaler_process_that_dies_fails_its_upscale_and_the_next_gets_a_fresh_process():
     job = succeeded_job(2)
     book = ManifestBook(job)
-    service = UpscaleService(SimpleNamespace(active_upscaler="local"), book, book)
+    service = UpscaleService(SimpleNamespace(active_upscaler="local", image_timeout_s=60), book, book)
     service.work = exit_like_an_oom_kill
     try:
         service.request(job.id, 0)
@@ -395,7 +399,7 @@ def test_local_upscaler_process_that_dies_fails_its_upscale_and_the_next_gets_a_
 def test_local_upscaler_process_that_died_while_idle_is_replaced_before_the_next_upscale():
     job = succeeded_job(1)
     book = ManifestBook(job)
-    service = UpscaleService(SimpleNamespace(active_upscaler="local"), book, book)
+    service = UpscaleService(SimpleNamespace(active_upscaler="local", image_timeout_s=60), book, book)
     service.process._pool = broken = BrokenPool()
     service.work = pretend_upscale
     try:
@@ -403,5 +407,23 @@ def test_local_upscaler_process_that_died_while_idle_is_replaced_before_the_next
         wait_until(lambda: book.upscale(job.id, 0).status.is_terminal())
         assert book.upscale(job.id, 0).status == Status.succeeded, "it never started, so a fresh process runs it"
         assert service.process._pool is not broken
+    finally:
+        service.close()
+
+
+def test_a_local_upscale_that_hangs_is_stopped_at_its_limit_and_the_next_one_runs():
+    job = succeeded_job(2)
+    book = ManifestBook(job)
+    service = UpscaleService(SimpleNamespace(active_upscaler="local", image_timeout_s=3), book, book)
+    service.work = hang
+    try:
+        service.request(job.id, 0)
+        wait_until(lambda: book.upscale(job.id, 0).status.is_terminal(), timeout=30)
+        record = book.upscale(job.id, 0)
+        assert record.status == Status.failed and "took longer than 3 s" in record.error
+        service.work = pretend_upscale
+        service.request(job.id, 1)
+        wait_until(lambda: book.upscale(job.id, 1).status.is_terminal(), timeout=30)
+        assert book.upscale(job.id, 1).status == Status.succeeded
     finally:
         service.close()

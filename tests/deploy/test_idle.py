@@ -74,6 +74,29 @@ def test_idle_stop_running_work_counts_as_activity():
     assert len(stops) == 1
 
 
+def test_idle_stop_waits_for_a_request_still_being_served():
+    clock, stops = FakeClock(), []
+    activity = Activity(clock)
+    stopper = IdleStopper(5, activity.last, lambda: stops.append(clock()), clock=clock, busy=activity.serving)
+    activity.begin()  # a large LoRA upload, still arriving
+    clock.advance(20)
+    assert stopper.check() is False
+    activity.end(touch=True)
+    clock.advance(4.9)
+    assert stopper.check() is False
+    clock.advance(0.1)
+    assert stopper.check() is True and len(stops) == 1
+
+
+def test_idle_stop_a_refused_request_is_not_activity_once_answered():
+    clock = FakeClock()
+    activity = Activity(clock)
+    activity.begin()
+    clock.advance(3)
+    activity.end(touch=False)  # a 401 to a scanner
+    assert not activity.serving() and activity.last() == 1000.0
+
+
 def test_idle_stop_failed_stop_is_retried_and_logged(caplog):
     clock, calls = FakeClock(), []
 
