@@ -121,7 +121,8 @@ class LocalStorage(Storage):
 
 class S3Storage(Storage):
     def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
-                 access_key: str | None = None, secret_key: str | None = None, region: str | None = None):
+                 access_key: str | None = None, secret_key: str | None = None, region: str | None = None,
+                 interactive: bool = False):
         import boto3
         from botocore.config import Config
 
@@ -130,8 +131,10 @@ class S3Storage(Storage):
         self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
         # boto3's standard retry mode backs off on throttling, 5xx and connection errors: storage
         # hiccups are common on cheap boxes and every write here is idempotent, so retrying pays.
-        config = Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=60,
-                        signature_version="s3v4", s3={"addressing_style": "path"})
+        # A page someone is looking at (`interactive`) gives up sooner: it polls again in a second anyway.
+        attempts, connect_s, read_s = (2, 3, 20) if interactive else (5, 5, 60)
+        config = Config(retries={"max_attempts": attempts, "mode": "standard"}, connect_timeout=connect_s,
+                        read_timeout=read_s, signature_version="s3v4", s3={"addressing_style": "path"})
         args = dict(endpoint_url=endpoint_url, aws_access_key_id=access_key, aws_secret_access_key=secret_key,
                     region_name=region or "us-east-1")
         self.client = boto3.client("s3", config=config, **args)
@@ -221,11 +224,11 @@ def put_retrying(storage: Storage, key: str, data: bytes, content_type: str, bud
 
 
 def open_storage(url: str, *, endpoint_url: str | None = None, access_key: str | None = None,
-                 secret_key: str | None = None, region: str | None = None) -> Storage:
+                 secret_key: str | None = None, region: str | None = None, interactive: bool = False) -> Storage:
     parsed = urlparse(url)
     if parsed.scheme == "file":
         return LocalStorage(Path(parsed.path))
     if parsed.scheme == "s3" and parsed.netloc:
         return S3Storage(parsed.netloc, parsed.path, endpoint_url=endpoint_url, access_key=access_key,
-                         secret_key=secret_key, region=region)
+                         secret_key=secret_key, region=region, interactive=interactive)
     raise ValueError(f"storage URL must be s3://bucket[/prefix] or file:///absolute/path, got {url!r}")

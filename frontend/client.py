@@ -33,10 +33,10 @@ class ShowroomClient:
     def __repr__(self) -> str:  # never the key
         return f"ShowroomClient({self.base_url!r})"
 
-    def _call(self, method: str, path: str, read_s: float = READ_S, **kwargs) -> dict:
+    def _call(self, method: str, path: str, read_s: float | None = None, **kwargs) -> dict:
         url = self.base_url + path
         try:
-            response = self.session.request(method, url, timeout=(CONNECT_S, read_s), **kwargs)
+            response = self.session.request(method, url, timeout=(CONNECT_S, read_s or READ_S), **kwargs)
         except requests.Timeout:
             raise BackendOffline(f"the backend at {self.base_url} did not answer in time") from None
         except requests.RequestException:
@@ -55,9 +55,11 @@ class ShowroomClient:
     def catalog(self) -> dict:
         return self._call("GET", "/v1/catalog")
 
-    def submit(self, spec: dict, photo: tuple[str, bytes, str] | None = None) -> dict:
-        """Queue a job; the Idempotency-Key makes a retried request return the same ticket."""
-        headers = {"Idempotency-Key": uuid.uuid4().hex}
+    def submit(self, spec: dict, photo: tuple[str, bytes, str] | None = None,
+               idempotency_key: str | None = None) -> dict:
+        """Queue a job. Sending the same Idempotency-Key again (a retry after a timeout) returns the
+        first ticket instead of starting a second job."""
+        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
         if photo is None:
             return self._call("POST", "/v1/jobs", json=spec, headers=headers)
         files = {"spec": (None, json.dumps(spec), "application/json"), "image": photo}

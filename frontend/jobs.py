@@ -93,7 +93,7 @@ class JobView:
 
 
 def parse_time(value: str | None) -> datetime | None:
-    if not value:
+    if not value or not isinstance(value, str):
         return None
     try:
         return datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -104,33 +104,50 @@ def parse_time(value: str | None) -> datetime | None:
 def read_manifest(storage: Storage, job_id: str) -> dict | None:
     """The job's manifest, or None if there is no job of that id (yet)."""
     try:
-        return json.loads(storage.get(manifest_key(job_id)))
+        manifest = json.loads(storage.get(manifest_key(job_id)))
     except NotFound:
         return None
     except ValueError as e:
         raise StorageError(f"the manifest of job {job_id} is not valid JSON: {e}") from None
+    if not isinstance(manifest, dict):
+        raise StorageError(f"the manifest of job {job_id} is not a JSON object")
+    return manifest
 
 
 def job_view(manifest: dict, present: set[str] | None = None) -> JobView:
-    """Merge the manifest with the listing of the job's folder (`present`: keys that exist)."""
-    present = present or set()
+    """Merge the manifest with the listing of the job's folder (`present`: keys that exist). A manifest
+    of another shape raises StorageError, like one that cannot be read."""
+    try:
+        return _job_view(manifest, present or set())
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        job_id = manifest.get("id", "?") if isinstance(manifest, dict) else "?"
+        raise StorageError(f"the manifest of job {job_id} is malformed ({type(e).__name__}: {e})") from None
+
+
+def _job_view(manifest: dict, present: set[str]) -> JobView:
     spec = manifest.get("spec") or {}
     images = []
     for img in manifest.get("images", []):
         up = img.get("upscale") or {}
         status = "succeeded" if img["key"] in present else img.get("status", "queued")
         x4 = up.get("key") or upscale_key(img["key"])
-        images.append(ImageView(index=img["index"], key=img["key"], seed=img.get("seed"), status=status,
-                                error=img.get("error"), upscale_status=up.get("status"),
-                                upscale_error=up.get("error"), upscaled=x4 in present,
+        images.append(ImageView(index=int(img["index"]), key=str(img["key"]), seed=img.get("seed"), status=status,
+                                error=_text(img.get("error")), upscale_status=up.get("status"),
+                                upscale_error=_text(up.get("error")), upscaled=x4 in present,
                                 finished_at=img.get("finished_at")))
-    view = JobView(id=manifest["id"], status=manifest.get("status", "queued"), prompt=spec.get("prompt", ""),
+    view = JobView(id=str(manifest["id"]), status=str(manifest.get("status", "queued")),
+                   prompt=str(spec.get("prompt") or ""),
                    created_at=manifest.get("created_at"), updated_at=manifest.get("updated_at"),
-                   width=spec.get("width") or 512, height=spec.get("height") or 512, images=images,
-                   error=manifest.get("error"), product=spec.get("product"), template=spec.get("template"))
+                   width=int(spec.get("width") or 512), height=int(spec.get("height") or 512), images=images,
+                   error=_text(manifest.get("error")), product=_text(spec.get("product")),
+                   template=_text(spec.get("template")))
     if view.terminal and view.status not in TERMINAL:  # objects landed before the manifest caught up
         view.status = "succeeded" if all(i.done for i in images) else "failed"
     return view
+
+
+def _text(value) -> str | None:
+    return None if value is None else str(value)
 
 
 def ticket_view(ticket: dict, spec: dict) -> JobView:
@@ -155,10 +172,10 @@ def recent_jobs(storage: Storage, limit: int) -> list[JobView]:
     for job_id in sorted(ids, reverse=True):
         try:
             manifest = read_manifest(storage, job_id)
+            if manifest is not None:
+                found.append(job_view(manifest))
         except StorageError:
-            continue
-        if manifest is not None:
-            found.append(job_view(manifest))
+            continue  # one unreadable job does not hide the others
         if len(found) >= limit:
             break
     return found

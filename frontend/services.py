@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import streamlit as st
 from PIL import Image
 
-from backend.storage import Storage, open_storage
+from backend.storage import Storage, StorageError, open_storage
 from frontend.client import BackendError, BackendOffline, ShowroomClient
 from frontend.jobs import JobView, recent_jobs
 from frontend.settings import Settings, load_settings
@@ -33,13 +33,20 @@ def client() -> ShowroomClient:
 
 @st.cache_resource(show_spinner=False)
 def _storage(url: str, endpoint: str | None, key: str | None, secret: str | None, region: str | None) -> Storage:
-    return open_storage(url, endpoint_url=endpoint, access_key=key, secret_key=secret, region=region)
+    return open_storage(url, endpoint_url=endpoint, access_key=key, secret_key=secret, region=region,
+                        interactive=True)
 
 
 def storage() -> Storage | None:
-    """The results store, or None when STORAGE_URL is not set."""
+    """The results store, or None when STORAGE_URL is not set; StorageError when it cannot be opened
+    (a malformed STORAGE_URL, a folder that cannot be made), so pages show why instead of a traceback."""
     s = settings()
-    return _storage(*s.storage_args) if s.storage_url else None
+    if not s.storage_url:
+        return None
+    try:
+        return _storage(*s.storage_args)
+    except (ValueError, OSError) as e:
+        raise StorageError(f"STORAGE_URL cannot be opened: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -79,13 +86,17 @@ def count_gpus(devices: tuple[str, ...]) -> int:
 
 
 def health_from(body: dict) -> Health:
-    """The backend's /health answer, as the pages use it."""
-    state, label = _STATES.get(body.get("status"), ("error", "Error"))
-    workers = body.get("workers") or []
-    devices = tuple(str(w.get("device", "?")) for w in workers)
-    return Health(state, label, body.get("detail"), gpus=count_gpus(devices), workers=len(workers),
-                  pending=int((body.get("queue") or {}).get("pending", 0)),
-                  upscaler=str(body.get("upscaler") or "unknown"), devices=devices)
+    """The backend's /health answer, as the pages use it; an answer of another shape is an error state."""
+    try:
+        state, label = _STATES.get(body.get("status"), ("error", "Error"))
+        workers = body.get("workers") or []
+        devices = tuple(str(w.get("device", "?")) for w in workers)
+        detail = body.get("detail")
+        return Health(state, label, None if detail is None else str(detail), gpus=count_gpus(devices),
+                      workers=len(workers), pending=int((body.get("queue") or {}).get("pending") or 0),
+                      upscaler=str(body.get("upscaler") or "unknown"), devices=devices)
+    except (AttributeError, TypeError, ValueError):
+        return Health("error", "Error", "the backend's /health answer was not understood (is BACKEND_URL right?)")
 
 
 @st.cache_data(ttl=5, show_spinner=False)
@@ -115,13 +126,14 @@ def current_catalog() -> dict:
     return catalog(s.backend_url, hashlib.sha256((s.api_key or "").encode()).hexdigest()[:16])
 
 
-@st.cache_data(max_entries=512, show_spinner=False)
+@st.cache_data(max_entries=64, ttl=3600, show_spinner=False)
 def image_bytes(storage_url: str, key: str) -> bytes:
-    """An image object: written once and never changed, so it is safe to keep."""
+    """An image object: written once and never changed, so it is safe to keep a while. Bounded: a
+    small host (Community Cloud) must not fill its memory with full-size PNGs."""
     return storage().get(key)
 
 
-@st.cache_data(max_entries=512, show_spinner=False)
+@st.cache_data(max_entries=512, ttl=6 * 3600, show_spinner=False)
 def thumbnail(storage_url: str, key: str, size: int = 384) -> bytes:
     with Image.open(io.BytesIO(image_bytes(storage_url, key))) as img:
         img.thumbnail((size, size))

@@ -29,10 +29,26 @@ class Settings:
                 self.aws_region)
 
 
+class SecretsUnreadable(RuntimeError):
+    """A secrets file exists but cannot be parsed: the app refuses to open rather than run without
+    the password (APP_PASSWORD) that file may hold."""
+
+
+def _has_secrets() -> bool:
+    if st.secrets.load_if_toml_exists():
+        return True
+    # False also when a file exists but is broken: tell that apart from "no secrets file".
+    broken = [p for p in st.get_option("secrets.files") if p.endswith(".toml") and os.path.isfile(p)]
+    if broken:
+        raise SecretsUnreadable(f"the secrets file {broken[0]} cannot be read (is it valid TOML?); "
+                                "fix it or remove it")
+    return False
+
+
 def _read(name: str) -> str | None:
     """A secret of that name if the app has secrets, else the environment; blank counts as unset."""
     value = None
-    if st.secrets.load_if_toml_exists():  # False, not an error, when no secrets file exists
+    if _has_secrets():
         value = st.secrets.get(name)
     if value is None:
         value = os.environ.get(name)

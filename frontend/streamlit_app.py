@@ -16,11 +16,17 @@ import streamlit as st  # noqa: E402
 
 from frontend import nav, services  # noqa: E402
 from frontend.auth import require_password  # noqa: E402
+from frontend.settings import SecretsUnreadable  # noqa: E402
 from frontend.views import chrome, compose  # noqa: E402
 
 st.set_page_config(page_title="Showroom", page_icon="◆", layout="wide", initial_sidebar_state="collapsed")
 chrome.inject_css()
-require_password(services.settings().app_password)
+try:
+    app_password = services.settings().app_password
+except SecretsUnreadable as e:  # fail closed: the broken file may be the one holding the password
+    st.error(f"Showroom cannot start: {e}.")
+    st.stop()
+require_password(app_password)
 compose.keep_compose_state()
 page = st.navigation(nav.build(), position="top")
 chrome.header()

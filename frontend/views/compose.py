@@ -1,9 +1,14 @@
 """The Create page: compose a job on the left, watch its pictures land on the right."""
 
+import hashlib
+import json
+import uuid
+
 import streamlit as st
 
 from frontend import nav, services
-from frontend.client import BackendError
+from frontend.client import BackendError, BackendOffline
+from frontend.jobs import is_job_id
 from frontend.views import job_panel, styles
 
 MAX_SEED = 2**53 - 1 - 16
@@ -34,7 +39,19 @@ def draw() -> None:
         if catalog is not None:
             _compose(catalog, health)
     with results_col:
-        job_panel.draw(st.query_params.get("job"))
+        job_panel.draw(open_job())
+
+
+def open_job() -> str | None:
+    """The job in the URL; else the one this session last opened, since Streamlit drops the query
+    string when another page is visited (Create → Products → Create keeps the job on screen)."""
+    job_id = st.query_params.get("job")
+    if job_id:
+        if is_job_id(job_id):
+            st.session_state["open_job"] = job_id
+    elif st.session_state.get("open_job"):
+        job_id = st.query_params["job"] = st.session_state["open_job"]  # the link is shareable again
+    return job_id
 
 
 def _catalog_or_reason(health: services.Health) -> dict | None:
@@ -118,9 +135,25 @@ def _submit(photo) -> None:
         return
     upload = (photo.name, photo.getvalue(), photo.type or "application/octet-stream") if photo else None
     try:
-        ticket = services.client().submit(spec, upload)
+        ticket = services.client().submit(spec, upload, idempotency_key=_submission_key(spec, upload))
+    except BackendOffline as e:
+        st.error(f"The generator did not answer ({e.message}). The job may have started: press Generate "
+                 "again to pick it up (the same request is never queued twice), or look in History.")
+        return
     except BackendError as e:
+        st.session_state.pop("submission", None)  # refused: a corrected request is a new one
         st.error(f"The job was not started: {e.message}")
         return
+    st.session_state.pop("submission", None)  # answered: the next Generate is a new job
     job_panel.remember_ticket(ticket, spec)
-    st.query_params["job"] = ticket["id"]
+    st.session_state["open_job"] = st.query_params["job"] = ticket["id"]
+
+
+def _submission_key(spec: dict, upload: tuple | None) -> str:
+    """One Idempotency-Key per request until it is answered: pressing Generate again after a timeout
+    sends the same key, so the backend returns the first ticket instead of queueing a second job."""
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode() + (upload[1] if upload else b"")).hexdigest()
+    pending = st.session_state.get("submission")
+    if not pending or pending[0] != digest:
+        pending = st.session_state["submission"] = (digest, uuid.uuid4().hex)
+    return pending[1]

@@ -34,20 +34,23 @@ def draw(job_id: str | None) -> None:
                     'brings the job back on any device.</div>', unsafe_allow_html=True)
         return
     if not is_job_id(job_id):
-        st.warning(f"This link does not point to a job: {job_id!r} is not a job id.")
-        return
-    if services.storage() is None:
-        st.error("STORAGE_URL is not set, so results cannot be read: set it to the backend's storage.")
+        # The value is not echoed: a crafted link must not put its own text (or a link) in the page.
+        st.warning("This link does not point to a job: its `job` value is not a job id.")
         return
     try:
+        if services.storage() is None:
+            st.error("STORAGE_URL is not set, so results cannot be read: set it to the backend's storage.")
+            return
         first = _load(job_id)
-    except StorageError as e:
-        st.error(f"The results store cannot be read right now: {e}")
-        return
-    if first is None:
-        st.warning(f"No job {job_id} was found in storage. It may have been made with another storage, or deleted.")
-        return
-    polling = _needs_polling(first)
+    except StorageError:
+        first = None
+        polling = True  # storage may be back in a moment: the panel keeps trying, and says so
+    else:
+        if first is None:
+            st.warning(f"No job {job_id} was found in storage. It may have been made with another storage, "
+                       "or deleted.")
+            return
+        polling = _needs_polling(first)
 
     @st.fragment(run_every=POLL_S if polling else None)
     def live() -> None:
@@ -76,8 +79,8 @@ def _render(job_id: str, polling: bool) -> None:
     except StorageError as e:
         st.warning(f"Storage is not answering ({e}); retrying.")
         return
-    if view is None:
-        return
+    if view is None:  # storage answers again, and has no such job: the page says so, without a timer
+        st.rerun()
     if polling and not _needs_polling(view):
         st.rerun()  # the whole page once, so the fragment is drawn again without its timer
     _summary(view)
@@ -117,14 +120,19 @@ def _image_card(view: JobView, img: ImageView) -> None:
             st.caption(f"#{img.index + 1}" + (f" · seed {img.seed}" if img.seed is not None else ""))
             return
         url = services.settings().storage_url
-        data = services.image_bytes(url, img.key)
-        if img.upscaled:
-            st.image(services.thumbnail(url, upscale_key(img.key), 1024), width="stretch")
-            st.caption(f"#{img.index + 1} · seed {img.seed} · upscaled 4x")
-        else:
-            st.image(data, width="stretch")
-            st.caption(f"#{img.index + 1} · seed {img.seed}")
-        _image_actions(view, img, url, data)
+        try:
+            data = services.image_bytes(url, img.key)
+            if img.upscaled:
+                st.image(services.thumbnail(url, upscale_key(img.key), 1024), width="stretch")
+                st.caption(f"#{img.index + 1} · seed {img.seed} · upscaled 4x")
+            else:
+                st.image(data, width="stretch")
+                st.caption(f"#{img.index + 1} · seed {img.seed}")
+            _image_actions(view, img, url, data)
+        except StorageError:
+            st.markdown(f'<div class="sr-slot sr-slot-failed" style="aspect-ratio: {view.width} / {view.height}">'
+                        '<b>Done</b><small>it is stored, but could not be read just now: reload to try '
+                        'again</small></div>', unsafe_allow_html=True)
 
 
 def _image_actions(view: JobView, img: ImageView, url: str, data: bytes) -> None:

@@ -35,9 +35,11 @@ def _products() -> list[dict]:
     for key in store.list_files("products/"):
         if key.endswith(".json"):
             try:
-                found.append(json.loads(store.get(key)))
+                record = json.loads(store.get(key))
             except (StorageError, ValueError):
                 continue
+            if isinstance(record, dict) and isinstance(record.get("name"), str):
+                found.append(record)
     return sorted(found, key=lambda p: p.get("name", ""))
 
 
