@@ -64,12 +64,12 @@ def write(outcome: dict) -> str:
         f"{f.get('load_refused_429', '?')} refused with 429 + Retry-After, none stored |",
         f"| faults survived | {s['faults']['passed']} of {s['faults']['passed'] + s['faults']['failed']} against the "
         f"real stack (kill -9 of a worker mid-job, kill -9 of the whole backend mid-job then restart, SeaweedFS "
-        f"stopped mid-job then started, a restart while SeaweedFS is down); {s['scheduler faults']['passed']} "
+        f"stopped mid-job then started, a restart while SeaweedFS is down, an image past its time limit); {s['scheduler faults']['passed']} "
         "scheduler cases with fake workers (deaths, a device error, a model that cannot load, time limits, an "
         f"image stored just before its worker was killed, cancel); {s['recovery']['passed']} recovery cases "
-        f"(storage down at boot, a scan cut short, an unreadable manifest, upscales resumed once); "
-        f"{s['worker errors']['passed']} worker error cases (out of memory, CUDA error, failed upload); "
-        f"{s['idempotency']['passed']} idempotency cases with storage failing half-way |",
+        f"(storage down at boot, a scan cut short, an unreadable manifest or product record, upscales resumed once and not overwritten, a cancel before the take-back); "
+        f"{s['worker errors']['passed']} worker error cases (out of memory in a batch and in one image, CUDA error, failed upload); "
+        f"{s['idempotency']['passed']} idempotency cases with storage failing half-way (a write that errors after landing included) |",
         f"| hostile inputs tried | {s['hostile input']['passed'] + s['hostile input']['failed']} hand-written cases "
         f"(bad specs, broken photos, decompression bombs, path escapes, pickles, wrong keys) + "
         f"{f.get('fuzz_requests', '?')} generated requests over {f.get('fuzz_operations', '?')} operations "
@@ -93,7 +93,8 @@ def write(outcome: dict) -> str:
         "- A batch that runs out of GPU memory is made one image at a time; a CUDA error makes the worker "
         "leave so its images are retried on a fresh process.",
         "- The Idempotency-Key record is written before the manifest, so a retried submit never starts a "
-        "second job, even when storage failed half-way through the first.",
+        "second job, even when storage failed half-way through the first; a manifest write that errors is "
+        "undone, so a retry never gets the ticket of a job nothing runs.",
         "- Workers retry image writes for `STORAGE_RETRY_S` with backoff; manifest writes that fail are "
         "kept and written when storage returns; `/health` says `degraded` meanwhile.",
         "- The queue is bounded (`QUEUE_MAX_IMAGES`): past it, 429 with Retry-After. A token bucket per "
