@@ -160,3 +160,14 @@ def test_cancel_interrupts_the_running_batch_and_drops_the_queued(run_scheduler)
         done = wait_terminal(store, job)
         assert done.status == Status.canceled
     assert sched.cancel(first.id) is None, "a finished job is no longer active"
+
+
+def test_no_storage_check_for_a_dead_workers_images_while_storage_has_just_failed(run_scheduler):
+    """The check runs under the scheduler's lock: during an outage the S3 client's retries would hold
+    every request (health, job status, submit) for as long as they last."""
+    sched, store = run_scheduler(1)
+    asked = []
+    store.storage.exists = lambda key: asked.append(key) or True
+    assert sched._already_stored("jobs/x/0.png") and asked == ["jobs/x/0.png"]
+    store.down_until = store.clock() + 60  # a manifest write failed a moment ago
+    assert not sched._already_stored("jobs/x/1.png") and asked == ["jobs/x/0.png"], "storage not asked"
