@@ -13,7 +13,7 @@ $(VENV)/.installed: requirements.txt frontend/requirements.txt
 	touch $@
 
 run: $(VENV)/.installed
-	$(PY) -m backend.dev
+	$(PY) -m backend.tools.dev
 
 # The browser test drives Debian's Chromium (Playwright cannot download browsers here).
 browser:
@@ -24,4 +24,4 @@ test: $(VENV)/.installed browser
 	$(PY) -m pytest
 
 bench: $(VENV)/.installed
-	$(PY) -m backend.bench --quick
+	$(PY) -m backend.tools.bench --quick

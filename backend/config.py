@@ -9,6 +9,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_STORAGE_URL = f"file://{Path('data/storage').resolve()}"
+REPLICATE_MODEL = "mv-lab/swin2sr"
+LOCAL_UPSCALER_MODEL = "caidas/swin2SR-realworld-sr-x4-64-bsrgan-psnr"
+VAST_API_URL = "https://console.vast.ai/api/v0"
 
 
 class Settings(BaseSettings):
@@ -42,11 +45,11 @@ class Settings(BaseSettings):
     idle_stop_minutes: float = Field(0, ge=0, description="stop this vast.ai instance after N idle minutes; 0 = off")
     container_id: str | None = Field(None, description="set by vast.ai inside an instance: its id")
     container_api_key: SecretStr | None = Field(None, description="set by vast.ai: a key scoped to this instance")
-    vast_api_url: str = "https://console.vast.ai/api/v0"
-    replicate_model: str = "mv-lab/swin2sr"
+    vast_api_url: str = VAST_API_URL
+    replicate_model: str = REPLICATE_MODEL
     replicate_version: str | None = None
     replicate_task: str = "real_sr"
-    local_upscaler_model: str = "caidas/swin2SR-realworld-sr-x4-64-bsrgan-psnr"
+    local_upscaler_model: str = LOCAL_UPSCALER_MODEL
     compile: bool = Field(False, description="torch.compile the UNet on CUDA (slow first image, faster after)")
     taesd_id: str = Field("", description="decode with this tiny autoencoder (TAESD, e.g. madebyollin/taesd) "
                           "instead of the model's VAE: a faster, slightly softer decode; empty = the VAE")

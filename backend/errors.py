@@ -21,6 +21,16 @@ class ShowroomError(Exception):
         self.headers = headers
 
 
+class Unauthorized(ShowroomError):
+    """No API key, or the wrong one."""
+    status_code = 401
+
+
+class Forbidden(ShowroomError):
+    """No API_KEY is set and the caller is not on this machine."""
+    status_code = 403
+
+
 class InvalidRequest(ShowroomError):
     status_code = 422
 

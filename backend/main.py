@@ -4,73 +4,30 @@ It owns the HTTP API and starts one generation worker process per GPU. The API p
 imports torch: the workers do.
 """
 
-import json
 import logging
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse
 
-from backend.api import catalog, health, jobs, products
+from backend.api import catalog_routes, health_routes, job_routes, product_routes
 from backend.api.deps import Services
-from backend.catalog import Catalog
+from backend.products.catalog import Catalog
 from backend.config import Settings, get_settings
 from backend.errors import install_error_handlers
-from backend.idle import Activity, IdleStopper, vast_stop_action
-from backend.jobs import JobService
-from backend.metrics import Metrics
-from backend.ratelimit import RateLimiter
-from backend.recovery import Recovery
-from backend.executor import Executor
-from backend.scheduler import Scheduler
-from backend.store import JobStore
-from backend.upscale_service import UpscaleService
+from backend.gpu.devices import native_size_guess, visible_gpus
+from backend.ops.idle import Activity, IdleStopper, vast_stop_action
+from backend.jobs.service import JobService
+from backend.ops.metrics import Metrics
+from backend.ops.ratelimit import RateLimiter
+from backend.jobs.recovery import Recovery
+from backend.gpu.executor import Executor
+from backend.gpu.scheduler import Scheduler
+from backend.jobs.manifests import JobStore
+from backend.upscale.service import UpscaleService
 
 log = logging.getLogger("showroom")
-
-
-def visible_gpus(cuda_visible_devices: str | None) -> int:
-    """Count the GPUs this process may use, without importing torch into the API process."""
-    import shutil
-    import subprocess
-
-    if not shutil.which("nvidia-smi"):
-        return 0
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return 0
-    return count_visible(out, cuda_visible_devices)
-
-
-def count_visible(nvidia_smi_list: str, cuda_visible_devices: str | None) -> int:
-    """GPUs in `nvidia-smi -L`, narrowed by CUDA_VISIBLE_DEVICES as CUDA narrows them: its entries
-    (indexes, GPU- or MIG- UUIDs) up to the first invalid one; "" or "-1" hides every GPU."""
-    devices = [line.strip() for line in nvidia_smi_list.splitlines() if line.strip().startswith(("GPU ", "MIG "))]
-    gpus = sum(d.startswith("GPU ") for d in devices)
-    if cuda_visible_devices is None:
-        return gpus
-    count = 0
-    for entry in (e.strip() for e in cuda_visible_devices.split(",")):
-        valid = (entry.isdigit() and int(entry) < gpus) or (
-            entry.startswith(("GPU-", "MIG-")) and any(entry in d for d in devices))
-        if not valid:
-            break
-        count += 1
-    return count
-
-
-def native_size_guess(model_id: str) -> int:
-    """The model's native size from its config files when local, else from its name."""
-    folder = Path(model_id)
-    try:
-        unet = json.loads((folder / "unet" / "config.json").read_text())
-        vae = json.loads((folder / "vae" / "config.json").read_text())
-        return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
-    except (OSError, KeyError, ValueError):
-        return 1024 if "xl" in model_id.lower() else 512
 
 
 class BodyLimit:
@@ -180,7 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return response
         finally:
             activity.end(touch=status not in (401, 403))
-    for module in (health, catalog, products, jobs):
+    for module in (health_routes, catalog_routes, product_routes, job_routes):
         app.include_router(module.router)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],

@@ -1,35 +1,16 @@
 """The documents of the contract: JobSpec, JobManifest and its lifecycle, catalog entries."""
 
-import re
 from datetime import datetime, timezone
-from enum import Enum
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-NAME_RULE = "1-64 letters, digits, '-' or '_', starting with a letter or digit"
+from backend.contract import Status, check_name, manifest_key, rollup
+
 MAX_SEED = 2**53 - 1  # JSON-safe for every client
 
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def check_name(kind: str, name: str) -> str:
-    if not NAME_RE.match(name):
-        raise ValueError(f"{kind} name must be {NAME_RULE}, got {name!r}")
-    return name
-
-
-class Status(str, Enum):
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    canceled = "canceled"
-
-    def is_terminal(self) -> bool:
-        return self in (Status.succeeded, Status.failed, Status.canceled)
 
 
 class LoraRef(BaseModel):
@@ -182,24 +163,14 @@ class JobManifest(BaseModel):
 
     @property
     def manifest_key(self) -> str:
-        return f"jobs/{self.id}/job.json"
+        return manifest_key(self.id)
 
     def refresh(self) -> None:
         """Derive the job's status from its images' and stamp the change."""
-        states = [img.status for img in self.images]
-        if all(s.is_terminal() for s in states):
-            failed = [img for img in self.images if img.status == Status.failed]
-            if Status.canceled in states:
-                self.status = Status.canceled
-            elif failed:
-                self.status = Status.failed
-                self.error = f"{len(failed)} of {len(states)} images failed: {failed[0].error}"
-            else:
-                self.status = Status.succeeded
-        elif any(s != Status.queued for s in states):
-            self.status = Status.running
-        else:
-            self.status = Status.queued
+        self.status = rollup(img.status for img in self.images)
+        failed = [img for img in self.images if img.status == Status.failed]
+        if self.status == Status.failed:
+            self.error = f"{len(failed)} of {len(self.images)} images failed: {failed[0].error}"
         self.updated_at = now()
 
     def ticket(self) -> JobTicket:

@@ -17,7 +17,7 @@ class StorageError(Exception):
     """Storage could not be reached or refused the request (after boto3's retries)."""
 
 
-class NotFound(StorageError):
+class ObjectMissing(StorageError):
     """No object at that key."""
 
 
@@ -46,7 +46,7 @@ class Storage(ABC):
 
     @abstractmethod
     def version(self, key: str) -> str:
-        """A string that changes whenever the object at `key` is replaced (raises NotFound)."""
+        """A string that changes whenever the object at `key` is replaced (raises ObjectMissing)."""
 
     @abstractmethod
     def list_dirs(self, prefix: str) -> list[str]:
@@ -90,7 +90,7 @@ class LocalStorage(Storage):
         try:
             return self._path(key).read_bytes()
         except FileNotFoundError:
-            raise NotFound(key) from None
+            raise ObjectMissing(key) from None
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -102,7 +102,7 @@ class LocalStorage(Storage):
         try:
             stat = self._path(key).stat()
         except FileNotFoundError:
-            raise NotFound(key) from None
+            raise ObjectMissing(key) from None
         return f"{stat.st_mtime_ns}-{stat.st_size}"
 
     def list_dirs(self, prefix: str) -> list[str]:
@@ -153,7 +153,7 @@ class S3Storage(Storage):
         except ClientError as e:
             code = e.response.get("Error", {}).get("Code", "")
             if code in ("NoSuchKey", "404", "NotFound"):
-                raise NotFound(kwargs.get("Key", "")) from None
+                raise ObjectMissing(kwargs.get("Key", "")) from None
             raise StorageError(f"S3 {code or 'error'}: {e.response.get('Error', {}).get('Message', '')}") from None
         except BotoCoreError as e:
             raise StorageError(f"S3 unreachable: {e}") from None
@@ -168,7 +168,7 @@ class S3Storage(Storage):
         try:
             self._call(self.client.head_object, Key=self._key(key))
             return True
-        except NotFound:
+        except ObjectMissing:
             return False
 
     def delete(self, key: str) -> None:

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 
 # Hub ids whose fp16 weights the backend loads on a GPU: the same rule as `Generator._has_variant` in
-# backend/pipeline.py (tests/deploy checks that they agree). Other models load their default weights.
+# backend/gpu/pipeline.py (tests/deploy checks that they agree). Other models load their default weights.
 FP16_PREFIXES = ("stable-diffusion-v1-5/", "stabilityai/")
 
 

@@ -5,28 +5,15 @@ object is listed, even if the manifest saying so is still being written.
 """
 
 import json
-import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from backend.storage import NotFound, Storage, StorageError
+from backend.contract import TERMINAL, is_job_id, job_prefix, manifest_key, rollup, upscale_key
+from backend.storage import ObjectMissing, Storage, StorageError
 
-JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-TERMINAL = ("succeeded", "failed", "canceled")
+__all__ = ["ImageView", "JobView", "is_job_id", "load_job", "recent_jobs", "ticket_view", "upscale_key"]
 LABELS = {"queued": "Waiting", "running": "Generating", "succeeded": "Done", "failed": "Failed",
           "canceled": "Canceled"}
-
-
-def is_job_id(value: str | None) -> bool:
-    return bool(value) and bool(JOB_ID.match(value))
-
-
-def manifest_key(job_id: str) -> str:
-    return f"jobs/{job_id}/job.json"
-
-
-def upscale_key(key: str) -> str:
-    return key.removesuffix(".png") + "_x4.png"
 
 
 @dataclass
@@ -105,7 +92,7 @@ def read_manifest(storage: Storage, job_id: str) -> dict | None:
     """The job's manifest, or None if there is no job of that id (yet)."""
     try:
         manifest = json.loads(storage.get(manifest_key(job_id)))
-    except NotFound:
+    except ObjectMissing:
         return None
     except ValueError as e:
         raise StorageError(f"the manifest of job {job_id} is not valid JSON: {e}") from None
@@ -142,7 +129,7 @@ def _job_view(manifest: dict, present: set[str]) -> JobView:
                    error=_text(manifest.get("error")), product=_text(spec.get("product")),
                    template=_text(spec.get("template")))
     if view.terminal and view.status not in TERMINAL:  # objects landed before the manifest caught up
-        view.status = "succeeded" if all(i.done for i in images) else "failed"
+        view.status = rollup(i.status for i in images).value
     return view
 
 
@@ -162,7 +149,7 @@ def load_job(storage: Storage, job_id: str) -> JobView | None:
     manifest = read_manifest(storage, job_id)
     if manifest is None:
         return None
-    return job_view(manifest, set(storage.list_files(f"jobs/{job_id}/")))
+    return job_view(manifest, set(storage.list_files(job_prefix(job_id))))
 
 
 def recent_jobs(storage: Storage, limit: int) -> list[JobView]:

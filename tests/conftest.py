@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.seaweed import SeaweedS3
+from backend.tools.seaweed import SeaweedS3
 from tests.factories import Backend
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
@@ -14,7 +14,7 @@ BUCKET, ACCESS_KEY, SECRET_KEY = "showroom-test", "showroom-test-key", "showroom
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    from backend.tiny import build_tiny_pipeline
+    from backend.tools.tiny import build_tiny_pipeline
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd"))
 

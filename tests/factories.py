@@ -10,7 +10,7 @@ from pathlib import Path
 import requests
 from PIL import Image
 
-from backend.seaweed import free_port
+from backend.tools.seaweed import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS_NAMES = ("MODEL_ID", "DEVICE", "WORKERS", "STORAGE_URL", "S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",

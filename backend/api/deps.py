@@ -8,13 +8,13 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from backend.catalog import Catalog
+from backend.products.catalog import Catalog
 from backend.config import Settings
-from backend.errors import RateLimited, ShowroomError
-from backend.jobs import JobService
-from backend.metrics import Metrics
-from backend.ratelimit import RateLimiter
-from backend.executor import Executor
+from backend.errors import Forbidden, RateLimited, Unauthorized
+from backend.jobs.service import JobService
+from backend.ops.metrics import Metrics
+from backend.ops.ratelimit import RateLimiter
+from backend.gpu.executor import Executor
 from backend.storage import Storage
 
 
@@ -30,14 +30,6 @@ class Services:
     upscales: object = None
 
 
-class Unauthorized(ShowroomError):
-    status_code = 401
-
-
-class Forbidden(ShowroomError):
-    status_code = 403
-
-
 def get_services(request: Request) -> Services:
     return request.app.state.services
 
@@ -49,7 +41,7 @@ def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
-        return host == "testclient"  # starlette's TestClient
+        return False  # a name, not an address: not provably this machine
 
 
 def require_client(request: Request, services: ServicesDep,

@@ -4,7 +4,7 @@ import os
 import time
 from pathlib import Path
 
-from backend import messages as m
+from backend.gpu import messages as m
 from backend.storage import LocalStorage
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from backend.pipeline import Generator
+from backend.gpu.pipeline import Generator
 from backend.storage import LocalStorage
 
 

@@ -1,4 +1,4 @@
-"""The benchmark (backend/bench.py): it runs end to end on the tiny model, its last line is the JSON the
+"""The benchmark (backend/tools/bench.py): it runs end to end on the tiny model, its last line is the JSON the
 issue asks for, and part 2's arithmetic and full-size configs are right (checked on the meta device,
 so the 860M-parameter UNet costs no memory and no compute here)."""
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from backend import bench
+from backend.tools import bench
 
 
 def test_bench_quick_prints_json_last_line(tiny_model, tmp_path, capsys):

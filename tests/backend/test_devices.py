@@ -2,7 +2,7 @@
 
 import pytest
 
-from backend.main import count_visible
+from backend.gpu.devices import count_visible
 
 FOUR = "\n".join(f"GPU {i}: NVIDIA H100 80GB HBM3 (UUID: GPU-{i}aaa-bbbb)" for i in range(4))
 MIG = """GPU 0: NVIDIA A100-SXM4-40GB (UUID: GPU-0aaa-bbbb)

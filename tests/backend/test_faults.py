@@ -7,7 +7,7 @@ import time
 import psutil
 import pytest
 
-from backend.seaweed import SeaweedS3
+from backend.tools.seaweed import SeaweedS3
 from tests.conftest import ACCESS_KEY, SECRET_KEY, s3_env
 
 LONG = {"prompt": "a long job", "steps": 60, "width": 128, "height": 128, "seed": 1}

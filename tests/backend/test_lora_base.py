@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save
 
-from backend import lora_check
-from backend.lora_check import WrongBaseModel, find_base_model, normalize_lora
+from backend.lora import check as lora_check
+from backend.lora.check import WrongBaseModel, find_base_model, normalize_lora
 from tests.factories import make_lora
 
 RANK = 2
@@ -185,7 +185,7 @@ def test_normalize_lora_checks_without_torch(tiny_model, tmp_path):
     from pathlib import Path
 
     (tmp_path / "l.safetensors").write_bytes(save(pair(f"unet.{BLOCK}.attn2.to_k", 1024, 16)))
-    code = ("import sys; from pathlib import Path; from backend.lora_check import WrongBaseModel, normalize_lora\n"
+    code = ("import sys; from pathlib import Path; from backend.lora.check import WrongBaseModel, normalize_lora\n"
             f"try: normalize_lora(Path({str(tmp_path / 'l.safetensors')!r}).read_bytes(), {str(tiny_model)!r})\n"
             "except WrongBaseModel: pass\n"
             "else: raise SystemExit('not refused')\n"

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import save
 
-from backend.lora_check import WrongBaseModel, normalize_lora
-from backend.lora_formats import LoraFormatError, load_lora_into, normalize_upload, read_safetensors
+from backend.lora.check import WrongBaseModel, normalize_lora
+from backend.lora.formats import LoraFormatError, load_lora_into, normalize_upload, read_safetensors
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -203,7 +203,7 @@ def test_normalize_upload_does_not_import_torch(tmp_path, tiny_model):
     from tests.factories import make_lora
 
     (tmp_path / "l.safetensors").write_bytes(make_lora(tiny_model, seed=6))
-    code = ("import sys; from pathlib import Path; from backend.lora_formats import normalize_upload; "
+    code = ("import sys; from pathlib import Path; from backend.lora.formats import normalize_upload; "
             f"normalize_upload(Path({str(tmp_path / 'l.safetensors')!r}).read_bytes()); "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     root = Path(__file__).resolve().parents[2]
@@ -282,6 +282,6 @@ def test_refuses_an_sdxl_lora_on_an_sd_model(pipe, tmp_path, tiny_model):
 ])
 def test_kohya_sdxl_unet_names_map_to_diffusers(kohya, diffusers):
     """kohya trains SDXL on the original (sgm) UNet: its names map onto diffusers' blocks of 2 layers (+ sampler)."""
-    from backend.lora_formats import _kohya_target
+    from backend.lora.formats import _kohya_target
 
     assert _kohya_target("unet", kohya) == f"unet.{diffusers}"

@@ -7,10 +7,10 @@ from concurrent.futures import Future
 from types import SimpleNamespace
 
 from backend.models import Status, UpscaleRecord
-from backend.recovery import Recovery, recover
+from backend.jobs.recovery import Recovery, recover
 from backend.storage import LocalStorage, StorageError
-from backend.store import JobStore
-from backend.upscale_service import UpscaleService
+from backend.jobs.manifests import JobStore
+from backend.upscale.service import UpscaleService
 from tests.backend.test_scheduler import make_job, run_scheduler, submit, wait_terminal  # noqa: F401 (fixture)
 
 NO_LORAS = SimpleNamespace(loras_for=lambda spec: ())
@@ -193,8 +193,8 @@ def test_a_product_record_that_cannot_be_read_yet_makes_the_scan_try_again(run_s
 
 
 def test_a_corrupt_product_record_fails_the_images_it_would_make_with_the_reason(run_scheduler, tmp_path):
-    from backend.catalog import Catalog
-    from backend.jobs import JobService
+    from backend.products.catalog import Catalog
+    from backend.jobs.service import JobService
     from backend.models import Product
 
     sched, store = run_scheduler(1)
@@ -239,7 +239,7 @@ def test_an_upscale_that_fails_at_once_on_a_job_taken_back_keeps_its_reason(run_
 
 
 def test_a_cancel_before_recovery_takes_a_job_back_sticks(run_scheduler):
-    from backend.jobs import JobService
+    from backend.jobs.service import JobService
 
     sched, store = run_scheduler(1)
     job = left_by_a_crash(store, 3)

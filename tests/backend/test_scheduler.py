@@ -6,9 +6,10 @@ from types import SimpleNamespace
 import pytest
 
 from backend.models import ImageRecord, JobManifest, ResolvedSpec, Status, now
-from backend.scheduler import MAX_RESTARTS, Scheduler
+from backend.gpu.scheduler import MAX_RESTARTS, Scheduler
 from backend.storage import LocalStorage
-from backend.store import JobStore, new_job_id
+from backend.contract import new_job_id
+from backend.jobs.manifests import JobStore
 from tests.backend.fake_worker import run_fake_worker
 
 
@@ -65,7 +66,7 @@ def batches(tmp_path, job) -> dict[int, tuple[int, int]]:
 
 
 def test_the_scheduler_is_an_executor(run_scheduler):
-    from backend.executor import Executor
+    from backend.gpu.executor import Executor
 
     sched, _ = run_scheduler(1)
     assert isinstance(sched, Executor)

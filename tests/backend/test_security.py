@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from backend.api.deps import _is_loopback
 from backend.config import Settings
-from backend.store import is_job_id, new_job_id
+from backend.contract import is_job_id, new_job_id
 from tests.conftest import SECRET_KEY
 
 

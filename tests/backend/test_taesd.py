@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from backend.tiny import build_tiny_taesd
+from backend.tools.tiny import build_tiny_taesd
 from tests.factories import decode_png
 
 SPEC = {"prompt": "a perfume bottle on wet stone", "num_images": 2, "seed": 5, "steps": 2, "width": 80, "height": 64}
@@ -26,7 +26,7 @@ def test_backend_with_taesd_stores_images_of_the_requested_size_decoded_by_it(ba
 def test_a_taesd_that_does_not_fit_the_model_is_refused_with_the_reason(tiny_model, tmp_path, torch_one_thread):
     from diffusers import AutoencoderTiny
 
-    from backend.pipeline import Generator
+    from backend.gpu.pipeline import Generator
     from backend.storage import LocalStorage
 
     AutoencoderTiny(encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8), num_encoder_blocks=(1, 1),

@@ -1,4 +1,4 @@
-"""Checks backend/templates.json against the contract's Template shape and JobSpec ranges.
+"""Checks backend/products/templates.json against the contract's Template shape and JobSpec ranges.
 
 Plain json + stdlib on purpose: the file must be valid on its own, without importing the backend.
 """
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-TEMPLATES_FILE = Path(__file__).resolve().parents[2] / "backend" / "templates.json"
+TEMPLATES_FILE = Path(__file__).resolve().parents[2] / "backend" / "products" / "templates.json"
 
 KEYS = {"id", "name", "category", "prompt", "negative_prompt", "steps", "guidance_scale", "strength"}
 CATEGORIES = {

@@ -1,4 +1,4 @@
-"""backend.train on the tiny model, on CPU: it learns the photos, its LoRA loads and changes images, it resumes."""
+"""backend.lora.train on the tiny model, on CPU: it learns the photos, its LoRA loads and changes images, it resumes."""
 
 import json
 import threading
@@ -11,9 +11,9 @@ import torch
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
-import backend.train
-from backend.lora_formats import load_lora_into, normalize_upload, read_safetensors
-from backend.train import Trainer, TrainSettings, load_photos, main, parse_args, train, video_frames
+import backend.lora.train
+from backend.lora.formats import load_lora_into, normalize_upload, read_safetensors
+from backend.lora.train import Trainer, TrainSettings, load_photos, main, parse_args, train, video_frames
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -100,7 +100,7 @@ def test_text_encoder_lora_trains_with_gradient_checkpointing(tiny_model, photos
             attention = next(m for name, m in self.text_encoder.named_modules() if name.endswith("layers.0.self_attn"))
             attention.register_forward_pre_hook(lambda *_: layer_runs.append(1))
 
-    monkeypatch.setattr(backend.train, "Trainer", Watched)
+    monkeypatch.setattr(backend.lora.train, "Trainer", Watched)
     steps = 25
     result = run(tiny_model, photos, tmp_path / "te.safetensors", "--steps", str(steps), "--checkpoint-every", "0",
                  "--train-text-encoder", "--gradient-checkpointing", "on")

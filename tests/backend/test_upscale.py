@@ -19,9 +19,9 @@ import pytest
 from PIL import Image
 
 from backend.models import Status
-from backend.upscale import (REPLICATE_VERSION, LocalUpscaler, ReplicateUpscaler, UpscaleError, fit_4x,
+from backend.upscale.engines import (REPLICATE_VERSION, LocalUpscaler, ReplicateUpscaler, UpscaleError, fit_4x,
                              make_upscaler)
-from backend.upscale_service import UpscaleService
+from backend.upscale.service import UpscaleService
 from tests.backend.test_scheduler import make_job
 from tests.fake_replicate import FakeReplicate
 
@@ -231,7 +231,7 @@ def test_make_upscaler_by_kind(fake):
 
 
 def test_module_imports_neither_torch_nor_transformers():
-    code = ("import sys, backend.upscale; heavy = {'torch', 'transformers'} & set(sys.modules); "
+    code = ("import sys, backend.upscale.engines; heavy = {'torch', 'transformers'} & set(sys.modules); "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
 

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from PIL import Image
 
-from backend.upscale_service import reachable_from_outside
+from backend.upscale.service import reachable_from_outside
 from tests.backend.test_upscale import save_tiny_swin2sr
 from tests.fake_replicate import FakeReplicate
 

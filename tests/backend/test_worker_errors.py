@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from backend import worker
-from backend.messages import Done, ImageDone, ImageFailed, Started, Task
+from backend.gpu import worker
+from backend.gpu.messages import Done, ImageDone, ImageFailed, Started, Task
 from backend.storage import LocalStorage, StorageError
 
 

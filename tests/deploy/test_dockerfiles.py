@@ -149,7 +149,7 @@ def test_dockerignore_keeps_secrets_and_local_state_out():
 def test_bake_model_fetches_the_weights_the_loader_asks_for(model_id, tmp_path):
     """The fp16 variant exactly where the GPU loader asks for it, else the default weights: a bake of other files
     would leave the loader downloading at start anyway."""
-    from backend.pipeline import Generator
+    from backend.gpu.pipeline import Generator
 
     spec_path = REPO / "docker" / "bake_model.py"
     namespace: dict = {"__name__": "bake"}

@@ -2,7 +2,7 @@
 for docker/vast.py.
 
 It records every request (method, path, Authorization header, JSON body) so tests can assert the
-exact requests docker/vast.py and backend/idle.py send. Behaviour is set by plain attributes.
+exact requests docker/vast.py and backend/ops/idle.py send. Behaviour is set by plain attributes.
 Listens on 127.0.0.1 on a free port; nothing leaves the machine.
 """
 

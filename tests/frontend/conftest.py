@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from backend.seaweed import free_port
+from backend.tools.seaweed import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "frontend" / "streamlit_app.py"

@@ -8,7 +8,7 @@ import pytest
 import requests
 from playwright.sync_api import expect, sync_playwright
 
-from backend.seaweed import free_port
+from backend.tools.seaweed import free_port
 from tests.frontend.conftest import REPO, frontend_env
 
 CHROMIUM = "/usr/bin/chromium"

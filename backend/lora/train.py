@@ -1,6 +1,6 @@
 """Train a product LoRA on Stable Diffusion (1.x/2.x) from a folder of photos, and optionally register it.
 
-    python -m backend.train --images photos/ --trigger "sks bottle" --output out/bottle.safetensors \\
+    python -m backend.lora.train --images photos/ --trigger "sks bottle" --output out/bottle.safetensors \\
         [--video turn.mp4] [--steps 1000] [--rank 16] [--lr 1e-4] [--register --name bottle --category drinks]
 
 The recipe is diffusers' LoRA fine-tuning: photos are encoded by the VAE, noised at a random timestep with the
@@ -26,6 +26,7 @@ from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from backend.config import DEFAULT_MODEL_ID
+from backend.gpu.devices import pick_device
 
 log = logging.getLogger("showroom.train")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
@@ -162,7 +163,7 @@ class Trainer:
         model = args.model
         self.unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet")
         if self.unet.config.addition_embed_type == "text_time":
-            raise SystemExit("backend.train trains SD 1.x/2.x LoRAs; for SDXL train with diffusers' "
+            raise SystemExit("backend.lora.train trains SD 1.x/2.x LoRAs; for SDXL train with diffusers' "
                              "train_dreambooth_lora_sdxl.py or kohya sd-scripts and upload the file to /v1/products")
         self.tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
         self.text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder")
@@ -267,14 +268,6 @@ class Trainer:
         StableDiffusionPipeline.save_lora_weights(
             output.parent, unet_lora_layers=get_peft_model_state_dict(self.unet), text_encoder_lora_layers=te,
             weight_name=output.name, safe_serialization=True)
-
-
-def pick_device(preference: str) -> str:
-    import torch
-
-    if preference == "auto":
-        return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    return preference
 
 
 # ----- checkpoints: safetensors and JSON, never a pickle -----
@@ -394,7 +387,7 @@ def register(args: argparse.Namespace, settings: TrainSettings) -> dict:
 
 def parse_args(argv: list[str] | None = None, settings: TrainSettings | None = None) -> argparse.Namespace:
     settings = settings or TrainSettings()
-    p = argparse.ArgumentParser(prog="python -m backend.train", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m backend.lora.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--images", type=Path, help="folder of product photos (name.txt = its caption); required to train")

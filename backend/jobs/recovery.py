@@ -10,8 +10,8 @@ import time
 
 from backend.errors import ShowroomError
 from backend.models import Status
-from backend.storage import NotFound, StorageError
-from backend.store import created_us
+from backend.storage import ObjectMissing, StorageError
+from backend.contract import created_us
 
 log = logging.getLogger("showroom.recovery")
 SCAN_LIMIT = 2000  # the newest jobs; older ones were surely finished by an earlier run
@@ -54,7 +54,7 @@ def _take_back(store, scheduler, jobs, upscales, job_id: str) -> int:
     """One job: 1 if it was queued again, else 0. Storage errors propagate: the scan is retried."""
     try:
         job = store.load(job_id)
-    except NotFound:
+    except ObjectMissing:
         return 0  # a job folder without a manifest: nothing was promised
     except ValueError as e:
         log.error("job %s has an unreadable manifest, left as it is: %s", job_id, e)

@@ -1,37 +1,13 @@
 """Job manifests in storage: the single source of truth that survives restarts and switched-off boxes."""
 
 import logging
-import secrets
-import threading
 import time
 
+from backend.contract import is_job_id, manifest_key
 from backend.models import JobManifest
-from backend.storage import NotFound, Storage, StorageError
+from backend.storage import ObjectMissing, Storage, StorageError
 
 log = logging.getLogger("showroom.store")
-
-
-_last_us = 0
-_id_lock = threading.Lock()
-
-
-def new_job_id() -> str:
-    """URL-safe, 32 hex characters: 13 of creation time in microseconds (strictly increasing in this
-    process, so ids sort by creation even within one microsecond), then 76 random bits."""
-    global _last_us
-    with _id_lock:
-        _last_us = max(time.time_ns() // 1000, _last_us + 1)
-        stamp = _last_us
-    return f"{stamp:013x}{secrets.randbits(76):019x}"
-
-
-def created_us(job_id: str) -> int:
-    """When a job was made, in microseconds since the epoch, read from its id."""
-    return int(job_id[:13], 16)
-
-
-def is_job_id(value: str) -> bool:
-    return len(value) == 32 and all(c in "0123456789abcdef" for c in value)
 
 
 class JobStore:
@@ -65,8 +41,8 @@ class JobStore:
 
     def load(self, job_id: str) -> JobManifest:
         if not is_job_id(job_id):
-            raise NotFound(job_id)
-        return JobManifest.model_validate_json(self.storage.get(f"jobs/{job_id}/job.json"))
+            raise ObjectMissing(job_id)
+        return JobManifest.model_validate_json(self.storage.get(manifest_key(job_id)))
 
     def ids(self, newest_first: bool = True) -> list[str]:
         ids = [i for i in self.storage.list_dirs("jobs/") if is_job_id(i)]
@@ -79,6 +55,6 @@ class JobStore:
                 break
             try:
                 found.append(self.load(job_id))
-            except (NotFound, ValueError):
+            except (ObjectMissing, ValueError):
                 continue  # a job folder whose manifest is not written yet, or unreadable
         return found

@@ -1,6 +1,6 @@
 """A GPU worker process: loads the pipeline once onto its device, keeps it warm, runs tasks.
 
-It talks to the scheduler only through small messages (backend.messages) over a pipe, and
+It talks to the scheduler only through small messages (backend.gpu.messages) over a pipe, and
 reads one shared integer: the id of the task the scheduler wants canceled. It uploads each
 finished image itself, so a picture reaches storage the moment it exists.
 """
@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
 
-from backend.messages import Done, ImageDone, ImageFailed, LoadFailed, Progress, Ready, Started, Stop, Task
+from backend.gpu.messages import Done, ImageDone, ImageFailed, LoadFailed, Progress, Ready, Started, Stop, Task
 
 log = logging.getLogger("showroom.worker")
 
@@ -33,10 +33,10 @@ def run_worker(worker_id: int, settings, conn, cancel_task, workers: int = 1) ->
     try:
         import torch
 
-        from backend import pipeline
+        from backend.gpu import devices, pipeline
 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
-        device = pipeline.pick_device(settings.device, worker_id)
+        device = devices.pick_device(settings.device, worker_id)
         storage = settings.open_storage()
         cache = Path(settings.showroom_cache) / f"worker-{worker_id}"
         gen = pipeline.Generator(settings.model_id, device, storage, cache, compile_unet=settings.compile,
@@ -58,7 +58,7 @@ def run_worker(worker_id: int, settings, conn, cancel_task, workers: int = 1) ->
 
 
 def _run_task(gen, storage, task: Task, conn, cancel_task, retry_s: float) -> None:
-    from backend import pipeline
+    from backend.gpu import pipeline
     from backend.images import encode_png
     from backend.storage import put_retrying
 

@@ -18,9 +18,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 
-log = logging.getLogger("showroom.idle")
+from backend.config import VAST_API_URL
 
-VAST_API_URL = "https://console.vast.ai/api/v0"
+log = logging.getLogger("showroom.idle")
 
 
 class Activity:

@@ -3,7 +3,7 @@
 Every upscale is taken up by a thread of a pool here, which marks it running. Replicate upscales
 run in that thread (they wait on the network); local Swin2SR runs in a process of its own, so the
 API process never imports torch and the model stays loaded between requests. The engines are in
-backend.upscale.
+backend.upscale.engines.
 """
 
 import logging
@@ -12,21 +12,18 @@ import threading
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
+from backend.contract import upscale_key
 from backend.errors import Conflict, NotFound
 from backend.models import ImageRecord, JobManifest, Status, UpscaleRecord
-from backend.storage import NotFound as ObjectMissing
+from backend.storage import ObjectMissing
 from backend.storage import put_retrying
 
 log = logging.getLogger("showroom.upscale")
 _engine = None  # the engine of this process, built on first use
 
 
-def upscale_key(image_key: str) -> str:
-    return image_key.removesuffix(".png") + "_x4.png"
-
-
 def build_engine(settings):
-    from backend.upscale import make_upscaler
+    from backend.upscale.engines import make_upscaler
 
     token = settings.replicate_api_token.get_secret_value() if settings.replicate_api_token else None
     kwargs = dict(replicate_api_token=token, replicate_base_url=settings.replicate_base_url,

@@ -2,7 +2,7 @@
 
 Both take PNG bytes and give back PNG bytes exactly 4x the source in each side. torch and
 transformers are imported by LocalUpscaler when it first loads its model, never at module load,
-so the API process that imports this module stays light. backend.upscale_service decides where
+so the API process that imports this module stays light. backend.upscale.service decides where
 an engine runs and where its result is stored.
 """
 
@@ -22,15 +22,16 @@ from PIL import Image
 from replicate.exceptions import ReplicateError
 from replicate.version import Versions
 
+from backend.config import LOCAL_UPSCALER_MODEL as LOCAL_MODEL_ID
+from backend.config import REPLICATE_MODEL
+
 log = logging.getLogger("showroom.upscale")
 T = TypeVar("T")
 
 SCALE = 4
-REPLICATE_MODEL = "mv-lab/swin2sr"
 # Pinned so that the output (and the price) stays what we tested until we choose to move: a model
 # owner can push a new version at any time. Input: `image` (a URI) and `task`.
 REPLICATE_VERSION = "a01b0512004918ca55d02e554914a9eca63909fa83a29ff0f115c78a7045574f"
-LOCAL_MODEL_ID = "caidas/swin2SR-realworld-sr-x4-64-bsrgan-psnr"
 DATA_URI_MAX_BYTES = 1 << 20  # Replicate recommends data URIs only under 1 MB; larger inputs are uploaded
 MAX_OUTPUT_BYTES = 512 << 20
 CANCEL_TIMEOUT_S = 5.0  # granted past the deadline to cancel a prediction, which stops it costing money
@@ -304,12 +305,13 @@ class LocalUpscaler:
 
     name = "local"
 
-    def __init__(self, model_id: str = LOCAL_MODEL_ID, device: str = "auto", tile: int = 512, tile_overlap: int = 16):
+    def __init__(self, model_id: str = LOCAL_MODEL_ID, device: str = "auto", tile: int = 512, tile_overlap: int = 16,
+                 gpu: int = 0):
         if device not in ("auto", "cuda", "cpu", "mps"):
             raise ValueError(f"device must be auto, cuda, cpu or mps, got {device!r}")
         if tile < 0 or tile_overlap < 0:
             raise ValueError(f"tile and tile_overlap must be >= 0, got {tile} and {tile_overlap}")
-        self.model_id, self.device, self.tile, self.tile_overlap = model_id, device, tile, tile_overlap
+        self.model_id, self.device, self.tile, self.tile_overlap, self.gpu = model_id, device, tile, tile_overlap, gpu
         self._lock = threading.Lock()
         self._loaded = None  # (model, processor, torch device) once loaded
 
@@ -339,13 +341,12 @@ class LocalUpscaler:
         return self._loaded
 
     def _pick_device(self, torch):
-        if self.device == "auto":
-            if torch.cuda.is_available():
-                return torch.device("cuda")
-            return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise UpscaleError("DEVICE=cuda but torch sees no CUDA GPU; set DEVICE=auto or cpu")
-        return torch.device(self.device)
+        from backend.gpu.devices import pick_device
+
+        try:
+            return torch.device(pick_device(self.device, self.gpu))
+        except RuntimeError as e:
+            raise UpscaleError(f"{e}; set DEVICE=auto or cpu") from None
 
     def _upscale_tiled(self, image: Image.Image):
         import numpy as np

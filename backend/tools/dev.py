@@ -1,4 +1,4 @@
-"""Run the whole system on one machine: `make run` (or `python -m backend.dev`).
+"""Run the whole system on one machine: `make run` (or `python -m backend.tools.dev`).
 
 Starts an embedded S3 store (SeaweedFS, data in ./data/seaweed) unless STORAGE_URL points
 elsewhere, the backend with the contract's command, and the Streamlit frontend. MODEL_ID=tiny
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import requests
 
-from backend.seaweed import SeaweedS3, free_port
+from backend.tools.seaweed import SeaweedS3, free_port
 
 DATA = Path("data").resolve()
 BUCKET = "showroom"
@@ -44,7 +44,7 @@ def main() -> None:
     env = dict(os.environ)
     store = None
     if env.get("MODEL_ID", "").lower() == "tiny":
-        from backend.tiny import build_tiny_pipeline
+        from backend.tools.tiny import build_tiny_pipeline
 
         tiny = DATA / "tiny-sd"
         if not (tiny / "model_index.json").exists():

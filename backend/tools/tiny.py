@@ -1,6 +1,6 @@
 """Write a tiny Stable Diffusion pipeline with random weights, for offline smoke runs and tests.
 
-    python -m backend.tiny ./data/tiny-sd
+    python -m backend.tools.tiny ./data/tiny-sd
 
 The folder is in diffusers layout, so the backend loads it through the same `from_pretrained`
 code path as a real model (`MODEL_ID=./data/tiny-sd`). Its native size is 64x64 and it draws

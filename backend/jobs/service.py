@@ -5,15 +5,16 @@ import logging
 import secrets
 import threading
 
-from backend.catalog import Catalog, lora_key
+from backend.contract import image_key, input_key, lora_key, new_job_id
+from backend.products.catalog import Catalog
 from backend.errors import InvalidRequest, NotFound, QueueFull, Unavailable, UnknownReference
 from backend.images import BadImage, normalize_photo
-from backend.messages import LoraTask
+from backend.gpu.messages import LoraTask
 from backend.models import ImageRecord, JobManifest, JobSpec, ResolvedSpec, Status, now
-from backend.executor import Executor
-from backend.storage import NotFound as ObjectMissing
+from backend.gpu.executor import Executor
+from backend.storage import ObjectMissing
 from backend.storage import StorageError
-from backend.store import JobStore, new_job_id
+from backend.jobs.manifests import JobStore
 
 log = logging.getLogger("showroom.jobs")
 DEFAULT_STEPS, DEFAULT_GUIDANCE, DEFAULT_STRENGTH = 30, 7.5, 0.5
@@ -106,8 +107,8 @@ class JobService:
         stamp = now()
         job = JobManifest(
             id=job_id, created_at=stamp, updated_at=stamp, status=Status.queued, spec=resolved,
-            input_key=f"jobs/{job_id}/input.png" if png else None,
-            images=[ImageRecord(index=i, key=f"jobs/{job_id}/{i}.png", seed=resolved.seed + i)
+            input_key=input_key(job_id) if png else None,
+            images=[ImageRecord(index=i, key=image_key(job_id, i), seed=resolved.seed + i)
                     for i in range(resolved.num_images)],
         )
         loras = self.loras_for(resolved)

@@ -7,8 +7,9 @@ from fastapi.concurrency import run_in_threadpool
 
 from backend.api.deps import ClientDep, ServicesDep
 from backend.errors import InvalidRequest, PayloadTooLarge
-from backend.lora_check import normalize_lora
-from backend.models import Product, check_name
+from backend.lora.check import normalize_lora
+from backend.contract import check_name
+from backend.models import Product
 
 router = APIRouter(prefix="/v1/products", tags=["products"])
 

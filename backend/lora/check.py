@@ -12,7 +12,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from backend.lora_formats import CLONEOFSIMO_PREFIX, EMBEDDING_PREFIX, LoraFormatError, normalize_upload
+from backend.lora.formats import CLONEOFSIMO_PREFIX, EMBEDDING_PREFIX, LoraFormatError, normalize_upload
 
 log = logging.getLogger("showroom.lora")
 

@@ -1,9 +1,9 @@
-"""The benchmark of issue 8: `python -m backend.bench [--quick] [--s3] [--gpu | --no-gpu] [--json-out FILE]`.
+"""The benchmark of issue 8: `python -m backend.tools.bench [--quick] [--s3] [--gpu | --no-gpu] [--json-out FILE]`.
 
 Part 1, system overhead (always; on CPU with the tiny model unless --model). The real backend is
 started with the contract's command (`uvicorn backend.main:app`) with WORKERS=1, then 2; jobs are
 POSTed over HTTP and timed from the POST to the moment the last image object is in storage, polled
-directly. The baseline is the same pipeline calls (`backend.pipeline.Generator.generate`, same spec,
+directly. The baseline is the same pipeline calls (`backend.gpu.pipeline.Generator.generate`, same spec,
 the batches the scheduler makes) run one after another in this process, with the thread count each
 worker of that run uses. Ratio = system / direct: 1.00 means the system costs nothing on top of the
 generation; with 2 workers it falls below 1 when running the batches side by side pays.
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import requests
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PROMPT, NEGATIVE = "a leather handbag on a marble table, soft studio light", "blurry, low quality"
 ANCHORS = {"stable_fast_it_per_s_batch1_h100": 104.6, "floor_ms_per_cfg_step_h100": 2.0,
            "unet_tflop_per_cfg_step": 1.6, "peak_tflops_h100_issue": 790}
@@ -80,7 +80,7 @@ def median(values) -> float | None:
 
 
 def scheduler_batches(n: int, workers: int, max_batch: int = 8) -> list[int]:
-    """The batches backend.scheduler makes of one n-image job with `workers` idle workers."""
+    """The batches backend.gpu.scheduler makes of one n-image job with `workers` idle workers."""
     batches, left = [], n
     while left:
         idle = workers
@@ -104,7 +104,7 @@ def table(title: str, headers: list[str], rows: list[list]) -> str:
 class Server:
     def __init__(self, env: dict[str, str], log_dir: Path):
         from backend.config import Settings
-        from backend.seaweed import free_port
+        from backend.tools.seaweed import free_port
 
         ours = {name.upper() for name in Settings.model_fields}  # no stray setting of the caller leaks in
         self.env = {k: v for k, v in os.environ.items() if k.upper() not in ours} | env | {"PYTHONUNBUFFERED": "1"}
@@ -215,7 +215,7 @@ def system_once(server: Server, storage, spec: dict, poll_s: float, timeout: flo
 def direct_once(gen, storage, spec: dict, batches: list[int]) -> dict:
     """The same pipeline calls in this process, batch after batch; then the PNG encoding and writes."""
     from backend.images import encode_png
-    from backend.messages import Task
+    from backend.gpu.messages import Task
 
     t0, images, first = time.perf_counter(), [], 0
     for size in batches:
@@ -249,7 +249,7 @@ def png_encode_s(size: int) -> float:
 
 def load_generator(model_dir: str, device: str, storage, cache: Path):
     """Generator as a worker makes it: seconds to load, and to warm up."""
-    from backend.pipeline import Generator
+    from backend.gpu.pipeline import Generator
 
     t0 = time.perf_counter()
     gen = Generator(str(model_dir), device, storage, cache)
@@ -471,7 +471,7 @@ def save_pipeline(arch: Arch, folder: Path, device: str) -> Path:
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
     from transformers import CLIPTokenizer
 
-    from backend.tiny import _write_tokenizer
+    from backend.tools.tiny import _write_tokenizer
 
     _write_tokenizer(folder / "tokenizer")
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
@@ -589,7 +589,7 @@ def parse_args(argv=None):
     p.add_argument("--peak-tflops", type=float, default=790.0,
                    help="the ceiling: the issue's H100 anchor (the H100 SXM datasheet's dense fp16/bf16 is 989)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="time torch.compile")
-    p.add_argument("--compile-mode", default="max-autotune", help="backend.pipeline's mode with COMPILE=true")
+    p.add_argument("--compile-mode", default="max-autotune", help="backend.gpu.pipeline's mode with COMPILE=true")
     p.add_argument("--gpu-system", action=argparse.BooleanOptionalAction, default=True,
                    help="part 2 through the whole system too (a backend on the saved full-size model)")
     p.add_argument("--omp-passive", action=argparse.BooleanOptionalAction, default=True,
@@ -639,7 +639,7 @@ def main(argv=None) -> dict:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
-    from backend.seaweed import SeaweedS3
+    from backend.tools.seaweed import SeaweedS3
 
     with tempfile.TemporaryDirectory(prefix="showroom-bench-") as tmp:
         work, s3 = Path(tmp), None
@@ -650,7 +650,7 @@ def main(argv=None) -> dict:
                 store_env = {"STORAGE_URL": "s3://bench/run", "S3_ENDPOINT_URL": s3.endpoint, "AWS_REGION": "us-east-1",
                              "AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key}
             if args.model is None:
-                from backend.tiny import build_tiny_pipeline
+                from backend.tools.tiny import build_tiny_pipeline
 
                 args.model = str(build_tiny_pipeline(work / "tiny-sd"))
             cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from backend.lora_formats import load_lora_into, use_token_embeddings
-from backend.messages import LoraTask, Task
+from backend.lora.formats import load_lora_into, use_token_embeddings
+from backend.gpu.messages import LoraTask, Task
 
 log = logging.getLogger("showroom.pipeline")
 MAX_ADAPTERS = 16
@@ -27,18 +27,6 @@ MAX_ADAPTERS = 16
 
 class Canceled(Exception):
     pass
-
-
-def pick_device(preference: str, worker_id: int) -> str:
-    if preference in ("auto", "cuda") and torch.cuda.is_available():
-        return f"cuda:{worker_id % torch.cuda.device_count()}"
-    if preference == "cuda":
-        raise RuntimeError("DEVICE=cuda but no CUDA GPU is visible to this process")
-    if preference in ("auto", "mps") and torch.backends.mps.is_available():
-        return "mps"
-    if preference == "mps":
-        raise RuntimeError("DEVICE=mps but MPS is not available on this machine")
-    return "cpu"
 
 
 def bad_pixels(arr: np.ndarray) -> str | None:

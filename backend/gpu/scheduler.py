@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from enum import Enum
 from multiprocessing.connection import wait
 
-from backend import messages as m
+from backend.gpu import messages as m
 from backend.models import JobManifest, Status, now
 from backend.storage import StorageError
-from backend.store import JobStore
-from backend.worker import DEVICE_BROKEN_EXIT
+from backend.jobs.manifests import JobStore
+from backend.gpu.worker import DEVICE_BROKEN_EXIT
 
 log = logging.getLogger("showroom.scheduler")
 MAX_ATTEMPTS = 2          # an image whose worker died is tried once more on another worker
@@ -164,7 +164,7 @@ class Scheduler:
 
     # ----- worker processes -----
     def _spawn(self, slot: WorkerSlot) -> None:
-        from backend.worker import run_worker
+        from backend.gpu.worker import run_worker
 
         target = self.worker_target or run_worker
         parent, child = self.ctx.Pipe()

@@ -6,8 +6,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from backend.errors import UnknownReference
-from backend.models import Product, Template, check_name
-from backend.storage import NotFound, Storage
+from backend.contract import lora_key, product_key
+from backend.models import Product, Template
+from backend.storage import ObjectMissing, Storage
 
 log = logging.getLogger("showroom.catalog")
 TEMPLATES_FILE = Path(__file__).with_name("templates.json")
@@ -17,14 +18,6 @@ TEMPLATES_FILE = Path(__file__).with_name("templates.json")
 def load_templates() -> dict[str, Template]:
     templates = [Template(**t) for t in json.loads(TEMPLATES_FILE.read_text())]
     return {t.id: t for t in templates}
-
-
-def lora_key(name: str) -> str:
-    return f"products/{check_name('product', name)}.safetensors"
-
-
-def product_key(name: str) -> str:
-    return f"products/{check_name('product', name)}.json"
 
 
 class Catalog:
@@ -47,14 +40,14 @@ class Catalog:
             if key.endswith(".json"):
                 try:
                     found.append(Product.model_validate_json(self.storage.get(key)))
-                except (NotFound, ValueError):
+                except (ObjectMissing, ValueError):
                     log.warning("skipping unreadable product record %s", key)
         return sorted(found, key=lambda p: p.name)
 
     def product(self, name: str) -> Product:
         try:
             return Product.model_validate_json(self.storage.get(product_key(name)))
-        except NotFound:
+        except ObjectMissing:
             raise UnknownReference(f"unknown product {name!r}; add it with POST /v1/products") from None
         except ValueError:
             log.error("product record %s is unreadable", product_key(name))

@@ -1,0 +1,119 @@
+"""The contract's fixed names that need no library: job ids, storage keys and the status rules.
+
+The one home of these facts. The frontend imports this module too, so it uses the standard library
+only (no pydantic, no torch): see ../shared/CONTRACT.md, "Storage layout" and "Status values".
+"""
+
+import re
+import secrets
+import threading
+import time
+from collections.abc import Iterable
+from enum import Enum
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+NAME_RULE = "1-64 letters, digits, '-' or '_', starting with a letter or digit"
+JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+class Status(str, Enum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    canceled = "canceled"
+
+    def is_terminal(self) -> bool:
+        return self.value in TERMINAL
+
+
+TERMINAL = frozenset({"succeeded", "failed", "canceled"})  # plain strings: what a manifest read as JSON holds
+
+
+def rollup(statuses: Iterable[str]) -> Status:
+    """A job's status from its images': terminal once all are; canceled beats failed beats succeeded."""
+    states = [Status(s) for s in statuses]
+    if all(s.is_terminal() for s in states):
+        if Status.canceled in states:
+            return Status.canceled
+        return Status.failed if Status.failed in states else Status.succeeded
+    return Status.running if any(s != Status.queued for s in states) else Status.queued
+
+
+# ----- job ids -----
+_last_us = 0
+_id_lock = threading.Lock()
+
+
+def new_job_id() -> str:
+    """URL-safe, 32 hex characters: 13 of creation time in microseconds (strictly increasing in this
+    process, so ids sort by creation even within one microsecond), then 76 random bits."""
+    global _last_us
+    with _id_lock:
+        _last_us = max(time.time_ns() // 1000, _last_us + 1)
+        stamp = _last_us
+    return f"{stamp:013x}{secrets.randbits(76):019x}"
+
+
+def created_us(job_id: str) -> int:
+    """When a job was made, in microseconds since the epoch, read from its id."""
+    return int(job_id[:13], 16)
+
+
+def is_job_id(value: str | None) -> bool:
+    return bool(value) and bool(JOB_ID_RE.match(value))
+
+
+def check_name(kind: str, name: str) -> str:
+    if not NAME_RE.match(name):
+        raise ValueError(f"{kind} name must be {NAME_RULE}, got {name!r}")
+    return name
+
+
+# ----- storage keys (relative to STORAGE_URL's bucket and prefix) -----
+def manifest_key(job_id: str) -> str:
+    return f"jobs/{job_id}/job.json"
+
+
+def job_prefix(job_id: str) -> str:
+    return f"jobs/{job_id}/"
+
+
+def input_key(job_id: str) -> str:
+    return f"jobs/{job_id}/input.png"
+
+
+def cutout_key(job_id: str) -> str:
+    return f"jobs/{job_id}/cutout.png"
+
+
+def layout_key(job_id: str) -> str:
+    return f"jobs/{job_id}/layout.png"
+
+
+def image_key(job_id: str, index: int) -> str:
+    return f"jobs/{job_id}/{index}.png"
+
+
+def preview_key(job_id: str, index: int) -> str:
+    return f"jobs/{job_id}/{index}_preview.jpg"
+
+
+def upscale_key(image_key_: str) -> str:
+    return image_key_.removesuffix(".png") + "_x4.png"
+
+
+def lora_key(product: str) -> str:
+    return f"products/{check_name('product', product)}.safetensors"
+
+
+def product_key(product: str) -> str:
+    return f"products/{check_name('product', product)}.json"
+
+
+def packshot_key(product: str) -> str:
+    return f"products/{check_name('product', product)}.png"
+
+
+def training_key(training_id: str) -> str:
+    return f"trainings/{training_id}/job.json"
