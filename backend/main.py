@@ -9,64 +9,25 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from starlette.responses import JSONResponse
 
 from backend.api import catalog_routes, health_routes, job_routes, product_routes
 from backend.api.deps import Services
-from backend.products.catalog import Catalog
+from backend.api.middleware import BodyLimit
 from backend.config import Settings, get_settings
 from backend.errors import install_error_handlers
 from backend.gpu.devices import native_size_guess, visible_gpus
-from backend.ops.idle import Activity, IdleStopper, vast_stop_action
-from backend.jobs.service import JobService
-from backend.ops.metrics import Metrics
-from backend.ops.ratelimit import RateLimiter
-from backend.jobs.recovery import Recovery
 from backend.gpu.executor import Executor
 from backend.gpu.scheduler import Scheduler
 from backend.jobs.manifests import JobStore
+from backend.jobs.recovery import Recovery
+from backend.jobs.service import JobService
+from backend.ops.idle import Activity, IdleStopper, vast_stop_action
+from backend.ops.metrics import Metrics
+from backend.ops.ratelimit import RateLimiter
+from backend.products.catalog import Catalog
 from backend.upscale.service import UpscaleService
 
 log = logging.getLogger("showroom")
-
-
-class BodyLimit:
-    """Refuse request bodies over a limit before they are read into memory (413). LoRA uploads
-    may be large; everything else is a spec and at most one photo."""
-
-    def __init__(self, app, default: int, uploads: int):
-        self.app, self.default, self.uploads = app, default, uploads
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        limit = self.uploads if scope["path"].rstrip("/") == "/v1/products" else self.default
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            return await self._refuse(scope, receive, send, limit)
-        seen = 0
-
-        async def counted():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > limit:
-                raise _TooLarge()
-            return message
-
-        try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            await self._refuse(scope, receive, send, limit)
-
-    async def _refuse(self, scope, receive, send, limit: int):
-        response = JSONResponse({"detail": f"the request body is larger than the limit of {limit} bytes"},
-                                status_code=413)
-        await response(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
 
 
 def start_idle_stop(settings: Settings, scheduler: Executor, activity: Activity,

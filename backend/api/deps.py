@@ -8,13 +8,13 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from backend.products.catalog import Catalog
 from backend.config import Settings
 from backend.errors import Forbidden, RateLimited, Unauthorized
+from backend.gpu.executor import Executor
 from backend.jobs.service import JobService
 from backend.ops.metrics import Metrics
 from backend.ops.ratelimit import RateLimiter
-from backend.gpu.executor import Executor
+from backend.products.catalog import Catalog
 from backend.storage import Storage
 
 

@@ -9,9 +9,9 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from backend.api.deps import ClientDep, RateLimitedClientDep, ServicesDep
+from backend.contract import is_job_id
 from backend.errors import InvalidRequest, PayloadTooLarge, Unavailable
 from backend.models import JobManifest, JobSpec, JobTicket
-from backend.contract import is_job_id
 from backend.upscale.service import upscalable_image
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])

@@ -6,9 +6,9 @@ from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from backend.api.deps import ClientDep, ServicesDep
+from backend.contract import check_name
 from backend.errors import InvalidRequest, PayloadTooLarge
 from backend.lora.check import normalize_lora
-from backend.contract import check_name
 from backend.models import Product
 
 router = APIRouter(prefix="/v1/products", tags=["products"])

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from backend.lora.formats import load_lora_into, use_token_embeddings
 from backend.gpu.messages import LoraTask, Task
+from backend.lora.formats import load_lora_into, use_token_embeddings
 
 log = logging.getLogger("showroom.pipeline")
 MAX_ADAPTERS = 16

@@ -21,10 +21,10 @@ from enum import Enum
 from multiprocessing.connection import wait
 
 from backend.gpu import messages as m
+from backend.gpu.worker import DEVICE_BROKEN_EXIT
+from backend.jobs.manifests import JobStore
 from backend.models import JobManifest, Status, now
 from backend.storage import StorageError
-from backend.jobs.manifests import JobStore
-from backend.gpu.worker import DEVICE_BROKEN_EXIT
 
 log = logging.getLogger("showroom.scheduler")
 MAX_ATTEMPTS = 2          # an image whose worker died is tried once more on another worker

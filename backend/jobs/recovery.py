@@ -8,10 +8,10 @@ import logging
 import threading
 import time
 
+from backend.contract import created_us
 from backend.errors import ShowroomError
 from backend.models import Status
 from backend.storage import ObjectMissing, StorageError
-from backend.contract import created_us
 
 log = logging.getLogger("showroom.recovery")
 SCAN_LIMIT = 2000  # the newest jobs; older ones were surely finished by an earlier run

@@ -6,15 +6,14 @@ import secrets
 import threading
 
 from backend.contract import image_key, input_key, lora_key, new_job_id
-from backend.products.catalog import Catalog
 from backend.errors import InvalidRequest, NotFound, QueueFull, Unavailable, UnknownReference
-from backend.images import BadImage, normalize_photo
-from backend.gpu.messages import LoraTask
-from backend.models import ImageRecord, JobManifest, JobSpec, ResolvedSpec, Status, now
 from backend.gpu.executor import Executor
-from backend.storage import ObjectMissing
-from backend.storage import StorageError
+from backend.gpu.messages import LoraTask
+from backend.images import BadImage, normalize_photo
 from backend.jobs.manifests import JobStore
+from backend.models import ImageRecord, JobManifest, JobSpec, ResolvedSpec, Status, now
+from backend.products.catalog import Catalog
+from backend.storage import ObjectMissing, StorageError
 
 log = logging.getLogger("showroom.jobs")
 DEFAULT_STEPS, DEFAULT_GUIDANCE, DEFAULT_STRENGTH = 30, 7.5, 0.5

@@ -5,8 +5,8 @@ import logging
 from functools import lru_cache
 from pathlib import Path
 
-from backend.errors import UnknownReference
 from backend.contract import lora_key, product_key
+from backend.errors import UnknownReference
 from backend.models import Product, Template
 from backend.storage import ObjectMissing, Storage
 

@@ -214,8 +214,8 @@ def system_once(server: Server, storage, spec: dict, poll_s: float, timeout: flo
 
 def direct_once(gen, storage, spec: dict, batches: list[int]) -> dict:
     """The same pipeline calls in this process, batch after batch; then the PNG encoding and writes."""
-    from backend.images import encode_png
     from backend.gpu.messages import Task
+    from backend.images import encode_png
 
     t0, images, first = time.perf_counter(), [], 0
     for size in batches:

@@ -15,8 +15,7 @@ from concurrent.futures.process import BrokenProcessPool
 from backend.contract import upscale_key
 from backend.errors import Conflict, NotFound
 from backend.models import ImageRecord, JobManifest, Status, UpscaleRecord
-from backend.storage import ObjectMissing
-from backend.storage import put_retrying
+from backend.storage import ObjectMissing, put_retrying
 
 log = logging.getLogger("showroom.upscale")
 _engine = None  # the engine of this process, built on first use

@@ -7,13 +7,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from backend.products.catalog import Catalog
 from backend.config import Settings
 from backend.errors import Unavailable
+from backend.jobs.manifests import JobStore
 from backend.jobs.service import JobService
 from backend.models import JobSpec
+from backend.products.catalog import Catalog
 from backend.storage import LocalStorage, StorageError
-from backend.jobs.manifests import JobStore
 
 
 class FailingPuts(LocalStorage):

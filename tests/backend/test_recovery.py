@@ -6,10 +6,10 @@ from collections import Counter
 from concurrent.futures import Future
 from types import SimpleNamespace
 
-from backend.models import Status, UpscaleRecord
-from backend.jobs.recovery import Recovery, recover
-from backend.storage import LocalStorage, StorageError
 from backend.jobs.manifests import JobStore
+from backend.jobs.recovery import Recovery, recover
+from backend.models import Status, UpscaleRecord
+from backend.storage import LocalStorage, StorageError
 from backend.upscale.service import UpscaleService
 from tests.backend.test_scheduler import make_job, run_scheduler, submit, wait_terminal  # noqa: F401 (fixture)
 
@@ -193,9 +193,9 @@ def test_a_product_record_that_cannot_be_read_yet_makes_the_scan_try_again(run_s
 
 
 def test_a_corrupt_product_record_fails_the_images_it_would_make_with_the_reason(run_scheduler, tmp_path):
-    from backend.products.catalog import Catalog
     from backend.jobs.service import JobService
     from backend.models import Product
+    from backend.products.catalog import Catalog
 
     sched, store = run_scheduler(1)
     catalog = Catalog(store.storage)

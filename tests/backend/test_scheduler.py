@@ -5,11 +5,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from backend.models import ImageRecord, JobManifest, ResolvedSpec, Status, now
-from backend.gpu.scheduler import MAX_RESTARTS, Scheduler
-from backend.storage import LocalStorage
 from backend.contract import new_job_id
+from backend.gpu.scheduler import MAX_RESTARTS, Scheduler
 from backend.jobs.manifests import JobStore
+from backend.models import ImageRecord, JobManifest, ResolvedSpec, Status, now
+from backend.storage import LocalStorage
 from tests.backend.fake_worker import run_fake_worker
 
 

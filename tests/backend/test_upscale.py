@@ -19,8 +19,14 @@ import pytest
 from PIL import Image
 
 from backend.models import Status
-from backend.upscale.engines import (REPLICATE_VERSION, LocalUpscaler, ReplicateUpscaler, UpscaleError, fit_4x,
-                             make_upscaler)
+from backend.upscale.engines import (
+    REPLICATE_VERSION,
+    LocalUpscaler,
+    ReplicateUpscaler,
+    UpscaleError,
+    fit_4x,
+    make_upscaler,
+)
 from backend.upscale.service import UpscaleService
 from tests.backend.test_scheduler import make_job
 from tests.fake_replicate import FakeReplicate

@@ -7,8 +7,16 @@ import uuid
 from backend.storage import open_storage
 from frontend import services
 from tests.factories import decode_png, make_lora, png_bytes
-from tests.frontend.conftest import (SMALL, assert_no_exception, frontend_env, offline_url, page_text,
-                                     placeholder_tiles, run_until, shown_images)
+from tests.frontend.conftest import (
+    SMALL,
+    assert_no_exception,
+    frontend_env,
+    offline_url,
+    page_text,
+    placeholder_tiles,
+    run_until,
+    shown_images,
+)
 
 BLOCKER = {"prompt": "a chair", "num_images": 16, "steps": 150, "width": 128, "height": 128, "seed": 1}
 

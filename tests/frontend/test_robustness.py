@@ -16,8 +16,7 @@ from frontend import client as client_module
 from frontend import settings as settings_module
 from frontend.jobs import load_job, recent_jobs
 from frontend.services import health_from
-from tests.frontend.conftest import (SMALL, assert_no_exception, frontend_env, offline_url, page_text,
-                                     shown_images)
+from tests.frontend.conftest import SMALL, assert_no_exception, frontend_env, offline_url, page_text, shown_images
 
 MALFORMED = [
     [1, 2, 3],                                               # JSON, but not an object
