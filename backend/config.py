@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     upscaler: Literal["replicate", "local", "off"] | None = None
     replicate_api_token: SecretStr | None = None
     replicate_base_url: str | None = None
+    bg_removal_model: str = Field("birefnet-general", description="place mode's background remover: a rembg "
+                                  "model name or the path of an .onnx file in U2-Net's layout")
 
     # --- ours (documented in README) ---
     queue_max_images: int = Field(256, ge=1, description="images waiting in the queue before 429")
@@ -50,6 +52,8 @@ class Settings(BaseSettings):
     replicate_version: str | None = None
     replicate_task: str = "real_sr"
     local_upscaler_model: str = LOCAL_UPSCALER_MODEL
+    inpaint_model_id: str = Field("", description="place mode: a dedicated inpainting checkpoint (diffusers layout, "
+                                  "same family as MODEL_ID); empty = inpaint with MODEL_ID's own weights")
     compile: bool = Field(False, description="torch.compile the UNet on CUDA (slow first image, faster after)")
     taesd_id: str = Field("", description="decode with this tiny autoencoder (TAESD, e.g. madebyollin/taesd) "
                           "instead of the model's VAE: a faster, slightly softer decode; empty = the VAE")

@@ -61,11 +61,11 @@ def created_us(job_id: str) -> int:
 
 
 def is_job_id(value: str | None) -> bool:
-    return bool(value) and bool(JOB_ID_RE.match(value))
+    return isinstance(value, str) and JOB_ID_RE.fullmatch(value) is not None
 
 
 def check_name(kind: str, name: str) -> str:
-    if not NAME_RE.match(name):
+    if not isinstance(name, str) or NAME_RE.fullmatch(name) is None:  # fullmatch: "$" would let "x\n" in
         raise ValueError(f"{kind} name must be {NAME_RULE}, got {name!r}")
     return name
 

@@ -13,8 +13,9 @@ class BadImage(ValueError):
     """The upload is not a usable picture; the message says why."""
 
 
-def normalize_photo(data: bytes, *, max_bytes: int, max_pixels: int) -> bytes:
-    """Check an uploaded photo by its content and return it as a clean RGB PNG with no EXIF.
+def normalize_photo(data: bytes, *, max_bytes: int, max_pixels: int) -> tuple[bytes, tuple[int, int]]:
+    """Check an uploaded photo by its content and return it as a clean PNG with no EXIF, upright, and
+    its (width, height). Transparency is kept (RGBA): a packshot's own cut-out is the best there is.
 
     Refuses: empty or oversized uploads, anything that is not PNG/JPEG/WebP whatever its name
     or content type says, truncated files, and images whose header claims more pixels than
@@ -41,14 +42,13 @@ def normalize_photo(data: bytes, *, max_bytes: int, max_pixels: int) -> bytes:
         raise BadImage(f"the photo claims more than {max_pixels} pixels") from None
     except Exception as e:  # PIL raises many kinds for broken input: all mean the same to the user
         raise BadImage(f"the photo could not be read as an image ({type(e).__name__}: {e})") from None
-    if img.mode in ("RGBA", "LA", "P"):
-        img = img.convert("RGBA")
-        background = Image.new("RGB", img.size, (255, 255, 255))
-        background.paste(img, mask=img.getchannel("A"))
-        img = background
+    transparent = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+    img = img.convert("RGBA") if transparent else img.convert("RGB")
+    if transparent and img.getchannel("A").getextrema()[0] == 255:
+        img = img.convert("RGB")  # an alpha channel that hides nothing is no cut-out
     out = io.BytesIO()
-    img.convert("RGB").save(out, format="PNG")  # a fresh PNG carries no EXIF, GPS or maker notes
-    return out.getvalue()
+    img.save(out, format="PNG")  # a fresh PNG carries no EXIF, GPS or maker notes
+    return out.getvalue(), img.size
 
 
 def encode_png(img: Image.Image, parameters: dict) -> bytes:

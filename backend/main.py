@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from backend.api import catalog_routes, health_routes, job_routes, product_routes
+from backend.api import catalog_routes, cutout_routes, health_routes, job_routes, product_routes
 from backend.api.deps import Services
 from backend.api.middleware import BodyLimit
 from backend.config import Settings, get_settings
@@ -18,7 +18,9 @@ from backend.errors import install_error_handlers
 from backend.gpu.devices import native_size_guess, visible_gpus
 from backend.gpu.executor import Executor
 from backend.gpu.scheduler import Scheduler
-from backend.jobs.manifests import JobStore
+from backend.jobs.events import JobEvents
+from backend.jobs.manifests import ManifestStore
+from backend.jobs.prepare import Preparer
 from backend.jobs.recovery import Recovery
 from backend.jobs.service import JobService
 from backend.ops.idle import Activity, IdleStopper, vast_stop_action
@@ -57,19 +59,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         storage = settings.open_storage()
-        store, catalog_ = JobStore(storage), Catalog(storage)
         metrics = Metrics()
+        store, catalog_ = ManifestStore(storage).start(), Catalog(storage)
         workers = settings.worker_count(visible_gpus(settings.cuda_visible_devices))
-        scheduler = Scheduler(settings, store, workers, on_event=metrics.on_event)
-        job_service = JobService(settings, catalog_, store, scheduler, native_size_guess(settings.model_id))
-        upscales = UpscaleService(settings, scheduler, job_service) if settings.active_upscaler != "off" else None
-        app.state.services = Services(settings, storage, catalog_, scheduler, job_service, metrics,
-                                      RateLimiter(settings.rate_limit_per_minute), upscales)
+        executor = Scheduler(settings, storage, workers, on_event=JobEvents(store, metrics.on_event))
+        preparer = Preparer(storage, settings.bg_removal_model)
+        job_service = JobService(settings, catalog_, store, executor, native_size_guess(settings.model_id), preparer)
+        upscales = UpscaleService(settings, executor, store) if settings.active_upscaler != "off" else None
+        app.state.services = Services(settings, storage, catalog_, executor, store, job_service, metrics,
+                                      RateLimiter(settings.rate_limit_per_minute), upscales, preparer)
         log.info("storage %s, model %s, %d workers, upscaler %s", storage.url, settings.model_id,
-                 len(scheduler.slots), settings.active_upscaler)
-        scheduler.start()
-        recovery = Recovery(store, scheduler, job_service, upscales).start()
-        idle = start_idle_stop(settings, scheduler, activity, upscales)
+                 len(executor.slots), settings.active_upscaler)
+        executor.start()
+        recovery = Recovery(store, executor, job_service, upscales).start()
+        idle = start_idle_stop(settings, executor, activity, upscales)
         try:
             yield
         finally:
@@ -78,7 +81,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 idle.close()
             if upscales:
                 upscales.close()
-            scheduler.stop()
+            preparer.close()
+            executor.stop()
+            store.close()
 
     app = FastAPI(title="Showroom", version="0.1.0", lifespan=lifespan,
                   description="Pictures of a real product in any scene. See README.md.")
@@ -98,7 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return response
         finally:
             activity.end(touch=status not in (401, 403))
-    for module in (health_routes, catalog_routes, product_routes, job_routes):
+    for module in (health_routes, catalog_routes, product_routes, cutout_routes, job_routes):
         app.include_router(module.router)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],

@@ -1,8 +1,9 @@
 """The documents of the contract: JobSpec, JobManifest and its lifecycle, catalog entries."""
 
 from datetime import datetime, timezone
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from backend.contract import Status, check_name, manifest_key, rollup
 
@@ -30,6 +31,19 @@ def _multiple_of_8(name: str, v: int | None) -> int | None:
     return v
 
 
+Mode = Literal["generate", "restyle", "place"]
+
+
+class Placement(BaseModel):
+    """`place` mode: the cut-out's box is centred at (x·width, y·height) and fitted, aspect kept, into
+    scale·width × scale·height."""
+
+    model_config = ConfigDict(extra="forbid")
+    x: float = Field(0.5, ge=0, le=1)
+    y: float = Field(0.55, ge=0, le=1)
+    scale: float = Field(0.6, ge=0.05, le=1)
+
+
 class JobSpec(BaseModel):
     """What a client asks for. Unset fields are filled from the template, then from defaults."""
 
@@ -46,6 +60,10 @@ class JobSpec(BaseModel):
     height: int | None = Field(None, ge=64, le=2048)
     seed: int | None = Field(None, ge=0, le=MAX_SEED - 16)
     strength: float | None = Field(None, ge=0, le=1)
+    mode: Mode | None = None
+    placement: Placement | None = None
+    shadow: bool = Field(True, description="place mode: a soft contact shadow under the product")
+    harmonize: bool = Field(True, description="place mode: the product's edge takes a little of the scene's light")
 
     @field_validator("width")
     @classmethod
@@ -83,6 +101,10 @@ class ResolvedSpec(BaseModel):
     height: int
     seed: int
     strength: float
+    mode: Mode = "generate"
+    placement: Placement | None = None
+    shadow: bool = True
+    harmonize: bool = True
 
 
 class UpscaleRecord(BaseModel):
@@ -91,22 +113,30 @@ class UpscaleRecord(BaseModel):
     error: str | None = None
 
 
+class StepProgress(BaseModel):
+    step: int
+    steps: int
+
+
 class ImageRecord(BaseModel):
     index: int
     key: str
     seed: int
     status: Status = Status.queued
-    worker: int | None = None
+    worker: int | str | None = None
     error: str | None = None
     started_at: str | None = None
     finished_at: str | None = None
+    progress: StepProgress | None = None
+    preview_key: str | None = None
     upscale: UpscaleRecord | None = None
 
-    def started(self, worker: int) -> None:
+    def started(self, worker: int | str) -> None:
         self.status, self.worker, self.started_at, self.error = Status.running, worker, now(), None
+        self.progress = None
 
     def requeued(self) -> None:
-        self.status, self.worker, self.started_at = Status.queued, None, None
+        self.status, self.worker, self.started_at, self.progress = Status.queued, None, None, None
 
     def succeeded(self) -> None:
         self.status, self.finished_at = Status.succeeded, now()
@@ -124,6 +154,9 @@ class Product(BaseModel):
     trigger: str
     category: str | None = None
     weight: float = 1.0
+    has_lora: bool = True            # records written before packshots existed always had a LoRA
+    packshot_key: str | None = None  # products/<name>.png: its cut-out, placed by `place` jobs
+    training: str | None = None      # the id of its latest training
 
 
 class Template(BaseModel):
@@ -135,6 +168,7 @@ class Template(BaseModel):
     steps: int
     guidance_scale: float
     strength: float
+    modes: list[Mode] = ["generate", "restyle", "place"]  # the modes it suits
 
 
 class JobTicketImage(BaseModel):
@@ -157,13 +191,20 @@ class JobManifest(BaseModel):
     status: Status
     spec: ResolvedSpec
     input_key: str | None
+    layout_key: str | None = None
     error: str | None = None
     images: list[ImageRecord]
-    canceled_requested: bool = Field(False, exclude=True)
 
     @property
     def manifest_key(self) -> str:
         return manifest_key(self.id)
+
+    @model_validator(mode="after")
+    def _photo_means_restyle(self) -> "JobManifest":
+        # Manifests written before modes existed: a job with a photo and no layout was a restyle.
+        if self.input_key and not self.layout_key and self.spec.mode == "generate":
+            self.spec.mode = "restyle"
+        return self
 
     def refresh(self) -> None:
         """Derive the job's status from its images' and stamp the change."""

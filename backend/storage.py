@@ -103,19 +103,23 @@ class LocalStorage(Storage):
             stat = self._path(key).stat()
         except FileNotFoundError:
             raise ObjectMissing(key) from None
-        return f"{stat.st_mtime_ns}-{stat.st_size}"
+        # put() renames a fresh file into place: the inode tells a same-size rewrite within one clock tick
+        return f"{stat.st_mtime_ns}-{stat.st_size}-{stat.st_ino}"
+
+    def _folder(self, prefix: str) -> Path:
+        return self._path(prefix.strip("/")) if prefix.strip("/") else self.root
 
     def list_dirs(self, prefix: str) -> list[str]:
-        folder = self.root / prefix.strip("/") if prefix.strip("/") else self.root
+        folder = self._folder(prefix)
         if not folder.is_dir():
             return []
         return sorted(p.name for p in folder.iterdir() if p.is_dir())
 
     def list_files(self, prefix: str) -> list[str]:
-        folder = self.root / prefix.strip("/")
+        folder = self._folder(prefix)
         if not folder.is_dir():
             return []
-        base = prefix.strip("/") + "/"
+        base = prefix.strip("/") + "/" if prefix.strip("/") else ""
         return sorted(base + p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".tmp-"))
 
 
@@ -139,7 +143,7 @@ class S3Storage(Storage):
                     region_name=region or "us-east-1")
         self.client = boto3.client("s3", config=config, **args)
         # /health must answer fast during an outage: its probe tries once, with short timeouts.
-        self.probe = boto3.client("s3", config=config.merge(Config(retries={"max_attempts": 1}, connect_timeout=2,
+        self.probe = boto3.client("s3", config=config.merge(Config(retries={"total_max_attempts": 1}, connect_timeout=2,
                                                                      read_timeout=3)), **args)
 
     def _key(self, key: str) -> str:
@@ -226,7 +230,7 @@ def put_retrying(storage: Storage, key: str, data: bytes, content_type: str, bud
 def open_storage(url: str, *, endpoint_url: str | None = None, access_key: str | None = None,
                  secret_key: str | None = None, region: str | None = None, interactive: bool = False) -> Storage:
     parsed = urlparse(url)
-    if parsed.scheme == "file":
+    if parsed.scheme == "file" and not parsed.netloc and parsed.path.startswith("/"):
         return LocalStorage(Path(parsed.path))
     if parsed.scheme == "s3" and parsed.netloc:
         return S3Storage(parsed.netloc, parsed.path, endpoint_url=endpoint_url, access_key=access_key,

@@ -20,6 +20,14 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_segmenter(tmp_path_factory) -> Path:
+    """A "not white" background remover in U²-Net's ONNX layout, for BG_REMOVAL_MODEL (no download)."""
+    from tests.segmenter import build_tiny_segmenter
+
+    return build_tiny_segmenter(tmp_path_factory.mktemp("segmenter") / "not-white.onnx")
+
+
+@pytest.fixture(scope="session")
 def s3(tmp_path_factory):
     server = SeaweedS3(tmp_path_factory.mktemp("seaweed"), BUCKET, ACCESS_KEY, SECRET_KEY).start()
     yield server
@@ -40,13 +48,14 @@ def open_test_storage(env: dict[str, str]):
 
 
 @pytest.fixture(scope="session")
-def make_backend(tiny_model, s3, tmp_path_factory):
+def make_backend(tiny_model, tiny_segmenter, s3, tmp_path_factory):
     """Start a backend on the tiny model; S3 storage under a fresh prefix unless STORAGE_URL is given."""
     started: list[Backend] = []
     log_dir = tmp_path_factory.mktemp("logs")
 
     def make(wait_for: str = "ok", **env) -> Backend:
-        base = {"MODEL_ID": str(tiny_model), "WORKERS": "1", "DEVICE": "cpu", "API_KEY": "test-api-key-123"}
+        base = {"MODEL_ID": str(tiny_model), "WORKERS": "1", "DEVICE": "cpu", "API_KEY": "test-api-key-123",
+                "BG_REMOVAL_MODEL": str(tiny_segmenter)}
         if "STORAGE_URL" not in env:
             base |= s3_env(s3, f"t-{uuid.uuid4().hex[:8]}")
         backend = Backend(base | {k: str(v) for k, v in env.items() if v is not None}, log_dir)

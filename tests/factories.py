@@ -15,7 +15,7 @@ from backend.tools.seaweed import free_port
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS_NAMES = ("MODEL_ID", "DEVICE", "WORKERS", "STORAGE_URL", "S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
                   "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "API_KEY", "UPSCALER", "REPLICATE_API_TOKEN",
-                  "REPLICATE_BASE_URL", "BACKEND_URL")
+                  "REPLICATE_BASE_URL", "BACKEND_URL", "BG_REMOVAL_MODEL", "INPAINT_MODEL_ID")
 
 
 class Backend:
@@ -103,6 +103,27 @@ class Backend:
 def png_bytes(width: int = 64, height: int = 64, color=(200, 30, 30), fmt: str = "PNG", **save) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (width, height), color).save(out, format=fmt, **save)
+    return out.getvalue()
+
+
+def packshot(width: int = 40, height: int = 56, fmt: str = "PNG", background=None) -> bytes:
+    """A product photo: a dark bottle-like shape with a label and a soft edge, on transparency (PNG,
+    RGBA) or on a plain `background` colour (e.g. a JPEG on white)."""
+    from PIL import ImageDraw, ImageFilter
+
+    mask = Image.new("L", (width, height), 0)
+    ImageDraw.Draw(mask).rounded_rectangle((8, 4, width - 9, height - 5), radius=6, fill=255)
+    mask = mask.filter(ImageFilter.GaussianBlur(1))  # a soft edge, as real cut-outs have
+    body = Image.new("RGB", (width, height), (30, 60, 140))
+    ImageDraw.Draw(body).rectangle((10, height // 3, width - 11, height // 2), fill=(230, 200, 40))  # the label
+    if background is None:
+        img = body.convert("RGBA")
+        img.putalpha(mask)
+    else:
+        img = Image.new("RGB", (width, height), background)
+        img.paste(body, mask=mask)
+    out = io.BytesIO()
+    img.save(out, format=fmt)
     return out.getvalue()
 
 

@@ -11,6 +11,8 @@ from fastapi import Depends, Header, Request
 from backend.config import Settings
 from backend.errors import Forbidden, RateLimited, Unauthorized
 from backend.gpu.executor import Executor
+from backend.jobs.manifests import ManifestStore
+from backend.jobs.prepare import Preparer
 from backend.jobs.service import JobService
 from backend.ops.metrics import Metrics
 from backend.ops.ratelimit import RateLimiter
@@ -23,11 +25,13 @@ class Services:
     settings: Settings
     storage: Storage
     catalog: Catalog
-    scheduler: Executor
+    executor: Executor
+    store: ManifestStore
     jobs: JobService
     metrics: Metrics
     limiter: RateLimiter
     upscales: object = None
+    preparer: Preparer | None = None
 
 
 def get_services(request: Request) -> Services:

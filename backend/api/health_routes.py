@@ -1,11 +1,9 @@
 """Health and metrics: no auth, so load balancers, the frontend and Prometheus can read them."""
 
 from fastapi import APIRouter
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from backend.api.deps import ServicesDep
-from backend.storage import StorageError
 
 router = APIRouter(tags=["health"])
 
@@ -28,14 +26,10 @@ def overall(workers: list[dict], storage_ok: bool, unsaved: int) -> tuple[str, s
 
 @router.get("/health")
 async def health(services: ServicesDep) -> dict:
-    """Is the backend up, are its workers ready, how long is the queue."""
-    snap = services.scheduler.snapshot()
-    try:
-        await run_in_threadpool(services.storage.ping)
-        storage_ok = True
-    except StorageError:
-        storage_ok = False
-    status, detail = overall(snap["workers"], storage_ok, snap["unsaved"])
+    """Is the backend up, are its workers ready, how long is the queue. Never waits on storage: the
+    manifest writer's last word on it (it checks every few seconds) is what counts."""
+    snap = services.executor.snapshot()
+    status, detail = overall(snap["workers"], services.store.storage_ok, services.store.unsaved())
     if status == "error" and snap["errors"]:
         detail = snap["errors"][0]
     return {
@@ -45,11 +39,12 @@ async def health(services: ServicesDep) -> dict:
         "queue": {"pending": snap["pending"]},
         "upscaler": services.settings.active_upscaler if services.upscales else "off",
         "detail": detail,
+        "native_size": services.jobs.native_size(),  # ours: the size jobs get without width and height
     }
 
 
 @router.get("/metrics")
 def metrics(services: ServicesDep) -> Response:
     """Prometheus text format."""
-    body = services.metrics.render(services.scheduler.snapshot())
+    body = services.metrics.render(services.executor.snapshot())
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

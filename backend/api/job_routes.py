@@ -94,9 +94,12 @@ async def submit_job(request: Request, services: ServicesDep, client: RateLimite
 
 @router.get("", response_model=dict[str, list[JobManifest]])
 async def list_jobs(services: ServicesDep, client: ClientDep,
-                    limit: Annotated[int, Query(ge=1, le=200)] = 20) -> dict:
-    """Recent jobs, newest first."""
-    return {"jobs": await run_in_threadpool(services.jobs.list, limit)}
+                    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+                    before: Annotated[str | None, Query(description="only jobs older than this id")] = None) -> dict:
+    """Recent jobs, newest first; `before` pages back through older ones."""
+    if before is not None:
+        _job_id(before)
+    return {"jobs": await run_in_threadpool(services.jobs.list, limit, before)}
 
 
 def _job_id(job_id: str) -> str:

@@ -1,14 +1,76 @@
-"""The seam between the API and whatever makes the images.
+"""The seam between the job side and whatever makes the images.
 
-`Scheduler` (this box's GPUs, one worker process each) is the one executor today. A second one,
-spanning several GPU boxes, implements the same verbs; the job service, the upscale service,
-start-up recovery and the routes use nothing else.
+An executor takes jobs, runs their images on GPUs and reports what happens as small typed events;
+it never writes a manifest. `backend.jobs.events` applies the events to the manifest store. The local
+`Scheduler` (this box's GPUs, one worker process each) is one executor; GPU nodes pulling work over
+a broker are another. The job service, the upscale service, start-up recovery and the routes use
+nothing but these verbs.
 """
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from backend.models import JobManifest
+
+
+# ----- events, executor -> job side -----
+@dataclass(frozen=True)
+class ImagesStarted:
+    job_id: str
+    indices: tuple[int, ...]
+    worker: int | str
+
+
+@dataclass(frozen=True)
+class ImagesProgress:
+    job_id: str
+    indices: tuple[int, ...]
+    step: int
+    steps: int
+
+
+@dataclass(frozen=True)
+class ImageSucceeded:
+    job_id: str
+    index: int
+
+
+@dataclass(frozen=True)
+class ImageFailed:
+    job_id: str
+    index: int
+    error: str
+
+
+@dataclass(frozen=True)
+class ImagesRequeued:
+    """A worker was lost; these images wait for another."""
+    job_id: str
+    indices: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ImagesCanceled:
+    job_id: str
+    indices: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class BatchFinished:
+    seconds: float
+    images: int
+
+
+@dataclass(frozen=True)
+class WorkerReady:
+    worker: int | str
+    load_s: float
+
+
+Event = (ImagesStarted | ImagesProgress | ImageSucceeded | ImageFailed | ImagesRequeued | ImagesCanceled
+         | BatchFinished | WorkerReady)
+EventSink = Callable[[Event], None]
 
 
 @runtime_checkable
@@ -20,16 +82,14 @@ class Executor(Protocol):
     def stop(self, timeout: float = 10) -> None: ...
 
     def submit(self, job: JobManifest, loras: tuple) -> None:
-        """Take a job whose manifest is already in storage; make its images not yet terminal."""
+        """Run the job's queued images; their manifest is already in storage."""
 
-    def cancel(self, job_id: str) -> JobManifest | None:
-        """Cancel a job it holds; None when it holds no such job."""
+    def cancel(self, job_id: str) -> bool:
+        """Drop the job's waiting images (reported canceled) and interrupt its running ones; False when
+        it holds no such job."""
 
-    def active(self, job_id: str) -> JobManifest | None:
-        """The live manifest of a job it holds, or None."""
-
-    def mutate(self, job_id: str, change: Callable[[JobManifest], None]) -> JobManifest:
-        """Apply `change` to a job's manifest (held or finished) and persist it: the one writer."""
+    def holds(self, job_id: str) -> bool:
+        """True while some image of the job is waiting or running here."""
 
     def pending_images(self) -> int: ...
 
@@ -39,5 +99,5 @@ class Executor(Protocol):
     def last_error(self) -> str: ...
 
     def snapshot(self) -> dict:
-        """For /health and /metrics: {"workers": [{"id", "device", "state"}], "errors", "pending",
-        "native_size", "unsaved"}."""
+        """For /health and /metrics, without waiting on storage: {"workers": [{"id", "device", "state"}],
+        "errors": [str], "pending": int, "native_size": int | None}."""

@@ -1,4 +1,4 @@
-"""The small typed messages between the scheduler (parent) and the GPU worker processes."""
+"""The small typed messages between the scheduler (parent) and a GPU worker process, one union per direction."""
 
 from dataclasses import dataclass, field
 
@@ -10,6 +10,7 @@ class LoraTask:
     key: str        # storage key of the canonical .safetensors file
 
 
+# ----- parent -> worker -----
 @dataclass(frozen=True)
 class Task:
     """Generate some images of one job as one batch."""
@@ -28,10 +29,16 @@ class Task:
     input_key: str | None = None
     loras: tuple[LoraTask, ...] = ()
     meta: dict = field(default_factory=dict)  # written into the PNG text chunks
+    mode: str = "generate"                    # generate, restyle or place
+    layout_key: str | None = None             # place mode: the product layer, RGBA, width x height
+    shadow: bool = True                       # place mode: a contact shadow under the product
+    harmonize: bool = True                    # place mode: the product's edge takes a little of the scene's light
+    preview_keys: tuple[str, ...] = ()        # where a preview of each image goes while it sharpens
 
 
 @dataclass(frozen=True)
 class UpscaleTask:
+    """Upscale one stored image 4x with the local upscaler, on this worker's GPU."""
     task_id: int
     source_key: str
     target_key: str
@@ -42,6 +49,10 @@ class Stop:
     pass
 
 
+ToWorker = Task | UpscaleTask | Stop
+
+
+# ----- worker -> parent -----
 @dataclass(frozen=True)
 class Ready:
     worker_id: int
@@ -83,7 +94,12 @@ class ImageFailed:
 
 @dataclass(frozen=True)
 class Done:
-    """The task is over: every image in it was reported done or failed, or it was canceled."""
+    """The task is over: every image in it was reported done or failed, or it was canceled. For an
+    UpscaleTask, `error` is None when the result is stored."""
     task_id: int
     canceled: bool = False
     seconds: float = 0.0
+    error: str | None = None
+
+
+FromWorker = Ready | LoadFailed | Started | Progress | ImageDone | ImageFailed | Done

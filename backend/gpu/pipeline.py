@@ -16,10 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from backend.gpu.messages import LoraTask, Task
 from backend.lora.formats import load_lora_into, use_token_embeddings
+from backend.place.composite import finish
+from backend.place.layout import init_canvas, inpaint_mask
 
 log = logging.getLogger("showroom.pipeline")
 MAX_ADAPTERS = 16
@@ -27,6 +29,21 @@ MAX_ADAPTERS = 16
 
 class Canceled(Exception):
     pass
+
+
+def fit_photo(photo: Image.Image, width: int, height: int) -> Image.Image:
+    """Restyle's input: scaled to cover width x height and centre-cropped, never stretched; a
+    transparent photo is laid on white first."""
+    photo = photo.convert("RGBA")
+    flat = Image.new("RGB", photo.size, (255, 255, 255))
+    flat.paste(photo, mask=photo.getchannel("A"))
+    return ImageOps.fit(flat, (width, height), Image.Resampling.LANCZOS, centering=(0.5, 0.5))
+
+
+def place_inputs(layer: Image.Image, n: int) -> dict:
+    """Inpainting's inputs for a product layer: the product over a neutral fill, and a mask that is
+    white wherever the scene is generated. strength 1: the scene starts from pure noise."""
+    return {"image": [init_canvas(layer)] * n, "mask_image": [inpaint_mask(layer)] * n, "strength": 1.0}
 
 
 def bad_pixels(arr: np.ndarray) -> str | None:
@@ -77,7 +94,7 @@ class Adapters:
 
 class Generator:
     def __init__(self, model_id: str, device: str, storage, cache_dir: Path, compile_unet: bool = False,
-                 taesd_id: str | None = None):
+                 taesd_id: str | None = None, inpaint_model_id: str | None = None):
         from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image
 
         self.device, self.storage, self.model_id = device, storage, model_id
@@ -86,7 +103,7 @@ class Generator:
         if cuda:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        extra = {"safety_checker": None, "requires_safety_checker": False} if self._has_safety_checker() else {}
+        extra = self._no_safety_checker()
         variant = "fp16" if cuda and self._has_variant("fp16") else None
         self.t2i = AutoPipelineForText2Image.from_pretrained(
             model_id, dtype=self.dtype, use_safetensors=True, variant=variant, **extra)
@@ -113,6 +130,23 @@ class Generator:
                   and getattr(self.t2i, "text_encoder_2", None) is not None)
         self.decoder_dtype = torch.float32 if upcast else self.dtype
         self.adapters = Adapters(self.t2i, storage, cache_dir)
+        self.inpaint_model_id, self._inpaint = inpaint_model_id, None
+
+    def inpainter(self):
+        """Place mode's pipeline, made on first use: a dedicated inpainting checkpoint (INPAINT_MODEL_ID),
+        else MODEL_ID's own weights shared through from_pipe (no second copy in memory)."""
+        if self._inpaint is None:
+            from diffusers import AutoPipelineForInpainting
+
+            if self.inpaint_model_id:
+                pipe = AutoPipelineForInpainting.from_pretrained(self.inpaint_model_id, dtype=self.dtype,
+                                                                 use_safetensors=True, **self._no_safety_checker())
+                pipe.to(self.device)
+            else:
+                pipe = AutoPipelineForInpainting.from_pipe(self.t2i)
+            pipe.set_progress_bar_config(disable=True)
+            self._inpaint = pipe
+        return self._inpaint
 
     def _load_taesd(self, taesd_id: str):
         """The tiny autoencoder: it decodes the UNet's (scaled) latents directly, in a fraction of the VAE's time."""
@@ -131,6 +165,9 @@ class Generator:
             taesd.to(memory_format=torch.channels_last)
         log.info("decoding with TAESD %s instead of the VAE", taesd_id)
         return taesd
+
+    def _no_safety_checker(self) -> dict:
+        return {"safety_checker": None, "requires_safety_checker": False} if self._has_safety_checker() else {}
 
     def _has_safety_checker(self) -> bool:
         index = Path(self.model_id) / "model_index.json"
@@ -206,9 +243,13 @@ class Generator:
             generator=[torch.Generator("cpu").manual_seed(s) for s in task.seeds],
             output_type="latent", callback_on_step_end=callback,
         )
-        if task.input_key:
-            photo = Image.open(io.BytesIO(self.storage.get(task.input_key))).convert("RGB")
-            photo = photo.resize((task.width, task.height), Image.LANCZOS)
+        layer = None
+        if task.mode == "place":
+            layer = Image.open(io.BytesIO(self.storage.get(task.layout_key))).convert("RGBA")
+            pipe, kwargs = self.inpainter(), kwargs | place_inputs(layer, n) | {"width": task.width,
+                                                                             "height": task.height}
+        elif task.mode == "restyle":
+            photo = fit_photo(Image.open(io.BytesIO(self.storage.get(task.input_key))), task.width, task.height)
             pipe, kwargs = self.i2i, kwargs | {"image": [photo] * n, "strength": task.strength}
         else:
             pipe, kwargs = self.t2i, kwargs | {"width": task.width, "height": task.height}
@@ -216,6 +257,9 @@ class Generator:
         with torch.inference_mode():
             latents = pipe(**kwargs).images
             images = self._decode(latents)
+        if layer is not None:  # the product's own pixels back, exactly; a shadow and a light wrap around it
+            images = [finish(img, layer, task.shadow, task.harmonize) if isinstance(img, Image.Image) else img
+                      for img in images]
         log.info("job %s images %s: %d steps in %.2fs on %s", task.job_id, list(task.indices), task.steps,
                  time.perf_counter() - started, self.device)
         return images

@@ -1,11 +1,9 @@
-"""Fans the images of jobs out over the local worker processes, one per GPU.
+"""The local executor: fans the images of jobs out over this box's worker processes, one per GPU.
 
-The executor interface is `submit(job, loras)`, `cancel(job_id)`, `snapshot()`, `start()`, `stop()`:
-a scheduler spanning several GPU boxes can take its place later.
-
-One dispatcher thread owns the workers: it hands out batches, reads the workers' messages,
-notices a worker that died or overran its time limit, and applies every change to the job
-manifests (the only writer of manifests after submission). Each change is persisted at once.
+One dispatcher thread owns the workers: it hands out batches (and local upscales), reads the
+workers' messages, notices a worker that died or overran its time limit, and reports what happened
+as events (backend.gpu.executor). It writes no manifest. Its lock guards memory only: no storage
+call is ever made while it is held, so /health and the routes never wait on S3 behind it.
 """
 
 import logging
@@ -16,15 +14,16 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import Enum
 from multiprocessing.connection import wait
 
+from backend.gpu import executor as ev
 from backend.gpu import messages as m
 from backend.gpu.worker import DEVICE_BROKEN_EXIT
-from backend.jobs.manifests import JobStore
-from backend.models import JobManifest, Status, now
-from backend.storage import StorageError
+from backend.models import JobManifest, Status
+from backend.storage import Storage, StorageError
 
 log = logging.getLogger("showroom.scheduler")
 MAX_ATTEMPTS = 2          # an image whose worker died is tried once more on another worker
@@ -47,6 +46,21 @@ class Work:
 
 
 @dataclass
+class Upscale:
+    source_key: str
+    target_key: str
+    future: Future
+
+
+@dataclass
+class HeldJob:
+    job: JobManifest          # a private copy, read only: spec, keys, seeds (the manifest store owns the live one)
+    loras: tuple
+    open: set[int]            # images not yet reported terminal
+    canceled: bool = False
+
+
+@dataclass
 class WorkerSlot:
     id: int
     state: WorkerState = WorkerState.starting
@@ -54,29 +68,40 @@ class WorkerSlot:
     process: mp.Process | None = None
     conn: object = None
     cancel_task: object = None
-    task: m.Task | None = None
+    task: m.Task | m.UpscaleTask | None = None
     work: list[Work] = field(default_factory=list)
+    upscale: Upscale | None = None
     deadline: float = 0.0
     kill_reason: str | None = None
     error: str | None = None
     failed_starts: int = 0
     restart_at: float = 0.0
-    progress: tuple[int, int] = (0, 0)
+
+
+@dataclass
+class Lost:
+    """What a dead worker held, settled after the lock is released (it may ask storage)."""
+    work: list[Work]
+    upscale: Upscale | None
+    reason: str
+    killed: bool
 
 
 class Scheduler:
-    def __init__(self, settings, store: JobStore, worker_count: int, on_event: Callable[[str, dict], None] | None = None,
+    def __init__(self, settings, storage: Storage, worker_count: int, on_event: ev.EventSink | None = None,
                  worker_target: Callable | None = None):
-        self.settings, self.store = settings, store
+        self.settings, self.storage = settings, storage
         self.worker_target = worker_target
-        self.on_event = on_event or (lambda kind, info: None)
+        self.on_event = on_event or (lambda event: None)
         self.ctx = mp.get_context("spawn")
         self.lock = threading.RLock()
-        self.jobs: dict[str, JobManifest] = {}        # jobs not yet terminal
-        self.loras: dict[str, tuple] = {}
+        self.jobs: dict[str, HeldJob] = {}
         self.pending: deque[Work] = deque()
+        self.upscales: deque[Upscale] = deque()
         self.slots = [WorkerSlot(i) for i in range(worker_count)]
         self.native_size: int | None = None
+        self._outbox: list[ev.Event] = []
+        self._delivering = threading.Lock()
         self._next_task = 0
         self._stopping = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
@@ -95,43 +120,50 @@ class Scheduler:
         self._thread.join(timeout)
         for slot in self.slots:
             self._shutdown(slot, timeout)
+        with self.lock:
+            for upscale in self.upscales:
+                upscale.future.set_exception(RuntimeError("the backend is stopping"))
+            self.upscales.clear()
 
     def submit(self, job: JobManifest, loras: tuple) -> None:
         with self.lock:
-            self.jobs[job.id] = job
-            self.loras[job.id] = loras
-            for img in job.images:
-                if img.status == Status.queued:
-                    self.pending.append(Work(job.id, img.index))
+            queued = [img.index for img in job.images if img.status == Status.queued]
+            self.jobs[job.id] = HeldJob(job.model_copy(deep=True), loras, set(queued))
+            self.pending.extend(Work(job.id, index) for index in queued)
+            if not queued:
+                del self.jobs[job.id]
         self._wake()
 
-    def cancel(self, job_id: str) -> JobManifest | None:
-        """Cancel what is queued at once and interrupt what is running; None if the job is not active."""
+    def cancel(self, job_id: str) -> bool:
+        """Cancel what is queued at once and interrupt what is running."""
         with self.lock:
-            job = self.jobs.get(job_id)
-            if job is None:
-                return None
-            job.canceled_requested = True
-            waiting = {w.index for w in self.pending if w.job_id == job_id}
+            held = self.jobs.get(job_id)
+            if held is None:
+                return False
+            held.canceled = True
+            waiting = tuple(w.index for w in self.pending if w.job_id == job_id)
             self.pending = deque(w for w in self.pending if w.job_id != job_id)
-            for img in job.images:
-                if img.index in waiting:
-                    img.canceled()
+            if waiting:
+                self._close(job_id, waiting, ev.ImagesCanceled(job_id, waiting))
             for slot in self.slots:
-                if slot.task and slot.task.job_id == job_id:
+                if isinstance(slot.task, m.Task) and slot.task.job_id == job_id:
                     slot.cancel_task.value = slot.task.task_id
-            self._changed(job)
-            return job.model_copy(deep=True)
+        self._deliver()
+        return True
 
-    def mutate(self, job_id: str, change: Callable[[JobManifest], None]) -> JobManifest:
-        """Apply a change to a job's manifest and persist it; the one writer for active and finished jobs
-        alike, so an upscale recorded beside running images is never overwritten by them."""
+    def holds(self, job_id: str) -> bool:
         with self.lock:
-            job = self.jobs.get(job_id) or self.store.load(job_id)
-            change(job)
-            job.updated_at = now()
-            self.store.save(job)
-            return job.model_copy(deep=True)
+            return job_id in self.jobs
+
+    def upscale(self, source_key: str, target_key: str) -> Future:
+        """Run the local upscaler on a worker's GPU; the future ends when the result is stored."""
+        future: Future = Future()
+        with self.lock:
+            if self._stopping.is_set():
+                raise RuntimeError("the backend is stopping")
+            self.upscales.append(Upscale(source_key, target_key, future))
+        self._wake()
+        return future
 
     def hopeless(self) -> bool:
         """True once no worker slot will ever start again (the model cannot be loaded)."""
@@ -143,14 +175,7 @@ class Scheduler:
             return next((s.error for s in self.slots if s.error), "no worker could start")
 
     def pending_images(self) -> int:
-        # No lock: the dispatcher holds it while it writes manifests to storage, and a submit must not
-        # wait on S3. len() of a deque is atomic; two racing submits may pass the bound by one job.
-        return len(self.pending)
-
-    def active(self, job_id: str) -> JobManifest | None:
-        with self.lock:
-            job = self.jobs.get(job_id)
-            return job.model_copy(deep=True) if job else None
+        return len(self.pending)  # len() of a deque is atomic: a submit never waits for the lock
 
     def snapshot(self) -> dict:
         with self.lock:
@@ -159,7 +184,6 @@ class Scheduler:
                 "errors": [s.error for s in self.slots if s.error],
                 "pending": len(self.pending),
                 "native_size": self.native_size,
-                "unsaved": len(self.store.unsaved),
             }
 
     # ----- worker processes -----
@@ -170,11 +194,11 @@ class Scheduler:
         parent, child = self.ctx.Pipe()
         slot.cancel_task = self.ctx.Value("q", -1, lock=False)
         args = (slot.id, self.settings, child, slot.cancel_task, len(self.slots))
-        slot.process = self.ctx.Process(target=target, args=args,
-                                        name=f"showroom-worker-{slot.id}", daemon=True)
+        slot.process = self.ctx.Process(target=target, args=args, name=f"showroom-worker-{slot.id}", daemon=True)
         slot.process.start()
         child.close()
-        slot.conn, slot.state, slot.task, slot.work, slot.kill_reason = parent, WorkerState.starting, None, [], None
+        slot.conn, slot.state, slot.task, slot.work, slot.upscale = parent, WorkerState.starting, None, [], None
+        slot.kill_reason = None
         log.info("worker %d starting (pid %s)", slot.id, slot.process.pid)
 
     def _shutdown(self, slot: WorkerSlot, timeout: float) -> None:
@@ -195,6 +219,20 @@ class Scheduler:
         except BlockingIOError:
             pass  # the pipe is full: the loop is already due to wake
 
+    def _emit(self, event: ev.Event) -> None:
+        self._outbox.append(event)  # under the lock; delivered once it is released
+
+    def _deliver(self) -> None:
+        """Hand the events out in order, outside the lock (the sink may take its own locks)."""
+        with self._delivering:
+            with self.lock:
+                events, self._outbox = self._outbox, []
+            for event in events:
+                try:
+                    self.on_event(event)
+                except Exception:
+                    log.exception("an event could not be applied: %r", event)
+
     # ----- the dispatcher thread -----
     def _loop(self) -> None:
         while not self._stopping.is_set():
@@ -212,6 +250,8 @@ class Scheduler:
                 if slot.process is not None:
                     waitables[slot.conn] = slot
                     waitables[slot.process.sentinel] = slot
+        self._deliver()
+        lost: list[Lost] = []
         for ready in wait(list(waitables), timeout=TICK_S):
             if ready == self._wake_r:
                 os.read(self._wake_r, 4096)
@@ -221,22 +261,25 @@ class Scheduler:
                 if slot.process is None:
                     continue
                 if ready is slot.conn:
-                    self._receive(slot)
+                    lost += self._receive(slot)
                 elif not slot.process.is_alive():
                     self._drain(slot)
-                    self._died(slot)
+                    lost.append(self._died(slot))
+        for item in lost:
+            self._settle(item)
         with self.lock:
             self._check_deadlines()
             self._restart_due()
-            self.store.flush()
+        self._deliver()
 
-    def _receive(self, slot: WorkerSlot) -> None:
+    def _receive(self, slot: WorkerSlot) -> list[Lost]:
         try:
             while slot.conn.poll():
                 self._handle(slot, slot.conn.recv())
         except (EOFError, OSError):
             slot.process.join(5)
-            self._died(slot)
+            return [self._died(slot)]
+        return []
 
     def _drain(self, slot: WorkerSlot) -> None:
         """Read what a dead worker sent before it died: its last images may have landed."""
@@ -248,110 +291,134 @@ class Scheduler:
 
     def _dispatch(self) -> None:
         idle = [s for s in self.slots if s.state == WorkerState.ready]
+        while idle and self.upscales:  # an upscale is one short image a person is waiting for: first
+            self._assign_upscale(idle.pop(0), self.upscales.popleft())
         while idle and self.pending:
             head = self.pending[0].job_id
             same_job = [w for w in self.pending if w.job_id == head]
-            size = min(math.ceil(len(same_job) / len(idle)), self.settings.max_batch)
+            size = batch_size(len(same_job), len(idle), self.settings.max_batch)
             batch = same_job[:size]
             self.pending = deque(w for w in self.pending if w not in batch)
             self._assign(idle.pop(0), batch)
 
     def _assign(self, slot: WorkerSlot, batch: list[Work]) -> None:
-        job = self.jobs[batch[0].job_id]
-        spec = job.spec
+        held = self.jobs[batch[0].job_id]
         self._next_task += 1
-        images = [job.images[w.index] for w in batch]
-        task = m.Task(
-            task_id=self._next_task, job_id=job.id, indices=tuple(i.index for i in images),
-            seeds=tuple(i.seed for i in images), keys=tuple(i.key for i in images),
-            prompt=spec.prompt, negative_prompt=spec.negative_prompt, steps=spec.steps,
-            guidance_scale=spec.guidance_scale, width=spec.width, height=spec.height, strength=spec.strength,
-            input_key=job.input_key, loras=self.loras.get(job.id, ()),
-            meta=spec.model_dump(mode="json", exclude={"seed", "num_images"}) | {"model": self.settings.model_id},
-        )
+        task = build_task(self._next_task, held, [w.index for w in batch], self.settings.model_id)
         try:
             slot.conn.send(task)
         except (OSError, ValueError):
             self.pending.extendleft(reversed(batch))
             return  # the sentinel reports the death on the next tick
-        slot.state, slot.task, slot.work, slot.progress = WorkerState.busy, task, batch, (0, spec.steps)
+        slot.state, slot.task, slot.work = WorkerState.busy, task, batch
         slot.deadline = time.monotonic() + self.settings.image_timeout_s * len(batch)
         for w in batch:
             w.attempts += 1
-        log.info("job %s images %s -> worker %d", job.id, list(task.indices), slot.id)
+        log.info("job %s images %s -> worker %d", task.job_id, list(task.indices), slot.id)
 
-    def _handle(self, slot: WorkerSlot, msg) -> None:
-        if isinstance(msg, m.Ready):
-            slot.state, slot.device, slot.error, slot.failed_starts = WorkerState.ready, msg.device, None, 0
-            self.native_size = msg.native_size
-            self.on_event("worker_ready", {"worker": slot.id, "load_s": msg.load_s})
-        elif isinstance(msg, m.LoadFailed):
-            slot.error = msg.error
-        elif isinstance(msg, m.Progress):
-            slot.progress = (msg.step, msg.total)
-        elif slot.task is None or getattr(msg, "task_id", None) != slot.task.task_id:
-            log.warning("worker %d sent %r for a task it does not hold", slot.id, msg)
-        elif isinstance(msg, m.Started):
-            job = self.jobs.get(slot.task.job_id)
-            if job:
-                for index in slot.task.indices:
-                    if not job.images[index].status.is_terminal():
-                        job.images[index].started(slot.id)
-                self._changed(job)
-        elif isinstance(msg, m.ImageDone | m.ImageFailed):
-            slot.work = [w for w in slot.work if w.index != msg.index]
-            job = self.jobs.get(slot.task.job_id)
-            if job:
-                img = job.images[msg.index]
-                img.succeeded() if isinstance(msg, m.ImageDone) else img.failed(msg.error)
-                self.on_event("image", {"status": img.status.value})
-                self._changed(job)
-        elif isinstance(msg, m.Done):
-            job = self.jobs.get(slot.task.job_id)
-            if job and slot.work:  # what the worker did not report: interrupted by cancel, or lost
-                for w in slot.work:
-                    img = job.images[w.index]
-                    if msg.canceled:
-                        img.canceled()
-                    elif not img.status.is_terminal():
-                        img.failed("the worker finished without reporting this image")
-                self._changed(job)
-            self.on_event("task", {"seconds": msg.seconds, "images": len(slot.task.indices)})
-            slot.state, slot.task, slot.work = WorkerState.ready, None, []
+    def _assign_upscale(self, slot: WorkerSlot, upscale: Upscale) -> None:
+        self._next_task += 1
+        task = m.UpscaleTask(self._next_task, upscale.source_key, upscale.target_key)
+        if not upscale.future.set_running_or_notify_cancel():
+            return  # given up on by its caller before it started
+        try:
+            slot.conn.send(task)
+        except (OSError, ValueError):
+            upscale.future.set_exception(RuntimeError("the worker chosen for the upscale stopped; try again"))
+            return
+        slot.state, slot.task, slot.upscale = WorkerState.busy, task, upscale
+        slot.deadline = time.monotonic() + self.settings.image_timeout_s
+        log.info("upscale of %s -> worker %d", upscale.source_key, slot.id)
 
-    def _died(self, slot: WorkerSlot) -> None:
+    def _handle(self, slot: WorkerSlot, msg: m.FromWorker) -> None:
+        task = slot.task
+        match msg:
+            case m.Ready(device=device, native_size=native_size, load_s=load_s):
+                slot.state, slot.device, slot.error, slot.failed_starts = WorkerState.ready, device, None, 0
+                self.native_size = native_size
+                self._emit(ev.WorkerReady(slot.id, load_s))
+            case m.LoadFailed(error=error):
+                slot.error = error
+            case _ if task is None or msg.task_id != task.task_id:
+                log.warning("worker %d sent %r for a task it does not hold", slot.id, msg)
+            case m.Done(error=error) if isinstance(task, m.UpscaleTask):
+                upscale, slot.upscale = slot.upscale, None
+                if error is None:
+                    upscale.future.set_result(None)
+                else:
+                    upscale.future.set_exception(RuntimeError(error))
+                slot.state, slot.task = WorkerState.ready, None
+            case m.Started():
+                self._emit(ev.ImagesStarted(task.job_id, task.indices, slot.id))
+            case m.Progress(step=step, total=total):
+                self._emit(ev.ImagesProgress(task.job_id, task.indices, step, total))
+            case m.ImageDone(index=index):
+                slot.work = [w for w in slot.work if w.index != index]
+                self._close(task.job_id, (index,), ev.ImageSucceeded(task.job_id, index))
+            case m.ImageFailed(index=index, error=error):
+                slot.work = [w for w in slot.work if w.index != index]
+                self._close(task.job_id, (index,), ev.ImageFailed(task.job_id, index, error))
+            case m.Done(canceled=canceled, seconds=seconds):
+                for w in slot.work:  # what the worker did not report: interrupted by cancel, or lost
+                    event = (ev.ImagesCanceled(w.job_id, (w.index,)) if canceled else
+                             ev.ImageFailed(w.job_id, w.index, "the worker finished without reporting this image"))
+                    self._close(w.job_id, (w.index,), event)
+                self._emit(ev.BatchFinished(seconds, len(task.indices)))
+                slot.state, slot.task, slot.work = WorkerState.ready, None, []
+
+    def _close(self, job_id: str, indices: tuple[int, ...], event: ev.Event) -> None:
+        """Report images as terminal and forget the job once none of its images is open."""
+        self._emit(event)
+        held = self.jobs.get(job_id)
+        if held is not None:
+            held.open.difference_update(indices)
+            if not held.open:
+                del self.jobs[job_id]
+
+    def _died(self, slot: WorkerSlot) -> Lost:
+        """Under the lock: the slot is freed now; what it held is settled by `_settle`, without the lock."""
         code = slot.process.exitcode
         reason = slot.kill_reason or (f"worker {slot.id} hit a device error and was restarted"
                                       if code == DEVICE_BROKEN_EXIT else f"worker {slot.id} died (exit code {code})")
         log.error("%s", reason if not slot.error else f"{reason}: {slot.error}")
-        for w in slot.work:
-            job = self.jobs.get(w.job_id)
-            if job is None or job.images[w.index].status.is_terminal():
-                continue
-            img = job.images[w.index]
-            if self._already_stored(img.key):
-                img.succeeded()  # it died between its upload and its report: the image is made
-            elif job.canceled_requested:
-                img.canceled()
-            elif slot.kill_reason is None and w.attempts < MAX_ATTEMPTS:
-                img.requeued()
-                self.pending.appendleft(w)
-            else:
-                img.failed(reason if w.attempts < MAX_ATTEMPTS else f"{reason}; it was the second try")
-            self._changed(job)
+        lost = Lost(slot.work, slot.upscale, reason, slot.kill_reason is not None)
         was_ready = slot.state != WorkerState.starting
-        slot.process, slot.task, slot.work, slot.state = None, None, [], WorkerState.dead
+        slot.process, slot.task, slot.work, slot.upscale, slot.state = None, None, [], None, WorkerState.dead
         slot.failed_starts = 0 if was_ready else slot.failed_starts + 1
         slot.restart_at = time.monotonic() + min(30.0, 2.0 ** slot.failed_starts - 1)
         if slot.failed_starts >= MAX_RESTARTS:
             log.error("worker %d failed to start %d times; giving up on it", slot.id, slot.failed_starts)
         self._fail_if_hopeless()
+        return lost
 
-    def _already_stored(self, key: str) -> bool:
-        if self.store.clock() < self.store.down_until:
-            return False  # storage just failed: do not hold the lock (and every request) on its retries
+    def _settle(self, lost: Lost) -> None:
+        """A dead worker's images: stored already (it died between upload and report) → succeeded; else
+        tried once more, or failed with the reason. Storage is asked with no lock held."""
+        if lost.upscale is not None:
+            lost.upscale.future.set_exception(RuntimeError(f"the local upscaler's worker stopped: {lost.reason}"))
+        stored = {w.index for w in lost.work if self._already_stored(w)}
+        with self.lock:
+            for w in lost.work:
+                held = self.jobs.get(w.job_id)
+                if held is None or w.index not in held.open:
+                    continue
+                if w.index in stored:
+                    self._close(w.job_id, (w.index,), ev.ImageSucceeded(w.job_id, w.index))
+                elif held.canceled:
+                    self._close(w.job_id, (w.index,), ev.ImagesCanceled(w.job_id, (w.index,)))
+                elif not lost.killed and w.attempts < MAX_ATTEMPTS and not self._all_given_up():
+                    self._emit(ev.ImagesRequeued(w.job_id, (w.index,)))
+                    self.pending.appendleft(w)
+                else:
+                    error = lost.reason if w.attempts < MAX_ATTEMPTS else f"{lost.reason}; it was the second try"
+                    self._close(w.job_id, (w.index,), ev.ImageFailed(w.job_id, w.index, error))
+
+    def _already_stored(self, w: Work) -> bool:
+        held = self.jobs.get(w.job_id)
+        if held is None:
+            return False
         try:
-            return self.store.storage.exists(key)
+            return self.storage.exists(held.job.images[w.index].key)
         except StorageError:
             return False  # unknown: try again or fail, as if it were not there
 
@@ -361,16 +428,19 @@ class Scheduler:
                     and time.monotonic() >= slot.restart_at and not self._stopping.is_set()):
                 self._spawn(slot)
 
+    def _all_given_up(self) -> bool:
+        return all(s.failed_starts >= MAX_RESTARTS for s in self.slots)
+
     def _fail_if_hopeless(self) -> None:
         """With no worker left that could ever start, fail what waits rather than keep it forever."""
-        if any(s.failed_starts < MAX_RESTARTS for s in self.slots):
+        if not self._all_given_up():
             return
         error = next((s.error for s in self.slots if s.error), "no worker could start")
         while self.pending:
             w = self.pending.popleft()
-            job = self.jobs[w.job_id]
-            job.images[w.index].failed(error)
-            self._changed(job)
+            self._close(w.job_id, (w.index,), ev.ImageFailed(w.job_id, w.index, error))
+        while self.upscales:
+            self.upscales.popleft().future.set_exception(RuntimeError(error))
 
     def _check_deadlines(self) -> None:
         for slot in self.slots:
@@ -380,11 +450,22 @@ class Scheduler:
                 log.error("worker %d: %s; killing it", slot.id, slot.kill_reason)
                 slot.process.kill()
 
-    def _changed(self, job: JobManifest) -> None:
-        job.refresh()
-        self.store.save(job)
-        if job.status.is_terminal():
-            self.jobs.pop(job.id, None)
-            self.loras.pop(job.id, None)
-            self.on_event("job", {"status": job.status.value})
-            log.info("job %s %s", job.id, job.status.value)
+
+def batch_size(waiting: int, idle: int, max_batch: int) -> int:
+    """How many of one job's waiting images the next idle worker takes: an even share of what waits
+    among the idle workers (4 images, 4 workers: one each), at most MAX_BATCH."""
+    return min(math.ceil(waiting / idle), max_batch)
+
+
+def build_task(task_id: int, held: HeldJob, indices: list[int], model_id: str) -> m.Task:
+    """The message for a batch of one job's images: everything a worker needs, nothing it must look up."""
+    job, spec = held.job, held.job.spec
+    images = [job.images[i] for i in indices]
+    return m.Task(
+        task_id=task_id, job_id=job.id, indices=tuple(indices), seeds=tuple(i.seed for i in images),
+        keys=tuple(i.key for i in images), prompt=spec.prompt, negative_prompt=spec.negative_prompt,
+        steps=spec.steps, guidance_scale=spec.guidance_scale, width=spec.width, height=spec.height,
+        strength=spec.strength, input_key=job.input_key, loras=held.loras,
+        meta=spec.model_dump(mode="json", exclude={"seed", "num_images"}) | {"model": model_id},
+        mode=spec.mode, layout_key=job.layout_key, shadow=spec.shadow, harmonize=spec.harmonize,
+    )

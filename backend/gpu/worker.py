@@ -14,7 +14,18 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
 
-from backend.gpu.messages import Done, ImageDone, ImageFailed, LoadFailed, Progress, Ready, Started, Stop, Task
+from backend.gpu.messages import (
+    Done,
+    ImageDone,
+    ImageFailed,
+    LoadFailed,
+    Progress,
+    Ready,
+    Started,
+    Stop,
+    Task,
+    UpscaleTask,
+)
 
 log = logging.getLogger("showroom.worker")
 
@@ -40,7 +51,7 @@ def run_worker(worker_id: int, settings, conn, cancel_task, workers: int = 1) ->
         storage = settings.open_storage()
         cache = Path(settings.showroom_cache) / f"worker-{worker_id}"
         gen = pipeline.Generator(settings.model_id, device, storage, cache, compile_unet=settings.compile,
-                                 taesd_id=settings.taesd_id or None)
+                                 taesd_id=settings.taesd_id or None, inpaint_model_id=settings.inpaint_model_id or None)
         gen.warm_up()
     except Exception as e:
         log.error("could not load %s: %s", settings.model_id, traceback.format_exc())
@@ -50,11 +61,30 @@ def run_worker(worker_id: int, settings, conn, cancel_task, workers: int = 1) ->
     log.info("ready on %s in %.1fs", device, time.perf_counter() - started)
 
     while True:
-        msg = conn.recv()
-        if isinstance(msg, Stop):
-            return
-        if isinstance(msg, Task):
-            _run_task(gen, storage, msg, conn, cancel_task, settings.storage_retry_s)
+        match conn.recv():
+            case Stop():
+                return
+            case Task() as task:
+                _run_task(gen, storage, task, conn, cancel_task, settings.storage_retry_s)
+            case UpscaleTask() as task:
+                _run_upscale(settings, task, conn, worker_id)
+
+
+def _run_upscale(settings, task: UpscaleTask, conn, worker_id: int) -> None:
+    """The local upscaler, on this worker's GPU; its model loads on first use and stays loaded."""
+    from backend.upscale.service import run_upscale
+
+    started = time.perf_counter()
+    try:
+        run_upscale(settings, task.source_key, task.target_key, gpu=worker_id)
+    except Exception as e:
+        log.error("upscale of %s failed: %s", task.source_key, traceback.format_exc())
+        if _device_broken(e):
+            os._exit(DEVICE_BROKEN_EXIT)
+        conn.send(Done(task.task_id, seconds=time.perf_counter() - started, error=_short(e)))
+        _free_memory()
+        return
+    conn.send(Done(task.task_id, seconds=time.perf_counter() - started))
 
 
 def _run_task(gen, storage, task: Task, conn, cancel_task, retry_s: float) -> None:

@@ -1,60 +1,204 @@
-"""Job manifests in storage: the single source of truth that survives restarts and switched-off boxes."""
+"""Job manifests in storage: the single source of truth that survives restarts and switched-off boxes.
+
+`ManifestStore` is the one writer of manifests. A change is applied in memory under a lock that is
+never held across I/O, and a writer thread persists the latest state of each changed manifest
+(several quick changes become one write). During a storage outage the writer keeps the changes and
+retries with backoff, so no caller ever waits on S3 to record an event. The writer also notices when
+storage answers again, which is what /health reports without calling storage itself.
+"""
 
 import logging
+import threading
 import time
+from collections.abc import Callable
 
 from backend.contract import is_job_id, manifest_key
 from backend.models import JobManifest
 from backend.storage import ObjectMissing, Storage, StorageError
 
-log = logging.getLogger("showroom.store")
+log = logging.getLogger("showroom.manifests")
+PING_S = 5.0          # while idle, how often the writer checks that storage answers
+RETRY_S = (0.5, 1, 2, 4)  # backoff between failed writes; then every 4 s until storage answers
 
 
-class JobStore:
-    def __init__(self, storage: Storage, clock=time.monotonic):
-        self.storage, self.clock = storage, clock
-        self.unsaved: dict[str, JobManifest] = {}  # manifests whose last write failed; retried by flush()
-        self.down_until = 0.0  # after a failed write, skip writes for a moment: the caller must not stall
+class ManifestStore:
+    def __init__(self, storage: Storage, on_change: Callable[[JobManifest, JobManifest | None], None] | None = None):
+        self.storage = storage
+        self.on_change = on_change  # (after, before): called outside the lock after every update
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._live: dict[str, JobManifest] = {}   # jobs being changed: the newest state, ahead of storage
+        self._version: dict[str, int] = {}
+        self._dirty: dict[str, int] = {}          # job id -> the version storage does not have yet
+        self._job_locks = [threading.Lock() for _ in range(64)]
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.storage_ok, self.storage_error = True, ""
 
-    def save(self, job: JobManifest, keep: bool = True) -> bool:
-        """Write the manifest; on a storage outage keep it (unless `keep` is false) to retry later."""
-        if self.clock() < self.down_until:
-            if keep:
-                self.unsaved[job.id] = job
-            return False
-        try:
-            self.storage.put(job.manifest_key, job.model_dump_json(indent=1).encode(), "application/json")
-        except StorageError as e:
-            log.warning("manifest of job %s not saved (%s)%s", job.id, e, "; will retry" if keep else "")
-            if keep:
-                self.unsaved[job.id] = job
-            self.down_until = self.clock() + 2.0
-            return False
-        self.unsaved.pop(job.id, None)
-        return True
+    # ----- lifecycle -----
+    def start(self) -> "ManifestStore":
+        self._thread = threading.Thread(target=self._write_loop, name="manifest-writer", daemon=True)
+        self._thread.start()
+        return self
 
-    def flush(self) -> None:
-        """Write what an outage held back, oldest change first; stop at the first failure."""
-        for job in list(self.unsaved.values()):
-            if not self.save(job):
-                return
+    def close(self, timeout: float = 10) -> None:
+        """Write what is left (for at most `timeout` seconds), then stop the writer."""
+        self.flush(timeout)
+        self._stopping.set()
+        with self._wake:
+            self._wake.notify_all()
+        if self._thread:
+            self._thread.join(timeout)
 
+    # ----- reading -----
     def load(self, job_id: str) -> JobManifest:
+        """The manifest as storage has it (ObjectMissing when there is none)."""
         if not is_job_id(job_id):
             raise ObjectMissing(job_id)
         return JobManifest.model_validate_json(self.storage.get(manifest_key(job_id)))
+
+    def get(self, job_id: str) -> JobManifest:
+        """The newest state: the one in memory while the job is being changed, else storage's."""
+        with self._lock:
+            live = self._live.get(job_id)
+            if live is not None:
+                return live.model_copy(deep=True)
+        return self.load(job_id)
 
     def ids(self, newest_first: bool = True) -> list[str]:
         ids = [i for i in self.storage.list_dirs("jobs/") if is_job_id(i)]
         return sorted(ids, reverse=newest_first)
 
-    def recent(self, limit: int) -> list[JobManifest]:
+    def recent(self, limit: int, before: str | None = None) -> list[JobManifest]:
         found = []
         for job_id in self.ids():
             if len(found) >= limit:
                 break
+            if before is not None and job_id >= before:
+                continue
             try:
-                found.append(self.load(job_id))
+                found.append(self.get(job_id))
             except (ObjectMissing, ValueError):
                 continue  # a job folder whose manifest is not written yet, or unreadable
         return found
+
+    def unsaved(self) -> int:
+        """Manifests whose newest state storage does not have while it is failing."""
+        with self._lock:
+            return 0 if self.storage_ok else len(self._dirty)
+
+    # ----- writing -----
+    def create(self, job: JobManifest) -> bool:
+        """Write a new job's manifest now (the caller answers only once it is stored). False on failure."""
+        try:
+            self.storage.put(job.manifest_key, job.model_dump_json(indent=1).encode(), "application/json")
+        except StorageError as e:
+            log.warning("manifest of new job %s not saved: %s", job.id, e)
+            self._storage_state(False, str(e))
+            return False
+        self._storage_state(True)
+        with self._lock:
+            self._live.setdefault(job.id, job.model_copy(deep=True))
+        return True
+
+    def update(self, job_id: str, change: Callable[[JobManifest], None]) -> JobManifest:
+        """Apply `change` to the newest state of a job, derive its status and queue the write; returns
+        a copy. Storage is read only when the job is not in memory, and never under the lock."""
+        while True:
+            with self._lock:
+                known = job_id in self._live
+            loaded = None if known else self.load(job_id)
+            with self._lock:
+                job = self._live.get(job_id)
+                if job is None:
+                    if loaded is None:
+                        continue  # it was written and left memory between our two looks: read it again
+                    job = self._live[job_id] = loaded
+                before = job.model_copy(deep=True) if self.on_change else None
+                change(job)
+                job.refresh()
+                self._version[job_id] = self._version.get(job_id, 0) + 1
+                self._dirty[job_id] = self._version[job_id]
+                after = job.model_copy(deep=True)
+                self._wake.notify_all()
+                break
+        if self.on_change:
+            self.on_change(after, before)
+        return after
+
+    def job_lock(self, job_id: str) -> threading.Lock:
+        """A lock per job (striped) for callers that must do two things to one job at once, such as
+        recovery's "take back, then hand to the executor" against a cancel. Never held across I/O."""
+        return self._job_locks[hash(job_id) % len(self._job_locks)]
+
+    def flush(self, timeout: float = 10) -> bool:
+        """Wait until storage has every change (True), or `timeout` passes (False)."""
+        deadline = time.monotonic() + timeout
+        with self._wake:
+            while self._dirty:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._thread is None or not self._thread.is_alive():
+                    return not self._dirty
+                self._wake.wait(min(left, 0.1))
+        return True
+
+    def forget(self, job_id: str) -> None:
+        """Drop a job from memory (it was deleted)."""
+        with self._lock:
+            self._live.pop(job_id, None)
+            self._dirty.pop(job_id, None)
+            self._version.pop(job_id, None)
+
+    # ----- the writer thread -----
+    def _write_loop(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            with self._wake:
+                if not self._dirty:
+                    self._wake.wait(PING_S)
+                if not self._dirty:
+                    item = None
+                else:
+                    job_id = next(iter(self._dirty))
+                    item = (job_id, self._version[job_id], self._live[job_id].model_dump_json(indent=1))
+            try:
+                if item is None:
+                    self.storage.ping()
+                else:
+                    self.storage.put(manifest_key(item[0]), item[2].encode(), "application/json")
+            except StorageError as e:
+                failures += 1
+                if failures == 1 or failures % 20 == 0:
+                    log.warning("storage failed (%s); %d manifests wait to be written", e, len(self._dirty))
+                self._storage_state(False, str(e))
+                self._stopping.wait(RETRY_S[min(failures - 1, len(RETRY_S) - 1)])
+                continue
+            except Exception:
+                log.exception("writing manifests failed; carrying on")
+                self._stopping.wait(1)
+                continue
+            failures = 0
+            self._storage_state(True)
+            if item is not None:
+                self._written(*item[:2])
+
+    def _written(self, job_id: str, version: int) -> None:
+        with self._wake:
+            if self._dirty.get(job_id) == version:
+                del self._dirty[job_id]
+                job = self._live[job_id]
+                if _settled(job):
+                    self._live.pop(job_id)
+                    self._version.pop(job_id)
+            self._wake.notify_all()
+
+    def _storage_state(self, ok: bool, error: str = "") -> None:
+        if ok and not self.storage_ok:
+            log.info("storage answers again")
+        self.storage_ok, self.storage_error = ok, error
+
+
+def _settled(job: JobManifest) -> bool:
+    """Nothing will change this job soon: it may leave memory once written."""
+    return job.status.is_terminal() and not any(
+        img.upscale and not img.upscale.status.is_terminal() for img in job.images)

@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 
-from backend.contract import created_us
+from backend.contract import created_us, job_prefix
 from backend.errors import ShowroomError
 from backend.models import Status
 from backend.storage import ObjectMissing, StorageError
@@ -22,9 +22,9 @@ def _pending_upscales(job) -> bool:
     return any(img.upscale and not img.upscale.status.is_terminal() for img in job.images)
 
 
-def recover(store, scheduler, jobs, upscales=None, booted_us: int | None = None) -> int | None:
+def recover(store, executor, jobs, upscales=None, booted_us: int | None = None) -> int | None:
     """Queue again what was `queued` or `running`; fail images whose LoRA is gone; restart upscales
-    left unfinished. Jobs made by this run (created at or after `booted_us`) and jobs the scheduler
+    left unfinished. Jobs made by this run (created at or after `booted_us`) and jobs the executor
     already holds are left alone, so a scan may be repeated. Returns the number of jobs taken back,
     or None when storage could not be read and the scan must be tried again."""
     taken = 0
@@ -36,57 +36,63 @@ def recover(store, scheduler, jobs, upscales=None, booted_us: int | None = None)
     for job_id in ids:
         if booted_us is not None and created_us(job_id) >= booted_us:
             continue
-        # Under the scheduler's lock, so a cancel or an upscale recorded meanwhile is never overwritten
-        # by this copy: it lands either before the load (and is seen) or after the submit (on the held job).
-        with scheduler.lock:
-            if scheduler.active(job_id) is not None:
-                continue
-            try:
-                outcome = _take_back(store, scheduler, jobs, upscales, job_id)
-            except StorageError as e:
-                log.warning("storage failed while taking back job %s: %s", job_id, e)
-                return None
-        taken += outcome
+        try:
+            taken += _take_back(store, executor, jobs, upscales, job_id)
+        except StorageError as e:
+            log.warning("storage failed while taking back job %s: %s", job_id, e)
+            return None
     return taken
 
 
-def _take_back(store, scheduler, jobs, upscales, job_id: str) -> int:
+def _take_back(store, executor, jobs, upscales, job_id: str) -> int:
     """One job: 1 if it was queued again, else 0. Storage errors propagate: the scan is retried."""
+    if executor.holds(job_id):
+        return 0
     try:
-        job = store.load(job_id)
+        job = store.get(job_id)
     except ObjectMissing:
         return 0  # a job folder without a manifest: nothing was promised
     except ValueError as e:
         log.error("job %s has an unreadable manifest, left as it is: %s", job_id, e)
         return 0
-    upscales_left = _pending_upscales(job)
-    if upscales_left and upscales is None:
-        for img in job.images:
-            if img.upscale and not img.upscale.status.is_terminal():
-                img.upscale.status, img.upscale.error = Status.failed, "the upscaler is off (UPSCALER=off)"
-        store.save(job)
-        upscales_left = False
-    taken = 0
+    if job.status.is_terminal() and not _pending_upscales(job):
+        return 0
+    stored = set(store.storage.list_files(job_prefix(job_id))) if not job.status.is_terminal() else set()
+    reason = None
+    loras = ()
     if not job.status.is_terminal():
         try:
             loras = jobs.loras_for(job.spec)
         except (ShowroomError, ValueError) as e:
-            loras = None
             reason = f"the backend restarted and {getattr(e, 'detail', None) or e}"
+
+    def take(job) -> None:
         for img in job.images:
             if img.status == Status.running:  # stored before the crash, unreported: made already
-                img.succeeded() if store.storage.exists(img.key) else img.requeued()
-            if loras is None and not img.status.is_terminal():
+                img.succeeded() if img.key in stored else img.requeued()
+            if reason is not None and not img.status.is_terminal():
                 img.failed(reason)
-        job.refresh()
-        store.save(job)  # if storage fails here, the store keeps the manifest and writes it later
+        if upscales is None:
+            for img in job.images:
+                if img.upscale and not img.upscale.status.is_terminal():
+                    img.upscale.status, img.upscale.error = Status.failed, "the upscaler is off (UPSCALER=off)"
+
+    taken = 0
+    # Under the job's lock: a cancel lands either before (and is seen here) or after the executor holds it.
+    with store.job_lock(job_id):
+        if executor.holds(job_id):
+            return 0
+        job = store.update(job_id, take)
         if not job.status.is_terminal():
-            scheduler.submit(job, loras)
+            if job.layout_key:
+                jobs.enqueue(job, loras)  # a place job: laid out first if its run stopped before that
+            else:
+                executor.submit(job, loras)
             taken = 1
             log.info("job %s taken back after a restart (%d images to go)", job_id,
                      sum(not i.status.is_terminal() for i in job.images))
-    if upscales_left:
-        upscales.resume(job)  # after the submit: the upscale writes to the job the scheduler now holds
+    if upscales is not None and _pending_upscales(job):
+        upscales.resume(job)  # after the submit: the upscale's record lives on the job the store holds
     return taken
 
 

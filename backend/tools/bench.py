@@ -21,7 +21,6 @@ no tests folder) and backend code does not import test code.
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -80,12 +79,14 @@ def median(values) -> float | None:
 
 
 def scheduler_batches(n: int, workers: int, max_batch: int = 8) -> list[int]:
-    """The batches backend.gpu.scheduler makes of one n-image job with `workers` idle workers."""
+    """The batches backend.gpu.scheduler makes of one n-image job with `workers` idle workers, by its own rule."""
+    from backend.gpu.scheduler import batch_size
+
     batches, left = [], n
     while left:
         idle = workers
         while idle and left:
-            size = min(math.ceil(left / idle), max_batch)
+            size = batch_size(left, idle, max_batch)
             batches.append(size)
             left, idle = left - size, idle - 1
     return batches

@@ -385,7 +385,7 @@ class LocalUpscaler:
 def make_upscaler(kind: str, *, replicate_api_token: str | None = None, replicate_base_url: str | None = None,
                   replicate_model: str = REPLICATE_MODEL, replicate_version: str = REPLICATE_VERSION,
                   replicate_task: str = "real_sr", local_model_id: str = LOCAL_MODEL_ID,
-                  device: str = "auto") -> Upscaler | None:
+                  device: str = "auto", gpu: int = 0) -> Upscaler | None:
     """The engine UPSCALER names: `replicate`, `local`, or None for `off`."""
     if kind == "off":
         return None
@@ -396,5 +396,5 @@ def make_upscaler(kind: str, *, replicate_api_token: str | None = None, replicat
         return ReplicateUpscaler(replicate_api_token or "", base_url=replicate_base_url, model=replicate_model,
                                  version=replicate_version, task=replicate_task)
     if kind == "local":
-        return LocalUpscaler(local_model_id, device=device)
+        return LocalUpscaler(local_model_id, device=device, gpu=gpu)
     raise ValueError(f"UPSCALER must be replicate, local or off, got {kind!r}")

@@ -1,16 +1,14 @@
 """Upscaling chosen images 4x: requests, their place in the manifest, and where the work runs.
 
 Every upscale is taken up by a thread of a pool here, which marks it running. Replicate upscales
-run in that thread (they wait on the network); local Swin2SR runs in a process of its own, so the
-API process never imports torch and the model stays loaded between requests. The engines are in
-backend.upscale.engines.
+run in that thread (they wait on the network); local Swin2SR runs on a GPU worker of the executor
+(`Executor.upscale`), so the API process never imports torch, the model stays loaded in that worker
+and the GPU is one the executor knows about. The engines are in backend.upscale.engines.
 """
 
 import logging
-import multiprocessing as mp
 import threading
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ThreadPoolExecutor
 
 from backend.contract import upscale_key
 from backend.errors import Conflict, NotFound
@@ -21,13 +19,13 @@ log = logging.getLogger("showroom.upscale")
 _engine = None  # the engine of this process, built on first use
 
 
-def build_engine(settings):
+def build_engine(settings, gpu: int = 0):
     from backend.upscale.engines import make_upscaler
 
     token = settings.replicate_api_token.get_secret_value() if settings.replicate_api_token else None
     kwargs = dict(replicate_api_token=token, replicate_base_url=settings.replicate_base_url,
                   replicate_model=settings.replicate_model, replicate_task=settings.replicate_task,
-                  local_model_id=settings.local_upscaler_model, device=settings.device)
+                  local_model_id=settings.local_upscaler_model, device=settings.device, gpu=gpu)
     if settings.replicate_version:
         kwargs["replicate_version"] = settings.replicate_version
     return make_upscaler(settings.active_upscaler, **kwargs)
@@ -60,11 +58,11 @@ def upscalable_image(job: JobManifest, index: int) -> ImageRecord:
     return image
 
 
-def run_upscale(settings, source_key: str, target_key: str) -> None:
-    """Read the image, upscale it, store the result. Runs in a pool thread or the upscaler process."""
+def run_upscale(settings, source_key: str, target_key: str, gpu: int = 0) -> None:
+    """Read the image, upscale it, store the result. Runs in a pool thread (Replicate) or a GPU worker (local)."""
     global _engine
     if _engine is None:
-        _engine = build_engine(settings)
+        _engine = build_engine(settings, gpu)
     storage = settings.open_storage()
     png = storage.get(source_key)
     url = None
@@ -74,77 +72,27 @@ def run_upscale(settings, source_key: str, target_key: str) -> None:
     put_retrying(storage, target_key, result, "image/png", budget_s=settings.storage_retry_s)
 
 
-class LocalProcess:
-    """The process the local upscaler runs in, one upscale at a time (one model in memory). A process
-    that dies (out of memory, a CUDA crash) leaves its pool broken for good, so the pool is replaced
-    here and the next upscale gets a fresh process."""
-
-    def __init__(self, timeout_s: float):
-        self.timeout_s = timeout_s  # one upscale may take this long; past it the process is killed
-        self._lock = threading.Lock()
-        self._pool = self._new_pool()
-
-    @staticmethod
-    def _new_pool() -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"))
-
-    def run(self, work, *args):
-        with self._lock:
-            pool = self._pool
-        try:
-            future = pool.submit(work, *args)
-        except BrokenProcessPool:  # it died while idle: this upscale never started, a fresh process may run it
-            pool = self._replace(pool)
-            future = pool.submit(work, *args)
-        try:
-            return future.result(timeout=self.timeout_s)
-        except TimeoutError:
-            # A hung upscale would hold the only process, and every later upscale would wait forever.
-            for process in list(getattr(pool, "_processes", {}).values()):  # the pool has no public kill
-                process.kill()
-            self._replace(pool)
-            raise RuntimeError(f"the local upscale took longer than {self.timeout_s:g} s and was stopped; "
-                               "a fresh process takes the next request") from None
-        except BrokenProcessPool:
-            self._replace(pool)
-            raise RuntimeError("the local upscaler process died while upscaling (out of memory, or a crash in "
-                               "the GPU driver?); a fresh process takes the next request") from None
-
-    def _replace(self, broken: ProcessPoolExecutor) -> ProcessPoolExecutor:
-        with self._lock:
-            if self._pool is broken:
-                broken.shutdown(wait=False, cancel_futures=True)
-                self._pool = self._new_pool()
-                log.warning("the local upscaler process died; started a fresh pool")
-            return self._pool
-
-    def close(self) -> None:
-        with self._lock:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-
-
 class UpscaleService:
-    def __init__(self, settings, scheduler, jobs):
-        self.settings, self.scheduler, self.jobs = settings, scheduler, jobs
+    def __init__(self, settings, executor, store):
+        self.settings, self.executor, self.store = settings, executor, store
         self.kind = settings.active_upscaler
-        self.work = run_upscale  # what an upscale runs: (settings, source key, target key); tests replace it
-        # Replicate upscales wait on the network, so four run at once. Local ones run one at a time in
-        # the upscaler's process, fed by a single thread: the process is idle whenever that thread
-        # takes up an upscale, so "running" is true from the moment it is recorded.
-        self.process = LocalProcess(settings.image_timeout_s) if self.kind == "local" else None
-        self.pool: Executor = ThreadPoolExecutor(1 if self.process else 4, thread_name_prefix="upscale")
+        self.work = run_upscale  # what a Replicate upscale runs: (settings, source key, target key); tests replace it
+        # Replicate upscales wait on the network, so four run at once. Local ones run on a GPU worker of
+        # the executor (which queues them ahead of images and enforces IMAGE_TIMEOUT_S); a thread waits on each.
+        self.pool = ThreadPoolExecutor(4, thread_name_prefix="upscale")
         self._lock = threading.Lock()
         self._inflight: set[tuple[str, int]] = set()  # started by this run and not yet finished
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
-        if self.process:
-            self.process.close()
 
     def request(self, job_id: str, index: int) -> str:
         """Queue an upscale of a succeeded image and return the key it will have; asking again while
         it is queued, running or done returns the same key instead of paying twice."""
-        image = upscalable_image(self.jobs.get(job_id), index)
+        try:
+            image = upscalable_image(self.store.get(job_id), index)
+        except ObjectMissing:
+            raise NotFound(f"no job {job_id!r}") from None
         if image.upscale and image.upscale.status != Status.failed:
             return image.upscale.key
         record = UpscaleRecord(key=upscale_key(image.key))
@@ -152,7 +100,7 @@ class UpscaleService:
             return record.key  # a second click racing the first
         try:
             found: list[str | None] = []
-            self.scheduler.mutate(job_id, lambda job: found.append(self._attach(job, index, record)))
+            self.store.update(job_id, lambda job: found.append(self._attach(job, index, record)))
             if found[0] is not None:  # another click started and finished it between our read and our claim
                 self._release(job_id, index)
                 return found[0]
@@ -205,11 +153,13 @@ class UpscaleService:
 
     def _run(self, job_id: str, index: int, source: str, target: str) -> None:
         """In a pool thread, as the upscale actually starts."""
-        self._set(job_id, index, Status.running)
-        if self.process is None:
-            self.work(self.settings, source, target)
+        if self.kind == "local":
+            future = self.executor.upscale(source, target)
+            self._set(job_id, index, Status.running)  # queued ahead of images: it starts at the next free worker
+            future.result()
         else:
-            self.process.run(self.work, self.settings, source, target)
+            self._set(job_id, index, Status.running)
+            self.work(self.settings, source, target)
 
     def _finished(self, job_id: str, index: int, future) -> None:
         error = future.exception() if not future.cancelled() else RuntimeError("canceled at shutdown")
@@ -229,6 +179,6 @@ class UpscaleService:
                 record.status, record.error = status, error
 
         try:
-            self.scheduler.mutate(job_id, change)
+            self.store.update(job_id, change)
         except Exception:
             log.exception("could not record the upscale of job %s image %d", job_id, index)

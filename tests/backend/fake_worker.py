@@ -19,6 +19,9 @@ def run_fake_worker(worker_id, settings, conn, cancel_task, workers=1):
         msg = conn.recv()
         if isinstance(msg, m.Stop):
             return
+        if isinstance(msg, m.UpscaleTask):
+            _upscale(worker_id, settings, conn, msg)
+            continue
         conn.send(m.Started(msg.task_id))
         marker = Path(settings.marker_dir) / f"died-{msg.job_id}"
         if behaviour == "always_die" or (behaviour == "die_once" and not marker.exists()):
@@ -43,3 +46,15 @@ def run_fake_worker(worker_id, settings, conn, cancel_task, workers=1):
             Path(settings.marker_dir, f"{msg.job_id}-{index}-w{worker_id}-b{len(msg.indices)}").touch()
             conn.send(m.ImageDone(msg.task_id, index))
         conn.send(m.Done(msg.task_id, canceled=canceled, seconds=0.01))
+
+
+def _upscale(worker_id, settings, conn, msg):
+    marker = Path(settings.marker_dir) / f"upscale-{settings.behaviour}"
+    if settings.behaviour == "upscale_dies_once" and not marker.exists():
+        marker.touch()
+        os._exit(9)
+    if settings.behaviour == "upscale_hangs_once" and not marker.exists():
+        marker.touch()
+        time.sleep(3600)
+    LocalStorage(Path(settings.storage_dir)).put(msg.target_key, b"\x89PNG upscaled by worker %d" % worker_id)
+    conn.send(m.Done(msg.task_id, seconds=0.01))

@@ -26,7 +26,7 @@ def test_bench_quick_prints_json_last_line(tiny_model, tmp_path, capsys):
 @pytest.mark.parametrize("n, workers, expected", [
     (1, 1, [1]), (4, 1, [4]), (4, 2, [2, 2]), (1, 2, [1]), (5, 2, [3, 2]), (16, 1, [8, 8]), (20, 2, [8, 8, 2, 2]),
 ])
-def test_scheduler_batches_mirror_the_scheduler(n, workers, expected):
+def test_the_bench_plans_batches_with_the_scheduler_rule(n, workers, expected):
     assert bench.scheduler_batches(n, workers) == expected
 
 

@@ -2,14 +2,13 @@
 job, and a first try that stopped before its manifest never blocks the retry. The job service with a
 real local store that can be made to fail, and a scheduler that only counts."""
 
-import itertools
 from types import SimpleNamespace
 
 import pytest
 
 from backend.config import Settings
 from backend.errors import Unavailable
-from backend.jobs.manifests import JobStore
+from backend.jobs.manifests import ManifestStore
 from backend.jobs.service import JobService
 from backend.models import JobSpec
 from backend.products.catalog import Catalog
@@ -43,8 +42,8 @@ class CountingScheduler:
     def submit(self, job, loras):
         self.submitted.append(job.id)
 
-    def active(self, job_id):
-        return None
+    def holds(self, job_id):
+        return False
 
 
 @pytest.fixture
@@ -52,9 +51,9 @@ def service(tmp_path, monkeypatch):
     monkeypatch.setenv("STORAGE_URL", f"file://{tmp_path}")
     storage = FailingPuts(tmp_path)
     scheduler = CountingScheduler()
-    store = JobStore(storage, clock=itertools.count(0, 10).__next__)  # each call 10 s on: no write back-off
+    store = ManifestStore(storage)
     jobs = JobService(Settings(), Catalog(storage), store, scheduler, 64)
-    return SimpleNamespace(jobs=jobs, storage=storage, scheduler=scheduler)
+    return SimpleNamespace(jobs=jobs, storage=storage, executor=scheduler)
 
 
 SPEC = JobSpec(prompt="a lamp", num_images=1, steps=2)
@@ -64,18 +63,18 @@ def test_a_manifest_write_that_fails_lets_the_retry_start_the_job_once(service):
     service.storage.fail_next = "job.json"
     with pytest.raises(Unavailable):
         service.jobs.submit(SPEC, idempotency_key="order-7", client="c")
-    assert service.scheduler.submitted == [], "nothing queued, as the 503 says"
+    assert service.executor.submitted == [], "nothing queued, as the 503 says"
 
     job = service.jobs.submit(SPEC, idempotency_key="order-7", client="c")
     again = service.jobs.submit(SPEC, idempotency_key="order-7", client="c")
-    assert again.id == job.id and service.scheduler.submitted == [job.id]
+    assert again.id == job.id and service.executor.submitted == [job.id]
 
 
 def test_a_record_write_that_fails_starts_nothing(service):
     service.storage.put = _fail_keys_under(service.storage, "idempotency/")
     with pytest.raises(StorageError):
         service.jobs.submit(SPEC, idempotency_key="order-8", client="c")
-    assert service.scheduler.submitted == [] and not service.storage.list_dirs("jobs/"), "no job, no manifest"
+    assert service.executor.submitted == [] and not service.storage.list_dirs("jobs/"), "no job, no manifest"
 
 
 def _fail_keys_under(storage, prefix):
@@ -93,7 +92,7 @@ def test_the_same_key_sent_eight_times_at_once_starts_one_job(service):
 
     with ThreadPoolExecutor(8) as pool:
         jobs = list(pool.map(lambda _: service.jobs.submit(SPEC, idempotency_key="order-9", client="c"), range(8)))
-    assert len({job.id for job in jobs}) == 1 and len(service.scheduler.submitted) == 1
+    assert len({job.id for job in jobs}) == 1 and len(service.executor.submitted) == 1
     other = service.jobs.submit(SPEC, idempotency_key="order-9", client="another client")
     assert other.id != jobs[0].id, "keys are per client"
 
@@ -112,7 +111,7 @@ class StoredThenFailed(FailingPuts):
 def test_a_manifest_stored_despite_its_error_is_removed_so_the_retry_starts_a_job_that_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("STORAGE_URL", f"file://{tmp_path}")
     storage, scheduler = StoredThenFailed(tmp_path), CountingScheduler()
-    jobs = JobService(Settings(), Catalog(storage), JobStore(storage, clock=itertools.count(0, 10).__next__),
+    jobs = JobService(Settings(), Catalog(storage), ManifestStore(storage),
                       scheduler, 64)
     storage.fail_next = "job.json"
     with pytest.raises(Unavailable):

@@ -6,7 +6,7 @@ from collections import Counter
 from concurrent.futures import Future
 from types import SimpleNamespace
 
-from backend.jobs.manifests import JobStore
+from backend.jobs.manifests import ManifestStore
 from backend.jobs.recovery import Recovery, recover
 from backend.models import Status, UpscaleRecord
 from backend.storage import LocalStorage, StorageError
@@ -50,27 +50,31 @@ class CountingScheduler:
         self.submitted[job.id] += 1
         self.scheduler.submit(job, loras)
 
-    def active(self, job_id):
-        return self.scheduler.active(job_id)
+    def holds(self, job_id):
+        return self.scheduler.holds(job_id)
 
-    @property
-    def lock(self):
-        return self.scheduler.lock
+    def cancel(self, job_id):
+        return self.scheduler.cancel(job_id)
 
 
-def left_by_a_crash(store: JobStore, images: int):
+def persist(store: ManifestStore, job) -> None:
+    """Write a manifest as an earlier run's writer left it (this run's store has never seen the job)."""
+    store.storage.put(job.manifest_key, job.model_dump_json().encode(), "application/json")
+
+
+def left_by_a_crash(store: ManifestStore, images: int):
     """A job as a run killed mid-work leaves it: one image done, one running, the rest queued."""
     job = make_job(images)
     job.images[0].succeeded()
     job.images[1].started(worker=0)
     job.refresh()
-    store.save(job)
+    persist(store, job)
     return job
 
 
 def test_a_boot_while_storage_is_down_takes_back_the_earlier_work_once_storage_answers(run_scheduler, tmp_path):
     storage = FlakyStorage(tmp_path / "flaky")
-    sched, store = run_scheduler(1, store=JobStore(storage))
+    sched, store = run_scheduler(1, store=ManifestStore(storage))
     earlier = left_by_a_crash(store, 3)
     counting = CountingScheduler(sched)
     storage.down = True
@@ -79,7 +83,9 @@ def test_a_boot_while_storage_is_down_takes_back_the_earlier_work_once_storage_a
     assert not recovery.done.is_set() and not counting.submitted, "nothing can be read yet"
 
     mine = make_job(2)  # submitted to this run while storage is down: held, and not "taken back"
-    store.save(mine)
+    storage.down = False
+    assert store.create(mine)
+    storage.down = True
     counting.submit(mine, ())
     storage.down = False
     assert recovery.done.wait(5), "the scan is tried again until storage answers"
@@ -93,12 +99,12 @@ def test_a_boot_while_storage_is_down_takes_back_the_earlier_work_once_storage_a
 
 def test_a_scan_cut_short_by_storage_resumes_without_queueing_twice(run_scheduler, tmp_path):
     storage = FlakyStorage(tmp_path / "flaky")
-    sched, store = run_scheduler(1, store=JobStore(storage))
+    sched, store = run_scheduler(1, store=ManifestStore(storage))
     older, newer = left_by_a_crash(store, 2), left_by_a_crash(store, 2)
     counting = CountingScheduler(sched)
     booted_us = time.time_ns() // 1000
     mine = make_job(1)  # this run's own, its manifest written and its submit a moment away: not ours to take
-    store.save(mine)
+    assert store.create(mine)
 
     storage.unreadable = {older.manifest_key}  # the newest first: `newer` is taken back, then the read fails
     assert recover(store, counting, NO_LORAS, booted_us=booted_us) is None
@@ -150,17 +156,17 @@ def test_an_upscale_left_running_is_started_once_however_often_it_is_resumed(run
     job.images[0].succeeded()
     job.images[0].upscale = UpscaleRecord(key=f"jobs/{job.id}/0_x4.png", status=Status.running)
     job.refresh()
-    store.save(job)
-    service = UpscaleService(SimpleNamespace(active_upscaler="replicate"), sched, jobs=None)
+    persist(store, job)
+    service = UpscaleService(SimpleNamespace(active_upscaler="replicate"), sched, store)
     service.pool = RecordingPool()
 
-    service.resume(store.load(job.id))
-    service.resume(store.load(job.id))  # a second scan, or a click on "upscale" meanwhile
+    service.resume(store.get(job.id))
+    service.resume(store.get(job.id))  # a second scan, or a click on "upscale" meanwhile
     assert len(service.pool.futures) == 1
 
     service.pool.futures[0].set_result(None)
-    assert store.load(job.id).images[0].upscale.status == Status.succeeded
-    job = store.load(job.id)
+    assert store.get(job.id).images[0].upscale.status == Status.succeeded
+    job = store.get(job.id)
     job.images[0].upscale.status = Status.running  # left unfinished again by a later crash
     service.resume(job)
     assert len(service.pool.futures) == 2, "once finished, the same image may be upscaled again"
@@ -202,11 +208,11 @@ def test_a_corrupt_product_record_fails_the_images_it_would_make_with_the_reason
     catalog.add_product(Product(name="mug", trigger="sks mug"), b"weights")
     job = make_job(2)
     job.spec.product = "mug"
-    store.save(job)
+    persist(store, job)
     store.storage.put("products/mug.json", b"{cut off", "application/json")
     jobs = JobService(SimpleNamespace(), catalog, store, sched, 64)
     assert recover(store, CountingScheduler(sched), jobs, booted_us=time.time_ns() // 1000) == 0
-    failed = store.load(job.id)
+    failed = store.get(job.id)
     assert failed.status == Status.failed
     assert {i.error for i in failed.images} == {
         "the backend restarted and product 'mug' has an unreadable record; add it again with POST /v1/products"}
@@ -228,8 +234,8 @@ def test_an_upscale_that_fails_at_once_on_a_job_taken_back_keeps_its_reason(run_
     sched, store = run_scheduler(1)
     job = left_by_a_crash(store, 3)
     job.images[0].upscale = UpscaleRecord(key=f"jobs/{job.id}/0_x4.png", status=Status.queued)
-    store.save(job)
-    service = UpscaleService(SimpleNamespace(active_upscaler="replicate"), sched, jobs=None)
+    persist(store, job)
+    service = UpscaleService(SimpleNamespace(active_upscaler="replicate"), sched, store)
     service.pool = FailingAtOncePool()
     assert recover(store, CountingScheduler(sched), NO_LORAS, service, booted_us=time.time_ns() // 1000) == 1
     done = wait_terminal(store, job)
@@ -246,7 +252,7 @@ def test_a_cancel_before_recovery_takes_a_job_back_sticks(run_scheduler):
     jobs = JobService(SimpleNamespace(), None, store, sched, 64)
     canceled = jobs.cancel(job.id)  # storage was down at boot: the job is not held yet
     assert canceled.status == Status.canceled
-    assert [i.status for i in store.load(job.id).images] == [Status.succeeded, Status.canceled, Status.canceled]
+    assert [i.status for i in store.get(job.id).images] == [Status.succeeded, Status.canceled, Status.canceled]
     counting = CountingScheduler(sched)
     assert recover(store, counting, NO_LORAS, booted_us=time.time_ns() // 1000) == 0
     assert not counting.submitted, "a canceled job is not made after all"

@@ -1,5 +1,6 @@
 """The scheduler against fake workers: fan-out, batching, a dying worker, a worker that cannot start, time limits."""
 
+import threading
 import time
 from types import SimpleNamespace
 
@@ -7,7 +8,8 @@ import pytest
 
 from backend.contract import new_job_id
 from backend.gpu.scheduler import MAX_RESTARTS, Scheduler
-from backend.jobs.manifests import JobStore
+from backend.jobs.events import JobEvents
+from backend.jobs.manifests import ManifestStore
 from backend.models import ImageRecord, JobManifest, ResolvedSpec, Status, now
 from backend.storage import LocalStorage
 from tests.backend.fake_worker import run_fake_worker
@@ -27,26 +29,29 @@ def run_scheduler(tmp_path):
     started = []
 
     def start(workers: int, behaviour: str = "ok", timeout_s: float = 30, step_s: float = 0.005,
-              store: JobStore | None = None):
-        store = store or JobStore(LocalStorage(tmp_path / "storage"))
+              store: ManifestStore | None = None):
+        store = store or ManifestStore(LocalStorage(tmp_path / "storage"))
+        if store._thread is None:
+            store.start()
         settings = SimpleNamespace(behaviour=behaviour, marker_dir=str(tmp_path), max_batch=8, step_s=step_s,
                                    image_timeout_s=timeout_s, model_id="fake", storage_dir=str(store.storage.root))
-        sched = Scheduler(settings, store, workers, worker_target=run_fake_worker)
+        sched = Scheduler(settings, store.storage, workers, on_event=JobEvents(store), worker_target=run_fake_worker)
         sched.start()
-        started.append(sched)
+        started.append((sched, store))
         return sched, store
 
     yield start
-    for sched in started:
+    for sched, store in started:
         sched.stop(timeout=5)
+        store.close(timeout=5)
 
 
-def submit(sched: Scheduler, store: JobStore, job: JobManifest) -> None:
-    store.save(job)  # as the job service does: the manifest exists before the work is queued
+def submit(sched: Scheduler, store: ManifestStore, job: JobManifest) -> None:
+    assert store.create(job)  # as the job service does: the manifest exists before the work is queued
     sched.submit(job, ())
 
 
-def wait_terminal(store: JobStore, job: JobManifest, timeout: float = 30) -> JobManifest:
+def wait_terminal(store: ManifestStore, job: JobManifest, timeout: float = 30) -> JobManifest:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         stored = store.load(job.id)
@@ -70,7 +75,7 @@ def test_the_scheduler_is_an_executor(run_scheduler):
 
     sched, _ = run_scheduler(1)
     assert isinstance(sched, Executor)
-    assert set(sched.snapshot()) == {"workers", "errors", "pending", "native_size", "unsaved"}
+    assert set(sched.snapshot()) == {"workers", "errors", "pending", "native_size"}
 
 
 def test_four_images_on_four_workers_run_one_each(run_scheduler, tmp_path):
@@ -160,15 +165,44 @@ def test_cancel_interrupts_the_running_batch_and_drops_the_queued(run_scheduler)
     for job in (first, second):
         done = wait_terminal(store, job)
         assert done.status == Status.canceled
-    assert sched.cancel(first.id) is None, "a finished job is no longer active"
+    assert sched.cancel(first.id) is False and not sched.holds(first.id), "a finished job is no longer held"
 
 
-def test_no_storage_check_for_a_dead_workers_images_while_storage_has_just_failed(run_scheduler):
-    """The check runs under the scheduler's lock: during an outage the S3 client's retries would hold
-    every request (health, job status, submit) for as long as they last."""
-    sched, store = run_scheduler(1)
-    asked = []
-    store.storage.exists = lambda key: asked.append(key) or True
-    assert sched._already_stored("jobs/x/0.png") and asked == ["jobs/x/0.png"]
-    store.down_until = store.clock() + 60  # a manifest write failed a moment ago
-    assert not sched._already_stored("jobs/x/1.png") and asked == ["jobs/x/0.png"], "storage not asked"
+def test_a_dead_workers_storage_check_does_not_hold_the_lock(run_scheduler):
+    """Whether a dead worker's images landed is asked of storage with no lock held: during an outage the
+    S3 client's retries must not stall /health, job status or submit."""
+    sched, store = run_scheduler(1, behaviour="die_once")
+    asking, release = threading.Event(), threading.Event()
+    real_exists = sched.storage.exists
+
+    def slow_exists(key):
+        asking.set()
+        release.wait(10)
+        return real_exists(key)
+
+    sched.storage.exists = slow_exists
+    job = make_job(1)
+    submit(sched, store, job)
+    assert asking.wait(30), "the dead worker's image is looked for in storage"
+    started = time.monotonic()
+    sched.snapshot(), sched.holds(job.id), sched.cancel("0" * 32)
+    waited = time.monotonic() - started
+    release.set()
+    assert waited < 1, f"the executor's verbs waited {waited:.1f} s behind a storage call"
+    assert wait_terminal(store, job).status == Status.succeeded, "retried on the fresh worker"
+
+
+def test_the_bench_plans_the_batches_the_real_scheduler_makes(run_scheduler, tmp_path):
+    from collections import Counter
+
+    from backend.tools.bench import scheduler_batches
+
+    sched, store = run_scheduler(2)
+    while sum(w["state"] == "ready" for w in sched.snapshot()["workers"]) < 2:
+        time.sleep(0.05)
+    job = make_job(5)
+    submit(sched, store, job)
+    assert wait_terminal(store, job).status == Status.succeeded
+    per_size = Counter(size for _, size in batches(tmp_path, job).values())
+    made = sorted(size for size, images in per_size.items() for _ in range(images // size))
+    assert made == sorted(scheduler_batches(5, 2)) == [2, 3]

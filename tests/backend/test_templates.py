@@ -11,7 +11,8 @@ import pytest
 
 TEMPLATES_FILE = Path(__file__).resolve().parents[2] / "backend" / "products" / "templates.json"
 
-KEYS = {"id", "name", "category", "prompt", "negative_prompt", "steps", "guidance_scale", "strength"}
+KEYS = {"id", "name", "category", "prompt", "negative_prompt", "steps", "guidance_scale", "strength", "modes"}
+MODES = {"generate", "restyle", "place"}
 CATEGORIES = {
     "cosmetics", "shoes", "eyewear", "bags", "watches", "jewellery",
     "food-drink", "electronics", "furniture", "pets", "clothing", "general",
@@ -74,3 +75,16 @@ def test_fields(t):
         value = t[key]
         assert isinstance(value, (int, float)) and not isinstance(value, bool), key
         assert 0 <= value <= hi, key
+
+
+@pytest.mark.parametrize("t", TEMPLATES, ids=_ids(TEMPLATES))
+def test_modes_name_what_the_template_suits(t):
+    assert isinstance(t["modes"], list) and t["modes"] and set(t["modes"]) <= MODES, t["modes"]
+    assert len(t["modes"]) == len(set(t["modes"]))
+
+
+def test_several_templates_suit_place_mode_and_worn_products_do_not():
+    place = {t["id"] for t in TEMPLATES if "place" in t["modes"]}
+    assert len(place) >= 12
+    worn = {t["id"] for t in TEMPLATES if "worn by" in t["prompt"] or "worn on" in t["prompt"]}
+    assert worn and not (worn & place), "a cut-out product cannot be worn by someone the scene invents"

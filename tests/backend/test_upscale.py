@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -28,7 +27,7 @@ from backend.upscale.engines import (
     make_upscaler,
 )
 from backend.upscale.service import UpscaleService
-from tests.backend.test_scheduler import make_job
+from tests.backend.test_scheduler import make_job, run_scheduler  # noqa: F401 (fixture)
 from tests.fake_replicate import FakeReplicate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -314,7 +313,7 @@ class ManifestBook:
         with self.lock:
             return self.jobs[job_id].model_copy(deep=True)
 
-    def mutate(self, job_id: str, change):
+    def update(self, job_id: str, change):
         with self.lock:
             change(self.jobs[job_id])
             return self.jobs[job_id].model_copy(deep=True)
@@ -338,28 +337,6 @@ def wait_until(condition, timeout: float = 60) -> None:
         time.sleep(0.02)
 
 
-def exit_like_an_oom_kill(settings, source: str, target: str) -> None:
-    os._exit(137)  # the upscaler process vanishes mid-upscale, as when the kernel or a CUDA crash ends it
-
-
-def pretend_upscale(settings, source: str, target: str) -> None:
-    pass
-
-
-def hang(settings, source: str, target: str) -> None:
-    time.sleep(3600)  # a stuck driver call
-
-
-class BrokenPool:
-    """A process pool whose process died while it was idle."""
-
-    def submit(self, *args, **kwargs):
-        raise BrokenProcessPool("A child process terminated abruptly, the process pool is not usable anymore")
-
-    def shutdown(self, **kwargs):
-        pass
-
-
 def test_upscale_shows_running_only_once_a_pool_thread_takes_it_up():
     job = succeeded_job(2)
     book = ManifestBook(job)
@@ -381,55 +358,54 @@ def test_upscale_shows_running_only_once_a_pool_thread_takes_it_up():
         service.close()
 
 
-def test_local_upscaler_process_that_dies_fails_its_upscale_and_the_next_gets_a_fresh_process():
+def local_service(run_scheduler, behaviour: str, timeout_s: float = 60):
+    """The upscale service on the real scheduler, whose fake workers run upscales as the real ones do."""
+    sched, store = run_scheduler(1, behaviour=behaviour, timeout_s=timeout_s)
     job = succeeded_job(2)
-    book = ManifestBook(job)
-    service = UpscaleService(SimpleNamespace(active_upscaler="local", image_timeout_s=60), book, book)
-    service.work = exit_like_an_oom_kill
+    assert store.create(job)
+    return UpscaleService(SimpleNamespace(active_upscaler="local"), sched, store), store, job
+
+
+def upscale_of(store, job, index):
+    return store.get(job.id).images[index].upscale
+
+
+def test_a_local_upscale_runs_on_a_gpu_worker_of_the_executor(run_scheduler):
+    service, store, job = local_service(run_scheduler, "ok")
+    try:
+        key = service.request(job.id, 0)
+        wait_until(lambda: upscale_of(store, job, 0).status.is_terminal())
+        assert upscale_of(store, job, 0).status == Status.succeeded
+        assert store.storage.get(key) == b"\x89PNG upscaled by worker 0"
+    finally:
+        service.close()
+
+
+def test_a_local_upscale_whose_worker_dies_fails_with_the_reason_and_the_next_runs_on_a_fresh_worker(run_scheduler):
+    service, store, job = local_service(run_scheduler, "upscale_dies_once")
     try:
         service.request(job.id, 0)
-        wait_until(lambda: book.upscale(job.id, 0).status.is_terminal())
-        record = book.upscale(job.id, 0)
-        assert record.status == Status.failed and "upscaler process died" in record.error
-        service.work = pretend_upscale
+        wait_until(lambda: upscale_of(store, job, 0).status.is_terminal())
+        record = upscale_of(store, job, 0)
+        assert record.status == Status.failed and "worker 0 died (exit code 9)" in record.error
         service.request(job.id, 1)
-        wait_until(lambda: book.upscale(job.id, 1).status.is_terminal())
-        assert book.upscale(job.id, 1).status == Status.succeeded
+        wait_until(lambda: upscale_of(store, job, 1).status.is_terminal())
+        assert upscale_of(store, job, 1).status == Status.succeeded
         service.request(job.id, 0)  # the failed one may be asked for again, and now works
-        wait_until(lambda: book.upscale(job.id, 0).status.is_terminal())
-        assert book.upscale(job.id, 0).status == Status.succeeded
+        wait_until(lambda: upscale_of(store, job, 0).status == Status.succeeded)
     finally:
         service.close()
 
 
-def test_local_upscaler_process_that_died_while_idle_is_replaced_before_the_next_upscale():
-    job = succeeded_job(1)
-    book = ManifestBook(job)
-    service = UpscaleService(SimpleNamespace(active_upscaler="local", image_timeout_s=60), book, book)
-    service.process._pool = broken = BrokenPool()
-    service.work = pretend_upscale
+def test_a_local_upscale_that_hangs_is_stopped_at_its_limit_and_the_next_one_runs(run_scheduler):
+    service, store, job = local_service(run_scheduler, "upscale_hangs_once", timeout_s=2)
     try:
         service.request(job.id, 0)
-        wait_until(lambda: book.upscale(job.id, 0).status.is_terminal())
-        assert book.upscale(job.id, 0).status == Status.succeeded, "it never started, so a fresh process runs it"
-        assert service.process._pool is not broken
-    finally:
-        service.close()
-
-
-def test_a_local_upscale_that_hangs_is_stopped_at_its_limit_and_the_next_one_runs():
-    job = succeeded_job(2)
-    book = ManifestBook(job)
-    service = UpscaleService(SimpleNamespace(active_upscaler="local", image_timeout_s=3), book, book)
-    service.work = hang
-    try:
-        service.request(job.id, 0)
-        wait_until(lambda: book.upscale(job.id, 0).status.is_terminal(), timeout=30)
-        record = book.upscale(job.id, 0)
-        assert record.status == Status.failed and "took longer than 3 s" in record.error
-        service.work = pretend_upscale
+        wait_until(lambda: upscale_of(store, job, 0).status.is_terminal(), timeout=30)
+        record = upscale_of(store, job, 0)
+        assert record.status == Status.failed and "timed out after 2 s" in record.error
         service.request(job.id, 1)
-        wait_until(lambda: book.upscale(job.id, 1).status.is_terminal(), timeout=30)
-        assert book.upscale(job.id, 1).status == Status.succeeded
+        wait_until(lambda: upscale_of(store, job, 1).status.is_terminal(), timeout=30)
+        assert upscale_of(store, job, 1).status == Status.succeeded
     finally:
         service.close()

@@ -1,0 +1,160 @@
+"""backend/api/middleware.py BodyLimit: bodies over the limit refused with 413 JSON, declared or streamed."""
+
+import asyncio
+from typing import Annotated
+
+import pytest
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.testclient import TestClient
+
+from backend.api.middleware import BodyLimit
+from backend.errors import install_error_handlers
+
+DEFAULT, UPLOADS = 100, 1000
+
+
+def make_app() -> FastAPI:
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.post("/v1/jobs")
+    async def raw(request: Request):
+        return {"received": len(await request.body())}
+
+    @app.post("/v1/products")
+    async def upload(name: Annotated[str, Form()], file: Annotated[UploadFile, File()]):
+        return {"name": name, "received": len(await file.read())}
+
+    @app.post("/v1/products/{name}/training")
+    async def training(name: str, request: Request):
+        return {"received": len(await request.body())}
+
+    app.add_middleware(BodyLimit, default=DEFAULT, uploads=UPLOADS)
+    return app
+
+
+@pytest.fixture(scope="module")
+def client() -> TestClient:
+    return TestClient(make_app())
+
+
+def streamed(data: bytes):
+    """A body sent without Content-Length (Transfer-Encoding: chunked)."""
+    yield data
+
+
+def refused(limit: int) -> dict:
+    return {"detail": f"the request body is larger than the limit of {limit} bytes"}
+
+
+def multipart(size: int) -> tuple[bytes, str]:
+    boundary = "unit-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\nbottle\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.safetensors\"\r\n\r\n"
+            ).encode() + b"x" * size + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def test_body_limit_declared_length_over_limit_is_413_json(client):
+    r = client.post("/v1/jobs", content=b"x" * (DEFAULT + 1))
+    assert r.status_code == 413
+    assert r.headers["content-type"] == "application/json"
+    assert r.json() == refused(DEFAULT)
+
+
+def test_body_limit_declared_length_at_limit_passes(client):
+    r = client.post("/v1/jobs", content=b"x" * DEFAULT)
+    assert (r.status_code, r.json()) == (200, {"received": DEFAULT})
+
+
+def test_body_limit_streamed_body_over_limit_is_413(client):
+    r = client.post("/v1/jobs", content=streamed(b"x" * (DEFAULT + 1)))
+    assert "content-length" not in r.request.headers
+    assert (r.status_code, r.json()) == (413, refused(DEFAULT))
+
+
+def test_body_limit_streamed_body_under_limit_passes(client):
+    r = client.post("/v1/jobs", content=streamed(b"x" * 60))
+    assert (r.status_code, r.json()) == (200, {"received": 60})
+
+
+def test_body_limit_uploads_path_has_the_larger_limit(client):
+    body, content_type = multipart(500)
+    assert DEFAULT < len(body) <= UPLOADS
+    r = client.post("/v1/products", content=body, headers={"content-type": content_type})
+    assert (r.status_code, r.json()) == (200, {"name": "bottle", "received": 500})
+
+
+def test_body_limit_uploads_path_with_trailing_slash_has_the_larger_limit(client):
+    r = client.post("/v1/products/", content=b"x" * (UPLOADS + 1))
+    assert (r.status_code, r.json()) == (413, refused(UPLOADS))
+
+
+def test_body_limit_uploads_path_over_its_limit_is_413(client):
+    body, content_type = multipart(UPLOADS)
+    r = client.post("/v1/products", content=body, headers={"content-type": content_type})
+    assert (r.status_code, r.json()) == (413, refused(UPLOADS))
+
+
+def test_body_limit_training_photos_have_the_uploads_limit(client):
+    """2..40 photos in one training request: the larger limit applies, as to product uploads."""
+    assert client.post("/v1/products/bottle/training", content=b"x" * (DEFAULT + 1)).status_code == 200
+    r = client.post("/v1/products/bottle/training", content=b"x" * (UPLOADS + 1))
+    assert (r.status_code, r.json()) == (413, refused(UPLOADS))
+
+
+def test_body_limit_streamed_upload_over_limit_is_413_through_form_parsing(client):
+    body, content_type = multipart(UPLOADS)
+    r = client.post("/v1/products", content=streamed(body), headers={"content-type": content_type})
+    assert (r.status_code, r.json()) == (413, refused(UPLOADS))
+
+
+# ----- straight ASGI calls: several body messages, other scope types -----
+def call(app, scope: dict, messages: list[dict]) -> list[dict]:
+    sent = []
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(BodyLimit(app, default=DEFAULT, uploads=UPLOADS)(scope, receive, send))
+    return sent
+
+
+async def echo_length(scope, receive, send):
+    total, more = 0, True
+    while more:
+        message = await receive()
+        total += len(message.get("body", b""))
+        more = message.get("more_body", False)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": str(total).encode()})
+
+
+HTTP = {"type": "http", "method": "POST", "path": "/v1/jobs", "headers": [], "query_string": b""}
+
+
+def test_body_limit_counts_across_body_messages():
+    chunks = [{"type": "http.request", "body": b"x" * 40, "more_body": True} for _ in range(3)]
+    sent = call(echo_length, dict(HTTP), chunks + [{"type": "http.request", "body": b""}])
+    assert sent[0]["status"] == 413
+    assert b"limit of 100 bytes" in sent[1]["body"]
+
+
+def test_body_limit_passes_every_chunk_under_the_limit():
+    chunks = [{"type": "http.request", "body": b"x" * 40, "more_body": True},
+              {"type": "http.request", "body": b"x" * 60, "more_body": False}]
+    sent = call(echo_length, dict(HTTP), chunks)
+    assert (sent[0]["status"], sent[1]["body"]) == (200, b"100")
+
+
+def test_body_limit_ignores_non_http_scopes():
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append(scope["type"])
+
+    call(app, {"type": "lifespan"}, [])
+    assert seen == ["lifespan"]

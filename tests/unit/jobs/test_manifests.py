@@ -1,0 +1,159 @@
+"""ManifestStore: the one writer of manifests. Changes never wait on storage; the writer catches up."""
+
+import threading
+import time
+
+import pytest
+
+from backend.contract import new_job_id
+from backend.jobs.manifests import ManifestStore
+from backend.models import ImageRecord, JobManifest, ResolvedSpec, Status, UpscaleRecord, now
+from backend.storage import LocalStorage, ObjectMissing, StorageError
+
+
+def make_job(n: int = 2) -> JobManifest:
+    job_id = new_job_id()
+    spec = ResolvedSpec(prompt="p", negative_prompt="", product=None, template=None, loras=[], num_images=n,
+                        steps=2, guidance_scale=7.5, width=64, height=64, seed=0, strength=0.5)
+    return JobManifest(id=job_id, created_at=now(), updated_at=now(), status=Status.queued, spec=spec,
+                       input_key=None, images=[ImageRecord(index=i, key=f"jobs/{job_id}/{i}.png", seed=i)
+                                               for i in range(n)])
+
+
+class GatedStorage(LocalStorage):
+    """Local storage whose writes can be held (`gate` cleared), made to fail (`down`), and are counted."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.gate, self.down, self.puts = threading.Event(), False, 0
+        self.gate.set()
+
+    def put(self, key, data, content_type="application/octet-stream"):
+        self.gate.wait(30)
+        if self.down:
+            raise StorageError("connection refused")
+        self.puts += 1
+        super().put(key, data, content_type)
+
+    def ping(self):
+        if self.down:
+            raise StorageError("connection refused")
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = ManifestStore(GatedStorage(tmp_path)).start()
+    yield store
+    store.storage.gate.set()
+    store.storage.down = False
+    store.close(timeout=5)
+
+
+def test_update_is_written_to_storage_by_the_writer(store):
+    job = make_job()
+    assert store.create(job)
+    store.update(job.id, lambda j: j.images[0].started(worker=1))
+    assert store.flush(5)
+    stored = store.load(job.id)
+    assert (stored.status, stored.images[0].status, stored.images[0].worker) == (Status.running, Status.running, 1)
+
+
+def test_update_never_waits_on_a_slow_storage(store):
+    job = make_job()
+    assert store.create(job)
+    store.storage.gate.clear()  # every write now hangs
+    started = time.monotonic()
+    for index in (0, 1):
+        store.update(job.id, lambda j, i=index: j.images[i].succeeded())
+    assert time.monotonic() - started < 0.5
+    assert store.get(job.id).status == Status.succeeded, "readers see the newest state at once"
+    assert store.load(job.id).status == Status.queued, "storage has not caught up yet"
+    assert not store.flush(0.2)
+    store.storage.gate.set()
+    assert store.flush(5) and store.load(job.id).status == Status.succeeded
+
+
+def test_quick_changes_are_coalesced_into_fewer_writes(store):
+    job = make_job(1)
+    assert store.create(job)
+    store.storage.gate.clear()
+    store.update(job.id, lambda j: j.images[0].started(worker=0))
+    time.sleep(0.1)  # the writer is now blocked on the first write
+    before = store.storage.puts
+    for step in range(50):
+        store.update(job.id, lambda j, s=step: setattr(j.images[0], "error", f"step {s}"))
+    store.storage.gate.set()
+    assert store.flush(5)
+    assert store.storage.puts - before <= 3
+    assert store.load(job.id).images[0].error == "step 49", "the last change is the one stored"
+
+
+def test_an_outage_is_counted_and_written_once_storage_answers(store):
+    job = make_job()
+    assert store.create(job)
+    store.storage.down = True
+    store.update(job.id, lambda j: j.images[0].succeeded())
+    deadline = time.monotonic() + 5
+    while store.storage_ok and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not store.storage_ok and store.unsaved() == 1 and "connection refused" in store.storage_error
+    store.storage.down = False
+    assert store.flush(10)
+    assert store.storage_ok and store.unsaved() == 0
+    assert store.load(job.id).images[0].status == Status.succeeded
+
+
+def test_a_failed_create_says_so_and_keeps_nothing(store):
+    store.storage.down = True
+    job = make_job()
+    assert store.create(job) is False
+    store.storage.down = False
+    with pytest.raises(ObjectMissing):
+        store.get(job.id)
+
+
+def test_a_finished_job_leaves_memory_once_written_but_not_while_an_upscale_runs(store):
+    job = make_job(1)
+    assert store.create(job)
+
+    def finish_with_upscale(j):
+        j.images[0].succeeded()
+        j.images[0].upscale = UpscaleRecord(key="k", status=Status.running)
+
+    store.update(job.id, finish_with_upscale)
+    assert store.flush(5)
+    store.storage.put(job.manifest_key, b"{}", "application/json")  # storage changed behind its back
+    assert store.get(job.id).images[0].upscale.status == Status.running, "still held: its upscale runs"
+    store.update(job.id, lambda j: setattr(j.images[0].upscale, "status", Status.succeeded))
+    assert store.flush(5)
+    store.storage.put(job.manifest_key, b"{}", "application/json")
+    with pytest.raises(ValueError):
+        store.get(job.id)  # settled and written: read from storage again
+
+
+def test_update_of_an_unknown_job_is_object_missing(store):
+    with pytest.raises(ObjectMissing):
+        store.update(new_job_id(), lambda j: None)
+
+
+def test_recent_pages_back_with_before(store):
+    jobs = [make_job(1) for _ in range(3)]
+    for job in jobs:
+        assert store.create(job)
+    newest_first = [j.id for j in reversed(jobs)]
+    assert [j.id for j in store.recent(10)] == newest_first
+    assert [j.id for j in store.recent(10, before=newest_first[0])] == newest_first[1:]
+    assert [j.id for j in store.recent(1, before=newest_first[1])] == newest_first[2:]
+
+
+def test_on_change_sees_before_and_after(tmp_path):
+    seen = []
+    store = ManifestStore(LocalStorage(tmp_path), on_change=lambda after, before: seen.append(
+        (before.images[0].status, after.images[0].status))).start()
+    try:
+        job = make_job(1)
+        assert store.create(job)
+        store.update(job.id, lambda j: j.images[0].canceled())
+        assert seen == [(Status.queued, Status.canceled)]
+    finally:
+        store.close()

@@ -1,0 +1,1 @@
+"""Tests of backend.place: cut-out, layout and compositing."""

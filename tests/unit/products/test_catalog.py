@@ -1,0 +1,153 @@
+"""backend/products/catalog.py on a real LocalStorage: the shipped templates, products added, listed and read."""
+
+import json
+
+import pytest
+
+from backend.contract import check_name
+from backend.errors import UnknownReference
+from backend.models import Product, Template
+from backend.products.catalog import TEMPLATES_FILE, Catalog, load_templates
+from backend.storage import LocalStorage, ObjectMissing
+
+LORA = b"safetensors bytes of a LoRA"
+
+
+@pytest.fixture
+def storage(tmp_path) -> LocalStorage:
+    return LocalStorage(tmp_path / "store")
+
+
+@pytest.fixture
+def catalog(storage) -> Catalog:
+    return Catalog(storage)
+
+
+def bottle(**fields) -> Product:
+    return Product(**({"name": "bottle", "trigger": "sks bottle", "category": "drinks", "weight": 0.8} | fields))
+
+
+# ----- templates -----
+def test_templates_file_ids_are_unique():
+    ids = [t["id"] for t in json.loads(TEMPLATES_FILE.read_text())]
+    assert len(ids) > 0
+    assert len(ids) == len(set(ids))
+
+
+def test_templates_all_load_as_templates():
+    raw = json.loads(TEMPLATES_FILE.read_text())
+    templates = load_templates()
+    assert len(templates) == len(raw)
+    assert all(isinstance(t, Template) and key == t.id for key, t in templates.items())
+
+
+def test_templates_ids_are_valid_job_spec_names():
+    # JobSpec.template goes through check_name: an id it refuses could never be asked for
+    assert all(check_name("template", template_id) == template_id for template_id in load_templates())
+
+
+def test_catalog_template_by_id(catalog):
+    template_id = next(iter(load_templates()))
+    assert catalog.template(template_id) is load_templates()[template_id]
+
+
+def test_catalog_unknown_template_is_an_unknown_reference(catalog):
+    with pytest.raises(UnknownReference) as info:
+        catalog.template("no-such-template")
+    assert info.value.detail == "unknown template 'no-such-template'; GET /v1/catalog lists them"
+    assert info.value.status_code == 422
+
+
+# ----- products -----
+def test_catalog_add_product_stores_lora_and_record(catalog, storage):
+    assert catalog.add_product(bottle(), LORA) == bottle()
+    assert storage.get("products/bottle.safetensors") == LORA
+    assert json.loads(storage.get("products/bottle.json")) == bottle().model_dump()
+    assert catalog.lora_exists("bottle") is True
+
+
+def test_catalog_add_product_writes_the_lora_before_the_record(tmp_path):
+    class Recording(LocalStorage):
+        def __init__(self, root):
+            super().__init__(root)
+            self.puts = []
+
+        def put(self, key, data, content_type="application/octet-stream"):
+            self.puts.append((key, content_type))
+            super().put(key, data, content_type)
+
+    storage = Recording(tmp_path)
+    Catalog(storage).add_product(bottle(), LORA)
+    assert storage.puts == [("products/bottle.safetensors", "application/octet-stream"),
+                            ("products/bottle.json", "application/json")]
+
+
+def test_catalog_product_reads_back_what_was_added(catalog):
+    catalog.add_product(bottle(), LORA)
+    assert catalog.product("bottle") == bottle()
+
+
+def test_catalog_add_product_again_replaces_it(catalog):
+    catalog.add_product(bottle(), LORA)
+    catalog.add_product(bottle(trigger="sks green bottle", weight=1.2), b"new weights")
+    assert (catalog.product("bottle").trigger, catalog.product("bottle").weight) == ("sks green bottle", 1.2)
+    assert [p.name for p in catalog.products()] == ["bottle"]
+
+
+def test_catalog_products_lists_all_sorted_by_name(catalog):
+    for name in ("watch", "bottle", "shoe"):
+        catalog.add_product(bottle(name=name, trigger=f"sks {name}"), LORA)
+    assert [p.name for p in catalog.products()] == ["bottle", "shoe", "watch"]
+    assert catalog.products()[1] == bottle(name="shoe", trigger="sks shoe")
+
+
+def test_catalog_products_empty_store_is_empty(catalog):
+    assert catalog.products() == []
+
+
+def test_catalog_products_ignores_non_record_files(catalog, storage):
+    catalog.add_product(bottle(), LORA)
+    storage.put("products/orphan.safetensors", LORA)
+    storage.put("products/orphan.png", b"\x89PNG")
+    assert [p.name for p in catalog.products()] == ["bottle"]
+
+
+def test_catalog_lora_exists_is_false_for_an_unknown_name(catalog):
+    assert catalog.lora_exists("ghost") is False
+
+
+def test_catalog_unknown_product_is_an_unknown_reference(catalog):
+    with pytest.raises(UnknownReference) as info:
+        catalog.product("ghost")
+    assert info.value.detail == "unknown product 'ghost'; add it with POST /v1/products"
+
+
+@pytest.mark.parametrize("record", [b"{not json", b'{"name": "broken"}', b"[]", b""])
+def test_catalog_unreadable_product_record_is_an_unknown_reference(catalog, storage, record):
+    storage.put("products/broken.json", record)
+    with pytest.raises(UnknownReference) as info:
+        catalog.product("broken")
+    assert info.value.detail == "product 'broken' has an unreadable record; add it again with POST /v1/products"
+
+
+def test_catalog_products_skips_unreadable_records(catalog, storage, caplog):
+    catalog.add_product(bottle(), LORA)
+    storage.put("products/broken.json", b"{not json")
+    storage.put("products/half.json", b'{"name": "half"}')
+    with caplog.at_level("WARNING", logger="showroom.catalog"):
+        assert [p.name for p in catalog.products()] == ["bottle"]
+    assert "products/broken.json" in caplog.text and "products/half.json" in caplog.text
+
+
+def test_catalog_products_skips_a_record_deleted_while_listing(tmp_path):
+    class Racing(LocalStorage):
+        def get(self, key):
+            if key == "products/gone.json":
+                raise ObjectMissing(key)
+            return super().get(key)
+
+    storage = Racing(tmp_path)
+    catalog = Catalog(storage)
+    catalog.add_product(bottle(), LORA)
+    storage.put("products/gone.json", bottle(name="gone").model_dump_json().encode())
+    assert [p.name for p in catalog.products()] == ["bottle"]
