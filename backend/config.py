@@ -7,11 +7,12 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from backend.ops.vast import VAST_API_URL
+
 DEFAULT_MODEL_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_STORAGE_URL = f"file://{Path('data/storage').resolve()}"
 REPLICATE_MODEL = "mv-lab/swin2sr"
 LOCAL_UPSCALER_MODEL = "caidas/swin2SR-realworld-sr-x4-64-bsrgan-psnr"
-VAST_API_URL = "https://console.vast.ai/api/v0"
 
 
 class Settings(BaseSettings):

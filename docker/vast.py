@@ -14,7 +14,6 @@ Only the standard library and `requests` (in frontend/requirements.txt): it runs
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -23,7 +22,10 @@ from pathlib import Path
 
 import requests
 
-VAST_API_URL = "https://console.vast.ai/api/v0"
+# Run as a script from anywhere: the repo root holds the one vast.ai client, which needs only `requests`.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from backend.ops.vast import VAST_API_URL, VastAPI, VastError  # noqa: E402
+
 KEY_FILE = Path("~/.config/vastai/vast_api_key").expanduser()
 ONSTART = Path(__file__).with_name("onstart.sh")
 ONSTART_LIMIT = 4048  # vast's cap on the onstart field
@@ -35,10 +37,7 @@ PASS_THROUGH = ("MODEL_ID", "DEVICE", "WORKERS", "STORAGE_URL", "S3_ENDPOINT_URL
 EXIT_API, EXIT_CONFIG, EXIT_NO_OFFER, EXIT_CREATE, EXIT_UNHEALTHY = 1, 2, 3, 4, 5
 
 
-class LaunchError(Exception):
-    def __init__(self, message: str, code: int = EXIT_API):
-        super().__init__(message)
-        self.code = code
+LaunchError = VastError  # one error for the API's refusals and the launcher's own (its code is the exit code)
 
 
 def is_secret(name: str) -> bool:
@@ -59,57 +58,6 @@ class Redactor:
         for value in sorted(self.values, key=len, reverse=True):
             text = text.replace(value, "***")
         return text
-
-
-class VastAPI:
-    """The few vast.ai REST calls Showroom needs. Mutating calls are only printed in dry-run mode."""
-
-    def __init__(self, base: str, key: str, redact: Redactor, say: Callable[[str], None], dry_run: bool = False):
-        self.base, self.dry_run, self.redact, self.say = base.rstrip("/"), dry_run, redact, say
-        self.session = requests.Session()
-        self.session.headers.update({"Authorization": f"Bearer {key}", "Accept": "application/json"})
-
-    def call(self, method: str, path: str, body: dict | None = None, mutating: bool = True):
-        url = f"{self.base}{path}"
-        if mutating and self.dry_run:
-            shown = {k: ({n: "***" if is_secret(n) else v for n, v in v.items()} if k == "env" else v)
-                     for k, v in (body or {}).items()}
-            self.say(self.redact(f"DRY-RUN {method} {url} {json.dumps(shown, sort_keys=True)}"))
-            return None
-        try:  # one attempt with a timeout: every caller either polls again or reports and stops
-            response = self.session.request(method, url, json=body, timeout=30)
-        except requests.RequestException as e:
-            raise LaunchError(self.redact(f"{method} {url} failed: {e}")) from None
-        try:
-            answer = response.json()
-        except ValueError:
-            answer = {}
-        if response.status_code >= 400 or (isinstance(answer, dict) and answer.get("success") is False):
-            reason = answer.get("msg") or answer.get("error") if isinstance(answer, dict) else None
-            raise LaunchError(self.redact(f"{method} {url} answered {response.status_code}: "
-                                          f"{reason or response.text[:200] or 'no reason given'}"))
-        return answer
-
-    def offers(self, query: dict) -> list[dict]:
-        return (self.call("POST", "/bundles/", query, mutating=False) or {}).get("offers") or []
-
-    def create(self, offer_id: int, body: dict) -> int | None:
-        answer = self.call("PUT", f"/asks/{offer_id}/", body)
-        if answer is None:
-            return None
-        if not answer.get("new_contract"):
-            raise LaunchError(f"vast.ai did not return the new instance's id: {self.redact(json.dumps(answer))}")
-        return int(answer["new_contract"])
-
-    def instance(self, instance_id: int) -> dict:
-        answer = self.call("GET", f"/instances/{instance_id}/", mutating=False) or {}
-        return answer.get("instances") or {}
-
-    def set_state(self, instance_id: int, state: str) -> None:
-        self.call("PUT", f"/instances/{instance_id}/", {"state": state})
-
-    def destroy(self, instance_id: int) -> None:
-        self.call("DELETE", f"/instances/{instance_id}/")
 
 
 def offer_query(args) -> dict:
@@ -337,7 +285,8 @@ def main(argv: list[str] | None = None, environ=None, out=None, clock=time.monot
     try:
         key = api_key(environ)
         redact.add(key)
-        api = VastAPI(args.api_url or environ.get("VAST_API_URL") or VAST_API_URL, key, redact, say, args.dry_run)
+        api = VastAPI(key, args.api_url or environ.get("VAST_API_URL") or VAST_API_URL, redact=redact, say=say,
+                      dry_run=args.dry_run, secret_field=is_secret)
         if args.command == "offers":
             return cmd_offers(api, args, say)
         if args.command == "up":

@@ -8,6 +8,7 @@ nothing but these verbs.
 """
 
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -90,6 +91,9 @@ class Executor(Protocol):
 
     def holds(self, job_id: str) -> bool:
         """True while some image of the job is waiting or running here."""
+
+    def upscale(self, source_key: str, target_key: str) -> Future:
+        """Run the local upscaler on one of its GPUs; the future ends when the result is stored."""
 
     def pending_images(self) -> int: ...
 

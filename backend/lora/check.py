@@ -8,15 +8,19 @@ never loads the model and never imports torch.
 import json
 import logging
 import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from backend.lora.formats import CLONEOFSIMO_PREFIX, EMBEDDING_PREFIX, LoraFormatError, normalize_upload
+from backend.lora.formats import (
+    CLONEOFSIMO_PREFIX,
+    EMBEDDING_PREFIX,
+    LoraFormatError,
+    normalize_upload,
+    read_safetensors_header,
+)
 
 log = logging.getLogger("showroom.lora")
 
-MAX_HEADER = 100 * 1024 * 1024
 # What a width says about the model a LoRA was made for (cross-attention; first text encoder).
 CROSS_ATTENTION_BASES = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
 TEXT_ENCODER_BASES = {768: "SD 1.x or SDXL", 1024: "SD 2.x"}
@@ -35,33 +39,6 @@ class WrongBaseModel(LoraFormatError):
     """The LoRA is well formed but was made for another base model."""
 
 
-def read_safetensors_header(data: bytes) -> dict:
-    """The header of a safetensors file, checked against the file's length; ValueError says what is wrong."""
-    if len(data) < 8:
-        raise ValueError("the file is not a .safetensors file (too short); pickled .ckpt/.pt/.bin files are "
-                         "refused because loading them can run code: convert to safetensors first")
-    (size,) = struct.unpack("<Q", data[:8])
-    if size < 2 or size > min(MAX_HEADER, len(data) - 8):
-        raise ValueError("the file is not a .safetensors file (bad header); pickled .ckpt/.pt/.bin files are "
-                         "refused because loading them can run code: convert to safetensors first")
-    try:
-        header = json.loads(data[8:8 + size])
-    except ValueError:
-        raise ValueError("the file is not a .safetensors file (its header is not JSON)") from None
-    if not isinstance(header, dict):
-        raise ValueError("the file is not a .safetensors file (its header is not a JSON object)")
-    end = 8 + size
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        offsets = info.get("data_offsets") if isinstance(info, dict) else None
-        if not (isinstance(offsets, list) and len(offsets) == 2 and 0 <= offsets[0] <= offsets[1]):
-            raise ValueError(f"the safetensors header is malformed at tensor {name!r}")
-        if end + offsets[1] > len(data):
-            raise ValueError(f"the file is truncated: tensor {name!r} runs past the end of the file")
-    return header
-
-
 def normalize_lora(data: bytes, model_id: str | None) -> bytes:
     """The LoRA in the canonical layout the workers load, checked against MODEL_ID's widths where its config is
     at hand (None: not checked); LoraFormatError (a ValueError) says what is wrong."""
@@ -69,7 +46,7 @@ def normalize_lora(data: bytes, model_id: str | None) -> bytes:
     lora = normalize_upload(data)
     base = find_base_model(model_id) if model_id else None
     if base is not None:
-        check_base_model(read_safetensors_header(lora), base)
+        check_base_model(read_safetensors_header(lora)[0], base)
     return lora
 
 

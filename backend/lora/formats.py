@@ -81,8 +81,10 @@ class Tensor:
         return cls(dtype, tuple(arr.shape), raw)
 
 
-def read_safetensors(data: bytes) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Tensors and metadata of a safetensors file, every offset and size checked against the bytes."""
+def read_safetensors_header(data: bytes) -> tuple[dict[str, dict], dict[str, str], int]:
+    """The one safetensors reader's first half, without torch and without copying a tensor: the header
+    (tensor name -> dtype, shape, offsets; every offset checked against the bytes), its metadata and
+    where the tensors start. Pickles and truncated files are refused with a LoraFormatError that says so."""
     if len(data) < 10:
         raise LoraFormatError(NOT_SAFETENSORS.format(why="empty or too short"))
     (size,) = struct.unpack("<Q", data[:8])
@@ -96,23 +98,35 @@ def read_safetensors(data: bytes) -> tuple[dict[str, Tensor], dict[str, str]]:
     if not isinstance(header, dict):
         raise LoraFormatError(NOT_SAFETENSORS.format(why="its header is not a JSON object"))
     metadata = header.pop("__metadata__", None) or {}
-    body = memoryview(data)[8 + size:]
-    tensors = {}
+    body_length = len(data) - 8 - size
     for name, info in header.items():
-        try:
-            dtype, shape, (start, end) = info["dtype"], tuple(int(d) for d in info["shape"]), info["data_offsets"]
+        try:  # dtype and shape are read here so a malformed entry fails now, not in a later reader
+            str(info["dtype"]), [int(d) for d in info["shape"]]
+            start, end = info["data_offsets"]
         except (TypeError, KeyError, ValueError):
             raise LoraFormatError(f"the safetensors header is malformed at tensor {name!r}") from None
-        if dtype not in _ITEMSIZE:
-            raise LoraFormatError(f"tensor {name!r} has dtype {dtype}; a LoRA holds floating-point weights only")
         if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end):
             raise LoraFormatError(f"the safetensors header is malformed at tensor {name!r}")
-        if end > len(body):
+        if end > body_length:
             raise LoraFormatError(f"the file is truncated: tensor {name!r} runs past its end; upload it again")
+    if not isinstance(metadata, dict):
+        raise LoraFormatError("the safetensors metadata is not a JSON object")
+    return header, {str(k): str(v) for k, v in metadata.items()}, 8 + size
+
+
+def read_safetensors(data: bytes) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file, every offset and size checked against the bytes."""
+    header, metadata, body_start = read_safetensors_header(data)
+    body = memoryview(data)[body_start:]
+    tensors = {}
+    for name, info in header.items():
+        dtype, shape, (start, end) = info["dtype"], tuple(int(d) for d in info["shape"]), info["data_offsets"]
+        if dtype not in _ITEMSIZE:
+            raise LoraFormatError(f"tensor {name!r} has dtype {dtype}; a LoRA holds floating-point weights only")
         if end - start != int(np.prod(shape, dtype=np.int64)) * _ITEMSIZE[dtype]:
             raise LoraFormatError(f"tensor {name!r}: its byte size does not match its shape {list(shape)}")
         tensors[name] = Tensor(dtype, shape, bytes(body[start:end]))
-    return tensors, {str(k): str(v) for k, v in metadata.items()}
+    return tensors, metadata
 
 
 def write_safetensors(tensors: dict[str, Tensor], metadata: dict[str, str]) -> bytes:

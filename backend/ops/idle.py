@@ -10,15 +10,12 @@ the console or with `python docker/vast.py start ID`.
 No torch here: this runs in the API process.
 """
 
-import json
 import logging
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 
-from backend.config import VAST_API_URL
+from backend.ops.vast import VAST_API_URL, VastAPI, VastError
 
 log = logging.getLogger("showroom.idle")
 
@@ -126,22 +123,12 @@ def vast_stop_action(instance_id: str | None, api_key: str | None, api_url: str 
         raise ValueError(f"idle stop needs the vast.ai instance id in CONTAINER_ID (vast sets it), got {instance_id!r}")
     if not api_key:
         raise ValueError("idle stop needs CONTAINER_API_KEY (vast sets it inside an instance)")
-    url = f"{api_url.rstrip('/')}/instances/{str(instance_id).strip()}/"
-    body = json.dumps({"state": "stopped"}).encode()
+    api = VastAPI(api_key, api_url, timeout_s=timeout_s)
 
     def stop() -> None:
-        request = urllib.request.Request(url, data=body, method="PUT", headers={
-            "Authorization": f"Bearer {api_key}", "Content-Type": "application/json", "Accept": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=timeout_s) as response:
-                answer = json.loads(response.read() or b"{}")
-        except urllib.error.HTTPError as e:
-            raise StopFailed(f"PUT {url} answered {e.code}") from None
-        except (urllib.error.URLError, TimeoutError, OSError) as e:
-            raise StopFailed(f"PUT {url} failed: {getattr(e, 'reason', e)}") from None
-        except ValueError:
-            raise StopFailed(f"PUT {url} answered something that is not JSON") from None
-        if answer.get("success") is False:
-            raise StopFailed(f"PUT {url} refused: {answer.get('msg') or answer.get('error') or 'no reason given'}")
+            api.set_state(str(instance_id).strip(), "stopped")
+        except VastError as e:
+            raise StopFailed(str(e)) from None
 
     return stop
