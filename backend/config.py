@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     queue_max_images: int = Field(256, ge=1, description="images waiting in the queue before 429")
     max_batch: int = Field(8, ge=1, description="most images of one job a worker generates as one batch")
     image_timeout_s: float = Field(600, gt=0, description="per-image time limit (scaled by batch size)")
+    training_timeout_s: float = Field(3 * 3600, gt=0, description="the longest a LoRA training may run")
     storage_retry_s: float = Field(60, ge=0, description="how long a worker retries writing an image to storage")
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_upload_pixels: int = Field(40_000_000, ge=1024)

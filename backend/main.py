@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from backend.api import catalog_routes, cutout_routes, health_routes, job_routes, product_routes
+from backend.api import catalog_routes, cutout_routes, health_routes, job_routes, product_routes, training_routes
 from backend.api.deps import Services
 from backend.api.middleware import BodyLimit
 from backend.config import Settings, get_settings
@@ -19,7 +19,7 @@ from backend.gpu.devices import native_size_guess, visible_gpus
 from backend.gpu.executor import Executor
 from backend.gpu.scheduler import Scheduler
 from backend.jobs.events import JobEvents
-from backend.jobs.manifests import ManifestStore
+from backend.jobs.manifests import TRAININGS, ManifestStore
 from backend.jobs.prepare import Preparer
 from backend.jobs.recovery import Recovery
 from backend.jobs.service import JobService
@@ -27,6 +27,7 @@ from backend.ops.idle import Activity, IdleStopper, vast_stop_action
 from backend.ops.metrics import Metrics
 from backend.ops.ratelimit import RateLimiter
 from backend.products.catalog import Catalog
+from backend.products.training import TrainingService
 from backend.upscale.service import UpscaleService
 
 log = logging.getLogger("showroom")
@@ -61,17 +62,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         storage = settings.open_storage()
         metrics = Metrics()
         store, catalog_ = ManifestStore(storage).start(), Catalog(storage)
+        training_store = ManifestStore(storage, kind=TRAININGS).start()
         workers = settings.worker_count(visible_gpus(settings.cuda_visible_devices))
-        executor = Scheduler(settings, storage, workers, on_event=JobEvents(store, metrics.on_event))
+        events = JobEvents(store, metrics.on_event)
+        executor = Scheduler(settings, storage, workers, on_event=events)
         preparer = Preparer(storage, settings.bg_removal_model)
         job_service = JobService(settings, catalog_, store, executor, native_size_guess(settings.model_id), preparer)
+        trainings = TrainingService(settings, catalog_, training_store, executor, job_service.native_size)
+        events.on_training = trainings.on_event
         upscales = UpscaleService(settings, executor, store) if settings.active_upscaler != "off" else None
         app.state.services = Services(settings, storage, catalog_, executor, store, job_service, metrics,
-                                      RateLimiter(settings.rate_limit_per_minute), upscales, preparer)
+                                      RateLimiter(settings.rate_limit_per_minute), upscales, preparer, trainings)
         log.info("storage %s, model %s, %d workers, upscaler %s", storage.url, settings.model_id,
                  len(executor.slots), settings.active_upscaler)
         executor.start()
-        recovery = Recovery(store, executor, job_service, upscales).start()
+        recovery = Recovery(store, executor, job_service, upscales, trainings=trainings).start()
         idle = start_idle_stop(settings, executor, activity, upscales)
         try:
             yield
@@ -83,7 +88,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 upscales.close()
             preparer.close()
             executor.stop()
+            trainings.close()
             store.close()
+            training_store.close()
 
     app = FastAPI(title="Showroom", version="0.1.0", lifespan=lifespan,
                   description="Pictures of a real product in any scene. See README.md.")
@@ -103,7 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return response
         finally:
             activity.end(touch=status not in (401, 403))
-    for module in (health_routes, catalog_routes, product_routes, cutout_routes, job_routes):
+    for module in (health_routes, catalog_routes, product_routes, training_routes, cutout_routes, job_routes):
         app.include_router(module.router)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],

@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from backend.contract import Status, check_name, manifest_key, rollup
+from backend.contract import Status, check_name, manifest_key, rollup, training_key
 
 MAX_SEED = 2**53 - 1  # JSON-safe for every client
 
@@ -217,3 +217,30 @@ class JobManifest(BaseModel):
     def ticket(self) -> JobTicket:
         return JobTicket(id=self.id, status=Status.queued, manifest_key=self.manifest_key,
                          images=[JobTicketImage(index=i.index, key=i.key, seed=i.seed) for i in self.images])
+
+
+class TrainingManifest(BaseModel):
+    """A product's LoRA being learnt from its photos (trainings/<id>/job.json)."""
+
+    id: str
+    product: str
+    status: Status = Status.queued
+    progress: StepProgress
+    error: str | None = None
+    created_at: str
+    updated_at: str
+    # ours, beside the contract's fields
+    loss: float | None = None              # smoothed training loss at the last step reported
+    photos: int = 0
+    rank: int = 16
+    resolution: int = 512
+    resumed_from: int | None = None         # the checkpoint step a later attempt continued from
+    worker: int | str | None = None
+    probe_loss: list[float] | None = None   # loss on the photos with fixed noise, before and after
+
+    @property
+    def manifest_key(self) -> str:
+        return training_key(self.id)
+
+    def refresh(self) -> None:
+        self.updated_at = now()

@@ -75,6 +75,9 @@ class Backend:
     def post(self, path: str, **kw) -> requests.Response:
         return requests.post(self.url + path, headers=self.headers | kw.pop("headers", {}), timeout=30, **kw)
 
+    def delete(self, path: str, **kw) -> requests.Response:
+        return requests.delete(self.url + path, headers=self.headers | kw.pop("headers", {}), timeout=30, **kw)
+
     def submit(self, spec: dict, photo: bytes | None = None, **kw) -> dict:
         if photo is None:
             r = self.post("/v1/jobs", json=spec, **kw)

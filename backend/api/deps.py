@@ -17,6 +17,7 @@ from backend.jobs.service import JobService
 from backend.ops.metrics import Metrics
 from backend.ops.ratelimit import RateLimiter
 from backend.products.catalog import Catalog
+from backend.products.training import TrainingService
 from backend.storage import Storage
 
 
@@ -32,6 +33,7 @@ class Services:
     limiter: RateLimiter
     upscales: object = None
     preparer: Preparer | None = None
+    trainings: TrainingService | None = None
 
 
 def get_services(request: Request) -> Services:

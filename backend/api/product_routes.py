@@ -1,17 +1,26 @@
-"""Products: upload a product's LoRA with its trigger words."""
+"""Products: a name, trigger words, and a LoRA file, a packshot photo, or both; and deleting one."""
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
+from backend.api.cutout_routes import read_photo
 from backend.api.deps import ClientDep, ServicesDep
 from backend.contract import check_name
-from backend.errors import InvalidRequest, PayloadTooLarge
+from backend.errors import InvalidRequest, NotFound, PayloadTooLarge, UnknownReference
+from backend.jobs.prepare import png_bytes
 from backend.lora.check import normalize_lora
 from backend.models import Product
 
 router = APIRouter(prefix="/v1/products", tags=["products"])
+
+
+def product_name(name: str) -> str:
+    try:
+        return check_name("product", name)
+    except ValueError as e:
+        raise InvalidRequest(str(e)) from None
 
 
 @router.post("", status_code=201, response_model=Product)
@@ -19,24 +28,42 @@ async def add_product(
     services: ServicesDep, client: ClientDep,
     name: Annotated[str, Form(min_length=1, max_length=64)],
     trigger: Annotated[str, Form(min_length=1, max_length=200)],
-    file: Annotated[UploadFile, File(description="the product's LoRA, a .safetensors file")],
+    file: Annotated[UploadFile | None, File(description="the product's LoRA, a .safetensors file")] = None,
+    photo: Annotated[UploadFile | None, File(description="a packshot: cut out as in place mode")] = None,
     category: Annotated[str | None, Form(max_length=64)] = None,
     weight: Annotated[float, Form(ge=-4, le=4)] = 1.0,
 ) -> Product:
-    """Add (or replace) a product whose LoRA fits MODEL_ID; it is usable in the next job, on every worker."""
-    try:
-        check_name("product", name)
-    except ValueError as e:
-        raise InvalidRequest(str(e)) from None
+    """Add (or replace) a product: its LoRA (checked against MODEL_ID), its packshot, or both. Usable in the
+    next job, on every worker; with a packshot, `place` jobs need no upload."""
+    product_name(name)
     if not trigger.strip():
         raise InvalidRequest("trigger must hold the words that call up the product, e.g. 'sks bottle'")
-    limit = services.settings.max_lora_bytes
-    data = await file.read(limit + 1)
-    if len(data) > limit:
-        raise PayloadTooLarge(f"the LoRA file is larger than the limit of {limit} bytes")
-    try:  # converted to our layout and checked against MODEL_ID's widths, before anything is stored
-        lora = await run_in_threadpool(normalize_lora, data, services.settings.model_id)
-    except ValueError as e:
-        raise InvalidRequest(str(e)) from None
+    if file is None and photo is None:
+        raise InvalidRequest("send the product's LoRA as part 'file', a photo of it as part 'photo', or both")
+    lora = packshot = None
+    if file is not None:
+        limit = services.settings.max_lora_bytes
+        data = await file.read(limit + 1)
+        if len(data) > limit:
+            raise PayloadTooLarge(f"the LoRA file is larger than the limit of {limit} bytes")
+        try:  # converted to our layout and checked against MODEL_ID's widths, before anything is stored
+            lora = await run_in_threadpool(normalize_lora, data, services.settings.model_id)
+        except ValueError as e:
+            raise InvalidRequest(str(e)) from None
+    if photo is not None:
+        try:  # cut out before anything is stored: a photo with no product found changes nothing
+            packshot = png_bytes(await run_in_threadpool(services.preparer.cut_out, await read_photo(photo, services)))
+        except ValueError as e:
+            raise InvalidRequest(str(e)) from None
     product = Product(name=name, trigger=trigger.strip(), category=(category or "").strip() or None, weight=weight)
-    return await run_in_threadpool(services.catalog.add_product, product, lora)
+    return await run_in_threadpool(services.catalog.add_product, product, lora, packshot)
+
+
+@router.delete("/{name}", status_code=204)
+async def delete_product(name: str, services: ServicesDep, client: ClientDep) -> Response:
+    """Remove a product and its files; jobs already made keep their images."""
+    try:
+        await run_in_threadpool(services.catalog.delete, product_name(name))
+    except UnknownReference:
+        raise NotFound(f"no product {name!r}") from None
+    return Response(status_code=204)

@@ -51,10 +51,12 @@ def pick_device(preference: str, index: int = 0) -> str:
     """The torch device for DEVICE=`preference`; with several GPUs, the `index`-th (modulo their count)."""
     import torch
 
+    if preference.startswith("cuda:") and torch.cuda.is_available():
+        return preference  # a GPU named exactly (a worker's own, passed on to the trainer)
     if preference in ("auto", "cuda") and torch.cuda.is_available():
         return f"cuda:{index % torch.cuda.device_count()}"
-    if preference == "cuda":
-        raise RuntimeError("DEVICE=cuda but no CUDA GPU is visible to this process")
+    if preference.startswith("cuda"):
+        raise RuntimeError(f"DEVICE={preference} but no CUDA GPU is visible to this process")
     if preference in ("auto", "mps") and torch.backends.mps.is_available():
         return "mps"
     if preference == "mps":

@@ -12,6 +12,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from backend.gpu.messages import TrainTask
 from backend.models import JobManifest
 
 
@@ -69,8 +70,40 @@ class WorkerReady:
     load_s: float
 
 
+@dataclass(frozen=True)
+class TrainingEvent:
+    training_id: str
+
+
+@dataclass(frozen=True)
+class TrainingStarted(TrainingEvent):
+    worker: int | str
+
+
+@dataclass(frozen=True)
+class TrainingProgress(TrainingEvent):
+    step: int
+    steps: int
+    loss: float | None
+
+
+@dataclass(frozen=True)
+class TrainingRequeued(TrainingEvent):
+    reason: str
+
+
+@dataclass(frozen=True)
+class TrainingSucceeded(TrainingEvent):
+    info: dict
+
+
+@dataclass(frozen=True)
+class TrainingFailed(TrainingEvent):
+    error: str
+
+
 Event = (ImagesStarted | ImagesProgress | ImageSucceeded | ImageFailed | ImagesRequeued | ImagesCanceled
-         | BatchFinished | WorkerReady)
+         | BatchFinished | WorkerReady | TrainingEvent)
 EventSink = Callable[[Event], None]
 
 
@@ -94,6 +127,10 @@ class Executor(Protocol):
 
     def upscale(self, source_key: str, target_key: str) -> Future:
         """Run the local upscaler on one of its GPUs; the future ends when the result is stored."""
+
+    def train(self, task: TrainTask) -> None:
+        """Queue a LoRA training (its task_id is assigned here); it runs on one GPU at a time and reports
+        Training* events; a worker lost mid-way is replaced and the training resumes from its checkpoint."""
 
     def pending_images(self) -> int: ...
 

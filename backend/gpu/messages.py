@@ -45,11 +45,26 @@ class UpscaleTask:
 
 
 @dataclass(frozen=True)
+class TrainTask:
+    """Learn a product's LoRA from its photos (storage keys), resuming from the newest checkpoint stored
+    under trainings/<id>/checkpoints/; the result goes to trainings/<id>/lora.safetensors."""
+    task_id: int
+    training_id: str
+    trigger: str
+    photo_keys: tuple[str, ...]
+    steps: int
+    rank: int
+    resolution: int
+    checkpoint_every: int
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Stop:
     pass
 
 
-ToWorker = Task | UpscaleTask | Stop
+ToWorker = Task | UpscaleTask | TrainTask | Stop
 
 
 # ----- worker -> parent -----
@@ -77,6 +92,7 @@ class Progress:
     task_id: int
     step: int
     total: int
+    loss: float | None = None  # a training's smoothed loss
 
 
 @dataclass(frozen=True)
@@ -95,11 +111,12 @@ class ImageFailed:
 @dataclass(frozen=True)
 class Done:
     """The task is over: every image in it was reported done or failed, or it was canceled. For an
-    UpscaleTask, `error` is None when the result is stored."""
+    UpscaleTask or a TrainTask, `error` is None when the result is stored."""
     task_id: int
     canceled: bool = False
     seconds: float = 0.0
     error: str | None = None
+    info: dict = field(default_factory=dict)  # a training's outcome: resumed_from, probe_loss
 
 
 FromWorker = Ready | LoadFailed | Started | Progress | ImageDone | ImageFailed | Done

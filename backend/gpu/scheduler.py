@@ -15,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from multiprocessing.connection import wait
 
@@ -28,6 +28,7 @@ from backend.storage import Storage, StorageError
 log = logging.getLogger("showroom.scheduler")
 MAX_ATTEMPTS = 2          # an image whose worker died is tried once more on another worker
 MAX_RESTARTS = 3          # consecutive failed starts before a worker slot is given up
+MAX_TRAINING_ATTEMPTS = 3  # a training resumes from its checkpoint after a lost worker, twice
 TICK_S = 0.25
 
 
@@ -53,6 +54,12 @@ class Upscale:
 
 
 @dataclass
+class Training:
+    task: m.TrainTask
+    attempts: int = 0
+
+
+@dataclass
 class HeldJob:
     job: JobManifest          # a private copy, read only: spec, keys, seeds (the manifest store owns the live one)
     loras: tuple
@@ -71,6 +78,7 @@ class WorkerSlot:
     task: m.Task | m.UpscaleTask | None = None
     work: list[Work] = field(default_factory=list)
     upscale: Upscale | None = None
+    training: Training | None = None
     deadline: float = 0.0
     kill_reason: str | None = None
     error: str | None = None
@@ -83,6 +91,7 @@ class Lost:
     """What a dead worker held, settled after the lock is released (it may ask storage)."""
     work: list[Work]
     upscale: Upscale | None
+    training: Training | None
     reason: str
     killed: bool
 
@@ -98,6 +107,7 @@ class Scheduler:
         self.jobs: dict[str, HeldJob] = {}
         self.pending: deque[Work] = deque()
         self.upscales: deque[Upscale] = deque()
+        self.trainings: deque[Training] = deque()
         self.slots = [WorkerSlot(i) for i in range(worker_count)]
         self.native_size: int | None = None
         self._outbox: list[ev.Event] = []
@@ -164,6 +174,11 @@ class Scheduler:
             self.upscales.append(Upscale(source_key, target_key, future))
         self._wake()
         return future
+
+    def train(self, task: m.TrainTask) -> None:
+        with self.lock:
+            self.trainings.append(Training(task))
+        self._wake()
 
     def hopeless(self) -> bool:
         """True once no worker slot will ever start again (the model cannot be loaded)."""
@@ -300,6 +315,23 @@ class Scheduler:
             batch = same_job[:size]
             self.pending = deque(w for w in self.pending if w not in batch)
             self._assign(idle.pop(0), batch)
+        # Trainings go last and one at a time: the other GPUs keep generating while one learns a product.
+        if idle and self.trainings and not any(isinstance(s.task, m.TrainTask) for s in self.slots):
+            self._assign_training(idle.pop(0), self.trainings.popleft())
+
+    def _assign_training(self, slot: WorkerSlot, training: Training) -> None:
+        self._next_task += 1
+        task = replace(training.task, task_id=self._next_task)
+        try:
+            slot.conn.send(task)
+        except (OSError, ValueError):
+            self.trainings.appendleft(training)
+            return
+        training.attempts += 1
+        slot.state, slot.task, slot.training = WorkerState.busy, task, training
+        slot.deadline = time.monotonic() + getattr(self.settings, "training_timeout_s", 3 * 3600)
+        self._emit(ev.TrainingStarted(task.training_id, slot.id))
+        log.info("training %s -> worker %d (attempt %d)", task.training_id, slot.id, training.attempts)
 
     def _assign(self, slot: WorkerSlot, batch: list[Work]) -> None:
         held = self.jobs[batch[0].job_id]
@@ -341,6 +373,12 @@ class Scheduler:
                 slot.error = error
             case _ if task is None or msg.task_id != task.task_id:
                 log.warning("worker %d sent %r for a task it does not hold", slot.id, msg)
+            case m.Progress(step=step, total=total, loss=loss) if isinstance(task, m.TrainTask):
+                self._emit(ev.TrainingProgress(task.training_id, step, total, loss))
+            case m.Done(error=error, info=info) if isinstance(task, m.TrainTask):
+                self._emit(ev.TrainingSucceeded(task.training_id, info) if error is None
+                           else ev.TrainingFailed(task.training_id, error))
+                slot.state, slot.task, slot.training = WorkerState.ready, None, None
             case m.Done(error=error) if isinstance(task, m.UpscaleTask):
                 upscale, slot.upscale = slot.upscale, None
                 if error is None:
@@ -381,9 +419,10 @@ class Scheduler:
         reason = slot.kill_reason or (f"worker {slot.id} hit a device error and was restarted"
                                       if code == DEVICE_BROKEN_EXIT else f"worker {slot.id} died (exit code {code})")
         log.error("%s", reason if not slot.error else f"{reason}: {slot.error}")
-        lost = Lost(slot.work, slot.upscale, reason, slot.kill_reason is not None)
+        lost = Lost(slot.work, slot.upscale, slot.training, reason, slot.kill_reason is not None)
         was_ready = slot.state != WorkerState.starting
         slot.process, slot.task, slot.work, slot.upscale, slot.state = None, None, [], None, WorkerState.dead
+        slot.training = None
         slot.failed_starts = 0 if was_ready else slot.failed_starts + 1
         slot.restart_at = time.monotonic() + min(30.0, 2.0 ** slot.failed_starts - 1)
         if slot.failed_starts >= MAX_RESTARTS:
@@ -396,6 +435,8 @@ class Scheduler:
         tried once more, or failed with the reason. Storage is asked with no lock held."""
         if lost.upscale is not None:
             lost.upscale.future.set_exception(RuntimeError(f"the local upscaler's worker stopped: {lost.reason}"))
+        if lost.training is not None:
+            self._training_lost(lost.training, lost)
         stored = {w.index for w in lost.work if self._already_stored(w)}
         with self.lock:
             for w in lost.work:
@@ -412,6 +453,15 @@ class Scheduler:
                 else:
                     error = lost.reason if w.attempts < MAX_ATTEMPTS else f"{lost.reason}; it was the second try"
                     self._close(w.job_id, (w.index,), ev.ImageFailed(w.job_id, w.index, error))
+
+    def _training_lost(self, training: Training, lost: Lost) -> None:
+        """A training whose worker died resumes from its last checkpoint on a fresh worker, twice at most."""
+        with self.lock:
+            if not lost.killed and training.attempts < MAX_TRAINING_ATTEMPTS and not self._all_given_up():
+                self.trainings.appendleft(training)
+                self._emit(ev.TrainingRequeued(training.task.training_id, lost.reason))
+            else:
+                self._emit(ev.TrainingFailed(training.task.training_id, lost.reason))
 
     def _already_stored(self, w: Work) -> bool:
         held = self.jobs.get(w.job_id)
@@ -441,12 +491,19 @@ class Scheduler:
             self._close(w.job_id, (w.index,), ev.ImageFailed(w.job_id, w.index, error))
         while self.upscales:
             self.upscales.popleft().future.set_exception(RuntimeError(error))
+        while self.trainings:
+            self._emit(ev.TrainingFailed(self.trainings.popleft().task.training_id, error))
 
     def _check_deadlines(self) -> None:
         for slot in self.slots:
             if slot.task and slot.kill_reason is None and time.monotonic() > slot.deadline:
-                limit = self.settings.image_timeout_s * len(slot.work or [None])
-                slot.kill_reason = f"timed out after {limit:.0f} s (IMAGE_TIMEOUT_S={self.settings.image_timeout_s:g})"
+                if slot.training:
+                    limit = getattr(self.settings, "training_timeout_s", 3 * 3600)
+                    slot.kill_reason = f"timed out after {limit:.0f} s (TRAINING_TIMEOUT_S={limit:g})"
+                else:
+                    limit = self.settings.image_timeout_s * len(slot.work or [None])
+                    slot.kill_reason = (f"timed out after {limit:.0f} s "
+                                        f"(IMAGE_TIMEOUT_S={self.settings.image_timeout_s:g})")
                 log.error("worker %d: %s; killing it", slot.id, slot.kill_reason)
                 slot.process.kill()
 

@@ -24,6 +24,7 @@ from backend.gpu.messages import (
     Started,
     Stop,
     Task,
+    TrainTask,
     UpscaleTask,
 )
 
@@ -68,6 +69,28 @@ def run_worker(worker_id: int, settings, conn, cancel_task, workers: int = 1) ->
                 _run_task(gen, storage, task, conn, cancel_task, settings.storage_retry_s)
             case UpscaleTask() as task:
                 _run_upscale(settings, task, conn, worker_id)
+            case TrainTask() as task:
+                _run_training(settings, storage, device, task, conn, worker_id)
+
+
+def _run_training(settings, storage, device: str, task: TrainTask, conn, worker_id: int) -> None:
+    """A product's LoRA, learnt on this worker's GPU while its generation pipeline stays loaded."""
+    from backend.lora.worker_training import run_training
+
+    started = time.perf_counter()
+    work = Path(settings.showroom_cache) / f"worker-{worker_id}" / f"training-{task.training_id}"
+    try:
+        info = run_training(settings.model_id, storage, device, task, work,
+                            lambda step, steps, loss: conn.send(Progress(task.task_id, step, steps, loss)))
+    except BaseException as e:  # SystemExit included: the trainer's way of refusing bad options
+        log.error("training %s failed: %s", task.training_id, traceback.format_exc())
+        if isinstance(e, Exception) and _device_broken(e):
+            os._exit(DEVICE_BROKEN_EXIT)
+        conn.send(Done(task.task_id, seconds=time.perf_counter() - started, error=f"training failed: {_short(e)}"))
+        _free_memory()
+        return
+    _free_memory()
+    conn.send(Done(task.task_id, seconds=time.perf_counter() - started, info=info))
 
 
 def _run_upscale(settings, task: UpscaleTask, conn, worker_id: int) -> None:

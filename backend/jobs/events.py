@@ -15,9 +15,11 @@ log = logging.getLogger("showroom.events")
 
 
 class JobEvents:
-    def __init__(self, store: ManifestStore, on_metric: Callable[[str, dict], None] | None = None):
+    def __init__(self, store: ManifestStore, on_metric: Callable[[str, dict], None] | None = None,
+                 on_training: Callable[[ev.TrainingEvent], None] | None = None):
         self.store = store
         self.on_metric = on_metric or (lambda kind, info: None)
+        self.on_training = on_training or (lambda event: None)
 
     def __call__(self, event: ev.Event) -> None:
         match event:
@@ -38,6 +40,8 @@ class JobEvents:
                 self.on_metric("task", {"seconds": seconds, "images": images})
             case ev.WorkerReady(worker, load_s):
                 self.on_metric("worker_ready", {"worker": worker, "load_s": load_s})
+            case ev.TrainingEvent():
+                self.on_training(event)
 
     def _images(self, job_id: str, indices, verb, running_only: bool = False) -> JobManifest:
         def change(job: JobManifest) -> None:

@@ -11,9 +11,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from backend.contract import is_job_id, manifest_key
-from backend.models import JobManifest
+from backend.contract import is_job_id, manifest_key, training_key
+from backend.models import JobManifest, TrainingManifest
 from backend.storage import ObjectMissing, Storage, StorageError
 
 log = logging.getLogger("showroom.manifests")
@@ -21,9 +22,29 @@ PING_S = 5.0          # while idle, how often the writer checks that storage ans
 RETRY_S = (0.5, 1, 2, 4)  # backoff between failed writes; then every 4 s until storage answers
 
 
+@dataclass(frozen=True)
+class Kind:
+    """What a store keeps: the document's model, its key and folder, and when it may leave memory."""
+    model: type
+    key: Callable[[str], str]
+    folder: str
+    settled: Callable[[object], bool]
+
+
+def _job_settled(job: JobManifest) -> bool:
+    """Nothing will change this job soon: it may leave memory once written."""
+    return job.status.is_terminal() and not any(
+        img.upscale and not img.upscale.status.is_terminal() for img in job.images)
+
+
+JOBS = Kind(JobManifest, manifest_key, "jobs/", _job_settled)
+TRAININGS = Kind(TrainingManifest, training_key, "trainings/", lambda training: training.status.is_terminal())
+
+
 class ManifestStore:
-    def __init__(self, storage: Storage, on_change: Callable[[JobManifest, JobManifest | None], None] | None = None):
-        self.storage = storage
+    def __init__(self, storage: Storage, on_change: Callable[[JobManifest, JobManifest | None], None] | None = None,
+                 kind: Kind = JOBS):
+        self.storage, self.kind = storage, kind
         self.on_change = on_change  # (after, before): called outside the lock after every update
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -55,7 +76,7 @@ class ManifestStore:
         """The manifest as storage has it (ObjectMissing when there is none)."""
         if not is_job_id(job_id):
             raise ObjectMissing(job_id)
-        return JobManifest.model_validate_json(self.storage.get(manifest_key(job_id)))
+        return self.kind.model.model_validate_json(self.storage.get(self.kind.key(job_id)))
 
     def get(self, job_id: str) -> JobManifest:
         """The newest state: the one in memory while the job is being changed, else storage's."""
@@ -66,7 +87,7 @@ class ManifestStore:
         return self.load(job_id)
 
     def ids(self, newest_first: bool = True) -> list[str]:
-        ids = [i for i in self.storage.list_dirs("jobs/") if is_job_id(i)]
+        ids = [i for i in self.storage.list_dirs(self.kind.folder) if is_job_id(i)]
         return sorted(ids, reverse=newest_first)
 
     def recent(self, limit: int, before: str | None = None) -> list[JobManifest]:
@@ -91,7 +112,7 @@ class ManifestStore:
     def create(self, job: JobManifest) -> bool:
         """Write a new job's manifest now (the caller answers only once it is stored). False on failure."""
         try:
-            self.storage.put(job.manifest_key, job.model_dump_json(indent=1).encode(), "application/json")
+            self.storage.put(self.kind.key(job.id), job.model_dump_json(indent=1).encode(), "application/json")
         except StorageError as e:
             log.warning("manifest of new job %s not saved: %s", job.id, e)
             self._storage_state(False, str(e))
@@ -165,7 +186,7 @@ class ManifestStore:
                 if item is None:
                     self.storage.ping()
                 else:
-                    self.storage.put(manifest_key(item[0]), item[2].encode(), "application/json")
+                    self.storage.put(self.kind.key(item[0]), item[2].encode(), "application/json")
             except StorageError as e:
                 failures += 1
                 if failures == 1 or failures % 20 == 0:
@@ -187,7 +208,7 @@ class ManifestStore:
             if self._dirty.get(job_id) == version:
                 del self._dirty[job_id]
                 job = self._live[job_id]
-                if _settled(job):
+                if self.kind.settled(job):
                     self._live.pop(job_id)
                     self._version.pop(job_id)
             self._wake.notify_all()
@@ -196,9 +217,3 @@ class ManifestStore:
         if ok and not self.storage_ok:
             log.info("storage answers again")
         self.storage_ok, self.storage_error = ok, error
-
-
-def _settled(job: JobManifest) -> bool:
-    """Nothing will change this job soon: it may leave memory once written."""
-    return job.status.is_terminal() and not any(
-        img.upscale and not img.upscale.status.is_terminal() for img in job.images)

@@ -99,8 +99,9 @@ def _take_back(store, executor, jobs, upscales, job_id: str) -> int:
 class Recovery:
     """Runs `recover` once at start-up and, while storage cannot be read, again in the background."""
 
-    def __init__(self, store, scheduler, jobs, upscales=None, delays_s=RETRY_DELAYS_S):
+    def __init__(self, store, scheduler, jobs, upscales=None, delays_s=RETRY_DELAYS_S, trainings=None):
         self.args = (store, scheduler, jobs, upscales)
+        self.trainings = trainings
         self.booted_us = time.time_ns() // 1000
         self.delays_s = delays_s
         self.done = threading.Event()
@@ -127,6 +128,12 @@ class Recovery:
         taken = recover(*self.args, booted_us=self.booted_us)
         if taken is None:
             return False
+        if self.trainings is not None:
+            try:
+                self.trainings.resume_unfinished(self.booted_us)
+            except StorageError as e:
+                log.warning("could not scan for unfinished trainings: %s", e)
+                return False
         self.done.set()
         return True
 

@@ -18,6 +18,7 @@ import logging
 import random
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -328,8 +329,10 @@ def load_checkpoint(trainer: Trainer, output: Path) -> int:
 
 # ----- the run -----
 
-def train(args: argparse.Namespace) -> TrainResult:
-    """Train (or resume) to `args.steps` optimizer steps and write the LoRA to `args.output`."""
+def train(args: argparse.Namespace, on_step: Callable[[int, int, float], None] | None = None,
+          on_checkpoint: Callable[[Path, int], None] | None = None) -> TrainResult:
+    """Train (or resume) to `args.steps` optimizer steps and write the LoRA to `args.output`. `on_step(step,
+    steps, smoothed loss)` follows each step; `on_checkpoint(folder, step)` each checkpoint written."""
     import torch
     from tqdm.auto import tqdm
 
@@ -349,8 +352,12 @@ def train(args: argparse.Namespace) -> TrainResult:
         smooth = loss if smooth is None else 0.9 * smooth + 0.1 * loss
         bar.update(1)
         bar.set_postfix(loss=f"{smooth:.4f}")
+        if on_step:
+            on_step(step, args.steps, smooth)
         if args.checkpoint_every and step % args.checkpoint_every == 0 and step < args.steps:
-            save_checkpoint(trainer, args.output, step, args.keep_checkpoints)
+            folder = save_checkpoint(trainer, args.output, step, args.keep_checkpoints)
+            if on_checkpoint:
+                on_checkpoint(folder, step)
     bar.close()
     if args.checkpoint_every and args.steps > start:
         save_checkpoint(trainer, args.output, args.steps, args.keep_checkpoints)

@@ -5,7 +5,7 @@ import logging
 from functools import lru_cache
 from pathlib import Path
 
-from backend.contract import lora_key, product_key
+from backend.contract import lora_key, packshot_key, product_key
 from backend.errors import UnknownReference
 from backend.models import Product, Template
 from backend.storage import ObjectMissing, Storage
@@ -57,9 +57,39 @@ class Catalog:
     def lora_exists(self, name: str) -> bool:
         return self.storage.exists(lora_key(name))
 
-    def add_product(self, product: Product, lora: bytes) -> Product:
-        # The weights go first: a product record is only listed once its LoRA is complete.
-        self.storage.put(lora_key(product.name), lora, "application/octet-stream")
-        self.storage.put(product_key(product.name), product.model_dump_json().encode(), "application/json")
-        log.info("product %s added (%d bytes of LoRA)", product.name, len(lora))
+    def add_product(self, product: Product, lora: bytes | None = None, packshot: bytes | None = None) -> Product:
+        """Add or replace a product. What is not given is kept from the record it replaces: a photo added
+        to a product keeps its LoRA, and a LoRA added keeps its packshot."""
+        try:
+            earlier = self.product(product.name)
+        except UnknownReference:
+            earlier = None
+        # The files go first: a product record is only listed once what it points to is complete.
+        if lora is not None:
+            self.storage.put(lora_key(product.name), lora, "application/octet-stream")
+        if packshot is not None:
+            self.storage.put(packshot_key(product.name), packshot, "image/png")
+        product = product.model_copy(update={
+            "has_lora": lora is not None or bool(earlier and earlier.has_lora and self.lora_exists(product.name)),
+            "packshot_key": packshot_key(product.name) if packshot is not None else (earlier and earlier.packshot_key),
+            "training": earlier.training if earlier else None,
+        })
+        self._write(product)
+        log.info("product %s added (LoRA: %s, packshot: %s)", product.name, product.has_lora,
+                 bool(product.packshot_key))
         return product
+
+    def update(self, name: str, **fields) -> Product:
+        product = self.product(name).model_copy(update=fields)
+        self._write(product)
+        return product
+
+    def _write(self, product: Product) -> None:
+        self.storage.put(product_key(product.name), product.model_dump_json().encode(), "application/json")
+
+    def delete(self, name: str) -> None:
+        """Remove the record first (the product leaves the catalog at once), then its files."""
+        self.product(name)
+        for key in (product_key(name), lora_key(name), packshot_key(name)):
+            self.storage.delete(key)
+        log.info("product %s deleted", name)

@@ -65,7 +65,8 @@ def test_product_lora_changes_the_output_and_loras_stack(backend, tiny_model):
     assert backend.add_product("red-bottle", "sks bottle", make_lora(tiny_model, seed=1), category="cosmetics").status_code == 201
     assert backend.add_product("gold-light", "gold light", make_lora(tiny_model, seed=2)).status_code == 201
     catalog = backend.get("/v1/catalog").json()
-    assert {"name": "red-bottle", "trigger": "sks bottle", "category": "cosmetics", "weight": 1.0} in catalog["products"]
+    assert {"name": "red-bottle", "trigger": "sks bottle", "category": "cosmetics", "weight": 1.0, "has_lora": True,
+            "packshot_key": None, "training": None} in catalog["products"]
 
     base = {"prompt": "<product> on a beach", "num_images": 1, "seed": 3, **SMALL}
     plain = backend.wait_job(backend.submit(base)["id"])

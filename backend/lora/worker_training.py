@@ -1,0 +1,74 @@
+"""A training as a GPU worker runs it: photos and the newest checkpoint from storage, backend.lora.train
+on this worker's device, each checkpoint back to storage as it is written, the LoRA stored at the end.
+
+Storage holds everything a training needs to go on: a worker killed mid-way (or a restarted backend)
+is replaced, and the next attempt resumes from `trainings/<id>/checkpoints/step-NNNNNN/`.
+"""
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from backend.gpu.messages import TrainTask
+from backend.storage import Storage, put_retrying
+
+CHECKPOINT_FILES = ("lora.safetensors", "optimizer.safetensors", "state.json")  # state.json last: it marks it whole
+
+
+def checkpoints_prefix(training_id: str) -> str:
+    return f"trainings/{training_id}/checkpoints/"
+
+
+def lora_result_key(training_id: str) -> str:
+    return f"trainings/{training_id}/lora.safetensors"
+
+
+def newest_checkpoint(storage: Storage, training_id: str) -> str | None:
+    """The newest stored checkpoint with all its files (state.json is written last), as its key prefix."""
+    for step in sorted(storage.list_dirs(checkpoints_prefix(training_id)), reverse=True):
+        prefix = f"{checkpoints_prefix(training_id)}{step}/"
+        names = {key.rsplit("/", 1)[-1] for key in storage.list_files(prefix)}
+        if names.issuperset(CHECKPOINT_FILES):
+            return prefix
+    return None
+
+
+def run_training(model_id: str, storage: Storage, device: str, task: TrainTask, work: Path,
+                 on_step: Callable[[int, int, float], None]) -> dict:
+    """Train to `task.steps`, resuming from the newest stored checkpoint; returns what the manifest records."""
+    from backend.lora import train as trainer
+
+    shutil.rmtree(work, ignore_errors=True)
+    photos, output = work / "photos", work / "lora.safetensors"
+    photos.mkdir(parents=True)
+    for n, key in enumerate(task.photo_keys):
+        (photos / f"{n}.png").write_bytes(storage.get(key))
+    resumed = newest_checkpoint(storage, task.training_id)
+    if resumed:
+        local = trainer.checkpoint_root(output) / resumed.rstrip("/").rsplit("/", 1)[-1]
+        local.mkdir(parents=True)
+        for name in CHECKPOINT_FILES:
+            (local / name).write_bytes(storage.get(resumed + name))
+
+    def upload(folder: Path, step: int) -> None:
+        prefix = f"{checkpoints_prefix(task.training_id)}{folder.name}/"
+        for name in CHECKPOINT_FILES:
+            put_retrying(storage, prefix + name, (folder / name).read_bytes(), "application/octet-stream", budget_s=60)
+        for old in storage.list_dirs(checkpoints_prefix(task.training_id)):  # keep the newest only
+            if old != folder.name:
+                for name in CHECKPOINT_FILES:
+                    storage.delete(f"{checkpoints_prefix(task.training_id)}{old}/{name}")
+
+    args = trainer.parse_args([
+        "--images", str(photos), "--trigger", task.trigger, "--output", str(output), "--model", model_id,
+        "--steps", str(task.steps), "--rank", str(task.rank), "--resolution", str(task.resolution),
+        "--device", device, "--checkpoint-every", str(task.checkpoint_every), "--keep-checkpoints", "1",
+        "--seed", str(task.seed), "--no-flip",  # products carry labels and logos: never mirrored
+        "--resume", "--quiet",
+    ])
+    result = trainer.train(args, on_step=on_step, on_checkpoint=upload)
+    put_retrying(storage, lora_result_key(task.training_id), output.read_bytes(), "application/octet-stream",
+                 budget_s=120)
+    shutil.rmtree(work, ignore_errors=True)
+    return {"resumed_from": result.start_step or None,
+            "probe_loss": [round(result.probe_loss_before, 6), round(result.probe_loss_after, 6)]}

@@ -1,0 +1,170 @@
+"""Teaching Showroom a product: a LoRA trained from its photos on a GPU worker, through the executor.
+
+The photos are stored under trainings/<id>/, the TrainingManifest is written by its own manifest
+store (the one writer), and the executor's Training* events move it along. Only a training that
+succeeds touches the product: its LoRA is copied to products/<name>.safetensors (checked like an
+upload) and `has_lora` becomes true. A failed training leaves the product as it was.
+"""
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from backend.contract import check_name, created_us, lora_key, new_job_id
+from backend.errors import InvalidRequest, NotFound, Unavailable, UnknownReference
+from backend.gpu import executor as ev
+from backend.gpu.messages import TrainTask
+from backend.images import BadImage, normalize_photo
+from backend.jobs.manifests import ManifestStore
+from backend.lora.check import normalize_lora
+from backend.lora.worker_training import lora_result_key
+from backend.models import Status, StepProgress, TrainingManifest, now
+from backend.products.catalog import Catalog
+from backend.storage import ObjectMissing, StorageError
+
+log = logging.getLogger("showroom.training")
+MIN_PHOTOS, MAX_PHOTOS = 2, 40
+DEFAULT_STEPS, DEFAULT_RANK = 800, 16  # SD 1.x at 512 px: about 4-8 minutes on a rented 4090 (estimated)
+
+
+def photo_key(training_id: str, n: int) -> str:
+    return f"trainings/{training_id}/{n}.png"
+
+
+class TrainingService:
+    def __init__(self, settings, catalog: Catalog, store: ManifestStore, executor, native_size):
+        self.settings, self.catalog, self.store, self.executor = settings, catalog, store, executor
+        self.native_size = native_size  # () -> int: the size the model generates (and so learns) at
+        self.storage = store.storage
+        self._finishing = ThreadPoolExecutor(1, thread_name_prefix="training-done")  # storage I/O off the dispatcher
+
+    def close(self) -> None:
+        self._finishing.shutdown(wait=True, cancel_futures=False)
+
+    def submit(self, name: str, photos: list[bytes], steps: int | None, rank: int | None) -> TrainingManifest:
+        try:
+            product = self.catalog.product(check_name("product", name))
+        except (UnknownReference, ValueError):
+            raise NotFound(f"no product {name!r}; add it with POST /v1/products first") from None
+        if not MIN_PHOTOS <= len(photos) <= MAX_PHOTOS:
+            raise InvalidRequest(f"a training needs {MIN_PHOTOS} to {MAX_PHOTOS} photos of the product, "
+                                 f"got {len(photos)}")
+        if self._xl():
+            raise InvalidRequest(f"training runs on SD 1.x/2.x models; MODEL_ID {self.settings.model_id!r} is SDXL: "
+                                 "train elsewhere and upload the LoRA with POST /v1/products")
+        self._refuse_if_busy(product)
+        pngs = []
+        for n, data in enumerate(photos, start=1):
+            try:
+                pngs.append(normalize_photo(data, max_bytes=self.settings.max_upload_bytes,
+                                            max_pixels=self.settings.max_upload_pixels)[0])
+            except BadImage as e:
+                raise InvalidRequest(f"photo {n}: {e}") from None
+        training_id, stamp = new_job_id(), now()
+        steps, rank = steps or DEFAULT_STEPS, rank or DEFAULT_RANK
+        for n, png in enumerate(pngs):
+            self.storage.put(photo_key(training_id, n), png, "image/png")
+        training = TrainingManifest(id=training_id, product=name, progress=StepProgress(step=0, steps=steps),
+                                    created_at=stamp, updated_at=stamp, photos=len(pngs), rank=rank,
+                                    resolution=self.native_size())
+        if not self.store.create(training):
+            raise Unavailable("storage is unreachable; nothing was queued, try again shortly")
+        self.catalog.update(name, training=training_id)
+        self.executor.train(self._task(training, product.trigger))
+        log.info("training %s of %s queued: %d photos, %d steps, rank %d", training_id, name, len(pngs), steps, rank)
+        return training
+
+    def get(self, training_id: str) -> TrainingManifest:
+        try:
+            return self.store.get(training_id)
+        except (ObjectMissing, ValueError):
+            raise NotFound(f"no training {training_id!r}") from None
+
+    def resume_unfinished(self, booted_us: int) -> int:
+        """At start-up: trainings an earlier run left queued or running go on from their checkpoints."""
+        taken = 0
+        for training_id in self.store.ids():
+            if created_us(training_id) >= booted_us:
+                continue  # this run's own
+            try:
+                training = self.store.get(training_id)
+            except (ObjectMissing, ValueError):
+                continue
+            if training.status.is_terminal():
+                continue
+            try:
+                trigger = self.catalog.product(training.product).trigger
+            except UnknownReference:
+                self.store.update(training_id, lambda t: _fail(t, "the product was deleted"))
+                continue
+            self.store.update(training_id, lambda t: setattr(t, "status", Status.queued))
+            self.executor.train(self._task(training, trigger))
+            taken += 1
+        return taken
+
+    # ----- the executor's events -----
+    def on_event(self, event: ev.TrainingEvent) -> None:
+        match event:
+            case ev.TrainingStarted(training_id, worker):
+                self._change(training_id, status=Status.running, worker=worker, error=None)
+            case ev.TrainingProgress(training_id, step, steps, loss):
+                self._change(training_id, progress=StepProgress(step=step, steps=steps),
+                             loss=round(loss, 6) if loss is not None else None)
+            case ev.TrainingRequeued(training_id, reason):
+                self._change(training_id, status=Status.queued, error=f"{reason}; resuming from the last checkpoint")
+            case ev.TrainingSucceeded(training_id, info):
+                self._finishing.submit(self._adopt, training_id, info)
+            case ev.TrainingFailed(training_id, error):
+                self._change(training_id, status=Status.failed, error=error)
+
+    def _adopt(self, training_id: str, info: dict) -> None:
+        """The trained LoRA becomes the product's, checked as an upload is; then the training has succeeded."""
+        training = self.store.get(training_id)
+        try:
+            lora = normalize_lora(self.storage.get(lora_result_key(training_id)), self.settings.model_id)
+            self.storage.put(lora_key(training.product), lora, "application/octet-stream")
+            self.catalog.update(training.product, has_lora=True)
+        except (StorageError, ValueError, UnknownReference) as e:
+            log.error("training %s: the LoRA could not be given to %s: %s", training_id, training.product, e)
+            self._change(training_id, status=Status.failed, error=f"the trained LoRA could not be stored: {e}")
+            return
+        self._change(training_id, status=Status.succeeded, error=None,
+                     progress=StepProgress(step=training.progress.steps, steps=training.progress.steps),
+                     resumed_from=info.get("resumed_from"), probe_loss=info.get("probe_loss"))
+        log.info("training %s succeeded: product %s has its LoRA", training_id, training.product)
+
+    def _change(self, training_id: str, **fields) -> None:
+        def change(training: TrainingManifest) -> None:
+            if not training.status.is_terminal():
+                for name, value in fields.items():
+                    setattr(training, name, value)
+
+        self.store.update(training_id, change)
+
+    # ----- helpers -----
+    def _task(self, training: TrainingManifest, trigger: str) -> TrainTask:
+        steps = training.progress.steps
+        return TrainTask(task_id=0, training_id=training.id, trigger=trigger,
+                         photo_keys=tuple(photo_key(training.id, n) for n in range(training.photos)), steps=steps,
+                         rank=training.rank, resolution=training.resolution,
+                         checkpoint_every=max(1, min(100, steps // 5)))
+
+    def _refuse_if_busy(self, product) -> None:
+        if not product.training:
+            return
+        try:
+            earlier = self.store.get(product.training)
+        except (ObjectMissing, ValueError):
+            return
+        if not earlier.status.is_terminal():
+            raise InvalidRequest(f"product {product.name!r} is being trained already (training {earlier.id}, "
+                                 f"{earlier.status.value}); wait for it to finish")
+
+    def _xl(self) -> bool:
+        from backend.lora.check import find_base_model
+
+        base = find_base_model(self.settings.model_id)
+        return "text_encoder_2" in base.text_encoders if base else "xl" in self.settings.model_id.lower()
+
+
+def _fail(training: TrainingManifest, error: str) -> None:
+    training.status, training.error = Status.failed, error
