@@ -10,6 +10,8 @@ $(VENV)/.installed: requirements.txt frontend/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	# rembg's first import compiles pymatting's numba code (about 45 s) and caches it: pay it here, once
+	$(PY) -c "import rembg"
 	touch $@
 
 run: $(VENV)/.installed

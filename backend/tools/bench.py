@@ -235,6 +235,43 @@ def direct_once(gen, storage, spec: dict, batches: list[int]) -> dict:
     return {"gen_s": gen_s, "write_s": time.perf_counter() - t1}
 
 
+def place_overhead(gen, storage, spec: dict, batch: int, repeats: int) -> dict:
+    """Place mode against generate at the same size, steps and batch: the inpainting pipeline, the final
+    composite (product back pixel for pixel, shadow, light wrap), and the API side's cut-out and layout."""
+    from dataclasses import replace
+
+    from PIL import Image, ImageDraw
+
+    from backend.gpu.messages import Task
+    from backend.jobs.prepare import png_bytes
+    from backend.place import Placement, cut_out, place
+
+    photo = Image.new("RGBA", (spec["width"], spec["height"]), (0, 0, 0, 0))
+    ImageDraw.Draw(photo).rounded_rectangle((spec["width"] // 4, spec["height"] // 8, 3 * spec["width"] // 4,
+                                             7 * spec["height"] // 8), radius=8, fill=(40, 80, 160, 255))
+    t0 = time.perf_counter()
+    layer = place(cut_out(photo, None), spec["width"], spec["height"], Placement())
+    layout_s = time.perf_counter() - t0
+    storage.put("bench-direct/layout.png", png_bytes(layer), "image/png")
+    idx = tuple(range(batch))
+    task = Task(task_id=0, job_id="direct", indices=idx, seeds=tuple(spec["seed"] + i for i in idx),
+                keys=tuple(f"bench-direct/{i}.png" for i in idx), prompt=spec["prompt"],
+                negative_prompt=spec["negative_prompt"], steps=spec["steps"], guidance_scale=spec["guidance_scale"],
+                width=spec["width"], height=spec["height"], strength=0.5)
+    placed = replace(task, mode="place", layout_key="bench-direct/layout.png")
+
+    def seconds(t) -> float:
+        start = time.perf_counter()
+        gen.generate(t, should_cancel=lambda: False, on_step=lambda step, total: None)
+        return time.perf_counter() - start
+
+    seconds(task), seconds(placed)  # warm: the inpainting pipeline is made on first use
+    generate_s = median(seconds(task) for _ in range(repeats))
+    place_s = median(seconds(placed) for _ in range(repeats))
+    return {"batch": batch, "generate_s": generate_s, "place_s": place_s,
+            "ratio": round(place_s / generate_s, 3) if generate_s else None, "layout_s": round(layout_s, 4)}
+
+
 def png_encode_s(size: int) -> float:
     """Seconds backend.images.encode_png takes for one noise-like size x size picture (what random weights draw)."""
     import numpy as np
@@ -288,7 +325,9 @@ def cpu_part(args, model_dir: str, store_env: dict[str, str], work: Path) -> dic
         finally:
             server.stop()
     fours = {r["workers"]: r for r in rows if r["images"] == 4}
-    return {"size": args.size, "steps": args.steps, "repeats": args.repeats, "poll_s": args.poll_s,
+    placed = place_overhead(gen, storage, job_spec(4, args.size, args.steps), 4, max(1, args.repeats))
+    print(f"  place: {placed}", file=sys.stderr)
+    return {"size": args.size, "steps": args.steps, "repeats": args.repeats, "poll_s": args.poll_s, "place": placed,
             "storage": storage.url.split(":")[0], "direct_load_s": load_s, "direct_warm_s": warm_s,
             "png_encode_512_s": median(png_encode_s(512) for _ in range(3)), "startup": startup, "rows": rows,
             "overhead_ratio_4img": (fours.get(1) or {}).get("ratio"),
@@ -614,6 +653,9 @@ def report(result: dict) -> str:
                   ["workers", "health_ok_s", "worker_load_s", "png_encode_512_s"],
                   [[w, s["health_ok_s"], s["worker_load_s"], cpu["png_encode_512_s"]]
                    for w, s in cpu["startup"].items()])
+    place = cpu["place"]
+    text += table("part 1: place mode against generate, same size, steps and batch (seconds)",
+                  ["batch", "generate_s", "place_s", "ratio", "layout_s"], [[place[h] for h in place]])
     if not gpu:
         return text
     heads = ["dtype", "attention", "channels_last", "batch", "ms_per_step", "it_per_s", "images_per_s_30", "ceiling",
