@@ -31,6 +31,7 @@ RUN apt-get update \
 ENV PATH=/opt/venv/bin:$PATH \
     VIRTUAL_ENV=/opt/venv \
     HF_HOME=/models \
+    U2NET_HOME=/models/u2net \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /app
@@ -42,7 +43,9 @@ COPY requirements.txt ./
 COPY frontend/requirements.txt frontend/
 RUN sed '/^# tests/,$d' requirements.txt > requirements-runtime.txt \
     && pip install --no-cache-dir -r requirements-runtime.txt \
-    && rm requirements-runtime.txt
+    && rm requirements-runtime.txt \
+    && python -c "import rembg"
+# (rembg's first import compiles and caches pymatting's numba code: done here, not on the first cut-out)
 
 USER 10001:10001
 
@@ -51,7 +54,9 @@ USER 10001:10001
 # download the model again; bake_model.py needs nothing from backend/.
 COPY docker/bake_model.py docker/
 ARG MODEL_ID=""
-RUN if [ -n "${MODEL_ID}" ]; then python docker/bake_model.py "${MODEL_ID}"; fi
+# Place mode's background remover (BG_REMOVAL_MODEL's default) is baked with the model when one is baked.
+RUN if [ -n "${MODEL_ID}" ]; then python docker/bake_model.py "${MODEL_ID}" \
+      && python -c "from rembg import new_session; new_session('birefnet-general')"; fi
 
 COPY backend/ backend/
 COPY docker/onstart.sh docker/
