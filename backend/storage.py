@@ -6,6 +6,7 @@ Only boto3 and the standard library are imported here, so the frontend can use i
 """
 
 import os
+import shutil
 import tempfile
 import time
 from abc import ABC, abstractmethod
@@ -43,6 +44,13 @@ class Storage(ABC):
 
     @abstractmethod
     def delete(self, key: str) -> None: ...
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Remove every object under `prefix` (a folder such as jobs/<id>/); the number removed."""
+        keys = self.list_files(prefix)
+        for key in keys:
+            self.delete(key)
+        return len(keys)
 
     @abstractmethod
     def version(self, key: str) -> str:
@@ -97,6 +105,12 @@ class LocalStorage(Storage):
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def delete_prefix(self, prefix: str) -> int:
+        folder = self._path(prefix.strip("/"))
+        removed = sum(1 for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+        shutil.rmtree(folder, ignore_errors=True)
+        return removed
 
     def version(self, key: str) -> str:
         try:
@@ -203,6 +217,25 @@ class S3Storage(Storage):
         for _, page in self._list(prefix):
             keys += [o["Key"][len(self.prefix):] for o in page.get("Contents", [])]
         return sorted(keys)
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Every object under the prefix, including the folder markers some S3 stores (SeaweedFS) keep."""
+        check_key(prefix.strip("/"))
+        full, removed, token = self.prefix + prefix.strip("/") + "/", 0, None
+        while True:
+            kwargs = {"Prefix": full} | ({"ContinuationToken": token} if token else {})
+            page = self._call(self.client.list_objects_v2, **kwargs)
+            for item in page.get("Contents", []):
+                self._call(self.client.delete_object, Key=item["Key"])
+                removed += 1
+            if not page.get("IsTruncated"):
+                break
+            token = page["NextContinuationToken"]
+        try:
+            self._call(self.client.delete_object, Key=full)  # the folder's own marker, where the store keeps one
+        except StorageError:
+            pass
+        return removed
 
     def ping(self) -> None:
         self._call(self.probe.list_objects_v2, Prefix=self.prefix + "jobs/", MaxKeys=1)

@@ -9,6 +9,7 @@ CONNECT_S = 3.05   # a GPU box that is off should not freeze the page
 HEALTH_READ_S = 5
 READ_S = 30        # a submission writes the manifest (and the photo) to storage before it answers
 UPLOAD_READ_S = 120  # a LoRA upload can be tens of MB
+CUTOUT_READ_S = 120  # background removal on a CPU-only backend takes seconds, and loading its model longer
 
 
 class BackendError(Exception):
@@ -34,6 +35,14 @@ class ShowroomClient:
         return f"ShowroomClient({self.base_url!r})"
 
     def _call(self, method: str, path: str, read_s: float | None = None, **kwargs) -> dict:
+        response = self._send(method, path, read_s, **kwargs)
+        try:
+            return response.json()
+        except ValueError:
+            raise BackendError(f"the backend answered {path} with something that is not JSON",
+                               response.status_code) from None
+
+    def _send(self, method: str, path: str, read_s: float | None = None, **kwargs) -> requests.Response:
         url = self.base_url + path
         try:
             response = self.session.request(method, url, timeout=(CONNECT_S, read_s or READ_S), **kwargs)
@@ -43,11 +52,7 @@ class ShowroomClient:
             raise BackendOffline(f"the backend at {self.base_url} cannot be reached") from None
         if response.status_code >= 400:
             raise BackendError(_detail(response), response.status_code)
-        try:
-            return response.json()
-        except ValueError:
-            raise BackendError(f"the backend answered {path} with something that is not JSON",
-                               response.status_code) from None
+        return response
 
     def health(self) -> dict:
         return self._call("GET", "/health", read_s=HEALTH_READ_S)
@@ -64,6 +69,15 @@ class ShowroomClient:
             return self._call("POST", "/v1/jobs", json=spec, headers=headers)
         files = {"spec": (None, json.dumps(spec), "application/json"), "image": photo}
         return self._call("POST", "/v1/jobs", files=files, headers=headers)
+
+    def cutout(self, photo: tuple[str, bytes, str]) -> bytes:
+        """The product cut out of a photo, as a `place` job keeps it: a PNG with transparency, trimmed to
+        the product. BackendError with status 422 when the photo holds no product to cut out."""
+        response = self._send("POST", "/v1/cutouts", read_s=CUTOUT_READ_S, files={"photo": photo})
+        if not response.headers.get("content-type", "").startswith("image/png"):
+            raise BackendError("the backend answered /v1/cutouts with something that is not a PNG",
+                               response.status_code)
+        return response.content
 
     def cancel(self, job_id: str) -> dict:
         return self._call("POST", f"/v1/jobs/{job_id}/cancel")

@@ -12,6 +12,7 @@ import streamlit as st
 from PIL import Image
 
 from backend.storage import Storage, StorageError, open_storage
+from frontend import placement
 from frontend.client import BackendError, BackendOffline, ShowroomClient
 from frontend.jobs import JobView, recent_jobs
 from frontend.settings import Settings, load_settings
@@ -49,6 +50,9 @@ def storage() -> Storage | None:
         raise StorageError(f"STORAGE_URL cannot be opened: {e}") from None
 
 
+DEFAULT_NATIVE = 512  # SD 1.5's, for a backend whose /health does not say (older ones)
+
+
 @dataclass(frozen=True)
 class Health:
     state: str            # online, loading, degraded, error, offline
@@ -59,6 +63,7 @@ class Health:
     pending: int = 0
     upscaler: str = "unknown"   # off, replicate, local; unknown when the backend did not say
     devices: tuple[str, ...] = field(default_factory=tuple)
+    native_size: int = DEFAULT_NATIVE   # the model's own size: what canvas presets are sized around
 
     @property
     def can_generate(self) -> bool:
@@ -94,9 +99,16 @@ def health_from(body: dict) -> Health:
         detail = body.get("detail")
         return Health(state, label, None if detail is None else str(detail), gpus=count_gpus(devices),
                       workers=len(workers), pending=int((body.get("queue") or {}).get("pending") or 0),
-                      upscaler=str(body.get("upscaler") or "unknown"), devices=devices)
+                      upscaler=str(body.get("upscaler") or "unknown"), devices=devices,
+                      native_size=_native_size(body.get("native_size")))
     except (AttributeError, TypeError, ValueError):
         return Health("error", "Error", "the backend's /health answer was not understood (is BACKEND_URL right?)")
+
+
+def _native_size(value) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and 64 <= value <= 2048 and value % 8 == 0:
+        return value
+    return DEFAULT_NATIVE
 
 
 @st.cache_data(ttl=5, show_spinner=False)
@@ -145,3 +157,56 @@ def thumbnail(storage_url: str, key: str, size: int = 384) -> bytes:
 @st.cache_data(ttl=5, show_spinner=False)
 def history(storage_url: str, limit: int) -> list[JobView]:
     return recent_jobs(storage(), limit)
+
+
+@st.cache_data(max_entries=16, ttl=60, show_spinner=False)
+def packshot(storage_url: str, key: str) -> bytes:
+    """A product's packshot: short-lived, since a product removed and added again reuses its key."""
+    return storage().get(key)
+
+
+@dataclass(frozen=True)
+class Cutout:
+    png: bytes | None = None       # the product, RGBA, trimmed to its box
+    refusal: str | None = None     # why the backend found nothing to cut out (its own words)
+
+
+CUTOUTS_KEPT = 8
+REFUSALS_KEPT = (400, 413, 415, 422)  # answers about the photo itself: the same photo gets the same answer
+
+
+def cutout(photo: tuple[str, bytes, str]) -> Cutout:
+    """The backend's cut-out of an uploaded photo, asked once per photo in a session: every widget change
+    reruns the page, and background removal costs seconds. A refusal is kept as well; BackendError for
+    anything else (the backend offline, a wrong key), which is not kept, so the next rerun asks again."""
+    digest = _photo_digest(photo)
+    kept = st.session_state.setdefault("cutouts", {})
+    if digest not in kept:
+        try:
+            kept[digest] = Cutout(png=client().cutout(photo))
+        except BackendError as e:
+            if e.status not in REFUSALS_KEPT:  # BackendOffline has no status: raised, not kept
+                raise
+            kept[digest] = Cutout(refusal=e.message)
+        while len(kept) > CUTOUTS_KEPT:
+            kept.pop(next(iter(kept)))
+    return kept[digest]
+
+
+def kept_cutout(photo: tuple[str, bytes, str]) -> Cutout | None:
+    """The cut-out (or refusal) this session already has for the photo, without asking the backend."""
+    return st.session_state.get("cutouts", {}).get(_photo_digest(photo))
+
+
+def _photo_digest(photo: tuple[str, bytes, str]) -> str:
+    return hashlib.sha256(settings().backend_url.encode() + b"\0" + photo[1]).hexdigest()
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def cutout_on_checkerboard(png: bytes) -> bytes:
+    return placement.on_checkerboard(png)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def canvas_preview(png: bytes, width: int, height: int, x: float, y: float, scale: float) -> bytes:
+    return placement.canvas_preview(png, width, height, x, y, scale)

@@ -3,7 +3,7 @@
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
@@ -120,6 +120,13 @@ async def get_job(job_id: str, services: ServicesDep, client: ClientDep) -> JobM
 async def cancel_job(job_id: str, services: ServicesDep, client: ClientDep) -> JobManifest:
     """Cancel the queued images of a job and interrupt the running ones."""
     return await run_in_threadpool(services.jobs.cancel, _job_id(job_id))
+
+
+@router.delete("/{job_id}", status_code=204)
+async def delete_job(job_id: str, services: ServicesDep, client: ClientDep) -> Response:
+    """Cancel the job if it runs and remove every object it has in storage."""
+    await run_in_threadpool(services.jobs.delete, _job_id(job_id))
+    return Response(status_code=204)
 
 
 @router.post("/{job_id}/images/{index}/upscale", status_code=202)

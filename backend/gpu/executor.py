@@ -33,6 +33,13 @@ class ImagesProgress:
 
 
 @dataclass(frozen=True)
+class ImagePreview:
+    job_id: str
+    index: int
+    key: str
+
+
+@dataclass(frozen=True)
 class ImageSucceeded:
     job_id: str
     index: int
@@ -102,7 +109,7 @@ class TrainingFailed(TrainingEvent):
     error: str
 
 
-Event = (ImagesStarted | ImagesProgress | ImageSucceeded | ImageFailed | ImagesRequeued | ImagesCanceled
+Event = (ImagesStarted | ImagesProgress | ImagePreview | ImageSucceeded | ImageFailed | ImagesRequeued | ImagesCanceled
          | BatchFinished | WorkerReady | TrainingEvent)
 EventSink = Callable[[Event], None]
 

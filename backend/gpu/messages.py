@@ -96,6 +96,14 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class Preview:
+    """A preview of a running image was handed to storage at `key`."""
+    task_id: int
+    index: int
+    key: str
+
+
+@dataclass(frozen=True)
 class ImageDone:
     task_id: int
     index: int
@@ -119,4 +127,4 @@ class Done:
     info: dict = field(default_factory=dict)  # a training's outcome: resumed_from, probe_loss
 
 
-FromWorker = Ready | LoadFailed | Started | Progress | ImageDone | ImageFailed | Done
+FromWorker = Ready | LoadFailed | Started | Progress | Preview | ImageDone | ImageFailed | Done

@@ -19,6 +19,7 @@ import torch
 from PIL import Image, ImageOps
 
 from backend.gpu.messages import LoraTask, Task
+from backend.gpu.previews import preview_jpegs, preview_steps
 from backend.lora.formats import load_lora_into, use_token_embeddings
 from backend.place.composite import finish
 from backend.place.layout import init_canvas, inpaint_mask
@@ -224,16 +225,23 @@ class Generator:
         arrs = self.t2i.image_processor.postprocess(decoded.float(), output_type="np")
         return [arr.astype(np.float32) for arr in arrs]
 
-    def generate(self, task: Task, should_cancel: Callable[[], bool],
-                 on_step: Callable[[int, int], None]) -> list[Image.Image | str]:
-        """Run one batch; image i of the task comes from its own seed, whatever the batch size."""
+    def generate(self, task: Task, should_cancel: Callable[[], bool], on_step: Callable[[int, int], None],
+                 on_preview: Callable[[list[bytes]], None] | None = None) -> list[Image.Image | str]:
+        """Run one batch; image i of the task comes from its own seed, whatever the batch size.
+        `on_preview` gets one small JPEG per image a few times while they sharpen."""
         n = len(task.indices)
         self.adapters.activate(task.loras)
+        xl = getattr(self.t2i, "text_encoder_2", None) is not None
 
         def callback(pipe, step, timestep, kwargs):
             if should_cancel():
                 raise Canceled()
-            on_step(step + 1, task.steps)
+            total = getattr(pipe, "num_timesteps", None) or task.steps  # restyle runs steps x strength of them
+            on_step(step + 1, total)
+            if on_preview and step + 1 in preview_steps(total):
+                jpegs = preview_jpegs(kwargs.get("latents"), xl, task.width, task.height)
+                if jpegs:
+                    on_preview(jpegs[:n])
             return kwargs
 
         kwargs = dict(

@@ -18,7 +18,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from multiprocessing.connection import wait
+from pathlib import Path
 
+from backend.contract import preview_key
 from backend.gpu import executor as ev
 from backend.gpu import messages as m
 from backend.gpu.worker import DEVICE_BROKEN_EXIT
@@ -390,6 +392,8 @@ class Scheduler:
                 self._emit(ev.ImagesStarted(task.job_id, task.indices, slot.id))
             case m.Progress(step=step, total=total):
                 self._emit(ev.ImagesProgress(task.job_id, task.indices, step, total))
+            case m.Preview(index=index, key=key):
+                self._emit(ev.ImagePreview(task.job_id, index, key))
             case m.ImageDone(index=index):
                 slot.work = [w for w in slot.work if w.index != index]
                 self._close(task.job_id, (index,), ev.ImageSucceeded(task.job_id, index))
@@ -508,6 +512,13 @@ class Scheduler:
                 slot.process.kill()
 
 
+def public_model_name(model_id: str) -> str:
+    """What a PNG may say about the model: a hub id as it is, a local folder by its name only (never the
+    server's paths)."""
+    path = Path(model_id)
+    return path.name if path.is_absolute() or model_id.startswith(".") or path.is_dir() else model_id
+
+
 def batch_size(waiting: int, idle: int, max_batch: int) -> int:
     """How many of one job's waiting images the next idle worker takes: an even share of what waits
     among the idle workers (4 images, 4 workers: one each), at most MAX_BATCH."""
@@ -523,6 +534,7 @@ def build_task(task_id: int, held: HeldJob, indices: list[int], model_id: str) -
         keys=tuple(i.key for i in images), prompt=spec.prompt, negative_prompt=spec.negative_prompt,
         steps=spec.steps, guidance_scale=spec.guidance_scale, width=spec.width, height=spec.height,
         strength=spec.strength, input_key=job.input_key, loras=held.loras,
-        meta=spec.model_dump(mode="json", exclude={"seed", "num_images"}) | {"model": model_id},
+        meta=spec.model_dump(mode="json", exclude={"seed", "num_images"}) | {"model": public_model_name(model_id)},
         mode=spec.mode, layout_key=job.layout_key, shadow=spec.shadow, harmonize=spec.harmonize,
+        preview_keys=tuple(preview_key(job.id, i) for i in indices),
     )

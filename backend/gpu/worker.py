@@ -19,6 +19,7 @@ from backend.gpu.messages import (
     ImageDone,
     ImageFailed,
     LoadFailed,
+    Preview,
     Progress,
     Ready,
     Started,
@@ -125,8 +126,15 @@ def _run_task(gen, storage, task: Task, conn, cancel_task, retry_s: float) -> No
             last_sent = time.monotonic()
             conn.send(Progress(task.task_id, step, total))
 
+    def on_preview(jpegs: list[bytes]) -> None:
+        # Uploaded beside the generation (previews are never waited for); reported as handed over.
+        for index, key, jpeg in zip(task.indices, task.preview_keys, jpegs):
+            _uploader().submit(_put_quietly, storage, key, jpeg)
+            conn.send(Preview(task.task_id, index, key))
+
     try:
-        images = _generate(gen, task, lambda: cancel_task.value == task.task_id, on_step)
+        images = _generate(gen, task, lambda: cancel_task.value == task.task_id, on_step,
+                           on_preview if task.preview_keys else None)
     except pipeline.Canceled:
         conn.send(Done(task.task_id, canceled=True, seconds=time.perf_counter() - started))
         return
@@ -186,11 +194,18 @@ def _device_broken(e: BaseException) -> bool:
     return not _out_of_memory(e) and any(marker in str(e) for marker in _BROKEN_MARKERS)
 
 
-def _generate(gen, task: Task, should_cancel, on_step) -> list:
+def _put_quietly(storage, key: str, data: bytes) -> None:
+    try:
+        storage.put(key, data, "image/jpeg")
+    except Exception as e:  # a lost preview costs nothing: the next one, or the PNG, follows
+        log.warning("preview %s not stored: %s", key, _short(e))
+
+
+def _generate(gen, task: Task, should_cancel, on_step, on_preview=None) -> list:
     """The batch at once; if it runs out of memory, the same images one at a time (same seeds, same
     pictures): a batch too big for this GPU still gives every image that fits alone."""
     try:
-        return gen.generate(task, should_cancel=should_cancel, on_step=on_step)
+        return gen.generate(task, should_cancel=should_cancel, on_step=on_step, on_preview=on_preview)
     except Exception as e:
         if not _out_of_memory(e) or len(task.indices) == 1:
             raise

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from backend.gpu import executor as ev
 from backend.jobs.manifests import ManifestStore
 from backend.models import ImageRecord, JobManifest, StepProgress
+from backend.storage import ObjectMissing
 
 log = logging.getLogger("showroom.events")
 
@@ -22,11 +23,19 @@ class JobEvents:
         self.on_training = on_training or (lambda event: None)
 
     def __call__(self, event: ev.Event) -> None:
+        try:
+            self._apply(event)
+        except ObjectMissing:
+            log.info("%s for a job that no longer exists (deleted): ignored", type(event).__name__)
+
+    def _apply(self, event: ev.Event) -> None:
         match event:
             case ev.ImagesStarted(job_id, indices, worker):
                 self._images(job_id, indices, lambda img: img.started(worker))
             case ev.ImagesProgress(job_id, indices, step, steps):
                 self._images(job_id, indices, lambda img: _progress(img, step, steps), running_only=True)
+            case ev.ImagePreview(job_id, index, key):
+                self._images(job_id, (index,), lambda img: setattr(img, "preview_key", key), running_only=True)
             case ev.ImageSucceeded(job_id, index):
                 self._finish(job_id, index, ImageRecord.succeeded)
             case ev.ImageFailed(job_id, index, error):

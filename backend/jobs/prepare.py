@@ -31,7 +31,7 @@ class Preparer:
     """Cut-outs and layouts. `remover_model` is BG_REMOVAL_MODEL; the remover opens on first need."""
 
     def __init__(self, storage: Storage, remover_model: str, threads: int = 2):
-        from backend.place import BackgroundRemover
+        from backend.place.cutout import BackgroundRemover
 
         self.storage = storage
         self.remover = BackgroundRemover(remover_model)  # checks the setting now: a bad value stops start-up
@@ -44,13 +44,13 @@ class Preparer:
 
     def cut_out(self, photo_png: bytes) -> Image.Image:
         """The product of a normalised photo as RGBA, trimmed to its box (NothingFound says why not)."""
-        from backend.place import cut_out
+        from backend.place.cutout import cut_out
 
         return cut_out(Image.open(io.BytesIO(photo_png)), self.remover)
 
     def lay_out(self, job: JobManifest) -> None:
         """Write the job's cut-out and its layout (the product layer at width x height)."""
-        from backend.place import Placement, place
+        from backend.place.layout import Placement, place
 
         spec = job.spec
         if job.input_key:

@@ -3,8 +3,9 @@
 import hashlib
 import logging
 import threading
+import time
 
-from backend.contract import image_key, input_key, layout_key, lora_key, new_job_id
+from backend.contract import image_key, input_key, job_prefix, layout_key, lora_key, new_job_id
 from backend.errors import InvalidRequest, NotFound, QueueFull, Unavailable, UnknownReference
 from backend.gpu.executor import Executor
 from backend.gpu.messages import LoraTask
@@ -17,6 +18,8 @@ from backend.products.catalog import Catalog
 from backend.storage import ObjectMissing, StorageError
 
 log = logging.getLogger("showroom.jobs")
+DELETE_WAIT_S = 10           # how long a delete waits for a canceled job's running batch to stop
+SWEEP_AGAIN_S = (2.0, 30.0)  # late writes of a deleted job (a preview in flight) are removed by these sweeps
 
 
 class JobService:
@@ -169,6 +172,30 @@ class JobService:
             job = self.store.get(job_id) if held else self.store.update(job_id, _cancel_rest)
         log.info("job %s cancel requested", job_id)
         return job
+
+
+    def delete(self, job_id: str) -> None:
+        """Cancel the job if it runs, then remove every object under jobs/<id>/. What a worker was still
+        writing (a last preview, an image finishing as the cancel came) is swept up again shortly after."""
+        job = self.get(job_id)
+        if not job.status.is_terminal():
+            self.cancel(job_id)
+            deadline = time.monotonic() + DELETE_WAIT_S
+            while self.executor.holds(job_id) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        self.store.forget(job_id)
+        self._sweep(job_id)
+        for delay in SWEEP_AGAIN_S:
+            timer = threading.Timer(delay, self._sweep, args=(job_id,))
+            timer.daemon = True
+            timer.start()
+        log.info("job %s deleted", job_id)
+
+    def _sweep(self, job_id: str) -> None:
+        try:
+            self.storage.delete_prefix(job_prefix(job_id))
+        except StorageError as e:
+            log.warning("job %s: objects left after delete (%s); the next sweep tries again", job_id, e)
 
 
 def _fail_rest(job: JobManifest, reason: str) -> None:

@@ -244,7 +244,8 @@ def place_overhead(gen, storage, spec: dict, batch: int, repeats: int) -> dict:
 
     from backend.gpu.messages import Task
     from backend.jobs.prepare import png_bytes
-    from backend.place import Placement, cut_out, place
+    from backend.place.cutout import cut_out
+    from backend.place.layout import Placement, place
 
     photo = Image.new("RGBA", (spec["width"], spec["height"]), (0, 0, 0, 0))
     ImageDraw.Draw(photo).rounded_rectangle((spec["width"] // 4, spec["height"] // 8, 3 * spec["width"] // 4,

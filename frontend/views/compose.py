@@ -9,13 +9,16 @@ import streamlit as st
 from frontend import nav, services
 from frontend.client import BackendError, BackendOffline
 from frontend.jobs import is_job_id
-from frontend.views import job_panel, styles
+from frontend.placement import PRESETS
+from frontend.views import job_panel, photo, styles
+from frontend.views.photo import PhotoChoice
 
 MAX_SEED = 2**53 - 1 - 16
 NO_PRODUCT = ""  # not None: a selectbox shows None as "nothing chosen yet"
 # Kept across page switches: Streamlit forgets a widget's value when a page without it is drawn.
 COMPOSE_KEYS = ("product", "template_id", "prompt", "negative", "num_images", "steps", "guidance", "width",
-                "height", "seed", "strength", "style_category")
+                "height", "seed", "strength", "style_category", "all_styles", "mode", "aspect", "place_at",
+                "place_scale", "shadow", "harmonize")
 
 
 def keep_compose_state() -> None:
@@ -26,7 +29,8 @@ def keep_compose_state() -> None:
 
 def _defaults(native: int) -> None:
     values = {"product": NO_PRODUCT, "template_id": None, "prompt": "", "negative": "", "num_images": 4, "steps": 30,
-              "guidance": 7.5, "width": native, "height": native, "seed": None, "strength": 0.5}
+              "guidance": 7.5, "width": native, "height": native, "seed": None, "strength": 0.5, "mode": "generate",
+              "aspect": "1:1", "place_at": "centre", "place_scale": 0.6, "shadow": True, "harmonize": True}
     for key, value in values.items():
         st.session_state.setdefault(key, value)
 
@@ -72,35 +76,35 @@ def _unavailable(title: str, body: str) -> None:
 
 
 def _compose(catalog: dict, health: services.Health) -> None:
-    _defaults(int(catalog.get("native_size") or 512))
-    st.markdown("##### 1 · Product and style")
+    _defaults(health.native_size)
+    st.markdown("##### 1 · Product and photo")
     products = {p["name"]: p for p in catalog.get("products", [])}
     if st.session_state.get("product") not in products:
         st.session_state["product"] = NO_PRODUCT
     st.selectbox("Product", [NO_PRODUCT, *products], key="product",
                  format_func=lambda n: "No product (generic scene)" if n == NO_PRODUCT else
                  f"{n} — {products[n].get('category') or 'uncategorised'}",
-                 help="The product's LoRA is applied and `<product>` becomes its trigger words.")
+                 help="Its LoRA, when it has one, is applied; `<product>` becomes its trigger words; in place "
+                      "mode its packshot stands in for a photo.")
     if not products:
         st.caption("No products yet: add your first on the Products page.")
-    styles.gallery(catalog.get("templates", []))
+    choice = photo.section(products.get(st.session_state["product"]), health.native_size)
 
-    st.markdown("##### 2 · Describe the shot")
+    st.markdown("##### 2 · Style")
+    styles.gallery(catalog.get("templates", []), choice.mode)
+
+    st.markdown("##### 3 · Describe the shot")
     st.text_area("Prompt", key="prompt", height=100, max_chars=1000,
                  placeholder="<product> on a marble counter, soft morning light")
     st.caption("`<product>` is replaced by the product's trigger words.")
     st.text_area("Negative prompt", key="negative", height=68, placeholder="blurry, low quality, text, watermark")
     st.slider("Number of images", 1, 16, key="num_images")
-    with st.expander("Place a product photo (optional)", icon=":material/add_photo_alternate:"):
-        photo = st.file_uploader("Product photo", type=["png", "jpg", "jpeg", "webp"], key="photo")
-        st.slider("Strength", 0.0, 1.0, step=0.05, key="strength",
-                  help="Low keeps the photo nearly as it is; high lets the prompt repaint more of it.")
     with st.expander("Advanced settings", icon=":material/tune:"):
         left, right = st.columns(2)
         left.number_input("Steps", 1, 150, key="steps")
         right.number_input("Guidance", 0.0, 30.0, step=0.5, key="guidance")
-        left.number_input("Width", 64, 2048, step=8, key="width")
-        right.number_input("Height", 64, 2048, step=8, key="height")
+        left.number_input("Width", 64, 2048, step=8, key="width", on_change=photo.custom_size)
+        right.number_input("Height", 64, 2048, step=8, key="height", on_change=photo.custom_size)
         st.number_input("Seed", 0, MAX_SEED, key="seed", placeholder="random",
                         help="Image i is made from seed + i: the same seed gives the same pictures.")
 
@@ -108,12 +112,14 @@ def _compose(catalog: dict, health: services.Health) -> None:
         st.caption("The model is still loading: your job waits in the queue and starts as soon as it is ready.")
     elif not health.can_generate:
         st.warning(f"Generation is unavailable: {health.detail or 'the generator reports an error'}.")
+    elif choice.blocked:
+        st.caption(choice.blocked)
     if st.button("Generate", type="primary", width="stretch", key="generate", icon=":material/auto_awesome:",
-                 disabled=not health.can_generate):
-        _submit(photo)
+                 disabled=not health.can_generate or choice.blocked is not None, help=choice.blocked):
+        _submit(choice)
 
 
-def _spec() -> tuple[dict | None, str | None]:
+def _spec(mode: str) -> tuple[dict | None, str | None]:
     ss = st.session_state
     prompt = (ss["prompt"] or "").strip()
     if not prompt:
@@ -124,16 +130,22 @@ def _spec() -> tuple[dict | None, str | None]:
     spec = {"prompt": prompt, "negative_prompt": ss["negative"] or "", "product": ss["product"] or None,
             "template": ss["template_id"], "num_images": int(ss["num_images"]), "steps": int(ss["steps"]),
             "guidance_scale": float(ss["guidance"]), "width": int(ss["width"]), "height": int(ss["height"]),
-            "seed": None if ss["seed"] is None else int(ss["seed"]), "strength": float(ss["strength"])}
+            "seed": None if ss["seed"] is None else int(ss["seed"]), "mode": mode}
+    if mode == "restyle":
+        spec["strength"] = float(ss["strength"])
+    if mode == "place":
+        at = PRESETS[ss["place_at"] or "centre"]
+        spec |= {"placement": {"x": at.x, "y": at.y, "scale": float(ss["place_scale"])},
+                 "shadow": bool(ss["shadow"]), "harmonize": bool(ss["harmonize"])}
     return spec, None
 
 
-def _submit(photo) -> None:
-    spec, problem = _spec()
+def _submit(choice: PhotoChoice) -> None:
+    spec, problem = _spec(choice.mode)
     if problem:
         st.error(problem)
         return
-    upload = (photo.name, photo.getvalue(), photo.type or "application/octet-stream") if photo else None
+    upload = choice.upload
     try:
         ticket = services.client().submit(spec, upload, idempotency_key=_submission_key(spec, upload))
     except BackendOffline as e:

@@ -5,6 +5,7 @@ import html
 import streamlit as st
 
 ALL = "All styles"
+MODE_NOUNS = {"place": "placing a product", "restyle": "restyling a photo", "generate": "a scene without a photo"}
 
 
 def choose(template: dict) -> None:
@@ -19,12 +20,15 @@ def clear() -> None:
     st.session_state["template_id"] = None
 
 
-def gallery(templates: list[dict]) -> None:
+def gallery(templates: list[dict], mode: str) -> None:
     if not templates:
         st.info("The generator has no style templates to offer; write your own prompt below.")
         return
+    templates = _for_mode(templates, mode)
     categories = sorted({t.get("category") or "Other" for t in templates})
     st.session_state.setdefault("style_category", ALL)
+    if st.session_state["style_category"] not in (ALL, *categories):
+        st.session_state["style_category"] = ALL  # a category with no style for this mode
     picked = st.pills("Category", [ALL, *categories], key="style_category", format_func=lambda c: c.capitalize(),
                       label_visibility="collapsed")
     shown = [t for t in templates if picked in (None, ALL) or (t.get("category") or "Other") == picked]
@@ -34,6 +38,19 @@ def gallery(templates: list[dict]) -> None:
             for column, template in zip(st.columns(2), shown[row:row + 2]):
                 with column:
                     _card(template, template["id"] == chosen)
+
+
+def _for_mode(templates: list[dict], mode: str) -> list[dict]:
+    """The styles made for this mode (a template that names no modes suits all); the rest on request, after them."""
+    suited = [t for t in templates if mode in (t.get("modes") or (mode,))]
+    others = [t for t in templates if t not in suited]
+    if not others:
+        return templates
+    noun = "style is" if len(others) == 1 else "styles are"
+    if st.toggle(f"Show all styles ({len(others)} more {noun} not made for {MODE_NOUNS.get(mode, mode)})",
+                 key="all_styles"):
+        return suited + others
+    return suited
 
 
 def _card(template: dict, selected: bool) -> None:

@@ -25,7 +25,7 @@ class ScriptedGenerator:
     def __init__(self, error: Exception | None, fails_from: int = 1):
         self.error, self.fails_from, self.batches = error, fails_from, []
 
-    def generate(self, task, should_cancel, on_step):
+    def generate(self, task, should_cancel, on_step, on_preview=None):
         self.batches.append(task.indices)
         if self.error and len(task.indices) >= self.fails_from:
             raise self.error
@@ -59,7 +59,7 @@ class TooBigAlone(ScriptedGenerator):
         super().__init__(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), fails_from=2)
         self.index = index
 
-    def generate(self, task, should_cancel, on_step):
+    def generate(self, task, should_cancel, on_step, on_preview=None):
         if task.indices == (self.index,):
             self.batches.append(task.indices)
             raise self.error

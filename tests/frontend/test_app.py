@@ -56,13 +56,14 @@ def test_generate_from_a_template_fills_every_image(backend, open_app):
     assert not [b for b in at.button if b.key == "cancel-job"], "no cancel button once the job is over"
 
 
-def test_a_product_photo_uploaded_on_the_page_is_placed_into_the_scene(backend, open_app):
+def test_a_photo_uploaded_on_the_page_is_restyled(backend, open_app):
     at = open_app(frontend_env(backend))
+    at.radio(key="mode").set_value("restyle").run()
     at.text_area(key="prompt").input("a green bottle on a beach at sunset")
     at.number_input(key="steps").set_value(4)
     at.slider(key="num_images").set_value(1)
     at.file_uploader(key="photo").set_value(("bottle.jpg", png_bytes(96, 72, (20, 160, 60), fmt="JPEG"), "image/jpeg"))
-    at.slider(key="strength").set_value(0.2)
+    at.slider(key="strength").set_value(0.2).run()  # Generate is enabled once the page has the photo
     at.button(key="generate").click().run()
     assert "The job was not started: with a photo, steps x strength must be at least 1" in page_text(at)
     assert not at.query_params.get("job"), "a refused job leaves nothing to resume"
@@ -75,6 +76,7 @@ def test_a_product_photo_uploaded_on_the_page_is_placed_into_the_scene(backend, 
     assert job_id, "the job was not started: " + page_text(at)
     manifest = json.loads(backend.storage.get(f"jobs/{job_id}/job.json"))
     assert manifest["input_key"] == f"jobs/{job_id}/input.png" and manifest["spec"]["strength"] == 0.5
+    assert manifest["spec"]["mode"] == "restyle" and manifest["spec"].get("placement") is None
     stored = decode_png(backend.storage.get(manifest["input_key"]))
     assert stored.shape[:2] == (72, 96) and abs(stored[..., 1].mean() - 160) < 4, "the photo, as uploaded"
     run_until(at, lambda a: shown_images(a) == 1, what="the photo job's image shown")

@@ -9,6 +9,7 @@ import requests
 from playwright.sync_api import expect, sync_playwright
 
 from backend.tools.seaweed import free_port
+from tests.factories import packshot
 from tests.frontend.conftest import REPO, frontend_env
 
 CHROMIUM = "/usr/bin/chromium"
@@ -97,3 +98,46 @@ def test_generate_in_a_real_browser_then_reload_the_job_link(backend, app_url, a
     job_id = job_url.split("job=")[1].split("&")[0]
     spec = backend.get(f"/v1/jobs/{job_id}").json()["spec"]
     assert spec["steps"] == 2 and spec["template"] == template["id"] and "eucalyptus" in spec["prompt"]
+
+
+@pytest.mark.browser
+def test_place_a_product_in_a_real_browser(backend, app_url, artifacts):
+    """Upload an RGBA packshot, see its cut-out and where it goes, generate, and see the pictures land."""
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 1700})
+        page.goto(app_url)
+        expect(page.get_by_text("Generator: Online")).to_be_visible(timeout=30_000)
+
+        page.get_by_text("Place my product — it stays exactly as it is").click()
+        page.locator("input[type=file]").set_input_files(
+            files=[{"name": "bottle.png", "mimeType": "image/png", "buffer": packshot(160, 224)}])
+        expect(page.get_by_text("The cut-out: kept pixel for pixel")).to_be_visible(timeout=30_000)
+        page.get_by_role("radio", name="Right third").click()
+        expect(page.get_by_text("Where it goes · 64 × 64")).to_be_visible(timeout=10_000)
+        page.get_by_role("radio", name="4:5").click()
+        expect(page.get_by_text("Where it goes · 64 × 80")).to_be_visible(timeout=10_000)
+        page.locator(".st-key-tpl-stone-podium-botanical button").click()
+        expect(page.get_by_label("Prompt", exact=True)).not_to_have_value("", timeout=10_000)
+        page.get_by_text("Advanced settings").click()
+        steps = page.get_by_label("Steps")
+        steps.fill("2")
+        steps.press("Enter")
+        page.wait_for_timeout(800)
+        page.evaluate("for (const el of document.querySelectorAll('*')) if (el.scrollTop) el.scrollTop = 0")
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(artifacts / "place-preview.png"), full_page=True)
+
+        page.get_by_role("button", name="Generate").click()
+        wait_images(page, 4)
+        expect(page.get_by_text("4 of 4 ready")).to_be_visible(timeout=15_000)
+        job_url = page.evaluate("window.location.href")
+        page.evaluate("for (const el of document.querySelectorAll('*')) if (el.scrollTop) el.scrollTop = 0")
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(artifacts / "place-results.png"), full_page=True)
+        browser.close()
+
+    assert "?job=" in job_url, job_url
+    job = backend.get(f"/v1/jobs/{job_url.split('job=')[1].split('&')[0]}").json()
+    assert job["spec"]["mode"] == "place" and job["spec"]["placement"]["x"] == 0.67, job["spec"]
+    assert (job["spec"]["width"], job["spec"]["height"]) == (64, 80) and job["layout_key"], job

@@ -1,0 +1,113 @@
+"""Place mode's choices, and the pictures that preview them: where the product sits, on which canvas.
+
+Nothing here draws on the page. The placement arithmetic is the contract's (the cut-out's box centred at
+(x·width, y·height), fitted, aspect kept, into scale·width × scale·height) written out again, because
+`backend.place` imports its compositing and cut-out modules along with its layout; a test holds
+`placed_box` equal to `backend.place.layout.place`, so the preview cannot drift from what is generated.
+"""
+
+import io
+import math
+from dataclasses import dataclass
+
+from PIL import Image, ImageDraw
+
+MODES = {"place": "Place my product — it stays exactly as it is", "restyle": "Restyle my photo",
+         "generate": "No photo"}
+MODE_CAPTIONS = {"place": "The product is cut out of the photo and kept pixel for pixel; a scene is made around it.",
+                 "restyle": "The whole photo is repainted by the prompt; Strength says how much.",
+                 "generate": "The scene, product included, comes from the prompt alone."}
+
+
+@dataclass(frozen=True)
+class Preset:
+    label: str
+    x: float
+    y: float
+
+
+# y sits a little below the middle by default: products stand on something, and the eye expects the ground low.
+PRESETS = {"centre": Preset("Centre", 0.5, 0.55), "left": Preset("Left third", 0.33, 0.55),
+           "right": Preset("Right third", 0.67, 0.55), "low": Preset("Low", 0.5, 0.68),
+           "high": Preset("High", 0.5, 0.4)}
+ASPECTS = {"1:1": (1, 1), "4:5": (4, 5), "3:4": (3, 4), "16:9": (16, 9), "9:16": (9, 16)}
+MIN_SIDE, MAX_SIDE = 64, 2048  # the contract's width and height limits
+
+CHECKER_LIGHT, CHECKER_DARK = (255, 255, 255), (226, 226, 234)
+CANVAS_FILL, GUIDE = (238, 238, 243), (214, 214, 226)
+
+
+def canvas_size(aspect: str, native: int) -> tuple[int, int]:
+    """Width and height with the preset's aspect at about native × native pixels (as the backend sizes a
+    photo's aspect), in multiples of 8 within 64..2048."""
+    across, down = ASPECTS[aspect]
+    width = math.sqrt(native * native * across / down)
+    height = width * down / across
+    # grown or shrunk as a whole when a side leaves 64..2048, so the aspect holds where it can
+    factor = min(max(MIN_SIDE / min(width, height), 1.0), MAX_SIDE / max(width, height))
+    return _side(width * factor), _side(height * factor)
+
+
+def _side(value: float) -> int:
+    return max(MIN_SIDE, min(MAX_SIDE, round(value / 8) * 8))
+
+
+def placed_box(cutout_size: tuple[int, int], width: int, height: int, x: float, y: float,
+               scale: float) -> tuple[int, int, int, int]:
+    """(left, top, width, height) of the cut-out on a width × height canvas; it may reach past the edges."""
+    factor = min(scale * width / cutout_size[0], scale * height / cutout_size[1])
+    w, h = max(1, _nearest(cutout_size[0] * factor)), max(1, _nearest(cutout_size[1] * factor))
+    return _nearest(x * width - w / 2), _nearest(y * height - h / 2), w, h
+
+
+def _nearest(value: float) -> int:
+    return math.floor(value + 0.5)  # halves up, as the backend rounds
+
+
+def on_checkerboard(cutout_png: bytes, side: int = 320, fill: float = 0.85) -> bytes:
+    """The cut-out, fitted into a square checkerboard (so its transparency shows, and it sits beside the
+    canvas preview at the same size), PNG."""
+    with Image.open(io.BytesIO(cutout_png)) as img:
+        cutout = img.convert("RGBA")
+    factor = side * fill / max(cutout.size)
+    size = (max(1, round(cutout.width * factor)), max(1, round(cutout.height * factor)))
+    cutout = cutout.convert("RGBa").resize(size, Image.Resampling.LANCZOS).convert("RGBA")
+    board = checkerboard((side, side))
+    board.alpha_composite(cutout, ((side - size[0]) // 2, (side - size[1]) // 2))
+    return _png(board)
+
+
+def canvas_preview(cutout_png: bytes, width: int, height: int, x: float, y: float, scale: float,
+                   max_side: int = 320) -> bytes:
+    """A small picture of the canvas with the product where the job will put it (PNG)."""
+    with Image.open(io.BytesIO(cutout_png)) as img:
+        cutout = img.convert("RGBA")
+    shrink = max_side / max(width, height)
+    canvas = Image.new("RGBA", (max(1, round(width * shrink)), max(1, round(height * shrink))), (*CANVAS_FILL, 255))
+    draw = ImageDraw.Draw(canvas)
+    for third in (1, 2):  # the rule-of-thirds guides the position presets follow
+        draw.line([(canvas.width * third / 3, 0), (canvas.width * third / 3, canvas.height)], fill=GUIDE)
+        draw.line([(0, canvas.height * third / 3), (canvas.width, canvas.height * third / 3)], fill=GUIDE)
+    left, top, w, h = placed_box(cutout.size, width, height, x, y, scale)
+    size = (max(1, round(w * shrink)), max(1, round(h * shrink)))
+    # premultiplied, as the backend resizes: the colour hidden under transparent pixels must not fringe the edge
+    layer = Image.new("RGBA", canvas.size, (0, 0, 0, 0))
+    layer.paste(cutout.convert("RGBa").resize(size, Image.Resampling.LANCZOS).convert("RGBA"),
+                (round(left * shrink), round(top * shrink)))
+    canvas.alpha_composite(layer)
+    return _png(canvas)
+
+
+def checkerboard(size: tuple[int, int], tile: int = 8) -> Image.Image:
+    board = Image.new("RGBA", size, (*CHECKER_LIGHT, 255))
+    draw = ImageDraw.Draw(board)
+    for top in range(0, size[1], tile):
+        for left in range((top // tile) % 2 * tile, size[0], 2 * tile):
+            draw.rectangle((left, top, left + tile - 1, top + tile - 1), fill=(*CHECKER_DARK, 255))
+    return board
+
+
+def _png(img: Image.Image) -> bytes:
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    return out.getvalue()

@@ -1,0 +1,118 @@
+"""The Create page's photo part: what a photo is for (place the product, restyle the photo, or none),
+the canvas, and in place mode the cut-out, where it goes, and the realism switches."""
+
+from dataclasses import dataclass
+
+import streamlit as st
+
+from backend.storage import StorageError
+from frontend import placement, services
+from frontend.client import BackendError
+from frontend.placement import ASPECTS, MODE_CAPTIONS, MODES, PRESETS
+
+PHOTO_TYPES = ["png", "jpg", "jpeg", "webp"]
+
+
+@dataclass(frozen=True)
+class PhotoChoice:
+    mode: str
+    upload: tuple[str, bytes, str] | None = None   # sent as the job's `image` part
+    blocked: str | None = None                     # why Generate cannot run with this choice
+
+
+def section(product: dict | None, native: int) -> PhotoChoice:
+    st.radio("What to do with a photo", list(MODES), key="mode", format_func=MODES.get,
+             captions=[MODE_CAPTIONS[m] for m in MODES])
+    mode = st.session_state["mode"]
+    if mode == "generate":
+        _canvas(native)
+        return PhotoChoice("generate")
+    packshot_key = (product or {}).get("packshot_key") if mode == "place" else None
+    label = "Product photo" + (" (optional: without one, the product's packshot is placed)" if packshot_key else "")
+    photo = st.file_uploader(label, type=PHOTO_TYPES, key="photo",
+                             help="A PNG or WebP with transparency is used as it is; any other photo has its "
+                                  "background removed.")
+    upload = (photo.name, photo.getvalue(), photo.type or "application/octet-stream") if photo else None
+    if mode == "restyle":
+        st.slider("Strength", 0.0, 1.0, step=0.05, key="strength",
+                  help="Low keeps the photo nearly as it is; high lets the prompt repaint more of it.")
+        _canvas(native)
+        return PhotoChoice("restyle", upload, None if upload else "Upload the photo to restyle.")
+    return _place(upload, product, packshot_key, native)
+
+
+def _place(upload, product: dict | None, packshot_key: str | None, native: int) -> PhotoChoice:
+    if upload:
+        cut, blocked = _cutout(upload)
+        caption = "The cut-out: kept pixel for pixel"
+    elif packshot_key:
+        cut, blocked = _packshot(packshot_key), None
+        caption = f"{product['name']}'s packshot: kept pixel for pixel"
+    else:
+        return PhotoChoice("place", None, "Upload a photo of the product to place, or choose a product with a packshot.")
+    if blocked:
+        return PhotoChoice("place", upload, blocked)
+    ss = st.session_state
+    if cut is not None:
+        at = PRESETS[ss["place_at"] or "centre"]
+        width, height = int(ss["width"]), int(ss["height"])
+        left, right = st.columns(2)
+        left.image(services.cutout_on_checkerboard(cut), caption=caption, width="stretch")
+        right.image(services.canvas_preview(cut, width, height, at.x, at.y, float(ss["place_scale"])),
+                    caption=f"Where it goes · {width} × {height}", width="stretch")
+    st.pills("Position", list(PRESETS), key="place_at", required=True, format_func=lambda p: PRESETS[p].label)
+    st.slider("Size", 0.2, 1.0, step=0.05, key="place_scale",
+              help="How much of the canvas the product may fill; its own proportions are kept.")
+    _canvas(native)
+    with st.expander("Realism", icon=":material/light_mode:"):
+        st.toggle("Contact shadow", key="shadow", help="A soft shadow where the product meets the ground.")
+        st.toggle("Edge harmonisation", key="harmonize",
+                  help="The product's outline takes on a little of the scene's light, so it does not look pasted.")
+    return PhotoChoice("place", upload)
+
+
+def _cutout(upload: tuple[str, bytes, str]) -> tuple[bytes | None, str | None]:
+    """The backend's cut-out of the upload, or why there is none (shown here)."""
+    try:
+        result = services.kept_cutout(upload)
+        if result is None:
+            with st.spinner("Cutting the product out…"):
+                result = services.cutout(upload)
+    except BackendError as e:
+        st.warning(f"The cut-out could not be made right now: {e.message}", icon=":material/cloud_off:")
+        return None, "The cut-out could not be made: try again in a moment."
+    if result.refusal:
+        st.error(f"**Nothing to place in this photo.** {result.refusal[:1].upper()}{result.refusal[1:]}.",
+                 icon=":material/hide_image:")
+        return None, "No product was found in the photo: choose another photo."
+    return result.png, None
+
+
+def _packshot(key: str) -> bytes | None:
+    """The packshot's bytes to preview, or None when storage cannot give them (the job still places it)."""
+    try:
+        if services.storage() is not None:
+            return services.packshot(services.settings().storage_url, key)
+    except StorageError:
+        pass
+    st.caption("The product's packshot is placed; it cannot be shown here (storage is not readable).")
+    return None
+
+
+def _canvas(native: int) -> None:
+    st.pills("Canvas", list(ASPECTS), key="aspect", on_change=_aspect_chosen, args=(native,),
+             help=f"Aspect ratios at the model's own pixel count (about {native} × {native}).")
+    ss = st.session_state
+    custom = "" if ss.get("aspect") else " · a custom size, set in Advanced settings"
+    st.caption(f"{ss['width']} × {ss['height']} px{custom}")
+
+
+def _aspect_chosen(native: int) -> None:
+    aspect = st.session_state.get("aspect")
+    if aspect:
+        st.session_state["width"], st.session_state["height"] = placement.canvas_size(aspect, native)
+
+
+def custom_size() -> None:
+    """Width or height typed by hand: no preset describes the canvas any more."""
+    st.session_state["aspect"] = None

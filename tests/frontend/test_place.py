@@ -1,0 +1,161 @@
+"""The Create page's modes: place (the cut-out, where it goes, the realism switches), restyle and no photo.
+
+The pure parts are held to the backend's own arithmetic; the page runs under AppTest against the real
+backend (tiny model, the "not white" segmenter, SeaweedFS)."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from frontend import placement, services
+from frontend.client import ShowroomClient
+from tests.factories import packshot, png_bytes
+from tests.frontend.conftest import assert_no_exception, frontend_env, page_text
+
+PLACE_ONLY_MISSING = "cosmetics-water-splash"  # a template whose modes leave out "place"
+
+
+def test_placed_box_is_where_the_backend_puts_the_product():
+    from backend.place.layout import Placement, place
+
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        cut_w, cut_h, width, height = (int(v) for v in rng.integers(1, 200, 4))
+        x, y, scale = float(rng.random()), float(rng.random()), float(rng.uniform(0.05, 1))
+        layer = place(Image.new("RGBA", (cut_w, cut_h), (9, 9, 9, 255)), width, height, Placement(x, y, scale))
+        left, top, w, h = placement.placed_box((cut_w, cut_h), width, height, x, y, scale)
+        inside = (max(left, 0), max(top, 0), min(left + w, width), min(top + h, height))
+        expected = inside if inside[0] < inside[2] and inside[1] < inside[3] else None
+        assert layer.getchannel("A").getbbox() == expected, (cut_w, cut_h, width, height, x, y, scale)
+
+
+def test_canvas_presets_are_sized_as_the_backend_sizes_an_aspect():
+    from backend.jobs.specs import size_for_aspect
+
+    assert placement.canvas_size("4:5", 512) == (456, 576)
+    assert placement.canvas_size("16:9", 1024) == (1368, 768)
+    assert placement.canvas_size("9:16", 64) == (64, 112), "the aspect kept when a side would fall below 64"
+    for native in (64, 512, 768, 1024):
+        for name, (across, down) in placement.ASPECTS.items():
+            width, height = placement.canvas_size(name, native)
+            assert (width, height) == size_for_aspect(across / down, native)
+            assert width % 8 == 0 and height % 8 == 0
+
+
+def test_the_canvas_preview_draws_the_product_at_its_preset():
+    red = io.BytesIO()
+    Image.new("RGBA", (30, 60), (220, 0, 0, 255)).save(red, format="PNG")
+    right = placement.PRESETS["right"]
+    preview = Image.open(io.BytesIO(placement.canvas_preview(red.getvalue(), 640, 360, right.x, right.y, 0.5)))
+    assert preview.size == (320, 180)
+    rgb = np.asarray(preview.convert("RGB")).astype(int)
+    ys, xs = np.nonzero((rgb[..., 0] > 200) & (rgb[..., 1] < 30))
+    assert abs(xs.mean() - 0.67 * 320) < 1.5 and abs(ys.mean() - 0.55 * 180) < 1.5
+    assert ys.max() - ys.min() + 1 == pytest.approx(0.5 * 180, abs=1), "fitted into scale × height"
+
+
+@pytest.mark.parametrize("body, native", [({"native_size": 1024}, 1024), ({}, 512), ({"native_size": "big"}, 512),
+                                          ({"native_size": 1001}, 512), ({"native_size": True}, 512)])
+def test_native_size_comes_from_health_with_a_default(body, native):
+    assert services.health_from({"status": "ok", "workers": []} | body).native_size == native
+
+
+def captions(at) -> list[str]:
+    return [caption for image in at.image for caption in image.captions]
+
+
+def place_mode(at):
+    at.radio(key="mode").set_value("place").run()
+    assert_no_exception(at)
+    return at
+
+
+def test_place_mode_shows_the_cutout_and_sends_the_chosen_placement(backend, open_app, monkeypatch):
+    asked = []
+    original = ShowroomClient.cutout
+    monkeypatch.setattr(ShowroomClient, "cutout", lambda self, photo: asked.append(photo[0]) or original(self, photo))
+    at = place_mode(open_app(frontend_env(backend)))
+    assert "Upload a photo of the product" in page_text(at) and at.button(key="generate").disabled
+    assert not [t for t in at.button if t.key == f"tpl-{PLACE_ONLY_MISSING}"], "only styles made for placing"
+    at.toggle(key="all_styles").set_value(True).run()
+    assert [t for t in at.button if t.key == f"tpl-{PLACE_ONLY_MISSING}"], "all styles on request"
+
+    at.file_uploader(key="photo").set_value(("bottle.png", packshot(80, 112), "image/png")).run()
+    assert_no_exception(at)
+    assert captions(at) == ["The cut-out: kept pixel for pixel", "Where it goes · 64 × 64"], \
+        "the cut-out on its checkerboard, and the canvas with the product placed"
+    assert not at.button(key="generate").disabled
+    at.pills(key="place_at").set_value("right").run()
+    at.slider(key="place_scale").set_value(0.8).run()
+    at.pills(key="aspect").set_value("9:16").run()
+    assert (at.number_input(key="width").value, at.number_input(key="height").value) == (64, 112), \
+        "9:16 at the tiny model's 64 × 64 pixels, grown as a whole to the contract's minimum side of 64"
+    at.toggle(key="harmonize").set_value(False).run()
+    at.text_area(key="prompt").input("<product> on a stone plinth")
+    at.number_input(key="steps").set_value(2)
+    at.slider(key="num_images").set_value(1)
+    at.button(key="generate").click().run()
+    assert_no_exception(at)
+    assert asked == ["bottle.png"], "one cut-out per photo, however many reruns"
+
+    job_id = at.query_params.get("job")
+    assert job_id, "the job was not started: " + page_text(at)
+    spec = json.loads(backend.storage.get(f"jobs/{job_id}/job.json"))["spec"]
+    assert spec["mode"] == "place" and spec["placement"] == {"x": 0.67, "y": 0.55, "scale": 0.8}
+    assert (spec["width"], spec["height"]) == (64, 112) and spec["shadow"] is True and spec["harmonize"] is False
+    job = backend.wait_job(job_id)
+    assert job["status"] == "succeeded", job
+    assert job["layout_key"] == f"jobs/{job_id}/layout.png"
+
+
+def test_a_photo_with_nothing_to_cut_out_says_why_and_generate_is_disabled(backend, open_app):
+    at = place_mode(open_app(frontend_env(backend)))
+    at.text_area(key="prompt").input("a bottle on a beach")
+    at.file_uploader(key="photo").set_value(("white.jpg", png_bytes(96, 72, (255, 255, 255), fmt="JPEG"),
+                                             "image/jpeg")).run()
+    assert_no_exception(at)
+    shown = " ".join(e.value for e in at.error)
+    assert "Nothing to place in this photo" in shown and "single flat colour" in shown, page_text(at)
+    assert at.button(key="generate").disabled
+    assert "No product was found in the photo" in at.button(key="generate").help
+    assert not [s for s in at.slider if s.key == "place_scale"], "nothing to place, so no placement"
+
+
+def test_restyle_shows_strength_and_no_placement(backend, open_app):
+    at = open_app(frontend_env(backend))
+    assert_no_exception(at)
+    assert at.radio(key="mode").value == "generate", "no photo until one is asked for"
+    assert not [s for s in at.slider if s.key in ("strength", "place_scale")]
+    at.radio(key="mode").set_value("restyle").run()
+    assert [s for s in at.slider if s.key == "strength"]
+    assert not [s for s in at.slider if s.key == "place_scale"] and not [p for p in at.pills if p.key == "place_at"]
+    assert not [t for t in at.toggle if t.key in ("shadow", "harmonize")]
+    assert at.button(key="generate").disabled, "restyle needs a photo"
+    at.file_uploader(key="photo").set_value(("room.png", png_bytes(96, 72, (20, 160, 60)), "image/png")).run()
+    assert not at.button(key="generate").disabled and not captions(at), "no cut-out is made to restyle"
+
+
+def test_place_mode_places_a_catalog_products_packshot_without_an_upload(backend, open_app):
+    name = "frontend-vase"
+    record = {"name": name, "trigger": "sks vase", "category": "home", "weight": 1.0, "has_lora": False,
+              "packshot_key": f"products/{name}.png", "training": None}
+    backend.storage.put(record["packshot_key"], packshot(60, 84), "image/png")
+    backend.storage.put(f"products/{name}.json", json.dumps(record).encode(), "application/json")
+    services.catalog.clear()  # the catalog is cached a minute; the product was just written
+    at = open_app(frontend_env(backend))
+    at.selectbox(key="product").set_value(name)
+    at = place_mode(at)
+    assert captions(at)[0] == f"{name}'s packshot: kept pixel for pixel", page_text(at)
+    assert not at.button(key="generate").disabled
+    at.text_area(key="prompt").input("<product> on a shelf")
+    at.number_input(key="steps").set_value(2)
+    at.slider(key="num_images").set_value(1)
+    at.button(key="generate").click().run()
+    job_id = at.query_params.get("job")
+    assert job_id, "the job was not started: " + page_text(at)
+    manifest = json.loads(backend.storage.get(f"jobs/{job_id}/job.json"))
+    assert manifest["spec"]["mode"] == "place" and manifest["spec"]["product"] == name
+    assert manifest["input_key"] is None, "no photo was sent: the packshot is placed"
