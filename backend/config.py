@@ -2,10 +2,10 @@
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from backend.ops.vast import VAST_API_URL
 
@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     upscaler: Literal["replicate", "local", "off"] | None = None
     replicate_api_token: SecretStr | None = None
     replicate_base_url: str | None = None
+    executor: Literal["local", "celery"] = Field("local", description="local: this box's GPUs; celery: GPU nodes "
+                                                 "anywhere pull work from BROKER_URL")
+    broker_url: SecretStr | None = Field(None, description="Celery broker: redis://[:password@]host:port/db or rediss://")
+    webhook_secret: SecretStr | None = Field(None, description="Standard Webhooks signing secret: whsec_ + base64")
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="hosts webhooks may go to besides public addresses (comma-separated)")
     bg_removal_model: str = Field("birefnet-general", description="place mode's background remover: a rembg "
                                   "model name or the path of an .onnx file in U2-Net's layout")
 
@@ -63,6 +69,13 @@ class Settings(BaseSettings):
     showroom_cache: Path = Field(Path("/tmp/showroom"), description="where workers keep downloaded LoRAs")
     cuda_visible_devices: str | None = Field(None, description="CUDA's own: WORKERS=auto counts only these GPUs")
 
+    @field_validator("webhook_allowed_hosts", mode="before")
+    @classmethod
+    def _hosts(cls, value) -> list[str]:
+        if isinstance(value, str):
+            value = value.split(",")
+        return [h.strip().lower() for h in value if h and h.strip()]
+
     @field_validator("workers")
     @classmethod
     def _workers(cls, value: str) -> str:
@@ -89,6 +102,8 @@ class Settings(BaseSettings):
         if self.idle_stop_minutes > 0 and not (self.container_id and self.container_api_key):
             raise ValueError("IDLE_STOP_MINUTES needs CONTAINER_ID and CONTAINER_API_KEY "
                              "(vast.ai sets them inside an instance)")
+        if self.executor == "celery" and not self.broker_url:
+            raise ValueError("EXECUTOR=celery needs BROKER_URL (redis://[:password@]host:port/db)")
         if self.upscaler == "replicate" and not self.replicate_api_token:
             raise ValueError("UPSCALER=replicate needs REPLICATE_API_TOKEN")
         return self
