@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = Field(None, description="Standard Webhooks signing secret: whsec_ + base64")
     webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="hosts webhooks may go to besides public addresses (comma-separated)")
+    webhook_backoff_s: float = Field(5.0, gt=0, description="first retry delay of a failed webhook; doubles, "
+                                     "at most 2 h apart, for about a day")
     bg_removal_model: str = Field("birefnet-general", description="place mode's background remover: a rembg "
                                   "model name or the path of an .onnx file in U2-Net's layout")
 
@@ -75,6 +77,22 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             value = value.split(",")
         return [h.strip().lower() for h in value if h and h.strip()]
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        import base64
+        import binascii
+
+        if value is None or not value.get_secret_value():
+            return None
+        secret = value.get_secret_value()
+        try:
+            if not secret.startswith("whsec_") or not base64.b64decode(secret[6:], validate=True):
+                raise ValueError
+        except (ValueError, binascii.Error):
+            raise ValueError("WEBHOOK_SECRET must be 'whsec_' followed by base64 (Standard Webhooks)") from None
+        return value
 
     @field_validator("workers")
     @classmethod

@@ -10,7 +10,15 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from backend.api import catalog_routes, cutout_routes, health_routes, job_routes, product_routes, training_routes
+from backend.api import (
+    batch_routes,
+    catalog_routes,
+    cutout_routes,
+    health_routes,
+    job_routes,
+    product_routes,
+    training_routes,
+)
 from backend.api.deps import Services
 from backend.api.middleware import BodyLimit
 from backend.config import Settings, get_settings
@@ -23,6 +31,7 @@ from backend.jobs.manifests import TRAININGS, ManifestStore
 from backend.jobs.prepare import Preparer
 from backend.jobs.recovery import Recovery
 from backend.jobs.service import JobService
+from backend.jobs.webhooks import Webhooks
 from backend.ops.idle import Activity, IdleStopper, vast_stop_action
 from backend.ops.metrics import Metrics
 from backend.ops.ratelimit import RateLimiter
@@ -61,7 +70,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         storage = settings.open_storage()
         metrics = Metrics()
-        store, catalog_ = ManifestStore(storage).start(), Catalog(storage)
+        secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+        webhooks = Webhooks(storage, secret, settings.webhook_allowed_hosts, settings.webhook_backoff_s).start()
+        store, catalog_ = ManifestStore(storage, on_change=webhooks.on_change).start(), Catalog(storage)
         training_store = ManifestStore(storage, kind=TRAININGS).start()
         workers = settings.worker_count(visible_gpus(settings.cuda_visible_devices))
         events = JobEvents(store, metrics.on_event)
@@ -91,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             trainings.close()
             store.close()
             training_store.close()
+            webhooks.close()
 
     app = FastAPI(title="Showroom", version="0.1.0", lifespan=lifespan,
                   description="Pictures of a real product in any scene. See README.md.")
@@ -110,7 +122,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return response
         finally:
             activity.end(touch=status not in (401, 403))
-    for module in (health_routes, catalog_routes, product_routes, training_routes, cutout_routes, job_routes):
+    for module in (health_routes, catalog_routes, product_routes, training_routes, cutout_routes, job_routes,
+                   batch_routes):
         app.include_router(module.router)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],

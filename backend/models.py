@@ -32,6 +32,7 @@ def _multiple_of_8(name: str, v: int | None) -> int | None:
 
 
 Mode = Literal["generate", "restyle", "place"]
+WebhookEvent = Literal["job.started", "image.succeeded", "image.failed", "job.completed"]
 
 
 class Placement(BaseModel):
@@ -64,6 +65,8 @@ class JobSpec(BaseModel):
     placement: Placement | None = None
     shadow: bool = Field(True, description="place mode: a soft contact shadow under the product")
     harmonize: bool = Field(True, description="place mode: the product's edge takes a little of the scene's light")
+    webhook: str | None = Field(None, max_length=2000, description="Standard Webhooks POSTs go to this http(s) URL")
+    webhook_events: list[WebhookEvent] = Field(default_factory=lambda: ["job.completed"], max_length=4)
 
     @field_validator("width")
     @classmethod
@@ -105,6 +108,8 @@ class ResolvedSpec(BaseModel):
     placement: Placement | None = None
     shadow: bool = True
     harmonize: bool = True
+    webhook: str | None = None
+    webhook_events: list[WebhookEvent] = ["job.completed"]
 
 
 class UpscaleRecord(BaseModel):

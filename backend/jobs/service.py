@@ -6,13 +6,14 @@ import threading
 import time
 
 from backend.contract import image_key, input_key, job_prefix, layout_key, lora_key, new_job_id
-from backend.errors import InvalidRequest, NotFound, QueueFull, Unavailable, UnknownReference
+from backend.errors import InvalidRequest, NotFound, QueueFull, ShowroomError, Unavailable, UnknownReference
 from backend.gpu.executor import Executor
 from backend.gpu.messages import LoraTask
 from backend.images import BadImage, normalize_photo
 from backend.jobs import specs
 from backend.jobs.manifests import ManifestStore
 from backend.jobs.prepare import Preparer
+from backend.jobs.webhooks import check_url
 from backend.models import ImageRecord, JobManifest, JobSpec, ResolvedSpec, Status, now
 from backend.products.catalog import Catalog
 from backend.storage import ObjectMissing, StorageError
@@ -38,6 +39,8 @@ class JobService:
         for extra in spec.loras:
             if not self.catalog.lora_exists(extra.name):
                 raise UnknownReference(f"unknown LoRA {extra.name!r}; add it with POST /v1/products")
+        if spec.webhook:
+            check_url(spec.webhook, self.settings.webhook_allowed_hosts)
         return specs.resolve(spec, template=template, product=product, native=self.native_size(),
                              photo_size=photo_size)
 
@@ -83,15 +86,8 @@ class JobService:
         if pending + resolved.num_images > self.settings.queue_max_images:
             raise QueueFull(f"the queue is full ({pending} images waiting); try again shortly",
                             headers={"Retry-After": "10"})
-        job_id = new_job_id()
-        stamp = now()
-        job = JobManifest(
-            id=job_id, created_at=stamp, updated_at=stamp, status=Status.queued, spec=resolved,
-            input_key=input_key(job_id) if png else None,
-            layout_key=layout_key(job_id) if resolved.mode == "place" else None,
-            images=[ImageRecord(index=i, key=image_key(job_id, i), seed=resolved.seed + i)
-                    for i in range(resolved.num_images)],
-        )
+        job = self._new_job(resolved, with_photo=png is not None)
+        job_id = job.id
         loras = self.loras_for(resolved)
         if png:
             self.storage.put(job.input_key, png, "image/png")
@@ -105,6 +101,44 @@ class JobService:
                  resolved.num_images, resolved.mode, resolved.width, resolved.height, resolved.steps,
                  resolved.product, resolved.template)
         return job
+
+    def submit_batch(self, batch: list[JobSpec]) -> list[JobManifest]:
+        """Several jobs admitted whole or not at all: every spec is resolved (422 naming its index), the
+        queue must take them all (429), and a storage failure half-way removes what was written (503)."""
+        if self.executor.hopeless():
+            raise Unavailable(f"generation is unavailable: {self.executor.last_error()}")
+        resolved = []
+        for i, spec in enumerate(batch):
+            try:
+                resolved.append(self.resolve(spec))
+            except ShowroomError as e:
+                raise InvalidRequest(f"jobs[{i}]: {e.detail}") from None
+        images, pending = sum(r.num_images for r in resolved), self.executor.pending_images()
+        if pending + images > self.settings.queue_max_images:
+            raise QueueFull(f"the queue cannot take {images} more images ({pending} waiting, at most "
+                            f"{self.settings.queue_max_images}); send a smaller batch or try again shortly",
+                            headers={"Retry-After": "10"})
+        jobs = [self._new_job(spec) for spec in resolved]
+        for n, job in enumerate(jobs):
+            if not self.store.create(job):
+                for written in jobs[:n + 1]:
+                    self._discard(written, None)
+                    self.store.forget(written.id)
+                raise Unavailable("storage is unreachable; nothing was queued, try again shortly")
+        for job in jobs:
+            self.enqueue(job, self.loras_for(job.spec), laid_out=False)
+        log.info("batch of %d jobs queued (%d images)", len(jobs), images)
+        return jobs
+
+    def _new_job(self, resolved: ResolvedSpec, with_photo: bool = False) -> JobManifest:
+        job_id, stamp = new_job_id(), now()
+        return JobManifest(
+            id=job_id, created_at=stamp, updated_at=stamp, status=Status.queued, spec=resolved,
+            input_key=input_key(job_id) if with_photo else None,
+            layout_key=layout_key(job_id) if resolved.mode == "place" else None,
+            images=[ImageRecord(index=i, key=image_key(job_id, i), seed=resolved.seed + i)
+                    for i in range(resolved.num_images)],
+        )
 
     def enqueue(self, job: JobManifest, loras: tuple, laid_out: bool | None = None) -> None:
         """Hand a stored job to the executor; a `place` job is laid out first, once (`laid_out`: known

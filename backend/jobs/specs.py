@@ -85,7 +85,7 @@ def resolve(spec: JobSpec, *, template: Template | None, product: Product | None
         width=width or native, height=height or native,
         seed=spec.seed if spec.seed is not None else secrets.randbelow(2**32), strength=strength,
         mode=mode, placement=(spec.placement or Placement()) if mode == "place" else None,
-        shadow=spec.shadow, harmonize=spec.harmonize,
+        shadow=spec.shadow, harmonize=spec.harmonize, webhook=spec.webhook, webhook_events=spec.webhook_events,
     )
 
 

@@ -15,7 +15,7 @@ KEYS = {"id", "name", "category", "prompt", "negative_prompt", "steps", "guidanc
 MODES = {"generate", "restyle", "place"}
 CATEGORIES = {
     "cosmetics", "shoes", "eyewear", "bags", "watches", "jewellery",
-    "food-drink", "electronics", "furniture", "pets", "clothing", "general",
+    "food-drink", "electronics", "furniture", "pets", "clothing", "general", "art",
 }
 SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 
@@ -66,7 +66,8 @@ def test_fields(t):
     prompt = t["prompt"]
     assert isinstance(prompt, str)
     assert 1 <= len(prompt) <= 1000
-    assert prompt.count("<product>") == 1
+    # an art style repaints whatever photo it is given: it names no product
+    assert prompt.count("<product>") == (0 if t["category"] == "art" else 1)
 
     # bool is an int subclass; reject it explicitly.
     assert isinstance(t["steps"], int) and not isinstance(t["steps"], bool)
@@ -88,3 +89,11 @@ def test_several_templates_suit_place_mode_and_worn_products_do_not():
     assert len(place) >= 12
     worn = {t["id"] for t in TEMPLATES if "worn by" in t["prompt"] or "worn on" in t["prompt"]}
     assert worn and not (worn & place), "a cut-out product cannot be worn by someone the scene invents"
+
+
+def test_art_styles_restyle_any_photo_with_a_tuned_strength():
+    art = [t for t in TEMPLATES if t["category"] == "art"]
+    assert len(art) >= 8
+    for t in art:
+        assert "restyle" in t["modes"] and "place" not in t["modes"], t["id"]
+        assert 0.35 <= t["strength"] <= 0.6 and t["negative_prompt"], t["id"]
