@@ -78,6 +78,12 @@ class Settings(BaseSettings):
             value = value.split(",")
         return [h.strip().lower() for h in value if h and h.strip()]
 
+    @field_validator("api_key", "replicate_api_token", "aws_secret_access_key", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value):
+        # API_KEY="" (as an env file leaves it) must not let anyone in with an empty bearer: blank = unset.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("webhook_secret")
     @classmethod
     def _webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:

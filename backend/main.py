@@ -20,7 +20,7 @@ from backend.api import (
     training_routes,
 )
 from backend.api.deps import Services
-from backend.api.middleware import BodyLimit
+from backend.api.middleware import AuthGate, BodyLimit
 from backend.config import Settings, get_settings
 from backend.errors import install_error_handlers
 from backend.gpu.devices import native_size_guess, visible_gpus
@@ -125,11 +125,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (health_routes, catalog_routes, product_routes, training_routes, cutout_routes, job_routes,
                    batch_routes):
         app.include_router(module.router)
-    if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type", "Idempotency-Key"])
     app.add_middleware(BodyLimit, default=settings.max_upload_bytes + 1024 * 1024,
                        uploads=settings.max_lora_bytes + 1024 * 1024)
+    app.add_middleware(AuthGate, settings=settings)  # outside BodyLimit: runs before any body is read
+    if settings.cors_origins:  # outermost, so a browser's preflight is answered without the key
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type", "Idempotency-Key"])
     return app
 
 

@@ -5,6 +5,7 @@ local directory. Every write is whole: a reader sees the old object or the new o
 Only boto3 and the standard library are imported here, so the frontend can use it too.
 """
 
+import functools
 import os
 import shutil
 import tempfile
@@ -73,6 +74,20 @@ class Storage(ABC):
         self.list_dirs("jobs/")
 
 
+def _disk_errors(method):
+    """A full disk or a permission problem is a storage fault like an S3 outage (StorageError), handled
+    and retried as one; a missing object stays ObjectMissing."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except StorageError:
+            raise
+        except OSError as e:
+            raise StorageError(f"local storage: {e.strerror or e} ({type(e).__name__})") from None
+    return wrapper
+
+
 class LocalStorage(Storage):
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -82,6 +97,7 @@ class LocalStorage(Storage):
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 
+    @_disk_errors
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,24 +110,29 @@ class LocalStorage(Storage):
             Path(tmp).unlink(missing_ok=True)
             raise
 
+    @_disk_errors
     def get(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
         except FileNotFoundError:
             raise ObjectMissing(key) from None
 
+    @_disk_errors
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    @_disk_errors
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
+    @_disk_errors
     def delete_prefix(self, prefix: str) -> int:
         folder = self._path(prefix.strip("/"))
         removed = sum(1 for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
         shutil.rmtree(folder, ignore_errors=True)
         return removed
 
+    @_disk_errors
     def version(self, key: str) -> str:
         try:
             stat = self._path(key).stat()
@@ -123,12 +144,14 @@ class LocalStorage(Storage):
     def _folder(self, prefix: str) -> Path:
         return self._path(prefix.strip("/")) if prefix.strip("/") else self.root
 
+    @_disk_errors
     def list_dirs(self, prefix: str) -> list[str]:
         folder = self._folder(prefix)
         if not folder.is_dir():
             return []
         return sorted(p.name for p in folder.iterdir() if p.is_dir())
 
+    @_disk_errors
     def list_files(self, prefix: str) -> list[str]:
         folder = self._folder(prefix)
         if not folder.is_dir():

@@ -1,10 +1,12 @@
 """Batches: several jobs in one request (a catalog: products x templates), admitted whole or not at all."""
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from backend.api.deps import RateLimitedClientDep, ServicesDep
+from backend.api.job_routes import validation_message
+from backend.errors import InvalidRequest
 from backend.models import JobSpec, JobTicket
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
@@ -18,9 +20,21 @@ class BatchTickets(BaseModel):
     jobs: list[JobTicket]
 
 
-@router.post("", status_code=202, response_model=BatchTickets)
-async def submit_batch(batch: Batch, services: ServicesDep, client: RateLimitedClientDep) -> BatchTickets:
+def parse_batch(raw: bytes) -> Batch:
+    try:
+        return Batch.model_validate_json(raw)
+    except ValidationError as e:
+        raise InvalidRequest(validation_message(e)) from None
+    except RecursionError:
+        raise InvalidRequest("the batch is nested too deeply to be read") from None
+
+
+@router.post("", status_code=202, response_model=BatchTickets, openapi_extra={"requestBody": {
+    "required": True, "content": {"application/json": {"schema": Batch.model_json_schema(
+        ref_template="#/components/schemas/{model}")}}}})
+async def submit_batch(request: Request, services: ServicesDep, client: RateLimitedClientDep) -> BatchTickets:
     """Queue 1..50 jobs (no photos) at once: all are admitted, or none (422 naming the spec, 429, 503)."""
+    batch = parse_batch(await request.body())
     try:
         jobs = await run_in_threadpool(services.jobs.submit_batch, batch.jobs)
     except Exception as e:

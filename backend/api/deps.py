@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+from pydantic import SecretStr
 
 from backend.config import Settings
 from backend.errors import Forbidden, RateLimited, Unauthorized
@@ -50,18 +51,16 @@ def _is_loopback(host: str) -> bool:
         return False  # a name, not an address: not provably this machine
 
 
-def require_client(request: Request, services: ServicesDep,
-                   authorization: Annotated[str | None, Header()] = None) -> str:
-    """The caller's identity for rate limits and idempotency; refuses callers without the key."""
-    expected = services.settings.api_key
-    host = request.client.host if request.client else ""
-    if expected is None:
+def authorize(api_key: SecretStr | None, authorization: str | None, host: str) -> str:
+    """The caller's identity, or Unauthorized/Forbidden: the one place the API key is checked (by the
+    AuthGate middleware before any body is read, and again by routes that need the identity)."""
+    if api_key is None:
         if not _is_loopback(host):
             raise Forbidden("API_KEY is not set on the backend, so /v1 answers only local clients; "
                             "set API_KEY on the backend and send it as 'Authorization: Bearer <API_KEY>'")
         return f"local:{host}"
     scheme, _, token = (authorization or "").partition(" ")
-    secret = expected.get_secret_value().encode()
+    secret = api_key.get_secret_value().encode()
     # compare_digest takes the same time wherever the first wrong byte is: no timing oracle
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), secret):
         raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer <API_KEY>'",
@@ -69,11 +68,22 @@ def require_client(request: Request, services: ServicesDep,
     return "key:" + hashlib.sha256(secret).hexdigest()[:16]
 
 
+def client_host(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+def require_client(request: Request, services: ServicesDep,
+                   authorization: Annotated[str | None, Header()] = None) -> str:
+    """The caller's identity for idempotency; refuses callers without the key."""
+    return authorize(services.settings.api_key, authorization, client_host(request))
+
+
 ClientDep = Annotated[str, Depends(require_client)]
 
 
-def rate_limited(services: ServicesDep, client: ClientDep) -> str:
-    wait = services.limiter.allow(client)
+def rate_limited(request: Request, services: ServicesDep, client: ClientDep) -> str:
+    # Per key and address together: one shared key used by many shops does not throttle them all at once.
+    wait = services.limiter.allow(f"{client}|{client_host(request)}")
     if wait:
         services.metrics.refused.labels("rate_limit").inc()
         raise RateLimited(f"too many submissions; the limit is {services.settings.rate_limit_per_minute} a "

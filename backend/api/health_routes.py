@@ -1,9 +1,12 @@
 """Health and metrics: no auth, so load balancers, the frontend and Prometheus can read them."""
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
 
-from backend.api.deps import ServicesDep
+from backend.api.deps import ServicesDep, authorize, client_host
+from backend.errors import ShowroomError
 
 router = APIRouter(tags=["health"])
 
@@ -25,13 +28,14 @@ def overall(workers: list[dict], storage_ok: bool, unsaved: int) -> tuple[str, s
 
 
 @router.get("/health")
-async def health(services: ServicesDep) -> dict:
+async def health(request: Request, services: ServicesDep,
+                 authorization: Annotated[str | None, Header()] = None) -> dict:
     """Is the backend up, are its workers ready, how long is the queue. Never waits on storage: the
     manifest writer's last word on it (it checks every few seconds) is what counts."""
     snap = services.executor.snapshot()
     status, detail = overall(snap["workers"], services.store.storage_ok, services.store.unsaved())
-    if status == "error" and snap["errors"]:
-        detail = snap["errors"][0]
+    if status == "error" and snap["errors"] and _may_see_details(services, authorization, request):
+        detail = snap["errors"][0]  # a worker's error text: for the key holder, not for a stranger
     return {
         "status": status,
         "model": services.settings.model_id,
@@ -41,6 +45,14 @@ async def health(services: ServicesDep) -> dict:
         "detail": detail,
         "native_size": services.jobs.native_size(),  # ours: the size jobs get without width and height
     }
+
+
+def _may_see_details(services, authorization: str | None, request: Request) -> bool:
+    try:
+        authorize(services.settings.api_key, authorization, client_host(request))
+        return True
+    except ShowroomError:
+        return False
 
 
 @router.get("/metrics")

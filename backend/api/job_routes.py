@@ -45,6 +45,8 @@ def parse_spec(raw: bytes | str) -> JobSpec:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise InvalidRequest(f"the job spec is not valid JSON: {e}") from None
+    except RecursionError:
+        raise InvalidRequest("the job spec is nested too deeply to be a JobSpec") from None
     if not isinstance(data, dict):
         raise InvalidRequest("the job spec must be a JSON object")
     try:
@@ -130,7 +132,7 @@ async def delete_job(job_id: str, services: ServicesDep, client: ClientDep) -> R
 
 
 @router.post("/{job_id}/images/{index}/upscale", status_code=202)
-async def upscale_image(job_id: str, index: int, services: ServicesDep, client: ClientDep) -> dict:
+async def upscale_image(job_id: str, index: int, services: ServicesDep, client: RateLimitedClientDep) -> dict:
     """Queue a 4x upscale of one succeeded image."""
     job_id = _job_id(job_id)
     if services.upscales is None:  # a wrong job or image is 404 or 409 whatever the upscaler, as when it is on

@@ -1,6 +1,38 @@
-"""ASGI middleware of the API: request bodies bounded before they are read."""
+"""ASGI middleware of the API: the key checked and request bodies bounded, before a byte of body is read."""
 
 from starlette.responses import JSONResponse
+
+from backend.errors import ShowroomError
+
+GATED_PREFIXES = ("/v1/",)
+DOCS_PATHS = ("/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect")
+
+
+class AuthGate:
+    """Refuse /v1/* (and, with API_KEY set, the API docs) to callers without the key as soon as the
+    headers are in: FastAPI would read (and spool) a whole multipart body before a route's dependency
+    could say 401, so a stranger could make the box take a gigabyte for nothing."""
+
+    def __init__(self, app, settings):
+        self.app, self.settings = app, settings
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not self._gated(scope["path"]):
+            return await self.app(scope, receive, send)
+        from backend.api.deps import authorize
+
+        headers = dict(scope.get("headers") or [])
+        authorization = headers.get(b"authorization", b"").decode("latin-1") or None
+        host = (scope.get("client") or ("", 0))[0]
+        try:
+            authorize(self.settings.api_key, authorization, host)
+        except ShowroomError as e:
+            response = JSONResponse({"detail": e.detail}, status_code=e.status_code, headers=e.headers)
+            return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+    def _gated(self, path: str) -> bool:
+        return path.startswith(GATED_PREFIXES) or (self.settings.api_key is not None and path in DOCS_PATHS)
 
 
 class BodyLimit:

@@ -6,7 +6,7 @@ from fastapi import APIRouter, File, Form, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from backend.api.cutout_routes import read_photo
-from backend.api.deps import ClientDep, ServicesDep
+from backend.api.deps import ClientDep, RateLimitedClientDep, ServicesDep
 from backend.contract import check_name
 from backend.errors import InvalidRequest, NotFound, PayloadTooLarge, UnknownReference
 from backend.jobs.prepare import png_bytes
@@ -25,7 +25,7 @@ def product_name(name: str) -> str:
 
 @router.post("", status_code=201, response_model=Product)
 async def add_product(
-    services: ServicesDep, client: ClientDep,
+    services: ServicesDep, client: RateLimitedClientDep,
     name: Annotated[str, Form(min_length=1, max_length=64)],
     trigger: Annotated[str, Form(min_length=1, max_length=200)],
     file: Annotated[UploadFile | None, File(description="the product's LoRA, a .safetensors file")] = None,

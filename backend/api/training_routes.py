@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
-from backend.api.deps import ClientDep, ServicesDep
+from backend.api.deps import ClientDep, RateLimitedClientDep, ServicesDep
 from backend.contract import is_job_id
 from backend.errors import NotFound, PayloadTooLarge
 from backend.models import TrainingManifest
@@ -16,7 +16,7 @@ router = APIRouter(tags=["trainings"])
 
 @router.post("/v1/products/{name}/training", status_code=202)
 async def train_product(
-    name: str, services: ServicesDep, client: ClientDep,
+    name: str, services: ServicesDep, client: RateLimitedClientDep,
     photos: Annotated[list[UploadFile], File(description="2 to 40 photos of the product")],
     steps: Annotated[int | None, Form(ge=10, le=5000)] = None,
     rank: Annotated[int | None, Form(ge=1, le=128)] = None,

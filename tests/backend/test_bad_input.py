@@ -69,6 +69,15 @@ def test_malformed_json_is_refused(backend, unchanged):
     assert r.status_code == 422 and "not valid JSON" in r.json()["detail"]
 
 
+@pytest.mark.parametrize("path", ["/v1/jobs", "/v1/batches"])
+def test_deeply_nested_json_is_422_not_500(backend, unchanged, path):
+    deep = b'{"jobs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    r = backend.post(path, data=deep, headers={"Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert "nested too deeply" in r.json()["detail"] or "valid" in r.json()["detail"]
+    assert backend.get("/health").status_code == 200, "the server stays up"
+
+
 def test_wrong_content_type_is_refused(backend, unchanged):
     r = backend.post("/v1/jobs", data=b"prompt=x", headers={"Content-Type": "text/plain"})
     assert r.status_code == 422 and "application/json" in r.json()["detail"]

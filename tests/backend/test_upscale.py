@@ -4,7 +4,6 @@ service that runs them: when an upscale shows running, and a local upscaler proc
 
 import base64
 import io
-import os
 import subprocess
 import sys
 import threading
