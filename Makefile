@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test browser reliability bench
+.PHONY: run test browser reliability bench gpu-wheels gpu-check
 
 $(VENV)/.installed: requirements.txt frontend/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,3 +27,13 @@ test: $(VENV)/.installed browser
 
 bench: $(VENV)/.installed
 	$(PY) -m backend.tools.bench --quick
+
+# On a GPU box: `make gpu-wheels` here first (the box cannot download), then `make gpu-check` there.
+# It measures everything worth measuring in about 8 minutes and writes docs/gpu/gpu-check-<date>-<gpu>.json.
+gpu-wheels: $(VENV)/.installed
+	$(PY) -m backend.tools.gpu_wheels .whl
+
+gpu-check:
+	@if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+	  --target /tmp/showroom-site .whl/*.whl; fi
+	PYTHONPATH=/tmp/showroom-site:. PYTHONUNBUFFERED=1 python3 -m backend.tools.gpu_check --out $${OUT:-docs/gpu}

@@ -1,0 +1,285 @@
+"""`make gpu-check`: everything worth measuring on a GPU box, in one unattended run of at most ~8 minutes.
+
+    python -m backend.tools.gpu_check [--out DIR] [--budget-s 480] [--tiny]
+
+No download (the box may have no internet): SD 1.5 and SDXL are built at full size with random
+weights, which cost the same FLOPs as the real ones. It measures
+- SD 1.5 at 512², 30 steps, CFG: UNet it/s and the share of the FLOP ceiling per dtype x attention x
+  memory format x batch (with and without torch.compile), VAE against TAESD, the production pipeline
+  at batch 1/4/8 with peak GPU memory, and the whole system (uvicorn + one worker, file storage):
+  cold start and submit -> first and last image of a 4-image job (backend.tools.bench's part 2);
+- a `place` job against `generate` at the same size, steps and batch;
+- SDXL at 1024², 30 steps: the pipeline at batch 1 and 4 with peak memory, and the whole system for 4;
+- the guards on the real device: a batch that runs out of memory is made one image at a time, and an
+  fp16 decode that overflows is made again in fp32.
+It writes one JSON file (`gpu-check-<date>-<gpu>.json` under --out) and prints a short table. It exits
+non-zero only when something is broken (a section raised), never because something is slow; every
+section records its own error and lets the others run. `--tiny` runs the same code with toy
+architectures on a CPU in a minute or two (the tests do).
+"""
+
+import argparse
+import json
+import re
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+from backend.tools import bench
+
+SDXL = bench.Arch(  # stable-diffusion-xl-base-1.0's unet/, vae/, text_encoder/ (ViT-L) and text_encoder_2/ (bigG)
+    unet=dict(sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, norm_num_groups=32,
+              block_out_channels=(320, 640, 1280), cross_attention_dim=2048, attention_head_dim=(5, 10, 20),
+              transformer_layers_per_block=(1, 2, 10), use_linear_projection=True,
+              addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+              down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+              up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")),
+    vae=dict(bench.SD15.vae, sample_size=1024, scaling_factor=0.13025, force_upcast=True),
+    text=dict(bench.SD15.text),
+    size=1024,
+)
+SDXL_TEXT_2 = dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32,
+                   vocab_size=49408, max_position_embeddings=77, projection_dim=1280, hidden_act="gelu")
+TINY_XL = bench.Arch(  # ENVIRONMENT.md's tiny SDXL: the real classes at toy size
+    unet=dict(sample_size=32, in_channels=4, out_channels=4, layers_per_block=1, norm_num_groups=4,
+              block_out_channels=(8, 16), cross_attention_dim=32, attention_head_dim=2, use_linear_projection=True,
+              addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 16,
+              down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+              up_block_types=("CrossAttnUpBlock2D", "UpBlock2D")),
+    vae=dict(bench.TINY.vae, force_upcast=True),
+    text=dict(bench.TINY.text),
+    size=64,
+)
+TINY_XL_TEXT_2 = dict(bench.TINY.text)
+
+
+class Check:
+    """Runs sections, each with its error recorded, within a time budget (a section past it is skipped)."""
+
+    def __init__(self, budget_s: float):
+        self.started, self.budget_s = time.monotonic(), budget_s
+        self.result: dict = {"errors": {}, "skipped": []}
+
+    def section(self, name: str, fn, cost_s: float = 0.0):
+        if time.monotonic() - self.started + cost_s > self.budget_s:
+            self.result["skipped"].append(name)
+            print(f"  {name}: skipped (time budget)", file=sys.stderr)
+            return None
+        t0 = time.monotonic()
+        try:
+            value = fn()
+        except Exception as e:  # recorded, and the next section runs: one failure must not cost the whole box
+            self.result["errors"][name] = f"{type(e).__name__}: {e}"[:800]
+            print(f"  {name} FAILED: {self.result['errors'][name]}", file=sys.stderr)
+            return None
+        print(f"  {name}: {time.monotonic() - t0:.1f} s", file=sys.stderr)
+        return value
+
+
+def save_sdxl(arch: bench.Arch, text_2: dict, folder: Path, device: str) -> Path:
+    """A random SDXL pipeline in diffusers layout (fp16 on CUDA), for Generator and the backend."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from backend.tools.tiny import _write_tokenizer
+
+    _write_tokenizer(folder / "tokenizer")
+    _write_tokenizer(folder / "tokenizer_2")
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    dtype = torch.float16 if device.startswith("cuda") else None
+    unet, vae, text = bench.build_models(arch, device, dtype, tokenizer)
+    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+               pad_token_id=tokenizer.eos_token_id)
+    with torch.device(device):
+        text_2 = CLIPTextModelWithProjection(CLIPTextConfig(**text_2, **ids))
+    text_2 = (text_2.to(dtype) if dtype else text_2).eval()
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       num_train_timesteps=1000, steps_offset=1)
+    StableDiffusionXLPipeline(vae=vae, text_encoder=text, text_encoder_2=text_2, tokenizer=tokenizer,
+                              tokenizer_2=CLIPTokenizer.from_pretrained(folder / "tokenizer_2"), unet=unet,
+                              scheduler=scheduler).save_pretrained(folder, safe_serialization=True)
+    del unet, vae, text, text_2
+    _free(device)
+    return folder
+
+
+def pipeline_memory_rows(gen, storage, size: int, steps: int, batches: list[int], repeats: int, device: str) -> list:
+    """Generator.generate per batch size: seconds, images/s and the peak GPU memory it took."""
+    import torch
+
+    rows = []
+    for batch in batches:
+        spec = bench.job_spec(batch, size, steps)
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        cold, *runs = [bench.direct_once(gen, storage, spec, [batch]) for _ in range(repeats + 1)]
+        seconds = bench.median(r["gen_s"] for r in runs)
+        peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
+        rows.append({"batch": batch, "cold_s": round(cold["gen_s"], 3), "s": seconds,
+                     "images_per_s": round(batch / seconds, 3), "peak_gib": round(peak, 2) if peak else None})
+    return rows
+
+
+def oom_fallback(gen, device: str, size: int) -> dict:
+    """Leave room for one image, not eight: the worker's fallback must still make every image that fits."""
+    import torch
+
+    from backend.gpu.messages import Task
+    from backend.gpu.worker import _generate
+
+    def task(n: int) -> Task:
+        return Task(task_id=1, job_id="oom", indices=tuple(range(n)), seeds=tuple(range(n)),
+                    keys=tuple(f"oom/{i}.png" for i in range(n)), prompt=bench.PROMPT, negative_prompt="",
+                    steps=4, guidance_scale=7.5, width=size, height=size, strength=0.5)
+
+    blocker = None
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        gen.generate(task(1), lambda: False, lambda s, t: None)
+        one = torch.cuda.max_memory_allocated() - base  # what one image needs beyond the weights
+        free, _ = torch.cuda.mem_get_info()
+        blocker = torch.empty(max(0, int(free - 2.5 * one)), dtype=torch.uint8, device=device)
+    try:
+        images = _generate(gen, task(8), lambda: False, lambda s, t: None)
+    finally:
+        del blocker
+        _free(device)
+    made = sum(not isinstance(i, str) for i in images)
+    if made == 0:
+        raise RuntimeError(f"no image of the batch was made after running out of memory: {images[0]}")
+    return {"batch": 8, "made": made, "failed": [i for i in images if isinstance(i, str)][:1]}
+
+
+def nan_decode(gen, device: str, size: int) -> dict:
+    """Latents that overflow an fp16 decode: the guard decodes them again in fp32 and gets a real picture."""
+    import torch
+    from PIL import Image
+
+    latent = torch.randn(1, 4, size // 8, size // 8, device=device) * 4000
+    with torch.inference_mode():
+        result = gen._decode(latent.to(gen.dtype))[0]
+    if not isinstance(result, Image.Image):
+        raise RuntimeError(f"the overflowing decode was not recovered: {result}")
+    return {"dtype": str(gen.decoder_dtype), "recovered": True}
+
+
+def _free(device: str) -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def load(model_dir: Path, device: str, storage, work: Path):
+    from backend.gpu.pipeline import Generator
+
+    t0 = time.perf_counter()
+    gen = Generator(str(model_dir), device, storage, work / "cache")
+    gen.warm_up()
+    return gen, round(time.perf_counter() - t0, 3)
+
+
+def run(args) -> dict:
+    import torch
+
+    from backend.storage import LocalStorage
+
+    cuda = torch.cuda.is_available() and not args.tiny
+    device = "cuda:0" if cuda else "cpu"
+    arch, xl_arch, xl_text = (bench.SD15, SDXL, SDXL_TEXT_2) if not args.tiny else (bench.TINY, TINY_XL, TINY_XL_TEXT_2)
+    check = Check(args.budget_s)
+    out = check.result | {"date": date.today().isoformat(), "torch": torch.__version__,
+                          "gpu": torch.cuda.get_device_name(0) if cuda else "cpu", "tiny": args.tiny}
+    steps, batches = (30, [1, 4, 8]) if not args.tiny else (2, [1, 2])
+    with tempfile.TemporaryDirectory(prefix="showroom-gpu-check-") as tmp:
+        work = Path(tmp)
+        bench_args = bench.parse_args(["--gpu", "--arch", "tiny" if args.tiny else "sd15", "--batches",
+                                       ",".join(map(str, batches)), "--gpu-steps", str(steps), "--repeats", "2",
+                                       "--iters", "10" if cuda else "2", "--compile-mode", "default"]
+                                      + ([] if cuda else ["--no-compile", "--dtypes", "bf16"]))
+        out["sd15"] = check.section("sd15 (bench part 2)", lambda: bench.gpu_part(bench_args, arch, work), 120)
+        for name, error in ((out["sd15"] or {}).get("errors") or {}).items():
+            out["errors"][f"sd15 {name}"] = error
+        storage = LocalStorage(work / "direct")
+        sd_dir = work / "sd-random"
+        loaded = check.section("sd15 load", lambda: load(sd_dir, device, storage, work), 20) if sd_dir.exists() else None
+        if loaded:
+            gen, out["sd15_load_s"] = loaded
+            out["sd15_memory"] = check.section("sd15 memory", lambda: pipeline_memory_rows(
+                gen, storage, arch.size, steps, batches, 1, device), 30)
+            out["place"] = check.section("place", lambda: bench.place_overhead(
+                gen, storage, bench.job_spec(4, arch.size, steps), 4, 2), 30)
+            out["guard_nan_decode"] = check.section("guard: nan decode", lambda: nan_decode(gen, device, arch.size), 10)
+            out["guard_oom"] = check.section("guard: out of memory", lambda: oom_fallback(gen, device, arch.size), 30)
+            del gen, loaded
+            _free(device)
+        xl_dir = check.section("sdxl build", lambda: save_sdxl(xl_arch, xl_text, work / "sdxl-random", device), 60)
+        if xl_dir:
+            xl = check.section("sdxl load", lambda: load(xl_dir, device, storage, work), 40)
+            if xl:
+                gen, out["sdxl_load_s"] = xl
+                out["sdxl"] = check.section("sdxl pipeline", lambda: pipeline_memory_rows(
+                    gen, storage, xl_arch.size, steps, [1, 4] if cuda else [1], 1, device), 60)
+                del gen, xl
+                _free(device)
+            out["sdxl_system_4img"] = check.section("sdxl system", lambda: bench.system_gpu(
+                replace_args(bench_args), xl_dir, xl_arch, device, work), 90)
+    out["seconds"] = round(time.monotonic() - check.started, 1)
+    return out
+
+
+def replace_args(args):
+    return argparse.Namespace(**(vars(args) | {"repeats": 1}))
+
+
+def report(out: dict) -> str:
+    sd = out.get("sd15") or {}
+    system = sd.get("system_4img") or {}
+    xl_system = out.get("sdxl_system_4img") or {}
+    rows = [
+        ("GPU", out["gpu"]), ("torch", out["torch"]), ("seconds", out["seconds"]),
+        ("SD 1.5 UNet it/s, batch 1", sd.get("unet_it_per_s_batch1")),
+        ("SD 1.5 best share of the FLOP ceiling", sd.get("best_ceiling")),
+        ("SD 1.5 images/s (pipeline, best batch)", sd.get("images_per_s")),
+        ("SD 1.5 cold start: start -> health ok (s)", system.get("health_ok_s")),
+        ("SD 1.5 4 images: submit -> first / last (s)", (system.get("first_s"), system.get("last_s"))),
+        ("SD 1.5 peak GiB per batch", [(r["batch"], r["peak_gib"]) for r in out.get("sd15_memory") or []]),
+        ("place / generate, 4 images", (out.get("place") or {}).get("ratio")),
+        ("SDXL images/s per batch", [(r["batch"], r["images_per_s"]) for r in out.get("sdxl") or []]),
+        ("SDXL peak GiB per batch", [(r["batch"], r["peak_gib"]) for r in out.get("sdxl") or []]),
+        ("SDXL 4 images: submit -> first / last (s)", (xl_system.get("first_s"), xl_system.get("last_s"))),
+        ("guard: nan decode redone in fp32", bool(out.get("guard_nan_decode"))),
+        ("guard: out-of-memory batch made one at a time", (out.get("guard_oom") or {}).get("made")),
+        ("skipped (time budget)", ", ".join(out["skipped"]) or "-"),
+        ("errors", len(out["errors"])),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("docs/gpu"), help="folder for the JSON file")
+    p.add_argument("--budget-s", type=float, default=480, help="sections that would start past this are skipped")
+    p.add_argument("--tiny", action="store_true", help="toy architectures on the CPU: the check's own test")
+    args = p.parse_args(argv)
+    out = run(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = re.sub(r"[^A-Za-z0-9]+", "-", out["gpu"]).strip("-").lower()
+    path = args.out / f"gpu-check-{out['date']}-{name}.json"
+    path.write_text(json.dumps(out, indent=1, default=str) + "\n")
+    print(report(out))
+    print(f"written: {path}")
+    return 1 if out["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
