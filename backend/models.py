@@ -111,6 +111,16 @@ class ResolvedSpec(BaseModel):
     webhook: str | None = None
     webhook_events: list[WebhookEvent] = ["job.completed"]
 
+    @property
+    def image_cost(self) -> float:
+        """One image's work in units of a 512 x 512, 30-step image (at least 1): what MAX_JOB_COST and the
+        queue's bound count, so a few huge images weigh what many small ones do."""
+        return max(1.0, self.width * self.height / 512**2 * self.steps / 30)
+
+    @property
+    def cost(self) -> float:
+        return round(self.image_cost * self.num_images, 2)
+
 
 class UpscaleRecord(BaseModel):
     key: str

@@ -141,6 +141,9 @@ class Executor(Protocol):
 
     def pending_images(self) -> int: ...
 
+    def pending_cost(self) -> float:
+        """The work waiting, in 512 x 512, 30-step images (ResolvedSpec.image_cost): what the queue bounds."""
+
     def hopeless(self) -> bool:
         """True when no worker can ever start: new jobs are refused instead of queued forever."""
 

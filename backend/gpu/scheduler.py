@@ -46,6 +46,7 @@ class Work:
     job_id: str
     index: int
     attempts: int = 0
+    cost: float = 1.0  # in 512 x 512, 30-step images
 
 
 @dataclass
@@ -141,7 +142,7 @@ class Scheduler:
         with self.lock:
             queued = [img.index for img in job.images if img.status == Status.queued]
             self.jobs[job.id] = HeldJob(job.model_copy(deep=True), loras, set(queued))
-            self.pending.extend(Work(job.id, index) for index in queued)
+            self.pending.extend(Work(job.id, index, cost=job.spec.image_cost) for index in queued)
             if not queued:
                 del self.jobs[job.id]
         self._wake()
@@ -193,6 +194,9 @@ class Scheduler:
 
     def pending_images(self) -> int:
         return len(self.pending)  # len() of a deque is atomic: a submit never waits for the lock
+
+    def pending_cost(self) -> float:
+        return sum(w.cost for w in list(self.pending))  # list() copies the deque in one step under the GIL
 
     def snapshot(self) -> dict:
         with self.lock:

@@ -41,8 +41,14 @@ class JobService:
                 raise UnknownReference(f"unknown LoRA {extra.name!r}; add it with POST /v1/products")
         if spec.webhook:
             check_url(spec.webhook, self.settings.webhook_allowed_hosts)
-        return specs.resolve(spec, template=template, product=product, native=self.native_size(),
-                             photo_size=photo_size)
+        resolved = specs.resolve(spec, template=template, product=product, native=self.native_size(),
+                                 photo_size=photo_size)
+        if resolved.cost > self.settings.max_job_cost:
+            raise InvalidRequest(
+                f"this job is {resolved.cost:g} images' worth of work ({resolved.num_images} x {resolved.width}x"
+                f"{resolved.height} at {resolved.steps} steps, counted in 512x512 30-step images); the limit is "
+                f"MAX_JOB_COST={self.settings.max_job_cost:g}: ask for fewer, smaller or shorter images")
+        return resolved
 
     def native_size(self) -> int:
         return self.executor.native_size or self.default_size
@@ -82,9 +88,9 @@ class JobService:
             except BadImage as e:
                 raise InvalidRequest(str(e)) from None
         resolved = self.resolve(spec, photo_size)
-        pending = self.executor.pending_images()
-        if pending + resolved.num_images > self.settings.queue_max_images:
-            raise QueueFull(f"the queue is full ({pending} images waiting); try again shortly",
+        pending = self.executor.pending_cost()
+        if pending + resolved.cost > self.settings.queue_max_images:
+            raise QueueFull(f"the queue is full ({pending:g} images' worth of work waiting); try again shortly",
                             headers={"Retry-After": "10"})
         job = self._new_job(resolved, with_photo=png is not None)
         job_id = job.id
@@ -113,11 +119,12 @@ class JobService:
                 resolved.append(self.resolve(spec))
             except ShowroomError as e:
                 raise InvalidRequest(f"jobs[{i}]: {e.detail}") from None
-        images, pending = sum(r.num_images for r in resolved), self.executor.pending_images()
-        if pending + images > self.settings.queue_max_images:
-            raise QueueFull(f"the queue cannot take {images} more images ({pending} waiting, at most "
-                            f"{self.settings.queue_max_images}); send a smaller batch or try again shortly",
-                            headers={"Retry-After": "10"})
+        images, pending = sum(r.num_images for r in resolved), self.executor.pending_cost()
+        cost = sum(r.cost for r in resolved)
+        if pending + cost > self.settings.queue_max_images:
+            raise QueueFull(f"the queue cannot take {images} more images ({cost:g} images' worth of work; "
+                            f"{pending:g} waiting, at most {self.settings.queue_max_images}); send a smaller batch "
+                            "or try again shortly", headers={"Retry-After": "10"})
         jobs = [self._new_job(spec) for spec in resolved]
         for n, job in enumerate(jobs):
             if not self.store.create(job):

@@ -59,11 +59,14 @@ def main() -> None:
         print(f"storage: SeaweedFS S3 at {store.endpoint}, bucket {BUCKET}, data in {DATA / 'seaweed'}")
     backend_port = int(env.get("BACKEND_PORT", 8000))
     env.setdefault("BACKEND_URL", f"http://localhost:{backend_port}")
+    # This machine only, unless HOST says otherwise: the page is a loopback client of a backend that
+    # may have no API_KEY, so anyone who could reach either port could generate, upload and delete.
+    host = env.get("HOST", "127.0.0.1")
     procs = [
-        subprocess.Popen([sys.executable, "-m", "uvicorn", "backend.main:app", "--host", env.get("HOST", "0.0.0.0"),
+        subprocess.Popen([sys.executable, "-m", "uvicorn", "backend.main:app", "--host", host,
                           "--port", str(backend_port)], env=env),
         subprocess.Popen([sys.executable, "-m", "streamlit", "run", "frontend/streamlit_app.py",
-                          "--server.headless", "true"], env=env),
+                          "--server.headless", "true", "--server.address", host], env=env),
     ]
     print(f"backend:  {env['BACKEND_URL']}  (model {env.get('MODEL_ID', 'default')}; first start downloads it)")
     print("frontend: http://localhost:8501")

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from backend.contract import upscale_key
 from backend.errors import Conflict, NotFound
 from backend.models import ImageRecord, JobManifest, Status, UpscaleRecord
-from backend.storage import ObjectMissing, put_retrying
+from backend.storage import ObjectMissing, StorageError, put_retrying
 
 log = logging.getLogger("showroom.upscale")
 _engine = None  # the engine of this process, built on first use
@@ -120,10 +120,21 @@ class UpscaleService:
         return current.key
 
     def resume(self, job: JobManifest) -> None:
-        """After a restart: upscales left queued or running are started again, once."""
+        """After a restart: upscales left queued or running are started again, once; one whose result is
+        stored already (the run stopped between the upload and the record) is done, not paid for twice."""
         for image in job.images:
             if image.upscale and not image.upscale.status.is_terminal() and self._claim(job.id, image.index):
-                self._start(job.id, image.index, image.key, image.upscale.key)
+                if self._stored(image.upscale.key):
+                    self._set(job.id, image.index, Status.succeeded)
+                    self._release(job.id, image.index)
+                else:
+                    self._start(job.id, image.index, image.key, image.upscale.key)
+
+    def _stored(self, key: str) -> bool:
+        try:
+            return self.store.storage.exists(key)
+        except StorageError:
+            return False  # unknown: upscale again rather than record a result that may not be there
 
     def in_flight(self) -> bool:
         """True while an upscale is queued or running: the box has work."""

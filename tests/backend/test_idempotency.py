@@ -39,6 +39,9 @@ class CountingScheduler:
     def pending_images(self):
         return 0
 
+    def pending_cost(self):
+        return 0.0
+
     def submit(self, job, loras):
         self.submitted.append(job.id)
 

@@ -256,3 +256,18 @@ def test_a_cancel_before_recovery_takes_a_job_back_sticks(run_scheduler):
     counting = CountingScheduler(sched)
     assert recover(store, counting, NO_LORAS, booted_us=time.time_ns() // 1000) == 0
     assert not counting.submitted, "a canceled job is not made after all"
+
+
+def test_a_resumed_upscale_whose_result_is_stored_is_not_paid_for_again(run_scheduler):
+    sched, store = run_scheduler(1)
+    job = make_job(1)
+    job.images[0].succeeded()
+    job.images[0].upscale = UpscaleRecord(key=f"jobs/{job.id}/0_x4.png", status=Status.running)
+    job.refresh()
+    persist(store, job)
+    store.storage.put(job.images[0].upscale.key, b"\x89PNG upscaled before the crash", "image/png")
+    service = UpscaleService(SimpleNamespace(active_upscaler="replicate"), sched, store)
+    service.pool = RecordingPool()
+    service.resume(store.get(job.id))
+    assert service.pool.futures == [], "no second prediction"
+    assert store.get(job.id).images[0].upscale.status == Status.succeeded
