@@ -117,3 +117,24 @@ def packshot_key(product: str) -> str:
 
 def training_key(training_id: str) -> str:
     return f"trainings/{training_id}/job.json"
+
+
+# ----- ours, beside the contract's layout: an index, so a history page and a boot cost the same with 100
+# jobs or 1,000,000 (one LIST of a page instead of every job folder) -----
+INDEX_JOBS = "index/jobs/"              # one empty object per job, newest first in key order
+INDEX_UNFINISHED = "index/unfinished/"  # one per job not yet terminal: what start-up recovery takes back
+INDEX_BUILT = "index/built"             # written once the index covers every job in the bucket
+_STAMP_MAX = 16**13 - 1
+
+
+def newest_first_key(job_id: str) -> str:
+    """A key that sorts newer jobs first: the creation stamp counted down, then the id."""
+    return f"{INDEX_JOBS}{_STAMP_MAX - created_us(job_id):013x}{job_id}"
+
+
+def job_id_of_index_key(key: str) -> str:
+    return key.rsplit("/", 1)[-1][13:]
+
+
+def unfinished_key(job_id: str) -> str:
+    return f"{INDEX_UNFINISHED}{job_id}"

@@ -65,6 +65,12 @@ class Storage(ABC):
     def list_files(self, prefix: str) -> list[str]:
         """Keys of the objects directly under `prefix`."""
 
+    def list_page(self, prefix: str, limit: int, start_after: str | None = None) -> list[str]:
+        """At most `limit` keys directly under `prefix`, in ascending order, after `start_after` (a key).
+        One request on S3 whatever the folder holds: what an index of a million jobs is read with."""
+        keys = [k for k in self.list_files(prefix) if start_after is None or k > start_after]
+        return keys[:limit]
+
     def presigned_url(self, key: str, ttl_s: int) -> str | None:
         """A short-lived URL a browser or a remote service can fetch, where the store supports it."""
         return None
@@ -240,6 +246,15 @@ class S3Storage(Storage):
         for _, page in self._list(prefix):
             keys += [o["Key"][len(self.prefix):] for o in page.get("Contents", [])]
         return sorted(keys)
+
+    def list_page(self, prefix: str, limit: int, start_after: str | None = None) -> list[str]:
+        full = self.prefix + prefix.strip("/") + "/"
+        kwargs = {"Prefix": full, "Delimiter": "/", "MaxKeys": limit}
+        if start_after:
+            kwargs["StartAfter"] = self._key(start_after)
+        page = self._call(self.client.list_objects_v2, **kwargs)
+        keys = [o["Key"][len(self.prefix):] for o in page.get("Contents", [])]
+        return [k for k in keys if not k.endswith("/")][:limit]
 
     def delete_prefix(self, prefix: str) -> int:
         """Every object under the prefix, including the folder markers some S3 stores (SeaweedFS) keep."""

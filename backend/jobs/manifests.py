@@ -13,7 +13,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from backend.contract import is_job_id, manifest_key, training_key
+from backend.contract import (
+    INDEX_BUILT,
+    INDEX_JOBS,
+    INDEX_UNFINISHED,
+    is_job_id,
+    job_id_of_index_key,
+    manifest_key,
+    newest_first_key,
+    training_key,
+    unfinished_key,
+)
 from backend.models import JobManifest, TrainingManifest
 from backend.storage import ObjectMissing, Storage, StorageError
 
@@ -29,6 +39,7 @@ class Kind:
     key: Callable[[str], str]
     folder: str
     settled: Callable[[object], bool]
+    indexed: bool = False  # newest-first and unfinished markers under index/ (jobs)
 
 
 def _job_settled(job: JobManifest) -> bool:
@@ -37,7 +48,7 @@ def _job_settled(job: JobManifest) -> bool:
         img.upscale and not img.upscale.status.is_terminal() for img in job.images)
 
 
-JOBS = Kind(JobManifest, manifest_key, "jobs/", _job_settled)
+JOBS = Kind(JobManifest, manifest_key, "jobs/", _job_settled, indexed=True)
 TRAININGS = Kind(TrainingManifest, training_key, "trainings/", lambda training: training.status.is_terminal())
 
 
@@ -91,6 +102,9 @@ class ManifestStore:
         return sorted(ids, reverse=newest_first)
 
     def recent(self, limit: int, before: str | None = None) -> list[JobManifest]:
+        """The newest jobs (older than `before`), newest first: one page of the index where it is built."""
+        if self.kind.indexed and self.storage.exists(INDEX_BUILT):
+            return self._recent_indexed(limit, before)
         found = []
         for job_id in self.ids():
             if len(found) >= limit:
@@ -103,6 +117,50 @@ class ManifestStore:
                 continue  # a job folder whose manifest is not written yet, or unreadable
         return found
 
+    def _recent_indexed(self, limit: int, before: str | None) -> list[JobManifest]:
+        found, after = [], newest_first_key(before) if before else None
+        while len(found) < limit:
+            keys = self.storage.list_page(INDEX_JOBS, limit - len(found), after)
+            if not keys:
+                break
+            for key in keys:
+                try:
+                    found.append(self.get(job_id_of_index_key(key)))
+                except (ObjectMissing, ValueError):
+                    continue  # deleted, or not written yet
+            after = keys[-1]
+        return found
+
+    def unfinished_ids(self) -> list[str]:
+        """Every job not yet terminal, however many came after it (the index's markers), oldest first."""
+        self.build_index()
+        return sorted(key.rsplit("/", 1)[-1] for key in self.storage.list_files(INDEX_UNFINISHED))
+
+    def build_index(self) -> bool:
+        """Once per bucket: index the jobs written before the index existed. True if it was built now."""
+        if not self.kind.indexed or self.storage.exists(INDEX_BUILT):
+            return False
+        count = 0
+        for job_id in self.ids():
+            try:
+                job = self.load(job_id)
+            except (ObjectMissing, ValueError):
+                continue
+            self._index(job)
+            count += 1
+        self.storage.put(INDEX_BUILT, b"", "text/plain")
+        log.info("indexed %d jobs written before the index existed", count)
+        return True
+
+    def _index(self, job) -> None:
+        self.storage.put(newest_first_key(job.id), b"", "text/plain")
+        if not self.kind.settled(job):
+            self.storage.put(unfinished_key(job.id), b"", "text/plain")
+
+    def unindex(self, job_id: str) -> None:
+        for key in (newest_first_key(job_id), unfinished_key(job_id)):
+            self.storage.delete(key)
+
     def unsaved(self) -> int:
         """Manifests whose newest state storage does not have while it is failing."""
         with self._lock:
@@ -110,8 +168,12 @@ class ManifestStore:
 
     # ----- writing -----
     def create(self, job: JobManifest) -> bool:
-        """Write a new job's manifest now (the caller answers only once it is stored). False on failure."""
+        """Write a new job's manifest now (the caller answers only once it is stored). False on failure.
+        Its index entries go first: a job that exists is always in the index and, until it ends, marked
+        unfinished for recovery (an entry whose manifest never came is skipped)."""
         try:
+            if self.kind.indexed:
+                self._index(job)
             self.storage.put(self.kind.key(job.id), job.model_dump_json(indent=1).encode(), "application/json")
         except StorageError as e:
             log.warning("manifest of new job %s not saved: %s", job.id, e)
@@ -200,10 +262,12 @@ class ManifestStore:
                 continue
             failures = 0
             self._storage_state(True)
-            if item is not None:
-                self._written(*item[:2])
+            if item is not None and self._written(*item[:2]) and self.kind.indexed:
+                self._finished(item[0])
 
-    def _written(self, job_id: str, version: int) -> None:
+    def _written(self, job_id: str, version: int) -> bool:
+        """True when the job just written is settled (and left memory)."""
+        settled = False
         with self._wake:
             if self._dirty.get(job_id) == version:
                 del self._dirty[job_id]
@@ -211,7 +275,15 @@ class ManifestStore:
                 if self.kind.settled(job):
                     self._live.pop(job_id)
                     self._version.pop(job_id)
+                    settled = True
             self._wake.notify_all()
+        return settled
+
+    def _finished(self, job_id: str) -> None:
+        try:
+            self.storage.delete(unfinished_key(job_id))
+        except StorageError as e:  # left: recovery finds the job terminal and removes the marker then
+            log.warning("job %s: unfinished marker not removed: %s", job_id, e)
 
     def _storage_state(self, ok: bool, error: str = "") -> None:
         if ok and not self.storage_ok:

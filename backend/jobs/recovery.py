@@ -8,13 +8,12 @@ import logging
 import threading
 import time
 
-from backend.contract import created_us, job_prefix
+from backend.contract import created_us, job_prefix, unfinished_key
 from backend.errors import ShowroomError
 from backend.models import Status
 from backend.storage import ObjectMissing, StorageError
 
 log = logging.getLogger("showroom.recovery")
-SCAN_LIMIT = 2000  # the newest jobs; older ones were surely finished by an earlier run
 RETRY_DELAYS_S = (1, 2, 4, 8, 10)  # then every 10 s
 
 
@@ -29,7 +28,7 @@ def recover(store, executor, jobs, upscales=None, booted_us: int | None = None) 
     or None when storage could not be read and the scan must be tried again."""
     taken = 0
     try:
-        ids = store.ids()[:SCAN_LIMIT]
+        ids = store.unfinished_ids()  # the index's markers: every unfinished job, however old
     except StorageError as e:
         log.warning("could not scan for unfinished jobs: %s", e)
         return None
@@ -56,6 +55,7 @@ def _take_back(store, executor, jobs, upscales, job_id: str) -> int:
         log.error("job %s has an unreadable manifest, left as it is: %s", job_id, e)
         return 0
     if job.status.is_terminal() and not _pending_upscales(job):
+        store.storage.delete(unfinished_key(job_id))  # its run stopped between the last write and this
         return 0
     stored = set(store.storage.list_files(job_prefix(job_id))) if not job.status.is_terminal() else set()
     reason = None

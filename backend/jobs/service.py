@@ -169,12 +169,16 @@ class JobService:
     def _discard(self, job: JobManifest, record: str | None) -> None:
         """After a failed manifest write, remove what may have landed all the same (a write can fail
         after storing), so neither a retry nor a later start-up finds a job that was never queued."""
-        for key in (job.manifest_key, record, job.input_key):  # nothing else is written before the manifest
+        for key in (job.manifest_key, record, job.input_key):  # and the index entries, below
             if key:
                 try:
                     self.storage.delete(key)
                 except StorageError as e:
                     log.warning("job %s: could not remove %s after a failed submit: %s", job.id, key, e)
+        try:
+            self.store.unindex(job.id)
+        except StorageError as e:
+            log.warning("job %s: index entries left after a failed submit (skipped when read): %s", job.id, e)
 
     def _idem_key(self, key: str, client: str) -> str:
         return f"idempotency/{hashlib.sha256(f'{client}|{key}'.encode()).hexdigest()}"
@@ -225,6 +229,7 @@ class JobService:
             while self.executor.holds(job_id) and time.monotonic() < deadline:
                 time.sleep(0.05)
         self.store.forget(job_id)
+        self.store.unindex(job_id)
         self._sweep(job_id)
         for delay in SWEEP_AGAIN_S:
             timer = threading.Timer(delay, self._sweep, args=(job_id,))

@@ -106,9 +106,10 @@ def test_a_scan_cut_short_by_storage_resumes_without_queueing_twice(run_schedule
     mine = make_job(1)  # this run's own, its manifest written and its submit a moment away: not ours to take
     assert store.create(mine)
 
-    storage.unreadable = {older.manifest_key}  # the newest first: `newer` is taken back, then the read fails
+    assert store.build_index()  # the index of jobs written before it existed, once
+    storage.unreadable = {newer.manifest_key}  # the oldest first: `older` is taken back, then the read fails
     assert recover(store, counting, NO_LORAS, booted_us=booted_us) is None
-    assert counting.submitted == {newer.id: 1}
+    assert counting.submitted == {older.id: 1}
 
     storage.unreadable = set()
     assert recover(store, counting, NO_LORAS, booted_us=booted_us) == 1

@@ -157,3 +157,93 @@ def test_on_change_sees_before_and_after(tmp_path):
         assert seen == [(Status.queued, Status.canceled)]
     finally:
         store.close()
+
+
+class CountingStorage(LocalStorage):
+    """Counts the storage calls a read makes: the index's promise is that they do not grow with history."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.calls = {"list": 0, "get": 0}
+
+    def list_files(self, prefix):
+        self.calls["list"] += 1
+        return super().list_files(prefix)
+
+    def list_dirs(self, prefix):
+        self.calls["list"] += 1
+        return super().list_dirs(prefix)
+
+    def list_page(self, prefix, limit, start_after=None):
+        self.calls["list"] += 1
+        return [k for k in LocalStorage.list_files(self, prefix) if start_after is None or k > start_after][:limit]
+
+    def get(self, key):
+        self.calls["get"] += 1
+        return super().get(key)
+
+
+def finished(job: JobManifest) -> JobManifest:
+    for img in job.images:
+        img.succeeded()
+    job.refresh()
+    return job
+
+
+@pytest.mark.parametrize("history", [20, 2000])
+def test_a_history_page_and_recovery_cost_the_same_whatever_the_history(tmp_path, history):
+    storage = CountingStorage(tmp_path)
+    store = ManifestStore(storage).start()
+    try:
+        store.build_index()  # a new bucket: indexed from the first job on
+        # the oldest is unfinished: it must be found however many came after it
+        jobs = [make_job(1)] + [finished(make_job(1)) for _ in range(history - 1)]
+        for job in jobs:
+            assert store.create(job)
+        store.flush()
+        storage.calls = {"list": 0, "get": 0}
+        page = store.recent(20)
+        assert [j.id for j in page] == [j.id for j in reversed(jobs)][:20]
+        assert storage.calls == {"list": 1, "get": 0}, "live jobs are served from memory, the rest one page"
+        storage.calls = {"list": 0, "get": 0}
+        assert store.unfinished_ids() == [jobs[0].id]
+        assert storage.calls["list"] == 1 and storage.calls["get"] == 0
+        older = store.recent(5, before=page[-1].id)
+        assert [j.id for j in older] == [j.id for j in reversed(jobs)][20:25]
+        after_restart = ManifestStore(storage)  # nothing in memory: every manifest is read from storage
+        storage.calls = {"list": 0, "get": 0}
+        assert len(after_restart.recent(20)) == 20
+        assert storage.calls == {"list": 1, "get": 20}, "one page of the index, one read per job shown"
+    finally:
+        store.close()
+
+
+def test_a_finished_job_leaves_the_unfinished_markers_once_written(tmp_path):
+    store = ManifestStore(LocalStorage(tmp_path)).start()
+    try:
+        store.build_index()
+        job = make_job(1)
+        assert store.create(job)
+        assert store.unfinished_ids() == [job.id]
+        store.update(job.id, lambda j: j.images[0].succeeded())
+        assert store.flush(5)
+        deadline = time.monotonic() + 5
+        while store.unfinished_ids() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert store.unfinished_ids() == [] and [j.id for j in store.recent(5)] == [job.id]
+    finally:
+        store.close()
+
+
+def test_jobs_written_before_the_index_are_indexed_once(tmp_path):
+    storage = LocalStorage(tmp_path)
+    old = [make_job(1), finished(make_job(1))]
+    for job in old:  # as an earlier version wrote them: manifests only
+        storage.put(job.manifest_key, job.model_dump_json().encode(), "application/json")
+    store = ManifestStore(storage).start()
+    try:
+        assert store.unfinished_ids() == [old[0].id]
+        assert [j.id for j in store.recent(5)] == [old[1].id, old[0].id]
+        assert store.build_index() is False, "built once"
+    finally:
+        store.close()
