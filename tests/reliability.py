@@ -26,6 +26,9 @@ SUITES = {
     "recovery": "tests/backend/test_recovery.py",
     "worker errors": "tests/backend/test_worker_errors.py",
     "idempotency": "tests/backend/test_idempotency.py",
+    "auth gate and blank keys": "tests/unit/api/test_gate.py",
+    "manifest store and index": "tests/unit/jobs/test_manifests.py",
+    "webhooks and batches": "tests/backend/test_batches_webhooks_e2e.py",
 }
 
 
@@ -97,10 +100,26 @@ def write(outcome: dict) -> str:
         "undone, so a retry never gets the ticket of a job nothing runs.",
         "- Workers retry image writes for `STORAGE_RETRY_S` with backoff; manifest writes that fail are "
         "kept and written when storage returns; `/health` says `degraded` meanwhile.",
-        "- The queue is bounded (`QUEUE_MAX_IMAGES`): past it, 429 with Retry-After. A token bucket per "
-        "client limits submissions (`RATE_LIMIT_PER_MINUTE`).",
+        "- The queue is bounded (`QUEUE_MAX_IMAGES`, counted in 512x512 30-step images) and so is one job "
+        "(`MAX_JOB_COST`): past them, 429 with Retry-After or 422 with the numbers. A token bucket per key "
+        "and address limits submissions, uploads, trainings and upscales (`RATE_LIMIT_PER_MINUTE`).",
+        "- Manifests have one writer (the manifest store): no lock is held across storage I/O, so a slow "
+        "S3 stalls no request; `/health` reads the writer's last word on storage instead of calling it.",
         "- Each image has a time limit (`IMAGE_TIMEOUT_S`); cancel interrupts the running batch through "
         "the diffusers step callback.",
+        "",
+        "## Who can do what",
+        "",
+        "| caller | `/health`, `/metrics` | `/docs`, `/openapi.json` | `/v1/*` (jobs, products, trainings, uploads) | the app |",
+        "| --- | --- | --- | --- | --- |",
+        "| anyone, no key (`API_KEY` set) | yes; worker error text left out | 401 | 401, answered before the body is read | only with `APP_PASSWORD` |",
+        "| anyone, `API_KEY` unset, not on this machine | yes | yes | 403 | only with `APP_PASSWORD` |",
+        "| a process on this machine, `API_KEY` unset | yes | yes | everything | yes (`make run` binds 127.0.0.1) |",
+        "| an `API_KEY` holder | yes, with details | yes | everything, rate-limited per key and address | - |",
+        "| an `APP_PASSWORD` holder | - | - | what the page does, with the backend's key | yes |",
+        "",
+        "There is no per-user tenancy yet: every key holder (and every app user) sees and may delete every "
+        "job and product. Blank values of `API_KEY` count as unset; `PUBLIC_BIND` refuses to start without one.",
         "",
     ]
     DOC.parent.mkdir(exist_ok=True)
