@@ -20,7 +20,7 @@ from PIL import Image, ImageOps
 
 from backend.gpu.messages import LoraTask, Task
 from backend.gpu.previews import preview_jpegs, preview_steps
-from backend.lora.formats import load_lora_into, use_token_embeddings
+from backend.lora.formats import LoraNotApplied, forget_token_embeddings, load_lora_into, use_token_embeddings
 from backend.place.composite import finish
 from backend.place.layout import init_canvas, inpaint_mask
 
@@ -73,11 +73,15 @@ class Adapters:
         path = self.cache_dir / f"{adapter}.safetensors"
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         path.write_bytes(self.storage.get(lora.key))
-        load_lora_into(self.pipe, path, adapter)
+        try:  # the file is checked before the pipeline changes: a refused one leaves nothing behind
+            load_lora_into(self.pipe, path, adapter)
+        except Exception as e:
+            raise LoraNotApplied(lora.name, e) from e
         self.loaded[cache_key] = adapter
         while len(self.loaded) > MAX_ADAPTERS:
             _, old = self.loaded.popitem(last=False)
             self.pipe.delete_adapters(old)
+            forget_token_embeddings(self.pipe, old)
         log.info("loaded LoRA %s as adapter %s", lora.name, adapter)
         return adapter
 
@@ -89,7 +93,7 @@ class Adapters:
         names = [self._ensure(lora) for lora in loras]
         self.pipe.enable_lora()
         self.pipe.set_adapters(names, adapter_weights=[lora.weight for lora in loras])
-        # cloneofsimo LoRAs all name their token <s1>: point it at this job's embedding
+        # cloneofsimo LoRAs all name their token <s1>: point it at this job's embedding (the product's, if several)
         use_token_embeddings(self.pipe, names)
 
 

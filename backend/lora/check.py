@@ -15,6 +15,7 @@ from backend.lora.formats import (
     CLONEOFSIMO_PREFIX,
     EMBEDDING_PREFIX,
     LoraFormatError,
+    embedding_token_names,
     normalize_upload,
     read_safetensors_header,
 )
@@ -59,6 +60,7 @@ class BaseModel:
     cross_attention_dim: int
     block_out_channels: tuple[int, ...]
     text_encoders: dict[str, dict]  # component -> its config.json (hidden_size, ...), only those it has
+    vocabulary: frozenset[str] = frozenset()  # the first tokenizer's own tokens (empty: not on this machine)
 
     def describe(self) -> str:
         return f"{self.model_id} ({self.cross_attention_dim}-wide cross-attention)"
@@ -102,7 +104,7 @@ def find_base_model(model_id: str) -> BaseModel | None:
         text = {c: _config(model_id, f"{c}/config.json") or {} for c in ("text_encoder", "text_encoder_2")
                 if (index.get(c) or [None])[0] is not None}
         base = BaseModel(model_id, int(unet["cross_attention_dim"]),
-                         tuple(int(c) for c in unet["block_out_channels"]), text)
+                         tuple(int(c) for c in unet["block_out_channels"]), text, _vocabulary(model_id))
     except (TypeError, KeyError, ValueError, AttributeError) as e:
         log.warning("the config of MODEL_ID %r does not give the widths a LoRA is checked against (%s: %s): "
                     "LoRA uploads are not checked, a mismatch shows when a worker loads it",
@@ -110,6 +112,16 @@ def find_base_model(model_id: str) -> BaseModel | None:
         return None
     _FOUND[model_id] = base
     return base
+
+
+def _vocabulary(model_id: str) -> frozenset[str]:
+    """The tokens of MODEL_ID's first tokenizer (`vocab.json` and `added_tokens.json`), empty if not here."""
+    tokens: set[str] = set()
+    for filename in ("tokenizer/vocab.json", "tokenizer/added_tokens.json"):
+        found = _config(model_id, filename)
+        if isinstance(found, dict):
+            tokens |= {str(t) for t in found}
+    return frozenset(tokens)
 
 
 # ----- a canonical LoRA against the base model -----
@@ -144,11 +156,19 @@ def check_base_model(header: dict, base: BaseModel) -> None:
             _check_cloneofsimo(base, target, down)
     for key, shape in shapes.items():
         if key.startswith(EMBEDDING_PREFIX):
-            width = base.text_encoders.get("text_encoder", {}).get("hidden_size")
-            if width is not None and shape[-1] != width:
-                raise WrongBaseModel(f"this LoRA's token embedding {key.removeprefix(EMBEDDING_PREFIX)!r} is "
-                                     f"{shape[-1]} wide; this backend runs {base.model_id}, whose text encoder is "
-                                     f"{width} wide: use a LoRA trained on this base model")
+            _check_embedding(base, key.removeprefix(EMBEDDING_PREFIX), shape)
+
+
+def _check_embedding(base: BaseModel, token: str, shape: tuple) -> None:
+    width = base.text_encoders.get("text_encoder", {}).get("hidden_size")
+    if width is not None and shape[-1] != width:
+        raise WrongBaseModel(f"this LoRA's token embedding {token!r} is {shape[-1]} wide; this backend runs "
+                             f"{base.model_id}, whose text encoder is {width} wide: use a LoRA trained on this "
+                             "base model")
+    vectors = shape[0] if len(shape) == 2 else 1
+    if clash := [name for name in embedding_token_names(token, vectors) if name in base.vocabulary]:
+        raise LoraFormatError(f"this LoRA's token embedding {token!r} would replace {base.model_id}'s own token "
+                              f"{clash[0]!r} and change every prompt that uses it: rename the token (e.g. '<s1>')")
 
 
 def _mismatch(base: BaseModel, target: str, side: str, found: int, expected: int) -> WrongBaseModel:

@@ -18,9 +18,12 @@ Accepted uploads (safetensors only):
 Canonical layout (what `normalize_upload` returns, safetensors):
   `<component>.<module>.lora_A.weight`    down, (rank, in) or (rank, in, kh, kw)
   `<component>.<module>.lora_B.weight`    up with alpha/rank folded in, so every scale is 1
+        text-encoder modules are named as transformers 4 named them (`text_model.encoder.layers.<i>...`), as the
+        LoRAs in the wild do; a worker on transformers 5 (no `text_model` level) drops the prefix when it loads
   `cloneofsimo.<component>.<i>.lora_A.weight` / `lora_B.weight`
         cloneofsimo keys name no module: the index is resolved against the model in the worker
-  `embedding:<token>`                     a token embedding for the first text encoder, (dim,) or (n, dim)
+  `embedding:<token>`                     a token embedding for the first text encoder, (dim,) or (n, dim); never
+        a token of the base vocabulary. In a job, a token several of its LoRAs define takes the product's vector
   metadata `showroom_lora` = "1", `source_format` = the detected layout, `cloneofsimo.<component>` = the
   cloneofsimo target classes (JSON). Without cloneofsimo and embedding keys this is exactly what
   `pipe.load_lora_weights(state_dict, adapter_name=...)` takes; `load_lora_into` handles the rest.
@@ -48,6 +51,16 @@ NOT_SAFETENSORS = ("the file is not a .safetensors file ({why}); pickled .ckpt/.
 
 class LoraFormatError(ValueError):
     """The file is not a LoRA we can load, or not one for this base model; the message says how to fix it."""
+
+
+class LoraNotApplied(Exception):
+    """A worker could not load a stored LoRA into its pipeline: the job's images fail with this message.
+    `product` names the LoRA's product; `cause` is what went wrong (a LoraFormatError when the file is at fault)."""
+
+    def __init__(self, product: str, cause: BaseException):
+        reason = str(cause) if isinstance(cause, LoraFormatError) else f"{type(cause).__name__}: {cause}"
+        super().__init__(f"product {product}'s LoRA could not be applied: {reason}")
+        self.product, self.cause = product, cause
 
 
 # ----- safetensors without torch -----
@@ -246,7 +259,17 @@ def _with_component(mod: str) -> str:
     mod = mod.removeprefix("base_model.model.")
     if mod.split(".")[0] in COMPONENTS:
         return mod
-    return f"text_encoder.{mod}" if mod.startswith("text_model.") else f"unet.{mod}"
+    return f"text_encoder.{mod}" if mod.startswith(("text_model.", "encoder.layers.")) else f"unet.{mod}"
+
+
+def _canonical_target(target: str) -> str:
+    """Text-encoder modules as transformers 4 named them (`text_model.encoder.layers...`), as LoRAs in the wild do.
+    transformers 5 dropped the `text_model` level: files made with it gain it here, and a worker whose text
+    encoder has none drops it again (`_model_key`)."""
+    component, _, module = target.partition(".")
+    if component.startswith("text_encoder") and not module.startswith("text_model."):
+        return f"{component}.text_model.{module}"
+    return target
 
 
 def _metadata_alpha(metadata: dict[str, str]) -> dict[str, float]:
@@ -312,12 +335,24 @@ def _parse(tensors: dict[str, Tensor], metadata: dict[str, str]) -> tuple[str, d
     return layouts.pop(), pairs, embeddings
 
 
+# Key fragments of the adapters that are not plain LoRA: LyCORIS' other algorithms (lycoris/modules), DoRA.
+_NOT_PLAIN_LORA = (("hada_", "LyCORIS LoHa"), ("lokr_", "LyCORIS LoKr"), ("oft_blocks", "LyCORIS OFT"),
+                   (".on_input", "LyCORIS IA3"), (".diff", "LyCORIS full"), ("dora_scale", "DoRA"),
+                   ("lora_magnitude_vector", "DoRA"))
+
+
 def _unknown_message(unknown: list[str], has_lora: bool) -> str:
     sample = ", ".join(repr(k) for k in unknown[:3])
     if any(k.startswith(("model.diffusion_model.", "first_stage_model.", "cond_stage_model.")) for k in unknown):
         return "this is a full Stable Diffusion checkpoint, not a LoRA: upload the LoRA file"
-    if any(s in k for k in unknown for s in ("hada_", "lokr_", "dora_scale", "lora_magnitude_vector")):
-        return f"LyCORIS LoHa/LoKr and DoRA weights are not supported, only plain LoRA (found {sample})"
+    kinds: dict[str, str] = {}  # kind -> the first key that shows it
+    for key in unknown:
+        if kind := next((kind for marker, kind in _NOT_PLAIN_LORA if marker in key), None):
+            kinds.setdefault(kind, key)
+    if kinds:
+        found = ", ".join(repr(k) for k in list(kinds.values())[:3])
+        return (f"{' and '.join(sorted(kinds))} weights are not supported, only plain LoRA (lora_down/lora_up or "
+                f"lora_A/lora_B pairs); found {found}: export or retrain it as a plain LoRA")
     if not has_lora:
         return (f"the file holds no LoRA weights in a known layout (diffusers, peft, kohya or cloneofsimo); "
                 f"first tensors: {sample}")
@@ -352,11 +387,14 @@ def normalize_upload(data: bytes) -> bytes:
         for tensor in (pair.down, up):
             if not np.isfinite(tensor.array()).all():
                 raise LoraFormatError(f"the LoRA for {target} holds NaN or infinite values: the training diverged")
+        target = _canonical_target(target)
         out[f"{target}.lora_A.weight"], out[f"{target}.lora_B.weight"] = pair.down, up
     for token, tensor in embeddings.items():
-        if len(tensor.shape) not in (1, 2) or not token.strip():
+        if len(tensor.shape) not in (1, 2) or 0 in tensor.shape or not token.strip():
             raise LoraFormatError(f"token embedding {token!r} has shape {list(tensor.shape)}; "
                                   "expected (dim,) or (n, dim)")
+        if not np.isfinite(tensor.array()).all():
+            raise LoraFormatError(f"token embedding {token!r} holds NaN or infinite values: the training diverged")
         out[EMBEDDING_PREFIX + token] = tensor
     if metadata.get("showroom_lora") == "1":  # already canonical: keep what was detected the first time
         source = metadata.get("source_format", source)
@@ -469,6 +507,15 @@ def _resolve_cloneofsimo(pipe, state: dict, metadata: dict[str, str]) -> dict:
     return out
 
 
+def _model_key(pipe, key: str) -> str:
+    """A canonical key as this pipeline names the module: without `text_model.` where the text encoder has no such
+    level (transformers 5)."""
+    component, _, rest = key.partition(".")
+    if rest.startswith("text_model.") and not hasattr(getattr(pipe, component, None), "text_model"):
+        return f"{component}.{rest.removeprefix('text_model.')}"
+    return key
+
+
 def _header_metadata(data: bytes) -> dict[str, str]:
     try:
         (size,) = struct.unpack("<Q", data[:8])
@@ -478,7 +525,9 @@ def _header_metadata(data: bytes) -> dict[str, str]:
 
 
 def load_lora_into(pipe, path: Path, adapter_name: str) -> list[str]:
-    """Load a canonical LoRA file into `pipe` as `adapter_name`; returns the tokens it added to the tokenizer."""
+    """Load a canonical LoRA file into `pipe` as `adapter_name`; returns the tokens it gives vectors to. Everything
+    is checked before the pipeline changes: a LoraFormatError leaves no adapter and no token behind."""
+    import torch
     from safetensors.torch import load
 
     data = Path(path).read_bytes()
@@ -491,62 +540,117 @@ def load_lora_into(pipe, path: Path, adapter_name: str) -> list[str]:
     except Exception as e:  # safetensors has its own error types for damaged files
         raise LoraFormatError(f"the LoRA file {Path(path).name} cannot be read ({e}); upload it again") from None
     embeddings = {k.removeprefix(EMBEDDING_PREFIX): v for k, v in state.items() if k.startswith(EMBEDDING_PREFIX)}
-    state = _resolve_cloneofsimo(pipe, {k: v for k, v in state.items() if not k.startswith(EMBEDDING_PREFIX)},
-                                 metadata)
+    state = _resolve_cloneofsimo(pipe, {_model_key(pipe, k): v for k, v in state.items()
+                                        if not k.startswith(EMBEDDING_PREFIX)}, metadata)
     targets = {k.removesuffix(".lora_A.weight") for k in state if k.endswith(".lora_A.weight")}
     downs = {t: tuple(state[f"{t}.lora_A.weight"].shape) for t in targets}
     for target in sorted(targets):
         down, up = state[f"{target}.lora_A.weight"], state[f"{target}.lora_B.weight"]
         if reason := _module_shape_error(pipe, target, down, up):
             raise _mismatch(pipe, reason, downs)
+        if not (torch.isfinite(down).all() and torch.isfinite(up).all()):  # a file stored before uploads were checked
+            raise LoraFormatError(f"the LoRA for {target} holds NaN or infinite values: the training diverged")
+    rows = _check_tokens(pipe, embeddings) if embeddings else {}
     for key, value in state.items():  # the LoRA layers take the dtype of the layer they wrap
         component = getattr(pipe, key.split(".")[0])
         state[key] = value.to(dtype=component.dtype)
     try:
         pipe.load_lora_weights(state, adapter_name=adapter_name)
+        if rows:
+            _add_tokens(pipe, adapter_name, rows)
     except Exception:
         if adapter_name in {a for names in pipe.get_list_adapters().values() for a in names}:
             pipe.delete_adapters(adapter_name)
+        forget_token_embeddings(pipe, adapter_name)
         raise
-    return _add_tokens(pipe, adapter_name, embeddings) if embeddings else []
+    return list(rows)
 
 
-def _add_tokens(pipe, adapter_name: str, embeddings: dict) -> list[str]:
-    """Register token embeddings with the first tokenizer/text encoder; existing tokens get the new vectors."""
+# ----- token embeddings: every cloneofsimo LoRA says <s1>, so each job points the shared rows at its own -----
+
+def embedding_token_names(token: str, vectors: int) -> list[str]:
+    """The tokenizer entries an embedding of `vectors` rows takes: `<s1>`, then `<s1>_1`, ... (the convention of
+    diffusers' textual inversion, whose prompts expand `<s1>` into all of them)."""
+    return [token] + [f"{token}_{i}" for i in range(1, vectors)]
+
+
+def _base_vocabulary(tokenizer) -> set[str]:
+    """The tokenizer's own tokens: everything but the tokens added for embeddings (special tokens are its own)."""
+    added = set(tokenizer.added_tokens_encoder) - set(tokenizer.all_special_tokens)
+    return set(tokenizer.get_vocab()) - added
+
+
+def _check_tokens(pipe, embeddings: dict) -> dict:
+    """{token: its rows, (n, width)} once every embedding fits this pipeline's first text encoder and tokenizer."""
+    import torch
+
     tokenizer, text_encoder = getattr(pipe, "tokenizer", None), getattr(pipe, "text_encoder", None)
     if tokenizer is None or text_encoder is None:
         raise LoraFormatError("this LoRA carries token embeddings but the model has no text encoder")
-    table = text_encoder.get_input_embeddings().weight
+    width = text_encoder.get_input_embeddings().weight.shape[1]
+    vocab, base = tokenizer.get_vocab(), _base_vocabulary(tokenizer)
+    rows = {}
     for token, vector in embeddings.items():
-        if vector.shape[-1] != table.shape[1]:
+        if vector.shape[-1] != width:
             raise _mismatch(pipe, f"token embedding {token!r} has {vector.shape[-1]} values but the model's text "
-                                  f"encoder uses {table.shape[1]}", {})
+                                  f"encoder uses {width}", {})
+        if not torch.isfinite(vector).all():
+            raise LoraFormatError(f"token embedding {token!r} holds NaN or infinite values: the training diverged")
+        rows[token] = vector.reshape(-1, width)
+        names = embedding_token_names(token, len(rows[token]))
+        if clash := [n for n in names if n in base]:
+            raise LoraFormatError(f"token embedding {token!r} would replace the base model's own token {clash[0]!r} "
+                                  "and change every prompt that uses it: rename the token (e.g. '<s1>')")
+        if f"{token}_{len(names)}" in vocab or (token in vocab and any(n not in vocab for n in names[1:])):
+            raise LoraFormatError(f"token {token!r} has {len(names)} vector(s) in this LoRA but a different number "
+                                  "in another LoRA loaded on this worker: rename the token in one of them")
+    return rows
+
+
+def _add_tokens(pipe, adapter_name: str, rows: dict) -> None:
+    """Give the tokenizer any of these tokens it lacks (and the text encoder a row for each), and remember the
+    vectors as this adapter's; `use_token_embeddings` writes them before each job."""
+    tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
     vocab = tokenizer.get_vocab()
-    new = {t: v.to(table.dtype) for t, v in embeddings.items() if t not in vocab}
-    if new:
-        pipe.load_textual_inversion(list(new.values()), token=list(new), tokenizer=tokenizer, text_encoder=text_encoder)
-    _TOKEN_REGISTRY.setdefault(text_encoder, {})[adapter_name] = embeddings
-    _write_rows(tokenizer, text_encoder, {t: v for t, v in embeddings.items() if t not in new})
-    log.info("adapter %s: token embeddings %s", adapter_name, ", ".join(embeddings))
-    return list(embeddings)
+    missing = [n for token, r in rows.items() for n in embedding_token_names(token, len(r)) if n not in vocab]
+    if missing:
+        tokenizer.add_tokens(missing)
+        if len(tokenizer) > text_encoder.get_input_embeddings().weight.shape[0]:
+            text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # every new row is written below
+    _TOKEN_REGISTRY.setdefault(text_encoder, {})[adapter_name] = rows
+    _write_rows(tokenizer, text_encoder, rows)
+    log.info("adapter %s: token embeddings %s", adapter_name, ", ".join(rows))
 
 
-def _write_rows(tokenizer, text_encoder, embeddings: dict) -> None:
+def _write_rows(tokenizer, text_encoder, rows: dict) -> None:
     import torch
 
     table = text_encoder.get_input_embeddings().weight
     with torch.no_grad():
-        for token, vector in embeddings.items():
-            rows = vector.reshape(-1, table.shape[1])
-            names = [token] + [f"{token}_{i}" for i in range(1, rows.shape[0])]
-            for name, row in zip(names, rows):
-                table[tokenizer.convert_tokens_to_ids(name)] = row.to(table.dtype, table.device)
+        for token, vectors in rows.items():
+            for name, row in zip(embedding_token_names(token, len(vectors)), vectors):
+                table[tokenizer.convert_tokens_to_ids(name)] = row.to(device=table.device, dtype=table.dtype)
 
 
 def use_token_embeddings(pipe, adapter_names: list[str]) -> None:
-    """Before a job: give shared token names (every cloneofsimo LoRA says `<s1>`) the vectors of these adapters."""
+    """Before a job: point each token of these adapters at its vectors. A token that several of them share (every
+    cloneofsimo LoRA says `<s1>`) takes the vectors of the first one named, the job's product."""
     text_encoder = getattr(pipe, "text_encoder", None)
     by_adapter = _TOKEN_REGISTRY.get(text_encoder, {}) if text_encoder is not None else {}
+    chosen: dict[str, tuple[str, object]] = {}
     for name in adapter_names:
-        if name in by_adapter:
-            _write_rows(pipe.tokenizer, text_encoder, by_adapter[name])
+        for token, rows in by_adapter.get(name, {}).items():
+            if token not in chosen:
+                chosen[token] = name, rows
+            elif not rows.equal(chosen[token][1]):
+                log.warning("adapters %s and %s both define token %s: this job uses %s's", chosen[token][0], name,
+                            token, chosen[token][0])
+    if chosen:
+        _write_rows(pipe.tokenizer, text_encoder, {token: rows for token, (_, rows) in chosen.items()})
+
+
+def forget_token_embeddings(pipe, adapter_name: str) -> None:
+    """The adapter is gone: its vectors are no longer written (its tokens stay in the tokenizer, unused)."""
+    text_encoder = getattr(pipe, "text_encoder", None)
+    if text_encoder is not None:
+        _TOKEN_REGISTRY.get(text_encoder, {}).pop(adapter_name, None)

@@ -3,6 +3,7 @@ the base model's widths come from its config files (local folder or Hugging Face
 
 import json
 import logging
+import re
 import shutil
 
 import numpy as np
@@ -11,10 +12,12 @@ from safetensors.numpy import save
 
 from backend.lora import check as lora_check
 from backend.lora.check import WrongBaseModel, find_base_model, normalize_lora
+from backend.lora.formats import LoraFormatError
 from tests.factories import make_lora
 
 RANK = 2
 BLOCK = "down_blocks.1.attentions.0.transformer_blocks.0"  # the tiny UNet's 16-channel transformer block
+LYCORIS = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"
 TEXT_LAYER = "text_model.encoder.layers.0"
 
 
@@ -178,6 +181,26 @@ def test_a_lora_for_another_base_model_is_refused(tiny_model, tensors, metadata,
         normalize_lora(save(tensors, metadata), str(tiny_model))
 
 
+def embedding_lora(token: str, vector: np.ndarray) -> bytes:
+    """A cloneofsimo LoRA whose token embedding is named `token`."""
+    cloneofsimo = {"unet:0:down": np.ones((RANK, 16), np.float16), "unet:0:up": np.ones((16, RANK), np.float16)}
+    return save(cloneofsimo | {token: vector}, {"unet": '["Attention"]', "unet:0:rank": str(RANK), token: "<embed>"})
+
+
+@pytest.mark.parametrize("token, vector, clash", [
+    ("a</w>", np.ones(16, np.float32), "a</w>"),
+    ("<|endoftext|>", np.ones(16, np.float32), "<|endoftext|>"),
+    ("a", np.ones((2, 16), np.float32), "a"),         # its rows would be a and a_1
+], ids=["word", "special", "multi-vector"])
+def test_an_embedding_that_would_replace_a_token_of_the_base_vocabulary_is_refused(tiny_model, token, vector, clash):
+    """Its row would change every prompt that uses the token, with or without the product."""
+    assert "a</w>" in find_base_model(str(tiny_model)).vocabulary
+    normalize_lora(embedding_lora("<s1>", vector), str(tiny_model))  # the same vectors under a token of their own
+    with pytest.raises(LoraFormatError, match=rf"token embedding {re.escape(repr(token))} would replace "
+                                              rf".*'s own token {re.escape(repr(clash))} .*rename the token"):
+        normalize_lora(embedding_lora(token, vector), str(tiny_model))
+
+
 def test_normalize_lora_checks_without_torch(tiny_model, tmp_path):
     import os
     import subprocess
@@ -213,6 +236,28 @@ def test_upload_sdxl_lora_is_refused(backend):
     lora = kohya_pair("lora_te2_text_model_encoder_layers_0_self_attn_q_proj", 1280, 1280)
     r = backend.add_product("xl-bottle", "sks bottle", save(lora))
     assert r.status_code == 422 and "text_encoder_2" in r.json()["detail"], r.text
+    assert backend.storage.list_files("products/") == before
+
+
+NAN_UP = np.ones((16, RANK), np.float16)
+NAN_UP[3, 1] = np.nan
+
+
+@pytest.mark.parametrize("lora, reason", [
+    (save({f"{LYCORIS}.hada_w1_a": np.ones((16, 2), np.float16), f"{LYCORIS}.hada_w1_b": np.ones((2, 16), np.float16),
+           f"{LYCORIS}.hada_w2_a": np.ones((16, 2), np.float16), f"{LYCORIS}.hada_w2_b": np.ones((2, 16), np.float16),
+           f"{LYCORIS}.alpha": np.array(1.0, np.float16)}), "LyCORIS LoHa weights are not supported, only plain LoRA"),
+    (save({f"{LYCORIS}.lokr_w1": np.ones((4, 4), np.float16), f"{LYCORIS}.lokr_w2": np.ones((4, 4), np.float16),
+           f"{LYCORIS}.alpha": np.array(1.0, np.float16)}), "LyCORIS LoKr weights are not supported"),
+    (save({f"{LYCORIS}.lora_down.weight": np.ones((RANK, 16), np.float16), f"{LYCORIS}.lora_up.weight": NAN_UP,
+           f"{LYCORIS}.alpha": np.array(1.0, np.float16)}), "holds NaN or infinite values: the training diverged"),
+    (embedding_lora("<s1>", np.ones(768, np.float32)), "token embedding '<s1>' is 768 wide"),
+    (embedding_lora("a</w>", np.ones(16, np.float32)), "would replace"),
+], ids=["loha", "lokr", "nan", "embedding-width", "base-vocabulary-token"])
+def test_upload_of_a_lora_that_cannot_work_is_refused_with_the_reason_and_nothing_stored(backend, lora, reason):
+    before = backend.storage.list_files("products/")
+    r = backend.add_product("odd-bottle", "<s1> bottle", lora)
+    assert r.status_code == 422 and reason in r.json()["detail"], r.text
     assert backend.storage.list_files("products/") == before
 
 

@@ -246,6 +246,51 @@ def test_refuses_half_a_pair():
         normalize_upload(save({"unet.down_blocks.1.attentions.0.proj_in.lora_A.weight": torch.zeros(2, 16)}))
 
 
+LYCORIS_MODULE = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"
+
+
+def lycoris(**weights: tuple[int, ...]) -> bytes:
+    """A module as LyCORIS' kohya network saves it (lycoris/modules/*.py): its own weight names, fp16, an alpha."""
+    tensors = {f"{LYCORIS_MODULE}.{name}": torch.ones(shape, dtype=torch.float16) for name, shape in weights.items()}
+    return save(tensors | {f"{LYCORIS_MODULE}.alpha": torch.tensor(1.0, dtype=torch.float16)},
+                {"ss_network_module": "lycoris.kohya"})
+
+
+@pytest.mark.parametrize("data, kind, key", [
+    (lycoris(hada_w1_a=(16, 2), hada_w1_b=(2, 16), hada_w2_a=(16, 2), hada_w2_b=(2, 16)), "LyCORIS LoHa", "hada_w1_a"),
+    (lycoris(lokr_w1=(4, 4), lokr_w2_a=(4, 2), lokr_w2_b=(2, 4)), "LyCORIS LoKr", "lokr_w1"),
+    (lycoris(oft_blocks=(4, 4, 4)), "LyCORIS OFT", "oft_blocks"),
+    (lycoris(weight=(16,), on_input=()), "LyCORIS IA3", "on_input"),
+    (lycoris(diff=(16, 16), diff_b=(16,)), "LyCORIS full", "diff"),
+    (lycoris(lora_down=(2, 16), lora_up=(16, 2), dora_scale=(1, 16)), "DoRA", "dora_scale"),
+], ids=["loha", "lokr", "oft", "ia3", "full", "dora"])
+def test_refuses_lycoris_algorithms_other_than_lora_and_says_which(data, kind, key):
+    with pytest.raises(LoraFormatError, match=rf"^{kind} weights are not supported, only plain LoRA .*found "
+                                              rf"'{LYCORIS_MODULE}\.{key}'.*export or retrain it as a plain LoRA"):
+        normalize_upload(data)
+
+
+def test_refuses_nan_or_infinite_weights_and_embeddings():
+    """fp16 overflows to inf: a diverged training saves NaN/inf, which would make every picture NaN (black)."""
+    module = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"
+    good = {f"{module}.lora_down.weight": torch.ones(RANK, 16, dtype=torch.float16),
+            f"{module}.lora_up.weight": torch.ones(16, RANK, dtype=torch.float16),
+            f"{module}.alpha": torch.tensor(1.0, dtype=torch.float16)}
+    normalize_upload(save(good))
+    nan = dict(good, **{f"{module}.lora_up.weight": torch.full((16, RANK), float("nan"), dtype=torch.float16)})
+    with pytest.raises(LoraFormatError, match=r"LoRA for unet\.down_blocks.*attn1\.to_q holds NaN or infinite"):
+        normalize_upload(save(nan))
+    inf_alpha = dict(good, **{f"{module}.alpha": torch.tensor(float("inf"), dtype=torch.float16)})
+    with pytest.raises(LoraFormatError, match="holds NaN or infinite values"):
+        normalize_upload(save(inf_alpha))
+    clone = {"unet:0:up": torch.ones(16, RANK, dtype=torch.float16), "unet:0:down": torch.ones(RANK, 16,
+                                                                                               dtype=torch.float16)}
+    embedding = torch.ones(16)
+    embedding[5] = float("inf")
+    with pytest.raises(LoraFormatError, match=r"token embedding '<s1>' holds NaN or infinite values"):
+        normalize_upload(save(clone | {"<s1>": embedding}, {"unet": '["Attention"]', "<s1>": "<embed>"}))
+
+
 def test_refuses_wrong_shapes_for_the_base_model(pipe, tmp_path, tiny_model):
     """Rank-consistent, so the layout converts; the upload refuses it against the model's config (test_lora_base.py),
     and a file stored without that check (before it existed, or before the model's config was on the machine) is
