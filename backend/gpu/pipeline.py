@@ -77,6 +77,8 @@ class Adapters:
             load_lora_into(self.pipe, path, adapter)
         except Exception as e:
             raise LoraNotApplied(lora.name, e) from e
+        finally:  # loaded, the weights live in the pipeline: the cache on disk never grows with the catalog
+            path.unlink(missing_ok=True)
         self.loaded[cache_key] = adapter
         while len(self.loaded) > MAX_ADAPTERS:
             _, old = self.loaded.popitem(last=False)

@@ -158,3 +158,20 @@ def test_a_lora_that_cannot_be_applied_fails_the_images_with_the_reason_and_chan
     torch.testing.assert_close(w.row("a</w>"), a_row, rtol=0, atol=0)
     np.testing.assert_array_equal(w.draw(TRIGGER, good), with_good)
     np.testing.assert_array_equal(w.draw(PLAIN), plain)
+
+
+def test_a_loaded_lora_leaves_no_file_in_the_workers_cache(tiny_model, tmp_path):
+    """The disk cache is bounded: the weights live in the pipeline once loaded (issue 16, item 12)."""
+    import diffusers
+
+    from backend.gpu.messages import LoraTask
+    from backend.gpu.pipeline import Adapters
+    from backend.storage import LocalStorage
+    from tests.factories import make_lora
+
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(tiny_model, safety_checker=None)
+    storage = LocalStorage(tmp_path / "store")
+    storage.put("products/a.safetensors", make_lora(tiny_model, seed=3))
+    adapters = Adapters(pipe, storage, tmp_path / "cache")
+    adapters.activate((LoraTask("a", 1.0, "products/a.safetensors"),))
+    assert list(adapters.loaded.values()) and not list((tmp_path / "cache").glob("*"))
