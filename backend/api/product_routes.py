@@ -1,5 +1,6 @@
 """Products: a name, trigger words, and a LoRA file, a packshot photo, or both; and deleting one."""
 
+import threading
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Response, UploadFile
@@ -8,12 +9,14 @@ from fastapi.concurrency import run_in_threadpool
 from backend.api.cutout_routes import read_photo
 from backend.api.deps import ClientDep, RateLimitedClientDep, ServicesDep
 from backend.contract import check_name
-from backend.errors import InvalidRequest, NotFound, PayloadTooLarge, UnknownReference
+from backend.errors import InvalidRequest, NotFound, PayloadTooLarge, RateLimited, UnknownReference
 from backend.jobs.prepare import png_bytes
 from backend.lora.check import normalize_lora
 from backend.models import Product
 
 router = APIRouter(prefix="/v1/products", tags=["products"])
+# A LoRA's conversion holds about 2.6 times the file in memory: two at a time, the rest are told to retry.
+CONVERSIONS = threading.BoundedSemaphore(2)
 
 
 def product_name(name: str) -> str:
@@ -46,10 +49,15 @@ async def add_product(
         data = await file.read(limit + 1)
         if len(data) > limit:
             raise PayloadTooLarge(f"the LoRA file is larger than the limit of {limit} bytes")
+        if not CONVERSIONS.acquire(blocking=False):
+            raise RateLimited("two LoRA uploads are being converted already; try again in a minute",
+                              headers={"Retry-After": "30"})
         try:  # converted to our layout and checked against MODEL_ID's widths, before anything is stored
             lora = await run_in_threadpool(normalize_lora, data, services.settings.model_id)
         except ValueError as e:
             raise InvalidRequest(str(e)) from None
+        finally:
+            CONVERSIONS.release()
     if photo is not None:
         try:  # cut out before anything is stored: a photo with no product found changes nothing
             packshot = png_bytes(await run_in_threadpool(services.preparer.cut_out, await read_photo(photo, services)))

@@ -75,3 +75,28 @@ def test_a_blank_api_key_is_no_key(blank, monkeypatch):
     monkeypatch.setenv("PUBLIC_BIND", "true")
     with pytest.raises(ValueError, match="PUBLIC_BIND is set but API_KEY is not"):
         Settings()
+
+
+def test_a_third_concurrent_lora_conversion_is_told_to_retry(tmp_path):
+    from types import SimpleNamespace
+
+    from fastapi.testclient import TestClient
+
+    from backend.api import product_routes
+    from backend.ops.metrics import Metrics
+    from backend.ops.ratelimit import RateLimiter
+
+    settings = Settings(storage_url=f"file://{tmp_path}")
+    app = create_app(settings)
+    app.router.lifespan_context = _no_lifespan
+    app.state.services = SimpleNamespace(settings=settings, limiter=RateLimiter(0), metrics=Metrics())
+    held = [product_routes.CONVERSIONS.acquire(blocking=False) for _ in range(2)]
+    try:
+        with TestClient(app, client=("127.0.0.1", 5000)) as client:
+            r = client.post("/v1/products", data={"name": "a", "trigger": "sks a"},
+                            files={"file": ("a.safetensors", b"x" * 64)})
+        assert r.status_code == 429 and "being converted already" in r.json()["detail"]
+        assert r.headers["retry-after"] == "30"
+    finally:
+        for _ in held:
+            product_routes.CONVERSIONS.release()
