@@ -273,6 +273,30 @@ def place_overhead(gen, storage, spec: dict, batch: int, repeats: int) -> dict:
             "ratio": round(place_s / generate_s, 3) if generate_s else None, "layout_s": round(layout_s, 4)}
 
 
+def preview_overhead(gen, spec: dict, batch: int, repeats: int) -> dict:
+    """Live previews against none, same batch: they must never slow generation by more than a few percent."""
+    from backend.gpu.messages import Task
+
+    idx = tuple(range(batch))
+    task = Task(task_id=0, job_id="direct", indices=idx, seeds=tuple(spec["seed"] + i for i in idx),
+                keys=tuple(f"bench-direct/{i}.png" for i in idx), prompt=spec["prompt"],
+                negative_prompt=spec["negative_prompt"], steps=spec["steps"], guidance_scale=spec["guidance_scale"],
+                width=spec["width"], height=spec["height"], strength=0.5)
+    previews = []
+
+    def seconds(with_previews: bool) -> float:
+        start = time.perf_counter()
+        gen.generate(task, should_cancel=lambda: False, on_step=lambda step, total: None,
+                     on_preview=previews.append if with_previews else None)
+        return time.perf_counter() - start
+
+    seconds(True)
+    pairs = [(seconds(False), seconds(True)) for _ in range(repeats)]  # interleaved: the same background load
+    plain, with_previews = median(a for a, _ in pairs), median(b for _, b in pairs)
+    return {"batch": batch, "plain_s": plain, "previews_s": with_previews,
+            "ratio": round(with_previews / plain, 3) if plain else None, "previews": len(previews)}
+
+
 def png_encode_s(size: int) -> float:
     """Seconds backend.images.encode_png takes for one noise-like size x size picture (what random weights draw)."""
     import numpy as np
@@ -328,7 +352,10 @@ def cpu_part(args, model_dir: str, store_env: dict[str, str], work: Path) -> dic
     fours = {r["workers"]: r for r in rows if r["images"] == 4}
     placed = place_overhead(gen, storage, job_spec(4, args.size, args.steps), 4, max(1, args.repeats))
     print(f"  place: {placed}", file=sys.stderr)
+    previewed = preview_overhead(gen, job_spec(4, args.size, args.steps), 4, max(3, args.repeats))
+    print(f"  previews: {previewed}", file=sys.stderr)
     return {"size": args.size, "steps": args.steps, "repeats": args.repeats, "poll_s": args.poll_s, "place": placed,
+            "previews": previewed,
             "storage": storage.url.split(":")[0], "direct_load_s": load_s, "direct_warm_s": warm_s,
             "png_encode_512_s": median(png_encode_s(512) for _ in range(3)), "startup": startup, "rows": rows,
             "overhead_ratio_4img": (fours.get(1) or {}).get("ratio"),
@@ -657,6 +684,9 @@ def report(result: dict) -> str:
     place = cpu["place"]
     text += table("part 1: place mode against generate, same size, steps and batch (seconds)",
                   ["batch", "generate_s", "place_s", "ratio", "layout_s"], [[place[h] for h in place]])
+    seen = cpu["previews"]
+    text += table("part 1: live previews against none, same batch (seconds)",
+                  ["batch", "plain_s", "previews_s", "ratio", "previews"], [[seen[h] for h in seen]])
     if not gpu:
         return text
     heads = ["dtype", "attention", "channels_last", "batch", "ms_per_step", "it_per_s", "images_per_s_30", "ceiling",

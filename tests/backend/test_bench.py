@@ -20,6 +20,8 @@ def test_bench_quick_prints_json_last_line(tiny_model, tmp_path, capsys):
     row = result["cpu"]["rows"][0]
     assert (row["workers"], row["images"], row["batches"]) == (1, 4, "4")
     assert 0 < row["first_s"] <= row["last_s"] and row["dispatch_s"] is not None
+    previews = result["cpu"]["previews"]
+    assert previews["previews"] > 0 and previews["ratio"] == round(previews["previews_s"] / previews["plain_s"], 3)
     place = result["cpu"]["place"]
     assert place["batch"] == 4 and place["place_s"] > 0 and place["ratio"] == round(place["place_s"] / place["generate_s"], 3)
     assert json.loads(out.read_text()) == result
