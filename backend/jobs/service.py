@@ -4,6 +4,7 @@ import hashlib
 import logging
 import threading
 import time
+from contextlib import contextmanager
 
 from backend.contract import image_key, input_key, job_prefix, layout_key, lora_key, new_job_id
 from backend.errors import InvalidRequest, NotFound, QueueFull, ShowroomError, Unavailable, UnknownReference
@@ -31,6 +32,7 @@ class JobService:
         self.storage = store.storage
         self.default_size = default_size
         self._idem_locks = [threading.Lock() for _ in range(64)]  # striped: keys do not wait on each other
+        self._admission, self._reserved = threading.Lock(), 0.0
 
     # ----- resolving a spec -----
     def resolve(self, spec: JobSpec, photo_size: tuple[int, int] | None = None) -> ResolvedSpec:
@@ -88,10 +90,27 @@ class JobService:
             except BadImage as e:
                 raise InvalidRequest(str(e)) from None
         resolved = self.resolve(spec, photo_size)
-        pending = self.executor.pending_cost()
-        if pending + resolved.cost > self.settings.queue_max_images:
-            raise QueueFull(f"the queue is full ({pending:g} images' worth of work waiting); try again shortly",
-                            headers={"Retry-After": "10"})
+        with self._admitted(resolved.cost, lambda pending: QueueFull(
+                f"the queue is full ({pending:g} images' worth of work waiting); try again shortly",
+                headers={"Retry-After": "10"})):
+            return self._store_and_queue(resolved, png, record)
+
+    @contextmanager
+    def _admitted(self, cost: float, refusal):
+        """Room in the queue, reserved until the work is the executor's: submits that race each other (a
+        manifest write takes a while) cannot all see an empty queue and pass the bound together."""
+        with self._admission:
+            pending = self.executor.pending_cost() + self._reserved
+            if pending + cost > self.settings.queue_max_images:
+                raise refusal(pending)
+            self._reserved += cost
+        try:
+            yield
+        finally:
+            with self._admission:
+                self._reserved -= cost
+
+    def _store_and_queue(self, resolved: ResolvedSpec, png: bytes | None, record: str | None) -> JobManifest:
         job = self._new_job(resolved, with_photo=png is not None)
         job_id = job.id
         loras = self.loras_for(resolved)
@@ -119,12 +138,14 @@ class JobService:
                 resolved.append(self.resolve(spec))
             except ShowroomError as e:
                 raise InvalidRequest(f"jobs[{i}]: {e.detail}") from None
-        images, pending = sum(r.num_images for r in resolved), self.executor.pending_cost()
-        cost = sum(r.cost for r in resolved)
-        if pending + cost > self.settings.queue_max_images:
-            raise QueueFull(f"the queue cannot take {images} more images ({cost:g} images' worth of work; "
-                            f"{pending:g} waiting, at most {self.settings.queue_max_images}); send a smaller batch "
-                            "or try again shortly", headers={"Retry-After": "10"})
+        images, cost = sum(r.num_images for r in resolved), sum(r.cost for r in resolved)
+        with self._admitted(cost, lambda pending: QueueFull(
+                f"the queue cannot take {images} more images ({cost:g} images' worth of work; {pending:g} waiting, "
+                f"at most {self.settings.queue_max_images}); send a smaller batch or try again shortly",
+                headers={"Retry-After": "10"})):
+            return self._store_and_queue_all(resolved, images)
+
+    def _store_and_queue_all(self, resolved: list[ResolvedSpec], images: int) -> list[JobManifest]:
         jobs = [self._new_job(spec) for spec in resolved]
         for n, job in enumerate(jobs):
             if not self.store.create(job):

@@ -55,7 +55,9 @@ def test_one_worker_and_two_workers_give_the_same_pixels(backend, make_backend, 
     one = single.wait_job(single.submit(spec)["id"])
     assert {img["worker"] for img in one["images"]} == {0}
     folder = tmp_path / "jobs" / one["id"]
-    assert sorted(p.name for p in folder.iterdir()) == ["0.png", "1.png", "2.png", "3.png", "job.json"]
+    names = sorted(p.name for p in folder.iterdir())
+    assert [n for n in names if not n.endswith("_preview.jpg")] == ["0.png", "1.png", "2.png", "3.png", "job.json"]
+    assert set(names) <= {"0.png", "1.png", "2.png", "3.png", "job.json"} | {f"{i}_preview.jpg" for i in range(4)}
     assert '"succeeded"' in (folder / "job.json").read_text()
     for a, b in zip(images_of(backend, two), images_of(single, one)):
         assert np.abs(a - b).max() <= 2  # batch 2 vs batch 4: the same seeds, float noise at most
