@@ -20,7 +20,8 @@ from PIL import Image, ImageOps
 
 from backend.gpu.messages import LoraTask, Task
 from backend.gpu.previews import preview_jpegs, preview_steps
-from backend.lora.formats import LoraNotApplied, forget_token_embeddings, load_lora_into, use_token_embeddings
+from backend.lora.formats import LoraNotApplied
+from backend.lora.loading import forget_token_embeddings, load_lora_into, use_token_embeddings
 from backend.place.composite import finish
 from backend.place.layout import init_canvas, inpaint_mask
 

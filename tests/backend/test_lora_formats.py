@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import save
 
 from backend.lora.check import WrongBaseModel, normalize_lora
-from backend.lora.formats import LoraFormatError, load_lora_into, normalize_upload, read_safetensors
+from backend.lora.formats import LoraFormatError, normalize_upload, read_safetensors
+from backend.lora.loading import load_lora_into
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

@@ -12,7 +12,8 @@ from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
 import backend.lora.train
-from backend.lora.formats import load_lora_into, normalize_upload, read_safetensors
+from backend.lora.formats import normalize_upload, read_safetensors
+from backend.lora.loading import load_lora_into
 from backend.lora.train import Trainer, TrainSettings, load_photos, main, parse_args, train, video_frames
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
