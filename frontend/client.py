@@ -2,6 +2,7 @@
 
 import json
 import uuid
+from urllib.parse import quote
 
 import requests
 
@@ -85,11 +86,28 @@ class ShowroomClient:
     def upscale(self, job_id: str, index: int) -> dict:
         return self._call("POST", f"/v1/jobs/{job_id}/images/{index}/upscale")
 
-    def add_product(self, name: str, trigger: str, category: str | None, weight: float,
-                    lora: tuple[str, bytes]) -> dict:
+    def delete_job(self, job_id: str) -> None:
+        self._send("DELETE", f"/v1/jobs/{job_id}")
+
+    def add_product(self, name: str, trigger: str, category: str | None, weight: float = 1.0,
+                    lora: tuple[str, bytes] | None = None, photo: tuple[str, bytes, str] | None = None) -> dict:
+        """A product from its LoRA, a photo of it (cut out by the backend into its packshot), or both."""
         data = {"name": name, "trigger": trigger, "weight": str(weight)} | ({"category": category} if category else {})
-        return self._call("POST", "/v1/products", read_s=UPLOAD_READ_S, data=data,
-                          files={"file": (lora[0], lora[1], "application/octet-stream")})
+        files = {}
+        if lora is not None:
+            files["file"] = (lora[0], lora[1], "application/octet-stream")
+        if photo is not None:
+            files["photo"] = photo
+        return self._call("POST", "/v1/products", read_s=UPLOAD_READ_S, data=data, files=files)
+
+    def delete_product(self, name: str) -> None:
+        self._send("DELETE", f"/v1/products/{quote(name, safe='')}")
+
+    def train(self, name: str, photos: list[tuple[str, bytes, str]], steps: int | None = None) -> dict:
+        """Queue the product's training from its photos: 202 {"id", "status", "manifest_key"}."""
+        data = {"steps": str(steps)} if steps else {}
+        return self._call("POST", f"/v1/products/{quote(name, safe='')}/training", read_s=UPLOAD_READ_S, data=data,
+                          files=[("photos", photo) for photo in photos])
 
 
 def _detail(response: requests.Response) -> str:

@@ -5,13 +5,13 @@ object is listed, even if the manifest saying so is still being written.
 """
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from backend.contract import TERMINAL, is_job_id, job_prefix, manifest_key, rollup, upscale_key
 from backend.storage import ObjectMissing, Storage, StorageError
 
-__all__ = ["ImageView", "JobView", "is_job_id", "load_job", "recent_jobs", "ticket_view", "upscale_key"]
+__all__ = ["ImageView", "JobPage", "JobView", "is_job_id", "load_job", "recent_jobs", "ticket_view", "upscale_key"]
 LABELS = {"queued": "Waiting", "running": "Generating", "succeeded": "Done", "failed": "Failed",
           "canceled": "Canceled"}
 
@@ -27,6 +27,9 @@ class ImageView:
     upscale_error: str | None = None
     upscaled: bool = False              # the 4x object exists
     finished_at: str | None = None
+    started_at: str | None = None
+    progress: tuple[int, int] | None = None  # (step, steps) while it runs
+    preview_key: str | None = None      # a preview JPEG that exists now (the final PNG is what counts)
 
     @property
     def done(self) -> bool:
@@ -39,6 +42,17 @@ class ImageView:
     @property
     def upscaling(self) -> bool:
         return self.upscale_status in ("queued", "running") and not self.upscaled
+
+    def eta_s(self, now: datetime | None = None) -> float | None:
+        """Seconds left at the speed measured so far (steps done since `started_at`); None before a step is done."""
+        start = parse_time(self.started_at)
+        if self.status != "running" or not self.progress or not start or self.progress[0] <= 0:
+            return None
+        spent = ((now or datetime.now(timezone.utc)) - start).total_seconds()
+        if spent <= 0:
+            return None
+        step, steps = self.progress
+        return max(0.0, (steps - step) * spent / step)
 
 
 @dataclass
@@ -54,6 +68,8 @@ class JobView:
     error: str | None = None
     product: str | None = None
     template: str | None = None
+    spec: dict = field(default_factory=dict)   # the resolved spec: what "Use these settings" reuses
+    input_key: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -118,16 +134,19 @@ def _job_view(manifest: dict, present: set[str]) -> JobView:
         up = img.get("upscale") or {}
         status = "succeeded" if img["key"] in present else img.get("status", "queued")
         x4 = up.get("key") or upscale_key(img["key"])
+        preview = img.get("preview_key")
         images.append(ImageView(index=int(img["index"]), key=str(img["key"]), seed=img.get("seed"), status=status,
                                 error=_text(img.get("error")), upscale_status=up.get("status"),
                                 upscale_error=_text(up.get("error")), upscaled=x4 in present,
-                                finished_at=img.get("finished_at")))
+                                finished_at=img.get("finished_at"), started_at=img.get("started_at"),
+                                progress=_progress(img.get("progress")),
+                                preview_key=str(preview) if preview and preview in present else None))
     view = JobView(id=str(manifest["id"]), status=str(manifest.get("status", "queued")),
                    prompt=str(spec.get("prompt") or ""),
                    created_at=manifest.get("created_at"), updated_at=manifest.get("updated_at"),
                    width=int(spec.get("width") or 512), height=int(spec.get("height") or 512), images=images,
                    error=_text(manifest.get("error")), product=_text(spec.get("product")),
-                   template=_text(spec.get("template")))
+                   template=_text(spec.get("template")), spec=dict(spec), input_key=_text(manifest.get("input_key")))
     if view.terminal and view.status not in TERMINAL:  # objects landed before the manifest caught up
         view.status = rollup(i.status for i in images).value
     return view
@@ -135,6 +154,13 @@ def _job_view(manifest: dict, present: set[str]) -> JobView:
 
 def _text(value) -> str | None:
     return None if value is None else str(value)
+
+
+def _progress(value) -> tuple[int, int] | None:
+    if not value:
+        return None
+    step, steps = int(value["step"]), int(value["steps"])
+    return (step, steps) if steps > 0 else None
 
 
 def ticket_view(ticket: dict, spec: dict) -> JobView:
@@ -152,20 +178,36 @@ def load_job(storage: Storage, job_id: str) -> JobView | None:
     return job_view(manifest, set(storage.list_files(job_prefix(job_id))))
 
 
-def recent_jobs(storage: Storage, limit: int) -> list[JobView]:
-    """The newest jobs first (ids sort by creation time), skipping folders without a readable manifest."""
-    ids = [i for i in storage.list_dirs("jobs/") if is_job_id(i)]
-    found = []
-    for job_id in sorted(ids, reverse=True):
+@dataclass
+class JobPage:
+    jobs: list[JobView]
+    before: str | None   # where the next page starts (the last job id looked at); None: nothing older
+
+
+STATUS_FILTERS = {"active": ("queued", "running"), "succeeded": ("succeeded",), "failed": ("failed",),
+                  "canceled": ("canceled",)}
+SCAN_LIMIT = 400  # manifests read for one page at most: a filter that matches little still answers quickly
+
+
+def recent_jobs(storage: Storage, limit: int, before: str | None = None, product: str | None = None,
+                status: str | None = None) -> JobPage:
+    """Up to `limit` jobs older than `before` (ids sort by creation time, as the backend's `before=`
+    pages), newest first, of that product and status group; folders without a readable manifest are skipped."""
+    ids = sorted((i for i in storage.list_dirs("jobs/") if is_job_id(i) and (before is None or i < before)),
+                 reverse=True)
+    found: list[JobView] = []
+    for scanned, job_id in enumerate(ids, start=1):
         try:
             manifest = read_manifest(storage, job_id)
-            if manifest is not None:
-                found.append(job_view(manifest))
+            view = job_view(manifest) if manifest is not None else None
         except StorageError:
-            continue  # one unreadable job does not hide the others
-        if len(found) >= limit:
-            break
-    return found
+            view = None  # one unreadable job does not hide the others
+        if view is not None and (product is None or view.product == product) and (
+                status is None or view.status in STATUS_FILTERS[status]):
+            found.append(view)
+        if len(found) >= limit or scanned >= SCAN_LIMIT:
+            return JobPage(found, job_id if scanned < len(ids) else None)
+    return JobPage(found, None)
 
 
 def format_elapsed(seconds: float) -> str:

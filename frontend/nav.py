@@ -31,3 +31,12 @@ def page(name: str) -> st.Page:
 def open_job(job_id: str) -> None:
     """Show a job on the Create page, with its id in the URL so the link can be shared."""
     st.switch_page(page("create"), query_params={"job": job_id})
+
+
+def focus_product(name: str | None) -> None:
+    """Open a product beside the products list, its name in the URL (None: the form to add one)."""
+    st.session_state["open_product"] = name
+    for key in ("product", "check"):
+        st.query_params.pop(key, None)
+    if name:
+        st.query_params["product"] = name

@@ -1,9 +1,8 @@
 """Place mode's choices, and the pictures that preview them: where the product sits, on which canvas.
 
-Nothing here draws on the page. The placement arithmetic is the contract's (the cut-out's box centred at
-(x·width, y·height), fitted, aspect kept, into scale·width × scale·height) written out again, because
-`backend.place` imports its compositing and cut-out modules along with its layout; a test holds
-`placed_box` equal to `backend.place.layout.place`, so the preview cannot drift from what is generated.
+Nothing here draws on the page. Where the product goes is decided by `backend.place.layout` (PIL only, so
+the frontend imports it): the preview is the very product layer a `place` job lays out, shrunk, so it
+cannot drift from what is generated.
 """
 
 import io
@@ -12,10 +11,12 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
+from backend.place.layout import Placement, fitted_size, place
+
 MODES = {"place": "Place my product — it stays exactly as it is", "restyle": "Restyle my photo",
          "generate": "No photo"}
 MODE_CAPTIONS = {"place": "The product is cut out of the photo and kept pixel for pixel; a scene is made around it.",
-                 "restyle": "The whole photo is repainted by the prompt; Strength says how much.",
+                 "restyle": "The whole photo is repainted by the prompt; you choose how much.",
                  "generate": "The scene, product included, comes from the prompt alone."}
 
 
@@ -52,25 +53,12 @@ def _side(value: float) -> int:
     return max(MIN_SIDE, min(MAX_SIDE, round(value / 8) * 8))
 
 
-def placed_box(cutout_size: tuple[int, int], width: int, height: int, x: float, y: float,
-               scale: float) -> tuple[int, int, int, int]:
-    """(left, top, width, height) of the cut-out on a width × height canvas; it may reach past the edges."""
-    factor = min(scale * width / cutout_size[0], scale * height / cutout_size[1])
-    w, h = max(1, _nearest(cutout_size[0] * factor)), max(1, _nearest(cutout_size[1] * factor))
-    return _nearest(x * width - w / 2), _nearest(y * height - h / 2), w, h
-
-
-def _nearest(value: float) -> int:
-    return math.floor(value + 0.5)  # halves up, as the backend rounds
-
-
 def on_checkerboard(cutout_png: bytes, side: int = 320, fill: float = 0.85) -> bytes:
     """The cut-out, fitted into a square checkerboard (so its transparency shows, and it sits beside the
     canvas preview at the same size), PNG."""
     with Image.open(io.BytesIO(cutout_png)) as img:
         cutout = img.convert("RGBA")
-    factor = side * fill / max(cutout.size)
-    size = (max(1, round(cutout.width * factor)), max(1, round(cutout.height * factor)))
+    size = fitted_size(cutout.size, side * fill, side * fill)
     cutout = cutout.convert("RGBa").resize(size, Image.Resampling.LANCZOS).convert("RGBA")
     board = checkerboard((side, side))
     board.alpha_composite(cutout, ((side - size[0]) // 2, (side - size[1]) // 2))
@@ -88,12 +76,9 @@ def canvas_preview(cutout_png: bytes, width: int, height: int, x: float, y: floa
     for third in (1, 2):  # the rule-of-thirds guides the position presets follow
         draw.line([(canvas.width * third / 3, 0), (canvas.width * third / 3, canvas.height)], fill=GUIDE)
         draw.line([(0, canvas.height * third / 3), (canvas.width, canvas.height * third / 3)], fill=GUIDE)
-    left, top, w, h = placed_box(cutout.size, width, height, x, y, scale)
-    size = (max(1, round(w * shrink)), max(1, round(h * shrink)))
+    layer = place(cutout, width, height, Placement(x, y, scale))  # full size: exactly the job's product layer
     # premultiplied, as the backend resizes: the colour hidden under transparent pixels must not fringe the edge
-    layer = Image.new("RGBA", canvas.size, (0, 0, 0, 0))
-    layer.paste(cutout.convert("RGBa").resize(size, Image.Resampling.LANCZOS).convert("RGBA"),
-                (round(left * shrink), round(top * shrink)))
+    layer = layer.convert("RGBa").resize(canvas.size, Image.Resampling.LANCZOS).convert("RGBA")
     canvas.alpha_composite(layer)
     return _png(canvas)
 

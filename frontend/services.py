@@ -6,6 +6,7 @@ one process (tests, a settings change) never share an entry.
 
 import hashlib
 import io
+import json
 from dataclasses import dataclass, field
 
 import streamlit as st
@@ -14,8 +15,9 @@ from PIL import Image
 from backend.storage import Storage, StorageError, open_storage
 from frontend import placement
 from frontend.client import BackendError, BackendOffline, ShowroomClient
-from frontend.jobs import JobView, recent_jobs
+from frontend.jobs import JobPage, recent_jobs
 from frontend.settings import Settings, load_settings
+from frontend.trainings import TrainingView, load_training
 
 
 def settings() -> Settings:
@@ -74,9 +76,9 @@ class Health:
     def upscale_refusal(self) -> str | None:
         """Why an Upscale request can only fail right now, or None when it may work."""
         if self.state == "offline":
-            return "The generator is offline, so nothing can be upscaled now"
+            return "The generator is offline, so pictures cannot be enlarged right now"
         if self.upscaler == "off":
-            return "Upscaling is off on this backend (UPSCALER=off)"
+            return "Enlarging pictures 4x is not switched on in this Showroom; whoever set it up can turn it on"
         return None
 
 
@@ -155,8 +157,38 @@ def thumbnail(storage_url: str, key: str, size: int = 384) -> bytes:
 
 
 @st.cache_data(ttl=5, show_spinner=False)
-def history(storage_url: str, limit: int) -> list[JobView]:
-    return recent_jobs(storage(), limit)
+def history(storage_url: str, limit: int, before: str | None = None, product: str | None = None,
+            status: str | None = None) -> JobPage:
+    return recent_jobs(storage(), limit, before, product, status)
+
+
+def product_records() -> list[dict]:
+    """The products: from the generator's catalog; with the generator off, from storage, where the
+    records live. StorageError when neither can be read."""
+    if current_health().state != "offline":
+        try:
+            return current_catalog().get("products", [])
+        except BackendError:
+            pass
+    store = storage()
+    if store is None:
+        return []
+    found = []
+    for key in store.list_files("products/"):
+        if key.endswith(".json"):
+            try:
+                record = json.loads(store.get(key))
+            except (StorageError, ValueError):
+                continue
+            if isinstance(record, dict) and isinstance(record.get("name"), str):
+                found.append(record)
+    return sorted(found, key=lambda p: p.get("name", ""))
+
+
+def training(training_id: str) -> TrainingView | None:
+    """A training's manifest, read fresh from storage (it moves every few seconds)."""
+    store = storage()
+    return load_training(store, training_id) if store is not None else None
 
 
 @st.cache_data(max_entries=16, ttl=60, show_spinner=False)

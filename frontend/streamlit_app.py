@@ -17,7 +17,7 @@ import streamlit as st  # noqa: E402
 from frontend import nav, services  # noqa: E402
 from frontend.auth import require_password  # noqa: E402
 from frontend.settings import SecretsUnreadable  # noqa: E402
-from frontend.views import chrome, compose  # noqa: E402
+from frontend.views import chrome, compose, job_actions  # noqa: E402
 
 st.set_page_config(page_title="Showroom", page_icon="◆", layout="wide", initial_sidebar_state="collapsed")
 chrome.inject_css()
@@ -28,6 +28,7 @@ except SecretsUnreadable as e:  # fail closed: the broken file may be the one ho
     st.stop()
 require_password(app_password)
 compose.keep_compose_state()
+job_actions.apply_pending()  # "Use these settings": before any widget is drawn
 page = st.navigation(nav.build(), position="top")
 chrome.header()
 page.run()

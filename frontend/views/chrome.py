@@ -45,6 +45,18 @@ CSS = """
 .sr-clamp {display: -webkit-box; -webkit-line-clamp: 3; -webkit-box-orient: vertical; overflow: hidden;
   min-height: 3.9em;}
 .sr-meta {color: #6B6B80; font-size: .82rem;}
+.sr-slot-preview {border-style: solid; padding: 0;}
+.sr-slot-preview img.sr-preview {position: absolute; inset: 0; width: 100%; height: 100%; object-fit: cover;}
+.sr-slot-preview b {position: absolute; left: .45rem; top: .45rem; background: rgba(255, 255, 255, .88);
+  color: #4F46E5; padding: .1rem .5rem; border-radius: 999px; font-size: .78rem;}
+.sr-thumb-empty {aspect-ratio: 1 / 1; width: 100%; border-radius: .5rem; display: flex; align-items: center;
+  justify-content: center; color: #8A8A9A; font-size: .8rem; background: #F4F4F8; border: 1px dashed #D9D9E3;}
+/* a phone stacks columns one under the other: the results keep two a row, so four pictures fit a screen */
+@media (max-width: 640px) {
+  .st-key-results-grid [data-testid="stHorizontalBlock"] {flex-wrap: wrap; gap: .5rem;}
+  .st-key-results-grid [data-testid="stColumn"] {min-width: calc(50% - .25rem) !important;
+    flex: 1 1 calc(50% - .25rem) !important; width: calc(50% - .25rem) !important;}
+}
 @keyframes sr-shimmer {to {background-position: -200% 0;}}
 @keyframes sr-pulse {50% {opacity: .3;}}
 </style>

@@ -10,7 +10,7 @@ from frontend import nav, services
 from frontend.client import BackendError, BackendOffline
 from frontend.jobs import is_job_id
 from frontend.placement import PRESETS
-from frontend.views import job_panel, photo, styles
+from frontend.views import job_actions, job_panel, photo, styles
 from frontend.views.photo import PhotoChoice
 
 MAX_SEED = 2**53 - 1 - 16
@@ -77,6 +77,8 @@ def _unavailable(title: str, body: str) -> None:
 
 def _compose(catalog: dict, health: services.Health) -> None:
     _defaults(health.native_size)
+    if note := st.session_state.pop(job_actions.NOTE, None):
+        st.info(note, icon=":material/tune:")
     st.markdown("##### 1 · Product and photo")
     products = {p["name"]: p for p in catalog.get("products", [])}
     if st.session_state.get("product") not in products:
@@ -96,13 +98,18 @@ def _compose(catalog: dict, health: services.Health) -> None:
     st.markdown("##### 3 · Describe the shot")
     st.text_area("Prompt", key="prompt", height=100, max_chars=1000,
                  placeholder="<product> on a marble counter, soft morning light")
-    st.caption("`<product>` is replaced by the product's trigger words.")
-    st.text_area("Negative prompt", key="negative", height=68, placeholder="blurry, low quality, text, watermark")
+    st.caption("Write `<product>` where your product goes in the picture.")
+    st.text_area("What to keep out (optional)", key="negative", height=68,
+                 placeholder="blurry, low quality, text, watermark",
+                 help="The negative prompt: things the pictures should not show.")
     st.slider("Number of images", 1, 16, key="num_images")
     with st.expander("Advanced settings", icon=":material/tune:"):
         left, right = st.columns(2)
-        left.number_input("Steps", 1, 150, key="steps")
-        right.number_input("Guidance", 0.0, 30.0, step=0.5, key="guidance")
+        left.number_input("Steps", 1, 150, key="steps",
+                          help="Inference steps: more are slower and a little more detailed; 25-40 is usual.")
+        right.number_input("Follow the prompt", 0.0, 30.0, step=0.5, key="guidance",
+                           help="Guidance scale (CFG): higher follows the words more strictly, lower is freer; 5-9 "
+                                "is usual.")
         left.number_input("Width", 64, 2048, step=8, key="width", on_change=photo.custom_size)
         right.number_input("Height", 64, 2048, step=8, key="height", on_change=photo.custom_size)
         st.number_input("Seed", 0, MAX_SEED, key="seed", placeholder="random",
@@ -157,7 +164,8 @@ def _submit(choice: PhotoChoice) -> None:
         st.error(f"The job was not started: {e.message}")
         return
     st.session_state.pop("submission", None)  # answered: the next Generate is a new job
-    job_panel.remember_ticket(ticket, spec)
+    services.history.clear()  # History lists it at once
+    job_actions.remember_ticket(ticket, spec)
     st.session_state["open_job"] = st.query_params["job"] = ticket["id"]
 
 

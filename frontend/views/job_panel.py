@@ -5,6 +5,7 @@ still moving: one GET of the manifest and one LIST of the job's folder per tick,
 Once everything is terminal the page reruns once, redefining the fragment without a timer.
 """
 
+import base64
 import html
 import time
 
@@ -14,16 +15,14 @@ from backend.storage import StorageError
 from frontend import services
 from frontend.client import BackendError
 from frontend.jobs import ImageView, JobView, format_elapsed, is_job_id, load_job, ticket_view, upscale_key
+from frontend.views import job_actions
+from frontend.views.job_actions import asked_upscales, request_upscale
 
 POLL_S = 1.0
+TECHNICAL = {"off": " (technically: the generator runs with UPSCALER=off)"}  # for whoever runs it, in the tooltip
 UPSCALE_WAIT_S = 600  # how long a requested upscale keeps the panel polling before its manifest shows it
 BADGES = {"queued": ("Queued", "gray"), "running": ("Generating", "blue"), "succeeded": ("Done", "green"),
           "failed": ("Failed", "red"), "canceled": ("Canceled", "gray")}
-
-
-def remember_ticket(ticket: dict, spec: dict) -> None:
-    """Placeholders for the moment between the 202 and the first manifest read."""
-    st.session_state.setdefault("tickets", {})[ticket["id"]] = (ticket, spec)
 
 
 def draw(job_id: str | None) -> None:
@@ -67,7 +66,7 @@ def _load(job_id: str) -> JobView | None:
 
 
 def _needs_polling(view: JobView) -> bool:
-    asked = st.session_state.get("upscales_asked", {})
+    asked = asked_upscales()
     waiting = any(time.time() - asked.get(f"{view.id}/{img.index}", 0) < UPSCALE_WAIT_S
                   and img.upscale_status is None and not img.upscaled for img in view.images)
     return view.needs_polling or waiting
@@ -85,10 +84,11 @@ def _render(job_id: str, polling: bool) -> None:
         st.rerun()  # the whole page once, so the fragment is drawn again without its timer
     _summary(view)
     per_row = 2 if len(view.images) <= 4 else 3
-    for start in range(0, len(view.images), per_row):
-        for column, img in zip(st.columns(per_row), view.images[start:start + per_row]):
-            with column:
-                _image_card(view, img)
+    with st.container(key="results-grid"):  # two pictures a row on a phone too (see chrome.CSS)
+        for start in range(0, len(view.images), per_row):
+            for column, img in zip(st.columns(per_row), view.images[start:start + per_row]):
+                with column:
+                    _image_card(view, img)
 
 
 def _summary(view: JobView) -> None:
@@ -109,14 +109,13 @@ def _summary(view: JobView) -> None:
     st.markdown(f'<div class="sr-prompt">{html.escape(view.prompt)}</div>', unsafe_allow_html=True)
     if view.status == "failed" and view.error:
         st.error(view.error)
+    job_actions.bar(view)
 
 
 def _image_card(view: JobView, img: ImageView) -> None:
     with st.container(border=True, key=f"result-{img.index}"):
         if not img.done:
-            reason = f"<small>{html.escape(img.error)}</small>" if img.error else ""
-            st.markdown(f'<div class="sr-slot sr-slot-{img.status}" style="aspect-ratio: {view.width} / '
-                        f'{view.height}"><b>{img.label}</b>{reason}</div>', unsafe_allow_html=True)
+            tile(view, img)
             st.caption(f"#{img.index + 1}" + (f" · seed {img.seed}" if img.seed is not None else ""))
             return
         url = services.settings().storage_url
@@ -130,9 +129,37 @@ def _image_card(view: JobView, img: ImageView) -> None:
                 st.caption(f"#{img.index + 1} · seed {img.seed}")
             _image_actions(view, img, url, data)
         except StorageError:
-            st.markdown(f'<div class="sr-slot sr-slot-failed" style="aspect-ratio: {view.width} / {view.height}">'
-                        '<b>Done</b><small>it is stored, but could not be read just now: reload to try '
-                        'again</small></div>', unsafe_allow_html=True)
+            _slot(view, "failed", "Done", "it is stored, but could not be read just now: reload to try again")
+
+
+def tile(view: JobView, img: ImageView) -> None:
+    """A picture that is not ready: its preview while it sharpens (else a placeholder), and how far it is."""
+    _slot(view, img.status, img.label, img.error, _preview(img))
+    if img.status == "running" and img.progress:
+        step, steps = img.progress
+        eta = img.eta_s()
+        left = f" · about {format_elapsed(eta)} left" if eta is not None else ""
+        st.progress(min(1.0, step / steps), text=f"Step {step} of {steps}{left}")
+
+
+def _preview(img: ImageView) -> bytes | None:
+    if not img.preview_key or img.status != "running":
+        return None
+    try:  # rewritten as it sharpens: read fresh on every tick, never cached
+        return services.storage().get(img.preview_key)
+    except StorageError:
+        return None
+
+
+def _slot(view: JobView, status: str, label: str, reason: str | None = None, preview: bytes | None = None) -> None:
+    """The tile of a picture not shown yet. A preview (a small JPEG) is drawn inside it, inline: it is not
+    the picture, and it is gone once the PNG lands."""
+    small = f"<small>{html.escape(reason)}</small>" if reason else ""
+    source = f"data:image/jpeg;base64,{base64.b64encode(preview).decode()}" if preview else ""
+    behind = f'<img class="sr-preview" alt="preview" src="{source}">' if preview else ""
+    st.markdown(f'<div class="sr-slot sr-slot-{status}{" sr-slot-preview" if preview else ""}" style="aspect-ratio: '
+                f'{view.width} / {view.height}">{behind}<b>{html.escape(label)}</b>{small}</div>',
+                unsafe_allow_html=True)
 
 
 def _image_actions(view: JobView, img: ImageView, url: str, data: bytes) -> None:
@@ -144,13 +171,14 @@ def _image_actions(view: JobView, img: ImageView, url: str, data: bytes) -> None
         right.download_button("4x PNG", services.image_bytes(url, upscale_key(img.key)),
                               file_name=f"{name}-x4.png", mime="image/png", key=f"dl4-{img.index}",
                               icon=":material/download:", width="stretch", on_click="ignore")
-    elif img.upscaling or (img.upscale_status is None and f"{view.id}/{img.index}" in _asked()):
+    elif img.upscaling or (img.upscale_status is None and f"{view.id}/{img.index}" in asked_upscales()):
         right.button("Upscaling…", key=f"up-{img.index}", disabled=True, width="stretch")
     elif refusal := services.current_health().upscale_refusal:  # a button that can only fail is not offered
         right.button("Upscale 4x", key=f"up-{img.index}", icon=":material/zoom_out_map:", width="stretch",
-                     disabled=True, help=refusal)
-    elif right.button("Upscale 4x", key=f"up-{img.index}", icon=":material/zoom_out_map:", width="stretch"):
-        _request_upscale(view.id, img.index)
+                     disabled=True, help=refusal + TECHNICAL.get(services.current_health().upscaler, ""))
+    elif (right.button("Upscale 4x", key=f"up-{img.index}", icon=":material/zoom_out_map:", width="stretch")
+          and request_upscale(view.id, img.index)):
+        st.rerun()  # the whole page, so the panel polls until the upscale lands
     if img.upscale_status == "failed":
         st.warning(f"Upscale failed: {img.upscale_error or 'no reason given'}")
     message = st.session_state.get("upscale_errors", {}).get(f"{view.id}/{img.index}")
@@ -158,17 +186,3 @@ def _image_actions(view: JobView, img: ImageView, url: str, data: bytes) -> None
         st.warning(f"Cannot upscale: {message}")
 
 
-def _asked() -> dict:
-    return st.session_state.setdefault("upscales_asked", {})
-
-
-def _request_upscale(job_id: str, index: int) -> None:
-    errors = st.session_state.setdefault("upscale_errors", {})
-    try:
-        services.client().upscale(job_id, index)
-    except BackendError as e:
-        errors[f"{job_id}/{index}"] = e.message  # drawn under the button, in this same run
-        return
-    errors.pop(f"{job_id}/{index}", None)
-    _asked()[f"{job_id}/{index}"] = time.time()
-    st.rerun()  # the whole page, so the panel polls until the upscale lands

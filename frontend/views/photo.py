@@ -34,8 +34,8 @@ def section(product: dict | None, native: int) -> PhotoChoice:
                                   "background removed.")
     upload = (photo.name, photo.getvalue(), photo.type or "application/octet-stream") if photo else None
     if mode == "restyle":
-        st.slider("Strength", 0.0, 1.0, step=0.05, key="strength",
-                  help="Low keeps the photo nearly as it is; high lets the prompt repaint more of it.")
+        st.slider("How much to change", 0.0, 1.0, step=0.05, key="strength",
+                  help="Strength: low keeps the photo nearly as it is; high lets the prompt repaint more of it.")
         _canvas(native)
         return PhotoChoice("restyle", upload, None if upload else "Upload the photo to restyle.")
     return _place(upload, product, packshot_key, native)

@@ -1,93 +1,115 @@
-"""Products: the catalog's products, and a form to add one (its LoRA, trigger words, category)."""
+"""Products: the list (each with its picture, what it can do, Open and Delete) and, beside it, either the
+form to add one or the product that is open (?product=<name> in the URL, so a reload keeps it)."""
 
-import json
+import html
 
 import streamlit as st
 
+from backend.contract import NAME_RE
 from backend.storage import StorageError
-from frontend import services
+from frontend import nav, services
 from frontend.client import BackendError
+from frontend.views import product_form, product_panel
+
+CONFIRM = "confirm_delete_product"
 
 
 def draw() -> None:
-    listing, form = st.columns([6, 5], gap="large")
-    with listing:
-        st.markdown("#### Your products")
-        _listing()
-    with form:
-        st.markdown("#### Add a product")
-        if added := st.session_state.pop("product_added", None):
-            st.success(f"Added **{added}**: choose it on the Create page.")
-        _form()
-
-
-def _products() -> list[dict]:
-    """From the generator's catalog; with the generator off, from storage, where the records live."""
-    if services.current_health().state != "offline":
-        try:
-            return services.current_catalog().get("products", [])
-        except BackendError:
-            pass
-    store = services.storage()
-    if store is None:
-        return []
-    found = []
-    for key in store.list_files("products/"):
-        if key.endswith(".json"):
-            try:
-                record = json.loads(store.get(key))
-            except (StorageError, ValueError):
-                continue
-            if isinstance(record, dict) and isinstance(record.get("name"), str):
-                found.append(record)
-    return sorted(found, key=lambda p: p.get("name", ""))
-
-
-def _listing() -> None:
     try:
-        products = _products()
+        products = services.product_records()
     except StorageError as e:
         st.error(f"The product list cannot be read right now: {e}")
-        return
+        products = []
+    listing, side = st.columns([6, 5], gap="large")
+    with listing:
+        st.markdown("#### Your products")
+        _listing(products)
+    with side:
+        name = open_product()
+        product = next((p for p in products if p["name"] == name), None)
+        if product is not None:
+            product_panel.draw(product)
+        else:
+            product_form.draw()
+
+
+def open_product() -> str | None:
+    """The product in the URL; else the one this session last opened (Streamlit drops the query string
+    when another page is visited). A value that is not a product name is ignored, never echoed."""
+    name = st.query_params.get("product")
+    if name and NAME_RE.fullmatch(name):
+        st.session_state["open_product"] = name
+        return name
+    name = st.session_state.get("open_product")
+    if name:
+        st.query_params["product"] = name
+    return name
+
+
+def _listing(products: list[dict]) -> None:
     if not products:
-        st.markdown('<div class="sr-empty"><h3>No products yet</h3>Fine-tune a LoRA on your product, then '
-                    'add it here with the words that call it up.</div>', unsafe_allow_html=True)
+        st.markdown('<div class="sr-empty"><h3>No products yet</h3>Add one with a few photos of it: Showroom cuts '
+                    'it out at once, and can learn it so it appears in any scene.</div>', unsafe_allow_html=True)
         return
     for product in products:
         with st.container(border=True, key=f"product-{product['name']}"):
-            name, badge = st.columns([3, 1], vertical_alignment="center")
-            name.markdown(f"**{product['name']}**  \n`{product.get('trigger', '')}`")
-            with badge:
-                st.badge(product.get("category") or "uncategorised", color="violet")
-            st.caption(f"LoRA weight {product.get('weight', 1.0)}")
+            picture, words = st.columns([1, 3], vertical_alignment="center")
+            with picture:
+                _picture(product)
+            with words:
+                _card_words(product)
 
 
-def _form() -> None:
-    offline = not services.current_health().can_generate
-    if offline:
-        st.info("Adding a product needs the generator, which is not available right now.")
-    with st.form("add-product", clear_on_submit=True):
-        name = st.text_input("Name", placeholder="red-bottle", help="Letters, digits, '-' or '_' (up to 64).")
-        trigger = st.text_input("Trigger words", placeholder="sks bottle",
-                                help="The words the LoRA was trained on; they replace `<product>` in prompts.")
-        category = st.text_input("Category (optional)", placeholder="cosmetics")
-        weight = st.slider("LoRA weight", 0.0, 2.0, 1.0, step=0.05)
-        lora = st.file_uploader("LoRA file (.safetensors)", type=["safetensors"])
-        submitted = st.form_submit_button("Add product", type="primary", disabled=offline,
-                                          icon=":material/add:")
-    if submitted:
-        _add(name.strip(), trigger.strip(), category.strip() or None, weight, lora)
+def _picture(product: dict) -> None:
+    key = product.get("packshot_key")
+    if key:
+        try:
+            shot = services.packshot(services.settings().storage_url, key)
+            st.image(services.cutout_on_checkerboard(shot), width="stretch")
+            return
+        except StorageError:
+            pass
+    st.markdown('<div class="sr-thumb-empty">No picture</div>', unsafe_allow_html=True)
 
 
-def _add(name: str, trigger: str, category: str | None, weight: float, lora) -> None:
-    if not name or not trigger or lora is None:
-        st.error("A product needs a name, its trigger words and its LoRA file.")
+def _card_words(product: dict) -> None:
+    name = product["name"]
+    kind = html.escape(product.get("category") or "")
+    st.markdown(f'<div class="sr-card-head"><b>{html.escape(name)}</b>'
+                f'{f"<span class=sr-tag>{kind}</span>" if kind else ""}</div>'
+                f'<span class="sr-meta">{html.escape(product_panel.what_it_can_do(product))}</span>',
+                unsafe_allow_html=True)
+    if st.session_state.get(CONFIRM) == name:
+        _confirm_delete(name)
         return
-    try:
-        product = services.client().add_product(name, trigger, category, weight, (lora.name, lora.getvalue()))
-    except BackendError as e:
-        st.error(f"The product was not added: {e.message}")
-        return
-    services.catalog.clear()
-    st.session_state["product_added"] = product["name"]
-    st.rerun()  # so the list above shows it too
+    with st.container(horizontal=True, gap="small"):
+        if st.button("Open", key=f"open-product-{name}", icon=":material/open_in_full:"):
+            nav.focus_product(name)
+            st.rerun()
+        offline = services.current_health().state == "offline"
+        if st.button("Delete", key=f"delete-product-{name}", icon=":material/delete:", disabled=offline,
+                     help="Deleting needs the generator, which is offline" if offline else None):
+            st.session_state[CONFIRM] = name
+            st.rerun()
+
+
+def _confirm_delete(name: str) -> None:
+    st.markdown(f"**Delete {html.escape(name)}?** Its picture and what Showroom learnt of it are removed; "
+                "pictures already made with it are kept.")
+    with st.container(horizontal=True, gap="small"):
+        confirmed = st.button("Delete for good", key=f"delete-product-yes-{name}", type="primary")
+        if st.button("Keep it", key=f"delete-product-no-{name}"):
+            st.session_state.pop(CONFIRM, None)
+            st.rerun()
+    if confirmed:
+        try:
+            services.client().delete_product(name)
+        except BackendError as e:
+            st.error(f"{name} was not deleted: {e.message}")
+            return
+        st.session_state.pop(CONFIRM, None)
+        if st.session_state.get("open_product") == name:
+            nav.focus_product(None)
+        services.catalog.clear()
+        services.packshot.clear()
+        st.rerun()

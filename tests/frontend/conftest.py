@@ -4,6 +4,7 @@ import time
 from pathlib import Path
 
 import pytest
+import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from backend.tools.seaweed import free_port
@@ -34,6 +35,7 @@ def open_app(monkeypatch):
             monkeypatch.delenv(name, raising=False)
         for name, value in env.items():
             monkeypatch.setenv(name, value)
+        st.cache_data.clear()  # each test starts as a fresh server would: no catalog, history or health kept
         at = AppTest.from_file(APP, default_timeout=60)
         if job:
             at.query_params["job"] = job

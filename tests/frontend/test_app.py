@@ -87,7 +87,8 @@ def test_job_link_brings_back_finished_images_at_once(backend, open_app):
     at = open_app(frontend_env(backend), job=job["id"])
     assert_no_exception(at)
     assert shown_images(at) == 2
-    assert len([b for b in at.download_button]) == 2, "each image can be downloaded at full resolution"
+    assert [b.key for b in at.download_button] == ["job-zip", "dl-0", "dl-1"], \
+        "the whole job as a ZIP, and each image at full resolution"
 
 
 def test_job_link_to_a_pending_job_shows_placeholders_then_fills(backend, open_app):
@@ -120,7 +121,8 @@ def test_upscale_says_why_it_cannot(backend, open_app, monkeypatch):
     assert_no_exception(at)
     button = at.button(key="up-0")
     assert button.label == "Upscale 4x"
-    assert button.disabled and "Upscaling is off on this backend" in button.help, "/health says upscaler: off"
+    assert button.disabled and "Enlarging pictures 4x is not switched on" in button.help, "/health says upscaler: off"
+    assert "Enlarging pictures 4x is not switched on" in page_text(at), "the reason is in words, not only on hover"
 
     # a health answer from before the backend restarted without its upscaler: the backend's refusal is shown
     monkeypatch.setattr(services, "current_health", lambda: services.Health("online", "Online", upscaler="replicate"))
@@ -185,17 +187,18 @@ def test_password_gate(backend, open_app):
     assert [b for b in at.button if b.key == "generate"]
 
 
-def test_add_product_then_generate_with_it(backend, open_app, tiny_model):
+def test_add_product_from_a_lora_then_generate_with_it(backend, open_app, tiny_model):
     at = open_app(frontend_env(backend))
     at.switch_page("app_pages/products.py").run()
-    form = at.text_input
-    form[0].input("frontend-mug")
-    form[1].input("sks mug")
-    form[2].input("kitchen")
-    at.file_uploader[0].set_value(("mug.safetensors", make_lora(tiny_model, seed=5), "application/octet-stream"))
-    at.button[0].click().run()
+    at.text_input(key="add_name").input("frontend-mug")
+    at.text_input(key="add_kind").input("kitchen")
+    at.text_input(key="add_trigger").input("sks mug")
+    at.file_uploader(key="add_lora").set_value(("mug.safetensors", make_lora(tiny_model, seed=5),
+                                                "application/octet-stream"))
+    at.button(key="add-submit").click().run()
     assert_no_exception(at)
-    assert "Added" in page_text(at) and "frontend-mug" in page_text(at)
+    assert at.query_params.get("product") == "frontend-mug", page_text(at)
+    assert "Learnt: Showroom draws it in any scene" in page_text(at), "a LoRA of its own: it is learnt"
 
     at.switch_page("app_pages/create.py").run()
     at.selectbox(key="product").set_value("frontend-mug")

@@ -1,8 +1,10 @@
 """A real browser on the real app: headless Chromium (Debian's) driven by Playwright, the real backend behind it."""
 
+import re
 import subprocess
 import sys
 import time
+import zipfile
 
 import pytest
 import requests
@@ -11,10 +13,11 @@ from playwright.sync_api import expect, sync_playwright
 from backend.tools.seaweed import free_port
 from tests.factories import packshot
 from tests.frontend.conftest import REPO, frontend_env
+from tests.frontend.photos import product_photos
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-RESULT_IMAGES = '[class*="st-key-result-"] img'
+RESULT_IMAGES = '[class*="st-key-result-"] img:not(.sr-preview)'  # final pictures, not the previews
 
 
 @pytest.fixture
@@ -74,7 +77,7 @@ def test_generate_in_a_real_browser_then_reload_the_job_link(backend, app_url, a
         prompt.fill("<product> on a white marble plinth, soft light, a sprig of eucalyptus")
         prompt.press("Control+Enter")
         page.get_by_text("Advanced settings").click()
-        steps = page.get_by_label("Steps")
+        steps = page.get_by_role("spinbutton", name="Steps", exact=True)
         steps.fill("2")
         steps.press("Enter")
         page.wait_for_timeout(800)
@@ -87,6 +90,11 @@ def test_generate_in_a_real_browser_then_reload_the_job_link(backend, app_url, a
         page.evaluate("for (const el of document.querySelectorAll('*')) if (el.scrollTop) el.scrollTop = 0")
         page.wait_for_timeout(500)
         page.screenshot(path=str(artifacts / "frontend-generate.png"), full_page=True)
+        with page.expect_download(timeout=30_000) as download:  # the ZIP is built by the page, on the click
+            page.get_by_role("button", name="Download all").click()
+        with zipfile.ZipFile(download.value.path()) as archive:
+            names = archive.namelist()
+        assert "job.json" in names and len([n for n in names if n.endswith(".png")]) == 4, names
 
         again = browser.new_page(viewport={"width": 1440, "height": 1500})  # another device, same link
         again.goto(job_url)
@@ -120,7 +128,7 @@ def test_place_a_product_in_a_real_browser(backend, app_url, artifacts):
         page.locator(".st-key-tpl-stone-podium-botanical button").click()
         expect(page.get_by_label("Prompt", exact=True)).not_to_have_value("", timeout=10_000)
         page.get_by_text("Advanced settings").click()
-        steps = page.get_by_label("Steps")
+        steps = page.get_by_role("spinbutton", name="Steps", exact=True)
         steps.fill("2")
         steps.press("Enter")
         page.wait_for_timeout(800)
@@ -141,3 +149,79 @@ def test_place_a_product_in_a_real_browser(backend, app_url, artifacts):
     job = backend.get(f"/v1/jobs/{job_url.split('job=')[1].split('&')[0]}").json()
     assert job["spec"]["mode"] == "place" and job["spec"]["placement"]["x"] == 0.67, job["spec"]
     assert (job["spec"]["width"], job["spec"]["height"]) == (64, 80) and job["layout_key"], job
+
+
+def scroll_to_top(page) -> None:
+    page.evaluate("for (const el of document.querySelectorAll('*')) if (el.scrollTop) el.scrollTop = 0")
+    page.wait_for_timeout(500)
+
+
+@pytest.mark.browser
+def test_a_product_from_photos_taught_and_checked_in_a_real_browser(backend, app_url, artifacts):
+    """Add a product from four photos, see its cut-out, teach it (10 steps), and check it: products.png."""
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 1400})
+        page.goto(f"{app_url}/products")
+        expect(page.get_by_text("Generator: Online")).to_be_visible(timeout=30_000)
+        page.get_by_role("textbox", name="Name", exact=True).fill("amber-bottle")
+        page.get_by_role("textbox", name="What is it? (optional)").fill("bottle")
+        page.locator(".st-key-add_photos input[type=file]").set_input_files(
+            files=[{"name": n, "mimeType": t, "buffer": b} for n, b, t in product_photos(4)])
+        page.wait_for_timeout(800)
+        page.get_by_role("button", name="Add product").click()
+        expect(page.get_by_text("Its cut-out: placed exactly as it is")).to_be_visible(timeout=30_000)
+        assert "product=amber-bottle" in page.url, page.url
+
+        page.get_by_text("Advanced").click()
+        steps = page.get_by_role("spinbutton", name="Learning steps")
+        steps.fill("10")
+        steps.press("Enter")
+        page.wait_for_timeout(800)
+        page.get_by_role("button", name="Teach Showroom this product").click()
+        expect(page.get_by_text("Showroom has learnt amber-bottle")).to_be_visible(timeout=90_000)
+        page.get_by_role("button", name="Make 4 test pictures in the studio style").click()
+        expect(page.get_by_text("4 of 4 ready")).to_be_visible(timeout=90_000)
+        page.mouse.move(5, 700)  # no tooltip over the picture
+        page.wait_for_timeout(800)
+        scroll_to_top(page)
+        page.screenshot(path=str(artifacts / "products.png"), full_page=True)
+
+        again = browser.new_page(viewport={"width": 1440, "height": 1400})  # a reload finds it all again
+        again.goto(page.url)
+        expect(again.get_by_text("Showroom has learnt amber-bottle")).to_be_visible(timeout=30_000)
+        browser.close()
+    product = {p["name"]: p for p in backend.get("/v1/catalog").json()["products"]}["amber-bottle"]
+    assert product["has_lora"] and product["packshot_key"] == "products/amber-bottle.png"
+
+
+@pytest.mark.browser
+def test_a_running_job_shows_progress_and_previews_in_a_real_browser(backend, app_url, artifacts):
+    """A long job caught mid-way: each running picture's preview, step count and time left (job-running.png);
+    then the same job on a phone, two pictures a row (job-phone.png)."""
+    job = backend.submit({"prompt": "a ceramic vase on a wooden table", "num_images": 4, "steps": 150,
+                          "width": 128, "height": 128, "seed": 3})
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1440, "height": 1300})
+            page.goto(f"{app_url}/?job={job['id']}")
+            expect(page.locator("img.sr-preview").first).to_be_visible(timeout=60_000)
+            expect(page.get_by_text(re.compile(r"Step \d+ of 150 · about")).first).to_be_visible(timeout=30_000)
+            scroll_to_top(page)
+            page.screenshot(path=str(artifacts / "job-running.png"), full_page=True)
+
+            phone = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2)
+            phone.goto(f"{app_url}/?job={job['id']}")
+            expect(phone.locator(".st-key-result-1 .sr-slot")).to_be_visible(timeout=30_000)
+            side_by_side = """() => {
+                const [a, b] = [0, 1].map(i => document.querySelector(`.st-key-result-${i}`).getBoundingClientRect());
+                return Math.abs(a.top - b.top) < 2 && b.left > a.right - 1;
+            }"""
+            phone.wait_for_function(side_by_side, timeout=10_000)  # two a row, not one under the other
+            phone.locator(".st-key-results-grid").scroll_into_view_if_needed()
+            phone.wait_for_timeout(500)
+            phone.screenshot(path=str(artifacts / "job-phone.png"))
+            browser.close()
+    finally:
+        backend.post(f"/v1/jobs/{job['id']}/cancel")

@@ -73,7 +73,7 @@ def test_health_counts_distinct_gpus_not_workers():
 
 
 def test_health_says_when_upscaling_can_only_fail():
-    assert "off on this backend" in health_from(workers_on("cpu")).upscale_refusal
+    assert "not switched on" in health_from(workers_on("cpu")).upscale_refusal
     assert health_from(workers_on("cpu") | {"upscaler": "replicate"}).upscale_refusal is None
     assert "offline" in Health("offline", "Offline").upscale_refusal
     assert Health("error", "Error", "500").upscale_refusal is None, "unknown: let the backend answer"

@@ -18,18 +18,26 @@ from tests.frontend.conftest import assert_no_exception, frontend_env, page_text
 PLACE_ONLY_MISSING = "cosmetics-water-splash"  # a template whose modes leave out "place"
 
 
-def test_placed_box_is_where_the_backend_puts_the_product():
+def test_the_canvas_preview_puts_the_product_where_the_backend_places_it():
+    """The preview is the backend's own product layer, shrunk: its product box is the layer's, scaled."""
     from backend.place.layout import Placement, place
 
     rng = np.random.default_rng(7)
-    for _ in range(300):
-        cut_w, cut_h, width, height = (int(v) for v in rng.integers(1, 200, 4))
-        x, y, scale = float(rng.random()), float(rng.random()), float(rng.uniform(0.05, 1))
+    for _ in range(40):
+        cut_w, cut_h = (int(v) for v in rng.integers(4, 120, 2))
+        width, height = (int(v) * 8 for v in rng.integers(8, 80, 2))
+        x, y, scale = float(rng.uniform(0.2, 0.8)), float(rng.uniform(0.2, 0.8)), float(rng.uniform(0.1, 1))
+        red = io.BytesIO()
+        Image.new("RGBA", (cut_w, cut_h), (220, 0, 0, 255)).save(red, format="PNG")
         layer = place(Image.new("RGBA", (cut_w, cut_h), (9, 9, 9, 255)), width, height, Placement(x, y, scale))
-        left, top, w, h = placement.placed_box((cut_w, cut_h), width, height, x, y, scale)
-        inside = (max(left, 0), max(top, 0), min(left + w, width), min(top + h, height))
-        expected = inside if inside[0] < inside[2] and inside[1] < inside[3] else None
-        assert layer.getchannel("A").getbbox() == expected, (cut_w, cut_h, width, height, x, y, scale)
+        preview = Image.open(io.BytesIO(placement.canvas_preview(red.getvalue(), width, height, x, y, scale)))
+        sx, sy = preview.width / width, preview.height / height
+        rgb = np.asarray(preview.convert("RGB")).astype(int)
+        ys, xs = np.nonzero((rgb[..., 0] > 120) & (rgb[..., 1] < 120))  # more product than canvas
+        left, top, right, bottom = layer.getchannel("A").getbbox()
+        case = (cut_w, cut_h, width, height, x, y, scale)
+        assert abs(xs.min() - left * sx) <= 1 and abs(xs.max() + 1 - right * sx) <= 1, case
+        assert abs(ys.min() - top * sy) <= 1 and abs(ys.max() + 1 - bottom * sy) <= 1, case
 
 
 def test_canvas_presets_are_sized_as_the_backend_sizes_an_aspect():

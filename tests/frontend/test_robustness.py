@@ -42,7 +42,7 @@ def test_history_skips_unreadable_jobs_and_keeps_the_rest(tmp_path):
     storage.put(f"jobs/{good}/job.json", json.dumps({"id": good, "images": [{"index": 0, "key": "k"}]}).encode())
     for manifest in MALFORMED:
         storage.put(f"jobs/{uuid.uuid4().hex}/job.json", json.dumps(manifest).encode())
-    assert [job.id for job in recent_jobs(storage, 50)] == [good]
+    assert [job.id for job in recent_jobs(storage, 50).jobs] == [good]
 
 
 @pytest.mark.parametrize("body", [[], "ok", {"status": "ok", "queue": {"pending": None}},

@@ -1,0 +1,113 @@
+"""What can be done with a whole job: download it as a ZIP, upscale every picture, reuse its settings on the
+Create page, or make more like it with a new seed."""
+
+import time
+import uuid
+
+import streamlit as st
+
+from backend.storage import StorageError
+from frontend import downloads, reuse, services
+from frontend.client import BackendError
+from frontend.jobs import JobView
+
+PENDING = "compose_pending"   # values for the Create page's widgets, applied before they are drawn
+NOTE = "compose_note"         # what the page says about them once applied
+
+
+def bar(view: JobView) -> None:
+    """The job's buttons, in one row that wraps on a narrow screen."""
+    health = services.current_health()
+    refusal = health.upscale_refusal
+    with st.container(horizontal=True, gap="small", key="job-actions"):
+        if view.done_count:
+            store = services.storage()
+            st.download_button("Download all", lambda: downloads.job_zip(store, view),  # built on click only
+                               file_name=f"showroom-{view.id[:12]}.zip", mime="application/zip", key="job-zip",
+                               icon=":material/folder_zip:", on_click="ignore",
+                               help="Every finished picture (with its settings inside the file) and the job's record")
+            waiting = [img for img in view.images if img.done and not img.upscaled and not img.upscaling]
+            if waiting and st.button("Upscale all", key="job-upscale-all", icon=":material/zoom_out_map:",
+                                     disabled=refusal is not None, help=refusal or "Every picture, 4x larger"):
+                _upscale_all(view, [img.index for img in waiting])
+        if view.spec:
+            if st.button("Use these settings", key="job-reuse", icon=":material/tune:",
+                         help="Fill the form with this job's product, style, prompt, size, steps and seed"):
+                use_settings(view)
+                st.rerun(scope="app")  # the form is outside this fragment
+            if st.button("More like this", key="job-vary", icon=":material/autorenew:",
+                         disabled=not health.can_generate, help="The same settings again, with a new seed"):
+                _more_like_this(view)
+    if view.done_count and refusal:
+        st.caption(f"{refusal}.")  # in words, on a phone too, not only in a tooltip
+
+
+def use_settings(view: JobView) -> None:
+    """The Create page's widgets take the job's values on the next run of the app."""
+    st.session_state[PENDING] = reuse.compose_values(view, _trigger(view.spec.get("product")),
+                                                     services.current_health().native_size)
+    st.session_state[NOTE] = "The form holds the settings of the job on the right." + (
+        " It was made from a photo you uploaded: upload it again to use it." if view.input_key else "")
+
+
+def apply_pending() -> None:
+    """Called by the entry point before any widget is drawn (a widget's value cannot change after)."""
+    values = st.session_state.pop(PENDING, None)
+    if values:
+        st.session_state.update(values)
+
+
+def _trigger(product: str | None) -> str | None:
+    if not product:
+        return None
+    try:
+        for record in services.product_records():
+            if record.get("name") == product:
+                return record.get("trigger")
+    except StorageError:
+        pass
+    return None
+
+
+def _more_like_this(view: JobView) -> None:
+    spec = reuse.variation(view, _trigger(view.spec.get("product")))
+    try:
+        photo = ("input.png", services.storage().get(view.input_key), "image/png") if view.input_key else None
+        ticket = services.client().submit(spec, photo, idempotency_key=uuid.uuid4().hex)
+    except (BackendError, StorageError) as e:
+        st.error(f"No new job was started: {getattr(e, 'message', e)}")
+        return
+    remember_ticket(ticket, spec)
+    services.history.clear()
+    st.session_state["open_job"] = st.query_params["job"] = ticket["id"]
+    st.rerun(scope="app")  # the whole page: the panel follows the new job
+
+
+def _upscale_all(view: JobView, indices: list[int]) -> None:
+    for index in indices:
+        if not request_upscale(view.id, index):
+            break  # the reason is under the picture; the others would only fail the same way
+    st.rerun(scope="app")  # the whole page, so the panel polls until the upscales land
+
+
+def remember_ticket(ticket: dict, spec: dict) -> None:
+    """Placeholders for the moment between the 202 and the first manifest read."""
+    st.session_state.setdefault("tickets", {})[ticket["id"]] = (ticket, spec)
+
+
+def asked_upscales() -> dict:
+    """"<job>/<index>" -> when this session asked for its upscale."""
+    return st.session_state.setdefault("upscales_asked", {})
+
+
+def request_upscale(job_id: str, index: int) -> bool:
+    """Ask for one upscale; a refusal is kept to be drawn under the picture. True when it was accepted."""
+    errors = st.session_state.setdefault("upscale_errors", {})
+    try:
+        services.client().upscale(job_id, index)
+    except BackendError as e:
+        errors[f"{job_id}/{index}"] = e.message
+        return False
+    errors.pop(f"{job_id}/{index}", None)
+    asked_upscales()[f"{job_id}/{index}"] = time.time()
+    return True

@@ -1,0 +1,83 @@
+"""Add a product: a name and a few photos (the first becomes its cut-out picture), or a LoRA already made.
+
+Plain words on the form; the technical names (trigger words, LoRA) live in the help texts. A refused
+upload keeps everything typed and says why in words.
+"""
+
+from pathlib import PurePath
+
+import streamlit as st
+
+from frontend import nav, services
+from frontend.client import BackendError
+from frontend.trainings import suggest_trigger
+
+PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+TEACH_PHOTOS = "photos_to_teach"   # product name -> the photos it was added with, for teaching it next
+
+
+def draw() -> None:
+    st.markdown("#### Add a product")
+    offline = not services.current_health().can_generate
+    if offline:
+        st.info("Adding a product needs the generator, which is not available right now.")
+    with st.form("add-product", clear_on_submit=False):  # a refused upload keeps what was typed
+        name = st.text_input("Name", key="add_name", placeholder="e.g. blue-mug",
+                             help="Letters, digits, '-' or '_' (up to 64); it is how you pick the product later.")
+        kind = st.text_input("What is it? (optional)", key="add_kind", placeholder="e.g. mug",
+                             help="One or two words: they help Showroom draw the product and sort your list.")
+        photos = st.file_uploader("Photos of the product (drag several)", key="add_photos", accept_multiple_files=True,
+                                  help="Drag several at once: PNG, JPEG or WebP. The first is cut out and becomes "
+                                       "the product's picture, placed exactly as it is; all of them can teach "
+                                       "Showroom the product (2 to 40 photos, from different angles, work best).")
+        with st.expander("Advanced"):
+            trigger = st.text_input("Words that call it up in a prompt", key="add_trigger",
+                                    placeholder="chosen for you: a rare word plus what it is, e.g. zwx mug",
+                                    help="Its trigger words: they replace <product> in a prompt, and Showroom "
+                                         "learns the product under them. Leave empty to have them chosen.")
+        with st.expander("I already have a LoRA"):
+            lora = st.file_uploader("LoRA file (.safetensors)", key="add_lora",
+                                    help="A LoRA trained on this product for the generator's model. The words "
+                                         "above must be the trigger words it was trained with.")
+            weight = st.slider("How strongly it applies", 0.0, 2.0, 1.0, step=0.05, key="add_weight",
+                               help="The LoRA's weight: 1 as trained; lower if it overpowers the scene.")
+        submitted = st.form_submit_button("Add product", type="primary", disabled=offline, icon=":material/add:",
+                                          key="add-submit")
+    if submitted:
+        _add(name.strip(), kind.strip() or None, trigger.strip(), photos or [], lora, weight)
+
+
+def _add(name: str, kind: str | None, trigger: str, photos: list, lora, weight: float) -> None:
+    problem = _problem(name, photos, lora)
+    if problem:
+        st.error(problem)
+        return
+    trigger = trigger or suggest_trigger(name, kind)
+    first = (photos[0].name, photos[0].getvalue(), photos[0].type or "application/octet-stream") if photos else None
+    try:
+        with st.spinner("Cutting the product out of the first photo…" if first else "Checking the LoRA…"):
+            product = services.client().add_product(name, trigger, kind, weight,
+                                                    lora=(lora.name, lora.getvalue()) if lora else None, photo=first)
+    except BackendError as e:
+        st.error(f"**{name} was not added.** {e.message[:1].upper()}{e.message[1:]}.", icon=":material/error:")
+        return
+    services.catalog.clear()
+    services.packshot.clear()  # a product added again under an old name has a new picture
+    st.session_state.setdefault(TEACH_PHOTOS, {})[product["name"]] = [
+        (p.name, p.getvalue(), p.type or "application/octet-stream") for p in photos]
+    nav.focus_product(product["name"])
+    st.rerun()
+
+
+def _problem(name: str, photos: list, lora) -> str | None:
+    """What stops the form before anything is sent, in words (the backend checks the rest)."""
+    if not name:
+        return "Give the product a name."
+    if not photos and lora is None:
+        return "Add at least one photo of the product (or its LoRA, under “I already have a LoRA”)."
+    for photo in photos:
+        if PurePath(photo.name).suffix.lower() not in PHOTO_SUFFIXES:
+            return f"“{photo.name}” is not a photo Showroom can read: use PNG, JPEG or WebP files."
+    if lora is not None and PurePath(lora.name).suffix.lower() != ".safetensors":
+        return f"“{lora.name}” is not a .safetensors file: a LoRA must be saved in that format."
+    return None

@@ -1,0 +1,169 @@
+"""One product, open beside the list: its cut-out picture, teaching Showroom the product from its photos
+(a progress bar fed by the training's manifest in storage, so a reload finds it again), and once it has
+learnt, a check: four pictures in the studio style beside the cut-out."""
+
+import html
+
+import streamlit as st
+
+from backend.storage import StorageError
+from frontend import nav, services
+from frontend.client import BackendError
+from frontend.jobs import format_elapsed
+from frontend.trainings import TEACH_STEPS, TrainingView, estimate_minutes
+from frontend.views import product_check
+from frontend.views.product_form import PHOTO_SUFFIXES, TEACH_PHOTOS
+
+POLL_S = 1.0
+TRAININGS = "trainings"   # product name -> the training this session started (until the catalog says so)
+
+
+def what_it_can_do(product: dict) -> str:
+    if product.get("has_lora"):
+        return "Learnt: Showroom draws it in any scene" + (
+            ", and places its picture as it is" if product.get("packshot_key") else "")
+    if product.get("packshot_key"):
+        return "Ready to place exactly as it is · not learnt yet"
+    return "Not ready: add a photo of it, or teach Showroom from photos"
+
+
+def draw(product: dict) -> None:
+    name = product["name"]
+    head, back = st.columns([3, 2], vertical_alignment="center")
+    head.markdown(f"#### {html.escape(name)}")
+    if back.button("Add another product", key="add-another", icon=":material/add:", width="stretch"):
+        nav.focus_product(None)
+        st.rerun()
+    picture, words = st.columns(2, vertical_alignment="center")
+    with picture:
+        _packshot(product)
+    words.markdown(f"{what_it_can_do(product)}.")
+    words.caption(f"In a prompt, `<product>` stands for it (its words: “{product.get('trigger', '')}”).",
+                  help="These are its trigger words: what a prompt says to call the product up.")
+    _teaching(product)
+    if product.get("has_lora"):
+        product_check.draw(product, packshot_bytes(product))
+
+
+def packshot_bytes(product: dict) -> bytes | None:
+    key = product.get("packshot_key")
+    if not key:
+        return None
+    try:
+        return services.packshot(services.settings().storage_url, key)
+    except StorageError:
+        return None
+
+
+def _packshot(product: dict) -> None:
+    shot = packshot_bytes(product)
+    if shot is None:
+        st.markdown('<div class="sr-thumb-empty">No picture yet</div>', unsafe_allow_html=True)
+        return
+    st.image(services.cutout_on_checkerboard(shot), caption="Its cut-out: placed exactly as it is", width="stretch")
+
+
+def _teaching(product: dict) -> None:
+    name = product["name"]
+    training_id = st.session_state.get(TRAININGS, {}).get(name) or product.get("training")
+    try:
+        training = services.training(training_id) if training_id else None
+    except StorageError as e:
+        st.warning(f"How far Showroom has got cannot be read right now: {e}")
+        return
+    if training is not None and not training.terminal:
+        _progress(training.id)
+        return
+    if training is not None and training.status == "succeeded" and not product.get("has_lora") \
+            and training.id not in st.session_state.setdefault("trainings_refreshed", set()):
+        st.session_state["trainings_refreshed"].add(training.id)  # once: the record is written before the manifest
+        services.catalog.clear()  # a catalog read before the training ended: read it again
+        st.rerun()
+    if training is not None and training.status == "succeeded" and product.get("has_lora"):
+        st.success(f"Showroom has learnt {name}: choose it on the Create page and it appears in any scene.",
+                   icon=":material/school:")
+    elif training is not None and training.status != "succeeded":
+        st.error(f"Learning stopped: {training.error or training.label}. The product is as it was; try again below.")
+    if product.get("has_lora"):
+        with st.expander("Teach it again, from other photos"):
+            _teach_form(product)
+    else:
+        st.markdown("##### Teach Showroom this product")
+        st.caption("So far it can only be placed as it is. Taught from your photos, Showroom can draw it in any "
+                   "scene, from any angle.")
+        _teach_form(product)
+
+
+def _teach_form(product: dict) -> None:
+    name = product["name"]
+    kept = st.session_state.get(TEACH_PHOTOS, {}).get(name) or []
+    dropped = st.file_uploader("Photos to learn from", key="teach_upload", accept_multiple_files=True,
+                               help="2 to 40 photos of the product, from different angles and in different light.")
+    photos = [(p.name, p.getvalue(), p.type or "application/octet-stream") for p in dropped or []] or kept
+    if kept and not dropped:
+        st.caption(f"The {len(kept)} photo{'s' if len(kept) != 1 else ''} you added it with will be used; "
+                   "drop others above to use those instead.")
+    with st.expander("Advanced"):
+        steps = st.number_input("Learning steps", 10, 5000, TEACH_STEPS, step=50, key="teach_steps",
+                                help="More steps learn more detail and take longer; the rank and the picture size "
+                                     "are chosen by the generator.")
+    health = services.current_health()
+    where = "on this GPU" if health.gpus else "on this computer's processor"
+    minutes = estimate_minutes(int(steps), health.devices)
+    clicked = st.button(f"Teach Showroom this product (about {minutes} minute{'s' if minutes != 1 else ''} {where})",
+                        key="teach", type="primary", icon=":material/school:", disabled=not health.can_generate,
+                        help="Showroom studies the photos and learns the product under its words (it trains a LoRA "
+                             "for the generator's model). The time is an estimate from the number of steps and the "
+                             "kind of processor, not a measurement; the bar shows the real progress.")
+    if clicked:
+        _teach(name, photos, int(steps))
+
+
+def _teach(name: str, photos: list[tuple[str, bytes, str]], steps: int) -> None:
+    odd = next((p[0] for p in photos if not p[0].lower().endswith(PHOTO_SUFFIXES)), None)
+    if odd:
+        st.error(f"“{odd}” is not a photo Showroom can read: use PNG, JPEG or WebP files.")
+        return
+    try:
+        ticket = services.client().train(name, photos, steps)
+    except BackendError as e:
+        st.error(f"**Showroom could not start learning.** {e.message[:1].upper()}{e.message[1:]}.",
+                 icon=":material/error:")
+        return
+    st.session_state.setdefault(TRAININGS, {})[name] = ticket["id"]
+    services.catalog.clear()  # the product's `training` changed
+    st.rerun()
+
+
+def _progress(training_id: str) -> None:
+    @st.fragment(run_every=POLL_S)
+    def live() -> None:
+        try:
+            training = services.training(training_id)
+        except StorageError as e:
+            st.warning(f"Storage is not answering ({e}); retrying.")
+            return
+        if training is None or training.terminal:
+            services.catalog.clear()  # has_lora changed with it
+            st.rerun()
+        _bar(training)
+
+    live()
+
+
+def _bar(training: TrainingView) -> None:
+    seen = st.session_state.setdefault("training_seen", {})
+    if training.status == "running" and training.step > 0:
+        seen.setdefault(training.id, (training.step, training.updated_at))  # where this page started measuring
+    since = seen.get(training.id)
+    eta = training.eta_s(since if since and since[0] < training.step else None)
+    if training.status == "queued":
+        text = "Waiting for a GPU to be free" + (f" · {training.error}" if training.error else "")
+    else:
+        left = f" · about {format_elapsed(eta)} left" if eta is not None else ""
+        text = f"Learning: step {training.step} of {training.steps}{left}"
+    st.progress(training.fraction, text=text)
+    if training.loss is not None:
+        st.caption(f"Loss {training.loss:.4f}: how far its drawings still are from your photos (lower is better; "
+                   "it wobbles).")
+    st.caption("You can leave this page: learning goes on, and the bar is back when you return.")

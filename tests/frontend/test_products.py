@@ -1,0 +1,163 @@
+"""The Products page under AppTest against the real backend (tiny model, the "not white" segmenter, SeaweedFS):
+a product from photos, taught from them with a progress bar, checked, refused in words, deleted."""
+
+import json
+import uuid
+
+import pytest
+
+from frontend import services
+from frontend.trainings import RARE_TOKENS, estimate_minutes, suggest_trigger, training_view
+from tests.factories import packshot, png_bytes
+from tests.frontend.conftest import assert_no_exception, frontend_env, page_text, run_until
+from tests.frontend.photos import product_photos
+
+
+def unique(word: str) -> str:
+    return f"{word}-{uuid.uuid4().hex[:6]}"
+
+
+def products_page(open_app, backend, **query):
+    services.catalog.clear()  # products made through the API in this test are not in a cached catalog
+    at = open_app(frontend_env(backend))
+    for name, value in query.items():
+        at.query_params[name] = value
+    at.switch_page("app_pages/products.py").run()
+    assert_no_exception(at)
+    return at
+
+
+def add(at, name: str, photos: list, kind: str | None = None):
+    at.text_input(key="add_name").input(name)
+    if kind:
+        at.text_input(key="add_kind").input(kind)
+    at.file_uploader(key="add_photos").set_value(photos)
+    at.button(key="add-submit").click().run()
+    assert_no_exception(at)
+    return at
+
+
+def captions(at) -> list[str]:
+    return [caption for image in at.image for caption in image.captions]
+
+
+def card_pictures(at, name: str) -> int:
+    """Pictures on the product's card in the list."""
+    return len(at.get_by_key(f"product-{name}").image)
+
+
+def record(backend, name: str) -> dict | None:
+    return {p["name"]: p for p in backend.get("/v1/catalog").json()["products"]}.get(name)
+
+
+def test_add_a_product_from_photos_shows_its_cutout(backend, open_app):
+    name = unique("teapot")
+    at = add(products_page(open_app, backend), name, product_photos(3), kind="teapot")
+    assert at.query_params.get("product") == name, page_text(at)
+    assert "Its cut-out: placed exactly as it is" in captions(at), "the packshot, cut out by the backend"
+    assert "Ready to place exactly as it is" in page_text(at)
+    product = record(backend, name)
+    assert product["packshot_key"] == f"products/{name}.png" and not product["has_lora"]
+    assert product["trigger"] == suggest_trigger(name, "teapot") and product["trigger"].endswith(" teapot")
+    assert product["trigger"].split()[0] in RARE_TOKENS, "a rare word, chosen for the user"
+    assert at.button(key="teach").label.startswith("Teach Showroom this product (about ")
+    assert card_pictures(at, name) == 1, "its card in the list shows its picture"
+
+
+def test_teaching_shows_progress_then_the_learnt_product_and_its_check(backend, open_app):
+    name = unique("jug")
+    at = add(products_page(open_app, backend), name, product_photos(4), kind="jug")
+    at.number_input(key="teach_steps").set_value(30)
+    at.button(key="teach").click().run()
+    assert_no_exception(at)
+    training_id = record(backend, name)["training"]
+    assert training_id, page_text(at)
+    assert len(at.progress) == 1 and "Teach Showroom" not in page_text(at), "a progress bar, not the button"
+    assert at.progress[0].text.startswith(("Waiting for a GPU", "Learning: step")), at.progress[0].text
+
+    reloaded = products_page(open_app, backend, product=name)  # another tab, or a reload: the bar is back
+    assert reloaded.progress or "Showroom has learnt" in page_text(reloaded), page_text(reloaded)
+    seen_steps = set()
+
+    def learnt(a) -> bool:
+        seen_steps.update(p.text for p in a.progress)
+        return "Showroom has learnt" in page_text(a)
+
+    # well inside the catalog's 60 s cache: the page must not wait for it to learn that the product has learnt
+    run_until(at, learnt, timeout=45, what="the training finished")
+    assert any("Learning: step" in text and " of 30" in text for text in seen_steps), seen_steps
+    assert "Learnt: Showroom draws it in any scene" in page_text(at)
+    assert record(backend, name)["has_lora"]
+    assert card_pictures(at, name) == 1, "the product with its picture"
+
+    at.button(key="check").click().run()
+    assert_no_exception(at)
+    check_id = at.query_params.get("check")
+    assert check_id, page_text(at)
+    run_until(at, lambda a: "4 of 4 ready" in page_text(a), timeout=120, what="the 4 test pictures")
+    assert "Your product" in captions(at), "the cut-out beside the test pictures"
+    spec = json.loads(backend.storage.get(f"jobs/{check_id}/job.json"))["spec"]
+    assert (spec["product"], spec["template"], spec["num_images"]) == (name, "studio-white", 4)
+
+
+def test_teaching_from_one_photo_is_refused_with_the_reason(backend, open_app):
+    name = unique("cup")
+    at = add(products_page(open_app, backend), name, product_photos(1))
+    assert "Its cut-out: placed exactly as it is" in captions(at), "one photo is enough for a picture"
+    at.button(key="teach").click().run()
+    assert_no_exception(at)
+    shown = " ".join(e.value for e in at.error)
+    assert "Showroom could not start learning" in shown and "needs 2 to 40 photos" in shown, page_text(at)
+    assert record(backend, name)["training"] is None and not at.progress
+
+
+def test_a_photo_with_no_product_is_refused_in_words_and_the_form_keeps_what_was_typed(backend, open_app):
+    name = unique("ghost")
+    at = add(products_page(open_app, backend), name, [("white.png", png_bytes(64, 64, (255, 255, 255)),
+                                                       "image/png")], kind="vase")
+    shown = " ".join(e.value for e in at.error)
+    assert f"{name} was not added" in shown and "No product was found in the photo" in shown, page_text(at)
+    assert at.text_input(key="add_name").value == name and at.text_input(key="add_kind").value == "vase"
+    assert record(backend, name) is None
+
+    at.file_uploader(key="add_photos").set_value([("notes.txt", b"not a photo", "text/plain")])
+    at.button(key="add-submit").click().run()
+    assert "“notes.txt” is not a photo Showroom can read" in " ".join(e.value for e in at.error)
+
+
+def test_delete_a_product_asks_first(backend, open_app):
+    name = unique("lamp")
+    r = backend.post("/v1/products", data={"name": name, "trigger": "zwx lamp"},
+                     files={"photo": ("l.png", packshot(), "image/png")})
+    assert r.status_code == 201, r.text
+    at = products_page(open_app, backend)
+    at.button(key=f"delete-product-{name}").click().run()
+    assert f"Delete {name}?" in page_text(at) and backend.storage.exists(f"products/{name}.json")
+    at.button(key=f"delete-product-no-{name}").click().run()
+    assert f"Delete {name}?" not in page_text(at) and backend.storage.exists(f"products/{name}.json")
+
+    at.button(key=f"delete-product-{name}").click().run()
+    at.button(key=f"delete-product-yes-{name}").click().run()
+    assert_no_exception(at)
+    assert not backend.storage.exists(f"products/{name}.json") and not backend.storage.exists(f"products/{name}.png")
+    assert not [b for b in at.button if b.key == f"delete-product-{name}"], "gone from the list"
+
+
+def test_the_trigger_words_are_a_rare_word_and_what_the_product_is():
+    assert suggest_trigger("blue-mug", "Mug") == suggest_trigger("blue-mug", "mug")
+    assert suggest_trigger("blue-mug", None).endswith(" blue mug")
+    assert len({suggest_trigger(f"p{i}", "mug").split()[0] for i in range(40)}) > 3, "not one word for all"
+
+
+@pytest.mark.parametrize("devices, minutes", [(("cuda:0",), 6), (("cpu",), 80), (("cpu", "cuda:1"), 6), ((), 6)])
+def test_the_teaching_time_is_estimated_from_steps_and_the_device(devices, minutes):
+    assert estimate_minutes(800, devices) == minutes
+
+
+def test_the_time_left_comes_from_the_measured_speed():
+    manifest = {"id": "t", "product": "p", "status": "running", "progress": {"step": 20, "steps": 100},
+                "created_at": "2026-01-01T10:00:00Z", "updated_at": "2026-01-01T10:00:40Z", "loss": 0.1}
+    view = training_view(manifest)
+    assert view.fraction == 0.2 and view.eta_s() == 160, "20 steps in 40 s: 80 steps left take 160 s"
+    assert view.eta_s(since=(10, "2026-01-01T10:00:30Z")) == 80, "measured from where the page first saw it"
+    assert training_view(manifest | {"status": "queued"}).eta_s() is None

@@ -1,0 +1,140 @@
+"""Handling results: a running picture's step, time left and preview; the job as a ZIP; reusing a job's
+settings and making more like it; History's filters, older pages and delete."""
+
+import io
+import json
+import uuid
+import zipfile
+from datetime import datetime, timedelta, timezone
+
+from PIL import Image
+
+from backend.storage import LocalStorage
+from frontend import downloads, services
+from frontend.jobs import load_job, recent_jobs
+from tests.factories import packshot, png_bytes
+from tests.frontend.conftest import SMALL, assert_no_exception, frontend_env, offline_url, page_text, shown_images
+
+
+def iso(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def stored_manifest(storage, job_id: str, statuses: list[str], product: str | None = None, **image_fields) -> dict:
+    images = [{"index": i, "key": f"jobs/{job_id}/{i}.png", "seed": 5 + i, "status": s, "worker": 0, "error": None,
+               "started_at": None, "finished_at": None, "progress": None, "preview_key": None, "upscale": None}
+              | (image_fields if i == 0 else {}) for i, s in enumerate(statuses)]
+    manifest = {"id": job_id, "created_at": "2026-01-01T10:00:00.000Z", "updated_at": "2026-01-01T10:00:05.000Z",
+                "status": "running" if "running" in statuses else statuses[0], "input_key": None, "error": None,
+                "spec": {"prompt": f"a kettle {job_id[-4:]}", "product": product, **SMALL,
+                         "num_images": len(statuses)}, "images": images}
+    storage.put(f"jobs/{job_id}/job.json", json.dumps(manifest).encode(), "application/json")
+    return manifest
+
+
+def test_a_running_picture_shows_its_step_the_time_left_and_its_preview(backend, open_app):
+    job_id = uuid.uuid4().hex
+    preview = io.BytesIO()
+    Image.new("RGB", (16, 16), (40, 90, 200)).save(preview, format="JPEG")
+    backend.storage.put(f"jobs/{job_id}/0_preview.jpg", preview.getvalue(), "image/jpeg")
+    started = datetime.now(timezone.utc) - timedelta(seconds=10)
+    stored_manifest(backend.storage, job_id, ["running", "queued"], started_at=iso(started),
+                    progress={"step": 10, "steps": 40}, preview_key=f"jobs/{job_id}/0_preview.jpg")
+    at = open_app(frontend_env(backend), job=job_id)
+    assert_no_exception(at)
+    (bar,) = at.progress
+    assert bar.text.startswith("Step 10 of 40 · about ") and bar.text.endswith(" s left"), bar.text
+    left = int(bar.text.split("about ")[1].split(" s")[0])
+    assert 28 <= left <= 40, "10 steps in 10 s (and a few for the page to open): the other 30 take about 30 s"
+    tiles = [m.value for m in at.markdown if 'class="sr-slot ' in str(m.value)]
+    assert len(tiles) == 2 and 'class="sr-preview"' in tiles[0] and "sr-preview" not in tiles[1]
+    assert shown_images(at) == 0, "a preview is not a picture: no download, no upscale"
+
+
+def test_the_zip_holds_every_picture_and_the_manifest(backend):
+    job = backend.wait_job(backend.submit({"prompt": "a bowl", "num_images": 3, "seed": 9, **SMALL})["id"])
+    view = load_job(backend.storage, job["id"])
+    with zipfile.ZipFile(io.BytesIO(downloads.job_zip(backend.storage, view))) as archive:
+        names = sorted(archive.namelist())
+        stem = f"showroom-{job['id'][:12]}"
+        assert names == ["job.json", f"{stem}-1.png", f"{stem}-2.png", f"{stem}-3.png"], names
+        for img in job["images"]:
+            data = archive.read(f"{stem}-{img['index'] + 1}.png")
+            assert data == backend.storage.get(img["key"]), "each picture exactly as stored"
+            with Image.open(io.BytesIO(data)) as png:
+                assert "parameters" in png.text and f"Seed: {img['seed']}" in png.text["parameters"]
+        assert json.loads(archive.read("job.json"))["id"] == job["id"]
+
+
+def test_use_these_settings_fills_the_form_and_more_like_this_sends_it_again(backend, open_app):
+    name = f"vase-{uuid.uuid4().hex[:6]}"
+    r = backend.post("/v1/products", data={"name": name, "trigger": "qzv vase"},
+                     files={"photo": ("v.png", packshot(), "image/png")})
+    assert r.status_code == 201, r.text
+    spec = {"product": name, "template": "studio-white", "prompt": "<product> on a shelf", "mode": "place",
+            "placement": {"x": 0.67, "y": 0.55, "scale": 0.8}, "shadow": False, "steps": 3, "seed": 77,
+            "width": 64, "height": 80, "num_images": 2}
+    job = backend.wait_job(backend.submit(spec)["id"])
+    assert job["spec"]["prompt"] == "qzv vase on a shelf"
+    services.catalog.clear()
+    at = open_app(frontend_env(backend), job=job["id"])
+    at.button(key="job-reuse").click().run()
+    assert_no_exception(at)
+    form = {key: at.session_state[key] for key in ("product", "template_id", "prompt", "mode", "place_at",
+                                                   "place_scale", "shadow", "steps", "seed", "width", "height",
+                                                   "num_images", "aspect")}
+    assert form == {"product": name, "template_id": "studio-white", "prompt": "<product> on a shelf",
+                    "mode": "place", "place_at": "right", "place_scale": 0.8, "shadow": False, "steps": 3,
+                    "seed": 77, "width": 64, "height": 80, "num_images": 2, "aspect": "4:5"}, form
+    assert at.text_area(key="prompt").value == "<product> on a shelf" and at.number_input(key="seed").value == 77
+    assert at.selectbox(key="product").value == name and at.radio(key="mode").value == "place"
+    assert "The form holds the settings of the job" in page_text(at)
+
+    at.button(key="job-vary").click().run()
+    assert_no_exception(at)
+    again = at.query_params.get("job")
+    assert again and again != job["id"], page_text(at)
+    made = backend.wait_job(again)["spec"]
+    assert made["seed"] != 77 and made["prompt"] == "qzv vase on a shelf", "trigger words not doubled"
+    same = ("product", "template", "mode", "placement", "shadow", "steps", "width", "height", "num_images")
+    assert {k: made[k] for k in same} == {k: job["spec"][k] for k in same}
+
+
+def test_history_filters_by_product_and_status_and_pages_back(tmp_path, open_app):
+    storage = LocalStorage(tmp_path)
+    ids = sorted(uuid.uuid4().hex for _ in range(30))
+    for n, job_id in enumerate(ids):
+        stored_manifest(storage, job_id, ["failed" if n % 3 == 0 else "succeeded"], product="mug" if n % 2 else "cup")
+    at = open_app({"BACKEND_URL": offline_url(), "STORAGE_URL": f"file://{tmp_path}"})
+    at.switch_page("app_pages/history.py").run()
+    assert_no_exception(at)
+
+    def opened(a) -> list[str]:
+        return [b.key.removeprefix("open-") for b in a.button if b.key and b.key.startswith("open-")]
+
+    assert opened(at) == ids[::-1][:24], "the 24 newest first"
+    at.button(key="history-more").click().run()
+    assert opened(at) == ids[::-1] and not [b for b in at.button if b.key == "history-more"], "then the 6 older"
+
+    at.pills(key="history_status").set_value("failed").run()
+    assert opened(at) == [i for n, i in enumerate(ids) if n % 3 == 0][::-1]
+    page = recent_jobs(storage, 3, product="mug", status="succeeded")
+    assert [j.id for j in page.jobs] == [i for n, i in enumerate(ids) if n % 2 and n % 3][::-1][:3] and page.before
+    older = recent_jobs(storage, 50, before=page.before, product="mug", status="succeeded")
+    assert [j.id for j in older.jobs] == [i for n, i in enumerate(ids) if n % 2 and n % 3][::-1][3:]
+    assert older.before is None
+    assert at.button(key=f"delete-{ids[0]}").disabled, "deleting needs the generator"
+
+
+def test_delete_a_job_from_history_asks_first_and_removes_every_object(backend, open_app):
+    job = backend.wait_job(backend.submit({"prompt": "a spoon", "num_images": 2, **SMALL})["id"])
+    backend.storage.put(f"jobs/{job['id']}/extra.png", png_bytes(8, 8), "image/png")
+    at = open_app(frontend_env(backend))
+    at.switch_page("app_pages/history.py").run()
+    at.button(key=f"delete-{job['id']}").click().run()
+    assert "Delete this job and its 2 pictures?" in page_text(at)
+    assert backend.storage.exists(job["images"][0]["key"]), "nothing is deleted before the confirmation"
+    at.button(key=f"delete-yes-{job['id']}").click().run()
+    assert_no_exception(at)
+    assert backend.storage.list_files(f"jobs/{job['id']}/") == []
+    assert not [b for b in at.button if b.key == f"open-{job['id']}"]
