@@ -1,23 +1,106 @@
-"""An optional password in front of the app (APP_PASSWORD): a public page with a GPU behind it is an open wallet."""
+"""An optional password in front of the app (APP_PASSWORD): a public page with a GPU behind it is an open wallet.
+
+Without a password the app serves only people on this machine (the contract's rule): a visitor from any
+other address, Streamlit Community Cloud included, sees what to set and nothing else. Wrong passwords are
+throttled per session and per address, so guessing costs time.
+"""
 
 import hmac
+import ipaddress
+import threading
+import time
 
 import streamlit as st
 
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]", "::1")
+FIRST_WAIT_S, MAX_WAIT_S = 1.0, 60.0  # after each wrong password the next try waits twice as long
+
 
 def require_password(expected: str | None) -> None:
-    """Return when no password is configured or this session entered it; otherwise draw the form and stop."""
-    if not expected or st.session_state.get("authenticated"):
+    """Return when this visitor may use the app; otherwise draw why not (or the form) and stop."""
+    if not expected:
+        if from_outside():
+            _closed()
         return
+    if st.session_state.get("authenticated"):
+        return
+    _form(expected)
+
+
+def from_outside() -> bool:
+    """True when the visitor did not come from this machine (by the connection's address or the Host asked for)."""
+    address = st.context.ip_address
+    if address is not None:
+        try:
+            if not ipaddress.ip_address(address.split("%")[0]).is_loopback:
+                return True
+        except ValueError:
+            return True
+    host = (st.context.headers.get("Host") or "").lower()
+    name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
+    return bool(host) and name not in LOOPBACK_NAMES and not name.startswith("127.")
+
+
+class Throttle:
+    """Wrong passwords per address (shared by every session of this server) and per session."""
+
+    def __init__(self, clock=time.monotonic):
+        self.clock, self.lock = clock, threading.Lock()
+        self.failures: dict[str, tuple[int, float]] = {}  # who -> (wrong tries, earliest next try)
+
+    def wait_s(self, who: str) -> float:
+        with self.lock:
+            _, next_at = self.failures.get(who, (0, 0.0))
+            return max(0.0, next_at - self.clock())
+
+    def failed(self, who: str) -> None:
+        with self.lock:
+            count, _ = self.failures.get(who, (0, 0.0))
+            wait = min(MAX_WAIT_S, FIRST_WAIT_S * 2 ** count)
+            self.failures[who] = (count + 1, self.clock() + wait)
+
+    def succeeded(self, who: str) -> None:
+        with self.lock:
+            self.failures.pop(who, None)
+
+
+@st.cache_resource
+def throttle() -> Throttle:
+    return Throttle()
+
+
+def _visitor_keys() -> list[str]:
+    session = st.session_state.setdefault("_visitor", f"session:{id(st.session_state)}:{time.time_ns()}")
+    return [session, f"address:{st.context.ip_address or 'local'}"]
+
+
+def _form(expected: str) -> None:
     _, middle, _ = st.columns([1, 1.2, 1])
     with middle, st.form("login", border=True):
         st.markdown("### ◆ Showroom")
         st.caption("This studio is private. Enter the password you were given.")
         entered = st.text_input("Password", type="password", key="password")
         if st.form_submit_button("Enter", type="primary", width="stretch"):
+            keys, guard = _visitor_keys(), throttle()
+            wait = max(guard.wait_s(key) for key in keys)
+            if wait > 0:
+                st.error(f"Too many wrong passwords: try again in {wait:.0f} s.")
             # compare_digest takes the same time wherever the first wrong character is
-            if hmac.compare_digest(entered.encode(), expected.encode()):
+            elif hmac.compare_digest(entered.encode(), expected.encode()):
+                for key in keys:
+                    guard.succeeded(key)
                 st.session_state["authenticated"] = True
                 st.rerun()
-            st.error("That password is not right.")
+            else:
+                for key in keys:
+                    guard.failed(key)
+                st.error("That password is not right.")
+    st.stop()
+
+
+def _closed() -> None:
+    st.markdown("### ◆ Showroom")
+    st.error("This studio has no password, so it only serves the machine it runs on. To open it to others "
+             "(Streamlit Community Cloud, a public address, your local network), set APP_PASSWORD in the app's "
+             "secrets or environment, and give the password to the people who should use it.")
     st.stop()

@@ -1,5 +1,6 @@
 """The app's pages under AppTest, against the real backend (tiny model, SeaweedFS)."""
 
+import time
 import json
 import re
 import uuid
@@ -182,6 +183,9 @@ def test_password_gate(backend, open_app):
     at.button[0].click().run()
     assert "not right" in page_text(at)
     at.text_input(key="password").input("open sesame")
+    at.button[0].click().run()
+    assert "Too many wrong passwords: try again in 1 s" in page_text(at), "a wrong try makes the next one wait"
+    time.sleep(1.1)
     at.button[0].click().run()
     assert_no_exception(at)
     assert [b for b in at.button if b.key == "generate"]
