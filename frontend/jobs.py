@@ -8,7 +8,18 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from backend.contract import TERMINAL, is_job_id, job_prefix, manifest_key, rollup, upscale_key
+from backend.contract import (
+    INDEX_BUILT,
+    INDEX_JOBS,
+    TERMINAL,
+    is_job_id,
+    job_id_of_index_key,
+    job_prefix,
+    manifest_key,
+    newest_first_key,
+    rollup,
+    upscale_key,
+)
 from backend.storage import ObjectMissing, Storage, StorageError
 
 __all__ = ["ImageView", "JobPage", "JobView", "is_job_id", "load_job", "recent_jobs", "ticket_view", "upscale_key"]
@@ -193,8 +204,7 @@ def recent_jobs(storage: Storage, limit: int, before: str | None = None, product
                 status: str | None = None) -> JobPage:
     """Up to `limit` jobs older than `before` (ids sort by creation time, as the backend's `before=`
     pages), newest first, of that product and status group; folders without a readable manifest are skipped."""
-    ids = sorted((i for i in storage.list_dirs("jobs/") if is_job_id(i) and (before is None or i < before)),
-                 reverse=True)
+    ids = _newest_ids(storage, before)  # a generator: read a page at a time, only as far as needed
     found: list[JobView] = []
     for scanned, job_id in enumerate(ids, start=1):
         try:
@@ -206,8 +216,26 @@ def recent_jobs(storage: Storage, limit: int, before: str | None = None, product
                 status is None or view.status in STATUS_FILTERS[status]):
             found.append(view)
         if len(found) >= limit or scanned >= SCAN_LIMIT:
-            return JobPage(found, job_id if scanned < len(ids) else None)
+            more = next(ids, None) is not None
+            return JobPage(found, job_id if more else None)
     return JobPage(found, None)
+
+
+def _newest_ids(storage: Storage, before: str | None):
+    """Job ids newest first, older than `before`: a page at a time from the backend's index where it is built
+    (the cost of a page does not grow with history), else from a listing of every job folder."""
+    if not storage.exists(INDEX_BUILT):
+        yield from sorted((i for i in storage.list_dirs("jobs/") if is_job_id(i) and (before is None or i < before)),
+                          reverse=True)
+        return
+    after = newest_first_key(before) if before else None
+    while True:
+        keys = storage.list_page(INDEX_JOBS, 100, after)
+        if not keys:
+            return
+        for key in keys:
+            yield job_id_of_index_key(key)
+        after = keys[-1]
 
 
 def format_elapsed(seconds: float) -> str:

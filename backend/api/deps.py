@@ -46,9 +46,10 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 
 def _is_loopback(host: str) -> bool:
     try:
-        return ipaddress.ip_address(host).is_loopback
+        ip = ipaddress.ip_address(host)
     except ValueError:
         return False  # a name, not an address: not provably this machine
+    return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback  # a dual-stack server sees ::ffff:127.0.0.1
 
 
 def authorize(api_key: SecretStr | None, authorization: str | None, host: str) -> str:

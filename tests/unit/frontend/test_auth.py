@@ -12,6 +12,8 @@ from frontend import auth
     (None, "127.0.0.1:8501", False),
     ("127.0.0.1", "", False),
     ("::1", "[::1]:8501", False),
+    ("::ffff:127.0.0.1", "127.0.0.1:8501", False),  # a dual-stack server's view of a local browser
+    ("::ffff:203.0.113.9", "127.0.0.1:8501", True),
     ("203.0.113.9", "localhost:8501", True),      # a remote connection, whatever Host it names
     (None, "shop.streamlit.app", True),           # reached by a public name (a proxy in front)
     ("192.168.1.20", "192.168.1.5:8501", True),   # the local network is not this machine
