@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test browser reliability bench gpu-wheels gpu-check
+.PHONY: run test browser redis reliability bench gpu-wheels gpu-check
 
 $(VENV)/.installed: requirements.txt frontend/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,12 @@ browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
 	  || { echo "install Chromium (apt-get install chromium) for the browser test"; exit 1; }
 
-test: $(VENV)/.installed browser
+# The EXECUTOR=celery tests start Debian's redis-server on free ports (Celery's broker).
+redis:
+	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; } \
+	  || { echo "install Redis (apt-get install redis-server) for the celery tests"; exit 1; }
+
+test: $(VENV)/.installed browser redis
 	$(PY) -m pytest
 
 bench: $(VENV)/.installed

@@ -76,7 +76,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         training_store = ManifestStore(storage, kind=TRAININGS).start()
         workers = settings.worker_count(visible_gpus(settings.cuda_visible_devices))
         events = JobEvents(store, metrics.on_event)
-        executor = Scheduler(settings, storage, workers, on_event=events)
+        if settings.executor == "celery":  # GPU nodes anywhere pull the work from BROKER_URL (docs/NODES.md)
+            from backend.gpu.celery_executor import CeleryExecutor
+
+            executor = CeleryExecutor(settings, storage, on_event=events)
+        else:
+            executor = Scheduler(settings, storage, workers, on_event=events)
         preparer = Preparer(storage, settings.bg_removal_model)
         job_service = JobService(settings, catalog_, store, executor, native_size_guess(settings.model_id), preparer)
         trainings = TrainingService(settings, catalog_, training_store, executor, job_service.native_size)
@@ -84,8 +89,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         upscales = UpscaleService(settings, executor, store) if settings.active_upscaler != "off" else None
         app.state.services = Services(settings, storage, catalog_, executor, store, job_service, metrics,
                                       RateLimiter(settings.rate_limit_per_minute), upscales, preparer, trainings)
-        log.info("storage %s, model %s, %d workers, upscaler %s", storage.url, settings.model_id,
-                 len(executor.slots), settings.active_upscaler)
+        log.info("storage %s, model %s, %s, upscaler %s", storage.url, settings.model_id,
+                 f"{workers} workers" if settings.executor == "local" else "GPU nodes via the broker",
+                 settings.active_upscaler)
         executor.start()
         recovery = Recovery(store, executor, job_service, upscales, trainings=trainings).start()
         idle = start_idle_stop(settings, executor, activity, upscales)

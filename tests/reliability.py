@@ -29,6 +29,7 @@ SUITES = {
     "auth gate and blank keys": "tests/unit/api/test_gate.py",
     "manifest store and index": "tests/unit/jobs/test_manifests.py",
     "webhooks and batches": "tests/backend/test_batches_webhooks_e2e.py",
+    "celery executor": "tests/backend/test_celery_e2e.py",
 }
 
 

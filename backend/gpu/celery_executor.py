@@ -1,0 +1,389 @@
+"""The executor for EXECUTOR=celery: a job's images go to GPU nodes anywhere as Celery tasks, and what the
+nodes report comes back on a Redis stream as the executor's own events (backend.gpu.celery_app).
+
+The batches are cut as the local scheduler cuts them (`build_task`, `batch_size`), over the node workers
+that are up, so image i is made from seed + i in the same batches whatever the node count. This
+backend writes no manifest: the events go to `on_event` (JobEvents), in stream order, from one thread.
+
+What it must survive:
+- a node lost mid-batch: Celery sends the task again (acks_late, reject/retry on worker lost, the
+  visibility timeout); a node skips an image that is already stored and reports it succeeded;
+- a backend restart: the broker keeps the tasks, the stream keeps the events unread by the consumer
+  group, and the ids of jobs in flight are kept in Redis, so start-up recovery leaves them alone;
+- a cancel: images not started are canceled at once; running ones stop at their node's next step, when
+  it sees the job's cancel flag. An image stored after its cancel was reported is removed.
+"""
+
+import logging
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import redis
+
+from backend.contract import job_prefix, manifest_key
+from backend.gpu import celery_app as ca
+from backend.gpu import executor as ev
+from backend.gpu import messages as m
+from backend.gpu.scheduler import HeldJob, batch_size, build_task
+from backend.models import JobManifest, Status
+from backend.storage import ObjectMissing, StorageError
+
+log = logging.getLogger("showroom.celery")
+READ_BLOCK_MS = 1000   # the event thread waits this long for new events before its housekeeping
+WORKERS_EVERY_S = 2.0  # how often the node workers' heartbeats are read
+RECONCILE_EVERY_S = 30.0
+PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.5, "interval_step": 1, "interval_max": 3}  # ~8 s, then fail
+
+
+@dataclass
+class Flight:
+    """A job with images in the broker or on a node."""
+    held: HeldJob
+    started: set[int] = field(default_factory=set)  # open images a node has reported started
+    canceled: bool = False
+
+
+class CeleryExecutor:
+    def __init__(self, settings, storage, on_event: ev.EventSink | None = None):
+        self.settings, self.storage = settings, storage
+        self.on_event = on_event or (lambda event: None)
+        self.app = ca.configure(settings)
+        self.redis = ca.redis_client(settings)
+        self.queue = ca.image_queue(settings.model_id)
+        self.native_size: int | None = None
+        self.lock = threading.Lock()
+        self.flights: dict[str, Flight] = {}
+        self.upscales: dict[str, Future] = {}
+        self.workers: list[dict] = []
+        self.errors: list[str] = []
+        self.removed_on_cancel: dict[tuple[str, int], float] = {}  # canceled before they started
+        self._refused: set[str] = set()  # node workers already logged as running another model
+        self._outbox: list = []  # events (and ("done", job id)) to hand out once the lock is released
+        self._delivering = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="celery-events", daemon=True)
+
+    # ----- the executor interface -----
+    def start(self) -> None:
+        for attempt in range(5):  # the broker may still be starting beside us
+            try:
+                self.redis.set(ca.MODEL, self.settings.model_id)
+                self._ensure_group()
+                self._adopt_flights()
+                break
+            except redis.RedisError as e:
+                log.warning("the broker does not answer yet (%s); trying again", e)
+                time.sleep(1 + attempt)
+        else:
+            log.error("the broker at BROKER_URL does not answer: jobs in flight before this start may be sent twice")
+        self._refresh_workers()
+        self._thread.start()
+
+    def stop(self, timeout: float = 10) -> None:
+        """Stops listening; the work in the broker and on the nodes goes on and is read by the next start."""
+        self._stopping.set()
+        self._thread.join(timeout)
+        with self.lock:
+            futures, self.upscales = list(self.upscales.values()), {}
+        for future in futures:
+            future.set_exception(RuntimeError("the backend is stopping"))
+
+    def submit(self, job: JobManifest, loras: tuple) -> None:
+        queued = [img.index for img in job.images if img.status == Status.queued]
+        if not queued:
+            return
+        held = HeldJob(job.model_copy(deep=True), loras, set(queued))
+        with self.lock:
+            self.flights[job.id] = Flight(held)
+            share = self._workers_up()
+        batches, rest = [], list(queued)
+        while rest:
+            size = batch_size(len(rest), share, self.settings.max_batch)
+            batches.append(rest[:size])
+            rest, share = rest[size:], max(1, share - 1)
+        sent = 0
+        try:
+            self.redis.sadd(ca.HELD, job.id)
+            for batch in batches:
+                self._send(held, batch)
+                sent += 1
+        except Exception as e:  # the broker is unreachable: what was not sent fails with the reason
+            reason = f"the broker (BROKER_URL) could not be reached to send this image to a GPU node: {e}"[:500]
+            log.error("job %s: %s", job.id, reason)
+            with self.lock:
+                for batch in batches[sent:]:
+                    for index in batch:
+                        self._close(job.id, index, ev.ImageFailed(job.id, index, reason))
+            self._deliver()
+        log.info("job %s images %s -> broker as %d batch(es)", job.id, queued, len(batches))
+
+    def cancel(self, job_id: str) -> bool:
+        with self.lock:
+            flight = self.flights.get(job_id)
+            if flight is None:
+                return False
+            flight.canceled = True
+            waiting = sorted(flight.held.open - flight.started)
+        try:
+            self.redis.set(ca.cancel_key(job_id), "1", ex=ca.CANCEL_TTL_S)
+        except redis.RedisError as e:
+            log.error("job %s: the cancel flag could not be set (%s); running images finish", job_id, e)
+        with self.lock:
+            if waiting:  # a node that takes one of these later sees the flag and skips it
+                self._outbox_append(ev.ImagesCanceled(job_id, tuple(waiting)))
+            for index in waiting:
+                self.removed_on_cancel[(job_id, index)] = time.monotonic()
+                self._close(job_id, index, None)
+        self._deliver()
+        return True
+
+    def holds(self, job_id: str) -> bool:
+        with self.lock:
+            return job_id in self.flights
+
+    def upscale(self, source_key: str, target_key: str) -> Future:
+        """On a node's GPU with the local upscaler; the future ends when the node reports it stored."""
+        request_id, future = uuid.uuid4().hex, Future()
+        with self.lock:
+            if self._stopping.is_set():
+                raise RuntimeError("the backend is stopping")
+            self.upscales[request_id] = future
+        limit = self.settings.image_timeout_s
+        self.app.send_task(ca.UPSCALE, kwargs={"request_id": request_id, "source_key": source_key,
+                                                "target_key": target_key}, queue=self.queue, soft_time_limit=limit,
+                           time_limit=limit + ca.HARD_LIMIT_MARGIN_S, retry=True, retry_policy=PUBLISH_RETRY)
+        future.set_running_or_notify_cancel()
+        return future
+
+    def train(self, task: m.TrainTask) -> None:
+        self.on_event(ev.TrainingFailed(task.training_id, "LoRA training runs on the local executor only: train on "
+                                        "a GPU box with EXECUTOR=local, or upload a LoRA with POST /v1/products"))
+
+    def pending_images(self) -> int:
+        with self.lock:
+            return sum(len(f.held.open - f.started) for f in self.flights.values())
+
+    def pending_cost(self) -> float:
+        with self.lock:
+            return sum(len(f.held.open - f.started) * f.held.job.spec.image_cost for f in self.flights.values())
+
+    def hopeless(self) -> bool:
+        """Never: nodes come and go, and work waits in the broker for the next one."""
+        return False
+
+    def last_error(self) -> str:
+        with self.lock:
+            return self.errors[0] if self.errors else "no GPU node has reported"
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            return {"workers": [dict(w) for w in self.workers], "errors": list(self.errors),
+                    "pending": sum(len(f.held.open - f.started) for f in self.flights.values()),
+                    "native_size": self.native_size}
+
+    # ----- sending -----
+    def _send(self, held: HeldJob, indices: list[int]) -> None:
+        task = build_task(0, held, indices, self.settings.model_id)
+        limit = self.settings.image_timeout_s * len(indices)
+        self.app.send_task(ca.GENERATE, kwargs={"task": ca.task_payload(task), "model_id": self.settings.model_id},
+                           queue=self.queue, soft_time_limit=limit, time_limit=limit + ca.HARD_LIMIT_MARGIN_S,
+                           retry=True, retry_policy=PUBLISH_RETRY)
+
+    def _workers_up(self) -> int:
+        """Under the lock: how many node workers a job is shared among: every live one, busy or not. The
+        batches are cut once, as the job is sent, so they follow the size of the fleet rather than who
+        happened to be idle at that instant (a 2 s old view); a busy worker takes its batch when it is free."""
+        return max(1, sum(w["state"] in ("ready", "busy") for w in self.workers))
+
+    # ----- the event thread -----
+    def _loop(self) -> None:
+        last_workers = last_reconcile = 0.0
+        backlog, failures = True, 0
+        while not self._stopping.is_set():
+            try:
+                if time.monotonic() - last_workers > WORKERS_EVERY_S:
+                    self._refresh_workers()
+                    last_workers = time.monotonic()
+                if time.monotonic() - last_reconcile > RECONCILE_EVERY_S:
+                    self._reconcile()
+                    last_reconcile = time.monotonic()
+                backlog = self._read(backlog)
+                failures = 0
+            except redis.ResponseError as e:
+                if "NOGROUP" in str(e):  # the broker lost its data (restarted without persistence)
+                    self._ensure_group()
+                    continue
+                log.exception("reading the events stream failed")
+                time.sleep(1)
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                failures += 1
+                if failures == 1 or failures % 30 == 0:
+                    log.warning("the broker is unreachable (%s); reading again", e)
+                time.sleep(1)
+            except Exception:
+                log.exception("the event thread hit an error; carrying on")
+                time.sleep(1)
+
+    def _read(self, backlog: bool) -> bool:
+        """Read and apply one batch of events. First this consumer's unacknowledged ones (left by a
+        backend stopped mid-way), then new ones. Returns whether a backlog remains."""
+        start = "0" if backlog else ">"
+        reply = self.redis.xreadgroup(ca.GROUP, "backend", {ca.EVENTS: start}, count=200,
+                                      block=None if backlog else READ_BLOCK_MS)
+        entries = reply[0][1] if reply else []
+        for entry_id, fields in entries:
+            try:
+                event = ca.decode_event(fields)
+            except (ValueError, TypeError, KeyError) as e:
+                log.warning("event %s ignored: %s", entry_id, e)
+            else:
+                self._apply(event)
+        if entries:
+            self.redis.xack(ca.EVENTS, ca.GROUP, *[entry_id for entry_id, _ in entries])
+        return backlog and bool(entries)
+
+    def _apply(self, event) -> None:
+        if isinstance(event, ca.UpscaleDone):
+            with self.lock:
+                future = self.upscales.pop(event.request_id, None)
+            if future is None:  # an earlier run's, or one given up at shutdown
+                return
+            if event.error is None:  # resolved outside the lock: its callbacks write the manifest
+                future.set_result(None)
+            else:
+                future.set_exception(RuntimeError(event.error))
+            return
+        deleted = None
+        with self.lock:
+            self._outbox_append(event)  # before the bookkeeping: a job leaves HELD only after its last event
+            match event:
+                case ev.ImagesStarted(job_id, indices) if job_id in self.flights:
+                    self.flights[job_id].started.update(indices)
+                case ev.ImagesRequeued(job_id, indices) if job_id in self.flights:
+                    self.flights[job_id].started.difference_update(indices)
+                case ev.ImageSucceeded(job_id, index) if (job_id, index) in self.removed_on_cancel:
+                    deleted = self._image_key(job_id, index)
+                case ev.ImageSucceeded(job_id, index) | ev.ImageFailed(job_id, index):
+                    self._close(job_id, index, None)
+                case ev.ImagesCanceled(job_id, indices):
+                    for index in indices:
+                        self._close(job_id, index, None)
+        if deleted:
+            self._remove(deleted)
+        self._deliver()
+
+    # ----- bookkeeping -----
+    def _close(self, job_id: str, index: int, event) -> None:
+        """Under the lock: image `index` is terminal; the job is forgotten once none is open."""
+        if event is not None:
+            self._outbox_append(event)
+        flight = self.flights.get(job_id)
+        if flight is None:
+            return
+        flight.held.open.discard(index)
+        flight.started.discard(index)
+        if not flight.held.open:
+            del self.flights[job_id]
+            self._outbox_append(("done", job_id))
+
+    def _outbox_append(self, item) -> None:
+        self._outbox.append(item)
+
+    def _deliver(self) -> None:
+        """Hand the events out in order, outside the lock (the sink takes its own locks and writes storage)."""
+        with self._delivering:
+            with self.lock:
+                items, self._outbox = self._outbox, []
+            for item in items:
+                if isinstance(item, tuple):  # a job no longer in flight
+                    try:
+                        self.redis.srem(ca.HELD, item[1])
+                    except redis.RedisError as e:
+                        log.warning("job %s stays listed in flight (%s); the next start checks it", item[1], e)
+                    continue
+                try:
+                    self.on_event(item)
+                except Exception:
+                    log.exception("an event could not be applied: %r", item)
+
+    def _image_key(self, job_id: str, index: int) -> str | None:
+        flight = self.flights.get(job_id)
+        if flight is not None:
+            return flight.held.job.images[index].key
+        from backend.contract import image_key
+
+        return image_key(job_id, index)
+
+    def _remove(self, key: str) -> None:
+        try:
+            self.storage.delete(key)
+            log.info("%s was stored after its cancel was reported: removed", key)
+        except StorageError as e:
+            log.warning("%s was stored after its cancel and could not be removed: %s", key, e)
+
+    def _ensure_group(self) -> None:
+        try:
+            self.redis.xgroup_create(ca.EVENTS, ca.GROUP, id="0", mkstream=True)
+        except redis.ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+    def _read_manifest(self, job_id: str) -> JobManifest | None:
+        try:
+            return JobManifest.model_validate_json(self.storage.get(manifest_key(job_id)))
+        except ObjectMissing:
+            return None
+
+    def _adopt_flights(self) -> None:
+        """At start-up: the jobs an earlier run sent and did not see finish are in flight still."""
+        for job_id in self.redis.smembers(ca.HELD):
+            try:
+                job = self._read_manifest(job_id)
+            except (StorageError, ValueError) as e:
+                log.warning("job %s: manifest unreadable at start-up (%s); start-up recovery decides", job_id, e)
+                continue
+            open_ = {img.index for img in job.images if not img.status.is_terminal()} if job else set()
+            if not open_:
+                self.redis.srem(ca.HELD, job_id)
+                continue
+            running = {img.index for img in job.images if img.status == Status.running}
+            with self.lock:
+                self.flights[job_id] = Flight(HeldJob(job, (), open_), started=running)
+            log.info("job %s is still in flight (%d images open)", job_id, len(open_))
+
+    def _reconcile(self) -> None:
+        """Every half minute: images of jobs in flight that are stored already are succeeded (their event
+        may have been trimmed from the stream while the backend was down); terminal ones are forgotten."""
+        with self.lock:
+            flights = {job_id: set(f.held.open) for job_id, f in self.flights.items()}
+        for job_id, open_ in flights.items():
+            try:
+                job = self._read_manifest(job_id)
+                stored = set(self.storage.list_files(job_prefix(job_id))) if job else set()
+            except (StorageError, ValueError):
+                continue
+            with self.lock:
+                for index in open_:
+                    if job is None or job.images[index].status.is_terminal():
+                        self._close(job_id, index, None)
+                    elif job.images[index].key in stored:
+                        self._close(job_id, index, ev.ImageSucceeded(job_id, index))
+                cutoff = time.monotonic() - 3600
+                self.removed_on_cancel = {k: t for k, t in self.removed_on_cancel.items() if t > cutoff}
+            self._deliver()
+
+    def _refresh_workers(self) -> None:
+        """The node workers that reported in the last minute, from their heartbeats."""
+        fleet = ca.read_fleet(self.redis.hgetall(ca.WORKERS), self.settings.model_id, time.time())
+        if fleet.expired:
+            self.redis.hdel(ca.WORKERS, *fleet.expired)
+        for worker_id, reason in fleet.refused.items():
+            if worker_id not in self._refused:
+                self._refused.add(worker_id)
+                log.warning("%s", reason)
+        with self.lock:
+            self.workers, self.errors = fleet.workers, fleet.errors
+            self.native_size = fleet.native_size or self.native_size

@@ -1,0 +1,395 @@
+"""A GPU node (EXECUTOR=celery): `python -m backend.node [--name NAME]`. It opens no port: it connects
+out to the broker at BROKER_URL, takes a batch when a GPU is free, writes the images to storage and
+reports back on the events stream (backend.gpu.celery_app).
+
+One Celery worker with a prefork pool of WORKERS processes (one per visible GPU; one on CPU). Process
+i is pinned to GPU i and loads the pipeline once, before it takes any work; LoRAs stay cached in it.
+Why one worker with a pool rather than one worker per GPU: a GPU process that dies mid-image (kill -9, a
+CUDA crash) is seen by its parent at once, and Celery sends its task again (retry_on_worker_lost) to the
+next free GPU of any node, without waiting for the broker's visibility timeout. That timeout is left for
+a node that vanishes whole (switched off): its task comes back once the timeout has passed.
+
+The node consumes the model's queue only once its first GPU process is ready, so a node still loading
+holds no work back. Its workers are named `<node>/<n>`; two live nodes never share a name.
+"""
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from billiard.exceptions import WorkerLostError
+from celery import signals
+from celery.exceptions import Reject, TimeLimitExceeded
+
+from backend.gpu import celery_app as ca
+from backend.gpu import executor as ev
+from backend.gpu import messages as m
+
+log = logging.getLogger("showroom.node")
+MAX_RETRIES = 1       # a batch whose GPU process died is run once more, then its images fail (as locally)
+CANCEL_POLL_S = 0.3   # how often a running batch looks for its job's cancel flag
+
+
+@dataclass(frozen=True)
+class Node:
+    """What the main process settles before the GPU processes are forked; they inherit it."""
+    name: str
+    instance: str
+    hostname: str
+    workers: int
+    settings: object
+
+
+NODE: Node | None = None
+GPU: "Gpu | None" = None  # in a GPU process: its pipeline and state
+_reporting: dict = {}     # the main process's redis client and storage, made on first use
+
+
+def _short(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}".strip()
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+class Gpu:
+    """One GPU process: its pipeline, its state, and a heartbeat thread that reports both."""
+
+    def __init__(self, node: Node, index: int):
+        self.node, self.index, self.settings = node, index, node.settings
+        self.id = f"{node.name}/{index}"
+        self.redis = ca.redis_client(self.settings)
+        self.state, self.device, self.error, self.native_size = "starting", "unknown", None, None
+        self.gen = self.storage = None
+        self.tasks = 0
+        self.beat()
+        threading.Thread(target=self._beat_forever, name="heartbeat", daemon=True).start()
+
+    def load(self) -> None:
+        import torch
+
+        from backend.gpu import devices, pipeline
+
+        started = time.perf_counter()
+        settings = self.settings
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.node.workers))
+        self.device = devices.pick_device(settings.device, self.index)
+        self.storage = settings.open_storage()
+        cache = Path(settings.showroom_cache) / f"node-{self.index}"
+        self.gen = pipeline.Generator(settings.model_id, self.device, self.storage, cache,
+                                      compile_unet=settings.compile, taesd_id=settings.taesd_id or None,
+                                      inpaint_model_id=settings.inpaint_model_id or None)
+        self.gen.warm_up()
+        self.native_size = self.gen.native_size
+        load_s = time.perf_counter() - started
+        self.set_state("ready")
+        ca.publish(self.redis, ev.WorkerReady(self.id, load_s))
+        log.info("%s ready on %s in %.1fs", self.id, self.device, load_s)
+
+    # ----- heartbeats -----
+    def set_state(self, state: str) -> None:
+        self.state = state
+        self.beat()
+
+    def beat(self) -> None:
+        beat = {"device": self.device, "state": self.state, "model": self.settings.model_id, "pid": os.getpid(),
+                "native_size": self.native_size, "error": self.error, "ts": time.time()}
+        try:
+            self.redis.hset(ca.WORKERS, self.id, json.dumps(beat))
+            self.redis.set(ca.name_key(self.node.name), self.node.instance, ex=ca.STALE_S)
+        except Exception as e:  # the broker is away: the next beat says it again
+            log.warning("%s: heartbeat not sent: %s", self.id, _short(e))
+
+    def _beat_forever(self) -> None:
+        while True:
+            time.sleep(ca.HEARTBEAT_S)
+            self.beat()
+
+    # ----- the tasks -----
+    def generate(self, request, payload: dict, model_id: str) -> None:
+        settings = self.settings
+        if model_id != settings.model_id:
+            self._refuse(request, model_id)
+        job_id, indices = payload["job_id"], tuple(payload["indices"])
+        if self._canceled(job_id):
+            ca.publish(self.redis, ev.ImagesCanceled(job_id, indices))
+            return
+        self.tasks += 1
+        task = ca.task_from_payload(payload, self.tasks)
+        stored = {i for i, key in zip(task.indices, task.keys) if self._stored(key)}
+        for index in sorted(stored):  # made before a lost worker could report it: never made twice
+            log.info("%s: job %s image %d already stored", self.id, job_id, index)
+            ca.publish(self.redis, ev.ImageSucceeded(job_id, index))
+        task = _without(task, stored)
+        if not task.indices:
+            return
+        from backend.gpu.worker import _run_task
+
+        log.info("%s: job %s images %s (attempt %d)", self.id, job_id, list(task.indices), request.retries + 1)
+        self.set_state("busy")
+        try:
+            _run_task(self.gen, self.storage, task, Reporter(self, task), CancelFlag(self, task),
+                      settings.storage_retry_s)
+        finally:
+            self.set_state("ready")
+
+    def upscale(self, request_id: str, source_key: str, target_key: str) -> None:
+        from backend.upscale.service import run_upscale
+
+        self.set_state("busy")
+        error = None
+        try:
+            run_upscale(self.settings.model_copy(update={"upscaler": "local"}), source_key, target_key, gpu=self.index)
+        except Exception as e:
+            log.exception("%s: upscale of %s failed", self.id, source_key)
+            error = _short(e)
+        finally:
+            self.set_state("ready")
+        ca.publish(self.redis, ca.UpscaleDone(request_id, error))
+
+    def _refuse(self, request, model_id: str):
+        reason = (f"node {self.node.name} runs MODEL_ID={self.settings.model_id!r} but the task is for "
+                  f"{model_id!r}: it stops taking work from that queue")
+        log.error("%s", reason)
+        ca.app.control.cancel_consumer(request.delivery_info.get("routing_key"), destination=[self.node.hostname])
+        raise Reject(reason, requeue=True)
+
+    def _canceled(self, job_id: str) -> bool:
+        try:
+            return bool(self.redis.exists(ca.cancel_key(job_id)))
+        except Exception as e:  # unknown: go on; the running batch looks again
+            log.warning("%s: cancel flag unreadable: %s", self.id, _short(e))
+            return False
+
+    def _stored(self, key: str) -> bool:
+        try:
+            return self.storage.exists(key)
+        except Exception:
+            return False  # unknown: make it (a write of the same image is complete either way)
+
+
+def _without(task: m.Task, indices: set[int]) -> m.Task:
+    keep = [n for n, index in enumerate(task.indices) if index not in indices]
+
+    def pick(values: tuple) -> tuple:
+        return tuple(values[n] for n in keep) if values else values
+
+    return replace(task, indices=pick(task.indices), seeds=pick(task.seeds), keys=pick(task.keys),
+                   preview_keys=pick(task.preview_keys))
+
+
+class Reporter:
+    """Stands in for the pipe of backend.gpu.worker: its messages become the executor's events on the stream."""
+
+    def __init__(self, gpu: Gpu, task: m.Task):
+        self.gpu, self.task = gpu, task
+        self.open = set(task.indices)
+
+    def send(self, msg: m.FromWorker) -> None:
+        task, gpu = self.task, self.gpu
+        events = []
+        match msg:
+            case m.Started():
+                events.append(ev.ImagesStarted(task.job_id, task.indices, gpu.id))
+            case m.Progress(step=step, total=total):
+                events.append(ev.ImagesProgress(task.job_id, task.indices, step, total))
+            case m.Preview(index=index, key=key):
+                events.append(ev.ImagePreview(task.job_id, index, key))
+            case m.ImageDone(index=index):
+                self.open.discard(index)
+                log.info("%s: job %s image %d made", gpu.id, task.job_id, index)
+                events.append(ev.ImageSucceeded(task.job_id, index))
+            case m.ImageFailed(index=index, error=error):
+                self.open.discard(index)
+                if "SoftTimeLimitExceeded" in error:  # Celery's soft limit: IMAGE_TIMEOUT_S x the batch
+                    limit = gpu.settings.image_timeout_s
+                    error = f"timed out after {limit * len(task.indices):.0f} s (IMAGE_TIMEOUT_S={limit:g})"
+                events.append(ev.ImageFailed(task.job_id, index, error))
+            case m.Done(canceled=canceled, seconds=seconds):
+                for index in sorted(self.open):
+                    events.append(ev.ImagesCanceled(task.job_id, (index,)) if canceled else ev.ImageFailed(
+                        task.job_id, index, "the worker finished without reporting this image"))
+                events.append(ev.BatchFinished(seconds, len(task.indices)))
+        for event in events:
+            ca.publish(gpu.redis, event)  # redis-py retries a dropped connection; a lost progress event costs nothing
+
+
+class CancelFlag:
+    """Stands in for the worker's shared cancel value: reads the job's cancel flag, at most every CANCEL_POLL_S."""
+
+    def __init__(self, gpu: Gpu, task: m.Task):
+        self.gpu, self.task = gpu, task
+        self.checked, self.canceled = 0.0, False
+
+    @property
+    def value(self) -> int:
+        if not self.canceled and time.monotonic() - self.checked > CANCEL_POLL_S:
+            self.checked = time.monotonic()
+            self.canceled = self.gpu._canceled(self.task.job_id)
+        return self.task.task_id if self.canceled else -1
+
+
+# ----- Celery tasks and signals -----
+@ca.app.task(name=ca.GENERATE, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=MAX_RETRIES,
+              default_retry_delay=0)
+def generate(self, task: dict, model_id: str) -> None:
+    if GPU is None or GPU.gen is None:
+        raise Reject("this GPU process has no pipeline", requeue=True)
+    GPU.generate(self.request, task, model_id)
+
+
+@ca.app.task(name=ca.UPSCALE, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=MAX_RETRIES,
+              default_retry_delay=0)
+def upscale(self, request_id: str, source_key: str, target_key: str) -> None:
+    if GPU is None or GPU.gen is None:
+        raise Reject("this GPU process has no pipeline", requeue=True)
+    GPU.upscale(request_id, source_key, target_key)
+
+
+@signals.worker_process_init.connect
+def _gpu_process_starts(**kwargs) -> None:
+    """In each forked GPU process: load the pipeline on GPU `index` before the pool gives it work."""
+    global GPU
+    from billiard.process import current_process
+
+    index = getattr(current_process(), "index", 0)
+    GPU = Gpu(NODE, index)
+    try:
+        GPU.load()
+    except Exception as e:
+        GPU.error = f"could not load model {NODE.settings.model_id!r}: {_short(e)}"
+        GPU.set_state("dead")
+        log.exception("%s: %s; the node stops", GPU.id, GPU.error)
+        os.kill(os.getppid(), signal.SIGTERM)  # a node that cannot load its model takes no work at all
+        return
+    # Idempotent: the first ready process opens the model's queue for the whole node.
+    ca.app.control.add_consumer(ca.image_queue(NODE.settings.model_id), destination=[NODE.hostname])
+
+
+@signals.worker_process_shutdown.connect
+def _gpu_process_stops(**kwargs) -> None:
+    if GPU is not None and GPU.error is None:  # a failed one stays listed, dead with its reason, for a minute
+        try:
+            GPU.redis.hdel(ca.WORKERS, GPU.id)
+        except Exception:
+            pass  # it is dropped from /health a minute later all the same
+
+
+@signals.task_retry.connect
+def _task_retried(sender=None, request=None, **kwargs) -> None:
+    """In the main process, after a GPU process died mid-batch: the batch waits for the next free GPU."""
+    if sender is not None and sender.name == ca.GENERATE and request is not None:
+        task = request.kwargs["task"]
+        _report(ev.ImagesRequeued(task["job_id"], tuple(task["indices"])))
+
+
+@signals.task_failure.connect
+def _task_failed(sender=None, kwargs=None, exception=None, **extra) -> None:
+    """A batch that lost its GPU process twice, or ran past its hard time limit (both seen by the main
+    process), or one that raised: what is stored succeeded, the rest failed with the reason."""
+    if sender is None or not kwargs:
+        return
+    if isinstance(exception, WorkerLostError):
+        reason = f"node {NODE.name}: {_short(exception)}; it was the second try"
+    elif isinstance(exception, TimeLimitExceeded):
+        reason = f"node {NODE.name}: timed out and was stopped (IMAGE_TIMEOUT_S={NODE.settings.image_timeout_s:g})"
+    else:
+        reason = f"node {NODE.name}: {_short(exception)}"
+    if sender.name == ca.UPSCALE:
+        _report(ca.UpscaleDone(kwargs["request_id"], reason))
+    elif sender.name == ca.GENERATE:
+        task = kwargs["task"]
+        for index, key in zip(task["indices"], task["keys"]):
+            try:
+                stored = _reporting_storage().exists(key)
+            except Exception:
+                stored = False  # unknown: failed with the reason, as if it were not there
+            _report(ev.ImageSucceeded(task["job_id"], index) if stored
+                    else ev.ImageFailed(task["job_id"], index, reason))
+
+
+def _report(event) -> None:
+    """From Celery's signal handlers: through the GPU process's client, or the main process's."""
+    try:
+        ca.publish(GPU.redis if GPU is not None else _redis(), event)
+    except Exception:
+        log.exception("could not report %r", event)
+
+
+def _redis():
+    """The main process's redis-py client (a GPU process has its own: redis-py pools notice the fork)."""
+    if "redis" not in _reporting:
+        _reporting["redis"] = ca.redis_client(NODE.settings)
+    return _reporting["redis"]
+
+
+def _reporting_storage():
+    if "storage" not in _reporting:
+        _reporting["storage"] = NODE.settings.open_storage()
+    return _reporting["storage"]
+
+
+# ----- the entry point -----
+def main(argv: list[str] | None = None) -> None:
+    global NODE
+    parser = argparse.ArgumentParser(prog="python -m backend.node", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--name", help="this node's name in worker ids (<name>/<n>); default: the host name")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    from backend.config import get_settings
+    from backend.gpu.devices import visible_gpus
+
+    settings = get_settings()
+    if settings.broker_url is None:
+        sys.exit("BROKER_URL is not set: a node pulls its work from the backend's broker "
+                 "(redis://:password@host:port/0); see docs/NODES.md")
+    workers = settings.worker_count(visible_gpus(settings.cuda_visible_devices))
+    instance = uuid.uuid4().hex
+    _reporting["redis"] = ca.redis_client(settings)
+    name = ca.claim_name(_redis(), args.name or socket.gethostname(), instance)
+    NODE = Node(name, instance, f"{name}@{socket.gethostname()}", workers, settings)
+    backend_model = _redis().get(ca.MODEL)
+    if backend_model and backend_model != settings.model_id:
+        log.error("the backend runs MODEL_ID=%r but this node runs %r: it will be given no work until they match",
+                  backend_model, settings.model_id)
+    log.info("node %s: %d GPU process(es), model %s", name, workers, settings.model_id)
+    app = ca.configure(settings)
+    try:
+        app.worker_main(["worker", "--pool=prefork", f"--concurrency={workers}", f"--hostname={NODE.hostname}",
+                         f"--queues={ca.node_queue(name)}", "--loglevel=INFO", "--optimization=fair",
+                         "--without-gossip", "--without-mingle"])
+    finally:
+        _release_name(name, instance)
+    failed = _load_errors(name, workers)
+    if failed:
+        sys.exit(f"node {name} stopped: {failed[0]}")
+
+
+def _load_errors(name: str, workers: int) -> list[str]:
+    """What the node's GPU processes said when they could not load the model (from their last heartbeats)."""
+    try:
+        beats = _redis().hmget(ca.WORKERS, [f"{name}/{i}" for i in range(workers)])
+    except Exception:
+        return []
+    return [json.loads(b)["error"] for b in beats if b and json.loads(b).get("error")]
+
+
+def _release_name(name: str, instance: str) -> None:
+    """A node that stops cleanly frees its name at once (one that dies frees it STALE_S later)."""
+    try:
+        if _redis().get(ca.name_key(name)) == instance:
+            _redis().delete(ca.name_key(name))
+    except Exception as e:
+        log.warning("node name %s not released (%s); it is free again in %d s", name, e, ca.STALE_S)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""Real parts for the EXECUTOR=celery tests: Debian's redis-server with a password on a free port, GPU nodes
+(`python -m backend.node`) in processes of their own, and a cluster of both around a celery backend."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import redis
+
+from backend.tools.seaweed import free_port
+from tests.conftest import s3_env
+from tests.factories import REPO, SETTINGS_NAMES
+
+PASSWORD = "celery-test-password-0123"
+MADE = re.compile(r"job (\w+) image (\d+) made")
+
+
+def wait_until(predicate, timeout: float = 60, every: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise TimeoutError(f"{what} not met in {timeout} s")
+
+
+class RedisServer:
+    """redis-server as ENVIRONMENT.md starts it: loopback, a password, append-only persistence in a folder."""
+
+    def __init__(self, data_dir: Path, password: str = PASSWORD):
+        self.data_dir, self.password, self.port = Path(data_dir), password, free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 20) -> "RedisServer":
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.data_dir / "redis.log", "ab")
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--requirepass", self.password, "--save", "",
+             "--appendonly", "yes", "--dir", str(self.data_dir)], stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        wait_until(self._answers, timeout, what="redis-server answering")
+        return self
+
+    def _answers(self) -> bool:
+        try:
+            return self.client().ping()
+        except redis.RedisError:
+            return False
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, decode_responses=True, socket_timeout=5)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()  # SIGTERM: the append-only file is flushed first
+            self.process.wait(20)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+class NodeProcess:
+    """`python -m backend.node --name NAME`, the contract's command, in its own session."""
+
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path):
+        self.name, self.env = name, env
+        self.log_path = Path(log_dir) / f"node-{name}-{uuid.uuid4().hex[:6]}.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "NodeProcess":
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen([sys.executable, "-m", "backend.node", "--name", self.name], cwd=REPO,
+                                        env=self.env | {"PYTHONUNBUFFERED": "1"}, stdout=log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def made(self) -> Counter:
+        """(job id, index) -> how many times this node generated and stored that image."""
+        return Counter((job, int(index)) for job, index in MADE.findall(self.log()))
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)  # warm shutdown: its unfinished task goes back to the broker
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)
+
+
+class Cluster:
+    """A celery backend, its Redis and its nodes, sharing one storage prefix and one model."""
+
+    def __init__(self, make_backend, redis_server: RedisServer, s3, tiny_model: Path, log_dir: Path,
+                 upscaler_model: Path):
+        self.make_backend, self.redis, self.log_dir = make_backend, redis_server, log_dir
+        self.storage_env = s3_env(s3, f"celery-{uuid.uuid4().hex[:8]}")
+        self.model, self.upscaler_model = str(tiny_model), str(upscaler_model)
+        self.nodes: list[NodeProcess] = []
+        self.backend = None
+
+    def node_env(self, **extra) -> dict[str, str]:
+        base = {k: v for k, v in os.environ.items() if k not in SETTINGS_NAMES + ("EXECUTOR", "BROKER_URL")}
+        return base | self.storage_env | {"MODEL_ID": self.model, "DEVICE": "cpu", "WORKERS": "1",
+                                          "BROKER_URL": self.redis.url, "LOCAL_UPSCALER_MODEL": self.upscaler_model,
+                                          "HF_HUB_OFFLINE": "1"} | extra
+
+    def start_node(self, name: str, **extra) -> NodeProcess:
+        node = NodeProcess(name, self.node_env(**extra), self.log_dir).start()
+        self.nodes.append(node)
+        return node
+
+    def start_backend(self, wait_for: str = "ok"):
+        self.backend = self.make_backend(wait_for=wait_for, EXECUTOR="celery", BROKER_URL=self.redis.url,
+                                         MODEL_ID=self.model, UPSCALER="local", **self.storage_env)
+        return self.backend
+
+    def beats(self) -> dict[str, dict]:
+        return {k: json.loads(v) for k, v in self.redis.client().hgetall("showroom:workers").items()}
+
+    def made(self, job_id: str) -> Counter:
+        total = Counter()
+        for node in self.nodes:
+            total.update(node.made())
+        return Counter({index: n for (job, index), n in total.items() if job == job_id})
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(make_backend, redis_server, s3, tiny_model, tmp_path_factory):
+    """Two nodes of one worker each (node-a, node-b) and a celery backend waiting for both; UPSCALER=local
+    (a tiny Swin2SR) runs on the nodes."""
+    from tests.backend.test_upscale import save_tiny_swin2sr
+
+    upscaler = save_tiny_swin2sr(tmp_path_factory.mktemp("celery-swin2sr"))
+    parts = Cluster(make_backend, redis_server, s3, tiny_model, tmp_path_factory.mktemp("celery-logs"), upscaler)
+    parts.start_node("node-a")
+    parts.start_node("node-b")
+    try:
+        parts.start_backend()
+        wait_until(lambda: sorted(w["id"] for w in parts.backend.get("/health").json()["workers"]
+                                  if w["state"] == "ready") == ["node-a/0", "node-b/0"], 120, 0.3, "both nodes ready")
+        yield parts
+    finally:
+        parts.stop()
