@@ -70,11 +70,19 @@ def batches(tmp_path, job) -> dict[int, tuple[int, int]]:
     return found
 
 
-def test_the_scheduler_is_an_executor(run_scheduler):
+def test_the_scheduler_keeps_the_executor_protocol(run_scheduler):
+    """What the job side relies on, by behaviour: held while work remains, the queue's cost counted, a
+    cancel reported as events before it returns, nothing held afterwards, a snapshot without storage."""
     from backend.gpu.executor import Executor
 
-    sched, _ = run_scheduler(1)
+    sched, store = run_scheduler(1, behaviour="load_fail")  # no worker ever takes the work: it stays queued
     assert isinstance(sched, Executor)
+    job = make_job(3)
+    submit(sched, store, job)
+    assert sched.holds(job.id) and sched.pending_images() == 3 and sched.pending_cost() == 3.0
+    assert sched.cancel(job.id) is True
+    assert [i.status for i in store.get(job.id).images] == [Status.canceled] * 3, "reported before cancel returns"
+    assert not sched.holds(job.id) and sched.pending_cost() == 0 and sched.cancel(job.id) is False
     assert set(sched.snapshot()) == {"workers", "errors", "pending", "native_size"}
 
 
