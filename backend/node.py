@@ -24,7 +24,6 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from billiard.exceptions import WorkerLostError
 from celery import signals
@@ -73,20 +72,11 @@ class Gpu:
         threading.Thread(target=self._beat_forever, name="heartbeat", daemon=True).start()
 
     def load(self) -> None:
-        import torch
-
-        from backend.gpu import devices, pipeline
+        from backend.gpu.worker import load_generator
 
         started = time.perf_counter()
-        settings = self.settings
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.node.workers))
-        self.device = devices.pick_device(settings.device, self.index)
-        self.storage = settings.open_storage()
-        cache = Path(settings.showroom_cache) / f"node-{self.index}"
-        self.gen = pipeline.Generator(settings.model_id, self.device, self.storage, cache,
-                                      compile_unet=settings.compile, taesd_id=settings.taesd_id or None,
-                                      inpaint_model_id=settings.inpaint_model_id or None)
-        self.gen.warm_up()
+        self.device, self.storage, self.gen = load_generator(self.settings, self.index, self.node.workers,
+                                                             f"node-{self.index}")
         self.native_size = self.gen.native_size
         load_s = time.perf_counter() - started
         self.set_state("ready")
@@ -196,16 +186,12 @@ class Reporter:
         task, gpu = self.task, self.gpu
         events = []
         match msg:
-            case m.Started():
-                events.append(ev.ImagesStarted(task.job_id, task.indices, gpu.id))
-            case m.Progress(step=step, total=total):
-                events.append(ev.ImagesProgress(task.job_id, task.indices, step, total))
-            case m.Preview(index=index, key=key):
-                events.append(ev.ImagePreview(task.job_id, index, key))
+            case m.Started() | m.Progress() | m.Preview():
+                events.append(ev.image_event(msg, task, gpu.id))
             case m.ImageDone(index=index):
                 self.open.discard(index)
                 log.info("%s: job %s image %d made", gpu.id, task.job_id, index)
-                events.append(ev.ImageSucceeded(task.job_id, index))
+                events.append(ev.image_event(msg, task, gpu.id))
             case m.ImageFailed(index=index, error=error):
                 self.open.discard(index)
                 if "SoftTimeLimitExceeded" in error:  # Celery's soft limit: IMAGE_TIMEOUT_S x the batch

@@ -12,6 +12,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from backend.gpu import messages
 from backend.gpu.messages import TrainTask
 from backend.models import JobManifest
 
@@ -112,6 +113,23 @@ class TrainingFailed(TrainingEvent):
 Event = (ImagesStarted | ImagesProgress | ImagePreview | ImageSucceeded | ImageFailed | ImagesRequeued | ImagesCanceled
          | BatchFinished | WorkerReady | TrainingEvent)
 EventSink = Callable[[Event], None]
+
+
+def image_event(msg, task, worker: int | str) -> Event | None:
+    """What a worker's message about a batch of images means as an event (None for the other messages):
+    the one translation, used by the local scheduler and by GPU nodes."""
+    match msg:
+        case messages.Started():
+            return ImagesStarted(task.job_id, task.indices, worker)
+        case messages.Progress(step=step, total=total):
+            return ImagesProgress(task.job_id, task.indices, step, total)
+        case messages.Preview(index=index, key=key):
+            return ImagePreview(task.job_id, index, key)
+        case messages.ImageDone(index=index):
+            return ImageSucceeded(task.job_id, index)
+        case messages.ImageFailed(index=index, error=error):
+            return ImageFailed(task.job_id, index, error)
+    return None
 
 
 @runtime_checkable

@@ -392,18 +392,11 @@ class Scheduler:
                 else:
                     upscale.future.set_exception(RuntimeError(error))
                 slot.state, slot.task = WorkerState.ready, None
-            case m.Started():
-                self._emit(ev.ImagesStarted(task.job_id, task.indices, slot.id))
-            case m.Progress(step=step, total=total):
-                self._emit(ev.ImagesProgress(task.job_id, task.indices, step, total))
-            case m.Preview(index=index, key=key):
-                self._emit(ev.ImagePreview(task.job_id, index, key))
-            case m.ImageDone(index=index):
+            case m.Started() | m.Progress() | m.Preview():
+                self._emit(ev.image_event(msg, task, slot.id))
+            case m.ImageDone(index=index) | m.ImageFailed(index=index):
                 slot.work = [w for w in slot.work if w.index != index]
-                self._close(task.job_id, (index,), ev.ImageSucceeded(task.job_id, index))
-            case m.ImageFailed(index=index, error=error):
-                slot.work = [w for w in slot.work if w.index != index]
-                self._close(task.job_id, (index,), ev.ImageFailed(task.job_id, index, error))
+                self._close(task.job_id, (index,), ev.image_event(msg, task, slot.id))
             case m.Done(canceled=canceled, seconds=seconds):
                 for w in slot.work:  # what the worker did not report: interrupted by cancel, or lost
                     event = (ev.ImagesCanceled(w.job_id, (w.index,)) if canceled else

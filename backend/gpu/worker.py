@@ -37,6 +37,23 @@ def _short(e: BaseException) -> str:
     return text if len(text) <= 500 else text[:497] + "..."
 
 
+def load_generator(settings, index: int, workers: int, cache_name: str):
+    """The pipeline of GPU `index` on this box, loaded once and warmed: (device, storage, Generator). The
+    `workers` processes of one box share its CPU cores. Used by local workers and GPU nodes alike."""
+    import torch
+
+    from backend.gpu import devices, pipeline
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    device = devices.pick_device(settings.device, index)
+    storage = settings.open_storage()
+    gen = pipeline.Generator(settings.model_id, device, storage, Path(settings.showroom_cache) / cache_name,
+                             compile_unet=settings.compile, taesd_id=settings.taesd_id or None,
+                             inpaint_model_id=settings.inpaint_model_id or None)
+    gen.warm_up()
+    return device, storage, gen
+
+
 def run_worker(worker_id: int, settings, conn, cancel_task, workers: int = 1) -> None:
     """Entry point of the worker process (spawned: nothing of the parent's CUDA state leaks in).
     `workers` is how many run on this box: they share its CPU cores."""
@@ -44,17 +61,7 @@ def run_worker(worker_id: int, settings, conn, cancel_task, workers: int = 1) ->
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker-{worker_id} %(levelname)s %(message)s")
     started = time.perf_counter()
     try:
-        import torch
-
-        from backend.gpu import devices, pipeline
-
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
-        device = devices.pick_device(settings.device, worker_id)
-        storage = settings.open_storage()
-        cache = Path(settings.showroom_cache) / f"worker-{worker_id}"
-        gen = pipeline.Generator(settings.model_id, device, storage, cache, compile_unet=settings.compile,
-                                 taesd_id=settings.taesd_id or None, inpaint_model_id=settings.inpaint_model_id or None)
-        gen.warm_up()
+        device, storage, gen = load_generator(settings, worker_id, workers, f"worker-{worker_id}")
     except Exception as e:
         log.error("could not load %s: %s", settings.model_id, traceback.format_exc())
         conn.send(LoadFailed(worker_id, f"could not load model {settings.model_id!r}: {_short(e)}"))
