@@ -9,7 +9,7 @@ from tests.factories import REPO
 
 CONTRACT_NAMES = {"MODEL_ID", "DEVICE", "WORKERS", "STORAGE_URL", "S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
                   "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "API_KEY", "BACKEND_URL", "UPSCALER",
-                  "REPLICATE_API_TOKEN", "REPLICATE_BASE_URL"}
+                  "REPLICATE_API_TOKEN", "REPLICATE_BASE_URL", "EXECUTOR", "BROKER_URL"}
 
 
 class ComposeLoader(yaml.SafeLoader):
@@ -96,3 +96,18 @@ def test_compose_cpu_override_drops_the_gpu_reservation():
     override = load("compose.cpu.yaml")
     assert override == {"services": {"backend": {"deploy": None, "environment": {"DEVICE": "cpu"}}}}
     assert "deploy: !reset {}" in (REPO / "docker" / "compose.cpu.yaml").read_text()
+
+
+def test_compose_nodes_override_sends_work_through_a_password_protected_persistent_redis():
+    nodes = load("compose.nodes.yaml")
+    redis, backend, node = (nodes["services"][name] for name in ("redis", "backend", "node"))
+    assert "--requirepass" in redis["command"] and redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
+    assert redis["volumes"] == ["redis-data:/data"] and "ports" not in redis, "not published: nodes elsewhere use TLS"
+    assert backend["environment"]["EXECUTOR"] == "celery" and backend["deploy"] is None
+    assert backend["environment"]["BROKER_URL"].startswith("redis://:${REDIS_PASSWORD:?")
+    assert node["command"] == ["python", "-m", "backend.node"] and node["environment"]["BROKER_URL"] == \
+        backend["environment"]["BROKER_URL"]
+    assert node["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    used = set().union(*(environment_names(s) for s in nodes["services"].values()))
+    assert used <= CONTRACT_NAMES | documented_names(), used - CONTRACT_NAMES - documented_names()
+    assert "REDIS_PASSWORD" in documented_names()
