@@ -1,15 +1,23 @@
-"""A finished job's settings, reused: the Create page's values for "Use these settings", and the spec
-"More like this" sends again with a new seed. Nothing here draws.
+"""A finished job's settings, reused: the Create page's values for "Use these settings", the spec
+"More like this" sends again with a new seed, and the settings a Showroom (or A1111) PNG carries.
+Nothing here draws.
 
 A manifest holds the resolved spec, whose prompt has the product's trigger words where `<product>` was
 (or before it, when the prompt had no `<product>`); they are turned back into `<product>`, so the
 prompt reads as it was written and is not given the trigger words twice when it is sent again.
 """
 
+import io
+import json
+import re
+
+from PIL import Image, UnidentifiedImageError
+
 from frontend import placement
 from frontend.jobs import JobView
 
 PRODUCT_TOKEN = "<product>"
+MAX_SEED = 2**53 - 1 - 16  # the Create page's seed field
 SPEC_FIELDS = ("negative_prompt", "product", "template", "loras", "num_images", "steps", "guidance_scale",
                "width", "height", "strength", "mode", "placement", "shadow", "harmonize")
 
@@ -23,24 +31,88 @@ def written_prompt(spec: dict, trigger: str | None) -> str:
 
 def compose_values(view: JobView, trigger: str | None, native: int) -> dict:
     """The Create page's widget values that make this job again (the keys of compose.COMPOSE_KEYS)."""
-    spec = view.spec
-    width, height = int(spec.get("width") or native), int(spec.get("height") or native)
+    return form_values(view.spec, trigger, native, images=len(view.images))
+
+
+def form_values(spec: dict, trigger: str | None, native: int, images: int | None = None) -> dict:
+    """A spec as the Create page's widget values; without `num_images` in the spec or `images`, the
+    form keeps its own count (a single picture's settings say nothing of how many were made)."""
+    width = _clamp(_multiple_of_8(int(spec.get("width") or native)), 64, 2048)
+    height = _clamp(_multiple_of_8(int(spec.get("height") or native)), 64, 2048)
+    seed = spec.get("seed")
     values = {
         "product": spec.get("product") or "", "template_id": spec.get("template"),
         "prompt": written_prompt(spec, trigger), "negative": str(spec.get("negative_prompt") or ""),
-        "num_images": _clamp(int(spec.get("num_images") or len(view.images) or 4), 1, 16),
         "steps": _clamp(int(spec.get("steps") or 30), 1, 150),
-        "guidance": float(spec.get("guidance_scale") if spec.get("guidance_scale") is not None else 7.5),
-        "width": width, "height": height, "seed": spec.get("seed"),
+        "guidance": _clamp(float(spec.get("guidance_scale") if spec.get("guidance_scale") is not None else 7.5),
+                           0.0, 30.0),
+        "width": width, "height": height,
+        "seed": seed if isinstance(seed, int) and 0 <= seed <= MAX_SEED else None,
         "strength": float(spec.get("strength") if spec.get("strength") is not None else 0.5),
         "mode": spec.get("mode") or "generate", "aspect": _aspect(width, height, native),
         "shadow": bool(spec.get("shadow", True)), "harmonize": bool(spec.get("harmonize", True)),
     }
+    if spec.get("num_images") or images:
+        values["num_images"] = _clamp(int(spec.get("num_images") or images), 1, 16)
     at = spec.get("placement")
     if isinstance(at, dict):
         values["place_at"] = nearest_preset(float(at.get("x", 0.5)), float(at.get("y", 0.55)))
         values["place_scale"] = round(_clamp(float(at.get("scale", 0.6)), 0.2, 1.0) * 20) / 20  # the slider's steps
     return values
+
+
+def png_settings(data: bytes) -> tuple[dict | None, str | None]:
+    """The spec a PNG was made with, read from its `showroom` text chunk (JSON), else from A1111's
+    `parameters` line; or None and why, in words."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.format != "PNG":
+                return None, "This file is not a PNG: only a PNG keeps the settings a picture was made with."
+            text = dict(getattr(img, "text", {}) or {})
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None, "This file is not a picture that can be read."
+    try:
+        spec = json.loads(text["showroom"]) if "showroom" in text else None
+    except ValueError:
+        spec = None
+    if isinstance(spec, dict) and spec.get("prompt") is not None:
+        return spec, None
+    spec = parse_parameters(text.get("parameters") or "")
+    if spec:
+        return spec, None
+    return None, ("This picture carries no settings: it was not made by Showroom (or another tool that writes "
+                  "them, such as AUTOMATIC1111), or they were removed when it was saved again.")
+
+
+A1111_FIELDS = {"Steps": "steps", "CFG scale": "guidance_scale", "Seed": "seed", "Denoising strength": "strength"}
+_A1111_PAIR = re.compile(r'\s*([\w ]+):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+
+
+def parse_parameters(text: str) -> dict:
+    """A1111's `parameters` text: the prompt, a "Negative prompt:" line, then "Steps: N, CFG scale: X, ...".
+    {} when it holds none of them."""
+    lines = text.strip().splitlines()
+    if not lines:
+        return {}
+    spec: dict = {}
+    if "Steps:" in lines[-1]:
+        for name, value in _A1111_PAIR.findall(lines.pop()):
+            name, value = name.strip(), value.strip().strip('"')
+            if name == "Size" and re.fullmatch(r"\d+x\d+", value):
+                spec["width"], spec["height"] = (int(v) for v in value.split("x"))
+            elif name in A1111_FIELDS:
+                try:
+                    number = float(value)
+                except ValueError:
+                    continue
+                spec[A1111_FIELDS[name]] = int(number) if name in ("Steps", "Seed") else number
+    negative = next((i for i, line in enumerate(lines) if line.startswith("Negative prompt:")), None)
+    if negative is not None:
+        spec["negative_prompt"] = "\n".join(lines[negative:]).removeprefix("Negative prompt:").strip()
+        lines = lines[:negative]
+    if lines:
+        spec["prompt"] = "\n".join(lines).strip()
+    return spec
 
 
 def variation(view: JobView, trigger: str | None) -> dict:
@@ -56,6 +128,10 @@ def nearest_preset(x: float, y: float) -> str:
 def _aspect(width: int, height: int, native: int) -> str | None:
     """The canvas preset that gives exactly this size, or None (a custom size)."""
     return next((a for a in placement.ASPECTS if placement.canvas_size(a, native) == (width, height)), None)
+
+
+def _multiple_of_8(value: int) -> int:
+    return max(8, round(value / 8) * 8)
 
 
 def _clamp(value, low, high):

@@ -57,6 +57,8 @@ CSS = """
   .st-key-results-grid [data-testid="stColumn"] {min-width: calc(50% - .25rem) !important;
     flex: 1 1 calc(50% - .25rem) !important; width: calc(50% - .25rem) !important;}
 }
+/* placeholders read as hints, not as text already typed (an empty prompt must look empty) */
+textarea::placeholder, input::placeholder {color: #B4B4C3 !important; opacity: 1;}
 @keyframes sr-shimmer {to {background-position: -200% 0;}}
 @keyframes sr-pulse {50% {opacity: .3;}}
 </style>
@@ -75,11 +77,12 @@ def status_pill(h: services.Health) -> str:
 def status_meta(h: services.Health) -> str:
     if h.state == "offline":
         return "History stays available; generation is paused."
-    workers = f"{h.workers} worker{'s' if h.workers != 1 else ''}"
+    # plain words: where pictures are made, and how many at once (the workers), never "CPU worker"
+    at_once = f", {h.workers} pictures at a time" if h.workers > 1 else ""
     if not h.gpus:
-        hardware = f"{h.workers} CPU worker{'s' if h.workers != 1 else ''}"
+        hardware = f"Running on the processor{at_once}"
     else:
-        hardware = f"{h.gpus} GPU{'s' if h.gpus != 1 else ''}" + (f" ({workers})" if h.workers > h.gpus else "")
+        hardware = f"Running on {h.gpus} GPU{'s' if h.gpus != 1 else ''}{at_once}"
     parts = [hardware, f"{h.pending} image{'s' if h.pending != 1 else ''} in queue"]
     return " · ".join(parts) + (f" — {h.detail}" if h.detail else "")
 

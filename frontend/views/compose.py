@@ -6,14 +6,15 @@ import uuid
 
 import streamlit as st
 
-from frontend import nav, services
+from backend.storage import StorageError
+from frontend import nav, reuse, services
 from frontend.client import BackendError, BackendOffline
 from frontend.jobs import is_job_id
 from frontend.placement import PRESETS
 from frontend.views import job_actions, job_panel, photo, styles
 from frontend.views.photo import PhotoChoice
 
-MAX_SEED = 2**53 - 1 - 16
+MAX_SEED = reuse.MAX_SEED
 NO_PRODUCT = ""  # not None: a selectbox shows None as "nothing chosen yet"
 # Kept across page switches: Streamlit forgets a widget's value when a page without it is drawn.
 COMPOSE_KEYS = ("product", "template_id", "prompt", "negative", "num_images", "steps", "guidance", "width",
@@ -79,17 +80,22 @@ def _compose(catalog: dict, health: services.Health) -> None:
     _defaults(health.native_size)
     if note := st.session_state.pop(job_actions.NOTE, None):
         st.info(note, icon=":material/tune:")
+    _reuse_picture()
     st.markdown("##### 1 · Product and photo")
     products = {p["name"]: p for p in catalog.get("products", [])}
     if st.session_state.get("product") not in products:
         st.session_state["product"] = NO_PRODUCT
-    st.selectbox("Product", [NO_PRODUCT, *products], key="product",
-                 format_func=lambda n: "No product (generic scene)" if n == NO_PRODUCT else
-                 f"{n} — {products[n].get('category') or 'uncategorised'}",
-                 help="Its LoRA, when it has one, is applied; `<product>` becomes its trigger words; in place "
-                      "mode its packshot stands in for a photo.")
+    pick, picture = st.columns([5, 1], vertical_alignment="bottom")
+    pick.selectbox("Product", [NO_PRODUCT, *products], key="product",
+                   format_func=lambda n: "No product (generic scene)" if n == NO_PRODUCT else
+                   f"{n} — {products[n].get('category') or 'uncategorised'}",
+                   help="Its LoRA, when it has one, is applied; `<product>` becomes its trigger words; in place "
+                        "mode its packshot stands in for a photo.")
+    with picture:
+        _product_picture(products.get(st.session_state["product"]))
     if not products:
-        st.caption("No products yet: add your first on the Products page.")
+        st.page_link(nav.page("products"), label="No products yet: add your first on the Products page",
+                     icon=":material/add_photo_alternate:")
     choice = photo.section(products.get(st.session_state["product"]), health.native_size)
 
     st.markdown("##### 2 · Style")
@@ -124,6 +130,28 @@ def _compose(catalog: dict, health: services.Health) -> None:
     if st.button("Generate", type="primary", width="stretch", key="generate", icon=":material/auto_awesome:",
                  disabled=not health.can_generate or choice.blocked is not None, help=choice.blocked):
         _submit(choice)
+
+
+def _reuse_picture() -> None:
+    with st.expander("Reuse a picture's settings", icon=":material/image_search:"):
+        st.file_uploader("A PNG made by Showroom (or AUTOMATIC1111)", type=["png"], key=job_actions.PICTURE,
+                         on_change=job_actions.use_picture,
+                         help="Its prompt, size, steps, guidance and seed (and, from Showroom, its product, style "
+                              "and mode) fill the form below.")
+        if refusal := st.session_state.get(job_actions.PICTURE_REFUSAL):
+            st.warning(refusal, icon=":material/info:")
+
+
+def _product_picture(product: dict | None) -> None:
+    """The chosen product's packshot, small; nothing when it has none (or storage cannot give it)."""
+    key = (product or {}).get("packshot_key")
+    if not key:
+        return
+    try:
+        shot = services.packshot(services.settings().storage_url, key)
+    except StorageError:
+        return
+    st.image(services.cutout_on_checkerboard(shot), width=72, caption=product["name"])
 
 
 def _spec(mode: str) -> tuple[dict | None, str | None]:

@@ -13,6 +13,8 @@ from frontend.jobs import JobView
 
 PENDING = "compose_pending"   # values for the Create page's widgets, applied before they are drawn
 NOTE = "compose_note"         # what the page says about them once applied
+PICTURE = "reuse_png"         # the Create page's "Reuse a picture's settings" upload
+PICTURE_REFUSAL = "reuse_png_refusal"  # why that picture's settings could not be read, in words
 
 
 def bar(view: JobView) -> None:
@@ -48,6 +50,23 @@ def use_settings(view: JobView) -> None:
                                                      services.current_health().native_size)
     st.session_state[NOTE] = "The form holds the settings of the job on the right." + (
         " It was made from a photo you uploaded: upload it again to use it." if view.input_key else "")
+
+
+def use_picture() -> None:
+    """The upload's on_change: runs before the page is drawn, so apply_pending fills the form in the same run."""
+    st.session_state.pop(PICTURE_REFUSAL, None)
+    upload = st.session_state.get(PICTURE)
+    if upload is None:
+        return
+    spec, reason = reuse.png_settings(upload.getvalue())
+    if spec is None:
+        st.session_state[PICTURE_REFUSAL] = reason
+        return
+    st.session_state[PENDING] = reuse.form_values(spec, _trigger(spec.get("product")),
+                                                  services.current_health().native_size)
+    photo = {"restyle": " It restyled a photo: upload that photo again to use it.",
+             "place": " It placed a product photo: upload it again, or leave it out to place the product's packshot."}
+    st.session_state[NOTE] = f"The form holds the settings of {upload.name}." + photo.get(spec.get("mode"), "")
 
 
 def apply_pending() -> None:

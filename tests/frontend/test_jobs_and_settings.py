@@ -65,11 +65,12 @@ def workers_on(*devices: str) -> dict:
 def test_health_counts_distinct_gpus_not_workers():
     shared = health_from(workers_on("cuda:0", "cuda:0", "cuda:0"))
     assert (shared.gpus, shared.workers) == (1, 3)
-    assert status_meta(shared).startswith("1 GPU (3 workers)")
+    assert status_meta(shared).startswith("Running on 1 GPU, 3 pictures at a time")
     assert health_from(workers_on("cuda:0", "cuda:1", "cuda:1")).gpus == 2
     assert health_from(workers_on("mps", "mps:0")).gpus == 1
+    assert status_meta(health_from(workers_on("cuda:0"))).startswith("Running on 1 GPU · 2 images in queue")
     cpu = health_from(workers_on("cpu", "cpu"))
-    assert cpu.gpus == 0 and status_meta(cpu).startswith("2 CPU workers")
+    assert cpu.gpus == 0 and status_meta(cpu).startswith("Running on the processor, 2 pictures at a time")
 
 
 def test_health_says_when_upscaling_can_only_fail():

@@ -1,5 +1,6 @@
 """Handling results: a running picture's step, time left and preview; the job as a ZIP; reusing a job's
-settings and making more like it; History's filters, older pages and delete."""
+settings (or a picture's) and making more like it; the product picker's picture; History's filters, older
+pages and delete."""
 
 import io
 import json
@@ -7,12 +8,13 @@ import uuid
 import zipfile
 from datetime import datetime, timedelta, timezone
 
-from PIL import Image
+import pytest
+from PIL import Image, PngImagePlugin
 
 from backend.storage import LocalStorage
 from frontend import downloads, services
 from frontend.jobs import load_job, recent_jobs
-from tests.factories import packshot, png_bytes
+from tests.factories import make_lora, packshot, png_bytes
 from tests.frontend.conftest import SMALL, assert_no_exception, frontend_env, offline_url, page_text, shown_images
 
 
@@ -98,6 +100,105 @@ def test_use_these_settings_fills_the_form_and_more_like_this_sends_it_again(bac
     assert made["seed"] != 77 and made["prompt"] == "qzv vase on a shelf", "trigger words not doubled"
     same = ("product", "template", "mode", "placement", "shadow", "steps", "width", "height", "num_images")
     assert {k: made[k] for k in same} == {k: job["spec"][k] for k in same}
+
+
+def add_product(backend, trigger: str, **files) -> str:
+    name = f"jug-{uuid.uuid4().hex[:6]}"
+    r = backend.post("/v1/products", data={"name": name, "trigger": trigger},
+                     files=files or {"photo": ("j.png", packshot(), "image/png")})
+    assert r.status_code == 201, r.text
+    services.catalog.clear()
+    return name
+
+
+@pytest.fixture(scope="module")
+def made_png(backend) -> tuple[str, bytes]:
+    """A product with a packshot, and the second picture of a job made with it (seed 4243)."""
+    name = add_product(backend, "qzv jug")
+    spec = {"product": name, "prompt": "<product> by a window", "negative_prompt": "blur", "steps": 3,
+            "guidance_scale": 6.5, "seed": 4242, "width": 64, "height": 80, "num_images": 2}
+    job = backend.wait_job(backend.submit(spec)["id"])
+    assert job["status"] == "succeeded", job
+    return name, backend.storage.get(job["images"][1]["key"])
+
+
+def only_chunk(png: bytes, chunk: str) -> bytes:
+    """The same picture with one of its text chunks kept (as another tool would save it)."""
+    info = PngImagePlugin.PngInfo()
+    with Image.open(io.BytesIO(png)) as img:
+        info.add_text(chunk, img.text[chunk])
+        out = io.BytesIO()
+        img.save(out, format="PNG", pnginfo=info)
+    return out.getvalue()
+
+
+def drop_picture(at, name: str, data: bytes):
+    at.file_uploader(key="reuse_png").set_value((name, data, "image/png")).run()
+    assert_no_exception(at)
+    return at
+
+
+def form_of(at, *keys: str) -> dict:
+    return {key: at.session_state[key] for key in keys}
+
+
+FILLED = ("prompt", "negative", "steps", "guidance", "seed", "width", "height")
+
+
+def test_a_showroom_png_dropped_on_the_create_page_fills_the_form(backend, open_app, made_png):
+    name, png = made_png
+    at = open_app(frontend_env(backend))
+    at.slider(key="num_images").set_value(3).run()
+    drop_picture(at, "jug.png", png)
+    assert form_of(at, "product", "mode", "num_images", *FILLED) == {
+        "product": name, "mode": "generate", "num_images": 3, "prompt": "<product> by a window",
+        "negative": "blur", "steps": 3, "guidance": 6.5, "seed": 4243, "width": 64, "height": 80}, \
+        "the picture's own seed; the form keeps its count; the trigger words turned back into <product>"
+    assert at.text_area(key="prompt").value == "<product> by a window" and at.number_input(key="seed").value == 4243
+    assert at.number_input(key="width").value == 64 and at.number_input(key="height").value == 80
+    assert at.selectbox(key="product").value == name
+    assert "The form holds the settings of jug.png." in page_text(at)
+
+
+def test_an_a1111_png_fills_the_same_settings(backend, open_app, made_png):
+    _, png = made_png
+    a1111 = only_chunk(png, "parameters")
+    with Image.open(io.BytesIO(a1111)) as img:
+        assert "showroom" not in img.text
+    at = open_app(frontend_env(backend))
+    drop_picture(at, "a1111.png", a1111)
+    assert form_of(at, "product", *FILLED) == {
+        "product": "", "prompt": "qzv jug by a window", "negative": "blur", "steps": 3, "guidance": 6.5,
+        "seed": 4243, "width": 64, "height": 80}, "no product in A1111's line: its prompt as written"
+    assert at.number_input(key="steps").value == 3 and at.number_input(key="seed").value == 4243
+
+
+def test_a_png_without_settings_says_why_and_leaves_the_form(backend, open_app):
+    at = open_app(frontend_env(backend))
+    at.text_area(key="prompt").input("my own words")
+    drop_picture(at, "plain.png", png_bytes(32, 32))
+    assert "This picture carries no settings" in " ".join(w.value for w in at.warning)
+    assert form_of(at, "prompt", "steps", "seed") == {"prompt": "my own words", "steps": 30, "seed": None}
+    drop_picture(at, "photo.png", png_bytes(32, 32, fmt="JPEG"))
+    assert "This file is not a PNG" in " ".join(w.value for w in at.warning)
+
+
+def test_the_product_picker_shows_the_chosen_products_picture(backend, open_app, made_png, tiny_model):
+    name, _ = made_png
+    lora = make_lora(tiny_model, seed=3)
+    learnt = add_product(backend, "zqx lamp", file=("l.safetensors", lora, "application/octet-stream"))
+
+    def captions(a) -> list[str]:
+        return [c for image in a.image for c in image.captions]
+
+    at = open_app(frontend_env(backend))
+    assert captions(at) == [], "no product chosen: no picture"
+    at.selectbox(key="product").set_value(name).run()
+    assert_no_exception(at)
+    assert captions(at) == [name] and shown_images(at) == 1, "its packshot, beside the picker"
+    at.selectbox(key="product").set_value(learnt).run()
+    assert_no_exception(at)
+    assert captions(at) == [] and shown_images(at) == 0, "a product without a packshot: nothing"
 
 
 def test_history_filters_by_product_and_status_and_pages_back(tmp_path, open_app):
