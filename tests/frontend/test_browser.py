@@ -118,7 +118,7 @@ def test_place_a_product_in_a_real_browser(backend, app_url, artifacts):
         expect(page.get_by_text("Generator: Online")).to_be_visible(timeout=30_000)
 
         page.get_by_text("Place my product — it stays exactly as it is").click()
-        page.locator("input[type=file]").set_input_files(
+        page.locator(".st-key-photo input[type=file]").set_input_files(
             files=[{"name": "bottle.png", "mimeType": "image/png", "buffer": packshot(160, 224)}])
         expect(page.get_by_text("The cut-out: kept pixel for pixel")).to_be_visible(timeout=30_000)
         page.get_by_role("radio", name="Right third").click()
