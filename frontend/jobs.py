@@ -115,17 +115,23 @@ def parse_time(value: str | None) -> datetime | None:
         return None
 
 
-def read_manifest(storage: Storage, job_id: str) -> dict | None:
-    """The job's manifest, or None if there is no job of that id (yet)."""
+def read_json(storage: Storage, key: str, what: str) -> dict | None:
+    """A JSON object from storage (a job's or a training's manifest), or None if there is none (yet);
+    StorageError names `what` when it cannot be read as one."""
     try:
-        manifest = json.loads(storage.get(manifest_key(job_id)))
+        document = json.loads(storage.get(key))
     except ObjectMissing:
         return None
     except ValueError as e:
-        raise StorageError(f"the manifest of job {job_id} is not valid JSON: {e}") from None
-    if not isinstance(manifest, dict):
-        raise StorageError(f"the manifest of job {job_id} is not a JSON object")
-    return manifest
+        raise StorageError(f"the manifest of {what} is not valid JSON: {e}") from None
+    if not isinstance(document, dict):
+        raise StorageError(f"the manifest of {what} is not a JSON object")
+    return document
+
+
+def read_manifest(storage: Storage, job_id: str) -> dict | None:
+    """The job's manifest, or None if there is no job of that id (yet)."""
+    return read_json(storage, manifest_key(job_id), f"job {job_id}")
 
 
 def job_view(manifest: dict, present: set[str] | None = None) -> JobView:

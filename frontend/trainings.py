@@ -3,14 +3,13 @@ words chosen to call the product up, and how long a training should take. Nothin
 """
 
 import hashlib
-import json
 import math
 import re
 from dataclasses import dataclass
 
 from backend.contract import TERMINAL, training_key
-from backend.storage import ObjectMissing, Storage, StorageError
-from frontend.jobs import parse_time
+from backend.storage import Storage, StorageError
+from frontend.jobs import parse_time, read_json
 
 # What the page sends as `steps`: the backend's own default (DEFAULT_STEPS in backend/products/training.py),
 # sent explicitly so that the time promised on the button is about the training that runs.
@@ -74,15 +73,8 @@ def training_view(manifest: dict) -> TrainingView:
 
 def load_training(storage: Storage, training_id: str) -> TrainingView | None:
     """The training's manifest from storage (as jobs are followed), or None when there is none."""
-    try:
-        manifest = json.loads(storage.get(training_key(training_id)))
-    except ObjectMissing:
-        return None
-    except ValueError as e:
-        raise StorageError(f"the manifest of training {training_id} is not valid JSON: {e}") from None
-    if not isinstance(manifest, dict):
-        raise StorageError(f"the manifest of training {training_id} is not a JSON object")
-    return training_view(manifest)
+    manifest = read_json(storage, training_key(training_id), f"training {training_id}")
+    return None if manifest is None else training_view(manifest)
 
 
 def suggest_trigger(name: str, category: str | None) -> str:
