@@ -1,40 +1,36 @@
-"""Train a product LoRA on Stable Diffusion (1.x/2.x) from a folder of photos, and optionally register it.
+"""Train a product LoRA on Stable Diffusion (1.x/2.x or SDXL) from a folder of photos, and optionally register it.
 
     python -m backend.lora.train --images photos/ --trigger "sks bottle" --output out/bottle.safetensors \\
         [--video turn.mp4] [--steps 1000] [--rank 16] [--lr 1e-4] [--register --name bottle --category drinks]
 
 The recipe is diffusers' LoRA fine-tuning: photos are encoded by the VAE, noised at a random timestep with the
 noise scheduler, and the UNet (with peft LoRA layers on to_q, to_k, to_v and to_out.0; optionally the text
-encoder too) learns to predict the noise (or v) under MSE. Random crops, flips and a little colour jitter give
-it more views of the product. Checkpoints land in `<output stem>-checkpoints/` every `--checkpoint-every` steps;
+encoder too, or SDXL's two) learns to predict the noise (or v) under MSE. On SDXL the UNet is also told each
+photo's size and where its crop starts (backend/lora/trainer.py says how); it trains at 1024 px by default,
+SD 1.x/2.x at 512. Random crops, flips and a little colour jitter give it more views of the product. Checkpoints land in `<output stem>-checkpoints/` every `--checkpoint-every` steps;
 `--resume` continues from the newest one. The output is a diffusers-layout `.safetensors` LoRA (alpha = rank),
 which `POST /v1/products` stores as it is. See docs/TRAINING.md for what makes a good product LoRA.
 """
 
 import argparse
-import hashlib
 import json
 import logging
-import random
 import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import Image, ImageOps
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from backend.config import DEFAULT_MODEL_ID
-from backend.gpu.devices import pick_device
+from backend.lora.trainer import TEXT_ENCODER_CHOICES, Trainer
 
 log = logging.getLogger("showroom.train")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 ANIMATED_SUFFIXES = {".gif", ".webp", ".png"}
-UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
-TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
-PROBE_SEED = 1234
 
 
 class TrainSettings(BaseSettings):
@@ -53,11 +49,6 @@ class TrainResult:
     probe_loss_before: float
     probe_loss_after: float
     losses: list[float] = field(default_factory=list)
-
-
-def _seed(*parts) -> int:
-    """A stable 63-bit seed from the run's seed and the step: a resumed run draws what the straight run drew."""
-    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
 
 
 # ----- data -----
@@ -115,162 +106,6 @@ def load_photos(folder: Path, video: Path | None, video_count: int, caption: str
     return items
 
 
-def augment(image: Image.Image, size: int, rng: random.Random, crop: bool, flip: bool, jitter: float):
-    """A random view: crop (60-100% of the short side, anywhere), mirror, a little brightness/contrast/colour."""
-    w, h = image.size
-    side = min(w, h)
-    if crop:
-        side = int(side * rng.uniform(0.6, 1.0))
-        left, top = rng.randint(0, w - side), rng.randint(0, h - side)
-    else:
-        left, top = (w - side) // 2, (h - side) // 2
-    view = image.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
-    if flip and rng.random() < 0.5:
-        view = ImageOps.mirror(view)
-    for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color) if jitter else ():
-        view = enhancer(view).enhance(1 + rng.uniform(-jitter, jitter))
-    return view
-
-
-def to_pixels(images: list[Image.Image]):
-    import numpy as np
-    import torch
-
-    arr = np.stack([np.asarray(img, dtype=np.float32) / 127.5 - 1 for img in images])
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
-
-
-# ----- the model -----
-
-class Trainer:
-    """The frozen model with trainable LoRA layers, its optimizer, and the loss of one batch."""
-
-    def __init__(self, args: argparse.Namespace):
-        import torch
-        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-        from peft import LoraConfig
-        from transformers import CLIPTextModel, CLIPTokenizer
-
-        self.args = args
-        self.device = torch.device(pick_device(args.device))
-        cuda = self.device.type == "cuda"
-        precision = args.mixed_precision
-        if precision == "auto":
-            precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
-        if precision != "no" and not cuda:
-            raise SystemExit(f"--mixed-precision {precision} needs a CUDA GPU; use --mixed-precision no here")
-        self.autocast_dtype = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-        weight_dtype = self.autocast_dtype or torch.float32
-        model = args.model
-        self.unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet")
-        if self.unet.config.addition_embed_type == "text_time":
-            raise SystemExit("backend.lora.train trains SD 1.x/2.x LoRAs; for SDXL train with diffusers' "
-                             "train_dreambooth_lora_sdxl.py or kohya sd-scripts and upload the file to /v1/products")
-        self.tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
-        self.text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder")
-        self.vae = AutoencoderKL.from_pretrained(model, subfolder="vae")
-        self.scheduler = DDPMScheduler.from_pretrained(model, subfolder="scheduler")
-        for part in (self.text_encoder, self.vae, self.unet):
-            part.requires_grad_(False)
-            part.to(self.device, dtype=weight_dtype)
-        self.unet.add_adapter(LoraConfig(r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian",
-                                         target_modules=UNET_TARGETS))
-        if args.train_text_encoder:
-            self.text_encoder.add_adapter(LoraConfig(r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian",
-                                                     target_modules=TEXT_TARGETS))
-        self.named_params = {f"unet.{n}": p for n, p in self.unet.named_parameters() if p.requires_grad}
-        if args.train_text_encoder:
-            self.named_params |= {f"text_encoder.{n}": p for n, p in self.text_encoder.named_parameters()
-                                  if p.requires_grad}
-        for p in self.named_params.values():  # the LoRA weights train in fp32 whatever the frozen weights are
-            p.data = p.data.float()
-        if args.gradient_checkpointing == "on" or (args.gradient_checkpointing == "auto" and cuda):
-            self.unet.enable_gradient_checkpointing()
-            if args.train_text_encoder:
-                self.text_encoder.activation_checkpointing_enable()
-        groups = [{"params": [p for n, p in self.named_params.items() if n.startswith("unet.")], "lr": args.lr}]
-        if args.train_text_encoder:
-            groups.append({"params": [p for n, p in self.named_params.items() if n.startswith("text_encoder.")],
-                           "lr": args.text_encoder_lr or args.lr})
-        self.optimizer = torch.optim.AdamW(groups, weight_decay=1e-2)
-        self.scaler = torch.amp.GradScaler("cuda") if self.autocast_dtype == torch.float16 else None
-
-    def loss(self, pixels, captions: list[str], seed: int):
-        """MSE between the UNet's prediction and the noise (or v) the scheduler asks for, from `seed`'s draws."""
-        import torch
-        import torch.nn.functional as F
-
-        gen = torch.Generator("cpu").manual_seed(seed)
-        ids = self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids.to(self.device)
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            dist = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist
-            sample = torch.randn(dist.mean.shape, generator=gen).to(self.device, dist.mean.dtype)
-            latents = (dist.mean + dist.std * sample) * self.vae.config.scaling_factor
-            noise = torch.randn(latents.shape, generator=gen).to(self.device, latents.dtype)
-            steps = torch.randint(0, self.scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen)
-            steps = steps.to(self.device)
-            noisy = self.scheduler.add_noise(latents, noise, steps)
-            hidden = self.text_encoder(ids)[0]
-            pred = self.unet(noisy, steps, hidden).sample
-        kind = self.scheduler.config.prediction_type
-        target = noise if kind == "epsilon" else self.scheduler.get_velocity(latents, noise, steps)
-        return F.mse_loss(pred.float(), target.float())
-
-    def set_training(self, on: bool) -> None:
-        """Training mode for the modules being trained: transformers checkpoints gradients only in training mode."""
-        self.unet.train(on)
-        if self.args.train_text_encoder:
-            self.text_encoder.train(on)
-
-    def probe_loss(self, items: list) -> float:
-        """The loss on a fixed batch (centre crops, fixed noise and timesteps): lower means it learnt the photos."""
-        import torch
-
-        self.set_training(False)
-        batch = items[:4]
-        pixels = to_pixels([augment(img, self.args.resolution, random.Random(0), False, False, 0) for img, _ in batch])
-        with torch.no_grad():
-            return float(self.loss(pixels, [c for _, c in batch], PROBE_SEED))
-
-    def step(self, items: list, step: int) -> float:
-        """One optimizer step over `--grad-accum` batches; the draws depend only on (seed, step)."""
-        import torch
-
-        args, total = self.args, 0.0
-        self.set_training(True)
-        for micro in range(args.grad_accum):
-            rng = random.Random(_seed(args.seed, step, micro))
-            batch = [items[rng.randrange(len(items))] for _ in range(args.batch_size)]
-            pixels = to_pixels([augment(img, args.resolution, rng, args.crop, args.flip, args.color_jitter)
-                                for img, _ in batch])
-            loss = self.loss(pixels, [c for _, c in batch], _seed(args.seed, step, micro, "noise")) / args.grad_accum
-            (self.scaler.scale(loss) if self.scaler else loss).backward()
-            total += float(loss.detach())
-        params = list(self.named_params.values())
-        if self.scaler:
-            self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        if self.scaler:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return total
-
-    def save_lora(self, output: Path) -> None:
-        """The diffusers layout that load_lora_weights (and our /v1/products) takes as it is."""
-        from diffusers import StableDiffusionPipeline
-        from peft.utils import get_peft_model_state_dict
-
-        te = get_peft_model_state_dict(self.text_encoder) if self.args.train_text_encoder else None
-        output.parent.mkdir(parents=True, exist_ok=True)
-        StableDiffusionPipeline.save_lora_weights(
-            output.parent, unet_lora_layers=get_peft_model_state_dict(self.unet), text_encoder_lora_layers=te,
-            weight_name=output.name, safe_serialization=True)
-
-
 # ----- checkpoints: safetensors and JSON, never a pickle -----
 
 def checkpoint_root(output: Path) -> Path:
@@ -290,8 +125,9 @@ def save_checkpoint(trainer: Trainer, output: Path, step: int, keep: int) -> Pat
     save_file({f"{i}.{k}": v.detach().cpu().contiguous().reshape(-1) if v.ndim == 0 else v.detach().cpu().contiguous()
                for i, s in state["state"].items() for k, v in s.items()}, str(tmp / "optimizer.safetensors"))
     groups = [{k: v for k, v in g.items()} for g in state["param_groups"]]
-    (tmp / "state.json").write_text(json.dumps({"step": step, "rank": trainer.args.rank, "param_groups": groups,
-                                                "train_text_encoder": trainer.args.train_text_encoder}, indent=1))
+    (tmp / "state.json").write_text(json.dumps({
+        "step": step, "rank": trainer.args.rank, "param_groups": groups, "model": "sdxl" if trainer.xl else "sd",
+        "train_text_encoder": bool(trainer.trained_text), "text_encoders": list(trainer.trained_text)}, indent=1))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     for old in sorted(root.glob("step-*"))[:-keep]:
@@ -310,10 +146,16 @@ def load_checkpoint(trainer: Trainer, output: Path) -> int:
         return 0
     folder = found[-1]
     meta = json.loads((folder / "state.json").read_text())
-    if (meta["rank"], meta["train_text_encoder"]) != (trainer.args.rank, trainer.args.train_text_encoder):
-        raise SystemExit(f"checkpoint {folder} was trained with rank {meta['rank']} and train_text_encoder="
-                         f"{meta['train_text_encoder']}: pass the same options to --resume it")
+    # checkpoints written before SDXL training say only whether the (one) text encoder was trained
+    text = meta.get("text_encoders", list(trainer.encoders) if meta["train_text_encoder"] else [])
+    if (meta["rank"], text) != (trainer.args.rank, list(trainer.trained_text)):
+        raise SystemExit(f"checkpoint {folder} was trained with rank {meta['rank']} and LoRAs on the text encoders "
+                         f"{text or 'none'}: pass the same --rank and --train-text-encoder to --resume it")
     weights = load_file(str(folder / "lora.safetensors"))
+    if weights.keys() != trainer.named_params.keys():
+        raise SystemExit(f"checkpoint {folder} was trained on another model ({meta.get('model', 'sd')}, "
+                         f"{len(weights)} LoRA tensors; {trainer.args.model} has {len(trainer.named_params)}): "
+                         "resume it with the model it started on, or start again without --resume")
     with torch.no_grad():
         for name, p in trainer.named_params.items():
             p.copy_(weights[name])
@@ -340,7 +182,8 @@ def train(args: argparse.Namespace, on_step: Callable[[int, int, float], None] |
     items = load_photos(args.images, args.video, args.video_frames, args.caption, args.trigger)
     trainer = Trainer(args)
     start = load_checkpoint(trainer, args.output) if args.resume else 0
-    print(f"training on {len(items)} photos from step {start} to {args.steps} on {trainer.device}", file=sys.stderr)
+    print(f"training {'an SDXL' if trainer.xl else 'an SD'} LoRA at {trainer.resolution} px on {len(items)} photos "
+          f"from step {start} to {args.steps} on {trainer.device}", file=sys.stderr)
     before = trainer.probe_loss(items)
     losses, smooth = [], None
     bar = tqdm(total=args.steps, initial=start, desc="training", unit="step", disable=args.quiet)
@@ -402,7 +245,8 @@ def parse_args(argv: list[str] | None = None, settings: TrainSettings | None = N
     g.add_argument("--video-frames", type=int, default=24, help="frames taken from --video, evenly spaced")
     g.add_argument("--trigger", required=True, help="the words that call up the product, e.g. 'sks bottle'")
     g.add_argument("--caption", default="a photo of {trigger}", help="caption of photos without a .txt")
-    g.add_argument("--resolution", type=int, default=512, help="training size in pixels (512 for SD 1.5)")
+    g.add_argument("--resolution", type=int,
+                   help="training size in pixels; default: 1024 on SDXL, 512 on SD 1.x/2.x")
     g.add_argument("--crop", action=argparse.BooleanOptionalAction, default=True, help="random crops")
     g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                    help="random mirroring (turn off for products with text or logos)")
@@ -413,7 +257,9 @@ def parse_args(argv: list[str] | None = None, settings: TrainSettings | None = N
     g.add_argument("--steps", type=int, default=1000, help="optimizer steps")
     g.add_argument("--rank", type=int, default=16)
     g.add_argument("--lr", type=float, default=1e-4)
-    g.add_argument("--train-text-encoder", action="store_true", help="also train a LoRA on the text encoder")
+    g.add_argument("--train-text-encoder", nargs="?", const="all", choices=list(TEXT_ENCODER_CHOICES),
+                   metavar="{all,1,2}", help="also train LoRAs on the text encoder(s): alone or 'all' = every one "
+                   "the model has (both of SDXL's); '1' or '2' = only SDXL's first or second")
     g.add_argument("--text-encoder-lr", type=float, help="default: --lr")
     g.add_argument("--batch-size", type=int, default=1)
     g.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation: batches per optimizer step")
@@ -437,9 +283,9 @@ def parse_args(argv: list[str] | None = None, settings: TrainSettings | None = N
     if args.images is None and not args.register_only:
         p.error("--images is required to train (only --register-only uploads an existing --output)")
     for name in ("steps", "rank", "batch_size", "grad_accum", "resolution", "video_frames", "keep_checkpoints"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.resolution % 8:
+    if args.resolution is not None and args.resolution % 8:
         p.error(f"--resolution must be a multiple of 8, got {args.resolution}")
     if args.output.suffix != ".safetensors":
         p.error(f"--output must end in .safetensors, got {args.output}")
