@@ -71,6 +71,11 @@ class ShowroomClient:
         files = {"spec": (None, json.dumps(spec), "application/json"), "image": photo}
         return self._call("POST", "/v1/jobs", files=files, headers=headers)
 
+    def submit_batch(self, specs: list[dict]) -> dict:
+        """Queue 1..50 jobs (no photos) as one batch: all are admitted or none. 202 {"jobs": [JobTicket, ...]};
+        BackendError 422 names the refused spec as `jobs[i]`, 429 when the queue cannot take them all."""
+        return self._call("POST", "/v1/batches", json={"jobs": specs})
+
     def cutout(self, photo: tuple[str, bytes, str]) -> bytes:
         """The product cut out of a photo, as a `place` job keeps it: a PNG with transparency, trimmed to
         the product. BackendError with status 422 when the photo holds no product to cut out."""

@@ -16,6 +16,8 @@ def build() -> list[st.Page]:
     PAGES.update(
         create=st.Page(HERE / "app_pages" / "create.py", title="Create", icon=":material/auto_awesome:",
                        url_path="create", default=True),
+        catalog=st.Page(HERE / "app_pages" / "catalog.py", title="Catalog", icon=":material/grid_view:",
+                        url_path="catalog"),
         history=st.Page(HERE / "app_pages" / "history.py", title="History", icon=":material/photo_library:",
                         url_path="history"),
         products=st.Page(HERE / "app_pages" / "products.py", title="Products", icon=":material/inventory_2:",

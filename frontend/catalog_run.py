@@ -1,0 +1,203 @@
+"""A catalog run: several products x several styles x N pictures each, sent as batches of jobs; then
+the run's jobs read back from storage, grouped by product. Nothing here draws.
+
+A run of more than MAX_BATCH jobs is split into batches of up to MAX_BATCH, sent one after another. Each
+batch is admitted whole or not at all, so a refusal stops the run there: the batches already admitted keep
+going, and the jobs not sent are kept so that the page can offer to send them (the queue has room again
+once the first pictures are made).
+"""
+
+import re
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from backend.storage import Storage, StorageError
+from frontend.client import BackendError, BackendOffline, ShowroomClient
+from frontend.cost import DEFAULT_MAX_JOB_COST, STANDARD_STEPS, amount, job_cost
+from frontend.jobs import JobView, is_job_id, load_job
+
+MAX_BATCH = 50          # the most specs POST /v1/batches takes at once
+MAX_RUN_JOBS = 400      # the most job ids a run link carries (33 characters each in the URL)
+READERS = 8             # manifests read side by side when the grid refreshes
+URL_SEPARATOR = ","
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One job of the run: a product in a style."""
+    product: str
+    style: str          # the style's name, as the page shows it
+    spec: dict
+    cost: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.product} in the style “{self.style}”"
+
+
+@dataclass(frozen=True)
+class Plan:
+    entries: list[Entry]
+
+    @property
+    def jobs(self) -> int:
+        return len(self.entries)
+
+    @property
+    def images(self) -> int:
+        return sum(e.spec["num_images"] for e in self.entries)
+
+    @property
+    def cost(self) -> float:
+        return round(sum(e.cost for e in self.entries), 2)
+
+    @property
+    def batches(self) -> int:
+        return -(-self.jobs // MAX_BATCH)
+
+    def too_big(self, limit: float = DEFAULT_MAX_JOB_COST) -> list[Entry]:
+        return [e for e in self.entries if e.cost > limit]
+
+
+def suits(template: dict, mode: str) -> bool:
+    return mode in (template.get("modes") or (mode,))
+
+
+def styles_for(templates: list[dict], exact: bool) -> list[dict]:
+    """The styles a run can use: without a photo to restyle, those made for placing a product (exact) or
+    for drawing a scene."""
+    return [t for t in templates if suits(t, "place" if exact else "generate")]
+
+
+def mode_for(product: dict, template: dict, exact: bool) -> str:
+    """Place the product's own photo where it has one (and the style is made for it); else draw it."""
+    if exact and product.get("packshot_key") and suits(template, "place"):
+        return "place"
+    return "generate"
+
+
+def plan(products: list[dict], templates: list[dict], num_images: int, width: int, height: int,
+         steps: int | None, exact: bool) -> Plan:
+    """Every product in every style, products first (the order the grid shows them in)."""
+    entries = []
+    for product in products:
+        for template in templates:
+            job_steps = int(steps or template.get("steps") or STANDARD_STEPS)
+            spec = {"product": product["name"], "template": template["id"], "num_images": num_images,
+                    "width": width, "height": height, "mode": mode_for(product, template, exact)}
+            if steps:
+                spec["steps"] = int(steps)
+            entries.append(Entry(product["name"], template.get("name") or template["id"], spec,
+                                 job_cost(width, height, job_steps, num_images)))
+    return Plan(entries)
+
+
+@dataclass
+class Outcome:
+    job_ids: list[str] = field(default_factory=list)
+    left: list[Entry] = field(default_factory=list)   # not sent: after a refusal, or not answered
+    refusal: str | None = None                        # what went wrong, in words
+
+
+def send(client: ShowroomClient, entries: list[Entry]) -> Outcome:
+    """The entries as batches of up to MAX_BATCH, in order, until one is refused."""
+    outcome = Outcome()
+    for start in range(0, len(entries), MAX_BATCH):
+        chunk = entries[start:start + MAX_BATCH]
+        try:
+            answer = client.submit_batch([e.spec for e in chunk])
+        except BackendError as e:
+            outcome.left = entries[start:]
+            outcome.refusal = refusal_words(e, chunk, sent=start, total=len(entries))
+            return outcome
+        outcome.job_ids += [ticket["id"] for ticket in answer["jobs"]]
+    return outcome
+
+
+ITEM = re.compile(r"^jobs\[(\d+)\]: (.*)$", re.DOTALL)
+WAIT = re.compile(r"too many submissions.*try again in (\d+) s", re.DOTALL)
+TOO_MUCH = re.compile(r"this job is ([\d.]+) images' worth of work.*the limit is MAX_JOB_COST=([\d.]+)", re.DOTALL)
+
+
+def refusal_words(error: BackendError, chunk: list[Entry], sent: int, total: int) -> str:
+    """A refused batch in plain words, naming the product and the style the generator refused."""
+    images = sum(e.spec["num_images"] for e in chunk)
+    if isinstance(error, BackendOffline):
+        what = (f"The generator did not answer ({error.message}), so the {len(chunk)} jobs sent last may or may "
+                "not have started: look in History before sending them again.")
+    elif error.status == 429 and (wait := WAIT.search(error.message)):
+        what = (f"The generator takes only so many requests a minute: send them again in {wait[1]} seconds. "
+                "None of these jobs started.")
+    elif error.status == 429:
+        what = (f"The generator is too busy to take {images} more pictures right now, so none of them were "
+                "started. Send them again in a few minutes, once some pictures are made, or pick fewer "
+                "products or styles.")
+    elif (item := ITEM.match(error.message)) and int(item[1]) < len(chunk):
+        what = (f"Nothing in this batch was started: the job for {chunk[int(item[1])].label} was refused, "
+                f"because {_reason(item[2])}")
+    else:
+        what = f"Nothing in this batch was started: {error.message}"
+    if sent:
+        what = f"The first {sent} of {total} jobs were started. The other {total - sent} were not. " + what
+    return what
+
+
+def _reason(detail: str) -> str:
+    """The backend's reason for one spec, in the shop owner's words where it is one we know."""
+    if too_much := TOO_MUCH.search(detail):
+        return (f"it is {amount(float(too_much[1]))} of work and the generator takes at most "
+                f"{amount(float(too_much[2]))} in one job. Choose fewer pictures for each product and "
+                "style, a smaller shape or fewer steps.")
+    if detail.startswith("unknown template"):
+        return "the generator does not offer this style any more. Reload the page and pick the styles again."
+    if detail.startswith("unknown product"):
+        return "this product is no longer in the catalog. Reload the page and pick the products again."
+    return detail.rstrip(".") + "."
+
+
+def ids_from_url(value: str | None) -> list[str]:
+    """The run's job ids from its link; anything that is not a job id is dropped (a link can be edited)."""
+    seen: dict[str, None] = {}
+    for part in (value or "").split(URL_SEPARATOR):
+        if is_job_id(part.strip()):
+            seen.setdefault(part.strip())
+    return list(seen)[:MAX_RUN_JOBS]
+
+
+def ids_to_url(ids: Iterable[str]) -> str:
+    return URL_SEPARATOR.join(ids)
+
+
+def refresh(storage: Storage, ids: list[str], known: dict[str, JobView]) -> dict[str, JobView | None]:
+    """Each job's view: those already terminal as they were (they no longer change), the others read again
+    (one GET and one LIST each, READERS at a time). None: no manifest (yet), or it could not be read."""
+    moving = [i for i in ids if i not in known or not known[i].terminal]
+
+    def read(job_id: str) -> JobView | None:
+        try:
+            return load_job(storage, job_id)
+        except StorageError:
+            return known.get(job_id)
+
+    with ThreadPoolExecutor(max_workers=min(READERS, max(1, len(moving)))) as pool:
+        fresh = dict(zip(moving, pool.map(read, moving)))
+    return {i: fresh[i] if i in fresh else known[i] for i in ids}
+
+
+def by_product(views: dict[str, JobView | None]) -> dict[str, list[JobView]]:
+    """The run's jobs grouped by product, in the order they were sent; a job without a product under ""."""
+    groups: dict[str, list[JobView]] = {}
+    for view in views.values():
+        if view is not None:
+            groups.setdefault(view.product or "", []).append(view)
+    return groups
+
+
+def zip_folders(views: list[JobView]) -> dict[str, JobView]:
+    """A folder name for each of a product's jobs in its ZIP: the style's id (and the job's when two share one)."""
+    folders: dict[str, JobView] = {}
+    for view in views:
+        name = view.template or "own-prompt"
+        folders[name if name not in folders else f"{name}-{view.id[:8]}"] = view
+    return folders

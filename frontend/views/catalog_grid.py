@@ -1,0 +1,136 @@
+"""A catalog run's pictures: one block per product, one row per style, each picture appearing the moment
+its object lands in storage (a placeholder, a preview and its progress until then), a ZIP per product.
+
+Like the Create page's job panel it is a fragment that reruns alone every POLL_S seconds while anything
+moves, reading from storage only the jobs that are not finished (finished ones no longer change).
+"""
+
+import html
+
+import streamlit as st
+
+from backend.storage import StorageError
+from frontend import catalog_run, downloads, nav, services
+from frontend.client import BackendError
+from frontend.jobs import ImageView, JobView
+from frontend.views.job_panel import BADGES, tile
+
+POLL_S = 2.0
+VIEWS = "catalog_views"   # job id -> its last view, so finished jobs are not read again
+MIN_SLOTS, MAX_PER_ROW = 4, 6
+
+
+def draw(ids: list[str], style_names: dict[str, str]) -> None:
+    if services.storage() is None:
+        st.error("STORAGE_URL is not set, so the pictures cannot be read: set it to the generator's storage.")
+        return
+    try:
+        polling = _moving(_views(ids))
+    except StorageError:
+        polling = True  # storage may be back in a moment: the grid keeps trying
+
+    @st.fragment(run_every=POLL_S if polling else None)
+    def live() -> None:
+        _render(ids, style_names, polling)
+
+    live()
+
+
+def _views(ids: list[str]) -> dict[str, JobView | None]:
+    known = st.session_state.setdefault(VIEWS, {})
+    views = catalog_run.refresh(services.storage(), ids, known)
+    known.update({i: v for i, v in views.items() if v is not None})
+    return views
+
+
+def _moving(views: dict[str, JobView | None]) -> bool:
+    return any(v is not None and not v.terminal for v in views.values())
+
+
+def _render(ids: list[str], style_names: dict[str, str], polling: bool) -> None:
+    views = _views(ids)
+    if polling and not _moving(views):
+        st.rerun()  # the whole page once, so the grid is drawn again without its timer
+    present = [v for v in views.values() if v is not None]
+    _head(present, len(ids) - len(present))
+    for n, (product, jobs) in enumerate(catalog_run.by_product(views).items()):
+        _product(n, product, jobs, style_names)
+
+
+def _head(views: list[JobView], missing: int) -> None:
+    total = sum(len(v.images) for v in views)
+    done = sum(v.done_count for v in views)
+    failed = sum(img.status in ("failed", "canceled") for v in views for img in v.images)
+    moving = [v for v in views if not v.terminal]
+    info, action = st.columns([4, 1], vertical_alignment="center")
+    with info:
+        st.markdown(f"##### Your catalog · {done} of {total} pictures ready"
+                    + (f" · {failed} not made" if failed else ""))
+        st.progress(done / total if total else 0.0)
+    if moving and action.button("Stop the rest", key="catalog-stop", icon=":material/stop_circle:", width="stretch",
+                                help="Pictures already made are kept"):
+        _stop(moving)
+    if missing:
+        st.caption(f"{missing} job{'s' if missing != 1 else ''} of this run could not be found in storage "
+                   "(deleted, or made with another storage).")
+
+
+def _stop(views: list[JobView]) -> None:
+    try:
+        for view in views:
+            services.client().cancel(view.id)
+    except BackendError as e:
+        st.error(f"Could not stop every job: {e.message}")
+        return
+    st.toast("Stopping: pictures already made are kept.")
+
+
+def _product(n: int, product: str, jobs: list[JobView], style_names: dict[str, str]) -> None:
+    done = sum(v.done_count for v in jobs)
+    total = sum(len(v.images) for v in jobs)
+    with st.container(border=True, key=f"catalog-product-{n}"):
+        name, download = st.columns([3, 1], vertical_alignment="center")
+        name.markdown(f"**{html.escape(product or 'No product')}** "
+                      f'<span class="sr-meta">· {done} of {total} ready</span>', unsafe_allow_html=True)
+        store = services.storage()
+        download.download_button(
+            "Download ZIP", lambda: downloads.jobs_zip(store, catalog_run.zip_folders(jobs)),  # built on click only
+            file_name=f"showroom-{product or 'pictures'}.zip", mime="application/zip", key=f"catalog-zip-{n}",
+            icon=":material/folder_zip:", on_click="ignore", disabled=not done, width="stretch",
+            help=f"Every finished picture of {product or 'these jobs'}, a folder per style")
+        for view in jobs:
+            _style_row(view, style_names)
+
+
+def _style_row(view: JobView, style_names: dict[str, str]) -> None:
+    style = style_names.get(view.template or "", view.template or "Own prompt")
+    per_row = min(max(len(view.images), MIN_SLOTS), MAX_PER_ROW)
+    for start in range(0, len(view.images), per_row):
+        label, *slots = st.columns([1.4] + [1] * per_row, vertical_alignment="top")
+        if start == 0:
+            with label:
+                _style_label(view, style)
+        for slot, img in zip(slots, view.images[start:start + per_row]):
+            with slot:
+                _picture(view, img)
+
+
+def _style_label(view: JobView, style: str) -> None:
+    text, color = BADGES.get(view.status, (view.status, "gray"))
+    st.markdown(f"**{html.escape(style)}**")
+    st.badge(f"{text} · {view.done_count}/{len(view.images)}", color=color)
+    if view.status == "failed" and view.error:
+        st.caption(view.error)
+    if st.button("Open", key=f"catalog-open-{view.id}", icon=":material/open_in_full:", type="tertiary",
+                 help="On the Create page: each picture full size, upscale, reuse its settings"):
+        nav.open_job(view.id)
+
+
+def _picture(view: JobView, img: ImageView) -> None:
+    if not img.done:
+        tile(view, img)
+        return
+    try:
+        st.image(services.thumbnail(services.settings().storage_url, img.key), width="stretch")
+    except StorageError:
+        st.caption("Stored, but not readable just now")

@@ -1,0 +1,215 @@
+"""The Catalog page: products x styles x pictures sent as batches, counted and costed before they are sent,
+refusals in words that name the product and the style, and one grid that fills as the pictures land."""
+
+import io
+import json
+import uuid
+import zipfile
+
+import pytest
+
+from backend.models import ResolvedSpec
+from frontend import catalog_run, cost, downloads, services
+from frontend.client import BackendError, BackendOffline
+from frontend.jobs import load_job
+from tests.factories import packshot
+from tests.frontend.conftest import (
+    assert_no_exception,
+    frontend_env,
+    page_text,
+    placeholder_tiles,
+    run_until,
+    shown_images,
+)
+
+CATALOG_PAGE = "app_pages/catalog.py"
+PLACE_STYLES = ["studio-white", "marble-countertop"]  # both made for placing a product's photo
+
+
+def entry(product: str = "mug", style: str = "Studio", num_images: int = 2) -> catalog_run.Entry:
+    spec = {"product": product, "template": "studio-white", "num_images": num_images, "width": 64, "height": 64,
+            "mode": "place"}
+    return catalog_run.Entry(product, style, spec, float(num_images))
+
+
+class FakeClient:
+    """Answers POST /v1/batches with tickets, or refuses the n-th batch."""
+
+    def __init__(self, refuse_batch: int | None = None, error: BackendError | None = None):
+        self.sizes, self.refuse_batch, self.error = [], refuse_batch, error
+
+    def submit_batch(self, specs: list[dict]) -> dict:
+        self.sizes.append(len(specs))
+        if len(self.sizes) == self.refuse_batch:
+            raise self.error
+        return {"jobs": [{"id": uuid.uuid4().hex} for _ in specs]}
+
+
+# ----- counting, cost and sending, without a backend -----
+
+@pytest.mark.parametrize(("width", "height", "steps"), [(64, 64, 2), (512, 512, 30), (1024, 1024, 30),
+                                                        (768, 512, 45), (2048, 2048, 150)])
+def test_the_page_counts_cost_as_the_backend_does(width, height, steps):
+    spec = ResolvedSpec(prompt="a", negative_prompt="", product=None, template=None, loras=[], num_images=3,
+                        steps=steps, guidance_scale=7.5, width=width, height=height, seed=1, strength=0.5)
+    assert cost.image_cost(width, height, steps) == spec.image_cost
+    assert cost.job_cost(width, height, steps, 3) == spec.cost
+
+
+def test_a_plan_is_every_product_in_every_style_with_its_cost():
+    products = [{"name": "mug", "packshot_key": "products/mug.png"}, {"name": "scarf", "packshot_key": None}]
+    templates = [{"id": "studio-white", "name": "Studio", "steps": 30, "modes": ["generate", "place"]},
+                 {"id": "street", "name": "Street", "steps": 45, "modes": ["generate", "restyle"]}]
+    plan = catalog_run.plan(products, templates, 4, 1024, 1024, None, exact=True)
+    assert [(e.product, e.spec["template"], e.spec["mode"]) for e in plan.entries] == [
+        ("mug", "studio-white", "place"), ("mug", "street", "generate"),   # a style not made for placing draws it
+        ("scarf", "studio-white", "generate"), ("scarf", "street", "generate")]  # no photo: drawn
+    assert plan.jobs == 4 and plan.images == 16 and plan.batches == 1
+    assert [e.cost for e in plan.entries] == [16.0, 24.0, 16.0, 24.0], "1024² counts 4, 45 steps 1.5 times more"
+    assert plan.cost == 80.0 and "steps" not in plan.entries[0].spec, "each style keeps its own steps"
+    assert [e.label for e in plan.too_big()] == [], "24 is within the default limit of 32"
+    assert [e.spec["steps"] for e in catalog_run.plan(products, templates, 4, 512, 512, 2, True).entries] == [2] * 4
+    assert [t["id"] for t in catalog_run.styles_for(templates, exact=True)] == ["studio-white"]
+
+
+def test_more_than_50_jobs_go_as_batches_in_order():
+    client = FakeClient()
+    outcome = catalog_run.send(client, [entry(f"p{i}") for i in range(120)])
+    assert client.sizes == [50, 50, 20] and len(outcome.job_ids) == 120
+    assert outcome.refusal is None and outcome.left == []
+
+
+def test_a_refused_batch_stops_the_run_and_keeps_the_rest_to_send():
+    entries = [entry(f"p{i}") for i in range(60)]
+    busy = BackendError("the queue cannot take 20 more images; send a smaller batch or try again shortly", 429)
+    outcome = catalog_run.send(FakeClient(refuse_batch=2, error=busy), entries)
+    assert len(outcome.job_ids) == 50 and outcome.left == entries[50:]
+    assert outcome.refusal.startswith("The first 50 of 60 jobs were started. The other 10 were not. The generator "
+                                      "is too busy to take 20 more pictures right now"), outcome.refusal
+
+
+def test_an_unanswered_batch_may_have_started():
+    offline = BackendOffline("the backend at http://x did not answer in time")
+    outcome = catalog_run.send(FakeClient(refuse_batch=1, error=offline), [entry()])
+    assert outcome.job_ids == [] and "may or may not have started: look in History" in outcome.refusal
+
+
+def test_a_run_link_keeps_only_job_ids():
+    good = [uuid.uuid4().hex for _ in range(3)]
+    link = catalog_run.ids_to_url(good)
+    assert catalog_run.ids_from_url(f"{link},<script>,{good[0]},") == good, "junk dropped, repeats once"
+    assert catalog_run.ids_from_url(None) == []
+
+
+# ----- the backend's own refusals, in words -----
+
+def refusal_of(backend, specs: list[dict]) -> BackendError:
+    r = backend.post("/v1/batches", json={"jobs": specs})
+    assert r.status_code in (422, 429), r.text
+    return BackendError(r.json()["detail"], r.status_code)
+
+
+def test_a_job_over_the_cost_limit_is_named_in_plain_words(backend):
+    small = {"prompt": "a cup", "num_images": 1, "steps": 2, "width": 64, "height": 64}
+    huge = {"prompt": "a cup", "num_images": 1, "steps": 150, "width": 2048, "height": 2048}
+    error = refusal_of(backend, [small, huge])
+    chunk = [entry("mug", "Studio"), entry("scarf", "Marble")]
+    words = catalog_run.refusal_words(error, chunk, sent=0, total=2)
+    assert words == ("Nothing in this batch was started: the job for scarf in the style “Marble” was refused, "
+                     "because it is 80 standard pictures of work and the generator takes at most 32 standard "
+                     "pictures in one job. Choose fewer pictures for each product and style, a smaller shape or "
+                     "fewer steps."), words
+
+
+def test_a_batch_the_queue_cannot_take_is_explained(backend):
+    heavy = {"prompt": "a cup", "num_images": 16, "steps": 60, "width": 512, "height": 512}  # 32 each
+    error = refusal_of(backend, [heavy] * 10)
+    assert error.status == 429
+    words = catalog_run.refusal_words(error, [entry(num_images=16)] * 10, sent=0, total=10)
+    assert words.startswith("The generator is too busy to take 160 more pictures right now, so none of them were "
+                             "started."), words
+
+
+# ----- the page, against the real backend -----
+
+def add_products(backend, count: int) -> list[str]:
+    names = []
+    for n in range(count):
+        name = f"cat-{uuid.uuid4().hex[:6]}-{n}"
+        r = backend.post("/v1/products", data={"name": name, "trigger": f"qz{n} bottle", "category": "bottles"},
+                         files={"photo": (f"{name}.png", packshot(), "image/png")})
+        assert r.status_code == 201, r.text
+        names.append(name)
+    return names
+
+
+def open_catalog(open_app, backend, jobs: str | None = None):
+    at = open_app(frontend_env(backend))
+    if jobs:
+        at.query_params["jobs"] = jobs
+    at.switch_page(CATALOG_PAGE).run()
+    assert_no_exception(at)
+    return at
+
+
+def job_ids(backend) -> set[str]:
+    return {job["id"] for job in backend.get("/v1/jobs?limit=200").json()["jobs"]}
+
+
+def test_two_products_in_two_styles_fill_one_grid(backend, open_app):
+    names = add_products(backend, 2)
+    at = open_catalog(open_app, backend)
+    assert at.button(key="catalog-submit").disabled, "nothing picked: nothing to make"
+    at.multiselect(key="catalog_products").set_value(names)
+    at.multiselect(key="catalog_styles").set_value(PLACE_STYLES)
+    at.slider(key="catalog_num").set_value(2).run()
+    text = page_text(at)
+    assert "2 products × 2 styles × 2 pictures = 8 pictures**, in 4 jobs of 64 × 64" in text, text
+    assert "Cost: 8 standard pictures of work" in text, "64 × 64 pictures count 1 each (the least a picture counts)"
+    assert at.button(key="catalog-submit").label == "Make 8 pictures"
+    at.number_input(key="catalog_steps").set_value(2)
+    at.button(key="catalog-submit").click().run()
+    assert_no_exception(at)
+
+    ids = catalog_run.ids_from_url(at.query_params.get("jobs"))
+    assert len(ids) == 4, page_text(at)
+    run_until(at, lambda a: shown_images(a) == 8 and "8 of 8 pictures ready" in page_text(a), timeout=180,
+              what="all 8 pictures in the grid")
+    assert placeholder_tiles(at) == 0
+    specs = [backend.get(f"/v1/jobs/{i}").json()["spec"] for i in ids]
+    assert [(s["product"], s["template"]) for s in specs] == [(n, t) for n in names for t in PLACE_STYLES]
+    assert {(s["mode"], s["steps"], s["num_images"]) for s in specs} == {("place", 2, 2)}
+    blocks = [m.value for m in at.markdown if any(f"**{n}**" in str(m.value) for n in names)]
+    assert [n for b in blocks for n in names if f"**{n}**" in b] == names, "one block per product, in order"
+    assert {b.key for b in at.download_button} == {"catalog-zip-0", "catalog-zip-1"}, "a ZIP per product"
+
+    again = open_catalog(open_app, backend, jobs=at.query_params["jobs"])  # a reload, or the link elsewhere
+    assert shown_images(again) == 8 and "8 of 8 pictures ready" in page_text(again)
+
+    views = [load_job(backend.storage, i) for i in ids[:2]]  # the first product's jobs, as its ZIP holds them
+    with zipfile.ZipFile(io.BytesIO(downloads.jobs_zip(backend.storage, catalog_run.zip_folders(views)))) as z:
+        pngs = sorted(n for n in z.namelist() if n.endswith(".png"))
+        assert [n.split("/")[0] for n in pngs] == ["marble-countertop"] * 2 + ["studio-white"] * 2, pngs
+        assert json.loads(z.read("studio-white/job.json"))["id"] == ids[0]
+
+
+def test_a_refused_batch_says_which_product_and_style_and_starts_nothing(backend, open_app, monkeypatch):
+    (name,) = add_products(backend, 1)
+    real = services.current_catalog
+    retired = {"id": "retired-style", "name": "Retired style", "category": "general", "steps": 2,
+               "modes": ["generate", "place"]}
+    # a style the page still lists but the generator no longer offers (removed since the page loaded)
+    monkeypatch.setattr(services, "current_catalog", lambda: real() | {"templates": [*real()["templates"], retired]})
+    before = job_ids(backend)
+    at = open_catalog(open_app, backend)
+    at.multiselect(key="catalog_products").set_value([name])
+    at.multiselect(key="catalog_styles").set_value(["studio-white", "retired-style"])
+    at.number_input(key="catalog_steps").set_value(2).run()
+    assert "1 product × 2 styles × 4 pictures = 8 pictures" in page_text(at)
+    at.button(key="catalog-submit").click().run()
+    assert_no_exception(at)
+    expected = (f"Nothing in this batch was started: the job for {name} in the style “Retired style” was refused, "
+                "because the generator does not offer this style any more. Reload the page and pick the styles again.")
+    assert [e.value for e in at.error] == [expected]
+    assert not at.query_params.get("jobs") and shown_images(at) == 0
+    assert job_ids(backend) == before, "admitted whole or not at all: the good spec was not queued either"
