@@ -5,6 +5,7 @@ local directory. Every write is whole: a reader sees the old object or the new o
 Only boto3 and the standard library are imported here, so the frontend can use it too.
 """
 
+import copy
 import functools
 import os
 import shutil
@@ -13,6 +14,8 @@ import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 from urllib.parse import urlparse
+
+QUICK_READ_S = 5  # how long a call someone waits on waits for S3's answer (responsive())
 
 
 class StorageError(Exception):
@@ -78,6 +81,11 @@ class Storage(ABC):
     def ping(self) -> None:
         """Raise StorageError if the store cannot be reached."""
         self.list_dirs("jobs/")
+
+    def responsive(self) -> "Storage":
+        """The same store for calls someone is waiting on (an HTTP request, the manifest writer, which
+        retries on its own): a hung store fails them in seconds rather than after minutes of retries."""
+        return self
 
 
 def _disk_errors(method):
@@ -188,6 +196,15 @@ class S3Storage(Storage):
         # /health must answer fast during an outage: its probe tries once, with short timeouts.
         self.probe = boto3.client("s3", config=config.merge(Config(retries={"total_max_attempts": 1}, connect_timeout=2,
                                                                      read_timeout=3)), **args)
+        # A server that accepts connections and never answers (stopped, overloaded) is only noticed by the read
+        # time-out: calls someone waits on try twice and give up after seconds, not minutes (see responsive()).
+        self.quick = boto3.client("s3", config=config.merge(Config(retries={"total_max_attempts": 2}, connect_timeout=2,
+                                                                     read_timeout=QUICK_READ_S)), **args)
+
+    def responsive(self) -> "S3Storage":
+        view = copy.copy(self)
+        view.client = self.quick
+        return view
 
     def _key(self, key: str) -> str:
         return self.prefix + check_key(key)

@@ -29,6 +29,7 @@ from backend.storage import ObjectMissing, Storage, StorageError
 
 log = logging.getLogger("showroom.manifests")
 PING_S = 5.0          # while idle, how often the writer checks that storage answers
+DOWN_PING_S = 0.5     # ... and, on top of the backoff below, while it does not
 RETRY_S = (0.5, 1, 2, 4)  # backoff between failed writes; then every 4 s until storage answers
 
 
@@ -56,6 +57,9 @@ class ManifestStore:
     def __init__(self, storage: Storage, on_change: Callable[[JobManifest, JobManifest | None], None] | None = None,
                  kind: Kind = JOBS):
         self.storage, self.kind = storage, kind
+        # Every call here is a small document someone waits on, or the writer, which retries on its own:
+        # a hung store must fail them in seconds (and show as an outage), not after minutes of retries.
+        self.quick = storage.responsive()
         self.on_change = on_change  # (after, before): called outside the lock after every update
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -87,7 +91,7 @@ class ManifestStore:
         """The manifest as storage has it (ObjectMissing when there is none)."""
         if not is_job_id(job_id):
             raise ObjectMissing(job_id)
-        return self.kind.model.model_validate_json(self.storage.get(self.kind.key(job_id)))
+        return self.kind.model.model_validate_json(self.quick.get(self.kind.key(job_id)))
 
     def get(self, job_id: str) -> JobManifest:
         """The newest state: the one in memory while the job is being changed, else storage's."""
@@ -98,12 +102,12 @@ class ManifestStore:
         return self.load(job_id)
 
     def ids(self, newest_first: bool = True) -> list[str]:
-        ids = [i for i in self.storage.list_dirs(self.kind.folder) if is_job_id(i)]
+        ids = [i for i in self.quick.list_dirs(self.kind.folder) if is_job_id(i)]
         return sorted(ids, reverse=newest_first)
 
     def recent(self, limit: int, before: str | None = None) -> list[JobManifest]:
         """The newest jobs (older than `before`), newest first: one page of the index where it is built."""
-        if self.kind.indexed and self.storage.exists(INDEX_BUILT):
+        if self.kind.indexed and self.quick.exists(INDEX_BUILT):
             return self._recent_indexed(limit, before)
         found = []
         for job_id in self.ids():
@@ -120,7 +124,7 @@ class ManifestStore:
     def _recent_indexed(self, limit: int, before: str | None) -> list[JobManifest]:
         found, after = [], newest_first_key(before) if before else None
         while len(found) < limit:
-            keys = self.storage.list_page(INDEX_JOBS, limit - len(found), after)
+            keys = self.quick.list_page(INDEX_JOBS, limit - len(found), after)
             if not keys:
                 break
             for key in keys:
@@ -134,11 +138,11 @@ class ManifestStore:
     def unfinished_ids(self) -> list[str]:
         """Every job not yet terminal, however many came after it (the index's markers), oldest first."""
         self.build_index()
-        return sorted(key.rsplit("/", 1)[-1] for key in self.storage.list_files(INDEX_UNFINISHED))
+        return sorted(key.rsplit("/", 1)[-1] for key in self.quick.list_files(INDEX_UNFINISHED))
 
     def build_index(self) -> bool:
         """Once per bucket: index the jobs written before the index existed. True if it was built now."""
-        if not self.kind.indexed or self.storage.exists(INDEX_BUILT):
+        if not self.kind.indexed or self.quick.exists(INDEX_BUILT):
             return False
         count = 0
         for job_id in self.ids():
@@ -148,18 +152,18 @@ class ManifestStore:
                 continue
             self._index(job)
             count += 1
-        self.storage.put(INDEX_BUILT, b"", "text/plain")
+        self.quick.put(INDEX_BUILT, b"", "text/plain")
         log.info("indexed %d jobs written before the index existed", count)
         return True
 
     def _index(self, job) -> None:
-        self.storage.put(newest_first_key(job.id), b"", "text/plain")
+        self.quick.put(newest_first_key(job.id), b"", "text/plain")
         if not self.kind.settled(job):
-            self.storage.put(unfinished_key(job.id), b"", "text/plain")
+            self.quick.put(unfinished_key(job.id), b"", "text/plain")
 
     def unindex(self, job_id: str) -> None:
         for key in (newest_first_key(job_id), unfinished_key(job_id)):
-            self.storage.delete(key)
+            self.quick.delete(key)
 
     def unsaved(self) -> int:
         """Manifests whose newest state storage does not have while it is failing."""
@@ -174,7 +178,7 @@ class ManifestStore:
         try:
             if self.kind.indexed:
                 self._index(job)
-            self.storage.put(self.kind.key(job.id), job.model_dump_json(indent=1).encode(), "application/json")
+            self.quick.put(self.kind.key(job.id), job.model_dump_json(indent=1).encode(), "application/json")
         except StorageError as e:
             log.warning("manifest of new job %s not saved: %s", job.id, e)
             self._storage_state(False, str(e))
@@ -237,8 +241,8 @@ class ManifestStore:
         failures = 0
         while not self._stopping.is_set():
             with self._wake:
-                if not self._dirty:
-                    self._wake.wait(PING_S)
+                if not self._dirty:  # while storage fails, look again soon: submits are refused until it answers
+                    self._wake.wait(PING_S if self.storage_ok else DOWN_PING_S)
                 if not self._dirty:
                     item = None
                 else:
@@ -246,9 +250,9 @@ class ManifestStore:
                     item = (job_id, self._version[job_id], self._live[job_id].model_dump_json(indent=1))
             try:
                 if item is None:
-                    self.storage.ping()
+                    self.quick.ping()
                 else:
-                    self.storage.put(self.kind.key(item[0]), item[2].encode(), "application/json")
+                    self.quick.put(self.kind.key(item[0]), item[2].encode(), "application/json")
             except StorageError as e:
                 failures += 1
                 if failures == 1 or failures % 20 == 0:
@@ -281,7 +285,7 @@ class ManifestStore:
 
     def _finished(self, job_id: str) -> None:
         try:
-            self.storage.delete(unfinished_key(job_id))
+            self.quick.delete(unfinished_key(job_id))
         except StorageError as e:  # left: recovery finds the job terminal and removes the marker then
             log.warning("job %s: unfinished marker not removed: %s", job_id, e)
 

@@ -29,7 +29,7 @@ class JobService:
                  preparer: Preparer | None = None):
         self.settings, self.catalog, self.store, self.executor = settings, catalog, store, executor
         self.preparer = preparer
-        self.storage = store.storage
+        self.storage = store.quick  # a client waits on every call made here
         self.default_size = default_size
         self._idem_locks = [threading.Lock() for _ in range(64)]  # striped: keys do not wait on each other
         self._admission, self._reserved = threading.Lock(), 0.0
@@ -52,6 +52,13 @@ class JobService:
                 f"MAX_JOB_COST={self.settings.max_job_cost:g}: ask for fewer, smaller or shorter images")
         return resolved
 
+    def _storage_answers(self) -> None:
+        """Refuse at once while the manifest writer knows storage is failing: a submit would only wait
+        for its own time-out, holding a request thread, and could not be kept anyway."""
+        if not self.store.storage_ok:
+            raise Unavailable(f"storage is unreachable ({self.store.storage_error or 'no answer'}); nothing was "
+                              "queued, try again shortly", headers={"Retry-After": "5"})
+
     def native_size(self) -> int:
         return self.executor.native_size or self.default_size
 
@@ -67,6 +74,7 @@ class JobService:
     # ----- the verbs -----
     def submit(self, spec: JobSpec, photo: bytes | None = None, idempotency_key: str | None = None,
                client: str = "") -> JobManifest:
+        self._storage_answers()
         if idempotency_key:
             lock = self._idem_locks[hash((client, idempotency_key)) % len(self._idem_locks)]
             with lock:  # one submission per key at a time, so a retry never races the first
@@ -119,7 +127,7 @@ class JobService:
         if record:
             self.storage.put(record, job_id.encode(), "text/plain")
         if not self.store.create(job):
-            self._discard(job, record)
+            self._discard_later(job, record)
             raise Unavailable("storage is unreachable; nothing was queued, try again shortly")
         self.enqueue(job, loras, laid_out=False)
         log.info("job %s queued: %d images, %s, %dx%d, %d steps, product=%s, template=%s", job_id,
@@ -130,6 +138,7 @@ class JobService:
     def submit_batch(self, batch: list[JobSpec]) -> list[JobManifest]:
         """Several jobs admitted whole or not at all: every spec is resolved (422 naming its index), the
         queue must take them all (429), and a storage failure half-way removes what was written (503)."""
+        self._storage_answers()
         if self.executor.hopeless():
             raise Unavailable(f"generation is unavailable: {self.executor.last_error()}")
         resolved = []
@@ -150,8 +159,8 @@ class JobService:
         for n, job in enumerate(jobs):
             if not self.store.create(job):
                 for written in jobs[:n + 1]:
-                    self._discard(written, None)
                     self.store.forget(written.id)
+                    self._discard_later(written, None)
                 raise Unavailable("storage is unreachable; nothing was queued, try again shortly")
         for job in jobs:
             self.enqueue(job, self.loras_for(job.spec), laid_out=False)
@@ -186,6 +195,10 @@ class JobService:
             job = self.store.get(job_id)
             if not job.status.is_terminal():
                 self.executor.submit(job, loras)
+
+    def _discard_later(self, job: JobManifest, record: str | None) -> None:
+        """The client is answered at once; the clean-up waits on storage in the background."""
+        threading.Thread(target=self._discard, args=(job, record), name=f"discard-{job.id}", daemon=True).start()
 
     def _discard(self, job: JobManifest, record: str | None) -> None:
         """After a failed manifest write, remove what may have landed all the same (a write can fail

@@ -23,6 +23,7 @@ def load_templates() -> dict[str, Template]:
 class Catalog:
     def __init__(self, storage: Storage):
         self.storage = storage
+        self.reader = storage.responsive()  # reads answer a request: a hung store fails them in seconds
 
     @property
     def templates(self) -> dict[str, Template]:
@@ -36,17 +37,17 @@ class Catalog:
 
     def products(self) -> list[Product]:
         found = []
-        for key in self.storage.list_files("products/"):
+        for key in self.reader.list_files("products/"):
             if key.endswith(".json"):
                 try:
-                    found.append(Product.model_validate_json(self.storage.get(key)))
+                    found.append(Product.model_validate_json(self.reader.get(key)))
                 except (ObjectMissing, ValueError):
                     log.warning("skipping unreadable product record %s", key)
         return sorted(found, key=lambda p: p.name)
 
     def product(self, name: str) -> Product:
         try:
-            return Product.model_validate_json(self.storage.get(product_key(name)))
+            return Product.model_validate_json(self.reader.get(product_key(name)))
         except ObjectMissing:
             raise UnknownReference(f"unknown product {name!r}; add it with POST /v1/products") from None
         except ValueError:
@@ -55,7 +56,7 @@ class Catalog:
                                    "POST /v1/products") from None
 
     def lora_exists(self, name: str) -> bool:
-        return self.storage.exists(lora_key(name))
+        return self.reader.exists(lora_key(name))
 
     def add_product(self, product: Product, lora: bytes | None = None, packshot: bytes | None = None) -> Product:
         """Add or replace a product. What is not given is kept from the record it replaces: a photo added

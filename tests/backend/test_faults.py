@@ -105,6 +105,50 @@ def test_storage_outage_mid_job(make_backend, assert_nothing_lost, own_s3):
     assert after["status"] == "succeeded", "the backend recovers by itself"
 
 
+def timed(call):
+    started = time.monotonic()
+    response = call()
+    return response, time.monotonic() - started
+
+
+def test_a_hung_storage_server_never_freezes_the_api(make_backend, assert_nothing_lost, own_s3, record_property):
+    """SeaweedFS stopped with SIGSTOP accepts connections and never answers: only time-outs notice it."""
+    backend = make_backend(WORKERS="1", **s3_env(own_s3, "outage"))
+    ticket = backend.submit(LONG | {"num_images": 2, "steps": 30})
+    wait_until(lambda: backend.get(f"/v1/jobs/{ticket['id']}").json()["status"] == "running")
+    os.killpg(own_s3.process.pid, signal.SIGSTOP)
+    try:
+        refused, took = timed(lambda: backend.post("/v1/jobs", json={"prompt": "during the stall", "num_images": 1}))
+        assert refused.status_code == 503, refused.text
+        assert took < 15, f"a submit waited {took:.1f}s on a hung store"
+        record_property("submit_refused_s", round(took, 2))
+        health_s = []
+
+        def degraded():
+            response, took = timed(lambda: backend.get("/health"))
+            health_s.append(took)
+            return response.json()["status"] == "degraded" and response.json()
+        health = wait_until(degraded, timeout=20, every=0.3)
+        assert "storage" in health["detail"]
+        assert max(health_s) < 2, f"/health took {max(health_s):.1f}s during the stall"
+        record_property("health_max_s", round(max(health_s), 2))
+        known_down, took = timed(lambda: backend.post("/v1/jobs", json={"prompt": "still stalled", "num_images": 1}))
+        assert known_down.status_code == 503 and took < 2, (known_down.status_code, took)
+        assert known_down.headers.get("retry-after"), "a refused client is told when to try again"
+        running, took = timed(lambda: backend.get(f"/v1/jobs/{ticket['id']}"))
+        assert running.status_code == 200 and took < 2, "a job being made is read from memory, not storage"
+    finally:
+        os.killpg(own_s3.process.pid, signal.SIGCONT)
+    backend.wait_health("ok", timeout=60)
+    job = backend.wait_job(ticket["id"], timeout=180)
+    assert_nothing_lost(backend, job)
+    assert job["status"] == "succeeded", "the job submitted before the stall finishes once storage answers"
+    after = backend.wait_job(backend.submit({"prompt": "after", "num_images": 1, "steps": 2})["id"])
+    assert after["status"] == "succeeded"
+    listed = [j["spec"]["prompt"] for j in backend.get("/v1/jobs").json()["jobs"]]
+    assert "during the stall" not in listed and "still stalled" not in listed, "a refused submit left no job"
+
+
 def test_backend_restarted_while_storage_is_down_finishes_the_earlier_job(make_backend, assert_nothing_lost,
                                                                           own_s3):
     env = s3_env(own_s3, "outage")
