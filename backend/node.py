@@ -295,8 +295,9 @@ def _task_failed(sender=None, kwargs=None, exception=None, **extra) -> None:
         for index, key in zip(task["indices"], task["keys"]):
             try:
                 stored = _reporting_storage().exists(key)
-            except Exception:
-                stored = False  # unknown: failed with the reason, as if it were not there
+            except Exception:  # unknown: failing it blind could fail an image whose object exists
+                _report(ca.ImageUndecided(task["job_id"], index, reason))
+                continue
             _report(ev.ImageSucceeded(task["job_id"], index) if stored
                     else ev.ImageFailed(task["job_id"], index, reason))
 

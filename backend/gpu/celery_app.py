@@ -148,9 +148,18 @@ class UpscaleDone:
     error: str | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class ImageUndecided:
+    """Node -> backend: an image's task ended badly and storage could not say whether its object landed.
+    The backend decides once storage answers: stored → succeeded, else failed with `error`."""
+    job_id: str
+    index: int
+    error: str
+
+
 EVENT_TYPES = {cls.__name__: cls for cls in (
     ev.ImagesStarted, ev.ImagesProgress, ev.ImagePreview, ev.ImageSucceeded, ev.ImageFailed, ev.ImagesRequeued,
-    ev.ImagesCanceled, ev.BatchFinished, ev.WorkerReady, UpscaleDone)}
+    ev.ImagesCanceled, ev.BatchFinished, ev.WorkerReady, UpscaleDone, ImageUndecided)}
 
 
 def encode_event(event) -> dict[str, str]:

@@ -44,6 +44,7 @@ class Flight:
     held: HeldJob
     started: set[int] = field(default_factory=set)  # open images a node has reported started
     canceled: bool = False
+    undecided: dict[int, str] = field(default_factory=dict)  # open images whose fate waits on storage: reason
 
 
 class CeleryExecutor:
@@ -61,6 +62,7 @@ class CeleryExecutor:
         self.errors: list[str] = []
         self.removed_on_cancel: dict[tuple[str, int], float] = {}  # canceled before they started
         self._refused: set[str] = set()  # node workers already logged as running another model
+        self._reconcile_at = 0.0  # when _reconcile runs next (at once after an undecided image)
         self._outbox: list = []  # events (and ("done", job id)) to hand out once the lock is released
         self._delivering = threading.Lock()
         self._stopping = threading.Event()
@@ -200,16 +202,16 @@ class CeleryExecutor:
 
     # ----- the event thread -----
     def _loop(self) -> None:
-        last_workers = last_reconcile = 0.0
+        last_workers = 0.0
         backlog, failures = True, 0
         while not self._stopping.is_set():
             try:
                 if time.monotonic() - last_workers > WORKERS_EVERY_S:
                     self._refresh_workers()
                     last_workers = time.monotonic()
-                if time.monotonic() - last_reconcile > RECONCILE_EVERY_S:
+                if time.monotonic() >= self._reconcile_at:
+                    self._reconcile_at = time.monotonic() + RECONCILE_EVERY_S
                     self._reconcile()
-                    last_reconcile = time.monotonic()
                 backlog = self._read(backlog)
                 failures = 0
             except redis.ResponseError as e:
@@ -255,6 +257,12 @@ class CeleryExecutor:
                 future.set_result(None)
             else:
                 future.set_exception(RuntimeError(event.error))
+            return
+        if isinstance(event, ca.ImageUndecided):  # not the sink's: _reconcile decides once storage answers
+            with self.lock:
+                if event.job_id in self.flights:
+                    self.flights[event.job_id].undecided[event.index] = event.error
+                    self._reconcile_at = 0.0
             return
         deleted = None
         with self.lock:
@@ -359,6 +367,7 @@ class CeleryExecutor:
         may have been trimmed from the stream while the backend was down); terminal ones are forgotten."""
         with self.lock:
             flights = {job_id: set(f.held.open) for job_id, f in self.flights.items()}
+            undecided = {job_id: dict(f.undecided) for job_id, f in self.flights.items() if f.undecided}
         for job_id, open_ in flights.items():
             try:
                 job = self._read_manifest(job_id)
@@ -371,6 +380,8 @@ class CeleryExecutor:
                         self._close(job_id, index, None)
                     elif job.images[index].key in stored:
                         self._close(job_id, index, ev.ImageSucceeded(job_id, index))
+                    elif index in undecided.get(job_id, {}):
+                        self._close(job_id, index, ev.ImageFailed(job_id, index, undecided[job_id][index]))
                 cutoff = time.monotonic() - 3600
                 self.removed_on_cancel = {k: t for k, t in self.removed_on_cancel.items() if t > cutoff}
             self._deliver()

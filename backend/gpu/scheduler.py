@@ -32,6 +32,7 @@ MAX_ATTEMPTS = 2          # an image whose worker died is tried once more on ano
 MAX_RESTARTS = 3          # consecutive failed starts before a worker slot is given up
 MAX_TRAINING_ATTEMPTS = 3  # a training resumes from its checkpoint after a lost worker, twice
 TICK_S = 0.25
+DECIDE_EVERY_S = 2.0      # how often images whose fate waits on storage are looked at again
 
 
 class WorkerState(str, Enum):
@@ -114,6 +115,8 @@ class Scheduler:
         self.slots = [WorkerSlot(i) for i in range(worker_count)]
         self.native_size: int | None = None
         self._outbox: list[ev.Event] = []
+        self.undecided: list[tuple[Work, str]] = []  # lost images storage could not tell about (with the reason)
+        self._decide_at = 0.0
         self._delivering = threading.Lock()
         self._next_task = 0
         self._stopping = threading.Event()
@@ -288,6 +291,7 @@ class Scheduler:
                     lost.append(self._died(slot))
         for item in lost:
             self._settle(item)
+        self._decide_undecided()
         with self.lock:
             self._check_deadlines()
             self._restart_due()
@@ -433,26 +437,55 @@ class Scheduler:
 
     def _settle(self, lost: Lost) -> None:
         """A dead worker's images: stored already (it died between upload and report) → succeeded; else
-        tried once more, or failed with the reason. Storage is asked with no lock held."""
+        tried once more, or failed with the reason. Storage is asked with no lock held; an image storage
+        cannot tell about is never failed blind (its object may exist): it is decided once storage answers."""
         if lost.upscale is not None:
             lost.upscale.future.set_exception(RuntimeError(f"the local upscaler's worker stopped: {lost.reason}"))
         if lost.training is not None:
             self._training_lost(lost.training, lost)
-        stored = {w.index for w in lost.work if self._already_stored(w)}
+        stored = {(w.job_id, w.index): self._already_stored(w) for w in lost.work}
         with self.lock:
             for w in lost.work:
                 held = self.jobs.get(w.job_id)
                 if held is None or w.index not in held.open:
                     continue
-                if w.index in stored:
+                known = stored[w.job_id, w.index]
+                if known:
+                    self._close(w.job_id, (w.index,), ev.ImageSucceeded(w.job_id, w.index))
+                elif not held.canceled and not lost.killed and w.attempts < MAX_ATTEMPTS and not self._all_given_up():
+                    self._emit(ev.ImagesRequeued(w.job_id, (w.index,)))  # a new try overwrites whatever landed
+                    self.pending.appendleft(w)
+                elif known is None:
+                    error = lost.reason if w.attempts < MAX_ATTEMPTS else f"{lost.reason}; it was the second try"
+                    self.undecided.append((w, error))
+                    log.warning("job %s image %d: storage cannot say whether it was stored; decided when it "
+                                "answers", w.job_id, w.index)
+                elif held.canceled:
+                    self._close(w.job_id, (w.index,), ev.ImagesCanceled(w.job_id, (w.index,)))
+                else:
+                    error = lost.reason if w.attempts < MAX_ATTEMPTS else f"{lost.reason}; it was the second try"
+                    self._close(w.job_id, (w.index,), ev.ImageFailed(w.job_id, w.index, error))
+
+    def _decide_undecided(self) -> None:
+        """Images whose fate waited on storage: stored → succeeded, else failed (or canceled) as they would have."""
+        if not self.undecided or time.monotonic() < self._decide_at:
+            return
+        self._decide_at = time.monotonic() + DECIDE_EVERY_S
+        with self.lock:
+            waiting, self.undecided = self.undecided, []
+        answers = [(w, error, self._already_stored(w)) for w, error in waiting]
+        with self.lock:
+            for w, error, known in answers:
+                held = self.jobs.get(w.job_id)
+                if held is None or w.index not in held.open:
+                    continue
+                if known is None:
+                    self.undecided.append((w, error))
+                elif known:
                     self._close(w.job_id, (w.index,), ev.ImageSucceeded(w.job_id, w.index))
                 elif held.canceled:
                     self._close(w.job_id, (w.index,), ev.ImagesCanceled(w.job_id, (w.index,)))
-                elif not lost.killed and w.attempts < MAX_ATTEMPTS and not self._all_given_up():
-                    self._emit(ev.ImagesRequeued(w.job_id, (w.index,)))
-                    self.pending.appendleft(w)
                 else:
-                    error = lost.reason if w.attempts < MAX_ATTEMPTS else f"{lost.reason}; it was the second try"
                     self._close(w.job_id, (w.index,), ev.ImageFailed(w.job_id, w.index, error))
 
     def _training_lost(self, training: Training, lost: Lost) -> None:
@@ -464,14 +497,15 @@ class Scheduler:
             else:
                 self._emit(ev.TrainingFailed(training.task.training_id, lost.reason))
 
-    def _already_stored(self, w: Work) -> bool:
+    def _already_stored(self, w: Work) -> bool | None:
+        """Whether the image's object exists; None when storage cannot say."""
         held = self.jobs.get(w.job_id)
         if held is None:
             return False
         try:
             return self.storage.exists(held.job.images[w.index].key)
         except StorageError:
-            return False  # unknown: try again or fail, as if it were not there
+            return None
 
     def _restart_due(self) -> None:
         for slot in self.slots:

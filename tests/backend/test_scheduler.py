@@ -161,6 +161,39 @@ def test_an_image_stored_before_its_worker_was_killed_is_a_success_not_a_failure
     assert second.status == Status.failed and "timed out" in second.error and not store.storage.exists(second.key)
 
 
+def test_a_lost_image_storage_cannot_tell_about_is_decided_when_storage_answers(run_scheduler):
+    """Killed at its time limit during an outage: failing it blind would break "object exists iff succeeded"
+    for the image that did reach storage. It stays open until storage can say."""
+    from backend.storage import StorageError
+
+    sched, store = run_scheduler(1, behaviour="upload_then_hang", timeout_s=1)
+    real_exists, down = sched.storage.exists, threading.Event()
+    down.set()
+    asked = []
+
+    def exists(key):
+        asked.append(key)
+        if down.is_set():
+            raise StorageError("S3 unreachable: read timeout")
+        return real_exists(key)
+
+    sched.storage.exists = exists
+    job = make_job(2)
+    submit(sched, store, job)
+    deadline = time.monotonic() + 30
+    while len(asked) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(2.5)  # past a re-check: still down, so still undecided
+    undecided = store.get(job.id)
+    assert [img.status for img in undecided.images] == [Status.running, Status.running], undecided.images
+    assert sched.holds(job.id), "held while undecided: recovery must not take it back meanwhile"
+    down.clear()
+    done = wait_terminal(store, job)
+    first, second = done.images
+    assert first.status == Status.succeeded and store.storage.exists(first.key), "it had landed: succeeded"
+    assert second.status == Status.failed and "timed out" in second.error and not store.storage.exists(second.key)
+
+
 def test_cancel_interrupts_the_running_batch_and_drops_the_queued(run_scheduler):
     sched, store = run_scheduler(1, step_s=0.05)
     first, second = make_job(4), make_job(2)
