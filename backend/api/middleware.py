@@ -1,11 +1,16 @@
 """ASGI middleware of the API: the key checked and request bodies bounded, before a byte of body is read."""
 
+import asyncio
+import time
+
 from starlette.responses import JSONResponse
 
 from backend.errors import ShowroomError
 
 GATED_PREFIXES = ("/v1/",)
 DOCS_PATHS = ("/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect")
+BODY_GRACE_S = 30.0           # every request body may take this long, plus ...
+BODY_MIN_RATE = 16 * 1024.0   # ... a second for each 16 KB received so far
 
 
 class AuthGate:
@@ -36,11 +41,16 @@ class AuthGate:
 
 
 class BodyLimit:
-    """Refuse request bodies over a limit before they are read into memory (413). LoRA uploads
-    may be large; everything else is a spec and at most one photo."""
+    """Refuse request bodies over a limit before they are read into memory (413), and bodies that arrive
+    too slowly (408): a client that trickles a byte a second would otherwise hold a request (and, for an
+    upload, a spooled file) open for days. A body has `grace_s` plus one second per `min_rate` bytes
+    received so far; a LoRA upload at a modest 64 KB/s always keeps ahead of that. LoRA uploads may be
+    large; everything else is a spec and at most one photo."""
 
-    def __init__(self, app, default: int, uploads: int):
+    def __init__(self, app, default: int, uploads: int, grace_s: float = BODY_GRACE_S,
+                 min_rate: float = BODY_MIN_RATE):
         self.app, self.default, self.uploads = app, default, uploads
+        self.grace_s, self.min_rate = grace_s, min_rate
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -48,37 +58,47 @@ class BodyLimit:
         limit = self.uploads if scope["path"].startswith("/v1/products") else self.default
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared and declared.isdigit() and int(declared) > limit:
-            return await self._refuse(scope, receive, send, limit)
-        seen, exceeded = 0, False
+            return await self._refuse(scope, receive, send, 413, f"the request body is larger than the limit of "
+                                                               f"{limit} bytes")
+        started, seen, refusal, whole = time.monotonic(), 0, None, False
 
         async def counted():
-            nonlocal seen, exceeded
-            if exceeded:
+            nonlocal seen, refusal, whole
+            if refusal:
                 return {"type": "http.disconnect"}
-            message = await receive()
+            if whole:  # the body is in; a handler waiting for the client to go away waits unbounded
+                return await receive()
+            left = started + self.grace_s + seen / self.min_rate - time.monotonic()
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(left, 0.001))
+            except TimeoutError:
+                refusal = (408, f"the request body arrived too slowly ({seen} bytes in "
+                                f"{time.monotonic() - started:.0f} s); send it at {self.min_rate / 1024:.0f} KB/s "
+                                "or more")
+                raise _Refused() from None
             seen += len(message.get("body", b""))
+            whole = message["type"] != "http.request" or not message.get("more_body", False)
             if seen > limit:
-                exceeded = True
-                raise _TooLarge()
+                refusal = (413, f"the request body is larger than the limit of {limit} bytes")
+                raise _Refused()
             return message
 
-        async def unless_exceeded(message):
-            # A parser that catches our signal answers 400 of its own; the 413 below replaces that answer.
-            if not exceeded:
+        async def unless_refused(message):
+            # A parser that catches our signal answers 400 of its own; the answer below replaces that one.
+            if not refusal:
                 await send(message)
 
         try:
-            await self.app(scope, counted, unless_exceeded)
-        except _TooLarge:
+            await self.app(scope, counted, unless_refused)
+        except _Refused:
             pass
-        if exceeded:
-            await self._refuse(scope, receive, send, limit)
+        if refusal:
+            await self._refuse(scope, receive, send, *refusal)
 
-    async def _refuse(self, scope, receive, send, limit: int):
-        response = JSONResponse({"detail": f"the request body is larger than the limit of {limit} bytes"},
-                                status_code=413)
-        await response(scope, receive, send)
+    async def _refuse(self, scope, receive, send, status: int, detail: str):
+        headers = {"Connection": "close"} if status == 408 else None
+        await JSONResponse({"detail": detail}, status_code=status, headers=headers)(scope, receive, send)
 
 
-class _TooLarge(Exception):
+class _Refused(Exception):
     pass

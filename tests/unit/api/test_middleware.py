@@ -13,7 +13,7 @@ from backend.errors import install_error_handlers
 DEFAULT, UPLOADS = 100, 1000
 
 
-def make_app() -> FastAPI:
+def make_app(**limits) -> FastAPI:
     app = FastAPI()
     install_error_handlers(app)
 
@@ -29,7 +29,7 @@ def make_app() -> FastAPI:
     async def training(name: str, request: Request):
         return {"received": len(await request.body())}
 
-    app.add_middleware(BodyLimit, default=DEFAULT, uploads=UPLOADS)
+    app.add_middleware(BodyLimit, default=DEFAULT, uploads=UPLOADS, **limits)
     return app
 
 
@@ -158,3 +158,49 @@ def test_body_limit_ignores_non_http_scopes():
 
     call(app, {"type": "lifespan"}, [])
     assert seen == ["lifespan"]
+
+
+def trickled_request(app, chunks: list[bytes], pause_s: float) -> tuple[int, dict]:
+    """Drive the ASGI app directly: the body arrives in `chunks`, `pause_s` apart, as a slow client sends
+    it; after the last chunk sent (even one that says more follows) the client goes quiet."""
+    import json
+
+    sent, answer = list(chunks), {"status": None, "body": b""}
+
+    async def receive():
+        if not sent:
+            await asyncio.sleep(3600)
+        await asyncio.sleep(pause_s)
+        chunk = sent.pop(0)
+        return {"type": "http.request", "body": chunk, "more_body": chunk.endswith(b"...") or bool(sent)}
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            answer["status"] = message["status"]
+        elif message["type"] == "http.response.body":
+            answer["body"] += message.get("body", b"")
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/jobs", "raw_path": b"/v1/jobs", "query_string": b"",
+             "headers": [(b"content-type", b"application/octet-stream")], "client": ("127.0.0.1", 1),
+             "server": ("127.0.0.1", 80), "scheme": "http", "http_version": "1.1", "root_path": ""}
+    asyncio.run(asyncio.wait_for(app(scope, receive, send), timeout=10))
+    return answer["status"], json.loads(answer["body"] or b"{}")
+
+
+def test_a_body_that_trickles_in_too_slowly_is_408_json():
+    # a byte every 0.05 s (20 B/s) against 100 B/s: behind after about 7 bytes
+    status, body = trickled_request(make_app(grace_s=0.3, min_rate=100), [b"x"] * 50, pause_s=0.05)
+    assert status == 408, body
+    assert "arrived too slowly" in body["detail"]
+
+
+def test_a_body_that_stops_half_way_is_408_not_a_hang():
+    status, body = trickled_request(make_app(grace_s=0.3, min_rate=1000), [b"half of it..."], pause_s=0)
+    assert status == 408, body
+
+
+def test_a_body_that_keeps_ahead_of_the_rate_is_taken_however_long_it_takes():
+    # 45 chunks of 2 bytes, 0.02 s apart: 0.9 s in all, past the 0.3 s grace, but at 100 B/s > 50 B/s
+    status, body = trickled_request(make_app(grace_s=0.3, min_rate=50), [b"zz"] * 45, pause_s=0.02)
+    assert status == 200, body
+    assert body == {"received": 90}
