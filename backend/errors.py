@@ -6,6 +6,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from backend.storage import StorageError
 
@@ -69,6 +70,17 @@ def _location(loc: tuple) -> str:
     return ".".join(parts) or "request"
 
 
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route takes at this path. Starlette's 405 names only the first route that matched
+    the path, and GET /v1/jobs/{id} and DELETE /v1/jobs/{id} are two routes."""
+    routes = request.app.router.routes
+    return ", ".join(method for method in _METHODS
+                     if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ShowroomError)
     async def _domain(request: Request, exc: ShowroomError):
@@ -90,8 +102,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(request)
+        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=headers or None)
 
     @app.exception_handler(RecursionError)
     async def _too_deep(request: Request, exc: RecursionError):

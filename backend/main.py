@@ -21,6 +21,7 @@ from backend.api import (
 )
 from backend.api.deps import Services
 from backend.api.middleware import AuthGate, BodyLimit
+from backend.api.openapi import install_openapi, operation_id
 from backend.config import Settings, get_settings
 from backend.errors import install_error_handlers
 from backend.gpu.devices import native_size_guess, visible_gpus
@@ -32,6 +33,7 @@ from backend.jobs.prepare import Preparer
 from backend.jobs.recovery import Recovery
 from backend.jobs.service import JobService
 from backend.jobs.webhooks import Webhooks
+from backend.models import JobSpec
 from backend.ops.idle import Activity, IdleStopper, vast_stop_action
 from backend.ops.metrics import Metrics
 from backend.ops.ratelimit import RateLimiter
@@ -110,7 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             training_store.close()
             webhooks.close()
 
-    app = FastAPI(title="Showroom", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="Showroom", version="0.1.0", lifespan=lifespan, generate_unique_id_function=operation_id,
                   description="Pictures of a real product in any scene. See README.md.")
     install_error_handlers(app)
 
@@ -131,6 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (health_routes, catalog_routes, product_routes, training_routes, cutout_routes, job_routes,
                    batch_routes):
         app.include_router(module.router)
+    install_openapi(app, bodies=(JobSpec, batch_routes.Batch))
     app.add_middleware(BodyLimit, default=settings.max_upload_bytes + 1024 * 1024,
                        uploads=settings.max_lora_bytes + 1024 * 1024)
     app.add_middleware(AuthGate, settings=settings)  # outside BodyLimit: runs before any body is read

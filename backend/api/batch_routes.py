@@ -6,10 +6,11 @@ from pydantic import BaseModel, Field, ValidationError
 
 from backend.api.deps import RateLimitedClientDep, ServicesDep
 from backend.api.job_routes import validation_message
+from backend.api.openapi import BATCH_EXAMPLE, V1_ERRORS, errors, json_body
 from backend.errors import InvalidRequest
 from backend.models import JobSpec, JobTicket
 
-router = APIRouter(prefix="/v1/batches", tags=["batches"])
+router = APIRouter(prefix="/v1/batches", tags=["batches"], responses=V1_ERRORS)
 
 
 class Batch(BaseModel):
@@ -29,9 +30,12 @@ def parse_batch(raw: bytes) -> Batch:
         raise InvalidRequest("the batch is nested too deeply to be read") from None
 
 
-@router.post("", status_code=202, response_model=BatchTickets, openapi_extra={"requestBody": {
-    "required": True, "content": {"application/json": {"schema": Batch.model_json_schema(
-        ref_template="#/components/schemas/{model}")}}}})
+REFUSALS = errors(413, (422, "a spec breaks a rule: the detail names its index (jobs[i]) and the rule; nothing queued"),
+                  (429, "the queue cannot take every job of the batch; nothing was queued"))
+
+
+@router.post("", status_code=202, response_model=BatchTickets, openapi_extra=json_body("Batch", BATCH_EXAMPLE),
+             responses=REFUSALS)
 async def submit_batch(request: Request, services: ServicesDep, client: RateLimitedClientDep) -> BatchTickets:
     """Queue 1..50 jobs (no photos) at once: all are admitted, or none (422 naming the spec, 429, 503)."""
     batch = parse_batch(await request.body())

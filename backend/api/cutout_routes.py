@@ -7,11 +7,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from backend.api.deps import RateLimitedClientDep, ServicesDep
+from backend.api.openapi import V1_ERRORS, errors
 from backend.errors import InvalidRequest, PayloadTooLarge
 from backend.images import BadImage, normalize_photo
 from backend.jobs.prepare import png_bytes
 
-router = APIRouter(prefix="/v1/cutouts", tags=["cutouts"])
+router = APIRouter(prefix="/v1/cutouts", tags=["cutouts"], responses=V1_ERRORS)
 
 
 async def read_photo(photo: UploadFile, services) -> bytes:
@@ -27,7 +28,9 @@ async def read_photo(photo: UploadFile, services) -> bytes:
     return png
 
 
-@router.post("", responses={200: {"content": {"image/png": {}}, "description": "the product, RGBA, trimmed"}})
+@router.post("", response_class=Response, responses={200: {
+    "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+    "description": "the product, RGBA, trimmed"}} | errors(400, 413, 422, 429))
 async def cut_out(services: ServicesDep, client: RateLimitedClientDep,
                   photo: Annotated[UploadFile, File(description="a photo of the product (PNG, JPEG or WebP)")]):
     """The product cut out of a photo, exactly as a `place` job would keep it (PNG with transparency)."""

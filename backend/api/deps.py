@@ -6,7 +6,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 
 from backend.config import Settings
@@ -73,10 +74,17 @@ def client_host(request: Request) -> str:
     return request.client.host if request.client else ""
 
 
+# Documents the key in the OpenAPI document (a bearer scheme on every /v1 operation); it refuses nothing
+# itself: authorize() does, with the contract's messages.
+BEARER = HTTPBearer(auto_error=False, scheme_name="ApiKey",
+                    description="API_KEY, as `Authorization: Bearer <API_KEY>`; without API_KEY on the backend, "
+                                "only clients on its machine are answered")
+
+
 def require_client(request: Request, services: ServicesDep,
-                   authorization: Annotated[str | None, Header()] = None) -> str:
+                   _: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]) -> str:
     """The caller's identity for idempotency; refuses callers without the key."""
-    return authorize(services.settings.api_key, authorization, client_host(request))
+    return authorize(services.settings.api_key, request.headers.get("authorization"), client_host(request))
 
 
 ClientDep = Annotated[str, Depends(require_client)]

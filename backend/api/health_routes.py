@@ -1,14 +1,37 @@
 """Health and metrics: no auth, so load balancers, the frontend and Prometheus can read them."""
 
-from typing import Annotated
+from typing import Literal
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from pydantic import BaseModel
 
 from backend.api.deps import ServicesDep, authorize, client_host
 from backend.errors import ShowroomError
 
 router = APIRouter(tags=["health"])
+
+
+class Worker(BaseModel):
+    id: int | str
+    device: str
+    state: Literal["starting", "ready", "busy", "dead"]
+
+
+class Queue(BaseModel):
+    pending: int
+
+
+class Health(BaseModel):
+    """The contract's answer of GET /health (documentation only: the route returns its dict as it is)."""
+
+    status: Literal["starting", "ok", "degraded", "error"]
+    model: str
+    workers: list[Worker]
+    queue: Queue
+    upscaler: str
+    detail: str | None
+    native_size: int  # ours: the size jobs get without width and height
 
 
 def overall(workers: list[dict], storage_ok: bool, unsaved: int) -> tuple[str, str | None]:
@@ -27,14 +50,13 @@ def overall(workers: list[dict], storage_ok: bool, unsaved: int) -> tuple[str, s
     return "ok", None
 
 
-@router.get("/health")
-async def health(request: Request, services: ServicesDep,
-                 authorization: Annotated[str | None, Header()] = None) -> dict:
+@router.get("/health", response_model=None, responses={200: {"model": Health, "description": "the backend's state"}})
+async def health(request: Request, services: ServicesDep) -> dict:
     """Is the backend up, are its workers ready, how long is the queue. Never waits on storage: the
     manifest writer's last word on it (it checks every few seconds) is what counts."""
     snap = services.executor.snapshot()
     status, detail = overall(snap["workers"], services.store.storage_ok, services.store.unsaved())
-    if status == "error" and snap["errors"] and _may_see_details(services, authorization, request):
+    if status == "error" and snap["errors"] and _may_see_details(services, request):
         detail = snap["errors"][0]  # a worker's error text: for the key holder, not for a stranger
     return {
         "status": status,
@@ -47,15 +69,16 @@ async def health(request: Request, services: ServicesDep,
     }
 
 
-def _may_see_details(services, authorization: str | None, request: Request) -> bool:
-    try:
-        authorize(services.settings.api_key, authorization, client_host(request))
+def _may_see_details(services, request: Request) -> bool:
+    try:  # the key is optional here: a worker's error text is shown to its holder, nothing is refused
+        authorize(services.settings.api_key, request.headers.get("authorization"), client_host(request))
         return True
     except ShowroomError:
         return False
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=Response, responses={200: {
+    "description": "the backend's metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}})
 def metrics(services: ServicesDep) -> Response:
     """Prometheus text format."""
     body = services.metrics.render(services.executor.snapshot())

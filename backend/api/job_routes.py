@@ -1,35 +1,29 @@
 """Jobs: submit (JSON, or multipart with a photo), list, get, cancel, upscale one image."""
 
 import json
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
 from backend.api.deps import ClientDep, RateLimitedClientDep, ServicesDep
-from backend.contract import is_job_id
+from backend.api.openapi import V1_ERRORS, errors, job_body
+from backend.contract import JOB_ID_RE, is_job_id
 from backend.errors import InvalidRequest, PayloadTooLarge, Unavailable
 from backend.models import JobManifest, JobSpec, JobTicket
 from backend.upscale.service import upscalable_image
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=V1_ERRORS)
+# Documented; _job_id() answers 404 for anything else, as for an id that does not exist.
+JobId = Path(description="a job id: 32 lowercase hex characters", json_schema_extra={"pattern": JOB_ID_RE.pattern})
+NO_JOB = (404, "no such job")
 
-_SPEC_SCHEMA = {"$ref": "#/components/schemas/JobSpec"}
-_SUBMIT_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": _SPEC_SCHEMA},
-            "multipart/form-data": {"schema": {
-                "type": "object", "required": ["spec"],
-                "properties": {"spec": {"type": "string", "description": "JobSpec as JSON"},
-                               "image": {"type": "string", "format": "binary"}},
-            }},
-        },
-    }
-}
+
+class UpscaleTicket(BaseModel):
+    key: str
+    status: Literal["queued"]
 
 
 def validation_message(e: ValidationError) -> str:
@@ -80,9 +74,12 @@ async def read_submission(request: Request, max_photo: int) -> tuple[JobSpec, by
     return parse_spec(await request.body()), None
 
 
-@router.post("", status_code=202, response_model=JobTicket, openapi_extra=_SUBMIT_BODY)
+@router.post("", status_code=202, response_model=JobTicket, openapi_extra=job_body(),
+             responses=errors(413, 422, 429))
 async def submit_job(request: Request, services: ServicesDep, client: RateLimitedClientDep,
-                     idempotency_key: Annotated[str | None, Header()] = None) -> JobTicket:
+                     idempotency_key: Annotated[str | None, Header(
+                         max_length=255, description="a retry with the same key answers the first submission's "
+                                                     "ticket instead of starting a second job")] = None) -> JobTicket:
     """Queue a job and answer at once with the keys its images will have."""
     spec, photo = await read_submission(request, services.settings.max_upload_bytes)
     try:
@@ -94,10 +91,12 @@ async def submit_job(request: Request, services: ServicesDep, client: RateLimite
     return job.ticket()
 
 
-@router.get("", response_model=dict[str, list[JobManifest]])
+@router.get("", response_model=dict[str, list[JobManifest]],
+            responses=errors((404, "no job with the id `before`"), 422))
 async def list_jobs(services: ServicesDep, client: ClientDep,
                     limit: Annotated[int, Query(ge=1, le=200)] = 20,
-                    before: Annotated[str | None, Query(description="only jobs older than this id")] = None) -> dict:
+                    before: Annotated[str | None, Query(description="only jobs older than this id", json_schema_extra={
+                        "pattern": JOB_ID_RE.pattern})] = None) -> dict:
     """Recent jobs, newest first; `before` pages back through older ones."""
     if before is not None:
         _job_id(before)
@@ -112,27 +111,32 @@ def _job_id(job_id: str) -> str:
     return job_id
 
 
-@router.get("/{job_id}", response_model=JobManifest)
-async def get_job(job_id: str, services: ServicesDep, client: ClientDep) -> JobManifest:
+@router.get("/{job_id}", response_model=JobManifest, responses=errors(NO_JOB))
+async def get_job(job_id: Annotated[str, JobId], services: ServicesDep, client: ClientDep) -> JobManifest:
     """One job's manifest."""
     return await run_in_threadpool(services.jobs.get, _job_id(job_id))
 
 
-@router.post("/{job_id}/cancel", status_code=202, response_model=JobManifest)
-async def cancel_job(job_id: str, services: ServicesDep, client: ClientDep) -> JobManifest:
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobManifest, responses=errors(NO_JOB))
+async def cancel_job(job_id: Annotated[str, JobId], services: ServicesDep, client: ClientDep) -> JobManifest:
     """Cancel the queued images of a job and interrupt the running ones."""
     return await run_in_threadpool(services.jobs.cancel, _job_id(job_id))
 
 
-@router.delete("/{job_id}", status_code=204)
-async def delete_job(job_id: str, services: ServicesDep, client: ClientDep) -> Response:
+@router.delete("/{job_id}", status_code=204, responses=errors(NO_JOB))
+async def delete_job(job_id: Annotated[str, JobId], services: ServicesDep, client: ClientDep) -> Response:
     """Cancel the job if it runs and remove every object it has in storage."""
     await run_in_threadpool(services.jobs.delete, _job_id(job_id))
     return Response(status_code=204)
 
 
-@router.post("/{job_id}/images/{index}/upscale", status_code=202)
-async def upscale_image(job_id: str, index: int, services: ServicesDep, client: RateLimitedClientDep) -> dict:
+UPSCALE_ANSWERS = {202: {"model": UpscaleTicket, "description": "the upscale is queued, under way or done"}} | errors(
+    (404, "no such job, or no such image in it"), (409, "the image has not succeeded (yet)"), 422, 429)
+
+
+@router.post("/{job_id}/images/{index}/upscale", status_code=202, response_model=None, responses=UPSCALE_ANSWERS)
+async def upscale_image(job_id: Annotated[str, JobId], index: int, services: ServicesDep,
+                        client: RateLimitedClientDep) -> dict:
     """Queue a 4x upscale of one succeeded image."""
     job_id = _job_id(job_id)
     if services.upscales is None:  # a wrong job or image is 404 or 409 whatever the upscaler, as when it is on

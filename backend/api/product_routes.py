@@ -3,18 +3,21 @@
 import threading
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Response, UploadFile
+from fastapi import APIRouter, File, Form, Path, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from backend.api.cutout_routes import read_photo
 from backend.api.deps import ClientDep, RateLimitedClientDep, ServicesDep
-from backend.contract import check_name
+from backend.api.openapi import V1_ERRORS, errors
+from backend.contract import NAME_RE, NAME_RULE, check_name
 from backend.errors import InvalidRequest, NotFound, PayloadTooLarge, RateLimited, UnknownReference
 from backend.jobs.prepare import png_bytes
 from backend.lora.check import normalize_lora
 from backend.models import Product
 
-router = APIRouter(prefix="/v1/products", tags=["products"])
+router = APIRouter(prefix="/v1/products", tags=["products"], responses=V1_ERRORS)
+# The name's rule, documented; product_name() enforces it with a message that states it.
+ProductName = Path(description=f"the product's name: {NAME_RULE}", json_schema_extra={"pattern": NAME_RE.pattern})
 # A LoRA's conversion holds about 2.6 times the file in memory: two at a time, the rest are told to retry.
 CONVERSIONS = threading.BoundedSemaphore(2)
 
@@ -26,10 +29,10 @@ def product_name(name: str) -> str:
         raise InvalidRequest(str(e)) from None
 
 
-@router.post("", status_code=201, response_model=Product)
+@router.post("", status_code=201, response_model=Product, responses=errors(400, 413, 422, 429))
 async def add_product(
     services: ServicesDep, client: RateLimitedClientDep,
-    name: Annotated[str, Form(min_length=1, max_length=64)],
+    name: Annotated[str, Form(min_length=1, max_length=64, json_schema_extra={"pattern": NAME_RE.pattern})],
     trigger: Annotated[str, Form(min_length=1, max_length=200)],
     file: Annotated[UploadFile | None, File(description="the product's LoRA, a .safetensors file")] = None,
     photo: Annotated[UploadFile | None, File(description="a packshot: cut out as in place mode")] = None,
@@ -67,8 +70,8 @@ async def add_product(
     return await run_in_threadpool(services.catalog.add_product, product, lora, packshot)
 
 
-@router.delete("/{name}", status_code=204)
-async def delete_product(name: str, services: ServicesDep, client: ClientDep) -> Response:
+@router.delete("/{name}", status_code=204, responses=errors((404, "no such product"), 422))
+async def delete_product(name: Annotated[str, ProductName], services: ServicesDep, client: ClientDep) -> Response:
     """Remove a product and its files; jobs already made keep their images."""
     try:
         await run_in_threadpool(services.catalog.delete, product_name(name))

@@ -1,23 +1,35 @@
 """Trainings: teach Showroom a product from its photos; follow the training."""
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Path, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel
 
 from backend.api.deps import ClientDep, RateLimitedClientDep, ServicesDep
-from backend.contract import is_job_id
+from backend.api.openapi import V1_ERRORS, errors
+from backend.api.product_routes import ProductName
+from backend.contract import JOB_ID_RE, is_job_id
 from backend.errors import NotFound, PayloadTooLarge
 from backend.models import TrainingManifest
-from backend.products.training import MAX_PHOTOS
+from backend.products.training import MAX_PHOTOS, MIN_PHOTOS
 
-router = APIRouter(tags=["trainings"])
+router = APIRouter(tags=["trainings"], responses=V1_ERRORS)
 
 
-@router.post("/v1/products/{name}/training", status_code=202)
+class TrainingTicket(BaseModel):
+    id: str
+    status: Literal["queued"]
+    manifest_key: str
+
+
+@router.post("/v1/products/{name}/training", status_code=202, response_model=None,
+             responses={202: {"model": TrainingTicket, "description": "the training is queued"}}
+             | errors(400, (404, "no such product"), 413, 422, 429))
 async def train_product(
-    name: str, services: ServicesDep, client: RateLimitedClientDep,
-    photos: Annotated[list[UploadFile], File(description="2 to 40 photos of the product")],
+    name: Annotated[str, ProductName], services: ServicesDep, client: RateLimitedClientDep,
+    photos: Annotated[list[UploadFile], File(description=f"{MIN_PHOTOS} to {MAX_PHOTOS} photos of the product",
+                                             json_schema_extra={"minItems": MIN_PHOTOS, "maxItems": MAX_PHOTOS})],
     steps: Annotated[int | None, Form(ge=10, le=5000)] = None,
     rank: Annotated[int | None, Form(ge=1, le=128)] = None,
 ) -> dict:
@@ -34,8 +46,9 @@ async def train_product(
     return {"id": training.id, "status": "queued", "manifest_key": training.manifest_key}
 
 
-@router.get("/v1/trainings/{training_id}", response_model=TrainingManifest)
-async def get_training(training_id: str, services: ServicesDep, client: ClientDep) -> TrainingManifest:
+@router.get("/v1/trainings/{training_id}", response_model=TrainingManifest, responses=errors((404, "no such training")))
+async def get_training(training_id: Annotated[str, Path(json_schema_extra={"pattern": JOB_ID_RE.pattern})],
+                       services: ServicesDep, client: ClientDep) -> TrainingManifest:
     """One training's manifest: status, progress, loss."""
     if not is_job_id(training_id):
         raise NotFound(f"no training {training_id!r}: training ids are 32 lowercase hex characters")
