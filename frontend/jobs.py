@@ -41,14 +41,15 @@ class ImageView:
     started_at: str | None = None
     progress: tuple[int, int] | None = None  # (step, steps) while it runs
     preview_key: str | None = None      # a preview JPEG that exists now (the final PNG is what counts)
+    missing: bool = False               # made, but its object is gone from storage (the folder was listed)
 
     @property
     def done(self) -> bool:
-        return self.status == "succeeded"
+        return self.status == "succeeded" and not self.missing
 
     @property
     def label(self) -> str:
-        return LABELS.get(self.status, self.status)
+        return "Missing" if self.missing else LABELS.get(self.status, self.status)
 
     @property
     def upscaling(self) -> bool:
@@ -94,6 +95,10 @@ class JobView:
     def done_count(self) -> int:
         return sum(img.done for img in self.images)
 
+    @property
+    def missing_count(self) -> int:
+        return sum(img.missing for img in self.images)
+
     def elapsed_s(self, now: datetime | None = None) -> float:
         """Creation to now while running; once terminal, to the last image's end (not `updated_at`,
         which a later upscale moves on)."""
@@ -135,21 +140,25 @@ def read_manifest(storage: Storage, job_id: str) -> dict | None:
 
 
 def job_view(manifest: dict, present: set[str] | None = None) -> JobView:
-    """Merge the manifest with the listing of the job's folder (`present`: keys that exist). A manifest
-    of another shape raises StorageError, like one that cannot be read."""
+    """Merge the manifest with the listing of the job's folder (`present`: keys that exist; None: not listed,
+    the manifest is taken at its word). A manifest of another shape raises StorageError, like one that
+    cannot be read."""
     try:
-        return _job_view(manifest, present or set())
+        return _job_view(manifest, present)
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         job_id = manifest.get("id", "?") if isinstance(manifest, dict) else "?"
         raise StorageError(f"the manifest of job {job_id} is malformed ({type(e).__name__}: {e})") from None
 
 
-def _job_view(manifest: dict, present: set[str]) -> JobView:
+def _job_view(manifest: dict, listed: set[str] | None) -> JobView:
     spec = manifest.get("spec") or {}
+    present = listed or set()
     images = []
     for img in manifest.get("images", []):
         up = img.get("upscale") or {}
         status = "succeeded" if img["key"] in present else img.get("status", "queued")
+        # the manifest says so only once the object was written, and was read before the listing: it is gone
+        missing = listed is not None and status == "succeeded" and img["key"] not in present
         x4 = up.get("key") or upscale_key(img["key"])
         preview = img.get("preview_key")
         images.append(ImageView(index=int(img["index"]), key=str(img["key"]), seed=img.get("seed"), status=status,
@@ -157,7 +166,8 @@ def _job_view(manifest: dict, present: set[str]) -> JobView:
                                 upscale_error=_text(up.get("error")), upscaled=x4 in present,
                                 finished_at=img.get("finished_at"), started_at=img.get("started_at"),
                                 progress=_progress(img.get("progress")),
-                                preview_key=str(preview) if preview and preview in present else None))
+                                preview_key=str(preview) if preview and preview in present else None,
+                                missing=missing))
     view = JobView(id=str(manifest["id"]), status=str(manifest.get("status", "queued")),
                    prompt=str(spec.get("prompt") or ""),
                    created_at=manifest.get("created_at"), updated_at=manifest.get("updated_at"),

@@ -1,22 +1,26 @@
 """History: jobs read from storage (so it works with the generator off), newest first, filtered by product
-and status, older ones a page at a time; each can be opened, reused or deleted."""
+and status, a page at a time; each can be opened, reused or deleted.
+
+Only the page on screen has its covers read (a small thumbnail each, cached once made); a cover that
+is gone from storage has its job's folder listed, so the card counts the pictures that really exist.
+"""
 
 import html
 
 import streamlit as st
 
-from backend.storage import StorageError
+from backend.storage import ObjectMissing, StorageError
 from frontend import nav, services
 from frontend.client import BackendError
-from frontend.jobs import JobView, format_elapsed, parse_time
+from frontend.jobs import JobView, format_elapsed, load_job, parse_time
 from frontend.views import job_actions
-from frontend.views.job_panel import BADGES
+from frontend.views.job_panel import badge
 
-LIMIT = 24
+LIMIT = 12   # jobs a page: three rows of four, about what a screen shows
 PER_ROW = 4
 ALL = ""  # not None: a selectbox shows None as "nothing chosen yet"
 STATUSES = {"active": "In progress", "succeeded": "Done", "failed": "Failed", "canceled": "Canceled"}
-CURSORS = "history_cursors"   # where each page shown starts: [None, <before>, ...]
+CURSORS = "history_cursors"   # where each page from the newest to the one shown starts: [None, <before>, ...]
 
 
 def draw() -> None:
@@ -26,25 +30,37 @@ def draw() -> None:
         st.error("STORAGE_URL is not set, so there is no history to show: set it to the backend's storage.")
         return
     product, status = _filters()
+    cursors = st.session_state.setdefault(CURSORS, [None])
     try:
-        pages = [services.history(url, LIMIT, before, product, status)
-                 for before in st.session_state.setdefault(CURSORS, [None])]
+        page = services.history(url, LIMIT, cursors[-1], product, status)
     except StorageError as e:
         st.error(f"The results store cannot be read right now: {e}")
         return
-    jobs = [job for page in pages for job in page.jobs]
-    if not jobs:
+    if not page.jobs and len(cursors) > 1:  # its last jobs were deleted: the page before it
+        cursors.pop()
+        st.rerun()
+    if not page.jobs:
         _empty(filtered=bool(product or status))
         return
-    st.caption(f"{len(jobs)} job{'s' if len(jobs) != 1 else ''}, newest first. Open one to see every picture, "
+    first = (len(cursors) - 1) * LIMIT + 1
+    st.caption(f"Jobs {first}–{first + len(page.jobs) - 1}, newest first. Open one to see every picture, "
                "download or upscale; Reuse puts its settings in the Create form.")
-    for start in range(0, len(jobs), PER_ROW):
-        for column, job in zip(st.columns(PER_ROW), jobs[start:start + PER_ROW]):
+    for start in range(0, len(page.jobs), PER_ROW):
+        for column, job in zip(st.columns(PER_ROW), page.jobs[start:start + PER_ROW]):
             with column:
                 _card(url, job)
-    if pages[-1].before and st.button("Load older jobs", key="history-more", icon=":material/expand_more:"):
-        st.session_state[CURSORS].append(pages[-1].before)
-        st.rerun()
+    _pager(len(cursors), page.before)
+
+
+def _pager(number: int, older: str | None) -> None:
+    if number == 1 and not older:
+        return
+    with st.container(horizontal=True, gap="small", vertical_alignment="center", key="history-pager"):
+        st.button("Newer jobs", key="history-newer", icon=":material/chevron_left:", disabled=number == 1,
+                  on_click=lambda: st.session_state[CURSORS].pop())
+        st.markdown(f'<span class="sr-meta">Page {number}</span>', unsafe_allow_html=True)
+        st.button("Older jobs", key="history-more", icon=":material/chevron_right:", disabled=not older,
+                  on_click=lambda: st.session_state[CURSORS].append(older))
 
 
 def _filters() -> tuple[str | None, str | None]:
@@ -78,24 +94,54 @@ def _empty(filtered: bool) -> None:
 
 def _card(url: str, job: JobView) -> None:
     with st.container(border=True, key=f"job-{job.id}"):
-        label, color = BADGES.get(job.status, (job.status, "gray"))
-        cover = next((img for img in job.images if img.done), None)
-        if cover is not None:
-            try:
-                st.image(services.thumbnail(url, cover.key), width="stretch")
-            except StorageError:
-                _tile("failed", "The picture could not be read just now")
-        else:
-            _tile(job.status, label)
+        job = _cover(url, job)  # the job as storage really holds it, when its cover turned out to be gone
+        label, color = badge(job)
         st.badge(label, color=color)
         st.markdown(f'<div class="sr-prompt">{html.escape(_shorten(job.prompt, 90))}</div>',
                     unsafe_allow_html=True)
-        st.markdown(f'<span class="sr-meta">{_when(job)} · {job.done_count}/{len(job.images)} pictures'
+        missing = f" ({job.missing_count} missing)" if job.missing_count else ""
+        st.markdown(f'<span class="sr-meta">{_when(job)} · {job.done_count}/{len(job.images)} pictures{missing}'
                     f'{" · " + html.escape(job.product) if job.product else ""}</span>', unsafe_allow_html=True)
         if st.session_state.get("confirm_delete_job") == job.id:
             _confirm_delete(job)
         else:
             _buttons(job)
+
+
+def _cover(url: str, job: JobView) -> JobView:
+    """Draw the job's first picture (or a tile that says why there is none, never repeating the badge)."""
+    for attempt in range(2):
+        cover = next((img for img in job.images if img.done), None)
+        if cover is None:
+            _tile("missing" if job.missing_count else job.status, _no_cover(job))
+            return job
+        try:
+            st.image(services.thumbnail(url, cover.key), width="stretch")
+            return job
+        except ObjectMissing:
+            if attempt:
+                break
+            try:  # the manifest said it was made: the folder says what is left
+                job = _as_stored(url, job.id) or job
+            except StorageError:
+                break
+        except StorageError:
+            _tile("unread", "Picture not loaded just now")
+            return job
+    _tile("missing", _no_cover(job))
+    return job
+
+
+def _no_cover(job: JobView) -> str:
+    if job.missing_count:
+        return "Its pictures are no longer in storage"
+    return "Pictures on the way" if not job.terminal else "No pictures"
+
+
+@st.cache_data(ttl=30, max_entries=64, show_spinner=False)
+def _as_stored(storage_url: str, job_id: str) -> JobView | None:
+    """The job with its folder listed: pictures the manifest promises but storage lacks are marked missing."""
+    return load_job(services.storage(), job_id)
 
 
 def _tile(status: str, text: str) -> None:

@@ -11,7 +11,7 @@ import time
 
 import streamlit as st
 
-from backend.storage import StorageError
+from backend.storage import ObjectMissing, StorageError
 from frontend import services
 from frontend.client import BackendError
 from frontend.jobs import ImageView, JobView, format_elapsed, is_job_id, load_job, ticket_view, upscale_key
@@ -19,10 +19,34 @@ from frontend.views import job_actions
 from frontend.views.job_actions import asked_upscales, request_upscale
 
 POLL_S = 1.0
+MISSING_REASON = "It was made, but it is no longer in storage"
 TECHNICAL = {"off": " (technically: the generator runs with UPSCALER=off)"}  # for whoever runs it, in the tooltip
 UPSCALE_WAIT_S = 600  # how long a requested upscale keeps the panel polling before its manifest shows it
 BADGES = {"queued": ("Queued", "gray"), "running": ("Generating", "blue"), "succeeded": ("Done", "green"),
           "failed": ("Failed", "red"), "canceled": ("Canceled", "gray")}
+MISSING = ("Pictures missing", "orange")  # finished, but none of its pictures is in storage any more
+SCROLL = "scroll_to_job"  # a job just started: show its status once the page is drawn
+# Scrolls the job's status line into view, waiting for it to be drawn; no user text goes in here.
+SCROLL_JS = """<script>(() => {{ /* {job_id} */
+  const until = Date.now() + 8000;
+  const go = () => {{
+    const status = document.querySelector('.st-key-job-status');
+    if (status) status.scrollIntoView({{block: 'start'}});
+    else if (Date.now() < until) setTimeout(go, 100);
+  }};
+  go();
+}})();</script>"""
+
+
+def badge(view: JobView) -> tuple[str, str]:
+    if view.terminal and not view.done_count and view.missing_count:
+        return MISSING
+    return BADGES.get(view.status, (view.status, "gray"))
+
+
+def bring_into_view(job_id: str) -> None:
+    """After Generate: the next draw of the panel scrolls the page to the job's status line and Cancel."""
+    st.session_state[SCROLL] = job_id
 
 
 def draw(job_id: str | None) -> None:
@@ -56,6 +80,8 @@ def draw(job_id: str | None) -> None:
         _render(job_id, polling)
 
     live()
+    if st.session_state.pop(SCROLL, None) == job_id and is_job_id(job_id):
+        st.html(SCROLL_JS.format(job_id=job_id), unsafe_allow_javascript=True)
 
 
 def _load(job_id: str) -> JobView | None:
@@ -92,13 +118,14 @@ def _render(job_id: str, polling: bool) -> None:
 
 
 def _summary(view: JobView) -> None:
-    label, color = BADGES.get(view.status, (view.status, "gray"))
-    info, actions = st.columns([3, 1], vertical_alignment="center")
-    with info:
-        with st.container(horizontal=True, vertical_alignment="center", gap="small"):
-            st.badge(label, color=color)
-            st.markdown(f'<span class="sr-meta">{view.done_count} of {len(view.images)} ready · '
-                        f'{format_elapsed(view.elapsed_s())} elapsed</span>', unsafe_allow_html=True)
+    label, color = badge(view)
+    missing = f" · {view.missing_count} missing" if view.missing_count else ""
+    with st.container(key="job-status"):  # what Generate scrolls to
+        info, actions = st.columns([3, 1], vertical_alignment="center")
+    with info, st.container(horizontal=True, vertical_alignment="center", gap="small"):
+        st.badge(label, color=color)
+        st.markdown(f'<span class="sr-meta">{view.done_count} of {len(view.images)} ready{missing} · '
+                    f'{format_elapsed(view.elapsed_s())} elapsed</span>', unsafe_allow_html=True)
     if not view.terminal and actions.button("Cancel", key="cancel-job", icon=":material/stop_circle:",
                                             width="stretch"):
         try:
@@ -128,12 +155,17 @@ def _image_card(view: JobView, img: ImageView) -> None:
                 st.image(data, width="stretch")
                 st.caption(f"#{img.index + 1} · seed {img.seed}")
             _image_actions(view, img, url, data)
+        except ObjectMissing:  # deleted since the folder was listed
+            _slot(view, "missing", "Missing", MISSING_REASON)
         except StorageError:
-            _slot(view, "failed", "Done", "it is stored, but could not be read just now: reload to try again")
+            _slot(view, "unread", "Not loaded", "Storage did not answer just now: reload the page to try again")
 
 
 def tile(view: JobView, img: ImageView) -> None:
     """A picture that is not ready: its preview while it sharpens (else a placeholder), and how far it is."""
+    if img.missing:
+        _slot(view, "missing", img.label, MISSING_REASON)
+        return
     _slot(view, img.status, img.label, img.error, _preview(img))
     if img.status == "running" and img.progress:
         step, steps = img.progress

@@ -213,12 +213,17 @@ def test_history_filters_by_product_and_status_and_pages_back(tmp_path, open_app
     def opened(a) -> list[str]:
         return [b.key.removeprefix("open-") for b in a.button if b.key and b.key.startswith("open-")]
 
-    assert opened(at) == ids[::-1][:24], "the 24 newest first"
+    assert opened(at) == ids[::-1][:12], "the 12 newest first"
+    assert at.button(key="history-newer").disabled
     at.button(key="history-more").click().run()
-    assert opened(at) == ids[::-1] and not [b for b in at.button if b.key == "history-more"], "then the 6 older"
+    assert opened(at) == ids[::-1][12:24] and "Jobs 13–24, newest first" in page_text(at)
+    at.button(key="history-more").click().run()
+    assert opened(at) == ids[::-1][24:] and at.button(key="history-more").disabled, "then the 6 oldest"
+    at.button(key="history-newer").click().run()
+    assert opened(at) == ids[::-1][12:24], "and back"
 
     at.pills(key="history_status").set_value("failed").run()
-    assert opened(at) == [i for n, i in enumerate(ids) if n % 3 == 0][::-1]
+    assert opened(at) == [i for n, i in enumerate(ids) if n % 3 == 0][::-1], "another filter starts at the newest"
     page = recent_jobs(storage, 3, product="mug", status="succeeded")
     assert [j.id for j in page.jobs] == [i for n, i in enumerate(ids) if n % 2 and n % 3][::-1][:3] and page.before
     older = recent_jobs(storage, 50, before=page.before, product="mug", status="succeeded")
@@ -239,3 +244,57 @@ def test_delete_a_job_from_history_asks_first_and_removes_every_object(backend, 
     assert_no_exception(at)
     assert backend.storage.list_files(f"jobs/{job['id']}/") == []
     assert not [b for b in at.button if b.key == f"open-{job['id']}"]
+
+
+def test_history_reads_only_the_covers_of_the_page_on_screen_once(tmp_path, open_app, monkeypatch):
+    storage = LocalStorage(tmp_path)
+    ids = sorted(uuid.uuid4().hex for _ in range(30))
+    for job_id in ids:
+        stored_manifest(storage, job_id, ["succeeded", "succeeded"])
+        for index in range(2):
+            storage.put(f"jobs/{job_id}/{index}.png", png_bytes(32, 32), "image/png")
+    read = []
+    get = LocalStorage.get
+    monkeypatch.setattr(LocalStorage, "get", lambda self, key: read.append(key) or get(self, key))
+
+    def pictures_read() -> list[str]:
+        found = sorted(key for key in read if key.endswith(".png"))
+        read.clear()
+        return found
+
+    newest = ids[::-1]
+    at = open_app({"BACKEND_URL": offline_url(), "STORAGE_URL": f"file://{tmp_path}"})
+    pictures_read()
+    at.switch_page("app_pages/history.py").run()
+    assert_no_exception(at)
+    assert pictures_read() == sorted(f"jobs/{i}/0.png" for i in newest[:12]), "one cover per job on the page"
+    assert shown_images(at) == 12
+    at.run()
+    assert pictures_read() == [] and shown_images(at) == 12, "covers once read are kept"
+    at.button(key="history-more").click().run()
+    assert pictures_read() == sorted(f"jobs/{i}/0.png" for i in newest[12:24]), "only the next page's"
+    at.button(key="history-newer").click().run()
+    assert pictures_read() == [] and shown_images(at) == 12
+
+
+def test_a_job_whose_pictures_are_gone_says_so_in_history_and_when_opened(tmp_path, open_app):
+    storage = LocalStorage(tmp_path)
+    gone, partly = sorted(uuid.uuid4().hex for _ in range(2))
+    for job_id in (gone, partly):
+        stored_manifest(storage, job_id, ["succeeded"] * 4)
+    for index in (1, 3):
+        storage.put(f"jobs/{partly}/{index}.png", png_bytes(32, 32), "image/png")
+    at = open_app({"BACKEND_URL": offline_url(), "STORAGE_URL": f"file://{tmp_path}"})
+    at.switch_page("app_pages/history.py").run()
+    assert_no_exception(at)
+    text = page_text(at)
+    assert "0/4 pictures (4 missing)" in text and "2/4 pictures (2 missing)" in text, text
+    assert shown_images(at) == 1, "the job with pictures left shows the first that is there"
+    assert "Its pictures are no longer in storage" in text and ":orange-badge[Pictures missing]" in text
+    assert text.count(":green-badge[Done]") == 1 and "could not be read" not in text, "Done once, for the job with pictures"
+
+    at.button(key=f"open-{gone}").click().run()
+    assert_no_exception(at)
+    text = page_text(at)
+    assert "0 of 4 ready · 4 missing" in text and text.count("no longer in storage") == 4, text
+    assert "Done" not in text and shown_images(at) == 0, "no red tiles claiming the pictures are made"
