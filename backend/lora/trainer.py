@@ -273,9 +273,11 @@ class Trainer:
         from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
         from peft.utils import get_peft_model_state_dict
 
-        layers = {"unet_lora_layers": get_peft_model_state_dict(self.unet)}
+        # no embedding layer is trained; peft's "auto" would look for the model's config on the Hub to find out
+        layers = {"unet_lora_layers": get_peft_model_state_dict(self.unet, save_embedding_layers=False)}
         for name in self.trained_text:
-            layers[f"{name}_lora_layers"] = get_peft_model_state_dict(self.encoders[name][1])
+            layers[f"{name}_lora_layers"] = get_peft_model_state_dict(self.encoders[name][1],
+                                                                      save_embedding_layers=False)
         output.parent.mkdir(parents=True, exist_ok=True)
         pipeline = StableDiffusionXLPipeline if self.xl else StableDiffusionPipeline
         pipeline.save_lora_weights(output.parent, **layers, weight_name=output.name, safe_serialization=True)
