@@ -5,7 +5,9 @@ local directory. Every write is whole: a reader sees the old object or the new o
 Only boto3 and the standard library are imported here, so the frontend can use it too.
 """
 
+import contextlib
 import copy
+import fcntl
 import functools
 import os
 import shutil
@@ -20,6 +22,14 @@ QUICK_READ_S = 5  # how long a call someone waits on waits for S3's answer (resp
 
 class StorageError(Exception):
     """Storage could not be reached or refused the request (after boto3's retries)."""
+
+    def __init__(self, message: str = "", code: str = ""):
+        super().__init__(message)
+        self.code = code  # S3's error code, where there is one
+
+
+class WriteConflict(Exception):
+    """A conditional write lost: the object is not (or no longer) as the writer last saw it."""
 
 
 class ObjectMissing(StorageError):
@@ -59,6 +69,15 @@ class Storage(ABC):
     @abstractmethod
     def version(self, key: str) -> str:
         """A string that changes whenever the object at `key` is replaced (raises ObjectMissing)."""
+
+    @abstractmethod
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        """The object and its version tag, for a later `put_if` (raises ObjectMissing)."""
+
+    @abstractmethod
+    def put_if(self, key: str, data: bytes, version: str | None, content_type: str = "text/plain") -> None:
+        """Write only if the object is still at `version` (None: only if there is none); else WriteConflict.
+        Two writers racing on one key: exactly one wins."""
 
     @abstractmethod
     def list_dirs(self, prefix: str) -> list[str]:
@@ -155,6 +174,31 @@ class LocalStorage(Storage):
         # put() renames a fresh file into place: the inode tells a same-size rewrite within one clock tick
         return f"{stat.st_mtime_ns}-{stat.st_size}-{stat.st_ino}"
 
+    @_disk_errors
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        with self._exclusive():
+            return self.get(key), self.version(key)
+
+    @_disk_errors
+    def put_if(self, key: str, data: bytes, version: str | None, content_type: str = "text/plain") -> None:
+        with self._exclusive():  # compare and swap, against every process on this machine
+            try:
+                current = self.version(key)
+            except ObjectMissing:
+                current = None
+            if current != version:
+                raise WriteConflict(key)
+            self.put(key, data, content_type)
+
+    @contextlib.contextmanager
+    def _exclusive(self):
+        with open(self.root / ".lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
     def _folder(self, prefix: str) -> Path:
         return self._path(prefix.strip("/")) if prefix.strip("/") else self.root
 
@@ -218,7 +262,8 @@ class S3Storage(Storage):
             code = e.response.get("Error", {}).get("Code", "")
             if code in ("NoSuchKey", "404", "NotFound"):
                 raise ObjectMissing(kwargs.get("Key", "")) from None
-            raise StorageError(f"S3 {code or 'error'}: {e.response.get('Error', {}).get('Message', '')}") from None
+            raise StorageError(f"S3 {code or 'error'}: {e.response.get('Error', {}).get('Message', '')}",
+                               code) from None
         except BotoCoreError as e:
             raise StorageError(f"S3 unreachable: {e}") from None
 
@@ -240,6 +285,20 @@ class S3Storage(Storage):
 
     def version(self, key: str) -> str:
         return self._call(self.client.head_object, Key=self._key(key))["ETag"].strip('"')
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        answer = self._call(self.client.get_object, Key=self._key(key))
+        return answer["Body"].read(), answer["ETag"]
+
+    def put_if(self, key: str, data: bytes, version: str | None, content_type: str = "text/plain") -> None:
+        """S3's conditional writes (If-None-Match: * / If-Match: <etag>): AWS S3 since 2024, SeaweedFS, MinIO."""
+        condition = {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
+        try:
+            self._call(self.client.put_object, Key=self._key(key), Body=data, ContentType=content_type, **condition)
+        except StorageError as e:
+            if e.code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise WriteConflict(key) from None
+            raise
 
     def _list(self, prefix: str):
         full = self.prefix + prefix.strip("/") + "/" if prefix.strip("/") else self.prefix

@@ -70,6 +70,7 @@ class ManifestStore:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.storage_ok, self.storage_error = True, ""
+        self.owner = ""  # this backend's lease owner id, written into the unfinished markers of its jobs
 
     # ----- lifecycle -----
     def start(self) -> "ManifestStore":
@@ -158,8 +159,8 @@ class ManifestStore:
 
     def _index(self, job) -> None:
         self.quick.put(newest_first_key(job.id), b"", "text/plain")
-        if not self.kind.settled(job):
-            self.quick.put(unfinished_key(job.id), b"", "text/plain")
+        if not self.kind.settled(job):  # the marker names the backend that runs the job (backend.jobs.leases)
+            self.quick.put(unfinished_key(job.id), self.owner.encode(), "text/plain")
 
     def unindex(self, job_id: str) -> None:
         for key in (newest_first_key(job_id), unfinished_key(job_id)):

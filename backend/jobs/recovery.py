@@ -1,7 +1,9 @@
 """At start-up, take back the jobs a previous run left unfinished, so no manifest stays open forever.
 
 If storage cannot be read at start-up, the scan is tried again in the background until it can:
-a box that boots while S3 is down still finishes what its previous run left.
+a box that boots while S3 is down still finishes what its previous run left. Only jobs whose backend
+is gone are taken (backend.jobs.leases): a second backend on the same bucket leaves the first one's
+running jobs alone, and takes them over if that backend goes away later.
 """
 
 import logging
@@ -10,6 +12,7 @@ import time
 
 from backend.contract import created_us, job_prefix, unfinished_key
 from backend.errors import ShowroomError
+from backend.jobs.leases import Leases
 from backend.models import Status
 from backend.storage import ObjectMissing, StorageError
 
@@ -21,22 +24,28 @@ def _pending_upscales(job) -> bool:
     return any(img.upscale and not img.upscale.status.is_terminal() for img in job.images)
 
 
-def recover(store, executor, jobs, upscales=None, booted_us: int | None = None) -> int | None:
+def recover(store, executor, jobs, upscales=None, booted_us: int | None = None, leases=None,
+            taken_ids: set[str] | None = None) -> int | None:
     """Queue again what was `queued` or `running`; fail images whose LoRA is gone; restart upscales
-    left unfinished. Jobs made by this run (created at or after `booted_us`) and jobs the executor
-    already holds are left alone, so a scan may be repeated. Returns the number of jobs taken back,
-    or None when storage could not be read and the scan must be tried again."""
-    taken = 0
+    left unfinished. Jobs made by this run (created at or after `booted_us`), jobs this run took back
+    before (`taken_ids`, which it adds to), jobs the executor already holds and jobs a live backend owns
+    (`leases`) are left alone, so a scan may be repeated. Returns the number of jobs taken back, or None
+    when storage could not be read and the scan must be tried again."""
+    taken, taken_ids = 0, taken_ids if taken_ids is not None else set()
     try:
         ids = store.unfinished_ids()  # the index's markers: every unfinished job, however old
     except StorageError as e:
         log.warning("could not scan for unfinished jobs: %s", e)
         return None
     for job_id in ids:
-        if booted_us is not None and created_us(job_id) >= booted_us:
+        if (booted_us is not None and created_us(job_id) >= booted_us) or job_id in taken_ids:
             continue
         try:
-            taken += _take_back(store, executor, jobs, upscales, job_id)
+            if leases is not None and not leases.claim(job_id):
+                continue
+            if _take_back(store, executor, jobs, upscales, job_id):
+                taken += 1
+                taken_ids.add(job_id)
         except StorageError as e:
             log.warning("storage failed while taking back job %s: %s", job_id, e)
             return None
@@ -97,11 +106,16 @@ def _take_back(store, executor, jobs, upscales, job_id: str) -> int:
 
 
 class Recovery:
-    """Runs `recover` once at start-up and, while storage cannot be read, again in the background."""
+    """Runs `recover` once at start-up and, while storage cannot be read, again in the background; then
+    watches the other backends on the bucket and takes over the jobs of any that goes away."""
 
-    def __init__(self, store, scheduler, jobs, upscales=None, delays_s=RETRY_DELAYS_S, trainings=None):
+    def __init__(self, store, scheduler, jobs, upscales=None, delays_s=RETRY_DELAYS_S, trainings=None,
+                 leases: Leases | None = None):
         self.args = (store, scheduler, jobs, upscales)
         self.trainings = trainings
+        self.leases = leases or Leases(store.storage)
+        store.owner = self.leases.me  # new jobs' markers name this backend
+        self.taken_ids: set[str] = set()
         self.booted_us = time.time_ns() // 1000
         self.delays_s = delays_s
         self.done = threading.Event()
@@ -109,13 +123,15 @@ class Recovery:
         self.thread: threading.Thread | None = None
 
     def start(self) -> "Recovery":
+        self.leases.start()
+        recovered = False
         try:
-            if self._attempt():
-                return self
+            recovered = self._attempt()
         except Exception:  # start-up must not fail over an earlier run's leftovers: try again in the background
             log.exception("taking back unfinished jobs failed; trying again")
-        log.warning("unfinished jobs of an earlier run will be taken back once storage answers")
-        self.thread = threading.Thread(target=self._retry, name="recovery", daemon=True)
+        if not recovered:
+            log.warning("unfinished jobs of an earlier run will be taken back once storage answers")
+        self.thread = threading.Thread(target=self._run, args=(recovered,), name="recovery", daemon=True)
         self.thread.start()
         return self
 
@@ -123,9 +139,13 @@ class Recovery:
         self.stopping.set()
         if self.thread:
             self.thread.join(timeout=5)
+        self.leases.close()
+
+    def _recover(self) -> int | None:
+        return recover(*self.args, booted_us=self.booted_us, leases=self.leases, taken_ids=self.taken_ids)
 
     def _attempt(self) -> bool:
-        taken = recover(*self.args, booted_us=self.booted_us)
+        taken = self._recover()
         if taken is None:
             return False
         if self.trainings is not None:
@@ -137,13 +157,34 @@ class Recovery:
         self.done.set()
         return True
 
-    def _retry(self) -> None:
+    def _run(self, recovered: bool) -> None:
+        if recovered or self._retry():
+            self._watch()
+
+    def _retry(self) -> bool:
         attempt = 0
         while not self.stopping.wait(self.delays_s[min(attempt, len(self.delays_s) - 1)]):
             attempt += 1
             try:
                 if self._attempt():
                     log.info("storage answers again: unfinished jobs of the earlier run taken back")
-                    return
+                    return True
             except Exception:  # the thread must outlive any surprise; the next attempt starts afresh
                 log.exception("taking back unfinished jobs failed; trying again")
+        return False
+
+    def _watch(self) -> None:
+        """Every RENEW_S: one LIST of the heartbeats; when a backend went away, a scan takes its jobs."""
+        while not self.stopping.wait(self.leases.renew_s):
+            try:
+                gone = self.leases.gone()
+                if gone:
+                    log.info("backend(s) gone from the bucket: %s; taking over their unfinished jobs",
+                             ", ".join(sorted(gone)))
+                    taken = self._recover()
+                    if taken is not None:
+                        self.leases.forget(gone)
+            except StorageError as e:
+                log.warning("could not look for backends that went away: %s", e)
+            except Exception:
+                log.exception("looking for backends that went away failed; carrying on")

@@ -78,6 +78,25 @@ def test_backend_restart_mid_job(make_backend, assert_nothing_lost):
     assert job["status"] == "succeeded", "the job is taken back and finished after the restart"
 
 
+def test_a_second_backend_on_the_bucket_leaves_running_jobs_alone_and_takes_them_when_their_backend_dies(
+        make_backend, assert_nothing_lost):
+    first = make_backend(WORKERS="1")
+    ticket = first.submit(LONG | {"num_images": 3})
+    wait_until(lambda: first.get(f"/v1/jobs/{ticket['id']}").json()["status"] == "running")
+    shared = {k: first.env[k] for k in ("STORAGE_URL", "S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+                                        "AWS_SECRET_ACCESS_KEY", "AWS_REGION")}
+    second = make_backend(**shared, WORKERS="1")
+    time.sleep(1)
+    assert f"job {ticket['id']} taken back" not in second.log(), "the first backend is alive: its job is its own"
+    os.killpg(first.process.pid, signal.SIGKILL)  # the first box goes, no goodbye: its lease is left behind
+    first.process.wait(10)
+    job = second.wait_job(ticket["id"], timeout=240)
+    assert_nothing_lost(second, job)
+    assert job["status"] == "succeeded", "the second backend takes the job over and finishes it"
+    assert f"job {ticket['id']} taken back" in second.log()
+    assert "gone from the bucket" in second.log(), "taken over while running, not at a start-up"
+
+
 @pytest.fixture
 def own_s3(tmp_path):
     server = SeaweedS3(tmp_path / "seaweed", "outage", ACCESS_KEY, SECRET_KEY).start()
