@@ -31,12 +31,21 @@ REASONS = {
 }
 
 
+# Headers that every answer with this status carries.
+HEADERS = {
+    401: {"WWW-Authenticate": {"required": True, "description": "`Bearer`: the scheme the key is sent with",
+                               "schema": {"type": "string"}}},
+    429: {"Retry-After": {"required": True, "description": "seconds to wait before trying again",
+                          "schema": {"type": "integer", "minimum": 1}}},
+}
+
+
 def errors(*codes: int | tuple[int, str]) -> dict[int | str, dict[str, Any]]:
     """The `responses` of a route for these error statuses: a code, or (code, why) for a route's own reason."""
     out: dict[int | str, dict[str, Any]] = {}
     for code in codes:
         code, why = code if isinstance(code, tuple) else (code, REASONS[code])
-        out[code] = {"model": ErrorDetail, "description": why}
+        out[code] = {"model": ErrorDetail, "description": why} | ({"headers": HEADERS[code]} if code in HEADERS else {})
     return out
 
 

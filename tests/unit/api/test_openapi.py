@@ -83,6 +83,15 @@ def test_the_statuses_each_operation_answers_are_documented(doc, label, statuses
     assert statuses <= dict(operations(doc))[label]["responses"].keys()
 
 
+def test_refusals_document_the_headers_they_always_carry(doc):
+    for label, operation in operations(doc):
+        responses = operation["responses"]
+        if "401" in responses:
+            assert responses["401"]["headers"]["WWW-Authenticate"]["required"], label
+        if "429" in responses:
+            assert responses["429"]["headers"]["Retry-After"]["schema"] == {"type": "integer", "minimum": 1}, label
+
+
 def test_metrics_are_documented_as_text(doc):
     content = doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
     assert content == {"text/plain": {"schema": {"type": "string"}}}
