@@ -4,7 +4,7 @@ import html
 
 import streamlit as st
 
-from frontend import services
+from frontend import nav, services
 
 CSS = """
 <style>
@@ -30,7 +30,8 @@ CSS = """
   background-size: 200% 100%; animation: sr-shimmer 1.4s linear infinite; color: #4F46E5; border-style: solid;
   border-color: #D6D2FF;}
 .sr-slot-failed {background: #FDF1F0; color: #B42318; border-color: #F6C7C3;}
-.sr-slot-canceled {background: #F6F6F8; color: #8A8A9A;}
+.sr-slot-canceled, .sr-slot-missing {background: #F6F6F8; color: #8A8A9A;}
+.sr-slot-unread {background: #FFF8EC; color: #9A5B00; border-color: #FBDDB0;}
 .sr-slot b {font-weight: 650;}
 .sr-slot small {max-width: 95%; font-size: .78rem; line-height: 1.25;}
 .sr-empty {border: 1px dashed #D9D9E3; border-radius: .8rem; padding: 2.6rem 1.5rem; text-align: center;
@@ -45,17 +46,37 @@ CSS = """
 .sr-clamp {display: -webkit-box; -webkit-line-clamp: 3; -webkit-box-orient: vertical; overflow: hidden;
   min-height: 3.9em;}
 .sr-meta {color: #6B6B80; font-size: .82rem;}
+.sr-desc {color: #55556A; font-size: .86rem; line-height: 1.3;}
+/* Generate scrolls the job's status here: clear of the navigation bar drawn over the page's top */
+.st-key-job-status {scroll-margin-top: 4.5rem;}
+/* chips (style categories, canvas, position, status filters) wrap onto more lines instead of running off */
+[data-testid="stButtonGroup"] > div {flex-wrap: wrap; row-gap: .45rem; overflow-x: visible;}
+/* the pages as labelled links on a phone, where Streamlit folds its navigation into a bare "»" */
+[data-testid="stLayoutWrapper"]:has(> .st-key-phone-nav) {display: none;}
 .sr-slot-preview {border-style: solid; padding: 0;}
 .sr-slot-preview img.sr-preview {position: absolute; inset: 0; width: 100%; height: 100%; object-fit: cover;}
 .sr-slot-preview b {position: absolute; left: .45rem; top: .45rem; background: rgba(255, 255, 255, .88);
   color: #4F46E5; padding: .1rem .5rem; border-radius: 999px; font-size: .78rem;}
 .sr-thumb-empty {aspect-ratio: 1 / 1; width: 100%; border-radius: .5rem; display: flex; align-items: center;
   justify-content: center; color: #8A8A9A; font-size: .8rem; background: #F4F4F8; border: 1px dashed #D9D9E3;}
-/* a phone stacks columns one under the other: the results keep two a row, so four pictures fit a screen */
+/* a phone stacks columns one under the other: the results keep two a row, so four pictures fit a screen,
+   and pairs of settings (Width and Height) stay side by side */
 @media (max-width: 640px) {
-  .st-key-results-grid [data-testid="stHorizontalBlock"] {flex-wrap: wrap; gap: .5rem;}
-  .st-key-results-grid [data-testid="stColumn"] {min-width: calc(50% - .25rem) !important;
-    flex: 1 1 calc(50% - .25rem) !important; width: calc(50% - .25rem) !important;}
+  .st-key-results-grid [data-testid="stHorizontalBlock"], [class*="st-key-pair-"] [data-testid="stHorizontalBlock"]
+    {flex-wrap: wrap; gap: .5rem;}
+  .st-key-results-grid [data-testid="stColumn"], [class*="st-key-pair-"] [data-testid="stColumn"]
+    {min-width: calc(50% - .25rem) !important; flex: 1 1 calc(50% - .25rem) !important;
+     width: calc(50% - .25rem) !important;}
+}
+/* below Streamlit's md breakpoint the top navigation becomes a sidebar behind "»": ours replaces it */
+@media (max-width: 767.98px) {
+  [data-testid="stLayoutWrapper"]:has(> .st-key-phone-nav) {display: block; position: sticky; top: 0;
+    z-index: 999991; background: #FFFFFF; margin: -3.6rem -1rem 0; padding: .5rem .6rem;
+    min-width: calc(100% + 2rem); border-bottom: 1px solid #E6E6EE;}
+  .st-key-phone-nav {gap: .25rem !important; flex-wrap: wrap;}
+  .st-key-phone-nav a {border: 1px solid #DCDCE5; border-radius: 999px; padding: 0 .45rem; gap: .25rem;}
+  .st-key-phone-nav a p {font-size: .9rem;}
+  [data-testid="stExpandSidebarButton"] {display: none;}
 }
 /* placeholders read as hints, not as text already typed (an empty prompt must look empty) */
 textarea::placeholder, input::placeholder {color: #B4B4C3 !important; opacity: 1;}
@@ -88,12 +109,20 @@ def status_meta(h: services.Health) -> str:
 
 
 def header() -> None:
+    _phone_nav()
     brand, status = st.columns([3, 2], vertical_alignment="center")
     brand.markdown('<div class="sr-brand"><h1><span class="sr-mark">◆</span> Showroom</h1></div>'
                    '<div class="sr-tagline">Studio-quality pictures of your product, in any scene.</div>',
                    unsafe_allow_html=True)
     with status:
         _live_status()
+
+
+def _phone_nav() -> None:
+    """Every page as a labelled link, shown only on a narrow screen (see CSS)."""
+    with st.container(horizontal=True, gap="small", key="phone-nav"):
+        for page in nav.PAGES.values():
+            st.page_link(page)
 
 
 @st.fragment(run_every=15)

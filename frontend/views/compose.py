@@ -110,12 +110,16 @@ def _compose(catalog: dict, health: services.Health) -> None:
                  help="The negative prompt: things the pictures should not show.")
     st.slider("Number of images", 1, 16, key="num_images")
     with st.expander("Advanced settings", icon=":material/tune:"):
-        left, right = st.columns(2)
+        # each pair in a row of its own, kept side by side on a phone too (chrome.CSS: .st-key-pair-*)
+        with st.container(key="pair-quality"):
+            left, right = st.columns(2)
         left.number_input("Steps", 1, 150, key="steps",
                           help="Inference steps: more are slower and a little more detailed; 25-40 is usual.")
         right.number_input("Follow the prompt", 0.0, 30.0, step=0.5, key="guidance",
                            help="Guidance scale (CFG): higher follows the words more strictly, lower is freer; 5-9 "
                                 "is usual.")
+        with st.container(key="pair-size"):
+            left, right = st.columns(2)
         left.number_input("Width", 64, 2048, step=8, key="width", on_change=photo.custom_size)
         right.number_input("Height", 64, 2048, step=8, key="height", on_change=photo.custom_size)
         st.number_input("Seed", 0, MAX_SEED, key="seed", placeholder="random",
@@ -195,6 +199,7 @@ def _submit(choice: PhotoChoice) -> None:
     services.history.clear()  # History lists it at once
     job_actions.remember_ticket(ticket, spec)
     st.session_state["open_job"] = st.query_params["job"] = ticket["id"]
+    job_panel.bring_into_view(ticket["id"])  # the button is far down the form: show the job's status and Cancel
 
 
 def _submission_key(spec: dict, upload: tuple | None) -> str:

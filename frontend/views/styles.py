@@ -134,7 +134,7 @@ def _card(template: dict, selected: bool) -> None:
                     unsafe_allow_html=True)
         if not selected:
             st.button("Use this style", key=f"tpl-{template['id']}", width="stretch", on_click=choose,
-                      args=(template,), help="Fills the prompt and settings below with this style's")
+                      args=(template,))
             return
         st.button("✓ Selected", key=f"tpl-{template['id']}", type="primary", width="stretch",
                   on_click=clear, help="Click again to write your own prompt")

@@ -24,11 +24,11 @@ RESULT_IMAGES = '[class*="st-key-result-"] img:not(.sr-preview)'  # final pictur
 def app_url(backend, tmp_path):
     """`streamlit run` exactly as the contract starts it, from the repo root, with the backend's settings."""
     port = free_port()
-    log = open(tmp_path / "streamlit.log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "frontend/streamlit_app.py", "--server.port", str(port),
-         "--server.headless", "true"],
-        cwd=REPO, env=backend.env | frontend_env(backend), stdout=log, stderr=subprocess.STDOUT)
+    with open(tmp_path / "streamlit.log", "wb") as log:  # the child keeps its own copy of the handle
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "frontend/streamlit_app.py", "--server.port", str(port),
+             "--server.headless", "true"],
+            cwd=REPO, env=backend.env | frontend_env(backend), stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -225,3 +225,102 @@ def test_a_running_job_shows_progress_and_previews_in_a_real_browser(backend, ap
             browser.close()
     finally:
         backend.post(f"/v1/jobs/{job['id']}/cancel")
+
+
+def in_viewport(page, selector: str) -> bool:
+    """The element's whole box is on screen (not only in the page)."""
+    return page.evaluate("""(selector) => {
+        const el = document.querySelector(selector);
+        if (!el) return false;
+        const box = el.getBoundingClientRect();
+        return box.height > 0 && box.top >= 0 && box.bottom <= window.innerHeight;
+    }""", selector)
+
+
+@pytest.mark.browser
+def test_on_a_desktop_a_style_can_be_undone_and_generate_shows_the_jobs_status(backend, app_url, artifacts):
+    """1400×1000: a style chosen over typed words offers Undo (style-undo.png); after Generate, far down the
+    form, the job's status line, elapsed time and Cancel are on screen (generate-desktop.png)."""
+    template = backend.get("/v1/catalog").json()["templates"][0]
+    blocker = backend.submit({"prompt": "a chair", "num_images": 16, "steps": 150, "width": 128, "height": 128})
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(app_url)
+            expect(page.get_by_text("Generator: Online")).to_be_visible(timeout=30_000)
+            prompt = page.get_by_label("Prompt", exact=True)
+            prompt.fill("my own words: <product> on a windowsill")
+            prompt.press("Control+Enter")
+            page.wait_for_timeout(800)
+            page.locator(f".st-key-tpl-{template['id']} button").click()
+            expect(prompt).to_have_value(template["prompt"], timeout=10_000)
+            undo = page.locator(".st-key-style-undo-yes button:visible")  # a button with help is drawn twice
+            expect(undo).to_be_visible()
+            page.locator(f".st-key-style-card-{template['id']}").scroll_into_view_if_needed()
+            page.wait_for_timeout(300)
+            page.screenshot(path=str(artifacts / "style-undo.png"))
+            undo.click()
+            expect(prompt).to_have_value("my own words: <product> on a windowsill", timeout=10_000)
+
+            generate = page.get_by_role("button", name="Generate")
+            generate.scroll_into_view_if_needed()
+            assert not in_viewport(page, ".st-key-job-status") and page.evaluate(
+                "document.querySelector('.stMain').scrollTop") > 200, "the button is far down the form"
+            generate.click()
+            expect(page.locator(".st-key-cancel-job button")).to_be_visible(timeout=30_000)
+            page.wait_for_function("""() => {
+                const status = document.querySelector('.st-key-job-status');
+                const box = status && status.getBoundingClientRect();
+                return box && box.top >= 0 && box.bottom <= window.innerHeight;
+            }""", timeout=10_000)
+            page.wait_for_timeout(500)
+            for selector in (".st-key-job-status", ".st-key-cancel-job"):
+                assert in_viewport(page, selector), f"{selector} is off screen after Generate"
+            expect(page.locator(".st-key-job-status").get_by_text(re.compile(r"0 of 4 ready · \d+ s elapsed"))) \
+                .to_be_visible()
+            page.screenshot(path=str(artifacts / "generate-desktop.png"))
+            job_id = page.evaluate("window.location.href").split("job=")[1].split("&")[0]
+            browser.close()
+    finally:
+        backend.post(f"/v1/jobs/{blocker['id']}/cancel")
+    backend.post(f"/v1/jobs/{job_id}/cancel")
+
+
+@pytest.mark.browser
+def test_on_a_phone_the_pages_are_one_tap_away_and_width_and_height_share_a_row(backend, app_url, artifacts):
+    """390×844: labelled links to every page (phone-nav.png), style chips that wrap instead of running off,
+    and Width beside Height in Advanced settings (phone-settings.png)."""
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        phone = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2)
+        phone.goto(app_url)
+        expect(phone.get_by_text("Generator: Online")).to_be_visible(timeout=30_000)
+        nav = phone.locator(".st-key-phone-nav")
+        for name in ("Create", "History", "Products"):
+            expect(nav.get_by_role("link", name=name)).to_be_visible()
+        assert in_viewport(phone, ".st-key-phone-nav")
+        phone.wait_for_timeout(500)
+        phone.screenshot(path=str(artifacts / "phone-nav.png"))
+
+        chips = phone.locator(".st-key-style_category button")
+        expect(chips.first).to_be_visible()
+        rights = [chips.nth(i).bounding_box() for i in range(chips.count())]
+        assert len(rights) > 6 and all(b["x"] + b["width"] <= 390 for b in rights), "every chip on screen"
+        assert len({round(b["y"]) for b in rights}) > 1, "the chips wrap onto more lines"
+
+        phone.get_by_text("Advanced settings").click()
+        width = phone.get_by_role("spinbutton", name="Width")
+        height = phone.get_by_role("spinbutton", name="Height")
+        expect(height).to_be_visible()
+        height.scroll_into_view_if_needed()
+        phone.wait_for_timeout(500)
+        w, h = width.bounding_box(), height.bounding_box()
+        assert abs(w["y"] - h["y"]) < 2 and h["x"] >= w["x"] + w["width"], (w, h)
+        assert in_viewport(phone, ".st-key-phone-nav"), "the links stay at the top while the page scrolls"
+        phone.screenshot(path=str(artifacts / "phone-settings.png"))
+
+        nav.get_by_role("link", name="History").click()
+        expect(phone.get_by_text("Your jobs")).to_be_visible(timeout=30_000)
+        assert phone.url.rstrip("/").endswith("/history"), phone.url
+        browser.close()

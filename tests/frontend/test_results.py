@@ -6,7 +6,7 @@ import io
 import json
 import uuid
 import zipfile
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from PIL import Image, PngImagePlugin
@@ -39,7 +39,7 @@ def test_a_running_picture_shows_its_step_the_time_left_and_its_preview(backend,
     preview = io.BytesIO()
     Image.new("RGB", (16, 16), (40, 90, 200)).save(preview, format="JPEG")
     backend.storage.put(f"jobs/{job_id}/0_preview.jpg", preview.getvalue(), "image/jpeg")
-    started = datetime.now(timezone.utc) - timedelta(seconds=10)
+    started = datetime.now(UTC) - timedelta(seconds=10)
     stored_manifest(backend.storage, job_id, ["running", "queued"], started_at=iso(started),
                     progress={"step": 10, "steps": 40}, preview_key=f"jobs/{job_id}/0_preview.jpg")
     at = open_app(frontend_env(backend), job=job_id)

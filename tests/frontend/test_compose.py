@@ -1,0 +1,115 @@
+"""The Create page's form under AppTest: the style gallery (plain descriptions, a few cards at a time, no
+scroll box), choosing a style over the user's own words (undo), and what Generate asks the browser to do."""
+
+import html
+
+from frontend import nav
+from frontend.views import styles
+from frontend.views.style_notes import describe
+from tests.frontend.conftest import assert_no_exception, frontend_env, page_text
+
+OWN_WORDS = "my grandmother's <product> on a kitchen shelf"
+
+
+def generate_templates(backend) -> list[dict]:
+    """The styles the gallery shows in its first mode (a scene without a photo), in its order."""
+    templates = backend.get("/v1/catalog").json()["templates"]
+    return [t for t in templates if "generate" in (t.get("modes") or ["generate"])]
+
+
+def cards(at) -> list[str]:
+    return [str(m.value) for m in at.markdown if "sr-card-head" in str(m.value)]
+
+
+def form(at) -> dict:
+    return {key: at.session_state[key] for key in ("template_id", "prompt", "negative", "steps", "guidance")}
+
+
+def undo_offered(at) -> bool:
+    return any(b.key == "style-undo-yes" for b in at.button)
+
+
+def test_style_cards_say_what_the_style_looks_like_a_few_at_a_time(backend, open_app):
+    templates = generate_templates(backend)
+    at = open_app(frontend_env(backend))
+    assert_no_exception(at)
+    first = cards(at)
+    assert len(first) == styles.FIRST, "a few cards, then a button: the gallery is no scroll box of its own"
+    for card, template in zip(first, templates, strict=False):
+        assert html.escape(describe(template)) in card and html.escape(template["name"]) in card
+        assert "product&gt;" not in card and "lens" not in card, "no raw prompt text on a card"
+    more = at.button(key="styles-more")
+    assert more.label == f"Show {len(templates) - styles.FIRST} more styles"
+    more.click().run()
+    assert len(cards(at)) == len(templates)
+    assert at.button(key="styles-more").label == "Show fewer styles"
+
+    at.pills(key="style_category").set_value("art").run()
+    art = [t for t in templates if t["category"] == "art"]
+    assert len(cards(at)) == styles.FIRST and len(art) > styles.FIRST + 1, "each category opens on its own"
+    assert all("Turned into" in card for card in cards(at))
+
+
+def test_a_style_over_the_users_own_words_can_be_undone(backend, open_app):
+    template = generate_templates(backend)[0]
+    at = open_app(frontend_env(backend))
+    at.text_area(key="prompt").input(OWN_WORDS)
+    at.number_input(key="steps").set_value(12)
+    at.button(key=f"tpl-{template['id']}").click().run()
+    assert_no_exception(at)
+    assert form(at)["prompt"] == template["prompt"] and form(at)["steps"] == template["steps"]
+    assert undo_offered(at) and "It replaced the prompt and settings you had." in page_text(at)
+
+    at.button(key="style-undo-yes").click().run()
+    assert_no_exception(at)
+    assert form(at) == {"template_id": None, "prompt": OWN_WORDS, "negative": "", "steps": 12, "guidance": 7.5}
+    assert at.text_area(key="prompt").value == OWN_WORDS and at.number_input(key="steps").value == 12
+    assert not undo_offered(at)
+
+
+def test_a_style_over_a_blank_form_or_another_style_asks_nothing(backend, open_app):
+    first, second = generate_templates(backend)[:2]
+    at = open_app(frontend_env(backend))
+    at.button(key=f"tpl-{first['id']}").click().run()
+    assert form(at)["prompt"] == first["prompt"] and not undo_offered(at), "nothing of the user's was replaced"
+    at.button(key=f"tpl-{second['id']}").click().run()
+    assert form(at)["prompt"] == second["prompt"] and not undo_offered(at), "one style's words for another's"
+
+    at.text_area(key="prompt").input(second["prompt"] + ", at dusk")
+    at.button(key=f"tpl-{first['id']}").click().run()
+    assert undo_offered(at), "an edited style prompt is the user's own"
+    at.button(key="style-undo-no").click().run()
+    assert not undo_offered(at) and form(at)["prompt"] == first["prompt"], "Keep: the style stays, the offer goes"
+
+    at.text_area(key="prompt").input(OWN_WORDS)
+    at.button(key=f"tpl-{second['id']}").click().run()
+    at.text_area(key="prompt").input(second["prompt"] + " and a lemon").run()
+    assert not undo_offered(at), "words typed after the style: undoing would lose them, so it is not offered"
+
+
+def scroll_scripts(at) -> list[str]:
+    return [str(h.value) for h in at.get("html") if "scrollIntoView" in str(h.value)]
+
+
+def test_generate_brings_the_job_status_into_view_once(backend, open_app):
+    at = open_app(frontend_env(backend))
+    at.text_area(key="prompt").input("a teapot on a table")
+    at.number_input(key="steps").set_value(2)
+    at.slider(key="num_images").set_value(1)
+    assert not scroll_scripts(at)
+    at.button(key="generate").click().run()
+    assert_no_exception(at)
+    job_id = at.query_params.get("job")
+    assert job_id, page_text(at)
+    (script,) = scroll_scripts(at)
+    assert job_id in script and ".st-key-job-status" in script
+    at.run()
+    assert not scroll_scripts(at), "only right after Generate: later runs leave the page where the user put it"
+
+
+def test_every_page_has_a_link_for_phones(backend, open_app):
+    """Drawn on every page and shown by CSS on narrow screens only (the browser test looks at it on a phone)."""
+    at = open_app(frontend_env(backend))
+    paths = [link.proto.page for link in at.get("page_link")]
+    assert paths[:len(nav.PAGES)] == [page.url_path for page in nav.PAGES.values()], paths
+    assert {"", "history", "products"} <= set(paths)
