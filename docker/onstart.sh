@@ -55,14 +55,24 @@ if [ "$(id -u)" = 0 ] && id "$APP_USER" >/dev/null 2>&1; then
 else
     set --
 fi
-set -- "$@" uvicorn backend.main:app --host 0.0.0.0 --port 8000
+# SHOWROOM_ROLE=node (docker/vast.py up --role node): a GPU node instead, which opens no port.
+ROLE="${SHOWROOM_ROLE:-backend}"
+if [ "$ROLE" = node ]; then
+    set -- "$@" python -m backend.node --name "${SHOWROOM_NODE_NAME:-$(hostname)}"
+else
+    set -- "$@" uvicorn backend.main:app --host 0.0.0.0 --port 8000
+fi
 if [ "$DRY" = 1 ]; then
     echo "+ cd $APP_DIR"
     echo "+ nohup $* >>$LOG 2>&1 &"
 else
     cd "$APP_DIR"
     nohup "$@" >>"$LOG" 2>&1 &
-    echo "backend started (pid $!), log: $LOG"
+    echo "$ROLE started (pid $!), log: $LOG"
+fi
+if [ "$ROLE" = node ]; then
+    echo "GPU node ${SHOWROOM_NODE_NAME:-$(hostname)}: it pulls work from BROKER_URL and shows in the backend's /health"
+    exit 0
 fi
 
 # 3. Where the frontend finds it.

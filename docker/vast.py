@@ -2,6 +2,8 @@
 
     python docker/vast.py offers --gpus 1 --min-vram 16 --max-price 0.60
     python docker/vast.py up --image ghcr.io/you/showroom:latest --env-file docker/vast.env
+    python docker/vast.py up --role node --image ghcr.io/you/showroom:latest --env-file docker/node.env \
+        --backend-url https://your-backend:8000      (a GPU node: pulls work from BROKER_URL, see docs/NODES.md)
     python docker/vast.py status ID | stop ID | start ID | destroy ID
 
 The vast.ai key comes from VAST_API_KEY or the vastai CLI's key file (~/.config/vastai/vast_api_key),
@@ -17,8 +19,10 @@ import argparse
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlparse
 
 import requests
 
@@ -29,11 +33,13 @@ from backend.ops.vast import VAST_API_URL, VastAPI, VastError  # noqa: E402
 KEY_FILE = Path("~/.config/vastai/vast_api_key").expanduser()
 ONSTART = Path(__file__).with_name("onstart.sh")
 ONSTART_LIMIT = 4048  # vast's cap on the onstart field
-SECRET_MARKERS = ("KEY", "SECRET", "TOKEN", "PASSWORD")
+SECRET_MARKERS = ("KEY", "SECRET", "TOKEN", "PASSWORD", "BROKER_URL")  # BROKER_URL holds Redis's password
 # Backend settings taken from this shell when the env file does not set them (CONTRACT.md + ours).
 PASS_THROUGH = ("MODEL_ID", "DEVICE", "WORKERS", "STORAGE_URL", "S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
                 "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "API_KEY", "UPSCALER", "REPLICATE_API_TOKEN",
-                "REPLICATE_BASE_URL", "IDLE_STOP_MINUTES", "HF_TOKEN")
+                "REPLICATE_BASE_URL", "IDLE_STOP_MINUTES", "HF_TOKEN", "BROKER_URL", "BG_REMOVAL_MODEL",
+                "IMAGE_TIMEOUT_S")
+NODE_DROPS = ("API_KEY", "PUBLIC_BIND", "IDLE_STOP_MINUTES", "UPSCALER", "REPLICATE_API_TOKEN", "EXECUTOR")
 EXIT_API, EXIT_CONFIG, EXIT_NO_OFFER, EXIT_CREATE, EXIT_UNHEALTHY = 1, 2, 3, 4, 5
 
 
@@ -68,6 +74,8 @@ def offer_query(args) -> dict:
              "cuda_max_good": {"gte": args.min_cuda}, "disk_space": {"gte": args.disk},
              "direct_port_count": {"gte": 1}, "order": [["dph_total", "asc"]], "type": "on-demand",
              "limit": args.limit, "allocated_storage": args.disk}
+    if getattr(args, "role", "backend") == "node":
+        del query["direct_port_count"]  # a node only connects out: any box will do, NAT or not
     if args.gpu_name:
         query["gpu_name"] = {"eq": args.gpu_name.replace("_", " ")}
     return query
@@ -98,12 +106,15 @@ def read_env_file(path: Path) -> dict[str, str]:
     return env
 
 
-def instance_env(env_file: Path | None, environ: dict[str, str]) -> dict[str, str]:
-    """The backend's settings: the env file first, then PASS_THROUGH names from this shell."""
+def instance_env(env_file: Path | None, environ: dict[str, str], role: str = "backend",
+                 node_name: str | None = None) -> dict[str, str]:
+    """The instance's settings: the env file first, then PASS_THROUGH names from this shell."""
     env = read_env_file(env_file) if env_file else {}
     for name in PASS_THROUGH:
         if name not in env and environ.get(name):
             env[name] = environ[name]
+    if role == "node":
+        return node_env(env, node_name)
     if not env.get("API_KEY"):
         raise LaunchError("set API_KEY (env file or environment): the backend is reachable from the internet, "
                           "and without a key anyone could spend your GPU", EXIT_CONFIG)
@@ -114,6 +125,26 @@ def instance_env(env_file: Path | None, environ: dict[str, str]) -> dict[str, st
     return env | {"PUBLIC_BIND": "true"}
 
 
+def node_env(env: dict[str, str], name: str | None) -> dict[str, str]:
+    """A GPU node's settings: the broker (with a password) and the bucket; no key, no port, no idle stop of
+    its own (the backend's queue decides). docker/onstart.sh starts `python -m backend.node` for it."""
+    broker = urlparse(env.get("BROKER_URL", ""))
+    if broker.scheme not in ("redis", "rediss") or not broker.hostname:
+        raise LaunchError("set BROKER_URL to the backend's Redis (rediss://:password@host:port/0): a node pulls its "
+                          "work from there", EXIT_CONFIG)
+    if not broker.password:
+        raise LaunchError("BROKER_URL has no password: a Redis that rented boxes reach over the internet must have "
+                          "one (requirepass; see docs/NODES.md)", EXIT_CONFIG)
+    if broker.hostname in ("localhost", "127.0.0.1", "::1"):
+        raise LaunchError("BROKER_URL points at localhost: from the rented box that is the box itself; give the "
+                          "address the node can reach", EXIT_CONFIG)
+    if not env.get("STORAGE_URL", "").startswith("s3://"):
+        raise LaunchError("set STORAGE_URL to the backend's s3://bucket[/prefix]: a node writes its images there",
+                          EXIT_CONFIG)
+    kept = {k: v for k, v in env.items() if k not in NODE_DROPS}
+    return kept | {"SHOWROOM_ROLE": "node", "SHOWROOM_NODE_NAME": name or f"vast-{uuid.uuid4().hex[:6]}"}
+
+
 def onstart_script() -> str:
     """docker/onstart.sh without its full-line comments (the shebang stays): vast caps the field."""
     lines = ONSTART.read_text().splitlines()
@@ -122,8 +153,9 @@ def onstart_script() -> str:
 
 
 def create_body(args, env: dict[str, str]) -> dict:
+    ports = {} if env.get("SHOWROOM_ROLE") == "node" else {"-p 8000:8000": "1"}  # a node opens no port
     body = {"client_id": "me", "image": args.image, "disk": args.disk, "label": args.label,
-            "env": env | {"-p 8000:8000": "1"}, "runtype": args.runtype}
+            "env": env | ports, "runtype": args.runtype}
     if args.runtype == "ssh":
         # vast's SSH mode replaces the entrypoint and sets up sshd, which needs root; onstart.sh then runs
         # the backend as the image's non-root user. In "args" mode the image's own USER and CMD run.
@@ -186,10 +218,51 @@ def no_offer_message(args) -> str:
             "raise --max-price, lower --min-vram or --min-reliability, or try again later")
 
 
+def wait_node(api: VastAPI, instance_id: int, name: str, backend_url: str | None, key: str | None,
+              timeout_s: float, poll_s: float, clock: Callable[[], float], sleep: Callable[[float], None]) -> str:
+    """Poll the instance until it runs and, with a backend URL, that backend's /health until the node's
+    workers (`<name>/<n>`) are ready. Returns what was seen."""
+    deadline, last = clock() + timeout_s, "vast.ai has not scheduled the instance yet"
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    while True:
+        try:
+            instance = api.instance(instance_id)
+            status = instance.get("actual_status")
+            if status == "exited":
+                raise LaunchError(f"the container exited: {instance.get('status_msg') or 'see its logs'}",
+                                  EXIT_UNHEALTHY)
+            if status == "running" and not backend_url:
+                return f"instance {instance_id} runs; node {name} shows in your backend's /health once its model loads"
+            if status == "running":
+                workers = requests.get(f"{backend_url.rstrip('/')}/health", headers=headers, timeout=10).json().get(
+                    "workers") or []
+                mine = [w for w in workers if str(w.get("id", "")).startswith(f"{name}/")]
+                if mine and all(w.get("state") in ("ready", "busy") for w in mine):
+                    return f"node {name} is taking work: {', '.join(w['id'] for w in mine)} in {backend_url}/health"
+                last = (f"node {name}'s workers are {', '.join(w.get('state', '?') for w in mine)}" if mine
+                        else f"node {name} has not reported to {backend_url} yet (model download, broker reachable?)")
+            else:
+                last = f"instance is {status or 'being provisioned'}: {instance.get('status_msg') or 'no message'}"
+        except (requests.RequestException, ValueError):
+            last = f"{backend_url}/health does not answer"
+        except LaunchError as e:
+            if e.code != EXIT_API:
+                raise
+            last = str(e)
+        if clock() + poll_s > deadline:
+            raise LaunchError(f"node not ready after {timeout_s:.0f} s; last seen: {api.redact(last)}", EXIT_UNHEALTHY)
+        sleep(poll_s)
+
+
 def cmd_up(api: VastAPI, args, say, environ, clock, sleep) -> int:
-    env = instance_env(args.env_file, environ)
-    for name, value in env.items():
-        if is_secret(name):
+    if args.role == "node" and args.runtype != "ssh":
+        raise LaunchError("--role node needs --runtype ssh: docker/onstart.sh starts the node (the image's own "
+                          "command is the backend)", EXIT_CONFIG)
+    env = instance_env(args.env_file, environ, args.role, args.node_name)
+    backend_key = ((read_env_file(args.env_file) if args.env_file else {}).get("API_KEY")
+                   or environ.get("API_KEY"))
+    for name, value in env.items() | {("API_KEY", backend_key or "")}:
+        if is_secret(name) and value:
             api.redact.add(value)
     body = create_body(args, env)
     if len(body.get("onstart", "")) > ONSTART_LIMIT:
@@ -211,6 +284,10 @@ def cmd_up(api: VastAPI, args, say, environ, clock, sleep) -> int:
     say(f"  destroy it: python docker/vast.py destroy {instance_id}")
     say(f"waiting up to {args.timeout:.0f} s for the image, the model and GET /health ...")
     try:
+        if args.role == "node":
+            say(wait_node(api, instance_id, env["SHOWROOM_NODE_NAME"], args.backend_url, backend_key, args.timeout,
+                          args.poll, clock, sleep))
+            return 0
         url = wait_healthy(api, instance_id, args.timeout, args.poll, clock, sleep)
     except LaunchError:
         if args.keep_on_failure:
@@ -254,6 +331,11 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--env-file", type=Path, default=None, help="NAME=value lines: the backend's settings")
     up.add_argument("--runtype", choices=("ssh", "args"), default="ssh",
                     help="ssh: SSH access, docker/onstart.sh starts the backend; args: the image's CMD only")
+    up.add_argument("--role", choices=("backend", "node"), default="backend",
+                    help="backend: the API and its GPUs; node: a GPU node that pulls work from BROKER_URL")
+    up.add_argument("--node-name", default=None, help="--role node: its name in /health (default vast-<random>)")
+    up.add_argument("--backend-url", default=None,
+                    help="--role node: wait until this backend's /health lists the node (API_KEY from the env file)")
     up.add_argument("--label", default="showroom")
     up.add_argument("--timeout", type=float, default=1800, help="seconds to wait for GET /health to say ok")
     up.add_argument("--poll", type=float, default=15, help="seconds between status checks")

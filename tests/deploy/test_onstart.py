@@ -121,3 +121,18 @@ def test_onstart_really_starts_the_backend_command(tmp_path):
     assert record.read_text().splitlines() == [
         str(app_dir), "backend.main:app --host 0.0.0.0 --port 8000", f"key={SECRETS['API_KEY']}"]
     assert_no_secret(out.stdout + out.stderr)
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_onstart_role_node_starts_the_gpu_node_and_asks_for_no_port(shell, tmp_path):
+    out = run_onstart(shell, tmp_path, SHOWROOM_DRY_RUN="1", SHOWROOM_USER="no-such-user-here",
+                      SHOWROOM_ENV_FILE=str(tmp_path / "environment"), SHOWROOM_ROLE="node",
+                      SHOWROOM_NODE_NAME="vast-ab12cd", VAST_TCP_PORT_8000="")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[1:] == [
+        "+ cd /app",
+        f"+ nohup python -m backend.node --name vast-ab12cd >>{tmp_path / 'backend.log'} 2>&1 &",
+        "GPU node vast-ab12cd: it pulls work from BROKER_URL and shows in the backend's /health",
+    ]
+    assert out.stderr == "", "a node needs no public port: no complaint about one"
+    assert "SHOWROOM_ROLE" not in (tmp_path / "environment").read_text()

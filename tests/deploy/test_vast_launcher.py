@@ -233,3 +233,75 @@ def test_onstart_sent_is_the_script_without_comments_and_fits_vast():
     assert script.startswith("#!/bin/sh\n")
     assert not any(line.lstrip().startswith("#") for line in script.splitlines()[1:])
     assert "uvicorn backend.main:app --host 0.0.0.0 --port 8000" in script
+
+
+# ----- --role node: a GPU node that pulls work from the backend's Redis -----
+REDIS_PASSWORD = "redis-pass-7766"
+BROKER = f"rediss://:{REDIS_PASSWORD}@broker.example.com:6380/0"
+
+
+@pytest.fixture
+def node_env_file(tmp_path):
+    path = tmp_path / "node.env"
+    path.write_text(f"API_KEY={API_KEY}\nBROKER_URL={BROKER}\nSTORAGE_URL=s3://shots/showroom\n"
+                    f"S3_ENDPOINT_URL=https://s3.example.com\nAWS_ACCESS_KEY_ID=AKIDEXAMPLE\n"
+                    f"AWS_SECRET_ACCESS_KEY={S3_SECRET}\nMODEL_ID=stabilityai/stable-diffusion-xl-base-1.0\n"
+                    "IDLE_STOP_MINUTES=20\n")
+    return path
+
+
+def test_up_role_node_rents_any_box_sends_no_key_and_opens_no_port(vast, node_env_file):
+    vast.instances = [vast.running_instance()]
+    vast.health = [{"status": "ok", "workers": [{"id": "shop-node/0", "state": "starting"}]},
+                   {"status": "ok", "workers": [{"id": "box/0", "state": "ready"},
+                                                {"id": "shop-node/0", "state": "ready"},
+                                                {"id": "shop-node/1", "state": "busy"}]}]
+    code, out = run(vast, "up", "--role", "node", "--node-name", "shop-node", "--image", "img:1",
+                    "--env-file", str(node_env_file), "--backend-url", f"http://127.0.0.1:{vast.port}", "--poll", "5")
+    assert code == 0, out
+    query, create = vast.seen[0].body, vast.seen[1].body
+    assert "direct_port_count" not in query, "a node only connects out: boxes behind NAT will do"
+    assert create["env"] == {"BROKER_URL": BROKER, "STORAGE_URL": "s3://shots/showroom",
+                             "S3_ENDPOINT_URL": "https://s3.example.com", "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
+                             "AWS_SECRET_ACCESS_KEY": S3_SECRET, "MODEL_ID": "stabilityai/stable-diffusion-xl-base-1.0",
+                             "SHOWROOM_ROLE": "node", "SHOWROOM_NODE_NAME": "shop-node"}
+    assert create["runtype"] == "ssh" and create["onstart"] == vast_py.onstart_script()
+    health = [s for s in vast.seen if s.path == "/health"]
+    assert len(health) == 2 and all(s.auth == f"Bearer {API_KEY}" for s in health), "the backend's key, never vast's"
+    assert "node shop-node is taking work: shop-node/0, shop-node/1" in out
+    assert_no_secret(out)
+    assert REDIS_PASSWORD not in out
+
+
+def test_up_role_node_dry_run_hides_the_broker_password(vast, node_env_file):
+    code, out = run(vast, "--dry-run", "up", "--role", "node", "--image", "img:1", "--env-file", str(node_env_file))
+    assert code == 0, out
+    body = json.loads(next(line for line in out.splitlines() if line.startswith("DRY-RUN PUT")).split(" ", 3)[3])
+    assert body["env"]["BROKER_URL"] == "***" and body["env"]["SHOWROOM_NODE_NAME"].startswith("vast-")
+    assert REDIS_PASSWORD not in out
+    assert_no_secret(out)
+
+
+@pytest.mark.parametrize("broker, extra, message", [
+    ("", [], "set BROKER_URL"),
+    ("redis://broker.example.com:6379/0", [], "BROKER_URL has no password"),
+    (f"redis://:{REDIS_PASSWORD}@localhost:6379/0", [], "points at localhost"),
+    (BROKER, ["--runtype", "args"], "--role node needs --runtype ssh"),
+])
+def test_up_role_node_refuses_a_broker_it_cannot_use_safely(vast, tmp_path, broker, extra, message):
+    path = tmp_path / "node.env"
+    path.write_text(f"BROKER_URL={broker}\nSTORAGE_URL=s3://shots\n")
+    code, out = run(vast, "up", "--role", "node", "--image", "img:1", "--env-file", str(path), *extra,
+                    environ={"VAST_API_KEY": VAST_KEY})
+    assert code == vast_py.EXIT_CONFIG and message in out, out
+    assert vast.seen == []
+    assert REDIS_PASSWORD not in out
+
+
+def test_up_role_node_that_never_reports_is_destroyed(vast, node_env_file):
+    vast.instances = [vast.running_instance()]
+    vast.health = [{"status": "ok", "workers": [{"id": "other/0", "state": "ready"}]}]
+    code, out = run(vast, "up", "--role", "node", "--node-name", "n1", "--image", "img:1", "--env-file",
+                    str(node_env_file), "--backend-url", f"http://127.0.0.1:{vast.port}", "--timeout", "60")
+    assert code == vast_py.EXIT_UNHEALTHY
+    assert "node n1 has not reported" in out and ("DELETE", "/api/v0/instances/4242/") in vast.requests()
