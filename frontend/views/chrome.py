@@ -59,14 +59,14 @@ CSS = """
   color: #4F46E5; padding: .1rem .5rem; border-radius: 999px; font-size: .78rem;}
 .sr-thumb-empty {aspect-ratio: 1 / 1; width: 100%; border-radius: .5rem; display: flex; align-items: center;
   justify-content: center; color: #8A8A9A; font-size: .8rem; background: #F4F4F8; border: 1px dashed #D9D9E3;}
-/* a phone stacks columns one under the other: the results keep two a row, so four pictures fit a screen,
-   and pairs of settings (Width and Height) stay side by side */
+/* a phone stacks columns one under the other: results and History keep two a row, so four pictures fit a
+   screen, and pairs of settings (Width and Height) stay side by side */
 @media (max-width: 640px) {
-  .st-key-results-grid [data-testid="stHorizontalBlock"], [class*="st-key-pair-"] [data-testid="stHorizontalBlock"]
-    {flex-wrap: wrap; gap: .5rem;}
-  .st-key-results-grid [data-testid="stColumn"], [class*="st-key-pair-"] [data-testid="stColumn"]
-    {min-width: calc(50% - .25rem) !important; flex: 1 1 calc(50% - .25rem) !important;
-     width: calc(50% - .25rem) !important;}
+  .st-key-results-grid [data-testid="stHorizontalBlock"], .st-key-history-grid [data-testid="stHorizontalBlock"],
+  [class*="st-key-pair-"] [data-testid="stHorizontalBlock"] {flex-wrap: wrap; gap: .5rem;}
+  .st-key-results-grid [data-testid="stColumn"], .st-key-history-grid [data-testid="stColumn"],
+  [class*="st-key-pair-"] [data-testid="stColumn"] {min-width: calc(50% - .25rem) !important;
+    flex: 1 1 calc(50% - .25rem) !important; width: calc(50% - .25rem) !important;}
 }
 /* below Streamlit's md breakpoint the top navigation becomes a sidebar behind "»": ours replaces it */
 @media (max-width: 767.98px) {

@@ -45,10 +45,11 @@ def draw() -> None:
     first = (len(cursors) - 1) * LIMIT + 1
     st.caption(f"Jobs {first}–{first + len(page.jobs) - 1}, newest first. Open one to see every picture, "
                "download or upscale; Reuse puts its settings in the Create form.")
-    for start in range(0, len(page.jobs), PER_ROW):
-        for column, job in zip(st.columns(PER_ROW), page.jobs[start:start + PER_ROW]):
-            with column:
-                _card(url, job)
+    with st.container(key="history-grid"):  # two cards a row on a phone (chrome.CSS)
+        for start in range(0, len(page.jobs), PER_ROW):
+            for column, job in zip(st.columns(PER_ROW), page.jobs[start:start + PER_ROW]):
+                with column:
+                    _card(url, job)
     _pager(len(cursors), page.before)
 
 

@@ -125,6 +125,7 @@ def test_place_a_product_in_a_real_browser(backend, app_url, artifacts):
         expect(page.get_by_text("Where it goes · 64 × 64")).to_be_visible(timeout=10_000)
         page.get_by_role("radio", name="4:5").click()
         expect(page.get_by_text("Where it goes · 64 × 80")).to_be_visible(timeout=10_000)
+        page.locator(".st-key-styles-more button").click()  # the gallery shows a few styles until asked
         page.locator(".st-key-tpl-stone-podium-botanical button").click()
         expect(page.get_by_label("Prompt", exact=True)).not_to_have_value("", timeout=10_000)
         page.get_by_text("Advanced settings").click()
