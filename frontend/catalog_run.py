@@ -20,7 +20,7 @@ from frontend.jobs import JobView, is_job_id, load_job
 MAX_BATCH = 50          # the most specs POST /v1/batches takes at once
 MAX_RUN_JOBS = 400      # the most job ids a run link carries (33 characters each in the URL)
 READERS = 8             # manifests read side by side when the grid refreshes
-URL_SEPARATOR = ","
+URL_SEPARATOR = "."     # not encoded in a URL (a comma would show as %2C); a comma is read too
 
 
 @dataclass(frozen=True)
@@ -159,9 +159,9 @@ def _reason(detail: str) -> str:
 def ids_from_url(value: str | None) -> list[str]:
     """The run's job ids from its link; anything that is not a job id is dropped (a link can be edited)."""
     seen: dict[str, None] = {}
-    for part in (value or "").split(URL_SEPARATOR):
-        if is_job_id(part.strip()):
-            seen.setdefault(part.strip())
+    for part in re.split(r"[.,\s]+", value or ""):
+        if is_job_id(part):
+            seen.setdefault(part)
     return list(seen)[:MAX_RUN_JOBS]
 
 

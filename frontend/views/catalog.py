@@ -17,7 +17,7 @@ RUN = "catalog_run"        # this session's run, kept when another page is visit
 REFUSAL = "catalog_refusal"
 LEFT = "catalog_left"      # jobs not sent after a refusal: the page offers to send them
 KEEP = "session"          # the picks are kept while the user visits another page
-LOOKS = {"exact": "Exactly as in its photo", "drawn": "Drawn by Showroom"}
+LOOKS = {"exact": "Exactly as photographed", "drawn": "Drawn by Showroom"}
 LOOK_CAPTIONS = [("Each product's own photo is placed in the scene, pixel for pixel; a product without a photo "
                   "is drawn."), "Showroom draws the product from what it has learnt about it, or from its name."]
 
@@ -41,7 +41,8 @@ def draw() -> None:
         st.error(refusal, icon=":material/block:")  # outside the picker: it may be folded away
     if ids:
         names = {t["id"]: t.get("name") or t["id"] for t in (catalog or {}).get("templates", [])}
-        catalog_grid.draw(ids, names)
+        packshots = {p["name"]: p["packshot_key"] for p in (catalog or {}).get("products", []) if p.get("packshot_key")}
+        catalog_grid.draw(ids, names, packshots)
 
 
 def run_ids() -> list[str]:

@@ -20,7 +20,8 @@ VIEWS = "catalog_views"   # job id -> its last view, so finished jobs are not re
 MIN_SLOTS, MAX_PER_ROW = 4, 6
 
 
-def draw(ids: list[str], style_names: dict[str, str]) -> None:
+def draw(ids: list[str], style_names: dict[str, str], packshots: dict[str, str]) -> None:
+    """`style_names`: template id -> name; `packshots`: product name -> its packshot's key (where it has one)."""
     if services.storage() is None:
         st.error("STORAGE_URL is not set, so the pictures cannot be read: set it to the generator's storage.")
         return
@@ -31,7 +32,7 @@ def draw(ids: list[str], style_names: dict[str, str]) -> None:
 
     @st.fragment(run_every=POLL_S if polling else None)
     def live() -> None:
-        _render(ids, style_names, polling)
+        _render(ids, style_names, packshots, polling)
 
     live()
 
@@ -47,14 +48,14 @@ def _moving(views: dict[str, JobView | None]) -> bool:
     return any(v is not None and not v.terminal for v in views.values())
 
 
-def _render(ids: list[str], style_names: dict[str, str], polling: bool) -> None:
+def _render(ids: list[str], style_names: dict[str, str], packshots: dict[str, str], polling: bool) -> None:
     views = _views(ids)
     if polling and not _moving(views):
         st.rerun()  # the whole page once, so the grid is drawn again without its timer
     present = [v for v in views.values() if v is not None]
     _head(present, len(ids) - len(present))
     for n, (product, jobs) in enumerate(catalog_run.by_product(views).items()):
-        _product(n, product, jobs, style_names)
+        _product(n, product, jobs, style_names, packshots.get(product))
 
 
 def _head(views: list[JobView], missing: int) -> None:
@@ -63,13 +64,12 @@ def _head(views: list[JobView], missing: int) -> None:
     failed = sum(img.status in ("failed", "canceled") for v in views for img in v.images)
     moving = [v for v in views if not v.terminal]
     info, action = st.columns([4, 1], vertical_alignment="center")
-    with info:
-        st.markdown(f"##### Your catalog · {done} of {total} pictures ready"
-                    + (f" · {failed} not made" if failed else ""))
-        st.progress(done / total if total else 0.0)
+    not_made = f" · {failed} not made" if failed else ""
+    info.markdown(f"##### Your catalog · {done} of {total} pictures ready{not_made}")
     if moving and action.button("Stop the rest", key="catalog-stop", icon=":material/stop_circle:", width="stretch",
                                 help="Pictures already made are kept"):
         _stop(moving)
+    st.progress(done / total if total else 0.0)
     if missing:
         st.caption(f"{missing} job{'s' if missing != 1 else ''} of this run could not be found in storage "
                    "(deleted, or made with another storage).")
@@ -85,13 +85,15 @@ def _stop(views: list[JobView]) -> None:
     st.toast("Stopping: pictures already made are kept.")
 
 
-def _product(n: int, product: str, jobs: list[JobView], style_names: dict[str, str]) -> None:
+def _product(n: int, product: str, jobs: list[JobView], style_names: dict[str, str], packshot: str | None) -> None:
     done = sum(v.done_count for v in jobs)
     total = sum(len(v.images) for v in jobs)
     with st.container(border=True, key=f"catalog-product-{n}"):
         name, download = st.columns([3, 1], vertical_alignment="center")
-        name.markdown(f"**{html.escape(product or 'No product')}** "
-                      f'<span class="sr-meta">· {done} of {total} ready</span>', unsafe_allow_html=True)
+        with name, st.container(horizontal=True, vertical_alignment="center", gap="small"):
+            _packshot(packshot)
+            st.markdown(f"**{html.escape(product or 'No product')}** "
+                        f'<span class="sr-meta">· {done} of {total} ready</span>', unsafe_allow_html=True)
         store = services.storage()
         download.download_button(
             "Download ZIP", lambda: downloads.jobs_zip(store, catalog_run.zip_folders(jobs)),  # built on click only
@@ -102,17 +104,28 @@ def _product(n: int, product: str, jobs: list[JobView], style_names: dict[str, s
             _style_row(view, style_names)
 
 
+def _packshot(key: str | None) -> None:
+    """The product's own photo, small, so a shop owner recognises it at a glance; nothing when it has none."""
+    if not key:
+        return
+    try:
+        st.image(services.cutout_on_checkerboard(services.packshot(services.settings().storage_url, key)), width=48)
+    except StorageError:
+        pass
+
+
 def _style_row(view: JobView, style_names: dict[str, str]) -> None:
     style = style_names.get(view.template or "", view.template or "Own prompt")
     per_row = min(max(len(view.images), MIN_SLOTS), MAX_PER_ROW)
-    for start in range(0, len(view.images), per_row):
-        label, *slots = st.columns([1.4] + [1] * per_row, vertical_alignment="top")
-        if start == 0:
-            with label:
-                _style_label(view, style)
-        for slot, img in zip(slots, view.images[start:start + per_row]):
-            with slot:
-                _picture(view, img)
+    with st.container(key=f"catalog-row-{view.id}"):
+        for start in range(0, len(view.images), per_row):
+            label, *slots = st.columns([1.4] + [1] * per_row, vertical_alignment="top")
+            if start == 0:
+                with label:
+                    _style_label(view, style)
+            for slot, img in zip(slots, view.images[start:start + per_row]):
+                with slot:
+                    _picture(view, img)
 
 
 def _style_label(view: JobView, style: str) -> None:

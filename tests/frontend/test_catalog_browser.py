@@ -1,0 +1,84 @@
+"""The Catalog page in a real browser: pick two products and two styles, see the count and the cost, send
+them, watch the grid fill (catalog-picked.png, catalog-grid.png), and find the grid again from its link."""
+
+import time
+import uuid
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from frontend import catalog_run
+from tests.factories import packshot
+from tests.frontend.test_browser import CHROMIUM, CHROMIUM_ARGS, app_url, scroll_to_top  # noqa: F401 (a fixture)
+
+GRID_IMAGES = '[class*="st-key-catalog-row-"] img:not(.sr-preview)'  # the pictures, not packshots or previews
+
+
+def grid_loaded(page, count: int, timeout_s: float = 120) -> None:
+    done = f"""() => {{
+        const imgs = [...document.querySelectorAll('{GRID_IMAGES}')];
+        return imgs.length === {count} && imgs.every(i => i.complete && i.naturalWidth > 0);
+    }}"""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(done):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"expected {count} pictures in the grid, it shows {page.locator(GRID_IMAGES).count()}")
+        page.wait_for_timeout(300)
+
+
+def pick(page, key: str, typed: str) -> None:
+    """Choose an option of a multiselect by typing part of it, as a user does."""
+    box = page.locator(f".st-key-{key} input")
+    box.click()
+    box.fill(typed)
+    page.keyboard.press("Enter")
+    page.keyboard.press("Escape")
+    page.wait_for_timeout(400)
+
+
+@pytest.mark.browser
+def test_a_catalog_run_in_a_real_browser(backend, app_url, artifacts):  # noqa: F811
+    names = []
+    for n, category in enumerate(("bottles", "skincare")):
+        name = f"shop-{uuid.uuid4().hex[:4]}-{n}"
+        r = backend.post("/v1/products", data={"name": name, "trigger": f"qz{n} bottle", "category": category},
+                         files={"photo": (f"{name}.png", packshot(80, 112), "image/png")})
+        assert r.status_code == 201, r.text
+        names.append(name)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 1300})
+        page.goto(f"{app_url}/catalog")
+        expect(page.get_by_text("Generator: Online")).to_be_visible(timeout=30_000)
+        for name in names:
+            pick(page, "catalog_products", name)
+        pick(page, "catalog_styles", "Studio white")
+        pick(page, "catalog_styles", "Marble countertop")
+        thumb = page.get_by_role("slider", name="Pictures of each product in each style")
+        thumb.focus()
+        thumb.press("ArrowLeft")
+        thumb.press("ArrowLeft")
+        page.get_by_text("Advanced settings").click()
+        steps = page.get_by_role("spinbutton", name="Steps", exact=True)
+        steps.fill("2")
+        steps.press("Enter")
+        expect(page.get_by_text("2 products × 2 styles × 2 pictures = 8 pictures")).to_be_visible(timeout=15_000)
+        expect(page.get_by_text("Cost: 8 standard pictures of work")).to_be_visible()
+        page.mouse.move(5, 5)
+        scroll_to_top(page)
+        page.screenshot(path=str(artifacts / "catalog-picked.png"), full_page=True)
+
+        page.get_by_role("button", name="Make 8 pictures").click()
+        grid_loaded(page, 8)
+        expect(page.get_by_text("Your catalog · 8 of 8 pictures ready")).to_be_visible(timeout=15_000)
+        run_url = page.evaluate("window.location.href")
+        page.set_viewport_size({"width": 1440, "height": 2000})  # the page scrolls inside: all of the grid
+        page.mouse.move(5, 5)
+        scroll_to_top(page)
+        page.screenshot(path=str(artifacts / "catalog-grid.png"), full_page=True)
+
+        again = browser.new_page(viewport={"width": 1440, "height": 1300})  # a reload, or the link elsewhere
+        again.goto(run_url)
+        grid_loaded(again, 8, timeout_s=30)
+        browser.close()
+    assert "/catalog?jobs=" in run_url and len(catalog_run.ids_from_url(run_url.split("jobs=")[1])) == 4, run_url
