@@ -7,10 +7,11 @@ a manifest never leaves a terminal state.
 import logging
 from collections.abc import Callable
 
+from backend.contract import image_key, job_prefix
 from backend.gpu import executor as ev
 from backend.jobs.manifests import ManifestStore
 from backend.models import ImageRecord, JobManifest, StepProgress
-from backend.storage import ObjectMissing
+from backend.storage import ObjectMissing, StorageError
 
 log = logging.getLogger("showroom.events")
 
@@ -27,6 +28,23 @@ class JobEvents:
             self._apply(event)
         except ObjectMissing:
             log.info("%s for a job that no longer exists (deleted): ignored", type(event).__name__)
+            self._remove_late_write(event)
+
+    def _remove_late_write(self, event: ev.Event) -> None:
+        """An image or preview that landed after its job was deleted is removed as it is reported, so a
+        delete need not wait for a running batch to stop (the delete's own sweeps are the second net)."""
+        match event:
+            case ev.ImageSucceeded(job_id, index):
+                key = image_key(job_id, index)
+            case ev.ImagePreview(job_id, _, key) if key.startswith(job_prefix(job_id)):
+                pass
+            case _:
+                return
+        try:
+            self.store.quick.delete(key)
+            log.info("%s landed after its job was deleted: removed", key)
+        except StorageError as e:
+            log.warning("%s landed after its job was deleted and could not be removed: %s", key, e)
 
     def _apply(self, event: ev.Event) -> None:
         match event:

@@ -20,7 +20,7 @@ from backend.products.catalog import Catalog
 from backend.storage import ObjectMissing, StorageError
 
 log = logging.getLogger("showroom.jobs")
-DELETE_WAIT_S = 10           # how long a delete waits for a canceled job's running batch to stop
+DELETE_WAIT_S = 3            # a delete's wait for a canceled running batch (late writes are removed as reported)
 SWEEP_AGAIN_S = (2.0, 30.0)  # late writes of a deleted job (a preview in flight) are removed by these sweeps
 
 

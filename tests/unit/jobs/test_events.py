@@ -62,3 +62,21 @@ def test_progress_only_touches_running_images(applied):
     store, events, job_id, _ = applied
     events(ev.ImagesProgress(job_id, (0,), 1, 2))
     assert store.get(job_id).images[0].progress is None
+
+
+def test_an_image_or_preview_landing_after_its_job_was_deleted_is_removed(applied):
+    from backend.contract import image_key, job_prefix
+
+    store, events, job_id, _ = applied
+    store.flush()
+    store.forget(job_id)
+    store.storage.delete_prefix(job_prefix(job_id))  # the job is deleted; its batch was still running
+    late_image, late_preview = image_key(job_id, 1), f"{job_prefix(job_id)}0_preview.jpg"
+    store.storage.put(late_image, b"png")
+    store.storage.put(late_preview, b"jpg")
+    store.storage.put("products/bottle.png", b"not the job's")
+    events(ev.ImagePreview(job_id, 0, late_preview))
+    events(ev.ImagePreview(job_id, 0, "products/bottle.png"))  # a key outside the job is never touched
+    events(ev.ImageSucceeded(job_id, 1))
+    assert not store.storage.exists(late_image) and not store.storage.exists(late_preview)
+    assert store.storage.exists("products/bottle.png")
