@@ -30,6 +30,9 @@ SUITES = {
     "manifest store and index": "tests/unit/jobs/test_manifests.py",
     "webhooks and batches": "tests/backend/test_batches_webhooks_e2e.py",
     "celery executor": "tests/backend/test_celery_e2e.py",
+    "undecided images (celery)": "tests/backend/test_celery_undecided.py",
+    "leases and conditional writes": "tests/backend/test_leases.py",
+    "request bodies (size, arrival time)": "tests/unit/api/test_middleware.py",
 }
 
 
@@ -68,7 +71,8 @@ def write(outcome: dict) -> str:
         f"{f.get('load_refused_429', '?')} refused with 429 + Retry-After, none stored |",
         f"| faults survived | {s['faults']['passed']} of {s['faults']['passed'] + s['faults']['failed']} against the "
         f"real stack (kill -9 of a worker mid-job, kill -9 of the whole backend mid-job then restart, SeaweedFS "
-        f"stopped mid-job then started, a restart while SeaweedFS is down, an image past its time limit); {s['scheduler faults']['passed']} "
+        f"stopped mid-job then started, SeaweedFS hung with SIGSTOP mid-job then resumed, a restart while SeaweedFS is down, "
+        f"a second backend on the same bucket, an image past its time limit); {s['scheduler faults']['passed']} "
         "scheduler cases with fake workers (deaths, a device error, a model that cannot load, time limits, an "
         f"image stored just before its worker was killed, cancel); {s['recovery']['passed']} recovery cases "
         f"(storage down at boot, a scan cut short, an unreadable manifest or product record, upscales resumed once and not overwritten, a cancel before the take-back); "
@@ -77,7 +81,7 @@ def write(outcome: dict) -> str:
         f"| hostile inputs tried | {s['hostile input']['passed'] + s['hostile input']['failed']} hand-written cases "
         f"(bad specs, broken photos, decompression bombs, path escapes, pickles, wrong keys) + "
         f"{f.get('fuzz_requests', '?')} generated requests over {f.get('fuzz_operations', '?')} operations "
-        "(schemathesis, from the OpenAPI schema): no 5xx |",
+        "(schemathesis `--checks all` with its stateful phase, from the OpenAPI schema): no 5xx, no mismatch |",
         f"| security checks | {s['security']['passed']} of {s['security']['passed'] + s['security']['failed']} |",
         f"| images lost | {lost} |",
         "",
@@ -108,6 +112,19 @@ def write(outcome: dict) -> str:
         "S3 stalls no request; `/health` reads the writer's last word on storage instead of calling it.",
         "- Each image has a time limit (`IMAGE_TIMEOUT_S`); cancel interrupts the running batch through "
         "the diffusers step callback.",
+        "- A hung S3 (it accepts connections and never answers) is noticed by read time-outs: calls a client "
+        "waits on try twice for 5 s at most, a submit is refused with 503 and Retry-After at once while the "
+        "manifest writer knows storage is down, `/health` answers from memory, and running jobs finish when "
+        "storage answers again.",
+        "- An image whose worker was lost while storage could not say whether its object landed stays open "
+        "until storage answers, then ends `succeeded` or `failed` by what storage holds: never failed blind.",
+        "- Two backends on one bucket: each keeps a heartbeat under `index/backends/` and a job's unfinished "
+        "marker names its backend; a job is taken back only from a backend that is gone, by an S3 conditional "
+        "write (If-Match / If-None-Match), so of two racers one wins. Known limit: a backend cut off from "
+        "storage for longer than its lease (60 s) may find its jobs taken over, and an image made twice; the "
+        "boxes need NTP (the lease compares wall clocks). Trainings have no lease yet.",
+        "- A request body must arrive within 30 s plus a second per 16 KB (else 408): a client trickling a byte a "
+        "second cannot hold a request open.",
         "",
         "## Who can do what",
         "",
