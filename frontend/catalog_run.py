@@ -169,20 +169,23 @@ def ids_to_url(ids: Iterable[str]) -> str:
     return URL_SEPARATOR.join(ids)
 
 
-def refresh(storage: Storage, ids: list[str], known: dict[str, JobView]) -> dict[str, JobView | None]:
+def refresh(storage: Storage, ids: list[str], known: dict[str, JobView]) -> tuple[dict[str, JobView | None], set[str]]:
     """Each job's view: those already terminal as they were (they no longer change), the others read again
-    (one GET and one LIST each, READERS at a time). None: no manifest (yet), or it could not be read."""
+    (one GET and one LIST each, READERS at a time). None: no manifest, or not read yet. Also the ids that
+    could not be read just now (storage not answering): worth reading again."""
     moving = [i for i in ids if i not in known or not known[i].terminal]
+    unreadable: set[str] = set()
 
     def read(job_id: str) -> JobView | None:
         try:
             return load_job(storage, job_id)
         except StorageError:
+            unreadable.add(job_id)
             return known.get(job_id)
 
     with ThreadPoolExecutor(max_workers=min(READERS, max(1, len(moving)))) as pool:
         fresh = dict(zip(moving, pool.map(read, moving)))
-    return {i: fresh[i] if i in fresh else known[i] for i in ids}
+    return {i: fresh[i] if i in fresh else known[i] for i in ids}, unreadable
 
 
 def by_product(views: dict[str, JobView | None]) -> dict[str, list[JobView]]:

@@ -22,13 +22,14 @@ MIN_SLOTS, MAX_PER_ROW = 4, 6
 
 def draw(ids: list[str], style_names: dict[str, str], packshots: dict[str, str]) -> None:
     """`style_names`: template id -> name; `packshots`: product name -> its packshot's key (where it has one)."""
-    if services.storage() is None:
-        st.error("STORAGE_URL is not set, so the pictures cannot be read: set it to the generator's storage.")
-        return
     try:
-        polling = _moving(_views(ids))
-    except StorageError:
-        polling = True  # storage may be back in a moment: the grid keeps trying
+        if services.storage() is None:
+            st.error("STORAGE_URL is not set, so the pictures cannot be read: set it to the generator's storage.")
+            return
+    except StorageError as e:
+        st.error(f"The pictures cannot be read: {e}")
+        return
+    polling = _moving(*_views(ids))
 
     @st.fragment(run_every=POLL_S if polling else None)
     def live() -> None:
@@ -37,23 +38,27 @@ def draw(ids: list[str], style_names: dict[str, str], packshots: dict[str, str])
     live()
 
 
-def _views(ids: list[str]) -> dict[str, JobView | None]:
+def _views(ids: list[str]) -> tuple[dict[str, JobView | None], set[str]]:
     known = st.session_state.setdefault(VIEWS, {})
-    views = catalog_run.refresh(services.storage(), ids, known)
+    views, unreadable = catalog_run.refresh(services.storage(), ids, known)
     known.update({i: v for i, v in views.items() if v is not None})
-    return views
+    return views, unreadable
 
 
-def _moving(views: dict[str, JobView | None]) -> bool:
-    return any(v is not None and not v.terminal for v in views.values())
+def _moving(views: dict[str, JobView | None], unreadable: set[str]) -> bool:
+    """Anything still to come: a job not finished, or one storage could not give just now."""
+    return bool(unreadable) or any(v is not None and not v.terminal for v in views.values())
 
 
 def _render(ids: list[str], style_names: dict[str, str], packshots: dict[str, str], polling: bool) -> None:
-    views = _views(ids)
-    if polling and not _moving(views):
+    views, unreadable = _views(ids)
+    if polling and not _moving(views, unreadable):
         st.rerun()  # the whole page once, so the grid is drawn again without its timer
     present = [v for v in views.values() if v is not None]
-    _head(present, len(ids) - len(present))
+    _head(present, sum(v is None and i not in unreadable for i, v in views.items()))
+    if unreadable:
+        st.warning(f"Storage is not answering for {len(unreadable)} of these jobs; trying again.",
+                   icon=":material/sync_problem:")
     for n, (product, jobs) in enumerate(catalog_run.by_product(views).items()):
         _product(n, product, jobs, style_names, packshots.get(product))
 

@@ -9,9 +9,10 @@ import zipfile
 import pytest
 
 from backend.models import ResolvedSpec
+from backend.storage import StorageError
 from frontend import catalog_run, cost, downloads, services
 from frontend.client import BackendError, BackendOffline
-from frontend.jobs import load_job
+from frontend.jobs import ImageView, JobView, load_job
 from tests.factories import packshot
 from tests.frontend.conftest import (
     assert_no_exception,
@@ -102,6 +103,26 @@ def test_a_run_link_keeps_only_job_ids():
     assert catalog_run.ids_from_url(None) == []
 
 
+class DownStorage:
+    """Storage that does not answer: every read fails."""
+
+    def get(self, key):
+        raise StorageError("timed out")
+
+    list_files = exists = get
+
+
+def test_the_grid_reads_again_only_what_still_moves():
+    done_id, moving_id, unknown_id = (uuid.uuid4().hex for _ in range(3))
+    image = ImageView(index=0, key=f"jobs/{done_id}/0.png", seed=1, status="succeeded")
+    done = JobView(done_id, "succeeded", "a cup", None, None, 64, 64, [image])
+    running = JobView(moving_id, "running", "a cup", None, None, 64, 64, [ImageView(0, "k", 1, "running")])
+    views, unreadable = catalog_run.refresh(DownStorage(), [done_id, moving_id, unknown_id],
+                                            {done_id: done, moving_id: running})
+    assert views == {done_id: done, moving_id: running, unknown_id: None}, "the last view kept while storage is down"
+    assert unreadable == {moving_id, unknown_id}, "a finished job is not read again"
+
+
 # ----- the backend's own refusals, in words -----
 
 def refusal_of(backend, specs: list[dict]) -> BackendError:
@@ -188,6 +209,9 @@ def test_two_products_in_two_styles_fill_one_grid(backend, open_app):
     again = open_catalog(open_app, backend, jobs=at.query_params["jobs"])  # a reload, or the link elsewhere
     assert shown_images(again) == shown and "8 of 8 pictures ready" in page_text(again)
 
+    again.button(key=f"catalog-open-{ids[0]}").click().run()  # one job full size, on the Create page
+    assert again.query_params.get("job") == ids[0] and shown_images(again) == 2
+
     views = [load_job(backend.storage, i) for i in ids[:2]]  # the first product's jobs, as its ZIP holds them
     with zipfile.ZipFile(io.BytesIO(downloads.jobs_zip(backend.storage, catalog_run.zip_folders(views)))) as z:
         pngs = sorted(n for n in z.namelist() if n.endswith(".png"))
@@ -215,3 +239,16 @@ def test_a_refused_batch_says_which_product_and_style_and_starts_nothing(backend
     assert [e.value for e in at.error] == [expected]
     assert not at.query_params.get("jobs") and shown_images(at) == 0
     assert job_ids(backend) == before, "admitted whole or not at all: the good spec was not queued either"
+
+
+def test_stop_the_rest_cancels_every_job_still_going(backend, open_app):
+    slow = {"prompt": "a chair", "num_images": 16, "steps": 150, "width": 128, "height": 128}
+    r = backend.post("/v1/batches", json={"jobs": [slow, slow]})
+    assert r.status_code == 202, r.text
+    ids = [ticket["id"] for ticket in r.json()["jobs"]]
+    at = open_catalog(open_app, backend, jobs=catalog_run.ids_to_url(ids))
+    assert " of 32 pictures ready" in page_text(at), page_text(at)
+    at.button(key="catalog-stop").click().run()
+    assert_no_exception(at)
+    assert [backend.wait_job(i, timeout=60)["status"] for i in ids] == ["canceled", "canceled"]
+    run_until(at, lambda a: not [b for b in a.button if b.key == "catalog-stop"], what="nothing left to stop")
