@@ -1,5 +1,6 @@
 """The one vast.ai client: the few REST calls Showroom makes, for the launcher (docker/vast.py, on a
-laptop) and the idle stop (inside an instance). Only the standard library and `requests`.
+laptop), its autoscaler (backend/ops/autoscale.py) and the idle stop (inside an instance). Only the
+standard library and `requests`.
 
 Every call is one attempt with a timeout: each caller either polls again or reports and stops.
 """
@@ -68,8 +69,18 @@ class VastAPI:
         answer = self.call("GET", f"/instances/{instance_id}/", mutating=False) or {}
         return answer.get("instances") or {}
 
+    def instances(self) -> list[dict]:
+        """Every instance of the account (vast's "show instances"): {"instances_found": n, "instances": [...]}.
+        Each holds its settings too (extra_env, onstart): never print one whole."""
+        answer = self.call("GET", "/instances/", mutating=False) or {}
+        return [i for i in answer.get("instances") or [] if isinstance(i, dict)]
+
+    def update(self, instance_id: int | str, fields: dict) -> None:
+        """vast's "manage instance": {"state": "running"|"stopped"} and/or {"label": str}, in one request."""
+        self.call("PUT", f"/instances/{instance_id}/", fields)
+
     def set_state(self, instance_id: int | str, state: str) -> None:
-        self.call("PUT", f"/instances/{instance_id}/", {"state": state})
+        self.update(instance_id, {"state": state})
 
     def destroy(self, instance_id: int) -> None:
         self.call("DELETE", f"/instances/{instance_id}/")
