@@ -1,111 +1,34 @@
 """Real parts for the EXECUTOR=celery tests: Debian's redis-server with a password on a free port, GPU nodes
-(`python -m backend.node`) in processes of their own, and a cluster of both around a celery backend."""
+(`python -m backend.node`) in processes of their own (both from backend.tools.celery_local, which the bench
+shares), and a cluster of both around a celery backend."""
 
 import json
 import os
 import re
-import shutil
-import signal
-import subprocess
-import sys
-import time
 import uuid
 from collections import Counter
 from pathlib import Path
 
 import pytest
-import redis
 
-from backend.tools.seaweed import free_port
+from backend.tools import celery_local
+from backend.tools.celery_local import wait_until
 from tests.conftest import s3_env
-from tests.factories import REPO, SETTINGS_NAMES
+from tests.factories import SETTINGS_NAMES
 
 PASSWORD = "celery-test-password-0123"
 MADE = re.compile(r"job (\w+) image (\d+) made")
 
 
-def wait_until(predicate, timeout: float = 60, every: float = 0.1, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError(f"{what} not met in {timeout} s")
-
-
-class RedisServer:
-    """redis-server as ENVIRONMENT.md starts it: loopback, a password, append-only persistence in a folder."""
-
+class RedisServer(celery_local.RedisServer):
     def __init__(self, data_dir: Path, password: str = PASSWORD):
-        self.data_dir, self.password, self.port = Path(data_dir), password, free_port()
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
-
-    def start(self, timeout: float = 20) -> "RedisServer":
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.data_dir / "redis.log", "ab")
-        self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--requirepass", self.password, "--save", "",
-             "--appendonly", "yes", "--dir", str(self.data_dir)], stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
-        wait_until(self._answers, timeout, what="redis-server answering")
-        return self
-
-    def _answers(self) -> bool:
-        try:
-            return self.client().ping()
-        except redis.RedisError:
-            return False
-
-    def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url, decode_responses=True, socket_timeout=5)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()  # SIGTERM: the append-only file is flushed first
-            self.process.wait(20)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
+        super().__init__(data_dir, password)
 
 
-class NodeProcess:
-    """`python -m backend.node --name NAME`, the contract's command, in its own session."""
-
-    def __init__(self, name: str, env: dict[str, str], log_dir: Path):
-        self.name, self.env = name, env
-        self.log_path = Path(log_dir) / f"node-{name}-{uuid.uuid4().hex[:6]}.log"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> "NodeProcess":
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "backend.node", "--name", self.name], cwd=REPO,
-                                        env=self.env | {"PYTHONUNBUFFERED": "1"}, stdout=log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
-        return self
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
+class NodeProcess(celery_local.NodeProcess):
     def made(self) -> Counter:
         """(job id, index) -> how many times this node generated and stored that image."""
         return Counter((job, int(index)) for job, index in MADE.findall(self.log()))
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)  # warm shutdown: its unfinished task goes back to the broker
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(5)
 
 
 class Cluster:
