@@ -10,7 +10,10 @@ next free GPU of any node, without waiting for the broker's visibility timeout. 
 a node that vanishes whole (switched off): its task comes back once the timeout has passed.
 
 The node consumes the model's queue only once its first GPU process is ready, so a node still loading
-holds no work back. Its workers are named `<node>/<n>`; two live nodes never share a name.
+holds no work back. Its workers are named `<node>/<n>`; two live nodes never share a name. It also
+consumes a queue of its own (`showroom.node.<name>`): the backend sends a batch there when the node's
+heartbeats say it is idle and holds the batch's LoRAs (the heartbeat lists them), and moves it to the
+shared queue if the node does not take it at once (backend.gpu.celery_routing).
 """
 
 import argparse
@@ -68,6 +71,7 @@ class Gpu:
         self.state, self.device, self.error, self.native_size = "starting", "unknown", None, None
         self.gen = self.storage = None
         self.tasks = 0
+        self._loras: list[str] = []
         self.beat()
         threading.Thread(target=self._beat_forever, name="heartbeat", daemon=True).start()
 
@@ -90,12 +94,20 @@ class Gpu:
 
     def beat(self) -> None:
         beat = {"device": self.device, "state": self.state, "model": self.settings.model_id, "pid": os.getpid(),
-                "native_size": self.native_size, "error": self.error, "ts": time.time()}
+                "native_size": self.native_size, "error": self.error, "loras": self.held_loras(), "ts": time.time()}
         try:
             self.redis.hset(ca.WORKERS, self.id, json.dumps(beat))
             self.redis.set(ca.name_key(self.node.name), self.node.instance, ex=ca.STALE_S)
         except Exception as e:  # the broker is away: the next beat says it again
             log.warning("%s: heartbeat not sent: %s", self.id, _short(e))
+
+    def held_loras(self) -> list[str]:
+        """The LoRAs this GPU has loaded, by catalog name: the backend sends a batch needing them here first."""
+        try:
+            self._loras = sorted({name for name, _version in self.gen.adapters.loaded}) if self.gen else []
+        except RuntimeError:  # the cache changed under the heartbeat thread: say what it said last time
+            pass
+        return self._loras
 
     def _beat_forever(self) -> None:
         while True:
@@ -148,7 +160,9 @@ class Gpu:
         reason = (f"node {self.node.name} runs MODEL_ID={self.settings.model_id!r} but the task is for "
                   f"{model_id!r}: it stops taking work from that queue")
         log.error("%s", reason)
-        ca.app.control.cancel_consumer(request.delivery_info.get("routing_key"), destination=[self.node.hostname])
+        queue = request.delivery_info.get("routing_key")
+        if queue != ca.node_queue(self.node.name):  # its own queue stays open: the backend moves such a batch on
+            ca.app.control.cancel_consumer(queue, destination=[self.node.hostname])
         raise Reject(reason, requeue=True)
 
     def _canceled(self, job_id: str) -> bool:

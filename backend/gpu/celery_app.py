@@ -50,6 +50,7 @@ def image_queue(model_id: str) -> str:
 
 
 def node_queue(node: str) -> str:
+    """A node's own queue, which it consumes beside its model's: batches whose LoRAs it holds (celery_routing)."""
     return f"showroom.node.{node}"
 
 
@@ -179,7 +180,8 @@ def publish(client: redis.Redis, event) -> None:
     client.xadd(EVENTS, encode_event(event), maxlen=EVENTS_MAXLEN, approximate=True)
 
 
-# ----- heartbeats: WORKERS maps "<node>/<n>" to {"device", "state", "model", "pid", "native_size", "error", "ts"} -----
+# ----- heartbeats: WORKERS maps "<node>/<n>" to {"device", "state", "model", "pid", "native_size", "error",
+# "loras" (the catalog names of the LoRAs it has loaded), "ts"} -----
 @dataclasses.dataclass
 class Fleet:
     """The node workers that reported in the last minute, as /health lists them."""

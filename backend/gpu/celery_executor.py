@@ -12,6 +12,9 @@ What it must survive:
   group, and the ids of jobs in flight are kept in Redis, so start-up recovery leaves them alone;
 - a cancel: images not started are canceled at once; running ones stop at their node's next step, when
   it sees the job's cancel flag. An image stored after its cancel was reported is removed.
+
+A batch with LoRAs goes to an idle node that holds them, through that node's own queue; what such a node
+does not take at once is moved to the shared queue (backend.gpu.celery_routing).
 """
 
 import logging
@@ -25,6 +28,7 @@ import redis
 
 from backend.contract import job_prefix, manifest_key
 from backend.gpu import celery_app as ca
+from backend.gpu import celery_routing as cr
 from backend.gpu import executor as ev
 from backend.gpu import messages as m
 from backend.gpu.scheduler import HeldJob, batch_size, build_task
@@ -35,6 +39,7 @@ log = logging.getLogger("showroom.celery")
 READ_BLOCK_MS = 1000   # the event thread waits this long for new events before its housekeeping
 WORKERS_EVERY_S = 2.0  # how often the node workers' heartbeats are read
 RECONCILE_EVERY_S = 30.0
+SWEEP_EVERY_S = 1.0    # how often the nodes' own queues are looked at for batches to move to the shared queue
 PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.5, "interval_step": 1, "interval_max": 3}  # ~8 s, then fail
 
 
@@ -62,6 +67,7 @@ class CeleryExecutor:
         self.errors: list[str] = []
         self.removed_on_cancel: dict[tuple[str, int], float] = {}  # canceled before they started
         self._refused: set[str] = set()  # node workers already logged as running another model
+        self.router = cr.Router(self.redis, settings.model_id, self.queue)
         self._reconcile_at = 0.0  # when _reconcile runs next (at once after an undecided image)
         self._outbox: list = []  # events (and ("done", job id)) to hand out once the lock is released
         self._delivering = threading.Lock()
@@ -109,8 +115,8 @@ class CeleryExecutor:
         sent = 0
         try:
             self.redis.sadd(ca.HELD, job.id)
-            for batch in batches:
-                self._send(held, batch)
+            for batch, (task_id, node) in zip(batches, self.router.routes(held, len(batches))):
+                self._send(held, batch, task_id, node)
                 sent += 1
         except Exception as e:  # the broker is unreachable: what was not sent fails with the reason
             reason = f"the broker (BROKER_URL) could not be reached to send this image to a GPU node: {e}"[:500]
@@ -187,12 +193,15 @@ class CeleryExecutor:
                     "native_size": self.native_size}
 
     # ----- sending -----
-    def _send(self, held: HeldJob, indices: list[int]) -> None:
+    def _send(self, held: HeldJob, indices: list[int], task_id: str, node: str | None = None) -> None:
         task = build_task(0, held, indices, self.settings.model_id)
         limit = self.settings.image_timeout_s * len(indices)
+        queue = ca.node_queue(node) if node else self.queue
         self.app.send_task(ca.GENERATE, kwargs={"task": ca.task_payload(task), "model_id": self.settings.model_id},
-                           queue=self.queue, soft_time_limit=limit, time_limit=limit + ca.HARD_LIMIT_MARGIN_S,
-                           retry=True, retry_policy=PUBLISH_RETRY)
+                           queue=queue, task_id=task_id, soft_time_limit=limit,
+                           time_limit=limit + ca.HARD_LIMIT_MARGIN_S, retry=True, retry_policy=PUBLISH_RETRY)
+        if node:
+            log.info("job %s images %s -> node %s (idle, and it holds the job's LoRAs)", held.job.id, indices, node)
 
     def _workers_up(self) -> int:
         """Under the lock: how many node workers a job is shared among: every live one, busy or not. The
@@ -202,15 +211,19 @@ class CeleryExecutor:
 
     # ----- the event thread -----
     def _loop(self) -> None:
-        last_workers = 0.0
+        last_workers = last_sweep = 0.0
         backlog, failures = True, 0
         while not self._stopping.is_set():
             try:
                 if time.monotonic() - last_workers > WORKERS_EVERY_S:
                     self._refresh_workers()
                     last_workers = time.monotonic()
+                if time.monotonic() - last_sweep > SWEEP_EVERY_S:
+                    self.router.sweep()
+                    last_sweep = time.monotonic()
                 if time.monotonic() >= self._reconcile_at:
                     self._reconcile_at = time.monotonic() + RECONCILE_EVERY_S
+                    self.router.scan()
                     self._reconcile()
                 backlog = self._read(backlog)
                 failures = 0
@@ -389,6 +402,7 @@ class CeleryExecutor:
     def _refresh_workers(self) -> None:
         """The node workers that reported in the last minute, from their heartbeats."""
         fleet = ca.read_fleet(self.redis.hgetall(ca.WORKERS), self.settings.model_id, time.time())
+        self.router.heard_from(w["id"].rpartition("/")[0] for w in fleet.workers)
         if fleet.expired:
             self.redis.hdel(ca.WORKERS, *fleet.expired)
         for worker_id, reason in fleet.refused.items():
