@@ -4,6 +4,8 @@
     python docker/vast.py up --image ghcr.io/you/showroom:latest --env-file docker/vast.env
     python docker/vast.py up --role node --image ghcr.io/you/showroom:latest --env-file docker/node.env \
         --backend-url https://your-backend:8000      (a GPU node: pulls work from BROKER_URL, see docs/NODES.md)
+    python docker/vast.py autoscale --backend-url https://your-backend:8000 --env-file docker/node.env \
+        --image ghcr.io/you/showroom:latest --min 0 --max 3 --idle-minutes 15   (nodes follow the queue)
     python docker/vast.py status ID | stop ID | start ID | destroy ID
 
 The vast.ai key comes from VAST_API_KEY or the vastai CLI's key file (~/.config/vastai/vast_api_key),
@@ -28,6 +30,7 @@ import requests
 
 # Run as a script from anywhere: the repo root holds the one vast.ai client, which needs only `requests`.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from backend.ops.autoscale import Autoscaler, Policy, label  # noqa: E402
 from backend.ops.vast import VAST_API_URL, VastAPI, VastError  # noqa: E402
 
 KEY_FILE = Path("~/.config/vastai/vast_api_key").expanduser()
@@ -41,6 +44,19 @@ PASS_THROUGH = ("MODEL_ID", "DEVICE", "WORKERS", "STORAGE_URL", "S3_ENDPOINT_URL
                 "IMAGE_TIMEOUT_S")
 NODE_DROPS = ("API_KEY", "PUBLIC_BIND", "IDLE_STOP_MINUTES", "UPSCALER", "REPLICATE_API_TOKEN", "EXECUTOR")
 EXIT_API, EXIT_CONFIG, EXIT_NO_OFFER, EXIT_CREATE, EXIT_UNHEALTHY = 1, 2, 3, 4, 5
+
+
+AUTOSCALE_HELP = """Start and stop GPU nodes with the backend's queue (docs/NODES.md).
+
+Each round reads vast's instance list and the backend's GET /health. When images wait and no GPU is free,
+it starts one of its stopped nodes, or rents a new one as `up --role node` does, never running more than
+--max. A node whose GPUs all sat ready with nothing waiting for --idle-minutes is stopped, never leaving
+fewer than --min running. Stopped rather than destroyed: a stopped box keeps its disk (the image and the
+model cache) and costs only storage, so starting it again takes seconds rather than a fresh download.
+
+Its nodes are the instances labelled showroom-node:<name>; the label also holds the time a node was first
+seen idle, so the autoscaler keeps no state of its own: restart it at will, or run it from cron with --once.
+Instances with other labels are never touched."""
 
 
 LaunchError = VastError  # one error for the API's refusals and the launcher's own (its code is the exit code)
@@ -259,11 +275,8 @@ def cmd_up(api: VastAPI, args, say, environ, clock, sleep) -> int:
         raise LaunchError("--role node needs --runtype ssh: docker/onstart.sh starts the node (the image's own "
                           "command is the backend)", EXIT_CONFIG)
     env = instance_env(args.env_file, environ, args.role, args.node_name)
-    backend_key = ((read_env_file(args.env_file) if args.env_file else {}).get("API_KEY")
-                   or environ.get("API_KEY"))
-    for name, value in env.items() | {("API_KEY", backend_key or "")}:
-        if is_secret(name) and value:
-            api.redact.add(value)
+    backend_key = backend_api_key(args, environ)
+    hide_secrets(api, env | {"API_KEY": backend_key or ""})
     body = create_body(args, env)
     if len(body.get("onstart", "")) > ONSTART_LIMIT:
         raise LaunchError(f"docker/onstart.sh is over vast's {ONSTART_LIMIT} characters", EXIT_CONFIG)
@@ -303,6 +316,50 @@ def cmd_up(api: VastAPI, args, say, environ, clock, sleep) -> int:
     return 0
 
 
+def backend_api_key(args, environ) -> str | None:
+    """The backend's API_KEY, for its /health: from the env file, else this shell. Never sent to a node."""
+    return (read_env_file(args.env_file) if args.env_file else {}).get("API_KEY") or environ.get("API_KEY")
+
+
+def hide_secrets(api: VastAPI, env: dict[str, str]) -> None:
+    for name, value in env.items():
+        if is_secret(name) and value:
+            api.redact.add(value)
+
+
+def cmd_autoscale(api: VastAPI, args, say, environ, wall, sleep) -> int:
+    """Rounds of backend.ops.autoscale: one with --once (for cron), else one every --every seconds."""
+    try:
+        policy = Policy(args.min, args.max, args.idle_minutes, args.node_prefix)
+    except ValueError as e:
+        raise LaunchError(str(e), EXIT_CONFIG) from None
+    key = backend_api_key(args, environ)
+    hide_secrets(api, instance_env(args.env_file, environ, "node", "check") | {"API_KEY": key or ""})
+
+    def rent(name: str) -> None:
+        """As `up --role node` does, under the label that makes it ours; no wait: later rounds watch it."""
+        body = create_body(args, instance_env(args.env_file, environ, "node", name)) | {"label": label(name)}
+        offers = api.offers(offer_query(args))
+        if not offers:
+            raise LaunchError(no_offer_message(args), EXIT_NO_OFFER)
+        say(f"  {describe(offers[0])}")
+        instance_id = api.create(offers[0]["id"], body)
+        if instance_id is not None:
+            say(f"  created instance {instance_id} for node {name} (${offers[0].get('dph_total', 0):.3f}/h while it "
+                "runs); its workers show in /health once its model loads")
+
+    scaler = Autoscaler(api, args.backend_url, key, policy, rent, say, wall)
+    if args.once:
+        return 0 if scaler.round() else EXIT_API
+    say(f"autoscaling nodes {args.min}..{args.max} every {args.every:g} s; Ctrl-C ends it (the nodes stay as they are)")
+    while True:
+        try:
+            scaler.round()
+        except Exception as e:  # a loop left running unattended reports what went wrong and carries on
+            say(f"this round failed ({type(e).__name__}: {e}); trying again next round")
+        sleep(args.every)
+
+
 def cmd_status(api: VastAPI, args, say) -> int:
     instance = api.instance(args.id)
     say(f"instance {args.id}: {instance.get('actual_status') or 'unknown'} "
@@ -316,8 +373,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--api-url", default=None, help=f"vast.ai API base (env VAST_API_URL; default {VAST_API_URL})")
     p.add_argument("--dry-run", action="store_true", help="send read-only requests only; print the others")
     sub = p.add_subparsers(dest="command", required=True)
-    for name in ("offers", "up"):
-        s = sub.add_parser(name)
+    sub.add_parser("autoscale", description=AUTOSCALE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name in ("offers", "up", "autoscale"):
+        s = sub.choices.get(name) or sub.add_parser(name)
         s.add_argument("--gpus", type=int, default=1, help="GPUs per instance (one worker each)")
         s.add_argument("--min-vram", type=float, default=16, help="GB per GPU (SD 1.5 needs ~4, SDXL ~10)")
         s.add_argument("--max-price", type=float, default=0.60, help="dollars per hour, whole instance")
@@ -340,6 +398,23 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--timeout", type=float, default=1800, help="seconds to wait for GET /health to say ok")
     up.add_argument("--poll", type=float, default=15, help="seconds between status checks")
     up.add_argument("--keep-on-failure", action="store_true", help="do not destroy an instance that never got healthy")
+    scale = sub.choices["autoscale"]
+    scale.set_defaults(role="node", runtype="ssh", label="showroom")  # as `up --role node` rents; label: see rent()
+    scale.add_argument("--backend-url", required=True, help="the backend whose GET /health shows the queue and nodes")
+    scale.add_argument("--env-file", type=Path, required=True,
+                       help="the nodes' settings, as for up --role node (its API_KEY is used for /health only)")
+    scale.add_argument("--image", required=True, help="the image a newly rented node runs")
+    scale.add_argument("--min", type=int, default=0, help="nodes of ours kept running, idle or not")
+    scale.add_argument("--max", type=int, default=1, help="nodes of ours running at most (stopped ones not counted)")
+    scale.add_argument("--idle-minutes", type=float, default=15,
+                       help="stop a node whose GPUs all sat ready with nothing waiting this long. Stopped, not "
+                            "destroyed: it keeps its disk and model cache, costs only storage, and starts again "
+                            "without downloading anything")
+    scale.add_argument("--node-prefix", default="node", help="rented nodes are named PREFIX-1, PREFIX-2, ...")
+    scale.add_argument("--every", type=float, default=60, help="seconds between rounds")
+    scale.add_argument("--once", action="store_true", help="one round, printed, then exit (for cron and tests)")
+    scale.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS,
+                       help="print the decisions and the requests they would send; send only reads")
     for name in ("status", "stop", "start", "destroy"):
         sub.add_parser(name).add_argument("id", type=int)
     return p
@@ -355,7 +430,8 @@ def api_key(environ) -> str:
     return key
 
 
-def main(argv: list[str] | None = None, environ=None, out=None, clock=time.monotonic, sleep=time.sleep) -> int:
+def main(argv: list[str] | None = None, environ=None, out=None, clock=time.monotonic, sleep=time.sleep,
+         wall=time.time) -> int:
     environ = os.environ if environ is None else environ
     out = out or sys.stdout
     redact = Redactor()
@@ -375,6 +451,8 @@ def main(argv: list[str] | None = None, environ=None, out=None, clock=time.monot
             return cmd_up(api, args, say, environ, clock, sleep)
         if args.command == "status":
             return cmd_status(api, args, say)
+        if args.command == "autoscale":
+            return cmd_autoscale(api, args, say, environ, wall, sleep)
         if args.command == "destroy":
             api.destroy(args.id)
         else:
