@@ -169,8 +169,11 @@ def onstart_script() -> str:
 
 
 def create_body(args, env: dict[str, str]) -> dict:
-    ports = {} if env.get("SHOWROOM_ROLE") == "node" else {"-p 8000:8000": "1"}  # a node opens no port
-    body = {"client_id": "me", "image": args.image, "disk": args.disk, "label": args.label,
+    node = env.get("SHOWROOM_ROLE") == "node"
+    ports = {} if node else {"-p 8000:8000": "1"}  # a node opens no port
+    # A node's label makes it one that `autoscale` manages (backend/ops/autoscale.py), unless --label says otherwise.
+    name = args.label or (label(env["SHOWROOM_NODE_NAME"]) if node else "showroom")
+    body = {"client_id": "me", "image": args.image, "disk": args.disk, "label": name,
             "env": env | ports, "runtype": args.runtype}
     if args.runtype == "ssh":
         # vast's SSH mode replaces the entrypoint and sets up sshd, which needs root; onstart.sh then runs
@@ -338,7 +341,7 @@ def cmd_autoscale(api: VastAPI, args, say, environ, wall, sleep) -> int:
 
     def rent(name: str) -> None:
         """As `up --role node` does, under the label that makes it ours; no wait: later rounds watch it."""
-        body = create_body(args, instance_env(args.env_file, environ, "node", name)) | {"label": label(name)}
+        body = create_body(args, instance_env(args.env_file, environ, "node", name))
         offers = api.offers(offer_query(args))
         if not offers:
             raise LaunchError(no_offer_message(args), EXIT_NO_OFFER)
@@ -394,12 +397,13 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--node-name", default=None, help="--role node: its name in /health (default vast-<random>)")
     up.add_argument("--backend-url", default=None,
                     help="--role node: wait until this backend's /health lists the node (API_KEY from the env file)")
-    up.add_argument("--label", default="showroom")
+    up.add_argument("--label", default=None,
+                    help="vast label; default showroom, or showroom-node:NAME for a node (which autoscale manages)")
     up.add_argument("--timeout", type=float, default=1800, help="seconds to wait for GET /health to say ok")
     up.add_argument("--poll", type=float, default=15, help="seconds between status checks")
     up.add_argument("--keep-on-failure", action="store_true", help="do not destroy an instance that never got healthy")
     scale = sub.choices["autoscale"]
-    scale.set_defaults(role="node", runtype="ssh", label="showroom")  # as `up --role node` rents; label: see rent()
+    scale.set_defaults(role="node", runtype="ssh", label=None)  # what `up --role node` rents, labelled as its own
     scale.add_argument("--backend-url", required=True, help="the backend whose GET /health shows the queue and nodes")
     scale.add_argument("--env-file", type=Path, required=True,
                        help="the nodes' settings, as for up --role node (its API_KEY is used for /health only)")

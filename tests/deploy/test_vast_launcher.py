@@ -266,6 +266,7 @@ def test_up_role_node_rents_any_box_sends_no_key_and_opens_no_port(vast, node_en
                              "AWS_SECRET_ACCESS_KEY": S3_SECRET, "MODEL_ID": "stabilityai/stable-diffusion-xl-base-1.0",
                              "SHOWROOM_ROLE": "node", "SHOWROOM_NODE_NAME": "shop-node"}
     assert create["runtype"] == "ssh" and create["onstart"] == vast_py.onstart_script()
+    assert create["label"] == "showroom-node:shop-node", "the label `autoscale` knows its nodes by"
     health = [s for s in vast.seen if s.path == "/health"]
     assert len(health) == 2 and all(s.auth == f"Bearer {API_KEY}" for s in health), "the backend's key, never vast's"
     assert "node shop-node is taking work: shop-node/0, shop-node/1" in out
