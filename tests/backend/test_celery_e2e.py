@@ -10,12 +10,15 @@ import time
 import numpy as np
 from PIL import Image
 
-from tests.backend.celery_parts import cluster, redis_server, wait_until  # noqa: F401 (fixtures)
+from tests.backend import celery_parts
+from tests.backend.celery_parts import wait_until
 from tests.backend.test_upscale_e2e import wait_upscale
 from tests.factories import decode_png, png_bytes
 
 SMALL = {"steps": 2, "width": 64, "height": 64}
 LONG = {"prompt": "a long job", "width": 128, "height": 128, "seed": 5}
+
+cluster, redis_server = celery_parts.cluster, celery_parts.redis_server  # the module's fixtures
 
 
 def images_of(backend, job: dict) -> list:
