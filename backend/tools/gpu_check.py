@@ -11,7 +11,9 @@ weights, which cost the same FLOPs as the real ones. It measures
 - a `place` job against `generate` at the same size, steps and batch;
 - SDXL at 1024², 30 steps: the pipeline at batch 1 and 4 with peak memory, and the whole system for 4;
 - the guards on the real device: a batch that runs out of memory is made one image at a time, and an
-  fp16 decode that overflows is made again in fp32.
+  fp16 decode that overflows is made again in fp32;
+- LoRA training (backend.lora.train, as a worker runs it) on SD 1.5 at 512 and SDXL at 1024: steps/s
+  and peak GPU memory, UNet only and with the text encoders.
 It writes one JSON file (`gpu-check-<date>-<gpu>.json` under --out) and prints a short table. It exits
 non-zero only when something is broken (a section raised), never because something is slow; every
 section records its own error and lets the others run. `--tiny` runs the same code with toy
@@ -168,6 +170,39 @@ def nan_decode(gen, device: str, size: int) -> dict:
     return {"dtype": str(gen.decoder_dtype), "recovered": True}
 
 
+def training_rows(model_dir: Path, work: Path, resolution: int, steps: int, device: str) -> list[dict]:
+    """Steps/s (after the first, which warms up) and peak memory of a product LoRA training, UNet only and
+    with every text encoder, on four noise photos: the cost a "Teach Showroom this product" has here."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from backend.lora import train as trainer
+
+    photos = work / f"train-photos-{resolution}"
+    photos.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    for n in range(4):
+        Image.fromarray(rng.integers(0, 255, (resolution, resolution, 3), dtype=np.uint8)).save(photos / f"{n}.png")
+    rows = []
+    for text_encoders in ([], ["--train-text-encoder"]):
+        marks: list[float] = []
+        _free(device)
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        args = trainer.parse_args(["--images", str(photos), "--trigger", "sks bottle", "--model", str(model_dir),
+                                   "--output", str(work / "trained.safetensors"), "--steps", str(steps),
+                                   "--resolution", str(resolution), "--device", device, "--checkpoint-every", "0",
+                                   "--quiet", *text_encoders])
+        result = trainer.train(args, on_step=lambda step, total, loss: marks.append(time.perf_counter()))
+        rows.append({"text_encoders": bool(text_encoders), "resolution": resolution, "steps": steps,
+                     "steps_per_s": round((len(marks) - 1) / (marks[-1] - marks[0]), 3) if len(marks) > 1 else None,
+                     "loss": [round(result.probe_loss_before, 4), round(result.probe_loss_after, 4)],
+                     "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.startswith("cuda")
+                     else None})
+    return rows
+
+
 def _free(device: str) -> None:
     import gc
 
@@ -232,6 +267,13 @@ def run(args) -> dict:
                 _free(device)
             out["sdxl_system_4img"] = check.section("sdxl system", lambda: bench.system_gpu(
                 replace_args(bench_args), xl_dir, xl_arch, device, work), 90)
+        train_steps = 12 if cuda else 2
+        if sd_dir.exists():
+            out["sd15_training"] = check.section("sd15 training", lambda: training_rows(
+                sd_dir, work, arch.size, train_steps, device), 45)
+        if xl_dir:
+            out["sdxl_training"] = check.section("sdxl training", lambda: training_rows(
+                xl_dir, work, xl_arch.size, train_steps, device), 75)
     out["seconds"] = round(time.monotonic() - check.started, 1)
     return out
 
@@ -256,6 +298,9 @@ def report(out: dict) -> str:
         ("SDXL images/s per batch", [(r["batch"], r["images_per_s"]) for r in out.get("sdxl") or []]),
         ("SDXL peak GiB per batch", [(r["batch"], r["peak_gib"]) for r in out.get("sdxl") or []]),
         ("SDXL 4 images: submit -> first / last (s)", (xl_system.get("first_s"), xl_system.get("last_s"))),
+        ("SD 1.5 training steps/s, UNet / + text encoder", [r["steps_per_s"] for r in out.get("sd15_training") or []]),
+        ("SDXL training steps/s, UNet / + text encoders", [r["steps_per_s"] for r in out.get("sdxl_training") or []]),
+        ("SDXL training peak GiB", [r["peak_gib"] for r in out.get("sdxl_training") or []]),
         ("guard: nan decode redone in fp32", bool(out.get("guard_nan_decode"))),
         ("guard: out-of-memory batch made one at a time", (out.get("guard_oom") or {}).get("made")),
         ("skipped (time budget)", ", ".join(out["skipped"]) or "-"),

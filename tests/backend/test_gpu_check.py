@@ -15,7 +15,11 @@ def test_gpu_check_runs_every_section_with_tiny_architectures(tmp_path, capsys):
     assert out["place"]["place_s"] > 0 and out["sdxl"][0]["images_per_s"] > 0
     assert out["sdxl_system_4img"]["last_s"] > 0
     assert out["guard_oom"]["made"] == 8 and out["guard_nan_decode"]["recovered"]
-    assert "guard: out-of-memory batch made one at a time" in capsys.readouterr().out
+    for name in ("sd15_training", "sdxl_training"):  # UNet only, then with the text encoder(s)
+        assert [r["text_encoders"] for r in out[name]] == [False, True], out[name]
+        assert all(r["steps_per_s"] > 0 and all(x == x for x in r["loss"]) for r in out[name]), out[name]
+    printed = capsys.readouterr().out
+    assert "guard: out-of-memory batch made one at a time" in printed and "SDXL training steps/s" in printed
 
 
 def test_a_broken_section_is_recorded_and_the_exit_code_says_so(tmp_path, monkeypatch):
