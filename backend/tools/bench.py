@@ -1,4 +1,5 @@
-"""The benchmark of issue 8: `python -m backend.tools.bench [--quick] [--s3] [--gpu | --no-gpu] [--json-out FILE]`.
+"""The benchmark of issue 8: `python -m backend.tools.bench [--quick] [--s3] [--gpu | --no-gpu] [--celery]
+[--no-overhead] [--json-out FILE]`.
 
 Part 1, system overhead (always; on CPU with the tiny model unless --model). The real backend is
 started with the contract's command (`uvicorn backend.main:app`) with WORKERS=1, then 2; jobs are
@@ -13,6 +14,14 @@ weights (no download): UNet steps for dtype x attention x memory format x batch,
 production pipeline (Generator) at batch 1/4/8, 512x512, 30 steps, CFG, load-and-warm time, and the
 whole system, submit to first and last image, for 4 images. Read against the issue's anchors:
 104.6 it/s (stable-fast, H100, batch 1) and a floor of 2.0 ms per CFG step (1.6 TFLOP at 790 TFLOP/s).
+
+Part 3, EXECUTOR=celery (issue 17; opt-in with --celery, as it starts a Redis, a second backend and GPU
+nodes, about a minute more on 2 cores): a real redis-server on a free port, a celery backend and GPU nodes
+(`python -m backend.node`, one worker each), the tiny model on CPU. The same 4-image job is timed from the
+POST to the last image object, interleaved with a local-executor backend (WORKERS=1) against one node:
+ratio = celery / local (the issue's target: within 1.15). Then a second node joins, and submit → first
+image (and last) is timed with 2 nodes. The machine's load average is recorded beside the figures: on a
+shared CPU it moves them more than the executor does.
 
 Prints plain tables, then, as its LAST line, one JSON object (also written to --json-out).
 The launcher lives here, not in tests.factories: the bench ships with the backend (the GPU image has
@@ -102,13 +111,19 @@ def table(title: str, headers: list[str], rows: list[list]) -> str:
 
 
 # ----- the backend under test, in its own uvicorn process -----
+def clean_env(env: dict[str, str]) -> dict[str, str]:
+    """This process's environment without any Showroom setting of the caller's, plus `env`."""
+    from backend.config import Settings
+
+    ours = {name.upper() for name in Settings.model_fields}  # no stray setting of the caller leaks in
+    return {k: v for k, v in os.environ.items() if k.upper() not in ours} | env | {"PYTHONUNBUFFERED": "1"}
+
+
 class Server:
     def __init__(self, env: dict[str, str], log_dir: Path):
-        from backend.config import Settings
         from backend.tools.seaweed import free_port
 
-        ours = {name.upper() for name in Settings.model_fields}  # no stray setting of the caller leaks in
-        self.env = {k: v for k, v in os.environ.items() if k.upper() not in ours} | env | {"PYTHONUNBUFFERED": "1"}
+        self.env = clean_env(env)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(log_dir) / f"backend-{self.port}.log"
@@ -204,13 +219,14 @@ def system_once(server: Server, storage, spec: dict, poll_s: float, timeout: flo
                 raise RuntimeError(f"job {ticket['id']} ended {job['status']} without all images: {errors}")
         time.sleep(poll_s)
     poll_cpu = (time.process_time() - cpu0) / max(arrived)  # the share of a core this loop took from the system
-    started = [_stamp(img["started_at"]) for img in server.job(ticket["id"])["images"]]
+    images = server.job(ticket["id"])["images"]
+    started = [_stamp(img["started_at"]) for img in images]
     server.wait_idle()  # every batch's Done is in: the workers' own seconds per batch (generate, PNG, write)
     after = server.histogram("showroom_batch_seconds")
     batch_s, batches = after[0] - before[0], after[1] - before[1]
     return {"post_s": post_s, "first_s": min(arrived), "last_s": max(arrived), "poll_cpu": poll_cpu,
             "dispatch_s": min(s for s in started if s) - wall if any(started) else None,
-            "worker_s": batch_s / batches if batches else None}
+            "worker_s": batch_s / batches if batches else None, "workers": sorted({img["worker"] for img in images})}
 
 
 def direct_once(gen, storage, spec: dict, batches: list[int]) -> dict:
@@ -375,6 +391,67 @@ def summarise(workers: int, n: int, batches: list[int], runs: list[tuple[dict, d
             "poll_cpu": median(s["poll_cpu"] for s in system), "worker_s": median(s["worker_s"] for s in system),
             "outside_s": median(s["last_s"] - s["worker_s"] for s in system if s["worker_s"] is not None),
             "images_per_s": round(n / last, 3)}
+
+
+# ----- part 3: EXECUTOR=celery against the local executor -----
+CELERY_FIGURES = ("post_s", "dispatch_s", "first_s", "last_s")
+
+
+def celery_part(args, model_dir: str, store_env: dict[str, str], work: Path) -> dict:
+    """A 4-image job through Redis and one node against the local executor (WORKERS=1, the same threads per
+    process), interleaved; then submit to first and last image with a second node. Seconds, medians."""
+    from backend.storage import open_storage
+    from backend.tools.celery_local import NodeProcess, RedisServer
+
+    storage = open_storage(store_env["STORAGE_URL"], endpoint_url=store_env.get("S3_ENDPOINT_URL"),
+                           access_key=store_env.get("AWS_ACCESS_KEY_ID"),
+                           secret_key=store_env.get("AWS_SECRET_ACCESS_KEY"), region=store_env.get("AWS_REGION"))
+    spec = job_spec(4, args.size, args.steps)
+    base = store_env | {"MODEL_ID": str(model_dir), "DEVICE": "cpu", "WORKERS": "1", "UPSCALER": "off",
+                        "RATE_LIMIT_PER_MINUTE": "0", "SHOWROOM_CACHE": str(work / "cache"), "HF_HUB_OFFLINE": "1"}
+    load_before = os.getloadavg()[0]
+    redis = RedisServer(work / "redis", "bench-redis-password-0123").start()
+    celery_env = base | {"EXECUTOR": "celery", "BROKER_URL": redis.url}
+    nodes = [NodeProcess("bench-1", clean_env(celery_env), work).start()]
+    local, celery = Server(base, work), Server(celery_env, work)
+    try:
+        local.start()   # while the node loads
+        celery.start()  # /health ok: the node's worker is ready
+        system_once(local, storage, spec, args.poll_s), system_once(celery, storage, spec, args.poll_s)  # warm-up
+        runs = [(system_once(local, storage, spec, args.poll_s), system_once(celery, storage, spec, args.poll_s))
+                for _ in range(args.repeats)]  # interleaved: both see the same background load
+        local.stop()
+        nodes.append(NodeProcess("bench-2", clean_env(celery_env), work).start())
+        celery.wait(lambda h: sum(w["state"] == "ready" for w in h["workers"]) == 2, 600, 0.2)
+        warm = system_once(celery, storage, spec, args.poll_s)
+        two = [system_once(celery, storage, spec, args.poll_s) for _ in range(args.repeats)]
+    finally:
+        for part in (local, celery, *nodes, redis):
+            part.stop()
+    local_last, celery_last = median(r["last_s"] for r, _ in runs), median(r["last_s"] for _, r in runs)
+    out = {"size": args.size, "steps": args.steps, "repeats": args.repeats, "images": 4,
+           "local_1worker": {k: median(r[k] for r, _ in runs) for k in CELERY_FIGURES},
+           "celery_1node": {k: median(r[k] for _, r in runs) for k in CELERY_FIGURES},
+           "celery_2nodes": {k: median(r[k] for r in two) for k in CELERY_FIGURES}
+           | {"workers": sorted({w for r in [warm, *two] for w in r["workers"]})},  # the node workers it used
+           "ratio": round(celery_last / local_last, 3), "target_ratio": 1.15,
+           "ratio_min": round(min(r["last_s"] for _, r in runs) / min(r["last_s"] for r, _ in runs), 3),
+           "load_avg_1m": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
+           "cpus": os.cpu_count()}
+    print(f"  celery: {out}", file=sys.stderr)
+    return out
+
+
+def celery_report(celery: dict) -> str:
+    rows = [[name, *(celery[name][k] for k in CELERY_FIGURES)] for name in ("local_1worker", "celery_1node",
+                                                                             "celery_2nodes")]
+    load = celery["load_avg_1m"]
+    size = f"{celery['size']}x{celery['size']}"
+    return table(f"part 3: EXECUTOR=celery against local, {celery['images']} images, {size}, {celery['steps']} steps,"
+                 f" seconds, median of {celery['repeats']}; ratio celery/local (1 node vs "
+                 f"1 worker) {celery['ratio']} (target {celery['target_ratio']}), min {celery['ratio_min']}; "
+                 f"load average {load['before']} -> {load['after']} on {celery['cpus']} CPUs",
+                 ["executor", *CELERY_FIGURES], rows)
 
 
 # ----- part 2: the GPU -----
@@ -559,8 +636,9 @@ def pipeline_rows(args, gen, arch: Arch, storage, image_tflop: float) -> list[di
         spec = job_spec(batch, arch.size, args.gpu_steps)
         cold, *runs = [direct_once(gen, storage, spec, [batch]) for _ in range(args.repeats + 1)]
         gen_s = median(r["gen_s"] for r in runs)
-        rows.append({"batch": batch, "cold_s": round(cold["gen_s"], 4), "s": gen_s, "s_per_image": round(gen_s / batch, 4),
-                     "images_per_s": round(batch / gen_s, 3), "png_write_s": median(r["write_s"] for r in runs),
+        rows.append({"batch": batch, "cold_s": round(cold["gen_s"], 4), "s": gen_s,
+                     "s_per_image": round(gen_s / batch, 4), "images_per_s": round(batch / gen_s, 3),
+                     "png_write_s": median(r["write_s"] for r in runs),
                      "ceiling": ceiling_fraction(image_tflop * batch, gen_s, args.peak_tflops)})
     return rows
 
@@ -605,14 +683,14 @@ def gpu_part(args, arch: Arch, work: Path) -> dict:
     out["unet"] = section("unet", lambda: unet_grid(args, unet, arch, device, flops["unet_cfg_step"])) or []
     if args.compile:
         out["unet"] += section("compile", lambda: compile_rows(args, unet, arch, device, flops["unet_cfg_step"])) or []
-    del unet
+    unet = None  # freed before the decoder and pipeline sections (None rather than del: the lambdas above name it)
     if device != "cpu":
         torch.cuda.empty_cache()
     b1 = [r for r in out["unet"] if r["batch"] == 1 and r["dtype"] == args.dtypes[0] and r["attention"] == "sdpa"
           and r["channels_last"]]
     out["unet_it_per_s_batch1"] = b1[0]["it_per_s"] if b1 else None
     out["decode"] = section("decode", lambda: decode_rows(args, vae, arch, device)) or []
-    del vae
+    vae = None
     out["best_ceiling"] = max((r["ceiling"] for r in out["unet"]), default=None)
 
     model_dir = save_pipeline(arch, work / "sd-random", device)
@@ -641,6 +719,11 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="small and fast: the CI / 2-core setting (under 5 minutes)")
     p.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=None,
                    help="run part 2 (default: when CUDA is available); --gpu without CUDA runs it on the CPU")
+    p.add_argument("--overhead", action=argparse.BooleanOptionalAction, default=True,
+                   help="run part 1, system overhead (--no-overhead: only the parts asked for)")
+    p.add_argument("--celery", action="store_true",
+                   help="run part 3, EXECUTOR=celery against local (starts redis-server and GPU nodes; about a "
+                        "minute more on 2 cores, so not part of --quick's default)")
     p.add_argument("--model", help="diffusers folder for part 1 (default: the tiny random pipeline, built here)")
     p.add_argument("--workers", type=_ints, default=[1, 2], help="part 1 worker counts, e.g. 1,2")
     p.add_argument("--counts", type=_ints, default=[1, 4], help="part 1 images per job, e.g. 1,4")
@@ -673,6 +756,13 @@ def parse_args(argv=None):
 
 def report(result: dict) -> str:
     cpu, gpu = result["cpu"], result["gpu"]
+    text = celery_report(result["celery"]) if result.get("celery") else ""
+    if cpu:
+        text = cpu_report(cpu) + text
+    return text + (gpu_report(gpu) if gpu else "")
+
+
+def cpu_report(cpu: dict) -> str:
     heads = ["workers", "threads", "images", "batches", "direct_s", "direct_write_s", "worker_s", "post_s",
              "dispatch_s", "first_s", "last_s", "outside_s", "ratio", "ratio_vs_write", "ratio_min", "images_per_s"]
     text = table(f"part 1: system vs direct, {cpu['size']}x{cpu['size']}, {cpu['steps']} steps, {cpu['storage']} "
@@ -687,13 +777,15 @@ def report(result: dict) -> str:
     seen = cpu["previews"]
     text += table("part 1: live previews against none, same batch (seconds)",
                   ["batch", "plain_s", "previews_s", "ratio", "previews"], [[seen[h] for h in seen]])
-    if not gpu:
-        return text
+    return text
+
+
+def gpu_report(gpu: dict) -> str:
     heads = ["dtype", "attention", "channels_last", "batch", "ms_per_step", "it_per_s", "images_per_s_30", "ceiling",
              "compile_warmup_s"]
-    text += table(f"part 2: UNet, one CFG step ({gpu['tflop']['unet_cfg_step']:.3f} TFLOP per image), {gpu['device']}, "
-                  f"ceiling = share of {gpu['peak_tflops']:g} TFLOP/s", heads,
-                  [[r.get(h) for h in heads] for r in gpu["unet"]])
+    text = table(f"part 2: UNet, one CFG step ({gpu['tflop']['unet_cfg_step']:.3f} TFLOP per image), {gpu['device']}, "
+                 f"ceiling = share of {gpu['peak_tflops']:g} TFLOP/s", heads,
+                 [[r.get(h) for h in heads] for r in gpu["unet"]])
     heads = ["batch", "cold_s", "s", "s_per_image", "images_per_s", "png_write_s", "ceiling"]
     text += table(f"part 2: Generator (fp16, SDPA, channels_last), {gpu['size']}px, {gpu['steps']} steps, CFG",
                   heads, [[r[h] for h in heads] for r in gpu["pipeline"]])
@@ -729,16 +821,23 @@ def main(argv=None) -> dict:
                 args.model = str(build_tiny_pipeline(work / "tiny-sd"))
             cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
             result = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "cuda": cuda,
-                                  "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
-                      "anchors": ANCHORS, "cpu": cpu_part(args, args.model, store_env, work), "gpu": None}
+                                  "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+                                  "load_avg_1m": round(os.getloadavg()[0], 2)},
+                      "anchors": ANCHORS, "cpu": None, "gpu": None, "celery": None}
+            if args.overhead:
+                result["cpu"] = cpu_part(args, args.model, store_env, work)
+            if args.celery:
+                result["celery"] = celery_part(args, args.model, store_env, work)
             if (cuda is not None) if args.gpu is None else args.gpu:
                 result["gpu"] = gpu_part(args, SD15 if args.arch == "sd15" else TINY, work)
         finally:
             if s3:
                 s3.stop()
-    gpu = result["gpu"] or {}
+    gpu, celery = result["gpu"] or {}, result["celery"] or {}
     headline = ("overhead_ratio_4img", "overhead_ratio_4img_2workers", "images_per_s")
-    result |= {key: result["cpu"][key] for key in headline}
+    result |= {key: (result["cpu"] or {}).get(key) for key in headline}
+    result |= {"celery_ratio_4img": celery.get("ratio"),
+               "celery_submit_to_first_2nodes_s": (celery.get("celery_2nodes") or {}).get("first_s")}
     result |= {"gpu_images_per_s": gpu.get("images_per_s"), "gpu_unet_it_per_s_batch1": gpu.get("unet_it_per_s_batch1"),
                "gpu_best_ceiling": gpu.get("best_ceiling"),
                "gpu_submit_to_last_4img_s": (gpu.get("system_4img") or {}).get("last_s")}

@@ -23,8 +23,31 @@ def test_bench_quick_prints_json_last_line(tiny_model, tmp_path, capsys):
     previews = result["cpu"]["previews"]
     assert previews["previews"] > 0 and previews["ratio"] == round(previews["previews_s"] / previews["plain_s"], 3)
     place = result["cpu"]["place"]
-    assert place["batch"] == 4 and place["place_s"] > 0 and place["ratio"] == round(place["place_s"] / place["generate_s"], 3)
+    assert place["batch"] == 4 and place["place_s"] > 0
+    assert place["ratio"] == round(place["place_s"] / place["generate_s"], 3)
     assert json.loads(out.read_text()) == result
+
+
+def test_bench_celery_part_times_redis_and_real_nodes_against_local(tiny_model, tmp_path, capsys):
+    """Part 3 alone: a redis-server, a celery backend and two real nodes against a local backend."""
+    out = tmp_path / "bench.json"
+    bench.main(["--no-overhead", "--no-gpu", "--celery", "--model", str(tiny_model), "--repeats", "1", "--size", "64",
+                "--steps", "2", "--json-out", str(out)])
+    printed = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(printed[-1])
+    assert result["cpu"] is None and result["gpu"] is None and json.loads(out.read_text()) == result
+    celery = result["celery"]
+    for name in ("local_1worker", "celery_1node", "celery_2nodes"):
+        figures = celery[name]
+        assert 0 < figures["post_s"] and 0 < figures["first_s"] <= figures["last_s"], (name, figures)
+        assert figures["dispatch_s"] is not None and figures["dispatch_s"] < figures["first_s"], (name, figures)
+    assert celery["celery_2nodes"]["workers"] == ["bench-1/0", "bench-2/0"], "the 2-node job used both nodes"
+    ratio = celery["celery_1node"]["last_s"] / celery["local_1worker"]["last_s"]
+    assert celery["ratio"] == result["celery_ratio_4img"] == pytest.approx(ratio, abs=0.002)
+    assert result["celery_submit_to_first_2nodes_s"] == celery["celery_2nodes"]["first_s"]
+    assert celery["load_avg_1m"]["before"] >= 0 and celery["cpus"] >= 1
+    assert any(line.startswith("== part 3: EXECUTOR=celery against local") for line in printed)
+    assert not any(line.startswith("== part 1") for line in printed), "--no-overhead skips part 1"
 
 
 @pytest.mark.parametrize("n, workers, expected", [
