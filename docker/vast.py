@@ -161,6 +161,15 @@ def node_env(env: dict[str, str], name: str | None) -> dict[str, str]:
     return kept | {"SHOWROOM_ROLE": "node", "SHOWROOM_NODE_NAME": name or f"vast-{uuid.uuid4().hex[:6]}"}
 
 
+def broker_warning(env: dict[str, str]) -> str | None:
+    """Celery (kombu) takes a rediss:// URL without ssl_cert_reqs as 'encrypt, but trust any certificate'."""
+    broker = urlparse(env.get("BROKER_URL", ""))
+    if broker.scheme == "rediss" and "ssl_cert_reqs=required" not in broker.query:
+        return ("warning: BROKER_URL is rediss:// without ?ssl_cert_reqs=required: Celery would accept any "
+                "certificate; add it so the node checks it is talking to your Redis (docs/NODES.md)")
+    return None
+
+
 def onstart_script() -> str:
     """docker/onstart.sh without its full-line comments (the shebang stays): vast caps the field."""
     lines = ONSTART.read_text().splitlines()
@@ -280,6 +289,8 @@ def cmd_up(api: VastAPI, args, say, environ, clock, sleep) -> int:
     env = instance_env(args.env_file, environ, args.role, args.node_name)
     backend_key = backend_api_key(args, environ)
     hide_secrets(api, env | {"API_KEY": backend_key or ""})
+    if warning := broker_warning(env):
+        say(warning)
     body = create_body(args, env)
     if len(body.get("onstart", "")) > ONSTART_LIMIT:
         raise LaunchError(f"docker/onstart.sh is over vast's {ONSTART_LIMIT} characters", EXIT_CONFIG)
@@ -336,8 +347,10 @@ def cmd_autoscale(api: VastAPI, args, say, environ, wall, sleep) -> int:
         policy = Policy(args.min, args.max, args.idle_minutes, args.node_prefix)
     except ValueError as e:
         raise LaunchError(str(e), EXIT_CONFIG) from None
-    key = backend_api_key(args, environ)
-    hide_secrets(api, instance_env(args.env_file, environ, "node", "check") | {"API_KEY": key or ""})
+    key, env = backend_api_key(args, environ), instance_env(args.env_file, environ, "node", "check")
+    hide_secrets(api, env | {"API_KEY": key or ""})
+    if warning := broker_warning(env):
+        say(warning)
 
     def rent(name: str) -> None:
         """As `up --role node` does, under the label that makes it ours; no wait: later rounds watch it."""

@@ -14,7 +14,7 @@ from tests.factories import REPO
 
 VAST_KEY, API_KEY, S3_SECRET = "vast-key-0123456789", "backend-key-abcdef", "s3-secret-zyxwvu"
 REDIS_PASSWORD = "redis-pass-7766"
-BROKER = f"rediss://:{REDIS_PASSWORD}@broker.example.com:6380/0"
+BROKER = f"rediss://:{REDIS_PASSWORD}@broker.example.com:6380/0?ssl_cert_reqs=required"
 OFFER = {"id": 1001, "num_gpus": 1, "gpu_name": "RTX 4090", "gpu_ram": 24564, "dph_total": 0.35,
          "reliability": 0.995, "cuda_max_good": 12.8, "geolocation": "Norway"}
 T0 = 1_700_000_000.0
@@ -119,6 +119,7 @@ def test_none_stopped_rents_a_node_like_up_role_node_then_waits_for_it(vast, env
         "no API key, no port"
     assert body["onstart"] == vast_py.onstart_script()
     assert "created instance 4242 for node node-2" in out
+    assert "warning" not in out, "the broker's certificate is checked: nothing to warn about"
 
     # the next round (a fresh process, as cron runs it) finds it in vast's list, still provisioning
     vast.seen.clear()
