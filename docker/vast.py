@@ -368,12 +368,16 @@ def cmd_autoscale(api: VastAPI, args, say, environ, wall, sleep) -> int:
     if args.once:
         return 0 if scaler.round() else EXIT_API
     say(f"autoscaling nodes {args.min}..{args.max} every {args.every:g} s; Ctrl-C ends it (the nodes stay as they are)")
-    while True:
-        try:
-            scaler.round()
-        except Exception as e:  # a loop left running unattended reports what went wrong and carries on
-            say(f"this round failed ({type(e).__name__}: {e}); trying again next round")
-        sleep(args.every)
+    try:
+        while True:
+            try:
+                scaler.round()
+            except Exception as e:  # a loop left running unattended reports what went wrong and carries on
+                say(f"this round failed ({type(e).__name__}: {e}); trying again next round")
+            sleep(args.every)
+    except KeyboardInterrupt:
+        say("autoscale ended; the nodes stay as they are")
+        return 0
 
 
 def cmd_status(api: VastAPI, args, say) -> int:

@@ -209,6 +209,27 @@ def test_api_errors_are_retried_next_round_without_a_crash(vast, env_file):
     assert fake.now == T0 + 90
 
 
+def test_an_unexpected_error_in_a_round_is_reported_and_the_loop_goes_on(vast, env_file):
+    vast.add_instance(101, "showroom-node:n1", "running", "running", id="not-a-number")
+    vast.health = [health(0)]
+    code, out = autoscale(vast, env_file, fake=FakeTime(rounds=2), once=False)
+    assert code is None
+    assert out.count("this round failed (ValueError") == 2 and out.count("trying again next round") == 2
+
+
+def test_ctrl_c_ends_the_loop_cleanly_and_leaves_the_nodes(vast, env_file):
+    node(vast, 101, "n1")
+    vast.health = [health(0, n1_0="busy")]
+
+    class CtrlC(FakeTime):
+        def sleep(self, seconds):
+            raise KeyboardInterrupt
+
+    code, out = autoscale(vast, env_file, fake=CtrlC(), once=False)
+    assert code == 0 and out.splitlines()[-1] == "autoscale ended; the nodes stay as they are"
+    assert changes(vast) == []
+
+
 def test_a_backend_that_does_not_answer_changes_nothing(vast, env_file):
     node(vast, 101, "n1", idle_since=T0 - 3600)
     vast.health = [{"status": "ok"}]  # not Showroom's /health
