@@ -45,6 +45,19 @@ _last_us = 0
 _id_lock = threading.Lock()
 
 
+# ----- cost: the unit MAX_JOB_COST and the queue's bound count in -----
+STANDARD_PIXELS, STANDARD_STEPS = 512 * 512, 30  # one "standard picture": 512 x 512 at 30 steps
+
+
+def image_cost(width: int, height: int, steps: int) -> float:
+    """One image's work in standard pictures (at least 1), so a few huge images weigh what many small ones do."""
+    return max(1.0, width * height / STANDARD_PIXELS * steps / STANDARD_STEPS)
+
+
+def job_cost(width: int, height: int, steps: int, num_images: int) -> float:
+    return round(image_cost(width, height, steps) * num_images, 2)
+
+
 def new_job_id() -> str:
     """URL-safe, 32 hex characters: 13 of creation time in microseconds (strictly increasing in this
     process, so ids sort by creation even within one microsecond), then 76 random bits."""

@@ -5,6 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from backend import contract
 from backend.contract import Status, check_name, manifest_key, rollup, training_key
 
 MAX_SEED = 2**53 - 1  # JSON-safe for every client
@@ -113,13 +114,13 @@ class ResolvedSpec(BaseModel):
 
     @property
     def image_cost(self) -> float:
-        """One image's work in units of a 512 x 512, 30-step image (at least 1): what MAX_JOB_COST and the
-        queue's bound count, so a few huge images weigh what many small ones do."""
-        return max(1.0, self.width * self.height / 512**2 * self.steps / 30)
+        """One image's work in standard pictures (backend.contract.image_cost): what MAX_JOB_COST and the
+        queue's bound count."""
+        return contract.image_cost(self.width, self.height, self.steps)
 
     @property
     def cost(self) -> float:
-        return round(self.image_cost * self.num_images, 2)
+        return contract.job_cost(self.width, self.height, self.steps, self.num_images)
 
 
 class UpscaleRecord(BaseModel):

@@ -48,13 +48,14 @@ class FakeClient:
 
 # ----- counting, cost and sending, without a backend -----
 
-@pytest.mark.parametrize(("width", "height", "steps"), [(64, 64, 2), (512, 512, 30), (1024, 1024, 30),
-                                                        (768, 512, 45), (2048, 2048, 150)])
-def test_the_page_counts_cost_as_the_backend_does(width, height, steps):
+@pytest.mark.parametrize(("width", "height", "steps", "each"), [(64, 64, 2, 1.0), (512, 512, 30, 1.0),
+                                                                (1024, 1024, 30, 4.0), (768, 512, 45, 2.25),
+                                                                (2048, 2048, 150, 80.0)])
+def test_the_page_counts_cost_as_the_backend_does(width, height, steps, each):
     spec = ResolvedSpec(prompt="a", negative_prompt="", product=None, template=None, loras=[], num_images=3,
                         steps=steps, guidance_scale=7.5, width=width, height=height, seed=1, strength=0.5)
-    assert cost.image_cost(width, height, steps) == spec.image_cost
-    assert cost.job_cost(width, height, steps, 3) == spec.cost
+    assert cost.image_cost(width, height, steps) == spec.image_cost == each
+    assert cost.job_cost(width, height, steps, 3) == spec.cost == round(3 * each, 2)
 
 
 def test_a_plan_is_every_product_in_every_style_with_its_cost():
