@@ -7,7 +7,7 @@ import uuid
 import streamlit as st
 
 from backend.storage import StorageError
-from frontend import nav, reuse, services
+from frontend import cost, nav, reuse, services
 from frontend.client import BackendError, BackendOffline
 from frontend.jobs import is_job_id
 from frontend.placement import PRESETS
@@ -125,6 +125,7 @@ def _compose(catalog: dict, health: services.Health) -> None:
         st.number_input("Seed", 0, MAX_SEED, key="seed", placeholder="random",
                         help="Image i is made from seed + i: the same seed gives the same pictures.")
 
+    _cost_line()
     if health.state == "loading":
         st.caption("The model is still loading: your job waits in the queue and starts as soon as it is ready.")
     elif not health.can_generate:
@@ -134,6 +135,22 @@ def _compose(catalog: dict, health: services.Health) -> None:
     if st.button("Generate", type="primary", width="stretch", key="generate", icon=":material/auto_awesome:",
                  disabled=not health.can_generate or choice.blocked is not None, help=choice.blocked):
         _submit(choice)
+
+
+def _cost_line() -> None:
+    """What the job will cost the generator, counted as the backend counts it, before it is sent."""
+    ss = st.session_state
+    try:
+        width, height, steps, count = int(ss["width"]), int(ss["height"]), int(ss["steps"]), int(ss["num_images"])
+    except (KeyError, TypeError, ValueError):
+        return
+    total = cost.job_cost(width, height, steps, count)
+    st.markdown(f'<span class="sr-meta" id="job-cost">{count} picture{"s" if count != 1 else ""} of {width} x {height} '
+                f"at {steps} steps: {cost.amount(total)} of work</span>", unsafe_allow_html=True,
+                help="A standard picture is 512 x 512 at 30 steps; bigger or longer pictures count more.")
+    if total > cost.DEFAULT_MAX_JOB_COST:
+        st.warning(f"That is more than the generator usually takes in one job ({cost.amount(cost.DEFAULT_MAX_JOB_COST)}"
+                   "): ask for fewer, smaller or shorter pictures, or it may refuse the job.")
 
 
 def _reuse_picture() -> None:

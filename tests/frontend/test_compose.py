@@ -113,3 +113,20 @@ def test_every_page_has_a_link_for_phones(backend, open_app):
     paths = [link.proto.page for link in at.get("page_link")]
     assert paths[:len(nav.PAGES)] == [page.url_path for page in nav.PAGES.values()], paths
     assert {"", "history", "products"} <= set(paths)
+
+
+def test_the_job_cost_shows_before_generate_and_warns_past_the_usual_limit(backend, open_app):
+    at = open_app(frontend_env(backend))
+    assert_no_exception(at)
+    for key, value in (("width", 512), ("height", 512), ("steps", 30)):
+        at.number_input(key=key).set_value(value)
+    at.slider(key="num_images").set_value(4).run()
+    line = next(str(m.value) for m in at.markdown if 'id="job-cost"' in str(m.value))
+    assert "4 pictures of 512 x 512 at 30 steps: 4 standard pictures of work" in line
+    assert not at.warning
+    at.number_input(key="width").set_value(1024)
+    at.number_input(key="height").set_value(1024)
+    at.slider(key="num_images").set_value(16).run()
+    line = next(str(m.value) for m in at.markdown if 'id="job-cost"' in str(m.value))
+    assert "16 pictures of 1024 x 1024 at 30 steps: 64 standard pictures of work" in line
+    assert any("more than the generator usually takes" in w.value for w in at.warning)
