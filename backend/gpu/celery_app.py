@@ -102,10 +102,15 @@ def celery_config(settings) -> dict:
 
 
 def configure(settings) -> Celery:
-    """The app, configured from these settings (the backend and the node call this once)."""
+    """The app, configured from these settings (the backend and the node call this once). Called again with
+    another broker (tests run executors on several Redis servers in one process), it lets go of the
+    connections it pooled to the first: kept, they would carry the tasks there."""
     global _configured
+    config = celery_config(settings)
+    if _configured and app.conf.broker_url != config["broker_url"]:
+        app._after_fork()  # Celery's own reset of its connection and producer pools
     _configured = True
-    app.conf.update(celery_config(settings))
+    app.conf.update(config)
     return app
 
 

@@ -11,11 +11,14 @@ from backend.gpu import celery_routing as cr
 from backend.gpu import messages as m
 from backend.gpu.celery_executor import CeleryExecutor
 from backend.storage import LocalStorage
-from tests.backend.celery_parts import redis_server, wait_until  # noqa: F401 (fixture)
+from tests.backend import celery_parts
+from tests.backend.celery_parts import wait_until
 from tests.backend.test_celery_undecided import make_job
 
 MODEL = "routing-test-model"
 NOW = 1_000_000.0
+
+redis_server = celery_parts.redis_server  # the fixture
 
 
 def beat(state="ready", loras=(), model=MODEL, age=1.0, now=NOW) -> str:
@@ -57,11 +60,10 @@ def queue_ids(client, queue: str) -> list[str]:
     return [cr.task_of(raw)[0] for raw in client.lrange(queue, 0, -1)]
 
 
-def test_a_batch_its_node_does_not_take_moves_to_the_shared_queue(redis_server, tmp_path):  # noqa: F811
+def test_a_batch_its_node_does_not_take_moves_to_the_shared_queue(redis_server, tmp_path):
     """Nobody consumes here: a batch routed to node-x (idle, holding the LoRA, as its heartbeat says) lies in
     its own queue; after AFFINITY_WAIT_S it is in the shared queue, addressed there, whole."""
-    client = redis_server.client()
-    client.flushall()
+    client = redis_server.client()  # this module's own Redis: empty
     settings = Settings(executor="celery", broker_url=redis_server.url, model_id=MODEL,
                         storage_url=f"file://{tmp_path / 'storage'}")
     executor = CeleryExecutor(settings, LocalStorage(tmp_path / "storage"))
