@@ -138,7 +138,9 @@ class Generator:
                   and getattr(self.t2i, "text_encoder_2", None) is not None)
         self.decoder_dtype = torch.float32 if upcast else self.dtype
         self.adapters = Adapters(self.t2i, storage, cache_dir)
+        self.cache_dir = Path(cache_dir)
         self.inpaint_model_id, self._inpaint = inpaint_model_id, None
+        self.inpaint_adapters: Adapters | None = None  # a dedicated inpainting checkpoint's own LoRAs
 
     def inpainter(self):
         """Place mode's pipeline, made on first use: a dedicated inpainting checkpoint (INPAINT_MODEL_ID),
@@ -150,6 +152,9 @@ class Generator:
                 pipe = AutoPipelineForInpainting.from_pretrained(self.inpaint_model_id, dtype=self.dtype,
                                                                  use_safetensors=True, **self._no_safety_checker())
                 pipe.to(self.device)
+                # its own UNet and text encoder: a product's LoRA is loaded into it too, or place mode would
+                # ignore the product's LoRA with INPAINT_MODEL_ID set
+                self.inpaint_adapters = Adapters(pipe, self.storage, self.cache_dir / "inpaint")
             else:
                 pipe = AutoPipelineForInpainting.from_pipe(self.t2i)
             pipe.set_progress_bar_config(disable=True)
@@ -263,6 +268,8 @@ class Generator:
             layer = Image.open(io.BytesIO(self.storage.get(task.layout_key))).convert("RGBA")
             pipe, kwargs = self.inpainter(), kwargs | place_inputs(layer, n) | {"width": task.width,
                                                                              "height": task.height}
+            if self.inpaint_adapters is not None:
+                self.inpaint_adapters.activate(task.loras)
         elif task.mode == "restyle":
             photo = fit_photo(Image.open(io.BytesIO(self.storage.get(task.input_key))), task.width, task.height)
             pipe, kwargs = self.i2i, kwargs | {"image": [photo] * n, "strength": task.strength}
