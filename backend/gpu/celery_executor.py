@@ -115,7 +115,7 @@ class CeleryExecutor:
         sent = 0
         try:
             self.redis.sadd(ca.HELD, job.id)
-            for batch, (task_id, node) in zip(batches, self.router.routes(held, len(batches))):
+            for batch, (task_id, node) in zip(batches, self.router.routes(held, batches)):
                 self._send(held, batch, task_id, node)
                 sent += 1
         except Exception as e:  # the broker is unreachable: what was not sent fails with the reason
@@ -277,6 +277,8 @@ class CeleryExecutor:
                     self.flights[event.job_id].undecided[event.index] = event.error
                     self._reconcile_at = 0.0
             return
+        if isinstance(event, ev.ImagesStarted):
+            self.router.started(event.job_id, event.indices)
         deleted = None
         with self.lock:
             self._outbox_append(event)  # before the bookkeeping: a job leaves HELD only after its last event

@@ -6,7 +6,8 @@ that made the product's last pictures has it in memory.
 Nothing may wait on a node's own queue: a busy node would hold the batch back while others are idle, and
 a dead one would hold it for ever. So:
 - only a node whose heartbeat says `ready` (written as its state changes, and at most FRESH_S old) is
-  chosen, and no node is given more such batches at once than it has idle GPUs holding the LoRAs;
+  chosen, and no node is given more such batches at once than it has idle GPUs holding the LoRAs (a
+  batch counts against its node until the node reports it started: by then its heartbeat says busy);
 - whatever lies in a node's own queue longer than AFFINITY_WAIT_S (the node did not take it: it became
   busy, or died) is moved to the shared queue, in one Redis script: taken by the node or moved, never both;
 - a batch a node took and then lost goes back, by Celery's own redelivery, to the queue it came from:
@@ -44,6 +45,8 @@ return 0
 @dataclass(frozen=True)
 class Routed:
     node: str
+    job_id: str
+    indices: tuple[int, ...]
     sent_at: float  # time.monotonic()
 
 
@@ -110,9 +113,9 @@ class Router:
         self.stray_queues: set[str] = set()  # ... and of any node, holding work at the last scan
         self._move = client.register_script(MOVE)
 
-    def routes(self, held, count: int) -> list[tuple[str, str | None]]:
-        """(Celery task id, node) for each of a job's `count` batches: the node whose own queue it goes to,
-        idle and holding the job's LoRAs, or None for the shared queue. The first (largest) ones are routed."""
+    def routes(self, held, batches: list[list[int]]) -> list[tuple[str, str | None]]:
+        """(Celery task id, node) for each of a job's batches: the node whose own queue it goes to, idle and
+        holding the job's LoRAs, or None for the shared queue. The first (largest) ones are routed."""
         names = [lora.name for lora in held.loras]
         beats = {}
         if names:
@@ -123,14 +126,20 @@ class Router:
         routes, now, sent_at = [], time.time(), time.monotonic()
         with self.lock:  # one submit at a time sees and takes an idle node's room
             waiting = Counter(r.node for r in self.routed.values() if sent_at - r.sent_at < AFFINITY_WAIT_S)
-            for _ in range(count):
+            for batch in batches:
                 task_id = str(uuid.uuid4())
                 node = pick_node(beats, self.model_id, names, waiting, now) if beats else None
                 if node:
                     waiting[node] += 1
-                    self.routed[task_id] = Routed(node, sent_at)
+                    self.routed[task_id] = Routed(node, held.job.id, tuple(batch), sent_at)
                 routes.append((task_id, node))
         return routes
+
+    def started(self, job_id: str, indices) -> None:
+        """A node reported these images started: a batch routed with them no longer waits on its node."""
+        with self.lock:
+            self.routed = {k: r for k, r in self.routed.items()
+                           if r.job_id != job_id or not set(r.indices) & set(indices)}
 
     def sweep(self) -> None:
         """A batch that lies in a node's own queue and was not sent there in the last AFFINITY_WAIT_S goes to

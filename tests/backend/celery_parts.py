@@ -21,8 +21,10 @@ MADE = re.compile(r"job (\w+) image (\d+) made")
 
 
 class RedisServer(celery_local.RedisServer):
-    def __init__(self, data_dir: Path, password: str = PASSWORD):
-        super().__init__(data_dir, password)
+    def __init__(self, data_dir: Path, password: str | None = None):
+        # A password of its own: a client left from an earlier module (a backend still retrying its broker)
+        # cannot talk to a later Redis that happens to get the same port.
+        super().__init__(data_dir, password or f"{PASSWORD}-{uuid.uuid4().hex[:8]}")
 
 
 class NodeProcess(celery_local.NodeProcess):
@@ -41,6 +43,7 @@ class Cluster:
         self.model, self.upscaler_model = str(tiny_model), str(upscaler_model)
         self.nodes: list[NodeProcess] = []
         self.backend = None
+        self.backends: list = []
 
     def node_env(self, **extra) -> dict[str, str]:
         base = {k: v for k, v in os.environ.items() if k not in SETTINGS_NAMES + ("EXECUTOR", "BROKER_URL")}
@@ -56,6 +59,7 @@ class Cluster:
     def start_backend(self, wait_for: str = "ok"):
         self.backend = self.make_backend(wait_for=wait_for, EXECUTOR="celery", BROKER_URL=self.redis.url,
                                          MODEL_ID=self.model, UPSCALER="local", **self.storage_env)
+        self.backends.append(self.backend)
         return self.backend
 
     def beats(self) -> dict[str, dict]:
@@ -68,8 +72,10 @@ class Cluster:
         return Counter({index: n for (job, index), n in total.items() if job == job_id})
 
     def stop(self) -> None:
-        for node in self.nodes:
-            node.stop()
+        """Its backends too: make_backend would keep them running to the session's end, still reading a broker
+        that is gone (or, on a reused port, another module's)."""
+        for part in (*self.backends, *self.nodes):
+            part.stop()
 
 
 @pytest.fixture(scope="module")

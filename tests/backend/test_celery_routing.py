@@ -4,6 +4,7 @@ the real Redis with the executor in this process and no node, that nothing stays
 import json
 import time
 from collections import Counter
+from types import SimpleNamespace
 
 from backend.config import Settings
 from backend.gpu import celery_app as ca
@@ -95,3 +96,17 @@ def test_a_batch_its_node_does_not_take_moves_to_the_shared_queue(redis_server, 
         assert client.llen(shared) == 3
     finally:
         executor.stop()
+
+
+def test_a_routed_batch_holds_its_node_until_the_node_reports_it_started(redis_server):
+    """A quick job after a quick job goes to the same idle holder: the first one's batch stops counting
+    against its node once started, not only after AFFINITY_WAIT_S."""
+    client = redis_server.client()
+    client.delete(ca.WORKERS)  # the earlier test's nodes
+    client.hset(ca.WORKERS, "node-z/0", beat(loras=["bag"], now=time.time()))
+    router = cr.Router(client, MODEL, ca.image_queue(MODEL))
+    held = SimpleNamespace(job=SimpleNamespace(id="job-1"), loras=(m.LoraTask("bag", 1.0, "products/bag.safetensors"),))
+    assert [node for _, node in router.routes(held, [[0, 1]])] == ["node-z"]
+    assert [node for _, node in router.routes(held, [[2]])] == [None], "its one idle GPU has a batch coming"
+    router.started("job-1", (0, 1))
+    assert [node for _, node in router.routes(held, [[3]])] == ["node-z"]
