@@ -27,6 +27,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from billiard.exceptions import WorkerLostError
 from celery import signals
@@ -156,6 +157,47 @@ class Gpu:
             self.set_state("ready")
         ca.publish(self.redis, ca.UpscaleDone(request_id, error))
 
+    def train(self, request, payload: dict, model_id: str, target: int) -> None:
+        """One chunk of a training: resume from the newest stored checkpoint, train to `target`, store its
+        checkpoint and send the next chunk (once), or, at the last step, store the LoRA and say so."""
+        from backend.gpu.worker import _free_memory
+        from backend.lora.worker_training import checkpoint_step, newest_checkpoint, run_training
+
+        if model_id != self.settings.model_id:
+            self._refuse(request, model_id)
+        self.tasks += 1
+        task = ca.train_from_payload(payload, self.tasks)
+        newest = newest_checkpoint(self.storage, task.training_id)
+        start = checkpoint_step(newest) if newest else 0
+        until = task.steps if target >= task.steps else max(target, start)  # a chunk done before: on to the next
+        ca.publish(self.redis, ev.TrainingStarted(task.training_id, self.id))
+        log.info("%s: training %s, steps %d to %d of %d (attempt %d)", self.id, task.training_id, start, until,
+                 task.steps, request.retries + 1)
+        last = [0.0]
+
+        def on_step(step: int, steps: int, loss: float) -> None:
+            if time.monotonic() - last[0] >= 1 or step == steps:  # a few events a second at most
+                last[0] = time.monotonic()
+                ca.publish(self.redis, ev.TrainingProgress(task.training_id, step, steps, loss))
+
+        work = Path(self.settings.showroom_cache) / f"node-{self.index}" / f"training-{task.training_id}"
+        self.set_state("busy")
+        try:
+            info = run_training(self.settings.model_id, self.storage, self.device, task, work, on_step,
+                                until=until) if until > start or until == task.steps else {"until": until}
+        finally:
+            self.set_state("ready")
+            _free_memory()
+        if until >= task.steps:
+            ca.publish(self.redis, ev.TrainingSucceeded(task.training_id, info))
+            return
+        following = min(task.steps, until + ca.chunk_steps(task))
+        if self.redis.set(ca.chunk_key(task.training_id, following), self.id, nx=True, ex=ca.CANCEL_TTL_S):
+            limit = ca.longest_task_s(self.settings)
+            ca.app.send_task(ca.TRAIN, kwargs={"task": payload, "model_id": model_id, "target": following},
+                             queue=request.delivery_info.get("routing_key") or ca.image_queue(model_id),
+                             soft_time_limit=limit, time_limit=limit + ca.HARD_LIMIT_MARGIN_S)
+
     def _refuse(self, request, model_id: str):
         reason = (f"node {self.node.name} runs MODEL_ID={self.settings.model_id!r} but the task is for "
                   f"{model_id!r}: it stops taking work from that queue")
@@ -253,6 +295,14 @@ def upscale(self, request_id: str, source_key: str, target_key: str) -> None:
     GPU.upscale(request_id, source_key, target_key)
 
 
+@ca.app.task(name=ca.TRAIN, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=MAX_RETRIES,
+              default_retry_delay=0)
+def train(self, task: dict, model_id: str, target: int) -> None:
+    if GPU is None or GPU.gen is None:
+        raise Reject("this GPU process has no pipeline", requeue=True)
+    GPU.train(self.request, task, model_id, target)
+
+
 @signals.worker_process_init.connect
 def _gpu_process_starts(**kwargs) -> None:
     """In each forked GPU process: load the pipeline on GPU `index` before the pool gives it work."""
@@ -288,6 +338,8 @@ def _task_retried(sender=None, request=None, **kwargs) -> None:
     if sender is not None and sender.name == ca.GENERATE and request is not None:
         task = request.kwargs["task"]
         _report(ev.ImagesRequeued(task["job_id"], tuple(task["indices"])))
+    elif sender is not None and sender.name == ca.TRAIN and request is not None:
+        _report(ev.TrainingRequeued(request.kwargs["task"]["training_id"], f"node {NODE.name} lost its GPU process"))
 
 
 @signals.task_failure.connect
@@ -304,6 +356,8 @@ def _task_failed(sender=None, kwargs=None, exception=None, **extra) -> None:
         reason = f"node {NODE.name}: {_short(exception)}"
     if sender.name == ca.UPSCALE:
         _report(ca.UpscaleDone(kwargs["request_id"], reason))
+    elif sender.name == ca.TRAIN:
+        _report(ev.TrainingFailed(kwargs["task"]["training_id"], f"training failed: {reason}"))
     elif sender.name == ca.GENERATE:
         task = kwargs["task"]
         for index, key in zip(task["indices"], task["keys"]):

@@ -26,6 +26,7 @@ from backend.gpu import messages as m
 
 GENERATE = "showroom.generate"   # kwargs: task (the fields of messages.Task), model_id
 UPSCALE = "showroom.upscale"     # kwargs: request_id, source_key, target_key
+TRAIN = "showroom.train"         # kwargs: task (the fields of messages.TrainTask), model_id, target (its last step)
 EVENTS = "showroom:events"       # stream, node -> backend: {"type": event class, "data": its fields as JSON}
 GROUP = "backend"                # the backend's consumer group on EVENTS
 WORKERS = "showroom:workers"     # hash: "<node>/<n>" -> the worker's last heartbeat (JSON)
@@ -39,6 +40,7 @@ CANCEL_TTL_S = 24 * 3600         # a cancel flag outlives any task still waiting
 HARD_LIMIT_MARGIN_S = 30         # the hard time limit follows the soft one (IMAGE_TIMEOUT_S x batch) by this
 VISIBILITY_MARGIN_S = 600        # the broker redelivers an unacknowledged task this long after the longest one
 MODEL_LOAD_S = 1800              # how long a node's GPU process may take to download and load the model
+TRAIN_CHUNK_MIN = 50             # a training runs as tasks of at least this many steps, each resumed from a checkpoint
 
 app = Celery("showroom", set_as_current=False)
 _configured = False
@@ -52,6 +54,17 @@ def image_queue(model_id: str) -> str:
 def node_queue(node: str) -> str:
     """A node's own queue, which it consumes beside its model's: batches whose LoRAs it holds (celery_routing)."""
     return f"showroom.node.{node}"
+
+
+def chunk_key(training_id: str, target: int) -> str:
+    """Set once by whoever sends a training's chunk ending at `target`: a chunk is sent once, however many
+    copies of the one before it ran (a redelivery after a node was lost)."""
+    return f"showroom:training:{training_id}:{target}"
+
+
+def longest_task_s(settings) -> float:
+    """The soft time limit of the longest task: a batch of MAX_BATCH images, and so one training chunk."""
+    return settings.image_timeout_s * settings.max_batch
 
 
 def cancel_key(job_id: str) -> str:
@@ -74,7 +87,7 @@ def claim_name(client, wanted: str, instance: str) -> str:
 
 def celery_config(settings) -> dict:
     """Long GPU tasks, acknowledged only once done: a task whose worker dies is run again, never dropped."""
-    longest = settings.image_timeout_s * settings.max_batch + HARD_LIMIT_MARGIN_S
+    longest = longest_task_s(settings) + HARD_LIMIT_MARGIN_S
     return {
         "broker_url": settings.broker_url.get_secret_value(),
         "broker_connection_retry_on_startup": True,
@@ -140,6 +153,22 @@ def task_payload(task: m.Task) -> dict:
     return fields
 
 
+def train_payload(task: m.TrainTask) -> dict:
+    fields = dataclasses.asdict(task)
+    del fields["task_id"]
+    return fields
+
+
+def train_from_payload(fields: dict, task_id: int) -> m.TrainTask:
+    return m.TrainTask(task_id=task_id, **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+
+def chunk_steps(task: m.TrainTask) -> int:
+    """Steps per training task: each fits well inside a task's time limit (and so the broker's visibility
+    timeout), so a node lost mid-way costs one chunk, and a node reloads the trainer once per chunk."""
+    return max(TRAIN_CHUNK_MIN, task.checkpoint_every)
+
+
 def task_from_payload(fields: dict, task_id: int) -> m.Task:
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
     values["loras"] = tuple(m.LoraTask(**lora) for lora in fields.get("loras", ()))
@@ -165,7 +194,8 @@ class ImageUndecided:
 
 EVENT_TYPES = {cls.__name__: cls for cls in (
     ev.ImagesStarted, ev.ImagesProgress, ev.ImagePreview, ev.ImageSucceeded, ev.ImageFailed, ev.ImagesRequeued,
-    ev.ImagesCanceled, ev.BatchFinished, ev.WorkerReady, UpscaleDone, ImageUndecided)}
+    ev.ImagesCanceled, ev.BatchFinished, ev.WorkerReady, UpscaleDone, ImageUndecided,
+    ev.TrainingStarted, ev.TrainingProgress, ev.TrainingRequeued, ev.TrainingSucceeded, ev.TrainingFailed)}
 
 
 def encode_event(event) -> dict[str, str]:

@@ -167,8 +167,22 @@ class CeleryExecutor:
         return future
 
     def train(self, task: m.TrainTask) -> None:
-        self.on_event(ev.TrainingFailed(task.training_id, "LoRA training runs on the local executor only: train on "
-                                        "a GPU box with EXECUTOR=local, or upload a LoRA with POST /v1/products"))
+        """On a node's GPU, as a chain of chunks (celery_app.chunk_steps): each resumes from the checkpoint the
+        one before stored and sends the next, so no task outlives the broker's visibility timeout and a node
+        lost mid-way costs one chunk. Sent again after a backend restart, it joins the chain still running."""
+        target = min(task.steps, ca.chunk_steps(task))
+        try:
+            if self.redis.set(ca.chunk_key(task.training_id, target), "backend", nx=True, ex=ca.CANCEL_TTL_S):
+                self.app.send_task(ca.TRAIN, kwargs={"task": ca.train_payload(task), "model_id": self.settings.model_id,
+                                                     "target": target}, queue=self.queue,
+                                   soft_time_limit=ca.longest_task_s(self.settings),
+                                   time_limit=ca.longest_task_s(self.settings) + ca.HARD_LIMIT_MARGIN_S, retry=True,
+                                   retry_policy=PUBLISH_RETRY)
+            else:
+                log.info("training %s: its first chunk was sent before; the chain goes on", task.training_id)
+        except Exception as e:  # the broker is unreachable: the training fails with the reason, nothing waits
+            self.on_event(ev.TrainingFailed(task.training_id, f"the broker (BROKER_URL) could not be reached to send "
+                                            f"this training to a GPU node: {e}"[:500]))
 
     def pending_images(self) -> int:
         with self.lock:

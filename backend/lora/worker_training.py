@@ -33,9 +33,15 @@ def newest_checkpoint(storage: Storage, training_id: str) -> str | None:
     return None
 
 
+def checkpoint_step(prefix: str) -> int:
+    """`trainings/<id>/checkpoints/step-000040/` -> 40."""
+    return int(prefix.rstrip("/").rsplit("step-", 1)[-1])
+
+
 def run_training(model_id: str, storage: Storage, device: str, task: TrainTask, work: Path,
-                 on_step: Callable[[int, int, float], None]) -> dict:
-    """Train to `task.steps`, resuming from the newest stored checkpoint; returns what the manifest records."""
+                 on_step: Callable[[int, int, float], None], until: int | None = None) -> dict:
+    """Train to `task.steps` (or only to step `until`, a chunk of it: then the chunk's last checkpoint is
+    stored and no LoRA yet), resuming from the newest stored checkpoint; returns what the manifest records."""
     from backend.lora import train as trainer
 
     shutil.rmtree(work, ignore_errors=True)
@@ -59,14 +65,20 @@ def run_training(model_id: str, storage: Storage, device: str, task: TrainTask, 
                 for name in CHECKPOINT_FILES:
                     storage.delete(f"{checkpoints_prefix(task.training_id)}{old}/{name}")
 
+    target = min(until or task.steps, task.steps)
     args = trainer.parse_args([
         "--images", str(photos), "--trigger", task.trigger, "--output", str(output), "--model", model_id,
-        "--steps", str(task.steps), "--rank", str(task.rank), "--resolution", str(task.resolution),
+        "--steps", str(target), "--rank", str(task.rank), "--resolution", str(task.resolution),
         "--device", device, "--checkpoint-every", str(task.checkpoint_every), "--keep-checkpoints", "1",
         "--seed", str(task.seed), "--no-flip",  # products carry labels and logos: never mirrored
         "--resume", "--quiet",
     ])
-    result = trainer.train(args, on_step=on_step, on_checkpoint=upload)
+    result = trainer.train(args, on_step=lambda step, _steps, loss: on_step(step, task.steps, loss),
+                           on_checkpoint=upload)
+    if target < task.steps:  # a chunk: the next one resumes from the checkpoint written at its end
+        upload(trainer.checkpoint_root(output) / f"step-{target:06d}", target)
+        shutil.rmtree(work, ignore_errors=True)
+        return {"resumed_from": result.start_step or None, "until": target}
     put_retrying(storage, lora_result_key(task.training_id), output.read_bytes(), "application/octet-stream",
                  budget_s=120)
     shutil.rmtree(work, ignore_errors=True)
