@@ -162,11 +162,12 @@ def node_env(env: dict[str, str], name: str | None) -> dict[str, str]:
 
 
 def broker_warning(env: dict[str, str]) -> str | None:
-    """Celery (kombu) takes a rediss:// URL without ssl_cert_reqs as 'encrypt, but trust any certificate'."""
+    """Celery (kombu) takes a rediss:// URL without ssl_cert_reqs as 'encrypt, but trust any certificate'; Showroom's
+    own Celery configuration checks it anyway (backend.gpu.celery_app), other tools given the URL would not."""
     broker = urlparse(env.get("BROKER_URL", ""))
     if broker.scheme == "rediss" and "ssl_cert_reqs=required" not in broker.query:
-        return ("warning: BROKER_URL is rediss:// without ?ssl_cert_reqs=required: Celery would accept any "
-                "certificate; add it so the node checks it is talking to your Redis (docs/NODES.md)")
+        return ("warning: BROKER_URL is rediss:// without ?ssl_cert_reqs=required: Showroom checks the certificate "
+                "anyway, but other Celery tools given this URL would accept any; add it (docs/NODES.md)")
     return None
 
 

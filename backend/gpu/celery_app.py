@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import ssl
 
 import redis
 from celery import Celery
@@ -88,7 +89,12 @@ def claim_name(client, wanted: str, instance: str) -> str:
 def celery_config(settings) -> dict:
     """Long GPU tasks, acknowledged only once done: a task whose worker dies is run again, never dropped."""
     longest = longest_task_s(settings) + HARD_LIMIT_MARGIN_S
-    return {
+    url = settings.broker_url.get_secret_value()
+    # rediss:// without ssl_cert_reqs would make Celery encrypt but accept any certificate (redis-py's own
+    # client checks it): a broker across the internet must be the one it claims to be.
+    tls = {"broker_use_ssl": {"ssl_cert_reqs": ssl.CERT_REQUIRED}} if (
+        url.startswith("rediss://") and "ssl_cert_reqs" not in url) else {}
+    return tls | {
         "broker_url": settings.broker_url.get_secret_value(),
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,  # a node waits out a broker restart, however long

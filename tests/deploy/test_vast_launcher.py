@@ -270,7 +270,7 @@ def test_up_role_node_rents_any_box_sends_no_key_and_opens_no_port(vast, node_en
     health = [s for s in vast.seen if s.path == "/health"]
     assert len(health) == 2 and all(s.auth == f"Bearer {API_KEY}" for s in health), "the backend's key, never vast's"
     assert "node shop-node is taking work: shop-node/0, shop-node/1" in out
-    assert "BROKER_URL is rediss:// without ?ssl_cert_reqs=required: Celery would accept any certificate" in out
+    assert "BROKER_URL is rediss:// without ?ssl_cert_reqs=required: Showroom checks the certificate anyway" in out
     assert_no_secret(out)
     assert REDIS_PASSWORD not in out
 
