@@ -5,6 +5,7 @@ over words or settings the user put in the form keeps them, and the chosen card 
 """
 
 import html
+from pathlib import Path
 
 import streamlit as st
 
@@ -17,6 +18,7 @@ UNDO = "style_undo"   # what the last choice replaced: {"name", "values", "promp
 APPLIED = "style_values"  # what the last choice put in the form, to tell it from the user's own edits
 FIELDS = ("prompt", "negative", "steps", "guidance", "strength")
 BLANK = {"prompt": "", "negative": "", "steps": 30, "guidance": 7.5, "strength": 0.5}  # compose's defaults
+SAMPLES = Path(__file__).resolve().parents[2] / "backend" / "products" / "samples"  # template_samples.py makes them
 MODE_NOUNS = {"place": "placing a product", "restyle": "restyling a photo", "generate": "a scene without a photo"}
 
 
@@ -126,8 +128,17 @@ def _for_mode(templates: list[dict], mode: str) -> list[dict]:
     return suited
 
 
+def sample(template_id: str, folder: Path | None = None) -> Path | None:
+    """The style's sample picture, where one was made (python -m backend.tools.template_samples)."""
+    path = (folder or SAMPLES) / f"{template_id}.jpg"
+    return path if path.is_file() else None
+
+
 def _card(template: dict, selected: bool) -> None:
     with st.container(border=True, key=f"style-card-{template['id']}"):
+        picture = sample(template["id"])
+        if picture:
+            st.image(str(picture), width="stretch")
         st.markdown(f'<div class="sr-card-head"><b>{html.escape(template["name"])}</b>'
                     f'<span class="sr-tag">{html.escape(_category_name(template.get("category") or "Other"))}'
                     f'</span></div><div class="sr-desc sr-clamp">{html.escape(describe(template))}</div>',

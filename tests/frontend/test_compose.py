@@ -130,3 +130,16 @@ def test_the_job_cost_shows_before_generate_and_warns_past_the_usual_limit(backe
     line = next(str(m.value) for m in at.markdown if 'id="job-cost"' in str(m.value))
     assert "16 pictures of 1024 x 1024 at 30 steps: 64 standard pictures of work" in line
     assert any("more than the generator usually takes" in w.value for w in at.warning)
+
+
+def test_a_style_with_a_sample_picture_shows_it_on_its_card(backend, open_app, tmp_path, monkeypatch):
+    from PIL import Image
+
+    first = generate_templates(backend)[0]
+    Image.new("RGB", (48, 48), (10, 200, 30)).save(tmp_path / f"{first['id']}.jpg")
+    at = open_app(frontend_env(backend))
+    shown = sum(len(image.value) for image in at.image)
+    monkeypatch.setattr(styles, "SAMPLES", tmp_path)
+    at.run()
+    assert_no_exception(at)
+    assert sum(len(image.value) for image in at.image) == shown + 1, "one card has a sample; the others only words"
