@@ -71,6 +71,7 @@ class ManifestStore:
         self._thread: threading.Thread | None = None
         self.storage_ok, self.storage_error = True, ""
         self.owner = ""  # this backend's lease owner id, written into the unfinished markers of its jobs
+        self._probed_at = 0.0
 
     # ----- lifecycle -----
     def start(self) -> "ManifestStore":
@@ -165,6 +166,23 @@ class ManifestStore:
     def unindex(self, job_id: str) -> None:
         for key in (newest_first_key(job_id), unfinished_key(job_id)):
             self.quick.delete(key)
+
+    def storage_answers(self) -> bool:
+        """Whether storage answers now: the writer's last word when it was good, else one short probe (at
+        most one a second, a few seconds when storage hangs), so a single failed write refuses nothing."""
+        if self.storage_ok:
+            return True
+        with self._lock:
+            if time.monotonic() - self._probed_at < 1.0:
+                return self.storage_ok
+            self._probed_at = time.monotonic()
+        try:
+            self.quick.ping()
+        except StorageError as e:
+            self._storage_state(False, str(e))
+            return False
+        self._storage_state(True)
+        return True
 
     def unsaved(self) -> int:
         """Manifests whose newest state storage does not have while it is failing."""

@@ -53,9 +53,9 @@ class JobService:
         return resolved
 
     def _storage_answers(self) -> None:
-        """Refuse at once while the manifest writer knows storage is failing: a submit would only wait
-        for its own time-out, holding a request thread, and could not be kept anyway."""
-        if not self.store.storage_ok:
+        """Refuse in seconds while storage is failing (the writer's word, checked by a short probe): a submit
+        would only wait for its own time-outs, holding a request thread, and could not be kept anyway."""
+        if not self.store.storage_answers():
             raise Unavailable(f"storage is unreachable ({self.store.storage_error or 'no answer'}); nothing was "
                               "queued, try again shortly", headers={"Retry-After": "5"})
 

@@ -81,13 +81,15 @@ def test_backend_restart_mid_job(make_backend, assert_nothing_lost):
 def test_a_second_backend_on_the_bucket_leaves_running_jobs_alone_and_takes_them_when_their_backend_dies(
         make_backend, assert_nothing_lost):
     first = make_backend(WORKERS="1")
-    ticket = first.submit(LONG | {"num_images": 3})
+    ticket = first.submit(LONG | {"num_images": 8, "steps": 150})  # long enough to outlive the second's start
     wait_until(lambda: first.get(f"/v1/jobs/{ticket['id']}").json()["status"] == "running")
     shared = {k: first.env[k] for k in ("STORAGE_URL", "S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
                                         "AWS_SECRET_ACCESS_KEY", "AWS_REGION")}
     second = make_backend(**shared, WORKERS="1")
     time.sleep(1)
     assert f"job {ticket['id']} taken back" not in second.log(), "the first backend is alive: its job is its own"
+    running = first.get(f"/v1/jobs/{ticket['id']}").json()
+    assert running["status"] == "running", "the job must still run when its backend dies, or this proves nothing"
     os.killpg(first.process.pid, signal.SIGKILL)  # the first box goes, no goodbye: its lease is left behind
     first.process.wait(10)
     job = second.wait_job(ticket["id"], timeout=240)
@@ -152,7 +154,7 @@ def test_a_hung_storage_server_never_freezes_the_api(make_backend, assert_nothin
         assert max(health_s) < 2, f"/health took {max(health_s):.1f}s during the stall"
         record_property("health_max_s", round(max(health_s), 2))
         known_down, took = timed(lambda: backend.post("/v1/jobs", json={"prompt": "still stalled", "num_images": 1}))
-        assert known_down.status_code == 503 and took < 2, (known_down.status_code, took)
+        assert known_down.status_code == 503 and took < 6, (known_down.status_code, took)  # one short probe
         assert known_down.headers.get("retry-after"), "a refused client is told when to try again"
         running, took = timed(lambda: backend.get(f"/v1/jobs/{ticket['id']}"))
         assert running.status_code == 200 and took < 2, "a job being made is read from memory, not storage"

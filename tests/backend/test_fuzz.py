@@ -14,10 +14,16 @@ PHASES = ("examples", "coverage", "fuzzing", "stateful")
 
 
 @pytest.fixture(scope="module")
-def fuzz_backend(make_backend):
+def fuzz_backend(make_backend, tmp_path_factory):
     # A small queue and a short time limit keep the fuzzer's valid jobs (up to 16 images of
-    # 2048x2048 at 150 steps) from occupying the CPU for long: refusals are 429s, never 5xx.
-    backend = make_backend(WORKERS="1", QUEUE_MAX_IMAGES="8", IMAGE_TIMEOUT_S="5", RATE_LIMIT_PER_MINUTE="0")
+    # 2048x2048 at 150 steps) from occupying the CPU for long: refusals are 429s, never 5xx. The local
+    # upscaler (a tiny Swin2SR) is on: with it off, an upscale is a 503 by design, which the checker counts
+    # as a server error once its stateful phase reaches a finished image.
+    from tests.backend.test_upscale import save_tiny_swin2sr
+
+    upscaler = save_tiny_swin2sr(tmp_path_factory.mktemp("fuzz-swin2sr"))
+    backend = make_backend(WORKERS="1", QUEUE_MAX_IMAGES="8", IMAGE_TIMEOUT_S="5", RATE_LIMIT_PER_MINUTE="0",
+                           UPSCALER="local", LOCAL_UPSCALER_MODEL=str(upscaler))
     yield backend
     backend.stop()
 
