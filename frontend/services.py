@@ -53,6 +53,7 @@ def storage() -> Storage | None:
 
 
 DEFAULT_NATIVE = 512  # SD 1.5's, for a backend whose /health does not say (older ones)
+PICTURE_SCAN = 60     # finished jobs looked at for the pictures of products without a packshot
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,18 @@ def thumbnail(storage_url: str, key: str, size: int = 384) -> bytes:
 def history(storage_url: str, limit: int, before: str | None = None, product: str | None = None,
             status: str | None = None) -> JobPage:
     return recent_jobs(storage(), limit, before, product, status)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def pictures_by_product(storage_url: str) -> dict[str, str]:
+    """Each product's newest finished picture (its storage key), from one look at the newest jobs: what a
+    product without a packshot shows as its picture."""
+    found: dict[str, str] = {}
+    for job in recent_jobs(storage(), PICTURE_SCAN, status="succeeded").jobs:
+        done = [img.key for img in job.images if img.status == "succeeded" and not img.missing]
+        if job.product and done and job.product not in found:
+            found[job.product] = done[0]
+    return found
 
 
 def product_records() -> list[dict]:

@@ -164,15 +164,19 @@ def _reuse_picture() -> None:
 
 
 def _product_picture(product: dict | None) -> None:
-    """The chosen product's packshot, small; nothing when it has none (or storage cannot give it)."""
-    key = (product or {}).get("packshot_key")
-    if not key:
+    """The chosen product's packshot, small; without one, the newest picture made with it; else nothing."""
+    if not product:
         return
+    url, key = services.settings().storage_url, product.get("packshot_key")
     try:
-        shot = services.packshot(services.settings().storage_url, key)
+        if key:
+            st.image(services.cutout_on_checkerboard(services.packshot(url, key)), width=72, caption=product["name"])
+            return
+        made = services.pictures_by_product(url).get(product["name"])
+        if made:
+            st.image(services.thumbnail(url, made, 144), width=72, caption=product["name"])
     except StorageError:
         return
-    st.image(services.cutout_on_checkerboard(shot), width=72, caption=product["name"])
 
 
 def _spec(mode: str) -> tuple[dict | None, str | None]:

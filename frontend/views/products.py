@@ -61,14 +61,19 @@ def _listing(products: list[dict]) -> None:
 
 
 def _picture(product: dict) -> None:
+    """Its packshot; without one, the newest picture made with it; else a plain tile."""
+    url = services.settings().storage_url
     key = product.get("packshot_key")
-    if key:
-        try:
-            shot = services.packshot(services.settings().storage_url, key)
-            st.image(services.cutout_on_checkerboard(shot), width="stretch")
+    try:
+        if key:
+            st.image(services.cutout_on_checkerboard(services.packshot(url, key)), width="stretch")
             return
-        except StorageError:
-            pass
+        made = services.pictures_by_product(url).get(product["name"])
+        if made:
+            st.image(services.thumbnail(url, made, 192), width="stretch", caption="Made with it")
+            return
+    except StorageError:
+        pass
     st.markdown('<div class="sr-thumb-empty">No picture</div>', unsafe_allow_html=True)
 
 

@@ -161,3 +161,22 @@ def test_the_time_left_comes_from_the_measured_speed():
     assert view.fraction == 0.2 and view.eta_s() == 160, "20 steps in 40 s: 80 steps left take 160 s"
     assert view.eta_s(since=(10, "2026-01-01T10:00:30Z")) == 80, "measured from where the page first saw it"
     assert training_view(manifest | {"status": "queued"}).eta_s() is None
+
+
+def test_a_product_without_a_packshot_shows_the_newest_picture_made_with_it(backend, open_app, tiny_model):
+    from tests.factories import make_lora
+
+    name = unique("scarf")
+    r = backend.post("/v1/products", data={"name": name, "trigger": "zqv scarf"},
+                     files={"file": ("s.safetensors", make_lora(tiny_model, seed=9), "application/octet-stream")})
+    assert r.status_code == 201, r.text
+    services.pictures_by_product.clear()
+    at = products_page(open_app, backend)
+    assert card_pictures(at, name) == 0 and "No picture" in page_text(at), "nothing made with it yet"
+    job = backend.wait_job(backend.submit({"product": name, "prompt": "<product> on a hook", "num_images": 1,
+                                           "steps": 2, "width": 64, "height": 64})["id"])
+    assert job["status"] == "succeeded", job
+    services.pictures_by_product.clear()
+    at = products_page(open_app, backend)
+    assert card_pictures(at, name) == 1, "the picture made with it stands in for a packshot"
+    assert "Made with it" in captions(at)
