@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from urllib.parse import urlparse
 
-QUICK_READ_S = 5  # how long a call someone waits on waits for S3's answer (responsive())
+QUICK_READ_S = 4  # how long a call someone waits on waits for S3's answer (responsive()): 2 tries fit in 10 s
 
 
 class StorageError(Exception):

@@ -43,15 +43,20 @@ def run() -> dict:
                                 f"--junitxml={report}", *SUITES.values()], cwd=REPO)
         root = ET.parse(report).getroot()
     results: dict = {name: {"passed": 0, "failed": 0} for name in SUITES}
-    figures: dict[str, int] = {}
+    figures: dict[str, float] = {}
     for case in root.iter("testcase"):
         suite = next(n for n, f in SUITES.items() if case.get("classname", "").replace(".", "/") in f)
         failed = case.find("failure") is not None or case.find("error") is not None
         results[suite]["failed" if failed else "passed"] += 1
         for prop in case.iter("property"):
-            name, value = prop.get("name"), int(float(prop.get("value")))
+            name, value = prop.get("name"), float(prop.get("value"))
+            value = int(value) if value.is_integer() else value
             figures[name] = figures.get(name, 0) + value if name.startswith("images_") else value
     return {"exit_code": code, "suites": results, "figures": figures}
+
+
+def _s(seconds) -> str:
+    return "? s" if seconds is None else f"{seconds:.2f} s"
 
 
 def write(outcome: dict) -> str:
@@ -83,6 +88,8 @@ def write(outcome: dict) -> str:
         f"{f.get('fuzz_requests', '?')} generated requests over {f.get('fuzz_operations', '?')} operations "
         "(schemathesis `--checks all` with its stateful phase, from the OpenAPI schema): no 5xx, no mismatch |",
         f"| security checks | {s['security']['passed']} of {s['security']['passed'] + s['security']['failed']} |",
+        f"| hung storage (SeaweedFS under SIGSTOP) | a submit refused with 503 in {_s(f.get('submit_refused_s'))}, "
+        f"`/health` answering in {_s(f.get('health_max_s'))} at most; the job running before the stall finished |",
         f"| images lost | {lost} |",
         "",
         "| suite | passed | failed |",
@@ -113,9 +120,9 @@ def write(outcome: dict) -> str:
         "- Each image has a time limit (`IMAGE_TIMEOUT_S`); cancel interrupts the running batch through "
         "the diffusers step callback.",
         "- A hung S3 (it accepts connections and never answers) is noticed by read time-outs: calls a client "
-        "waits on try twice for 5 s at most, a submit is refused with 503 and Retry-After at once while the "
-        "manifest writer knows storage is down, `/health` answers from memory, and running jobs finish when "
-        "storage answers again.",
+        "waits on try twice for 4 s at most; while storage fails, a submit is decided by one short probe (at most "
+        "one a second) and refused with 503 and Retry-After; `/health` answers from memory; running jobs finish "
+        "when storage answers again.",
         "- An image whose worker was lost while storage could not say whether its object landed stays open "
         "until storage answers, then ends `succeeded` or `failed` by what storage holds: never failed blind.",
         "- Two backends on one bucket: each keeps a heartbeat under `index/backends/` and a job's unfinished "
