@@ -4,22 +4,12 @@ it once storage answers: against the real Redis stream, with the executor in thi
 import threading
 
 from backend.config import Settings
-from backend.contract import new_job_id
 from backend.gpu import celery_app as ca
 from backend.gpu import executor as ev
 from backend.gpu.celery_executor import CeleryExecutor
-from backend.models import ImageRecord, JobManifest, ResolvedSpec, Status, now
 from backend.storage import LocalStorage, StorageError
 from tests.backend.celery_parts import redis_server, wait_until  # noqa: F401 (fixture)
-
-
-def make_job(n: int) -> JobManifest:
-    job_id = new_job_id()
-    spec = ResolvedSpec(prompt="p", negative_prompt="", product=None, template=None, loras=[], num_images=n,
-                        steps=2, guidance_scale=7.5, width=64, height=64, seed=0, strength=0.5)
-    return JobManifest(id=job_id, created_at=now(), updated_at=now(), status=Status.queued, spec=spec,
-                       input_key=None, images=[ImageRecord(index=i, key=f"jobs/{job_id}/{i}.png", seed=i)
-                                               for i in range(n)])
+from tests.backend.test_scheduler import make_job
 
 
 class FlakyStorage(LocalStorage):

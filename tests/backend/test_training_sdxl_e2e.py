@@ -3,12 +3,12 @@ MODEL_ID is a tiny SDXL pipeline trains on a GPU worker (here the CPU) at the mo
 passes the upload checks, the product gets has_lora, and its LoRA changes the product's pictures."""
 
 import io
-import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.backend.test_products_e2e import training_photos, wait_training
 from tests.factories import packshot
 
 SMALL = {"steps": 2, "width": 64, "height": 64}
@@ -22,34 +22,11 @@ def xl_backend(make_backend, tmp_path_factory):
     return make_backend(MODEL_ID=str(model))
 
 
-def photos(n: int) -> list:
-    """n views of the product: the packshot on white, shifted a little each time."""
-    parts = []
-    for i in range(n):
-        canvas = Image.new("RGB", (64, 64), (255, 255, 255))
-        with Image.open(io.BytesIO(packshot())) as shot:
-            canvas.paste(shot, (4 + 3 * i, 2 + i), shot)
-        out = io.BytesIO()
-        canvas.save(out, format="PNG")
-        parts.append(("photos", (f"{i}.png", out.getvalue(), "image/png")))
-    return parts
-
-
-def wait_training(backend, training_id: str, timeout: float = 300) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        training = backend.get(f"/v1/trainings/{training_id}").json()
-        if training["status"] in ("succeeded", "failed", "canceled"):
-            return training
-        time.sleep(0.1)
-    raise TimeoutError(f"training {training_id}: {training}\n{backend.log()[-3000:]}")
-
-
 def test_a_training_on_sdxl_teaches_the_product_a_lora_that_changes_its_images(xl_backend):
     r = xl_backend.post("/v1/products", data={"name": "kettle", "trigger": "zxq kettle"},
                         files={"photo": ("k.png", packshot(), "image/png")})
     assert r.status_code == 201, r.text
-    r = xl_backend.post("/v1/products/kettle/training", files=photos(3), data={"steps": "10", "rank": "4"})
+    r = xl_backend.post("/v1/products/kettle/training", files=training_photos(3), data={"steps": "10", "rank": "4"})
     assert r.status_code == 202, r.text
     training = wait_training(xl_backend, r.json()["id"])
     assert training["status"] == "succeeded", (training, xl_backend.log()[-3000:])
@@ -60,7 +37,8 @@ def test_a_training_on_sdxl_teaches_the_product_a_lora_that_changes_its_images(x
     assert product["has_lora"] and product["training"] == training["id"]
 
     spec = {"num_images": 1, "seed": 8, **SMALL}
-    with_lora = xl_backend.wait_job(xl_backend.submit(spec | {"product": "kettle", "prompt": "<product> on a table"})["id"])
+    with_lora = xl_backend.wait_job(xl_backend.submit(spec | {"product": "kettle",
+                                                               "prompt": "<product> on a table"})["id"])
     without = xl_backend.wait_job(xl_backend.submit(spec | {"prompt": "zxq kettle on a table"})["id"])
     assert with_lora["status"] == without["status"] == "succeeded", (with_lora, without)
     assert with_lora["spec"]["prompt"] == without["spec"]["prompt"]
