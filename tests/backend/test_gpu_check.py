@@ -18,8 +18,16 @@ def test_gpu_check_runs_every_section_with_tiny_architectures(tmp_path, capsys):
     for name in ("sd15_training", "sdxl_training"):  # UNet only, then with the text encoder(s)
         assert [r["text_encoders"] for r in out[name]] == [False, True], out[name]
         assert all(r["steps_per_s"] > 0 and all(x == x for x in r["loss"]) for r in out[name]), out[name]
+    profile = out["sd15_profile"]  # batch 4 with CFG: 8 latents, profiled on the CPU with the toy UNet
+    assert profile["latents"] == 8 and profile["step_ms"] > 0 and 0 < profile["busy_share"] <= 1, profile
+    assert profile["launches_per_step"] > 0 and profile["top_ops"] and profile["top_kernels"] == []
+    assert set(profile["categories"]) == {"attention", "convolution", "matmul", "norm", "elementwise/other"}
+    assert all(0 <= v <= 1 for v in profile["categories"].values()) and sum(profile["categories"].values()) > 0.99
+    assert profile["categories"]["convolution"] > 0 and profile["categories"]["attention"] > 0, profile["categories"]
+    assert all(op["ms"] > 0 and 0 < op["share"] <= 1 and op["calls"] > 0 for op in profile["top_ops"])
     printed = capsys.readouterr().out
     assert "guard: out-of-memory batch made one at a time" in printed and "SDXL training steps/s" in printed
+    assert "SD 1.5 step at batch 4: ms, GPU busy share" in printed
 
 
 def test_a_broken_section_is_recorded_and_the_exit_code_says_so(tmp_path, monkeypatch):
@@ -28,3 +36,19 @@ def test_a_broken_section_is_recorded_and_the_exit_code_says_so(tmp_path, monkey
     assert gpu_check.main(["--tiny", "--out", str(tmp_path)]) == 1
     out = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert out["errors"] == {"sdxl build": "RuntimeError: no SDXL today"}
+
+
+def test_op_category_reads_aten_ops_and_cuda_kernel_names():
+    expected = {
+        "aten::_scaled_dot_product_flash_attention": "attention",
+        "fmha_cutlassF_f16_aligned_64x64_rf_sm80": "attention",  # a cutlass kernel, but attention's
+        "sm90_xmma_fprop_implicit_gemm_f16f16_f16f32_nhwckrsc_nhwc": "convolution",  # cuDNN's, "gemm" in it
+        "aten::cudnn_convolution": "convolution",
+        "nvjet_hsh_128x256_64x4_2x1_v_bz_coopA_NTN": "matmul",
+        "aten::addmm": "matmul",
+        "aten::native_group_norm": "norm",
+        "void at::native::(anonymous namespace)::RowwiseMomentsCUDAKernel<c10::Half>": "norm",
+        "aten::silu": "elementwise/other",
+        "Memcpy HtoD (Pageable -> Device)": "elementwise/other",
+    }
+    assert {name: gpu_check.op_category(name) for name in expected} == expected
