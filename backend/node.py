@@ -6,8 +6,10 @@ One Celery worker with a prefork pool of WORKERS processes (one per visible GPU;
 i is pinned to GPU i and loads the pipeline once, before it takes any work; LoRAs stay cached in it.
 Why one worker with a pool rather than one worker per GPU: a GPU process that dies mid-image (kill -9, a
 CUDA crash) is seen by its parent at once, and Celery sends its task again (retry_on_worker_lost) to the
-next free GPU of any node, without waiting for the broker's visibility timeout. That timeout is left for
-a node that vanishes whole (switched off): its task comes back once the timeout has passed.
+next free GPU of any node, without waiting for the broker's visibility timeout. A node that vanishes
+whole (switched off) cannot say so: its heartbeats name the task in hand, and the backend sends that task
+again once they have stopped for half a minute (backend.gpu.celery_rescue); the broker's copy, redelivered
+after the visibility timeout, is then dropped.
 
 The node consumes the model's queue only once its first GPU process is ready, so a node still loading
 holds no work back. Its workers are named `<node>/<n>`; two live nodes never share a name. It also
@@ -26,6 +28,7 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -34,6 +37,7 @@ from celery import signals
 from celery.exceptions import Reject, TimeLimitExceeded
 
 from backend.gpu import celery_app as ca
+from backend.gpu import celery_rescue as rescue
 from backend.gpu import executor as ev
 from backend.gpu import messages as m
 
@@ -72,6 +76,7 @@ class Gpu:
         self.state, self.device, self.error, self.native_size = "starting", "unknown", None, None
         self.gen = self.storage = None
         self.tasks = 0
+        self.task: dict | None = None  # the task it runs, as its heartbeat names it (backend.gpu.celery_rescue)
         self._loras: list[str] = []
         self.beat()
         threading.Thread(target=self._beat_forever, name="heartbeat", daemon=True).start()
@@ -95,7 +100,8 @@ class Gpu:
 
     def beat(self) -> None:
         beat = {"device": self.device, "state": self.state, "model": self.settings.model_id, "pid": os.getpid(),
-                "native_size": self.native_size, "error": self.error, "loras": self.held_loras(), "ts": time.time()}
+                "native_size": self.native_size, "error": self.error, "loras": self.held_loras(), "task": self.task,
+                "ts": time.time()}
         try:
             self.redis.hset(ca.WORKERS, self.id, json.dumps(beat))
             self.redis.set(ca.name_key(self.node.name), self.node.instance, ex=ca.STALE_S)
@@ -157,7 +163,29 @@ class Gpu:
             self.set_state("ready")
         ca.publish(self.redis, ca.UpscaleDone(request_id, error))
 
-    def train(self, request, payload: dict, model_id: str, target: int) -> None:
+    @contextmanager
+    def running(self, request):
+        """The task in hand, named in the heartbeat while it runs; None when the backend sent it again
+        elsewhere (its node was taken for lost): then it is acknowledged and nothing is done."""
+        try:
+            superseded = self.redis.get(rescue.superseded_key(request.id))
+        except Exception as e:  # unknown: run it (a copy makes the same pixels; stored images are skipped)
+            log.warning("%s: superseded flag unreadable: %s", self.id, _short(e))
+            superseded = None
+        if superseded:
+            log.warning("%s: task %s was sent again as %s while this node was taken for lost: dropped", self.id,
+                        request.id, superseded)
+            yield False
+            return
+        self.task = rescue.running(request)
+        self.beat()  # named at once: a node that vanishes in its first seconds is seen too
+        try:
+            yield True
+        finally:
+            self.task = None
+            self.beat()
+
+    def train(self, request, payload: dict, model_id: str, target: int, rescue_of: str | None = None) -> None:
         """One chunk of a training: resume from the newest stored checkpoint, train to `target`, store its
         checkpoint and send the next chunk (once), or, at the last step, store the LoRA and say so."""
         from backend.gpu.worker import _free_memory
@@ -192,11 +220,16 @@ class Gpu:
             ca.publish(self.redis, ev.TrainingSucceeded(task.training_id, info))
             return
         following = min(task.steps, until + ca.chunk_steps(task))
-        if self.redis.set(ca.chunk_key(task.training_id, following), self.id, nx=True, ex=ca.CANCEL_TTL_S):
+        key = ca.chunk_key(task.training_id, following)
+        # Sent once; or again by the copy of a task lost after it claimed the next chunk, maybe before sending it.
+        if self.redis.set(key, request.id, nx=True, ex=ca.CANCEL_TTL_S) or (
+                rescue_of and self.redis.get(key) == rescue_of and self.redis.set(key, request.id, xx=True)):
             limit = ca.longest_task_s(self.settings)
             ca.app.send_task(ca.TRAIN, kwargs={"task": payload, "model_id": model_id, "target": following},
                              queue=request.delivery_info.get("routing_key") or ca.image_queue(model_id),
                              soft_time_limit=limit, time_limit=limit + ca.HARD_LIMIT_MARGIN_S)
+        else:
+            log.info("%s: training %s, the chunk to step %d was sent before", self.id, task.training_id, following)
 
     def _refuse(self, request, model_id: str):
         reason = (f"node {self.node.name} runs MODEL_ID={self.settings.model_id!r} but the task is for "
@@ -284,7 +317,9 @@ class CancelFlag:
 def generate(self, task: dict, model_id: str) -> None:
     if GPU is None or GPU.gen is None:
         raise Reject("this GPU process has no pipeline", requeue=True)
-    GPU.generate(self.request, task, model_id)
+    with GPU.running(self.request) as wanted:
+        if wanted:
+            GPU.generate(self.request, task, model_id)
 
 
 @ca.app.task(name=ca.UPSCALE, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=MAX_RETRIES,
@@ -292,15 +327,19 @@ def generate(self, task: dict, model_id: str) -> None:
 def upscale(self, request_id: str, source_key: str, target_key: str) -> None:
     if GPU is None or GPU.gen is None:
         raise Reject("this GPU process has no pipeline", requeue=True)
-    GPU.upscale(request_id, source_key, target_key)
+    with GPU.running(self.request) as wanted:
+        if wanted:
+            GPU.upscale(request_id, source_key, target_key)
 
 
 @ca.app.task(name=ca.TRAIN, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=MAX_RETRIES,
               default_retry_delay=0)
-def train(self, task: dict, model_id: str, target: int) -> None:
+def train(self, task: dict, model_id: str, target: int, rescue_of: str | None = None) -> None:
     if GPU is None or GPU.gen is None:
         raise Reject("this GPU process has no pipeline", requeue=True)
-    GPU.train(self.request, task, model_id, target)
+    with GPU.running(self.request) as wanted:
+        if wanted:
+            GPU.train(self.request, task, model_id, target, rescue_of)
 
 
 @signals.worker_process_init.connect

@@ -31,6 +31,7 @@ SUITES = {
     "webhooks and batches": "tests/backend/test_batches_webhooks_e2e.py",
     "celery executor": "tests/backend/test_celery_e2e.py",
     "undecided images (celery)": "tests/backend/test_celery_undecided.py",
+    "a node switched off (celery)": "tests/backend/test_celery_rescue.py",
     "leases and conditional writes": "tests/backend/test_leases.py",
     "request bodies (size, arrival time)": "tests/unit/api/test_middleware.py",
 }
@@ -90,6 +91,8 @@ def write(outcome: dict) -> str:
         f"| security checks | {s['security']['passed']} of {s['security']['passed'] + s['security']['failed']} |",
         f"| hung storage (SeaweedFS under SIGSTOP) | a submit refused with 503 in {_s(f.get('submit_refused_s'))}, "
         f"`/health` answering in {_s(f.get('health_max_s'))} at most; the job running before the stall finished |",
+        f"| a GPU node switched off mid-batch (EXECUTOR=celery) | its image made by another node "
+        f"{_s(f.get('node_off_to_done_s'))} after; the broker's copy, handed out again later, dropped |",
         f"| images lost | {lost} |",
         "",
         "| suite | passed | failed |",
@@ -132,6 +135,10 @@ def write(outcome: dict) -> str:
         "boxes need NTP (the lease compares wall clocks). Trainings have no lease yet.",
         "- A request body must arrive within 30 s plus a second per 16 KB (else 408): a client trickling a byte a "
         "second cannot hold a request open.",
+        "- A GPU node's heartbeats name the task it runs: when they stop for 30 s the backend sends that task "
+        "again (only the images still open) and marks the old one superseded, so a node switched off costs "
+        "half a minute, not the broker's visibility timeout (90 min); a training chunk lost after it claimed "
+        "the next chunk still has that chunk sent.",
         "",
         "## Who can do what",
         "",

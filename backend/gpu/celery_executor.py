@@ -6,8 +6,10 @@ that are up, so image i is made from seed + i in the same batches whatever the n
 backend writes no manifest: the events go to `on_event` (JobEvents), in stream order, from one thread.
 
 What it must survive:
-- a node lost mid-batch: Celery sends the task again (acks_late, reject/retry on worker lost, the
-  visibility timeout); a node skips an image that is already stored and reports it succeeded;
+- a node lost mid-batch: Celery sends the task again (acks_late, reject/retry on worker lost); a node
+  that vanishes whole has its task sent again by this backend once its heartbeat is LOST_S old
+  (backend.gpu.celery_rescue), not after the visibility timeout; a node skips an image that is already
+  stored and reports it succeeded;
 - a backend restart: the broker keeps the tasks, the stream keeps the events unread by the consumer
   group, and the ids of jobs in flight are kept in Redis, so start-up recovery leaves them alone;
 - a cancel: images not started are canceled at once; running ones stop at their node's next step, when
@@ -28,6 +30,7 @@ import redis
 
 from backend.contract import job_prefix, manifest_key
 from backend.gpu import celery_app as ca
+from backend.gpu import celery_rescue as rescue
 from backend.gpu import celery_routing as cr
 from backend.gpu import executor as ev
 from backend.gpu import messages as m
@@ -68,6 +71,7 @@ class CeleryExecutor:
         self.removed_on_cancel: dict[tuple[str, int], float] = {}  # canceled before they started
         self._refused: set[str] = set()  # node workers already logged as running another model
         self.router = cr.Router(self.redis, settings.model_id, self.queue)
+        self.rescue = rescue.Rescue(self.app, self.redis, settings, self.queue, PUBLISH_RETRY)
         self._reconcile_at = 0.0  # when _reconcile runs next (at once after an undecided image)
         self._outbox: list = []  # events (and ("done", job id)) to hand out once the lock is released
         self._delivering = threading.Lock()
@@ -417,8 +421,10 @@ class CeleryExecutor:
 
     def _refresh_workers(self) -> None:
         """The node workers that reported in the last minute, from their heartbeats."""
-        fleet = ca.read_fleet(self.redis.hgetall(ca.WORKERS), self.settings.model_id, time.time())
+        beats = self.redis.hgetall(ca.WORKERS)
+        fleet = ca.read_fleet(beats, self.settings.model_id, time.time())
         self.router.heard_from(w["id"].rpartition("/")[0] for w in fleet.workers)
+        self.rescue.check(beats, time.time(), self._open_of, self._apply)  # before an expired heartbeat goes
         if fleet.expired:
             self.redis.hdel(ca.WORKERS, *fleet.expired)
         for worker_id, reason in fleet.refused.items():
@@ -428,3 +434,9 @@ class CeleryExecutor:
         with self.lock:
             self.workers, self.errors = fleet.workers, fleet.errors
             self.native_size = fleet.native_size or self.native_size
+
+    def _open_of(self, job_id: str, indices) -> set[int]:
+        """Which of a job's images in `indices` are still open here (none for a job not in flight)."""
+        with self.lock:
+            flight = self.flights.get(job_id)
+            return (flight.held.open & set(indices)) if flight else set()
