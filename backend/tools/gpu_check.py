@@ -14,11 +14,12 @@ weights, which cost the same FLOPs as the real ones. It measures
   fp16 decode that overflows is made again in fp32;
 - LoRA training (backend.lora.train, as a worker runs it) on SD 1.5 at 512 and SDXL at 1024: steps/s
   and peak GPU memory, UNet only and with the text encoders;
-- "sd15 profile" (issue #20: why a step is short of the FLOP ceiling): the production UNet (fp16, SDPA,
-  channels_last) at batch 4 with CFG, 3 steps under torch.profiler after 2 warm-up steps: wall ms per step,
-  kernel ms per step and the GPU busy share (kernel time / wall time: well under 1 means launch- or
-  CPU-bound), kernel launches per step, the top 15 ops and top 10 kernels by self GPU time, and the share
-  by category (attention, convolution, matmul, norm, elementwise/other). On the CPU, self CPU time.
+- "sd15 profile" (backend.tools.gpu_profile; issue #20: why a step is short of the FLOP ceiling): the
+  production UNet (fp16, SDPA, channels_last) at batch 4 with CFG, 3 steps under torch.profiler after 2
+  warm-up steps: wall ms per step, kernel ms per step and the GPU busy share (kernel time / wall time:
+  well under 1 means launch- or CPU-bound), kernel launches per step, the top 15 ops and top 10 kernels by
+  self GPU time, and the share by category (attention, convolution, matmul, norm, elementwise/other). On
+  the CPU, self CPU time.
 It writes one JSON file (`gpu-check-<date>-<gpu>.json` under --out) and prints a short table. It exits
 non-zero only when something is broken (a section raised), never because something is slow; every
 section records its own error and lets the others run. `--tiny` runs the same code with toy
@@ -34,7 +35,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from backend.tools import bench
+from backend.tools import bench, gpu_profile
 
 SDXL = bench.Arch(  # stable-diffusion-xl-base-1.0's unet/, vae/, text_encoder/ (ViT-L) and text_encoder_2/ (bigG)
     unet=dict(sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, norm_num_groups=32,
@@ -208,77 +209,6 @@ def training_rows(model_dir: Path, work: Path, resolution: int, steps: int, devi
     return rows
 
 
-CATEGORIES = (  # (category, words in a lowercased op or kernel name); the first that matches wins: attention
-    # first (flash kernels are cutlass ones), then convolution (cuDNN's are "..._fprop_implicit_gemm_...")
-    ("attention", ("attention", "attn", "sdp", "flash", "fmha", "softmax")),
-    ("convolution", ("conv", "fprop", "cudnn", "nchwtonhwc", "nhwctonchw")),
-    ("matmul", ("gemm", "aten::mm", "addmm", "bmm", "matmul", "linear", "nvjet", "cublas")),
-    ("norm", ("group_norm", "layer_norm", "groupnorm", "layernorm", "rowwisemoments", "computefusedparams")),
-)
-OTHER = "elementwise/other"
-
-
-def op_category(name: str) -> str:
-    """attention, convolution, matmul, norm or elementwise/other, from an aten op's or a CUDA kernel's name."""
-    lower = name.lower()
-    return next((category for category, words in CATEGORIES if any(w in lower for w in words)), OTHER)
-
-
-def _self_us(row, cuda: bool) -> float:
-    if not cuda:
-        return row.self_cpu_time_total
-    value = getattr(row, "self_device_time_total", None)  # torch 2.4 renamed self_cuda_time_total
-    return value if value is not None else row.self_cuda_time_total
-
-
-def profile_step(unet, arch: bench.Arch, device: str, dtype, sd15: dict | None, batch: int = 4, steps: int = 3) -> dict:
-    """Where one CFG step of `batch` images (2 x batch latents) goes, as Generator runs the UNet: issue #20's
-    "under 30% of the FLOP ceiling at batch 4: find out why", answered by the one GPU run we may get."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
-    cuda = device.startswith("cuda")
-    step = bench.unet_step(unet, arch, batch, device, dtype, channels_last=cuda)
-    step_ms = bench.timed_ms(step, device, steps)  # after its 2 warm-up steps; no profiler: the true wall time
-    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
-        bench.sync(device)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        bench.sync(device)
-        profiled_ms = (time.perf_counter() - t0) * 1000 / steps
-    rows = prof.key_averages()
-    ops = [r for r in rows if r.device_type == DeviceType.CPU]  # on CUDA each op holds the kernels it launched
-    kernels = [r for r in rows if r.device_type != DeviceType.CPU and not getattr(r, "is_user_annotation", False)]
-    if cuda and not kernels:
-        raise RuntimeError("the profiler recorded no CUDA kernel (no CUPTI?)")
-    busy = kernels if cuda else ops
-    busy_ms = sum(_self_us(r, cuda) for r in busy) / 1000 / steps
-    total = sum(_self_us(r, cuda) for r in ops) or 1.0
-    shares = dict.fromkeys([c for c, _ in CATEGORIES] + [OTHER], 0.0)
-    for r in ops:
-        shares[op_category(r.key)] += _self_us(r, cuda) / total
-
-    def top(candidates, n: int) -> list[dict]:
-        ranked = sorted(candidates, key=lambda r: _self_us(r, cuda), reverse=True)[:n]
-        return [{"name": r.key[:120], "category": op_category(r.key), "calls": round(r.count / steps, 1),
-                 "ms": round(_self_us(r, cuda) / 1000 / steps, 3), "share": round(_self_us(r, cuda) / total, 4)}
-                for r in ranked if _self_us(r, cuda) > 0]
-
-    tflop = (sd15 or {}).get("tflop", {}).get("unet_cfg_step")
-    return {"batch": batch, "latents": 2 * batch, "dtype": str(dtype).removeprefix("torch."), "channels_last": cuda,
-            "attention_processor": type(next(iter(unet.attn_processors.values()))).__name__,
-            "step_ms": round(step_ms, 3), "profiled_step_ms": round(profiled_ms, 3),
-            "busy_ms": round(busy_ms, 3),
-            # kernels run at their speed under the profiler, the host does not: a GPU's busy time is set against
-            # the unprofiled step; on the CPU the profiler's cost is in the ops' times too, so the profiled one
-            "busy_share": round(min(1.0, busy_ms / (step_ms if cuda else profiled_ms)), 4),
-            "launches_per_step": round(sum(r.count for r in busy) / steps, 1),  # kernels; aten op calls on the CPU
-            "categories": {c: round(v, 4) for c, v in sorted(shares.items(), key=lambda kv: -kv[1])},
-            "top_ops": top(ops, 15), "top_kernels": top(kernels, 10),
-            "ceiling": bench.ceiling_fraction(tflop * batch, step_ms / 1000, sd15["peak_tflops"]) if tflop else None}
-
-
 def _free(device: str) -> None:
     import gc
 
@@ -324,7 +254,7 @@ def run(args) -> dict:
         loaded = check.section("sd15 load", lambda: load(sd_dir, device, storage, work), 20) if sd_dir.exists() else None
         if loaded:
             gen, out["sd15_load_s"] = loaded
-            out["sd15_profile"] = check.section("sd15 profile", lambda: profile_step(
+            out["sd15_profile"] = check.section("sd15 profile", lambda: gpu_profile.profile_step(
                 gen.t2i.unet, arch, device, gen.dtype, out["sd15"]), 20)
             out["sd15_memory"] = check.section("sd15 memory", lambda: pipeline_memory_rows(
                 gen, storage, arch.size, steps, batches, 1, device), 30)

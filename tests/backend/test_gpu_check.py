@@ -2,7 +2,7 @@
 
 import json
 
-from backend.tools import gpu_check
+from backend.tools import gpu_check, gpu_profile
 
 
 def test_gpu_check_runs_every_section_with_tiny_architectures(tmp_path, capsys):
@@ -51,4 +51,4 @@ def test_op_category_reads_aten_ops_and_cuda_kernel_names():
         "aten::silu": "elementwise/other",
         "Memcpy HtoD (Pageable -> Device)": "elementwise/other",
     }
-    assert {name: gpu_check.op_category(name) for name in expected} == expected
+    assert {name: gpu_profile.op_category(name) for name in expected} == expected
