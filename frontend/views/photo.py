@@ -25,6 +25,8 @@ def section(product: dict | None, native: int) -> PhotoChoice:
              captions=[MODE_CAPTIONS[m] for m in MODES])
     mode = st.session_state["mode"]
     if mode == "generate":
+        if product and not product.get("has_lora"):
+            _not_learnt(product)
         _canvas(native)
         return PhotoChoice("generate")
     packshot_key = (product or {}).get("packshot_key") if mode == "place" else None
@@ -39,6 +41,24 @@ def section(product: dict | None, native: int) -> PhotoChoice:
         _canvas(native)
         return PhotoChoice("restyle", upload, None if upload else "Upload the photo to restyle.")
     return _place(upload, product, packshot_key, native)
+
+
+def _not_learnt(product: dict) -> None:
+    """No photo with a product Showroom has not learnt: the pictures would show a product like it, not
+    this one. Said before any GPU time is spent, with the way to the pictures the owner wants."""
+    name = product["name"]
+    has_photo = bool(product.get("packshot_key"))
+    way = "Place its photo exactly as it is" if has_photo else "Place a photo of it"
+    st.warning(f"**Showroom has not learnt {name} yet.** With No photo it draws from words alone: a product like "
+               f"yours, not yours. {way}, or teach Showroom the product on the Products page.",
+               icon=":material/school:")
+    if has_photo:
+        st.button(f"Place {name} as it is", key="place-instead", icon=":material/add_photo_alternate:",
+                  on_click=_place_instead)
+
+
+def _place_instead() -> None:
+    st.session_state["mode"] = "place"
 
 
 def _place(upload, product: dict | None, packshot_key: str | None, native: int) -> PhotoChoice:

@@ -146,13 +146,42 @@ def test_restyle_shows_strength_and_no_placement(backend, open_app):
     assert not at.button(key="generate").disabled and not captions(at), "no cut-out is made to restyle"
 
 
-def test_place_mode_places_a_catalog_products_packshot_without_an_upload(backend, open_app):
-    name = "frontend-vase"
-    record = {"name": name, "trigger": "sks vase", "category": "home", "weight": 1.0, "has_lora": False,
+def stored_product(backend, name: str, has_lora: bool = False) -> str:
+    """A catalog product with a packshot, written to storage as the backend writes one."""
+    record = {"name": name, "trigger": "sks vase", "category": "home", "weight": 1.0, "has_lora": has_lora,
               "packshot_key": f"products/{name}.png", "training": None}
     backend.storage.put(record["packshot_key"], packshot(60, 84), "image/png")
     backend.storage.put(f"products/{name}.json", json.dumps(record).encode(), "application/json")
     services.catalog.clear()  # the catalog is cached a minute; the product was just written
+    return name
+
+
+def not_learnt_warnings(at) -> list[str]:
+    return [w.value for w in at.warning if "has not learnt" in w.value]
+
+
+def test_an_unlearnt_product_without_a_photo_says_so_and_offers_to_place_it(backend, open_app):
+    name = stored_product(backend, "frontend-jug")
+    at = open_app(frontend_env(backend))
+    at.selectbox(key="product").set_value(name).run()
+    assert_no_exception(at)
+    assert at.radio(key="mode").value == "generate"
+    (warned,) = not_learnt_warnings(at)
+    assert f"Showroom has not learnt {name} yet" in warned and "not yours" in warned, \
+        "No photo with an unlearnt product draws a product like it: said before GPU time is spent"
+    at.button(key="place-instead").click().run()
+    assert_no_exception(at)
+    assert at.radio(key="mode").value == "place" and not not_learnt_warnings(at)
+    assert f"{name}'s packshot: kept pixel for pixel" in captions(at), "its own photo, placed as it is"
+
+    learnt = stored_product(backend, "frontend-jug-learnt", has_lora=True)
+    at = open_app(frontend_env(backend))
+    at.selectbox(key="product").set_value(learnt).run()
+    assert not not_learnt_warnings(at) and not [b for b in at.button if b.key == "place-instead"]
+
+
+def test_place_mode_places_a_catalog_products_packshot_without_an_upload(backend, open_app):
+    name = stored_product(backend, "frontend-vase")
     at = open_app(frontend_env(backend))
     at.selectbox(key="product").set_value(name)
     at = place_mode(at)
