@@ -40,9 +40,19 @@ def draw(product: dict) -> None:
     words.markdown(f"{what_it_can_do(product)}.")
     words.caption(f"In a prompt, `<product>` stands for it (its words: “{product.get('trigger', '')}”).",
                   help="These are its trigger words: what a prompt says to call the product up.")
+    if product.get("has_lora") or product.get("packshot_key"):
+        if words.button("Make pictures with it", key="make-pictures", type="primary", icon=":material/auto_awesome:"):
+            _make_pictures(product)
     _teaching(product)
     if product.get("has_lora"):
         product_check.draw(product, packshot_bytes(product))
+
+
+def _make_pictures(product: dict) -> None:
+    """The Create page with this product chosen: drawn in any scene once learnt, else its photo placed as it is."""
+    st.session_state["product"] = product["name"]
+    st.session_state["mode"] = "generate" if product.get("has_lora") else "place"
+    st.switch_page(nav.page("create"))
 
 
 def packshot_bytes(product: dict) -> bytes | None:

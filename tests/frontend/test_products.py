@@ -180,3 +180,14 @@ def test_a_product_without_a_packshot_shows_the_newest_picture_made_with_it(back
     at = products_page(open_app, backend)
     assert card_pictures(at, name) == 1, "the picture made with it stands in for a packshot"
     assert "Made with it" in captions(at)
+
+
+def test_an_added_product_leads_to_the_create_page_with_it_chosen_and_placed(backend, open_app):
+    name = unique("jug")
+    at = add(products_page(open_app, backend), name, product_photos(2), kind="jug")
+    assert at.query_params.get("product") == name, page_text(at)
+    at.button(key="make-pictures").click().run()
+    assert_no_exception(at)
+    assert at.selectbox(key="product").value == name, "the Create page opens with the product chosen"
+    assert at.radio(key="mode").value == "place", "not learnt yet: its photo is placed as it is"
+    assert f"{name}'s packshot: kept pixel for pixel" in captions(at) and not at.button(key="generate").disabled
