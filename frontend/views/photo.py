@@ -30,10 +30,13 @@ def section(product: dict | None, native: int) -> PhotoChoice:
         _canvas(native)
         return PhotoChoice("generate")
     packshot_key = (product or {}).get("packshot_key") if mode == "place" else None
-    label = "Product photo" + (" (optional: without one, the product's packshot is placed)" if packshot_key else "")
-    photo = st.file_uploader(label, type=PHOTO_TYPES, key="photo",
-                             help="A PNG or WebP with transparency is used as it is; any other photo has its "
-                                  "background removed.")
+    if mode == "restyle":
+        label, about = "Your photo", ("The whole photo is repainted in the style and words below; it is scaled to "
+                                      "fill the canvas and cropped at the centre, never stretched.")
+    else:
+        label = "Product photo" + (" (optional: without one, the product's packshot is placed)" if packshot_key else "")
+        about = "A PNG or WebP with transparency is used as it is; any other photo has its background removed."
+    photo = st.file_uploader(label, type=PHOTO_TYPES, key="photo", help=about)
     upload = (photo.name, photo.getvalue(), photo.type or "application/octet-stream") if photo else None
     if mode == "restyle":
         st.slider("How much to change", 0.0, 1.0, step=0.05, key="strength",

@@ -56,9 +56,11 @@ JARGON = re.compile(r"\b(\d+mm|f/\d|lens|bokeh|depth of field|photorealistic|hig
 LONGEST = 90
 
 
-def describe(template: dict) -> str:
-    """A plain sentence for a style's card."""
+def describe(template: dict, mode: str | None = None) -> str:
+    """A plain sentence for a style's card; an art style says what it turns: in restyle mode, the owner's photo."""
     if note := NOTES.get(template.get("id")):
+        if mode == "restyle" and note.startswith("Turned into"):
+            return "Your photo turned into" + note.removeprefix("Turned into")
         return note
     clauses = [c.strip() for c in (template.get("prompt") or "").split(",")]
     kept = [c for c in clauses if c and not JARGON.search(c)][:2]

@@ -86,7 +86,7 @@ def gallery(templates: list[dict], mode: str) -> None:
         for row in range(0, len(visible), 2):
             for column, template in zip(st.columns(2), visible[row:row + 2]):
                 with column:
-                    _card(template, template["id"] == chosen)
+                    _card(template, template["id"] == chosen, mode)
     if not everything:
         st.button(f"Show {len(shown) - FIRST} more styles", key="styles-more", icon=":material/expand_more:",
                   on_click=_open, args=(picked,))
@@ -134,14 +134,14 @@ def sample(template_id: str, folder: Path | None = None) -> Path | None:
     return path if path.is_file() else None
 
 
-def _card(template: dict, selected: bool) -> None:
+def _card(template: dict, selected: bool, mode: str) -> None:
     with st.container(border=True, key=f"style-card-{template['id']}"):
         picture = sample(template["id"])
         if picture:
             st.image(str(picture), width="stretch")
         st.markdown(f'<div class="sr-card-head"><b>{html.escape(template["name"])}</b>'
                     f'<span class="sr-tag">{html.escape(_category_name(template.get("category") or "Other"))}'
-                    f'</span></div><div class="sr-desc sr-clamp">{html.escape(describe(template))}</div>',
+                    f'</span></div><div class="sr-desc sr-clamp">{html.escape(describe(template, mode))}</div>',
                     unsafe_allow_html=True)
         if not selected:
             st.button("Use this style", key=f"tpl-{template['id']}", width="stretch", on_click=choose,

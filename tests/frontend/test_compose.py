@@ -48,6 +48,9 @@ def test_style_cards_say_what_the_style_looks_like_a_few_at_a_time(backend, open
     art = [t for t in templates if t["category"] == "art"]
     assert len(cards(at)) == styles.FIRST and len(art) > styles.FIRST + 1, "each category opens on its own"
     assert all("Turned into" in card for card in cards(at))
+    at.radio(key="mode").set_value("restyle").run()
+    assert cards(at) and all("Your photo turned into" in card for card in cards(at)), \
+        "an art style on a photo says it is the owner's photo that is turned into art"
 
 
 def test_a_style_over_the_users_own_words_can_be_undone(backend, open_app):

@@ -142,6 +142,7 @@ def test_restyle_shows_strength_and_no_placement(backend, open_app):
     assert not [s for s in at.slider if s.key == "place_scale"] and not [p for p in at.pills if p.key == "place_at"]
     assert not [t for t in at.toggle if t.key in ("shadow", "harmonize")]
     assert at.button(key="generate").disabled, "restyle needs a photo"
+    assert at.file_uploader(key="photo").label == "Your photo", "the whole photo is repainted, not a product cut out"
     at.file_uploader(key="photo").set_value(("room.png", png_bytes(96, 72, (20, 160, 60)), "image/png")).run()
     assert not at.button(key="generate").disabled and not captions(at), "no cut-out is made to restyle"
 
