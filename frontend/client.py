@@ -124,4 +124,10 @@ def _detail(response: requests.Response) -> str:
         detail = "; ".join(str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in detail)
     if response.status_code == 401:
         return f"the backend refused the API key: set API_KEY to the backend's key ({detail or 'unauthorized'})"
+    if response.status_code == 500 or (response.status_code > 500 and not detail):
+        # the backend's own words for this ("internal error; the server log has the details") send a shop
+        # owner to a log they cannot read: say it is not their doing, and what to do
+        return ("the generator ran into an unexpected problem of its own, not caused by what you entered; try "
+                "again in a moment, and if it keeps happening, tell whoever runs Showroom (the cause is in the "
+                f"generator's log, error {response.status_code})")
     return str(detail or f"the backend answered {response.status_code} {response.reason}")

@@ -186,3 +186,33 @@ def test_generate_again_after_a_lost_answer_picks_up_the_same_job(backend, open_
         assert at.query_params.get("job") not in (None, first)
     finally:
         proxy.shutdown()
+
+
+class _Broken(http.server.BaseHTTPRequestHandler):
+    """A backend that fails inside: the 500 and the words its error handler answers with."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        body = json.dumps({"detail": "internal error; the server log has the details"}).encode()
+        self.send_response(500)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_a_backend_failing_inside_is_explained_without_sending_the_owner_to_a_log():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Broken)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = client_module.ShowroomClient(f"http://127.0.0.1:{server.server_address[1]}", None)
+        with pytest.raises(client_module.BackendError) as refused:
+            client.add_product("blue-mug", "zwx mug", "mug", photo=("mug.png", b"png", "image/png"))
+    finally:
+        server.shutdown()
+    assert refused.value.status == 500
+    message = refused.value.message
+    assert "server log" not in message, "a shop owner has no server log to read"
+    assert "not caused by what you entered" in message and "try again in a moment" in message
