@@ -178,23 +178,35 @@ class Gpu:
             yield False
             return
         self.task = rescue.running(request)
+        try:
+            self.redis.set(rescue.kwargs_key(request.id), json.dumps(request.kwargs), ex=rescue.SUPERSEDED_TTL_S)
+        except Exception as e:  # without it a vanished node's task waits for the visibility timeout
+            log.warning("%s: task %s not described for a rescue: %s", self.id, request.id, _short(e))
         self.beat()  # named at once: a node that vanishes in its first seconds is seen too
         try:
             yield True
         finally:
             self.task = None
             self.beat()
+            try:
+                self.redis.delete(rescue.kwargs_key(request.id))
+            except Exception:  # it expires in a day
+                pass
 
-    def train(self, request, payload: dict, model_id: str, target: int, rescue_of: str | None = None) -> None:
+    def train(self, request, payload: dict, model_id: str, target: int) -> None:
         """One chunk of a training: resume from the newest stored checkpoint, train to `target`, store its
         checkpoint and send the next chunk (once), or, at the last step, store the LoRA and say so."""
         from backend.gpu.worker import _free_memory
-        from backend.lora.worker_training import checkpoint_step, newest_checkpoint, run_training
+        from backend.lora.worker_training import checkpoint_step, lora_result_key, newest_checkpoint, run_training
 
         if model_id != self.settings.model_id:
             self._refuse(request, model_id)
         self.tasks += 1
         task = ca.train_from_payload(payload, self.tasks)
+        if self.storage.exists(lora_result_key(task.training_id)):  # a copy of a chunk of a finished training
+            log.info("%s: training %s is finished already", self.id, task.training_id)
+            ca.publish(self.redis, ev.TrainingSucceeded(task.training_id, {"until": task.steps}))
+            return
         newest = newest_checkpoint(self.storage, task.training_id)
         start = checkpoint_step(newest) if newest else 0
         until = task.steps if target >= task.steps else max(target, start)  # a chunk done before: on to the next
@@ -219,15 +231,14 @@ class Gpu:
         if until >= task.steps:
             ca.publish(self.redis, ev.TrainingSucceeded(task.training_id, info))
             return
-        following = min(task.steps, until + ca.chunk_steps(task))
+        following = min(task.steps, target + ca.chunk_steps(task))  # from the target: every copy agrees
         key = ca.chunk_key(task.training_id, following)
-        # Sent once; or again by the copy of a task lost after it claimed the next chunk, maybe before sending it.
-        if self.redis.set(key, request.id, nx=True, ex=ca.CANCEL_TTL_S) or (
-                rescue_of and self.redis.get(key) == rescue_of and self.redis.set(key, request.id, xx=True)):
+        if ca.claim_chunk(self.redis, key, request.id, superseded=rescue.superseded_key):
             limit = ca.longest_task_s(self.settings)
             ca.app.send_task(ca.TRAIN, kwargs={"task": payload, "model_id": model_id, "target": following},
                              queue=request.delivery_info.get("routing_key") or ca.image_queue(model_id),
                              soft_time_limit=limit, time_limit=limit + ca.HARD_LIMIT_MARGIN_S)
+            ca.chunk_sent(self.redis, key, request.id)
         else:
             log.info("%s: training %s, the chunk to step %d was sent before", self.id, task.training_id, following)
 
@@ -314,7 +325,7 @@ class CancelFlag:
 # ----- Celery tasks and signals -----
 @ca.app.task(name=ca.GENERATE, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=MAX_RETRIES,
               default_retry_delay=0)
-def generate(self, task: dict, model_id: str) -> None:
+def generate(self, task: dict, model_id: str, rescues: int = 0) -> None:
     if GPU is None or GPU.gen is None:
         raise Reject("this GPU process has no pipeline", requeue=True)
     with GPU.running(self.request) as wanted:
@@ -324,7 +335,7 @@ def generate(self, task: dict, model_id: str) -> None:
 
 @ca.app.task(name=ca.UPSCALE, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=MAX_RETRIES,
               default_retry_delay=0)
-def upscale(self, request_id: str, source_key: str, target_key: str) -> None:
+def upscale(self, request_id: str, source_key: str, target_key: str, rescues: int = 0) -> None:
     if GPU is None or GPU.gen is None:
         raise Reject("this GPU process has no pipeline", requeue=True)
     with GPU.running(self.request) as wanted:
@@ -334,12 +345,12 @@ def upscale(self, request_id: str, source_key: str, target_key: str) -> None:
 
 @ca.app.task(name=ca.TRAIN, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=MAX_RETRIES,
               default_retry_delay=0)
-def train(self, task: dict, model_id: str, target: int, rescue_of: str | None = None) -> None:
+def train(self, task: dict, model_id: str, target: int, rescues: int = 0) -> None:
     if GPU is None or GPU.gen is None:
         raise Reject("this GPU process has no pipeline", requeue=True)
     with GPU.running(self.request) as wanted:
         if wanted:
-            GPU.train(self.request, task, model_id, target, rescue_of)
+            GPU.train(self.request, task, model_id, target)
 
 
 @signals.worker_process_init.connect

@@ -58,9 +58,30 @@ def node_queue(node: str) -> str:
 
 
 def chunk_key(training_id: str, target: int) -> str:
-    """Set once by whoever sends a training's chunk ending at `target`: a chunk is sent once, however many
-    copies of the one before it ran (a redelivery after a node was lost)."""
+    """Claimed by whoever sends a training's chunk ending at `target` (its task id, then `sent:<id>` once
+    sent): a chunk is sent once, however many copies of the one before it ran (`claim_chunk`)."""
     return f"showroom:training:{training_id}:{target}"
+
+
+_TAKE_OVER = ("if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('set', KEYS[1], ARGV[2], 'KEEPTTL') "
+              "return 1 end return 0")
+
+
+def claim_chunk(client, key: str, claimer: str, superseded=None) -> bool:
+    """Whether `claimer` (a task id) is to send the training chunk behind `key`: it claims it first, or the
+    task that claimed it was lost and sent again (`superseded(holder)` names that key in Redis) before it
+    said it had sent it. A compare-and-set, so of two copies one takes it over."""
+    if client.set(key, claimer, nx=True, ex=CANCEL_TTL_S):
+        return True
+    holder = client.get(key) or ""
+    if holder.startswith("sent:") or superseded is None or not client.exists(superseded(holder)):
+        return False
+    return bool(client.eval(_TAKE_OVER, 1, key, holder, claimer))
+
+
+def chunk_sent(client, key: str, claimer: str) -> None:
+    """The chunk is in the broker: no copy of its claimer sends it again."""
+    client.set(key, f"sent:{claimer}", xx=True, keepttl=True)
 
 
 def longest_task_s(settings) -> float:

@@ -176,12 +176,15 @@ class CeleryExecutor:
         lost mid-way costs one chunk. Sent again after a backend restart, it joins the chain still running."""
         target = min(task.steps, ca.chunk_steps(task))
         try:
-            if self.redis.set(ca.chunk_key(task.training_id, target), "backend", nx=True, ex=ca.CANCEL_TTL_S):
+            key = ca.chunk_key(task.training_id, target)
+            # A backend that stopped between its claim and the send sends it now (a copy costs one chunk at most).
+            if ca.claim_chunk(self.redis, key, "backend") or self.redis.get(key) == "backend":
                 self.app.send_task(ca.TRAIN, kwargs={"task": ca.train_payload(task), "model_id": self.settings.model_id,
                                                      "target": target}, queue=self.queue,
                                    soft_time_limit=ca.longest_task_s(self.settings),
                                    time_limit=ca.longest_task_s(self.settings) + ca.HARD_LIMIT_MARGIN_S, retry=True,
                                    retry_policy=PUBLISH_RETRY)
+                ca.chunk_sent(self.redis, key, "backend")
             else:
                 log.info("training %s: its first chunk was sent before; the chain goes on", task.training_id)
         except Exception as e:  # the broker is unreachable: the training fails with the reason, nothing waits
@@ -424,9 +427,10 @@ class CeleryExecutor:
         beats = self.redis.hgetall(ca.WORKERS)
         fleet = ca.read_fleet(beats, self.settings.model_id, time.time())
         self.router.heard_from(w["id"].rpartition("/")[0] for w in fleet.workers)
-        self.rescue.check(beats, time.time(), self._open_of, self._apply)  # before an expired heartbeat goes
-        if fleet.expired:
-            self.redis.hdel(ca.WORKERS, *fleet.expired)
+        self.rescue.check(beats, self._open_of, self._apply)
+        expired = [w for w in fleet.expired if self.rescue.settled(beats[w])]  # a task it names is seen to first
+        if expired:
+            self.redis.hdel(ca.WORKERS, *expired)
         for worker_id, reason in fleet.refused.items():
             if worker_id not in self._refused:
                 self._refused.add(worker_id)
@@ -435,8 +439,9 @@ class CeleryExecutor:
             self.workers, self.errors = fleet.workers, fleet.errors
             self.native_size = fleet.native_size or self.native_size
 
-    def _open_of(self, job_id: str, indices) -> set[int]:
-        """Which of a job's images in `indices` are still open here (none for a job not in flight)."""
+    def _open_of(self, job_id: str, indices) -> tuple[set[int], bool]:
+        """Which of a job's images in `indices` are still open here (none for a job not in flight), and
+        whether the job was canceled."""
         with self.lock:
             flight = self.flights.get(job_id)
-            return (flight.held.open & set(indices)) if flight else set()
+            return ((flight.held.open & set(indices)), flight.canceled) if flight else (set(), False)

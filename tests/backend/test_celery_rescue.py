@@ -3,6 +3,7 @@ backend sees its heartbeats stop, sends its task again within LOST_S, and the br
 once more after the visibility timeout, is dropped by the node that gets it. Each test kills a node whole
 (`kill -9` of its process group, as a box switched off looks to the broker) and starts a new one."""
 
+import json
 import time
 
 from celery import Celery
@@ -19,10 +20,12 @@ cluster, redis_server = celery_parts.cluster, celery_parts.redis_server  # the m
 
 
 def switch_off(cluster, node_name: str) -> dict:
-    """Kill the node whole; returns the last heartbeat its GPU process left, naming the task it ran."""
+    """Kill the node whole; returns the task its GPU process ran, as its last heartbeat names it, with the
+    kwargs it left for a rescue."""
     [victim] = [n for n in cluster.nodes if n.name == node_name and n.process.poll() is None]
     victim.kill()
-    return cluster.beats()[f"{node_name}/0"]
+    task = cluster.beats()[f"{node_name}/0"]["task"]
+    return task | {"kwargs": json.loads(cluster.redis.client().get(rescue.kwargs_key(task["id"])))}
 
 
 def replace_node(cluster, name: str) -> None:
@@ -35,9 +38,8 @@ def test_a_node_switched_off_mid_batch_has_its_images_made_on_another_within_a_m
     backend = cluster.backend
     ticket = backend.submit(LONG | {"num_images": 2, "steps": 40})  # one image on each node
     wait_until(lambda: running_on(backend, ticket["id"], "node-a/0"), 60, 0.05, what="node-a working")
-    last_beat = switch_off(cluster, "node-a")
-    lost = last_beat["task"]
-    assert lost["name"] == ca.GENERATE and lost["kwargs"]["task"]["job_id"] == ticket["id"], last_beat
+    lost = switch_off(cluster, "node-a")
+    assert lost["name"] == ca.GENERATE and lost["kwargs"]["task"]["job_id"] == ticket["id"], lost
     off = time.monotonic()
     job = backend.wait_job(ticket["id"], timeout=150)
     took = time.monotonic() - off
@@ -69,7 +71,7 @@ def test_a_node_switched_off_mid_training_chunk_has_the_training_finished_by_ano
                       > ca.TRAIN_CHUNK_MIN + 2 and t["status"] == "running" and t, 600, 0.05,
                       what="in its second chunk")
     node_name, _, _ = seen["worker"].rpartition("/")
-    lost = switch_off(cluster, node_name)["task"]
+    lost = switch_off(cluster, node_name)
     assert lost["name"] == ca.TRAIN and lost["kwargs"]["target"] == 2 * ca.TRAIN_CHUNK_MIN, lost
     training = wait_training(backend, training_id, timeout=600)
     assert training["status"] == "succeeded", training
