@@ -151,3 +151,8 @@ def job_id_of_index_key(key: str) -> str:
 
 def unfinished_key(job_id: str) -> str:
     return f"{INDEX_UNFINISHED}{job_id}"
+
+
+def training_owner_key(training_id: str) -> str:
+    """Ours too: the id of the backend that runs an unfinished training (backend.jobs.leases)."""
+    return f"trainings/{training_id}/owner"

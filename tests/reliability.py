@@ -132,7 +132,8 @@ def write(outcome: dict) -> str:
         "marker names its backend; a job is taken back only from a backend that is gone, by an S3 conditional "
         "write (If-Match / If-None-Match), so of two racers one wins. Known limit: a backend cut off from "
         "storage for longer than its lease (60 s) may find its jobs taken over, and an image made twice; the "
-        "boxes need NTP (the lease compares wall clocks). Trainings have no lease yet.",
+        "boxes need NTP (the lease compares wall clocks). Trainings are held the same way (`trainings/<id>/owner`): "
+        "a second backend leaves a running training alone and finishes it from its checkpoint when its backend dies.",
         "- A request body must arrive within 30 s plus a second per 16 KB (else 408): a client trickling a byte a "
         "second cannot hold a request open.",
         "- A GPU node's heartbeats name the task it runs: when they stop for 30 s the backend sends that task "

@@ -6,6 +6,7 @@ the backend that runs it. Another backend takes a job back only when that owner 
 expired or removed (a clean stop removes it), or it is an earlier run on this same machine whose process
 is no longer there (a restart takes its jobs back at once rather than after the lease). Taking a job is
 a conditional write of its marker (S3's If-Match), so of two backends racing for it exactly one wins.
+Trainings are held the same way, by a marker in their own folder (`trainings/<id>/owner`).
 
 Heartbeats compare wall clocks: the boxes sharing a bucket need NTP (a skew well under LEASE_S).
 """
@@ -19,7 +20,7 @@ import time
 import uuid
 from pathlib import Path
 
-from backend.contract import unfinished_key
+from backend.contract import training_owner_key, unfinished_key
 from backend.storage import ObjectMissing, Storage, StorageError, WriteConflict
 
 log = logging.getLogger("showroom.leases")
@@ -137,11 +138,20 @@ class Leases:
     def claim(self, job_id: str) -> bool:
         """Make this backend the owner of an unfinished job, unless a live backend owns it (False) or the
         job finished meanwhile (False). Raises StorageError when storage cannot say."""
-        key = unfinished_key(job_id)
+        return self._claim(unfinished_key(job_id), f"job {job_id}", unowned_if_missing=False)
+
+    def claim_training(self, training_id: str) -> bool:
+        """The same for an unfinished training (its owner marker `trainings/<id>/owner`); a training from
+        before leases has no marker and is taken by whoever writes one first."""
+        return self._claim(training_owner_key(training_id), f"training {training_id}", unowned_if_missing=True)
+
+    def _claim(self, key: str, what: str, unowned_if_missing: bool) -> bool:
         try:
             data, version = self.storage.get_versioned(key)
         except ObjectMissing:
-            return False
+            if not unowned_if_missing:
+                return False
+            data, version = b"", None
         owner = data.decode("utf-8", "replace").strip()
         if owner == self.me:
             return True
@@ -150,10 +160,10 @@ class Leases:
         try:
             self.storage.put_if(key, self.me.encode(), version)
         except WriteConflict:
-            log.info("job %s was taken by another backend first", job_id)
+            log.info("%s was taken by another backend first", what)
             return False
         if owner:
-            log.info("job %s: its backend %s is gone; this one (%s) takes it", job_id, owner, self.me)
+            log.info("%s: its backend %s is gone; this one (%s) takes it", what, owner, self.me)
         return True
 
     def gone(self) -> set[str]:

@@ -115,6 +115,8 @@ class Recovery:
         self.trainings = trainings
         self.leases = leases or Leases(store.storage)
         store.owner = self.leases.me  # new jobs' markers name this backend
+        if trainings is not None:
+            trainings.owner = self.leases.me  # and so do new trainings'
         self.taken_ids: set[str] = set()
         self.booted_us = time.time_ns() // 1000
         self.delays_s = delays_s
@@ -150,7 +152,7 @@ class Recovery:
             return False
         if self.trainings is not None:
             try:
-                self.trainings.resume_unfinished(self.booted_us)
+                self.trainings.resume_unfinished(self.booted_us, self.leases)
             except StorageError as e:
                 log.warning("could not scan for unfinished trainings: %s", e)
                 return False
@@ -175,15 +177,19 @@ class Recovery:
 
     def _watch(self) -> None:
         """Every RENEW_S: one LIST of the heartbeats; when a backend went away, a scan takes its jobs."""
+        pending: set[str] = set()  # gone backends whose work is not all taken yet: a failed pass is redone
         while not self.stopping.wait(self.leases.renew_s):
             try:
                 gone = self.leases.gone()
                 if gone:
                     log.info("backend(s) gone from the bucket: %s; taking over their unfinished jobs",
                              ", ".join(sorted(gone)))
-                    taken = self._recover()
-                    if taken is not None:
-                        self.leases.forget(gone)
+                pending |= gone
+                if pending and self._recover() is not None:
+                    if self.trainings is not None:
+                        self.trainings.resume_unfinished(self.booted_us, self.leases)
+                    self.leases.forget(pending)
+                    pending = set()
             except StorageError as e:
                 log.warning("could not look for backends that went away: %s", e)
             except Exception:

@@ -12,7 +12,7 @@ upload) and `has_lora` becomes true. A failed training leaves the product as it 
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
-from backend.contract import check_name, created_us, lora_key, new_job_id
+from backend.contract import check_name, created_us, lora_key, new_job_id, training_owner_key
 from backend.errors import InvalidRequest, NotFound, Unavailable, UnknownReference
 from backend.gpu import executor as ev
 from backend.gpu.messages import TrainTask
@@ -39,6 +39,8 @@ class TrainingService:
         self.settings, self.catalog, self.store, self.executor = settings, catalog, store, executor
         self.native_size = native_size  # () -> int: the size the model generates (and so learns) at
         self.storage = store.storage
+        self.owner = ""  # this backend's lease owner id (backend.jobs.leases), written beside each training
+        self._taken: set[str] = set()  # trainings of earlier runs or gone backends this run took back
         self._finishing = ThreadPoolExecutor(1, thread_name_prefix="training-done")  # storage I/O off the dispatcher
 
     def close(self) -> None:
@@ -64,6 +66,7 @@ class TrainingService:
         steps, rank = steps or DEFAULT_STEPS, rank or DEFAULT_RANK
         for n, png in enumerate(pngs):
             self.storage.put(photo_key(training_id, n), png, "image/png")
+        self.storage.put(training_owner_key(training_id), self.owner.encode(), "text/plain")
         training = TrainingManifest(id=training_id, product=name, progress=StepProgress(step=0, steps=steps),
                                     created_at=stamp, updated_at=stamp, photos=len(pngs), rank=rank,
                                     resolution=self.native_size())
@@ -80,11 +83,12 @@ class TrainingService:
         except (ObjectMissing, ValueError):
             raise NotFound(f"no training {training_id!r}") from None
 
-    def resume_unfinished(self, booted_us: int) -> int:
-        """At start-up: trainings an earlier run left queued or running go on from their checkpoints."""
+    def resume_unfinished(self, booted_us: int, leases=None) -> int:
+        """Trainings an earlier run left queued or running go on from their checkpoints: at start-up, and
+        whenever a backend on the bucket went away. One that a live backend runs is left to it (`leases`)."""
         taken = 0
         for training_id in self.store.ids():
-            if created_us(training_id) >= booted_us:
+            if created_us(training_id) >= booted_us or training_id in self._taken:
                 continue  # this run's own
             try:
                 training = self.store.get(training_id)
@@ -92,13 +96,19 @@ class TrainingService:
                 continue
             if training.status.is_terminal():
                 continue
+            if leases is not None and not leases.claim_training(training_id):
+                continue
             try:
                 trigger = self.catalog.product(training.product).trigger
             except UnknownReference:
                 self.store.update(training_id, lambda t: _fail(t, "the product was deleted"))
                 continue
-            self.store.update(training_id, lambda t: setattr(t, "status", Status.queued))
+            if self._change(training_id, status=Status.queued).status.is_terminal():
+                continue  # it ended meanwhile (an event read from the executor's backlog)
             self.executor.train(self._task(training, trigger))
+            self._taken.add(training_id)
+            log.info("training %s of %s taken back: it goes on from its newest checkpoint", training_id,
+                     training.product)
             taken += 1
         return taken
 
@@ -120,6 +130,8 @@ class TrainingService:
     def _adopt(self, training_id: str, info: dict) -> None:
         """The trained LoRA becomes the product's, checked as an upload is; then the training has succeeded."""
         training = self.store.get(training_id)
+        if training.status.is_terminal():  # told twice (a copy of its last chunk): the product has its LoRA
+            return
         try:
             lora = normalize_lora(self.storage.get(lora_result_key(training_id)), self.settings.model_id)
             self.storage.put(lora_key(training.product), lora, "application/octet-stream")
@@ -133,13 +145,13 @@ class TrainingService:
                      resumed_from=info.get("resumed_from"), probe_loss=info.get("probe_loss"))
         log.info("training %s succeeded: product %s has its LoRA", training_id, training.product)
 
-    def _change(self, training_id: str, **fields) -> None:
+    def _change(self, training_id: str, **fields) -> TrainingManifest:
         def change(training: TrainingManifest) -> None:
             if not training.status.is_terminal():
                 for name, value in fields.items():
                     setattr(training, name, value)
 
-        self.store.update(training_id, change)
+        return self.store.update(training_id, change)
 
     # ----- helpers -----
     def _task(self, training: TrainingManifest, trigger: str) -> TrainTask:

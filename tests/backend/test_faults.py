@@ -7,25 +7,19 @@ import time
 import psutil
 import pytest
 
+from backend.tools.celery_local import wait_until
 from backend.tools.seaweed import SeaweedS3
+from tests.backend.test_products_e2e import training_photos, wait_training
 from tests.conftest import ACCESS_KEY, SECRET_KEY, s3_env
+from tests.factories import packshot
 
 LONG = {"prompt": "a long job", "steps": 60, "width": 128, "height": 128, "seed": 1}
+SHARED = ("STORAGE_URL", "S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")  # one bucket
 
 
 def worker_pids(backend) -> list[int]:
     children = psutil.Process(backend.process.pid).children()
     return [p.pid for p in children if any("spawn_main" in part for part in p.cmdline())]
-
-
-def wait_until(predicate, timeout: float = 60, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError("condition not met in time")
 
 
 def lost_images(backend, job: dict) -> list[dict]:
@@ -83,9 +77,7 @@ def test_a_second_backend_on_the_bucket_leaves_running_jobs_alone_and_takes_them
     first = make_backend(WORKERS="1")
     ticket = first.submit(LONG | {"num_images": 8, "steps": 150})  # long enough to outlive the second's start
     wait_until(lambda: first.get(f"/v1/jobs/{ticket['id']}").json()["status"] == "running")
-    shared = {k: first.env[k] for k in ("STORAGE_URL", "S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
-                                        "AWS_SECRET_ACCESS_KEY", "AWS_REGION")}
-    second = make_backend(**shared, WORKERS="1")
+    second = make_backend(**{k: first.env[k] for k in SHARED}, WORKERS="1")
     time.sleep(1)
     assert f"job {ticket['id']} taken back" not in second.log(), "the first backend is alive: its job is its own"
     running = first.get(f"/v1/jobs/{ticket['id']}").json()
@@ -97,6 +89,29 @@ def test_a_second_backend_on_the_bucket_leaves_running_jobs_alone_and_takes_them
     assert job["status"] == "succeeded", "the second backend takes the job over and finishes it"
     assert f"job {ticket['id']} taken back" in second.log()
     assert "gone from the bucket" in second.log(), "taken over while running, not at a start-up"
+
+
+def test_a_second_backend_leaves_a_running_training_alone_and_finishes_it_when_its_backend_dies(make_backend):
+    first = make_backend(WORKERS="1")
+    added = first.post("/v1/products", data={"name": "vase", "trigger": "zxq vase"},
+                       files={"photo": ("p.png", packshot(), "image/png")})
+    assert added.status_code == 201, added.text
+    started = first.post("/v1/products/vase/training", files=training_photos(3), data={"steps": "1500", "rank": "4"})
+    assert started.status_code == 202, started.text
+    training_id = started.json()["id"]
+    wait_until(lambda: first.get(f"/v1/trainings/{training_id}").json()["progress"]["step"] > 0, 120)
+    second = make_backend(**{k: first.env[k] for k in SHARED}, WORKERS="1")
+    time.sleep(1)
+    assert f"training {training_id} of vase taken back" not in second.log(), "its backend is alive: it is its own"
+    running = second.get(f"/v1/trainings/{training_id}").json()
+    assert running["status"] == "running" and running["progress"]["step"] < 1400, "it must outlive the first backend"
+    os.killpg(first.process.pid, signal.SIGKILL)
+    first.process.wait(10)
+    training = wait_training(second, training_id, timeout=400)
+    assert training["status"] == "succeeded", training
+    assert f"training {training_id} of vase taken back" in second.log()
+    assert "gone from the bucket" in second.log(), "taken over while running, not at a start-up"
+    assert next(p for p in second.get("/v1/catalog").json()["products"] if p["name"] == "vase")["has_lora"]
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from backend.contract import new_job_id, unfinished_key
+from backend.contract import new_job_id, training_owner_key, unfinished_key
 from backend.jobs.leases import BACKENDS, Leases
 from backend.storage import LocalStorage, ObjectMissing, WriteConflict
 from tests.conftest import open_test_storage, s3_env
@@ -125,3 +125,22 @@ def test_two_backends_racing_for_one_job_both_see_one_owner(storage):
         leases.close()
     assert len(won) == 1, won
     assert storage.get(unfinished_key(job_id)) == won[0].encode()
+
+
+def test_a_training_of_a_live_backend_is_left_alone_and_one_from_before_leases_is_taken_once(storage):
+    first, second = Leases(storage, machine="box-1").start(), Leases(storage, machine="box-2").start()
+    try:
+        owned = new_job_id()
+        storage.put(training_owner_key(owned), first.me.encode(), "text/plain")
+        assert not second.claim_training(owned), "the first backend is alive: its training is not taken"
+        legacy = new_job_id()  # no owner marker: written before trainings had leases
+        assert first.claim_training(legacy)
+        assert not second.claim_training(legacy), "the first took it: it is alive, so the training is its own"
+        assert storage.get(training_owner_key(legacy)) == first.me.encode()
+        first.close()
+        time.sleep(2.1)  # past the answer second gave about first a moment ago
+        assert second.claim_training(owned) and second.claim_training(legacy)
+        assert storage.get(training_owner_key(owned)) == second.me.encode()
+    finally:
+        first.close()
+        second.close()
