@@ -11,6 +11,7 @@ GATED_PREFIXES = ("/v1/",)
 DOCS_PATHS = ("/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect")
 BODY_GRACE_S = 30.0           # every request body may take this long, plus ...
 BODY_MIN_RATE = 16 * 1024.0   # ... a second for each 16 KB received so far
+JSON_LIMIT = 1024 * 1024      # a body that is no upload: 50 specs with the longest prompts are about half this
 
 
 class AuthGate:
@@ -26,11 +27,10 @@ class AuthGate:
             return await self.app(scope, receive, send)
         from backend.api.deps import authorize
 
-        headers = dict(scope.get("headers") or [])
-        authorization = headers.get(b"authorization", b"").decode("latin-1") or None
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
         host = (scope.get("client") or ("", 0))[0]
         try:
-            authorize(self.settings.api_key, authorization, host)
+            authorize(self.settings.api_key, headers.get("authorization") or None, host, headers)
         except ShowroomError as e:
             response = JSONResponse({"detail": e.detail}, status_code=e.status_code, headers=e.headers)
             return await response(scope, receive, send)
@@ -45,7 +45,7 @@ class BodyLimit:
     too slowly (408): a client that trickles a byte a second would otherwise hold a request (and, for an
     upload, a spooled file) open for days. A body has `grace_s` plus one second per `min_rate` bytes
     received so far; a LoRA upload at a modest 64 KB/s always keeps ahead of that. LoRA uploads may be
-    large; everything else is a spec and at most one photo."""
+    large; a multipart job is a spec and at most one photo; any other body (JSON) is at most JSON_LIMIT."""
 
     def __init__(self, app, default: int, uploads: int, grace_s: float = BODY_GRACE_S,
                  min_rate: float = BODY_MIN_RATE):
@@ -55,8 +55,14 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limit = self.uploads if scope["path"].startswith("/v1/products") else self.default
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        if scope["path"].startswith("/v1/products"):
+            limit = self.uploads
+        elif headers.get(b"content-type", b"").lower().startswith(b"multipart/"):
+            limit = self.default  # a spec and a photo
+        else:  # JSON (or anything else): a spec, or a batch of 50, is far smaller; parsing waits on none
+            limit = min(self.default, JSON_LIMIT)
+        declared = headers.get(b"content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             return await self._refuse(scope, receive, send, 413, f"the request body is larger than the limit of "
                                                                f"{limit} bytes")

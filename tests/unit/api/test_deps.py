@@ -63,7 +63,7 @@ def test_require_client_without_api_key_refuses_a_public_address():
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.53", "::1"])
 def test_require_client_without_api_key_lets_loopback_in(host):
-    r = TestClient(make_app(), client=(host, 5000)).get("/v1/whoami")
+    r = TestClient(make_app(), client=(host, 5000), base_url="http://localhost").get("/v1/whoami")
     assert (r.status_code, r.json()) == (200, {"client": f"local:{host}"})
 
 
@@ -144,9 +144,9 @@ def test_rate_limited_checks_the_key_first():
 
 def test_rate_limited_counts_each_loopback_address_apart():
     app = make_app(per_minute=1)
-    assert TestClient(app, client=("127.0.0.1", 1)).post("/v1/jobs").status_code == 200
-    assert TestClient(app, client=("127.0.0.1", 1)).post("/v1/jobs").status_code == 429
-    assert TestClient(app, client=("::1", 1)).post("/v1/jobs").status_code == 200
+    assert TestClient(app, client=("127.0.0.1", 1), base_url="http://localhost").post("/v1/jobs").status_code == 200
+    assert TestClient(app, client=("127.0.0.1", 1), base_url="http://localhost").post("/v1/jobs").status_code == 429
+    assert TestClient(app, client=("::1", 1), base_url="http://localhost").post("/v1/jobs").status_code == 200
 
 
 def test_rate_limited_zero_is_off():

@@ -15,7 +15,16 @@ from backend.tools.seaweed import free_port
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """The real app (its lifespan off: no workers) in a real uvicorn, with an API key."""
-    settings = Settings(api_key="gate-test-key-123", storage_url=f"file://{tmp_path_factory.mktemp('s')}")
+    yield from _serve(Settings(api_key="gate-test-key-123", storage_url=f"file://{tmp_path_factory.mktemp('s')}"))
+
+
+@pytest.fixture(scope="module")
+def keyless(tmp_path_factory):
+    """The same without API_KEY: it answers programs on this machine only."""
+    yield from _serve(Settings(storage_url=f"file://{tmp_path_factory.mktemp('s')}"))
+
+
+def _serve(settings):
     app = create_app(settings)
     app.router.lifespan_context = _no_lifespan
     port = free_port()
@@ -92,7 +101,7 @@ def test_a_third_concurrent_lora_conversion_is_told_to_retry(tmp_path):
     app.state.services = SimpleNamespace(settings=settings, limiter=RateLimiter(0), metrics=Metrics())
     held = [product_routes.CONVERSIONS.acquire(blocking=False) for _ in range(2)]
     try:
-        with TestClient(app, client=("127.0.0.1", 5000)) as client:
+        with TestClient(app, client=("127.0.0.1", 5000), base_url="http://localhost") as client:
             r = client.post("/v1/products", data={"name": "a", "trigger": "sks a"},
                             files={"file": ("a.safetensors", b"x" * 64)})
         assert r.status_code == 429 and "being converted already" in r.json()["detail"]
@@ -100,3 +109,24 @@ def test_a_third_concurrent_lora_conversion_is_told_to_retry(tmp_path):
     finally:
         for _ in held:
             product_routes.CONVERSIONS.release()
+
+
+@pytest.mark.parametrize("header", [
+    "Host: attacker.example",                      # DNS rebinding: the page's own name, pointed at 127.0.0.1
+    "Host: 127.0.0.1\r\nOrigin: http://attacker.example",  # a form POST from a page elsewhere
+    "Host: localhost\r\nOrigin: null",             # a sandboxed frame or a file
+    "Host: 127.0.0.1\r\nSec-Fetch-Site: cross-site",
+])
+def test_without_a_key_a_request_a_web_page_elsewhere_sent_over_loopback_is_refused(keyless, header):
+    body = b'{"prompt": "x"}'
+    answer = raw_request(keyless, f"POST /v1/batches HTTP/1.1\r\n{header}\r\nContent-Type: text/plain\r\n"
+                                  f"Content-Length: {len(body)}\r\n\r\n", body)
+    assert answer.startswith(b"HTTP/1.1 403") and b"only programs on its machine" in answer, answer[:300]
+
+
+@pytest.mark.parametrize("header", ["Host: 127.0.0.1:8000", "Host: localhost:8000", "Host: [::1]:8000",
+                                    "Host: app.localhost", "Host: localhost\r\nOrigin: http://localhost:8501",
+                                    "Host: 127.0.0.1\r\nSec-Fetch-Site: same-origin"])
+def test_without_a_key_a_program_on_this_machine_is_answered(keyless, header):
+    answer = raw_request(keyless, f"GET /v1/no-such-route HTTP/1.1\r\n{header}\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 404"), answer[:300]
