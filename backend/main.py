@@ -66,6 +66,7 @@ def start_idle_stop(settings: Settings, scheduler: Executor, activity: Activity,
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs whole URLs: a webhook's may hold a token
     activity = Activity()
 
     @asynccontextmanager

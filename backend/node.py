@@ -448,6 +448,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", help="this node's name in worker ids (<name>/<n>); default: the host name")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs whole URLs: a webhook's may hold a token
 
     from backend.config import get_settings
     from backend.gpu.devices import visible_gpus

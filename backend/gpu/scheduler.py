@@ -565,7 +565,9 @@ def build_task(task_id: int, held: HeldJob, indices: list[int], model_id: str) -
         keys=tuple(i.key for i in images), prompt=spec.prompt, negative_prompt=spec.negative_prompt,
         steps=spec.steps, guidance_scale=spec.guidance_scale, width=spec.width, height=spec.height,
         strength=spec.strength, input_key=job.input_key, loras=held.loras,
-        meta=spec.model_dump(mode="json", exclude={"seed", "num_images"}) | {"model": public_model_name(model_id)},
+        # what made the picture, written into it: never where its owner is told (a webhook URL may hold a token)
+        meta=spec.model_dump(mode="json", exclude={"seed", "num_images", "webhook", "webhook_events"})
+        | {"model": public_model_name(model_id)},
         mode=spec.mode, layout_key=job.layout_key, shadow=spec.shadow, harmonize=spec.harmonize,
         preview_keys=tuple(preview_key(job.id, i) for i in indices),
     )

@@ -5,9 +5,12 @@ Events are read off the manifest store's changes (never blocking generation), qu
 each delivery is kept in storage (`webhooks/<delivery id>.json`) until it succeeds, so retries with
 exponential backoff outlive a backend restart for about a day. A URL must be http(s); a host that
 resolves to a private, loopback or link-local address is refused unless WEBHOOK_ALLOWED_HOSTS lists
-it, at submit and again at each send (DNS can change). Redirects are not followed.
+it, at submit and again at each send (DNS can change), and the send connects to the address it checked.
+Redirects are not followed; an attempt ends after ATTEMPT_S whatever the receiver does, and its answer's
+body is never read. The log shows a receiver's scheme and host only (its path may hold a token).
 """
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -30,7 +33,8 @@ from backend.storage import ObjectMissing, Storage, StorageError
 
 log = logging.getLogger("showroom.webhooks")
 FOLDER = "webhooks/"
-TIMEOUT_S = 10.0          # one delivery attempt, connect to last byte
+TIMEOUT_S = 10.0          # each step of an attempt (connect, write, each read) ...
+ATTEMPT_S = 15.0          # ... and the whole attempt: a receiver that trickles its answer is cut off
 RETRY_FOR_S = 24 * 3600   # then the delivery is given up (and logged)
 MAX_DELAY_S = 2 * 3600
 
@@ -46,25 +50,44 @@ class Delivery(BaseModel):
 
 def check_url(url: str, allowed_hosts: list[str]) -> str:
     """The URL if webhooks may go there; InvalidRequest with the reason if not."""
-    parsed = urlparse(url)
+    vet(url, allowed_hosts)
+    return url
+
+
+def vet(url: str, allowed_hosts: list[str]) -> tuple[str, str]:
+    """(host name, the address to connect to) if webhooks may go to `url`; InvalidRequest if not. The
+    sender connects to this very address: a name that resolves elsewhere a moment later (DNS rebinding)
+    cannot move the request to a private address."""
+    try:
+        parsed = urlparse(url)
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    except ValueError:
+        raise InvalidRequest(f"webhook is not a valid URL: {url[:200]!r}") from None
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise InvalidRequest(f"webhook must be an http or https URL, got {url!r}")
+        raise InvalidRequest(f"webhook must be an http or https URL, got {url[:200]!r}")
     if parsed.username or parsed.password:
         raise InvalidRequest("webhook must not carry credentials in the URL; sign with WEBHOOK_SECRET instead")
     host = parsed.hostname.lower()
-    if host in allowed_hosts:
-        return url
     try:
-        infos = socket.getaddrinfo(host, parsed.port or (443 if parsed.scheme == "https" else 80),
-                                   proto=socket.IPPROTO_TCP)
-    except (OSError, UnicodeError):
+        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError, ValueError):
         raise InvalidRequest(f"webhook host {host!r} cannot be resolved") from None
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%")[0])
-        if not address.is_global or address.is_multicast:
-            raise InvalidRequest(f"webhook host {host!r} resolves to {address}, a private, loopback or link-local "
-                                 "address; list it in WEBHOOK_ALLOWED_HOSTS to allow it")
-    return url
+    addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    if host not in allowed_hosts:
+        for address in addresses:
+            if not address.is_global or address.is_multicast:
+                raise InvalidRequest(f"webhook host {host!r} resolves to {address}, a private, loopback or "
+                                     "link-local address; list it in WEBHOOK_ALLOWED_HOSTS to allow it")
+    return host, str(addresses[0])
+
+
+def where(url: str) -> str:
+    """A URL as the log shows it: scheme, host and port; its path and query may carry the receiver's token."""
+    try:
+        parsed = urlparse(url)
+        return f"{parsed.scheme}://{parsed.hostname}{f':{parsed.port}' if parsed.port else ''}/..."
+    except ValueError:
+        return "(an invalid URL)"
 
 
 def sign(secret: str, message_id: str, timestamp: int, body: str) -> str:
@@ -93,7 +116,6 @@ def events_between(before: JobManifest | None, after: JobManifest) -> list[str]:
 class Webhooks:
     def __init__(self, storage: Storage, secret: str | None, allowed_hosts: list[str], backoff_s: float = 5.0):
         self.storage, self.secret, self.allowed_hosts, self.backoff_s = storage, secret, allowed_hosts, backoff_s
-        self.client = httpx.Client(timeout=TIMEOUT_S, follow_redirects=False)  # the one client for receivers
         self._pending: dict[str, Delivery] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -116,7 +138,6 @@ class Webhooks:
         self._stopping.set()
         self._wake.set()
         self._thread.join(5)
-        self.client.close()
 
     def on_change(self, after: JobManifest, before: JobManifest | None) -> None:
         """ManifestStore's hook: queue what this change means for the job's webhook. Memory only."""
@@ -155,29 +176,36 @@ class Webhooks:
             return
         elapsed = time.time() - delivery.first_at
         if elapsed > RETRY_FOR_S:
-            log.error("webhook %s to %s given up after %d attempts: %s", delivery.id, delivery.url,
+            log.error("webhook %s to %s given up after %d attempts: %s", delivery.id, where(delivery.url),
                       delivery.attempts, error)
             self._forget(delivery)
             return
         delivery.next_at = time.time() + min(MAX_DELAY_S, self.backoff_s * 2 ** (delivery.attempts - 1))
-        log.warning("webhook %s to %s failed (%s); attempt %d in %.0f s", delivery.id, delivery.url, error,
+        log.warning("webhook %s to %s failed (%s); attempt %d in %.0f s", delivery.id, where(delivery.url), error,
                     delivery.attempts + 1, delivery.next_at - time.time())
         self._save(delivery)
 
     def _send(self, delivery: Delivery) -> str | None:
         try:
-            check_url(delivery.url, self.allowed_hosts)  # again: DNS may point elsewhere by now
+            host, address = vet(delivery.url, self.allowed_hosts)  # again: DNS may point elsewhere by now
         except InvalidRequest as e:
             return e.detail
         stamp = int(time.time())
-        headers = {"content-type": "application/json", "webhook-id": delivery.id, "webhook-timestamp": str(stamp)}
+        parsed = urlparse(delivery.url)
+        headers = {"host": parsed.netloc, "content-type": "application/json", "webhook-id": delivery.id,
+                   "webhook-timestamp": str(stamp)}
         if self.secret:
             headers["webhook-signature"] = sign(self.secret, delivery.id, stamp, delivery.body)
+        literal = f"[{address}]" if ":" in address else address
+        pinned = parsed._replace(netloc=f"{literal}:{parsed.port or (443 if parsed.scheme == 'https' else 80)}")
         try:
-            response = self.client.post(delivery.url, content=delivery.body.encode(), headers=headers)
+            status = asyncio.run(asyncio.wait_for(_post(pinned.geturl(), host, headers, delivery.body.encode()),
+                                                  ATTEMPT_S))
+        except TimeoutError:
+            return f"no answer within {ATTEMPT_S:.0f} s"
         except httpx.HTTPError as e:
-            return f"{type(e).__name__}: {e}"
-        return None if 200 <= response.status_code < 300 else f"answered {response.status_code}"
+            return f"{type(e).__name__}: {e}"[:300]
+        return None if 200 <= status < 300 else f"answered {status}"
 
     def _save(self, delivery: Delivery) -> None:
         try:
@@ -192,6 +220,15 @@ class Webhooks:
             self.storage.delete(f"{FOLDER}{delivery.id}.json")
         except (StorageError, ObjectMissing) as e:
             log.warning("webhook %s record not removed: %s", delivery.id, e)
+
+
+async def _post(url: str, host: str, headers: dict, body: bytes) -> int:
+    """One POST to the vetted address, the certificate checked against the URL's host name (SNI). Only the
+    status is read: a receiver's answer may be any size, and its body is not ours to keep."""
+    async with httpx.AsyncClient(timeout=TIMEOUT_S, follow_redirects=False, trust_env=False) as client:
+        async with client.stream("POST", url, content=body, headers=headers,
+                                 extensions={"sni_hostname": host}) as response:
+            return response.status_code
 
 
 def _iso_now() -> str:

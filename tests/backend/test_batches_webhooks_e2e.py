@@ -4,12 +4,14 @@ retried (also across a backend restart), and the art styles restyling a photo.""
 import base64
 import hashlib
 import hmac
+import io
 import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from PIL import Image
 
 from tests.factories import png_bytes
 
@@ -40,7 +42,8 @@ class Receiver:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/hook?token=receiver-secret"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def events(self) -> list[str]:
@@ -86,6 +89,10 @@ def test_a_job_sends_signed_webhooks_for_the_events_asked(hooked):
         assert events.count("image.succeeded") == 2 and events.count("job.started") == 1
         assert "image.failed" not in events
         assert len({h["webhook-id"] for h, _ in receiver.received}) == len(events), "one id per message"
+        with Image.open(io.BytesIO(hooked.storage.get(ticket["images"][0]["key"]))) as png:
+            written = json.dumps(png.text)
+        assert "a kettle" in written and "receiver-secret" not in written, "where it is reported is not in it"
+        assert "receiver-secret" not in hooked.log(), "nor in the log"
     finally:
         receiver.close()
 
@@ -130,6 +137,9 @@ def test_a_pending_delivery_survives_a_backend_restart(make_backend, tmp_path):
     ("http://169.254.169.254/latest/meta-data", "link-local"),
     ("ftp://example.com/x", "http or https"),
     ("http://user:pw@example.com/x", "credentials"),
+    ("http://127.0.0.1:80:80/", "not a valid URL"),
+    ("http://[::1/", "not a valid URL"),
+    ("http://example.com:99999/", "not a valid URL"),
 ])
 def test_a_webhook_to_a_private_address_or_another_scheme_is_refused(backend, url, message):
     r = backend.post("/v1/jobs", json={"prompt": "x", **SMALL, "webhook": url})
