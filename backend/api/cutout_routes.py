@@ -36,7 +36,7 @@ async def cut_out(services: ServicesDep, client: RateLimitedClientDep,
     """The product cut out of a photo, exactly as a `place` job would keep it (PNG with transparency)."""
     png = await read_photo(photo, services)
     try:
-        cutout = await run_in_threadpool(services.preparer.cut_out, png)
+        cutout = await run_in_threadpool(services.preparer.cut_out_now, png)
     except ValueError as e:  # NothingFound among them: the reason goes back to the user
         raise InvalidRequest(str(e)) from None
     return Response(png_bytes(cutout), media_type="image/png")

@@ -63,7 +63,8 @@ async def add_product(
             CONVERSIONS.release()
     if photo is not None:
         try:  # cut out before anything is stored: a photo with no product found changes nothing
-            packshot = png_bytes(await run_in_threadpool(services.preparer.cut_out, await read_photo(photo, services)))
+            png = await read_photo(photo, services)
+            packshot = png_bytes(await run_in_threadpool(services.preparer.cut_out_now, png))
         except ValueError as e:
             raise InvalidRequest(str(e)) from None
     product = Product(name=name, trigger=trigger.strip(), category=(category or "").strip() or None, weight=weight)

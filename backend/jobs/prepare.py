@@ -15,10 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 from PIL import Image
 
 from backend.contract import cutout_key, packshot_key
+from backend.errors import RateLimited
 from backend.models import JobManifest
 from backend.storage import Storage
 
 log = logging.getLogger("showroom.prepare")
+CUTOUTS_AT_ONCE = 2  # cut-outs for requests (POST /v1/cutouts, a product from a photo); jobs have their pool
 
 
 def png_bytes(img: Image.Image) -> bytes:
@@ -38,6 +40,7 @@ class Preparer:
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="prepare")
         self._lock = threading.Lock()
         self._preparing: set[str] = set()
+        self._answering = threading.BoundedSemaphore(CUTOUTS_AT_ONCE)
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -47,6 +50,17 @@ class Preparer:
         from backend.place.cutout import cut_out
 
         return cut_out(Image.open(io.BytesIO(photo_png)), self.remover)
+
+    def cut_out_now(self, photo_png: bytes) -> Image.Image:
+        """The same for a request someone waits on, CUTOUTS_AT_ONCE at a time: a cut-out can take seconds
+        of CPU and hundreds of MB, so the rest are told to retry (RateLimited) rather than pile up."""
+        if not self._answering.acquire(blocking=False):
+            raise RateLimited(f"{CUTOUTS_AT_ONCE} photos are being cut out already; try again in a few seconds",
+                              headers={"Retry-After": "5"})
+        try:
+            return self.cut_out(photo_png)
+        finally:
+            self._answering.release()
 
     def lay_out(self, job: JobManifest) -> None:
         """Write the job's cut-out and its layout (the product layer at width x height)."""

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from backend.errors import Unavailable
 from backend.place.composite import masked_mean
 
 DEFAULT_MODEL = "birefnet-general"
@@ -140,10 +141,10 @@ class BackgroundRemover:
             from rembg import new_session
 
             return new_session(self.model)
-        except Exception as err:
-            raise RuntimeError(f"could not open the background remover BG_REMOVAL_MODEL={self.model!r}: {err}; "
-                               "without internet access, put the model in rembg's models folder beforehand or "
-                               "give the path of an .onnx file") from err
+        except Exception as err:  # a 503 with the reason, not a 500: the operator can fix it, the user can wait
+            raise Unavailable(f"the background remover could not be opened (BG_REMOVAL_MODEL={self.model!r}: "
+                              f"{str(err)[:300]}); without internet access, put the model in rembg's models folder "
+                              "beforehand or give the path of an .onnx file") from err
 
 
 def _model_file(model: str) -> Path | None:

@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from backend.errors import RateLimited, Unavailable
+from backend.jobs.prepare import Preparer
 from backend.place.cutout import MODEL_NAMES, BackgroundRemover, NothingFound, cut_out
+from backend.storage import LocalStorage
 from tests.segmenter import build_tiny_segmenter
 
 REPO = Path(__file__).resolve().parents[3]
@@ -135,8 +138,37 @@ def test_remover_corrupt_file_fails_on_first_use_naming_the_setting(tmp_path):
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not a model")
     remover = BackgroundRemover(str(broken))
-    with pytest.raises(RuntimeError, match="BG_REMOVAL_MODEL="):
+    with pytest.raises(Unavailable, match="BG_REMOVAL_MODEL=") as refused:  # a 503 with the reason, not a 500
         remover(Image.new("RGB", (8, 8)))
+    assert refused.value.status_code == 503
+
+
+def test_at_most_two_cut_outs_answer_requests_at_once_and_the_third_is_told_to_retry(tmp_path):
+    entered, release = threading.Barrier(3), threading.Event()
+
+    def slow_remover(rgb):
+        if not release.is_set():
+            entered.wait(5)
+            release.wait(5)
+        return Image.new("L", rgb.size, 255)
+
+    preparer = Preparer(LocalStorage(tmp_path), "u2netp")
+    preparer.remover = slow_remover
+    photo = io.BytesIO()
+    Image.radial_gradient("L").convert("RGB").save(photo, format="PNG")
+    held = [threading.Thread(target=preparer.cut_out_now, args=(photo.getvalue(),)) for _ in range(2)]
+    for t in held:
+        t.start()
+    entered.wait(5)  # both are inside the remover
+    try:
+        with pytest.raises(RateLimited, match="being cut out already") as refused:
+            preparer.cut_out_now(photo.getvalue())
+        assert refused.value.headers == {"Retry-After": "5"}
+    finally:
+        release.set()
+        for t in held:
+            t.join(5)
+    assert preparer.cut_out_now(photo.getvalue()).mode == "RGBA", "free again once they are done"
 
 
 def test_model_names_are_the_ones_rembg_can_open_by_name():
