@@ -7,7 +7,7 @@ import pytest
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.testclient import TestClient
 
-from backend.api.middleware import BodyLimit
+from backend.api.middleware import JSON_LIMIT, BodyLimit
 from backend.errors import install_error_handlers
 
 DEFAULT, UPLOADS = 100, 1000
@@ -204,3 +204,23 @@ def test_a_body_that_keeps_ahead_of_the_rate_is_taken_however_long_it_takes():
     status, body = trickled_request(make_app(grace_s=0.3, min_rate=50), [b"zz"] * 45, pause_s=0.02)
     assert status == 200, body
     assert body == {"received": 90}
+
+
+def test_a_body_that_is_no_upload_is_held_to_the_json_limit_and_a_job_with_a_photo_is_not():
+    app = FastAPI()
+
+    @app.post("/v1/jobs")
+    async def raw(request: Request):
+        return {"received": len(await request.body())}
+
+    app.add_middleware(BodyLimit, default=4 * JSON_LIMIT, uploads=8 * JSON_LIMIT)
+    client = TestClient(app)
+    big = b"x" * (JSON_LIMIT + 1)
+    for content_type in ("application/json", "text/plain", None):
+        r = client.post("/v1/jobs", content=big, headers={"content-type": content_type} if content_type else {})
+        assert (r.status_code, r.json()) == (413, refused(JSON_LIMIT)), content_type
+    r = client.post("/v1/jobs", content=streamed(big), headers={"content-type": "application/json"})
+    assert (r.status_code, r.json()) == (413, refused(JSON_LIMIT)), "streamed without a length: counted"
+    body, content_type = multipart(2 * JSON_LIMIT)
+    r = client.post("/v1/jobs", content=body, headers={"content-type": content_type})
+    assert (r.status_code, r.json()) == (200, {"received": len(body)})
