@@ -10,10 +10,11 @@ upload) and `has_lora` becomes true. A failed training leaves the product as it 
 """
 
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from backend.contract import check_name, created_us, lora_key, new_job_id, training_owner_key
-from backend.errors import InvalidRequest, NotFound, Unavailable, UnknownReference
+from backend.errors import InvalidRequest, NotFound, RateLimited, Unavailable, UnknownReference
 from backend.gpu import executor as ev
 from backend.gpu.messages import TrainTask
 from backend.images import BadImage, normalize_photo
@@ -26,6 +27,7 @@ from backend.storage import ObjectMissing, StorageError
 
 log = logging.getLogger("showroom.training")
 MIN_PHOTOS, MAX_PHOTOS = 2, 40
+AT_ONCE = 4  # unfinished trainings a backend takes; more are told to retry (each holds a GPU for up to hours)
 # SD 1.x at 512 px: about 4-8 minutes on a rented 4090; SDXL at 1024 px: about 4x that (both estimated)
 DEFAULT_STEPS, DEFAULT_RANK = 800, 16
 
@@ -41,6 +43,8 @@ class TrainingService:
         self.storage = store.storage
         self.owner = ""  # this backend's lease owner id (backend.jobs.leases), written beside each training
         self._taken: set[str] = set()  # trainings of earlier runs or gone backends this run took back
+        self._active: dict[str, str] = {}  # unfinished trainings this run sent to the executor -> their product
+        self._admit = threading.Lock()  # a product's training and the count are checked and taken at once
         self._finishing = ThreadPoolExecutor(1, thread_name_prefix="training-done")  # storage I/O off the dispatcher
 
     def close(self) -> None:
@@ -54,7 +58,6 @@ class TrainingService:
         if not MIN_PHOTOS <= len(photos) <= MAX_PHOTOS:
             raise InvalidRequest(f"a training needs {MIN_PHOTOS} to {MAX_PHOTOS} photos of the product, "
                                  f"got {len(photos)}")
-        self._refuse_if_busy(product)
         pngs = []
         for n, data in enumerate(photos, start=1):
             try:
@@ -64,6 +67,21 @@ class TrainingService:
                 raise InvalidRequest(f"photo {n}: {e}") from None
         training_id, stamp = new_job_id(), now()
         steps, rank = steps or DEFAULT_STEPS, rank or DEFAULT_RANK
+        with self._admit:
+            if name in self._active.values():
+                raise InvalidRequest(f"product {name!r} is being trained already; wait for it to finish")
+            self._refuse_if_busy(product)
+            if len(self._active) >= AT_ONCE:
+                raise RateLimited(f"{AT_ONCE} trainings are running or waiting already; try again once one is done",
+                                  headers={"Retry-After": "600"})
+            self._active[training_id] = name
+        try:
+            return self._start(training_id, stamp, name, product, pngs, steps, rank)
+        except BaseException:
+            self._active.pop(training_id, None)
+            raise
+
+    def _start(self, training_id, stamp, name, product, pngs, steps, rank) -> TrainingManifest:
         for n, png in enumerate(pngs):
             self.storage.put(photo_key(training_id, n), png, "image/png")
         self.storage.put(training_owner_key(training_id), self.owner.encode(), "text/plain")
@@ -105,6 +123,7 @@ class TrainingService:
                 continue
             if self._change(training_id, status=Status.queued).status.is_terminal():
                 continue  # it ended meanwhile (an event read from the executor's backlog)
+            self._active[training_id] = training.product
             self.executor.train(self._task(training, trigger))
             self._taken.add(training_id)
             log.info("training %s of %s taken back: it goes on from its newest checkpoint", training_id,
@@ -123,8 +142,10 @@ class TrainingService:
             case ev.TrainingRequeued(training_id, reason):
                 self._change(training_id, status=Status.queued, error=f"{reason}; resuming from the last checkpoint")
             case ev.TrainingSucceeded(training_id, info):
+                self._active.pop(training_id, None)
                 self._finishing.submit(self._adopt, training_id, info)
             case ev.TrainingFailed(training_id, error):
+                self._active.pop(training_id, None)
                 self._change(training_id, status=Status.failed, error=error)
 
     def _adopt(self, training_id: str, info: dict) -> None:

@@ -1,0 +1,67 @@
+"""Which trainings a backend takes: one at a time per product, AT_ONCE in all; the rest are told why.
+Real storage, catalog and manifest store; the executor is a fake that records what it is sent."""
+
+import threading
+
+import pytest
+
+from backend.config import Settings
+from backend.errors import InvalidRequest, RateLimited
+from backend.gpu import executor as ev
+from backend.jobs.manifests import TRAININGS, ManifestStore
+from backend.models import Product
+from backend.products import training as tr
+from backend.products.catalog import Catalog
+from backend.storage import LocalStorage
+from tests.factories import png_bytes
+
+
+class Recorder:
+    def __init__(self):
+        self.sent = []
+
+    def train(self, task):
+        self.sent.append(task)
+
+
+@pytest.fixture
+def service(tmp_path):
+    storage = LocalStorage(tmp_path)
+    catalog, store = Catalog(storage), ManifestStore(storage, kind=TRAININGS).start()
+    for n in range(tr.AT_ONCE + 1):
+        catalog.add_product(Product(name=f"p{n}", trigger=f"zxq p{n}", has_lora=False))
+    service = tr.TrainingService(Settings(storage_url=f"file://{tmp_path}"), catalog, store, Recorder(), lambda: 64)
+    yield service
+    service.close()
+    store.close()
+
+
+PHOTOS = [png_bytes(32, 32, (10 * n, 80, 120)) for n in range(2)]
+
+
+def test_more_than_at_once_trainings_are_told_to_retry_and_a_finished_one_frees_a_place(service):
+    started = [service.submit(f"p{n}", PHOTOS, 20, 4) for n in range(tr.AT_ONCE)]
+    with pytest.raises(RateLimited, match=f"{tr.AT_ONCE} trainings are running or waiting") as refused:
+        service.submit(f"p{tr.AT_ONCE}", PHOTOS, 20, 4)
+    assert refused.value.headers["Retry-After"] and len(service.executor.sent) == tr.AT_ONCE
+    service.on_event(ev.TrainingFailed(started[0].id, "a test"))
+    assert service.submit(f"p{tr.AT_ONCE}", PHOTOS, 20, 4).product == f"p{tr.AT_ONCE}"
+
+
+def test_two_trainings_of_one_product_at_the_same_moment_start_once(service):
+    outcomes, start = [], threading.Barrier(4)
+
+    def submit():
+        start.wait(5)
+        try:
+            outcomes.append(service.submit("p0", PHOTOS, 20, 4).id)
+        except InvalidRequest as e:
+            outcomes.append(e.detail)
+
+    threads = [threading.Thread(target=submit) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(service.executor.sent) == 1, outcomes
+    assert sum("being trained already" in o for o in outcomes) == 3
