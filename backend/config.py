@@ -4,7 +4,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from backend.ops.vast import VAST_API_URL
@@ -155,4 +155,18 @@ class Settings(BaseSettings):
 
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    try:
+        return Settings()
+    except ValidationError as e:
+        raise SettingsError(e) from None
+
+
+class SettingsError(ValueError):
+    """Settings refused at start-up, said without the values given: pydantic's own message quotes each
+    input, and a key with a stray space (or a model-level error quoting every setting) would print a
+    secret into the box's log."""
+
+    def __init__(self, error: ValidationError):
+        lines = [f"{'.'.join(str(part) for part in e['loc']).upper() or 'settings'}: "
+                 f"{e['msg'].removeprefix('Value error, ')}" for e in error.errors(include_input=False)]
+        super().__init__("the settings were refused:\n  " + "\n  ".join(lines))
