@@ -61,6 +61,9 @@ def form_values(spec: dict, trigger: str | None, native: int, images: int | None
     return values
 
 
+DECODE_PIXELS = 40_000_000  # past this, only the text ahead of the pixels is read
+
+
 def png_settings(data: bytes) -> tuple[dict | None, str | None]:
     """The spec a PNG was made with, read from its `showroom` text chunk (JSON), else from A1111's
     `parameters` line; or None and why, in words."""
@@ -68,7 +71,12 @@ def png_settings(data: bytes) -> tuple[dict | None, str | None]:
         with Image.open(io.BytesIO(data)) as img:
             if img.format != "PNG":
                 return None, "This file is not a PNG: only a PNG keeps the settings a picture was made with."
-            text = dict(getattr(img, "text", {}) or {})
+            # Text before the pixels is in `info` without decoding anything; `text` also finds text after
+            # them, by decoding the whole picture: only for a picture of a sane size (a 13000 x 13000 PNG
+            # of a few hundred KB would take the app's memory).
+            small = img.width * img.height <= DECODE_PIXELS
+            text = dict(getattr(img, "text", {}) or {}) if small else {
+                k: v for k, v in img.info.items() if isinstance(k, str) and isinstance(v, str)}
     except (UnidentifiedImageError, OSError, ValueError):
         return None, "This file is not a picture that can be read."
     try:
