@@ -31,12 +31,17 @@ ANSWER_S = 2.0   # how long an answer about another backend is reused within a s
 
 
 def machine_id() -> str:
-    """This machine (or container): the host name, plus systemd's machine id where there is one."""
-    try:
-        machine = Path("/etc/machine-id").read_text().strip()[:12]
-    except OSError:
-        machine = ""
-    return f"{socket.gethostname()}:{machine}" if machine else socket.gethostname()
+    """This machine (or container): the host name, systemd's machine id where there is one, and the PID
+    namespace, within which a process id means something: two containers sharing the host's name (host
+    networking) and an image's machine id still see each other's processes as another machine's."""
+    parts = [socket.gethostname()]
+    for read in (lambda: Path("/etc/machine-id").read_text().strip()[:12],
+                 lambda: os.readlink("/proc/self/ns/pid").strip("pid:[]")):
+        try:
+            parts.append(read())
+        except OSError:
+            pass
+    return ":".join(part for part in parts if part)
 
 
 def _process_alive(pid: int) -> bool:

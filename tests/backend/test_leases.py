@@ -2,6 +2,8 @@
 bucket take back only the jobs of a backend that is gone, and of two racing for one job exactly one wins."""
 
 import json
+import os
+import socket
 import subprocess
 import sys
 import threading
@@ -11,7 +13,7 @@ import uuid
 import pytest
 
 from backend.contract import new_job_id, training_owner_key, unfinished_key
-from backend.jobs.leases import BACKENDS, Leases
+from backend.jobs.leases import BACKENDS, Leases, machine_id
 from backend.storage import LocalStorage, ObjectMissing, WriteConflict
 from tests.conftest import open_test_storage, s3_env
 
@@ -144,3 +146,10 @@ def test_a_training_of_a_live_backend_is_left_alone_and_one_from_before_leases_i
     finally:
         first.close()
         second.close()
+
+
+def test_a_machine_is_named_with_its_pid_namespace_where_a_process_id_means_something():
+    """Two containers with the host's name (host networking) and one image's machine id are still told apart:
+    a process id seen from one says nothing about the other."""
+    namespace = os.readlink("/proc/self/ns/pid").strip("pid:[]")
+    assert machine_id().endswith(f":{namespace}") and machine_id().startswith(socket.gethostname())
