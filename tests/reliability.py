@@ -32,6 +32,9 @@ SUITES = {
     "celery executor": "tests/backend/test_celery_e2e.py",
     "undecided images (celery)": "tests/backend/test_celery_undecided.py",
     "a node switched off (celery)": "tests/backend/test_celery_rescue.py",
+    "webhook sending (pinned address, deadline, no body read)": "tests/unit/jobs/test_webhooks.py",
+    "settings refused without their values": "tests/unit/test_config.py",
+    "training admission": "tests/unit/products/test_training_admission.py",
     "leases and conditional writes": "tests/backend/test_leases.py",
     "request bodies (size, arrival time)": "tests/unit/api/test_middleware.py",
 }
@@ -135,7 +138,12 @@ def write(outcome: dict) -> str:
         "boxes need NTP (the lease compares wall clocks). Trainings are held the same way (`trainings/<id>/owner`): "
         "a second backend leaves a running training alone and finishes it from its checkpoint when its backend dies.",
         "- A request body must arrive within 30 s plus a second per 16 KB (else 408): a client trickling a byte a "
-        "second cannot hold a request open.",
+        "second cannot hold a request open. A body that is no upload (JSON) may be 1 MB; cut-outs for requests run "
+        "two at a time and trainings four per backend, the rest told to retry (429).",
+        "- Webhooks go to the address that was checked (no second DNS answer can move them to a private one), an "
+        "attempt ends after 15 s whatever the receiver does, its answer's body is never read, and the log and the "
+        "pictures never show a receiver's path (it may hold a token). Settings refused at start-up are named, "
+        "never quoted.",
         "- A GPU node's heartbeats name the task it runs: when they stop for 30 s the backend sends that task "
         "again (only the images still open) and marks the old one superseded, so a node switched off costs "
         "half a minute, not the broker's visibility timeout (90 min); a training chunk lost after it claimed "
@@ -148,6 +156,8 @@ def write(outcome: dict) -> str:
         "| anyone, no key (`API_KEY` set) | yes; worker error text left out | 401 | 401, answered before the body is read | only with `APP_PASSWORD` |",
         "| anyone, `API_KEY` unset, not on this machine | yes | yes | 403 | only with `APP_PASSWORD` |",
         "| a process on this machine, `API_KEY` unset | yes | yes | everything | yes (`make run` binds 127.0.0.1) |",
+        "| a web page in a browser on this machine, `API_KEY` unset | yes | yes | 403 (its Host, Origin or "
+        "Sec-Fetch-Site names another site: no cross-site form post, no DNS rebinding) | - |",
         "| an `API_KEY` holder | yes, with details | yes | everything, rate-limited per key and address | - |",
         "| an `APP_PASSWORD` holder | - | - | what the page does, with the backend's key | yes |",
         "",
