@@ -4,7 +4,9 @@ Nothing here draws.
 
 A manifest holds the resolved spec, whose prompt has the product's trigger words where `<product>` was
 (or before it, when the prompt had no `<product>`); they are turned back into `<product>`, so the
-prompt reads as it was written and is not given the trigger words twice when it is sent again.
+prompt reads as it was written and is not given the trigger words twice when it is sent again. Where a
+job's prompt is shown, the product's name stands there instead (`shown_prompt`): the owner never chose
+those made-up words.
 """
 
 import io
@@ -27,6 +29,16 @@ def written_prompt(spec: dict, trigger: str | None) -> str:
     if spec.get("product") and trigger and trigger in prompt:
         return prompt.replace(trigger, PRODUCT_TOKEN)
     return prompt
+
+
+def shown_prompt(view: JobView, trigger: str | None) -> str:
+    """The job's prompt as its owner reads it: the product's name where its trigger words (or `<product>`,
+    in a job not yet started) are. For the page only: the manifest and what is sent keep the trigger words.
+    A product deleted since has no trigger words to find: its prompt is shown as it is."""
+    if not view.product:
+        return view.prompt
+    return written_prompt({"prompt": view.prompt, "product": view.product}, trigger).replace(PRODUCT_TOKEN,
+                                                                                             view.product)
 
 
 def compose_values(view: JobView, trigger: str | None, native: int) -> dict:

@@ -198,6 +198,14 @@ def product_records() -> list[dict]:
     return sorted(found, key=lambda p: p.get("name", ""))
 
 
+def product_triggers() -> dict[str, str | None]:
+    """Each product's trigger words, by its name; {} when neither the generator nor storage can say."""
+    try:
+        return {p["name"]: p.get("trigger") for p in product_records() if isinstance(p.get("name"), str)}
+    except StorageError:
+        return {}
+
+
 def training(training_id: str) -> TrainingView | None:
     """A training's manifest, read fresh from storage (it moves every few seconds)."""
     store = storage()

@@ -10,7 +10,7 @@ import html
 import streamlit as st
 
 from backend.storage import ObjectMissing, StorageError
-from frontend import nav, services
+from frontend import nav, reuse, services
 from frontend.client import BackendError
 from frontend.jobs import JobView, format_elapsed, load_job, parse_time
 from frontend.views import job_actions
@@ -29,7 +29,8 @@ def draw() -> None:
     if not url:
         st.error("STORAGE_URL is not set, so there is no history to show: set it to the backend's storage.")
         return
-    product, status = _filters()
+    triggers = services.product_triggers()  # read once: each card shows its product's name, not these words
+    product, status = _filters(list(triggers))
     cursors = st.session_state.setdefault(CURSORS, [None])
     try:
         page = services.history(url, LIMIT, cursors[-1], product, status)
@@ -49,7 +50,7 @@ def draw() -> None:
         for start in range(0, len(page.jobs), PER_ROW):
             for column, job in zip(st.columns(PER_ROW), page.jobs[start:start + PER_ROW]):
                 with column:
-                    _card(url, job)
+                    _card(url, job, triggers.get(job.product or ""))
     _pager(len(cursors), page.before)
 
 
@@ -64,11 +65,7 @@ def _pager(number: int, older: str | None) -> None:
                   on_click=lambda: st.session_state[CURSORS].append(older))
 
 
-def _filters() -> tuple[str | None, str | None]:
-    try:
-        names = [p["name"] for p in services.product_records()]
-    except StorageError:
-        names = []
+def _filters(names: list[str]) -> tuple[str | None, str | None]:
     if st.session_state.get("history_product", ALL) not in (ALL, *names):
         st.session_state["history_product"] = ALL  # a product deleted since
     left, right = st.columns([1, 2], vertical_alignment="bottom")
@@ -93,12 +90,12 @@ def _empty(filtered: bool) -> None:
     st.page_link(nav.page("create"), label="Create your first pictures", icon=":material/auto_awesome:")
 
 
-def _card(url: str, job: JobView) -> None:
+def _card(url: str, job: JobView, trigger: str | None) -> None:
     with st.container(border=True, key=f"job-{job.id}"):
         job = _cover(url, job)  # the job as storage really holds it, when its cover turned out to be gone
         label, color = badge(job)
         st.badge(label, color=color)
-        st.markdown(f'<div class="sr-prompt">{html.escape(_shorten(job.prompt, 90))}</div>',
+        st.markdown(f'<div class="sr-prompt">{html.escape(_shorten(reuse.shown_prompt(job, trigger), 90))}</div>',
                     unsafe_allow_html=True)
         missing = f" ({job.missing_count} missing)" if job.missing_count else ""
         st.markdown(f'<span class="sr-meta">{_when(job)} · {job.done_count}/{len(job.images)} pictures{missing}'

@@ -77,15 +77,7 @@ def apply_pending() -> None:
 
 
 def _trigger(product: str | None) -> str | None:
-    if not product:
-        return None
-    try:
-        for record in services.product_records():
-            if record.get("name") == product:
-                return record.get("trigger")
-    except StorageError:
-        pass
-    return None
+    return services.product_triggers().get(product) if product else None
 
 
 def _more_like_this(view: JobView) -> None:

@@ -12,7 +12,7 @@ import time
 import streamlit as st
 
 from backend.storage import ObjectMissing, StorageError
-from frontend import services
+from frontend import reuse, services
 from frontend.client import BackendError
 from frontend.jobs import ImageView, JobView, format_elapsed, is_job_id, load_job, ticket_view, upscale_key
 from frontend.views import job_actions
@@ -74,10 +74,12 @@ def draw(job_id: str | None) -> None:
                        "or deleted.")
             return
         polling = _needs_polling(first)
+    # Looked up once a full run, not every tick: with the generator off the products are read from storage.
+    trigger = services.product_triggers().get(first.product) if first and first.product else None
 
     @st.fragment(run_every=POLL_S if polling else None)
     def live() -> None:
-        _render(job_id, polling)
+        _render(job_id, polling, trigger)
 
     live()
     if st.session_state.pop(SCROLL, None) == job_id and is_job_id(job_id):
@@ -98,7 +100,7 @@ def _needs_polling(view: JobView) -> bool:
     return view.needs_polling or waiting
 
 
-def _render(job_id: str, polling: bool) -> None:
+def _render(job_id: str, polling: bool, trigger: str | None) -> None:
     try:
         view = _load(job_id)
     except StorageError as e:
@@ -108,7 +110,7 @@ def _render(job_id: str, polling: bool) -> None:
         st.rerun()
     if polling and not _needs_polling(view):
         st.rerun()  # the whole page once, so the fragment is drawn again without its timer
-    _summary(view)
+    _summary(view, trigger)
     per_row = 2 if len(view.images) <= 4 else 3
     with st.container(key="results-grid"):  # two pictures a row on a phone too (see chrome.CSS)
         for start in range(0, len(view.images), per_row):
@@ -117,7 +119,7 @@ def _render(job_id: str, polling: bool) -> None:
                     _image_card(view, img)
 
 
-def _summary(view: JobView) -> None:
+def _summary(view: JobView, trigger: str | None) -> None:
     label, color = badge(view)
     missing = f" · {view.missing_count} missing" if view.missing_count else ""
     with st.container(key="job-status"):  # what Generate scrolls to
@@ -133,7 +135,8 @@ def _summary(view: JobView) -> None:
             st.toast("Canceling: pictures already made are kept.")
         except BackendError as e:
             st.error(f"Could not cancel: {e.message}")
-    st.markdown(f'<div class="sr-prompt">{html.escape(view.prompt)}</div>', unsafe_allow_html=True)
+    st.markdown(f'<div class="sr-prompt">{html.escape(reuse.shown_prompt(view, trigger))}</div>',
+                unsafe_allow_html=True)
     if view.status == "failed" and view.error:
         st.error(view.error)
     job_actions.bar(view)

@@ -91,6 +91,7 @@ def test_use_these_settings_fills_the_form_and_more_like_this_sends_it_again(bac
     assert at.text_area(key="prompt").value == "<product> on a shelf" and at.number_input(key="seed").value == 77
     assert at.selectbox(key="product").value == name and at.radio(key="mode").value == "place"
     assert "The form holds the settings of the job" in page_text(at)
+    assert f'<div class="sr-prompt">{name} on a shelf</div>' in page_text(at), "its name, not its trigger words"
 
     at.button(key="job-vary").click().run()
     assert_no_exception(at)
@@ -244,6 +245,39 @@ def test_delete_a_job_from_history_asks_first_and_removes_every_object(backend, 
     assert_no_exception(at)
     assert backend.storage.list_files(f"jobs/{job['id']}/") == []
     assert not [b for b in at.button if b.key == f"open-{job['id']}"]
+
+
+def prompts_shown(at) -> list[str]:
+    return [str(m.value) for m in at.markdown if 'class="sr-prompt"' in str(m.value)]
+
+
+def test_a_jobs_prompt_names_its_product_not_its_trigger_words(tmp_path, open_app):
+    storage = LocalStorage(tmp_path)
+    record = {"name": "blue-mug", "trigger": "qzv mug", "category": "mug", "weight": 1.0, "has_lora": True,
+              "packshot_key": None, "training": None}
+    storage.put("products/blue-mug.json", json.dumps(record).encode(), "application/json")
+    named, deleted, plain = sorted(uuid.uuid4().hex for _ in range(3))
+    for job_id, product, prompt in ((named, "blue-mug", "qzv mug standing on a beach"),
+                                    (deleted, "old-jug", "zqx jug on a shelf"), (plain, None, "a kettle on a hob")):
+        manifest = stored_manifest(storage, job_id, ["succeeded"], product=product)
+        manifest["spec"]["prompt"] = prompt  # the resolved prompt, as the backend stores it
+        storage.put(f"jobs/{job_id}/job.json", json.dumps(manifest).encode(), "application/json")
+    env = {"BACKEND_URL": offline_url(), "STORAGE_URL": f"file://{tmp_path}"}
+
+    at = open_app(env, job=named)
+    assert_no_exception(at)
+    assert prompts_shown(at) == ['<div class="sr-prompt">blue-mug standing on a beach</div>'], "the job header"
+    at.switch_page("app_pages/history.py").run()
+    assert_no_exception(at)
+    assert prompts_shown(at) == [f'<div class="sr-prompt">{p}</div>' for p in (
+        "a kettle on a hob", "zqx jug on a shelf", "blue-mug standing on a beach")], \
+        "newest first; a product deleted since, and no product: the prompt as it is"
+    assert "qzv" not in page_text(at)
+    stored = json.loads(storage.get(f"jobs/{named}/job.json"))["spec"]["prompt"]
+    assert stored == "qzv mug standing on a beach", "display only: the manifest keeps the trigger words"
+
+    at = open_app(env, job=deleted)
+    assert prompts_shown(at) == ['<div class="sr-prompt">zqx jug on a shelf</div>']
 
 
 def test_history_reads_only_the_covers_of_the_page_on_screen_once(tmp_path, open_app, monkeypatch):
