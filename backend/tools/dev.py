@@ -69,7 +69,7 @@ def main() -> None:
                           "--server.headless", "true", "--server.address", host], env=env),
     ]
     print(f"backend:  {env['BACKEND_URL']}  (model {env.get('MODEL_ID', 'default')}; first start downloads it)")
-    print("frontend: http://localhost:8501")
+    print("frontend: http://localhost:8501    (Ctrl-C stops everything; your pictures stay in data/)")
     stopping = False
 
     def stop(*_):
@@ -85,7 +85,8 @@ def main() -> None:
                 try:
                     health = requests.get(f"http://127.0.0.1:{backend_port}/health", timeout=2).json()
                     if health["status"] in ("ok", "degraded", "error"):
-                        print(f"backend is {health['status']}: {health.get('detail') or 'ready'}")
+                        print(f"backend is {health['status']}: {health.get('detail') or 'ready'}; open "
+                              "http://localhost:8501")
                         announced = True
                 except requests.RequestException:
                     pass
