@@ -11,9 +11,12 @@ from importlib.metadata import version
 from pathlib import Path
 
 # The backend's own needs beyond what that box ships (see the device tool's KINDS.md), and theirs.
+# opentelemetry-api: fastapi imports it at `import fastapi` (fastapi/telemetry), and the box lacks it.
+# Not here: importlib-metadata (diffusers declares it but imports it only before Python 3.8), and what
+# the box has: python-dateutil (botocore), anyio, click, h11, httpx, typing-extensions, annotated-doc.
 MISSING = ("diffusers", "fastapi", "starlette", "uvicorn", "python-multipart", "pydantic", "pydantic-core",
-           "pydantic-settings", "python-dotenv", "annotated-types", "typing-inspection", "boto3", "botocore",
-           "jmespath", "s3transfer", "replicate")
+           "pydantic-settings", "python-dotenv", "annotated-types", "typing-inspection", "opentelemetry-api",
+           "boto3", "botocore", "jmespath", "s3transfer", "replicate")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "manylinux1_x86_64", "any")
 
