@@ -76,12 +76,11 @@ class JobService:
                client: str = "") -> JobManifest:
         self._storage_answers()
         if idempotency_key:
-            lock = self._idem_locks[hash((client, idempotency_key)) % len(self._idem_locks)]
-            with lock:  # one submission per key at a time, so a retry never races the first
+            record = self._idem_key(idempotency_key, client)
+            with self._idem_lock(record):  # one submission per key at a time, so a retry never races the first
                 earlier = self._idempotent(idempotency_key, client)
                 if earlier:
                     return earlier
-                record = self._idem_key(idempotency_key, client)
                 # The record is written before the manifest: a job that exists always has it, so a
                 # retry can never start a second one. A record whose manifest never came is ignored.
                 return self._submit(spec, photo, record)
@@ -203,16 +202,28 @@ class JobService:
     def _discard(self, job: JobManifest, record: str | None) -> None:
         """After a failed manifest write, remove what may have landed all the same (a write can fail
         after storing), so neither a retry nor a later start-up finds a job that was never queued."""
-        for key in (job.manifest_key, record, job.input_key):  # and the index entries, below
+        for key in (job.manifest_key, job.input_key):  # and the record and the index entries, below
             if key:
                 try:
                     self.storage.delete(key)
                 except StorageError as e:
                     log.warning("job %s: could not remove %s after a failed submit: %s", job.id, key, e)
+        if record:
+            with self._idem_lock(record):  # a retry may have written it again, for its own job, meanwhile
+                try:
+                    if self.storage.get(record).decode() == job.id:
+                        self.storage.delete(record)
+                except ObjectMissing:
+                    pass
+                except StorageError as e:
+                    log.warning("job %s: could not remove %s after a failed submit: %s", job.id, record, e)
         try:
             self.store.unindex(job.id)
         except StorageError as e:
             log.warning("job %s: index entries left after a failed submit (skipped when read): %s", job.id, e)
+
+    def _idem_lock(self, record: str) -> threading.Lock:
+        return self._idem_locks[hash(record) % len(self._idem_locks)]
 
     def _idem_key(self, key: str, client: str) -> str:
         return f"idempotency/{hashlib.sha256(f'{client}|{key}'.encode()).hexdigest()}"

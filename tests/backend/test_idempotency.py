@@ -73,6 +73,21 @@ def test_a_manifest_write_that_fails_lets_the_retry_start_the_job_once(service):
     assert again.id == job.id and service.executor.submitted == [job.id]
 
 
+def test_the_clean_up_of_a_failed_submit_that_comes_after_its_retry_leaves_the_retrys_record(service, monkeypatch):
+    """The clean-up runs in the background: a retry may have written the key's record again, for its own job,
+    by the time it gets there. Removing that record would let a third try start a second job."""
+    later = []
+    monkeypatch.setattr(service.jobs, "_discard_later", lambda job, record: later.append((job, record)))
+    service.storage.fail_next = "job.json"
+    with pytest.raises(Unavailable):
+        service.jobs.submit(SPEC, idempotency_key="order-9", client="c")
+    job = service.jobs.submit(SPEC, idempotency_key="order-9", client="c")
+    [(failed, record)] = later
+    service.jobs._discard(failed, record)  # the first try's clean-up, late
+    again = service.jobs.submit(SPEC, idempotency_key="order-9", client="c")
+    assert again.id == job.id and service.executor.submitted == [job.id]
+
+
 def test_a_record_write_that_fails_starts_nothing(service):
     service.storage.put = _fail_keys_under(service.storage, "idempotency/")
     with pytest.raises(StorageError):
