@@ -8,6 +8,7 @@ from pydantic import BaseModel
 
 from backend.api.deps import ServicesDep, authorize, client_host
 from backend.errors import ShowroomError
+from backend.gpu.scheduler import public_model_name
 
 router = APIRouter(tags=["health"])
 
@@ -56,11 +57,13 @@ async def health(request: Request, services: ServicesDep) -> dict:
     manifest writer's last word on it (it checks every few seconds) is what counts."""
     snap = services.executor.snapshot()
     status, detail = overall(snap["workers"], services.store.storage_ok, services.store.unsaved())
-    if status == "error" and snap["errors"] and _may_see_details(services, request):
+    insider = _may_see_details(services, request)
+    if status == "error" and snap["errors"] and insider:
         detail = snap["errors"][0]  # a worker's error text: for the key holder, not for a stranger
     return {
         "status": status,
-        "model": services.settings.model_id,
+        # a local model folder by its name only, for a stranger: the server's paths are not theirs to read
+        "model": services.settings.model_id if insider else public_model_name(services.settings.model_id),
         "workers": snap["workers"],
         "queue": {"pending": snap["pending"]},
         "upscaler": services.settings.active_upscaler if services.upscales else "off",

@@ -75,3 +75,9 @@ def test_job_ids_are_unguessable_and_sort_by_time():
     assert len(set(ids)) == 1000 and all(is_job_id(i) for i in ids)
     assert ids == sorted(ids)
     assert len({i[13:] for i in ids}) == 1000, "76 random bits after the time"
+
+
+def test_health_names_a_local_model_folder_without_its_path_to_a_caller_without_the_key(backend, tiny_model):
+    stranger = requests.get(f"{backend.url}/health", timeout=10).json()
+    insider = backend.get("/health").json()
+    assert stranger["model"] == tiny_model.name and insider["model"] == str(tiny_model)
