@@ -9,6 +9,7 @@ With TAESD_ID set, the final decode uses that tiny autoencoder (AutoencoderTiny)
 import hashlib
 import io
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -70,7 +71,8 @@ class Adapters:
         if cache_key in self.loaded:
             self.loaded.move_to_end(cache_key)
             return self.loaded[cache_key]
-        adapter = f"{lora.name}_{hashlib.sha1(version.encode()).hexdigest()[:8]}".replace("-", "_")
+        # A file name of letters, digits and _ only, whatever the task says: a name from the broker is no path.
+        adapter = re.sub(r"\W", "_", f"{lora.name[:64]}_{hashlib.sha1(version.encode()).hexdigest()[:8]}")
         path = self.cache_dir / f"{adapter}.safetensors"
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         path.write_bytes(self.storage.get(lora.key))

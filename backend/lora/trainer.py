@@ -130,7 +130,7 @@ class Trainer:
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-        self.unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet")
+        self.unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", use_safetensors=True)  # no pickles
         self.xl = self.unet.config.addition_embed_type == "text_time"
         self.tokenizer = self._part(model, "tokenizer", CLIPTokenizer)
         self.text_encoder = self._part(model, "text_encoder", CLIPTextModel)
@@ -141,7 +141,7 @@ class Trainer:
             self.text_encoder_2 = self._part(model, "text_encoder_2", CLIPTextModelWithProjection)
             self.encoders["text_encoder_2"] = (self.tokenizer_2, self.text_encoder_2)
             self._check_time_ids(model)
-        self.vae = AutoencoderKL.from_pretrained(model, subfolder="vae")
+        self.vae = AutoencoderKL.from_pretrained(model, subfolder="vae", use_safetensors=True)
         self.scheduler = DDPMScheduler.from_pretrained(model, subfolder="scheduler")
         for part in (self.unet, self.vae, *(encoder for _, encoder in self.encoders.values())):
             dtype = vae_dtype(self.xl, part.config, weight_dtype) if part is self.vae else weight_dtype
@@ -151,8 +151,9 @@ class Trainer:
                 part.to(dtype=dtype)
 
     def _part(self, model: str, subfolder: str, cls):
+        weights = {} if subfolder.startswith("tokenizer") else {"use_safetensors": True}
         try:
-            return cls.from_pretrained(model, subfolder=subfolder)
+            return cls.from_pretrained(model, subfolder=subfolder, **weights)
         except OSError as e:
             if not self.xl:
                 raise
