@@ -81,7 +81,7 @@ def write(outcome: dict) -> str:
         f"| faults survived | {s['faults']['passed']} of {s['faults']['passed'] + s['faults']['failed']} against the "
         f"real stack (kill -9 of a worker mid-job, kill -9 of the whole backend mid-job then restart, SeaweedFS "
         f"stopped mid-job then started, SeaweedFS hung with SIGSTOP mid-job then resumed, a restart while SeaweedFS is down, "
-        f"a second backend on the same bucket, an image past its time limit); {s['scheduler faults']['passed']} "
+        f"a second backend on the same bucket taking over a job and a training, an image past its time limit); {s['scheduler faults']['passed']} "
         "scheduler cases with fake workers (deaths, a device error, a model that cannot load, time limits, an "
         f"image stored just before its worker was killed, cancel); {s['recovery']['passed']} recovery cases "
         f"(storage down at boot, a scan cut short, an unreadable manifest or product record, upscales resumed once and not overwritten, a cancel before the take-back); "
