@@ -120,8 +120,10 @@ def _teach_form(product: dict) -> None:
     health = services.current_health()
     where = "on this GPU" if health.gpus else "on this computer's processor"
     minutes = estimate_minutes(int(steps), health.devices)
-    clicked = st.button(f"Teach Showroom this product (about {minutes} minute{'s' if minutes != 1 else ''} {where})",
-                        key="teach", type="primary", icon=":material/school:", disabled=not health.can_generate,
+    # The time beside the button, not in it: a label that long was cut off on a wide screen.
+    st.caption(f"Takes about {minutes} minute{'s' if minutes != 1 else ''} {where}.")
+    clicked = st.button("Teach Showroom this product", key="teach", type="primary", icon=":material/school:",
+                        disabled=not health.can_generate,
                         help="Showroom studies the photos and learns the product under its words (it trains a LoRA "
                              "for the generator's model). The time is an estimate from the number of steps and the "
                              "kind of processor, not a measurement; the bar shows the real progress.")

@@ -60,7 +60,9 @@ def test_add_a_product_from_photos_shows_its_cutout(backend, open_app):
     assert product["packshot_key"] == f"products/{name}.png" and not product["has_lora"]
     assert product["trigger"] == suggest_trigger(name, "teapot") and product["trigger"].endswith(" teapot")
     assert product["trigger"].split()[0] in RARE_TOKENS, "a rare word, chosen for the user"
-    assert at.button(key="teach").label.startswith("Teach Showroom this product (about ")
+    assert at.button(key="teach").label == "Teach Showroom this product"
+    notes = [caption.value for caption in at.caption]
+    assert any(n.startswith("Takes about ") and "minute" in n for n in notes), notes
     assert card_pictures(at, name) == 1, "its card in the list shows its picture"
 
 
