@@ -42,8 +42,8 @@ class TrainingService:
         self.native_size = native_size  # () -> int: the size the model generates (and so learns) at
         self.storage = store.storage
         self.owner = ""  # this backend's lease owner id (backend.jobs.leases), written beside each training
-        self._taken: set[str] = set()  # trainings of earlier runs or gone backends this run took back
-        self._active: dict[str, str] = {}  # unfinished trainings this run sent to the executor -> their product
+        # unfinished trainings this run sent to the executor (its own, and those it took back) -> their product
+        self._active: dict[str, str] = {}
         self._admit = threading.Lock()  # a product's training and the count are checked and taken at once
         self._finishing = ThreadPoolExecutor(1, thread_name_prefix="training-done")  # storage I/O off the dispatcher
 
@@ -106,8 +106,8 @@ class TrainingService:
         whenever a backend on the bucket went away. One that a live backend runs is left to it (`leases`)."""
         taken = 0
         for training_id in self.store.ids():
-            if created_us(training_id) >= booted_us or training_id in self._taken:
-                continue  # this run's own
+            if created_us(training_id) >= booted_us or training_id in self._active:
+                continue  # this run's own, or one it took back already
             try:
                 training = self.store.get(training_id)
             except (ObjectMissing, ValueError):
@@ -125,7 +125,6 @@ class TrainingService:
                 continue  # it ended meanwhile (an event read from the executor's backlog)
             self._active[training_id] = training.product
             self.executor.train(self._task(training, trigger))
-            self._taken.add(training_id)
             log.info("training %s of %s taken back: it goes on from its newest checkpoint", training_id,
                      training.product)
             taken += 1
