@@ -33,6 +33,7 @@ log = logging.getLogger("showroom.celery")
 LOST_S = 30  # six missed heartbeats: the node is gone, or cut off long enough that a copy is worth its cost
 SUPERSEDED_TTL_S = ca.CANCEL_TTL_S  # longer than any visibility timeout: a redelivered old task still finds it
 MAX_RESCUES = 2  # then the task's images (its training, its upscale) fail
+RESCUED = (ca.GENERATE, ca.TRAIN, ca.UPSCALE)  # the tasks a heartbeat may name
 
 
 def superseded_key(task_id: str) -> str:
@@ -157,6 +158,3 @@ class Rescue:
         self.redis.set(superseded_key(old_id), new_id, ex=SUPERSEDED_TTL_S)
         log.warning("%s has not reported for %d s: its node is gone; %s sent again as task %s", worker_id, LOST_S,
                     what, new_id)
-
-
-RESCUED = (ca.GENERATE, ca.TRAIN, ca.UPSCALE)
