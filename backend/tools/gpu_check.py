@@ -20,18 +20,23 @@ weights, which cost the same FLOPs as the real ones. It measures
   well under 1 means launch- or CPU-bound), kernel launches per step, the top 15 ops and top 10 kernels by
   self GPU time, and the share by category (attention, convolution, matmul, norm, elementwise/other). On
   the CPU, self CPU time.
-It writes one JSON file (`gpu-check-<date>-<gpu>.json` under --out) and prints a short table. It exits
-non-zero only when something is broken (a section raised), never because something is slow; every
-section records its own error and lets the others run. `--tiny` runs the same code with toy
+It writes one JSON file (`gpu-check-<date>-<gpu>.json` under --out; rewritten after every section, with
+"complete": false until the end, so a run stopped from outside still leaves what it measured) and prints a
+short table. It exits non-zero only when something is broken (a section raised), never because something is
+slow; every section records its own error and lets the others run, and a section that runs four times past
+its estimate (a hang) is cut and listed under "cut". `--tiny` runs the same code with toy
 architectures on a CPU in a minute or two (the tests do).
 """
 
 import argparse
 import json
 import re
+import signal
 import sys
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
@@ -63,27 +68,71 @@ TINY_XL = bench.Arch(  # ENVIRONMENT.md's tiny SDXL: the real classes at toy siz
 TINY_XL_TEXT_2 = dict(bench.TINY.text)
 
 
-class Check:
-    """Runs sections, each with its error recorded, within a time budget (a section past it is skipped)."""
+class SectionCut(BaseException):
+    """A section ran past its time limit. Not an Exception: the sections' own per-part handlers (bench's)
+    must not catch it and go on with the next part."""
 
-    def __init__(self, budget_s: float):
-        self.started, self.budget_s = time.monotonic(), budget_s
-        self.result: dict = {"errors": {}, "skipped": []}
+
+class Check:
+    """Runs sections, each with its error recorded, within a time budget: a section that would start past it
+    is skipped, and one that runs far past its estimate is cut (a hang must not cost the whole box). After
+    each section the result so far is written, so a run stopped from outside still leaves its figures."""
+
+    def __init__(self, budget_s: float, path: Path | None = None):
+        self.started, self.budget_s, self.path = time.monotonic(), budget_s, path
+        self.result: dict = {"errors": {}, "skipped": [], "cut": [], "complete": False}
+
+    def limit_s(self, cost_s: float) -> float:
+        """How long a section may run: four times its estimate (at least a minute), but not far past the
+        budget, since the box is held for about the budget and a minute more."""
+        left = self.budget_s + 60 - (time.monotonic() - self.started)
+        return max(30.0, min(max(60.0, 4 * cost_s), left))
 
     def section(self, name: str, fn, cost_s: float = 0.0):
         if time.monotonic() - self.started + cost_s > self.budget_s:
             self.result["skipped"].append(name)
             print(f"  {name}: skipped (time budget)", file=sys.stderr)
             return None
-        t0 = time.monotonic()
+        t0, limit = time.monotonic(), self.limit_s(cost_s)
         try:
-            value = fn()
+            with _time_limit(limit):
+                value = fn()
+        except SectionCut:
+            self.result["cut"].append(name)
+            print(f"  {name}: cut after {limit:.0f} s (time limit)", file=sys.stderr)
+            return None
         except Exception as e:  # recorded, and the next section runs: one failure must not cost the whole box
             self.result["errors"][name] = f"{type(e).__name__}: {e}"[:800]
             print(f"  {name} FAILED: {self.result['errors'][name]}", file=sys.stderr)
             return None
+        finally:
+            self.save()
         print(f"  {name}: {time.monotonic() - t0:.1f} s", file=sys.stderr)
         return value
+
+    def save(self) -> None:
+        if self.path is not None:
+            self.path.write_text(json.dumps(self.result, indent=1, default=str) + "\n")
+
+
+@contextmanager
+def _time_limit(seconds: float):
+    """SIGALRM raises SectionCut in the main thread after `seconds` (between two Python steps: a CUDA kernel
+    or a sleep in progress ends first). Elsewhere than the main thread nothing is limited."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def cut(signum, frame):
+        raise SectionCut()
+
+    previous = signal.signal(signal.SIGALRM, cut)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def save_sdxl(arch: bench.Arch, text_2: dict, folder: Path, device: str) -> Path:
@@ -236,9 +285,13 @@ def run(args) -> dict:
     cuda = torch.cuda.is_available() and not args.tiny
     device = "cuda:0" if cuda else "cpu"
     arch, xl_arch, xl_text = (bench.SD15, SDXL, SDXL_TEXT_2) if not args.tiny else (bench.TINY, TINY_XL, TINY_XL_TEXT_2)
-    check = Check(args.budget_s)
-    out = check.result | {"date": date.today().isoformat(), "torch": torch.__version__,
-                          "gpu": torch.cuda.get_device_name(0) if cuda else "cpu", "tiny": args.tiny}
+    gpu = torch.cuda.get_device_name(0) if cuda else "cpu"
+    today = date.today().isoformat()
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = re.sub(r"[^A-Za-z0-9]+", "-", gpu).strip("-").lower()
+    check = Check(args.budget_s, args.out / f"gpu-check-{today}-{name}.json")
+    out = check.result
+    out.update({"date": today, "torch": torch.__version__, "gpu": gpu, "tiny": args.tiny})
     steps, batches = (30, [1, 4, 8]) if not args.tiny else (2, [1, 2])
     with tempfile.TemporaryDirectory(prefix="showroom-gpu-check-") as tmp:
         work = Path(tmp)
@@ -283,7 +336,9 @@ def run(args) -> dict:
             out["sdxl_training"] = check.section("sdxl training", lambda: training_rows(
                 xl_dir, work, xl_arch.size, train_steps, device), 75)
     out["seconds"] = round(time.monotonic() - check.started, 1)
-    return out
+    out["complete"] = True
+    check.save()
+    return out, check.path
 
 
 def replace_args(args):
@@ -316,6 +371,7 @@ def report(out: dict) -> str:
         ("guard: nan decode redone in fp32", bool(out.get("guard_nan_decode"))),
         ("guard: out-of-memory batch made one at a time", (out.get("guard_oom") or {}).get("made")),
         ("skipped (time budget)", ", ".join(out["skipped"]) or "-"),
+        ("cut (ran past its time limit)", ", ".join(out["cut"]) or "-"),
         ("errors", len(out["errors"])),
     ]
     width = max(len(name) for name, _ in rows)
@@ -328,11 +384,7 @@ def main(argv=None) -> int:
     p.add_argument("--budget-s", type=float, default=480, help="sections that would start past this are skipped")
     p.add_argument("--tiny", action="store_true", help="toy architectures on the CPU: the check's own test")
     args = p.parse_args(argv)
-    out = run(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = re.sub(r"[^A-Za-z0-9]+", "-", out["gpu"]).strip("-").lower()
-    path = args.out / f"gpu-check-{out['date']}-{name}.json"
-    path.write_text(json.dumps(out, indent=1, default=str) + "\n")
+    out, path = run(args)
     print(report(out))
     print(f"written: {path}")
     return 1 if out["errors"] else 0

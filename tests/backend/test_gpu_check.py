@@ -1,6 +1,8 @@
 """`make gpu-check` runs its whole course on the CPU with toy architectures: every section, no error."""
 
 import json
+import signal
+import time
 
 from backend.tools import gpu_check, gpu_profile
 
@@ -9,7 +11,7 @@ def test_gpu_check_runs_every_section_with_tiny_architectures(tmp_path, capsys):
     assert gpu_check.main(["--tiny", "--out", str(tmp_path), "--budget-s", "900"]) == 0
     [written] = tmp_path.glob("gpu-check-*-cpu.json")
     out = json.loads(written.read_text())
-    assert out["errors"] == {} and out["skipped"] == []
+    assert out["errors"] == {} and out["skipped"] == [] and out["cut"] == [] and out["complete"] is True
     assert out["sd15"]["unet"] and out["sd15"]["pipeline"] and out["sd15"]["system_4img"]["last_s"] > 0
     assert [r["batch"] for r in out["sd15_memory"]] == [1, 2]
     assert out["place"]["place_s"] > 0 and out["sdxl"][0]["images_per_s"] > 0
@@ -36,6 +38,29 @@ def test_a_broken_section_is_recorded_and_the_exit_code_says_so(tmp_path, monkey
     assert gpu_check.main(["--tiny", "--out", str(tmp_path)]) == 1
     out = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert out["errors"] == {"sdxl build": "RuntimeError: no SDXL today"}
+
+
+def test_a_section_that_hangs_is_cut_and_what_was_measured_is_already_on_disk(tmp_path):
+    check = gpu_check.Check(budget_s=60, path=tmp_path / "out.json")
+    check.limit_s = lambda cost_s: 0.3  # a real limit is a minute or more
+    assert check.section("quick", lambda: 7) == 7
+    check.result["quick"] = 7
+
+    def swallows_exceptions():  # as bench's own sections do: the cut must get past them
+        try:
+            time.sleep(30)
+        except Exception:
+            pass
+        return "went on"
+
+    started = time.monotonic()
+    assert check.section("hangs", swallows_exceptions) is None
+    assert time.monotonic() - started < 5
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)  # no alarm left behind for the next section
+    on_disk = json.loads((tmp_path / "out.json").read_text())
+    assert on_disk["quick"] == 7 and on_disk["cut"] == ["hangs"] and on_disk["errors"] == {}
+    assert on_disk["complete"] is False
+    assert check.section("next", lambda: "ran") == "ran"
 
 
 def test_op_category_reads_aten_ops_and_cuda_kernel_names():
