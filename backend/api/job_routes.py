@@ -9,6 +9,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
 from backend.api.deps import ClientDep, RateLimitedClientDep, ServicesDep
+from backend.api.middleware import JSON_LIMIT
 from backend.api.openapi import V1_ERRORS, errors, job_body
 from backend.contract import JOB_ID_RE, is_job_id
 from backend.errors import InvalidRequest, PayloadTooLarge, Unavailable
@@ -53,13 +54,18 @@ async def read_submission(request: Request, max_photo: int) -> tuple[JobSpec, by
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         try:
-            form = await request.form(max_files=1, max_fields=4)
+            form = await request.form(max_files=2, max_fields=4)  # the spec may come as a file too (curl -F spec=@)
         except Exception as e:
             raise InvalidRequest(f"the multipart body could not be read: {e}") from None
         spec_part, image_part = form.get("spec"), form.get("image")
         if spec_part is None:
             raise InvalidRequest("the multipart body needs a part 'spec' holding the JobSpec as JSON")
-        spec = parse_spec(await spec_part.read() if isinstance(spec_part, UploadFile) else spec_part)
+        if isinstance(spec_part, UploadFile):
+            raw = await spec_part.read(JSON_LIMIT + 1)
+            if len(raw) > JSON_LIMIT:
+                raise PayloadTooLarge(f"the part 'spec' is larger than the limit of {JSON_LIMIT} bytes")
+            spec_part = raw
+        spec = parse_spec(spec_part)
         if image_part is None:
             return spec, None
         if not isinstance(image_part, UploadFile):

@@ -117,6 +117,22 @@ def test_multipart_without_spec_is_refused(backend, unchanged):
     assert r.status_code == 422 and "'spec'" in r.json()["detail"]
 
 
+def test_a_spec_sent_as_a_file_part_is_read_like_a_field(backend):
+    """`curl -F spec=@spec.json -F image=@photo.png` sends both parts as files."""
+    r = backend.post("/v1/jobs", files={"spec": ("spec.json", json.dumps(OK), "application/json"),
+                                        "image": ("x.png", png_bytes(), "image/png")})
+    assert r.status_code == 202, r.text
+    job = backend.wait_job(r.json()["id"])
+    assert job["status"] == "succeeded" and job["input_key"] == f"jobs/{job['id']}/input.png", job
+
+
+def test_a_spec_file_part_over_the_json_limit_is_refused(backend, unchanged):
+    spec = json.dumps(OK | {"negative_prompt": "x"}) + " " * (1024 * 1024)
+    r = backend.post("/v1/jobs", files={"spec": ("spec.json", spec, "application/json"),
+                                        "image": ("x.png", png_bytes(), "image/png")})
+    assert r.status_code == 413 and "'spec'" in r.json()["detail"]
+
+
 def test_photo_with_too_few_denoising_steps_is_refused(backend, unchanged):
     r = backend.post("/v1/jobs", files={"spec": (None, json.dumps(OK | {"strength": 0.2})),
                                         "image": ("x.png", png_bytes(), "image/png")})
