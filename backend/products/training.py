@@ -156,7 +156,12 @@ class TrainingService:
             lora = normalize_lora(self.storage.get(lora_result_key(training_id)), self.settings.model_id)
             self.storage.put(lora_key(training.product), lora, "application/octet-stream")
             self.catalog.update(training.product, has_lora=True)
-        except (StorageError, ValueError, UnknownReference) as e:
+        except UnknownReference:  # deleted while it trained: the LoRA just stored must not outlive it
+            self._drop_orphan(training.product)
+            self._change(training_id, status=Status.failed, error=f"product {training.product!r} was deleted "
+                                                                  f"while it trained; its LoRA was not kept")
+            return
+        except (StorageError, ValueError) as e:
             log.error("training %s: the LoRA could not be given to %s: %s", training_id, training.product, e)
             self._change(training_id, status=Status.failed, error=f"the trained LoRA could not be stored: {e}")
             return
@@ -164,6 +169,12 @@ class TrainingService:
                      progress=StepProgress(step=training.progress.steps, steps=training.progress.steps),
                      resumed_from=info.get("resumed_from"), probe_loss=info.get("probe_loss"))
         log.info("training %s succeeded: product %s has its LoRA", training_id, training.product)
+
+    def _drop_orphan(self, product: str) -> None:
+        try:
+            self.storage.delete(lora_key(product))
+        except StorageError as e:
+            log.error("the LoRA of deleted product %s could not be removed: %s", product, e)
 
     def _change(self, training_id: str, **fields) -> TrainingManifest:
         def change(training: TrainingManifest) -> None:

@@ -1,4 +1,5 @@
-"""Which trainings a backend takes: one at a time per product, AT_ONCE in all; the rest are told why.
+"""Which trainings a backend takes: one at a time per product, AT_ONCE in all; the rest are told why. And
+what a finished one leaves: the LoRA goes to its product, unless the product was deleted meanwhile.
 Real storage, catalog and manifest store; the executor is a fake that records what it is sent."""
 
 import threading
@@ -13,7 +14,7 @@ from backend.models import Product
 from backend.products import training as tr
 from backend.products.catalog import Catalog
 from backend.storage import LocalStorage
-from tests.factories import png_bytes
+from tests.factories import make_lora, png_bytes
 
 
 class Recorder:
@@ -65,3 +66,26 @@ def test_two_trainings_of_one_product_at_the_same_moment_start_once(service):
         t.join(30)
     assert len(service.executor.sent) == 1, outcomes
     assert sum("being trained already" in o for o in outcomes) == 3
+
+
+def _finished(service, training_id: str, lora: bytes) -> None:
+    """The executor says the training ended, with its LoRA stored where a worker stores it."""
+    service.storage.put(tr.lora_result_key(training_id), lora, "application/octet-stream")
+    service.on_event(ev.TrainingSucceeded(training_id, {}))
+    service._finishing.submit(lambda: None).result(30)  # the adoption runs on this pool: wait for it
+
+
+def test_a_finished_training_gives_its_product_the_lora(service, tiny_model):
+    training = service.submit("p0", PHOTOS, 20, 4)
+    _finished(service, training.id, make_lora(tiny_model, seed=1))
+    assert service.store.get(training.id).status.value == "succeeded"
+    assert service.catalog.product("p0").has_lora and service.storage.exists(tr.lora_key("p0"))
+
+
+def test_a_product_deleted_while_it_trained_gets_no_lora_back(service, tiny_model):
+    training = service.submit("p0", PHOTOS, 20, 4)
+    service.catalog.delete("p0")
+    _finished(service, training.id, make_lora(tiny_model, seed=1))
+    ended = service.store.get(training.id)
+    assert ended.status.value == "failed" and "deleted while it trained" in ended.error, ended
+    assert not service.storage.exists(tr.lora_key("p0")), "the deleted product's LoRA came back"
