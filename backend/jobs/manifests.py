@@ -10,6 +10,7 @@ storage answers again, which is what /health reports without calling storage its
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ log = logging.getLogger("showroom.manifests")
 PING_S = 5.0          # while idle, how often the writer checks that storage answers
 DOWN_PING_S = 0.5     # ... and, on top of the backoff below, while it does not
 RETRY_S = (0.5, 1, 2, 4)  # backoff between failed writes; then every 4 s until storage answers
+DELETED_KEPT = 10_000     # deleted ids remembered (about 1 MB): late work for one of them cleans up after itself
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class ManifestStore:
         self._live: dict[str, JobManifest] = {}   # jobs being changed: the newest state, ahead of storage
         self._version: dict[str, int] = {}
         self._dirty: dict[str, int] = {}          # job id -> the version storage does not have yet
+        self._deleted: OrderedDict[str, None] = OrderedDict()  # the newest DELETED_KEPT ids deleted by this run
         self._job_locks = [threading.Lock() for _ in range(64)]
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -254,6 +257,15 @@ class ManifestStore:
             self._live.pop(job_id, None)
             self._dirty.pop(job_id, None)
             self._version.pop(job_id, None)
+            self._deleted[job_id] = None
+            while len(self._deleted) > DELETED_KEPT:
+                self._deleted.popitem(last=False)
+
+    def was_deleted(self, job_id: str) -> bool:
+        """Whether this run deleted the job: work still under way for it (an upscale, a cut-out) removes
+        what it writes instead of leaving it under a job that is gone."""
+        with self._lock:
+            return job_id in self._deleted
 
     # ----- the writer thread -----
     def _write_loop(self) -> None:

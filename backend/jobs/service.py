@@ -185,6 +185,9 @@ class JobService:
             self.executor.submit(job, loras)
 
     def _prepared(self, job_id: str, loras: tuple, error: Exception | None) -> None:
+        if self.store.was_deleted(job_id):  # its cut-out and layout landed after the delete's sweeps
+            self._sweep(job_id)
+            return
         if error is not None:
             reason = str(error) if isinstance(error, ValueError) else f"the product could not be laid out: {error}"
             log.warning("job %s: %s", job_id, reason)

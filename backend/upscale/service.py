@@ -160,7 +160,7 @@ class UpscaleService:
             self._set(job_id, index, Status.failed, f"upscale failed: could not start ({exc})")
             self._release(job_id, index)
             raise
-        future.add_done_callback(lambda f: self._finished(job_id, index, f))
+        future.add_done_callback(lambda f: self._finished(job_id, index, f, target))
 
     def _run(self, job_id: str, index: int, source: str, target: str) -> None:
         """In a pool thread, as the upscale actually starts."""
@@ -172,8 +172,13 @@ class UpscaleService:
             self._set(job_id, index, Status.running)
             self.work(self.settings, source, target)
 
-    def _finished(self, job_id: str, index: int, future) -> None:
+    def _finished(self, job_id: str, index: int, future, target: str) -> None:
         error = future.exception() if not future.cancelled() else RuntimeError("canceled at shutdown")
+        if self.store.was_deleted(job_id):  # the job was deleted while it was upscaled: keep nothing of it
+            if error is None:
+                self._remove(target)
+            self._release(job_id, index)
+            return
         if error is None:
             self._set(job_id, index, Status.succeeded)
             log.info("job %s image %d: upscaled", job_id, index)
@@ -182,6 +187,12 @@ class UpscaleService:
             log.warning("job %s image %d: upscale failed: %s", job_id, index, reason)
             self._set(job_id, index, Status.failed, f"upscale failed: {reason}"[:500])
         self._release(job_id, index)
+
+    def _remove(self, key: str) -> None:
+        try:
+            self.store.storage.delete(key)
+        except StorageError as e:
+            log.warning("the upscale %s of a deleted job is left in storage: %s", key, e)
 
     def _set(self, job_id: str, index: int, status: Status, error: str | None = None) -> None:
         def change(job: JobManifest) -> None:

@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from backend.jobs.manifests import ManifestStore
 from backend.models import Status
+from backend.storage import LocalStorage
 from backend.upscale.engines import (
     REPLICATE_VERSION,
     LocalUpscaler,
@@ -320,6 +322,9 @@ class ManifestBook:
     def upscale(self, job_id: str, index: int):
         return self.get(job_id).images[index].upscale
 
+    def was_deleted(self, job_id: str) -> bool:
+        return False
+
 
 def succeeded_job(images: int):
     job = make_job(images)
@@ -355,6 +360,35 @@ def test_upscale_shows_running_only_once_a_pool_thread_takes_it_up():
     finally:
         gate.set()
         service.close()
+
+
+def test_an_upscale_that_ends_after_its_job_was_deleted_leaves_nothing_behind(tmp_path):
+    storage = LocalStorage(tmp_path)
+    store = ManifestStore(storage).start()
+    job = succeeded_job(1)
+    assert store.create(job)
+    service = UpscaleService(SimpleNamespace(active_upscaler="replicate"), None, store)
+    started, gate = threading.Event(), threading.Event()
+
+    def work(settings, source, target):  # a Replicate upscale still under way when the job is deleted
+        started.set()
+        gate.wait(10)
+        storage.put(target, b"\x89PNG upscaled", "image/png")
+
+    service.work = work
+    try:
+        key = service.request(job.id, 0)
+        assert started.wait(10)
+        store.forget(job.id)  # what JobService.delete does, its sweeps included
+        storage.delete_prefix(f"jobs/{job.id}/")
+        gate.set()
+        wait_until(lambda: not service.in_flight())
+        assert not storage.exists(key), "the upscale landed under a deleted job and stayed"
+        assert storage.list_files(f"jobs/{job.id}/") == []
+    finally:
+        gate.set()
+        service.close()
+        store.close()
 
 
 def local_service(run_scheduler, behaviour: str, timeout_s: float = 60):
