@@ -75,7 +75,7 @@ class Gpu:
         self.redis = ca.redis_client(self.settings)
         self.state, self.device, self.error, self.native_size = "starting", "unknown", None, None
         self.gen = self.storage = None
-        self.tasks = 0
+        self.tasks, self.name_lost = 0, False
         self.task: dict | None = None  # the task it runs, as its heartbeat names it (backend.gpu.celery_rescue)
         self._loras: list[str] = []
         self.beat()
@@ -103,10 +103,22 @@ class Gpu:
                 "native_size": self.native_size, "error": self.error, "loras": self.held_loras(), "task": self.task,
                 "ts": time.time()}
         try:
+            if not ca.renew_name(self.redis, self.node.name, self.node.instance):
+                self._name_taken()
+                return
             self.redis.hset(ca.WORKERS, self.id, json.dumps(beat))
-            self.redis.set(ca.name_key(self.node.name), self.node.instance, ex=ca.STALE_S)
         except Exception as e:  # the broker is away: the next beat says it again
             log.warning("%s: heartbeat not sent: %s", self.id, _short(e))
+
+    def _name_taken(self) -> None:
+        """Another node took this one's name while it was cut off: its heartbeats would be read as that
+        node's. It stops (warm: running tasks end, the rest go back to the broker); started again (the
+        compose file restarts it), it takes a free name."""
+        if not self.name_lost:
+            self.name_lost = True
+            log.error("%s: node name %s was taken by another node while this one could not reach the broker; "
+                      "this node stops", self.id, self.node.name)
+            os.kill(os.getppid(), signal.SIGTERM)
 
     def held_loras(self) -> list[str]:
         """The LoRAs this GPU has loaded, by catalog name: the backend sends a batch needing them here first."""

@@ -107,6 +107,22 @@ def claim_name(client, wanted: str, instance: str) -> str:
     raise RuntimeError(f"no free node name like {base!r}")
 
 
+# Renew a node's name only while it is this node's, or nobody's: ARGV[1] the node's instance, ARGV[2] STALE_S.
+_RENEW_NAME = """
+if redis.call('get', KEYS[1]) == ARGV[1] or redis.call('exists', KEYS[1]) == 0 then
+  redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+def renew_name(client, name: str, instance: str) -> bool:
+    """Keep `name` for STALE_S more; False when another node holds it (it was claimed while this node was
+    cut off from the broker for longer than STALE_S): two nodes then beat under one name."""
+    return bool(client.eval(_RENEW_NAME, 1, name_key(name), instance, STALE_S))
+
+
 def celery_config(settings) -> dict:
     """Long GPU tasks, acknowledged only once done: a task whose worker dies is run again, never dropped."""
     longest = longest_task_s(settings) + HARD_LIMIT_MARGIN_S

@@ -152,3 +152,36 @@ def test_a_chunk_claimed_by_a_lost_task_is_taken_over_by_one_copy_unless_it_was_
     client.set(rescue.superseded_key("t2"), "t3")
     assert not ca.claim_chunk(client, "k", "t3", rescue.superseded_key), "t2 said it sent it before it was lost"
     assert client.get("k") == "sent:t2" and client.ttl("k") > 0
+
+
+# ----- node names: two nodes never beat under one name -----
+
+def test_a_name_is_renewed_while_it_is_this_nodes_or_nobodys_and_never_taken_from_another(client):
+    assert ca.claim_name(client, "box", "first") == "box"
+    assert ca.renew_name(client, "box", "first") and client.ttl(ca.name_key("box")) > 0
+    client.delete(ca.name_key("box"))  # expired while "first" was cut off from the broker, and nobody took it
+    assert ca.renew_name(client, "box", "first") and client.get(ca.name_key("box")) == "first"
+    client.delete(ca.name_key("box"))
+    assert ca.claim_name(client, "box", "second") == "box"  # taken meanwhile by a node that started
+    assert not ca.renew_name(client, "box", "first")
+    assert client.get(ca.name_key("box")) == "second"
+
+
+def test_a_gpu_process_whose_node_name_was_taken_stops_its_node_and_beats_no_more(client, monkeypatch):
+    from backend import node
+
+    stopped = []
+    monkeypatch.setattr(node.os, "kill", lambda pid, sig: stopped.append((pid, sig)))
+    gpu = object.__new__(node.Gpu)  # its fields only: no pipeline, no heartbeat thread
+    gpu.node, gpu.settings = SimpleNamespace(name="box", instance="first"), SimpleNamespace(model_id=MODEL)
+    gpu.id, gpu.redis, gpu.name_lost = "box/0", client, False
+    gpu.state, gpu.device, gpu.error, gpu.native_size, gpu.task, gpu.gen, gpu._loras = (
+        "ready", "cpu", None, 64, None, None, [])
+    gpu.beat()
+    assert client.hget(ca.WORKERS, "box/0") and stopped == []
+    client.hdel(ca.WORKERS, "box/0")
+    client.set(ca.name_key("box"), "second")  # another node claimed it while this one was cut off
+    gpu.beat()
+    gpu.beat()
+    assert stopped == [(node.os.getppid(), node.signal.SIGTERM)], "stopped once"
+    assert client.hget(ca.WORKERS, "box/0") is None, "it beat under the other node's name"
