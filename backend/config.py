@@ -148,9 +148,10 @@ class Settings(BaseSettings):
                             secret_key=secret, region=self.aws_region)
 
     def worker_count(self, gpus: int) -> int:
+        """WORKERS: a number, or `auto`: one per visible GPU, and one on the CPU (DEVICE=cpu or mps, or no GPU)."""
         if self.workers != "auto":
             return int(self.workers)
-        return max(gpus, 1)
+        return max(gpus, 1) if self.device in ("auto", "cuda") else 1
 
 
 @lru_cache

@@ -1,8 +1,9 @@
-"""Settings refused at start-up say which and why, never what was given: the log must not get a secret."""
+"""Settings: one refused at start-up says which and why, never what was given (the log must not get a
+secret); what `WORKERS=auto` comes to."""
 
 import pytest
 
-from backend.config import SettingsError, get_settings
+from backend.config import Settings, SettingsError, get_settings
 
 KEY = "whsec_c2hvd3Jvb20tdGVzdC1zZWNyZXQta2V5LTEyMzQ="
 
@@ -32,3 +33,13 @@ def test_a_refusal_about_several_settings_quotes_none_of_them(monkeypatch):
         get_settings()
     assert "IDLE_STOP_MINUTES needs CONTAINER_ID and CONTAINER_API_KEY" in str(refused.value)
     assert "0123456789" not in str(refused.value) and "input" not in str(refused.value)
+
+
+@pytest.mark.parametrize("device, workers, gpus, expected", [
+    ("auto", "auto", 4, 4), ("cuda", "auto", 2, 2), ("auto", "auto", 0, 1),
+    ("cpu", "auto", 4, 1),  # the GPUs are there but not used: one process on the CPU, not one per GPU
+    ("mps", "auto", 0, 1), ("cpu", "3", 4, 3),
+])
+def test_workers_auto_is_one_per_gpu_only_where_gpus_are_used(device, workers, gpus, expected):
+    settings = Settings(device=device, workers=workers)
+    assert settings.worker_count(gpus) == expected
