@@ -13,6 +13,7 @@ from backend.storage import StorageError
 from frontend import catalog_run, downloads, nav, services
 from frontend.client import BackendError
 from frontend.jobs import ImageView, JobView
+from frontend.views import scroll
 from frontend.views.job_panel import BADGES, tile
 
 POLL_S = 2.0
@@ -141,6 +142,7 @@ def _style_label(view: JobView, style: str) -> None:
         st.caption(view.error)
     if st.button("Open", key=f"catalog-open-{view.id}", icon=":material/open_in_full:", type="tertiary",
                  help="On the Create page: each picture full size, upscale, reuse its settings"):
+        scroll.ask("job")  # the Create page would open at this grid's depth
         nav.open_job(view.id)
 
 

@@ -47,8 +47,8 @@ CSS = """
   min-height: 3.9em;}
 .sr-meta {color: #6B6B80; font-size: .82rem;}
 .sr-desc {color: #55556A; font-size: .86rem; line-height: 1.3;}
-/* Generate scrolls the job's status here: clear of the navigation bar drawn over the page's top */
-.st-key-job-status {scroll-margin-top: 4.5rem;}
+/* what a click scrolls into view (views/scroll.py): clear of the navigation bar drawn over the page's top */
+.st-key-job-status, .st-key-compose-form, .st-key-product-open, .st-key-product-form {scroll-margin-top: 4.5rem;}
 /* chips (style categories, canvas, position, status filters) wrap onto more lines instead of running off */
 [data-testid="stButtonGroup"] > div {flex-wrap: wrap; row-gap: .45rem; overflow-x: visible;}
 /* the pages as labelled links on a phone, where Streamlit folds its navigation into a bare "»" */
@@ -67,6 +67,12 @@ CSS = """
   .st-key-results-grid [data-testid="stColumn"], .st-key-history-grid [data-testid="stColumn"],
   [class*="st-key-pair-"] [data-testid="stColumn"] {min-width: calc(50% - .25rem) !important;
     flex: 1 1 calc(50% - .25rem) !important; width: calc(50% - .25rem) !important;}
+  /* under a picture half the screen wide, Download and Upscale 4x one under the other: side by side, both
+     labels were cut to "D…" and "U…" */
+  .st-key-results-grid [class*="st-key-image-actions-"] [data-testid="stColumn"] {min-width: 100% !important;
+    flex: 1 1 100% !important; width: 100% !important;}
+  /* what was opened (a job's pictures, a product) comes before the form or the list it sits beside */
+  [data-testid="stColumn"]:has(.st-key-job-first), [data-testid="stColumn"]:has(.st-key-product-open) {order: -1;}
 }
 /* below Streamlit's md breakpoint the top navigation becomes a sidebar behind "»": ours replaces it */
 @media (max-width: 767.98px) {

@@ -1,4 +1,9 @@
-"""The Create page: compose a job on the left, watch its pictures land on the right."""
+"""The Create page: compose a job on the left, watch its pictures land on the right.
+
+A phone stacks the two. With a job open (a shared link, History's Open, a job just started) its pictures
+come first there, the form after them: the stylesheet orders the column marked `job-first` ahead
+(chrome.CSS), since only CSS knows the screen's width. A desktop keeps the form on the left.
+"""
 
 import hashlib
 import json
@@ -11,7 +16,7 @@ from frontend import cost, nav, reuse, services
 from frontend.client import BackendError, BackendOffline
 from frontend.jobs import is_job_id
 from frontend.placement import PRESETS
-from frontend.views import job_actions, job_panel, photo, styles
+from frontend.views import job_actions, job_panel, photo, scroll, styles
 from frontend.views.photo import PhotoChoice
 
 MAX_SEED = reuse.MAX_SEED
@@ -39,12 +44,14 @@ def _defaults(native: int) -> None:
 def draw() -> None:
     health = services.current_health()
     compose_col, results_col = st.columns([5, 7], gap="large")
-    with compose_col:
+    with compose_col, st.container(key="compose-form"):
         catalog = _catalog_or_reason(health)
         if catalog is not None:
             _compose(catalog, health)
-    with results_col:
-        job_panel.draw(open_job())
+    scroll.draw_if_asked("form")
+    job_id = open_job()  # after the form: Generate may have just opened a job
+    with results_col, st.container(key="job-first" if job_id else "job-none"):
+        job_panel.draw(job_id)
 
 
 def open_job() -> str | None:
@@ -220,7 +227,7 @@ def _submit(choice: PhotoChoice) -> None:
     services.history.clear()  # History lists it at once
     job_actions.remember_ticket(ticket, spec)
     st.session_state["open_job"] = st.query_params["job"] = ticket["id"]
-    job_panel.bring_into_view(ticket["id"])  # the button is far down the form: show the job's status and Cancel
+    scroll.ask("job")  # the button is far down the form (on a phone, the job is above it): show its status
 
 
 def _submission_key(spec: dict, upload: tuple | None) -> str:

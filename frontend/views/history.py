@@ -13,7 +13,7 @@ from backend.storage import ObjectMissing, StorageError
 from frontend import nav, reuse, services
 from frontend.client import BackendError
 from frontend.jobs import JobView, format_elapsed, load_job, parse_time
-from frontend.views import job_actions
+from frontend.views import job_actions, scroll
 from frontend.views.job_panel import badge
 
 LIMIT = 12   # jobs a page: three rows of four, about what a screen shows
@@ -150,10 +150,12 @@ def _tile(status: str, text: str) -> None:
 def _buttons(job: JobView) -> None:
     with st.container(horizontal=True, gap="small"):
         if st.button("Open", key=f"open-{job.id}", icon=":material/open_in_full:"):
+            scroll.ask("job")  # the Create page would open at this card's depth: mid-form
             nav.open_job(job.id)
         if st.button("Reuse", key=f"reuse-{job.id}", icon=":material/tune:",
                      help="Open the Create page with this job's settings", disabled=not job.spec):
             job_actions.use_settings(job)
+            scroll.ask("form")
             nav.open_job(job.id)
         offline = services.current_health().state == "offline"
         if st.button("Delete", key=f"delete-{job.id}", icon=":material/delete:", disabled=offline,

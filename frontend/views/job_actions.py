@@ -10,6 +10,7 @@ from backend.storage import StorageError
 from frontend import downloads, reuse, services
 from frontend.client import BackendError
 from frontend.jobs import JobView
+from frontend.views import scroll
 
 PENDING = "compose_pending"   # values for the Create page's widgets, applied before they are drawn
 NOTE = "compose_note"         # what the page says about them once applied
@@ -36,6 +37,7 @@ def bar(view: JobView) -> None:
             if st.button("Use these settings", key="job-reuse", icon=":material/tune:",
                          help="Fill the form with this job's product, style, prompt, size, steps and seed"):
                 use_settings(view)
+                scroll.ask("form")  # on a phone the form is under the pictures
                 st.rerun(scope="app")  # the form is outside this fragment
             if st.button("More like this", key="job-vary", icon=":material/autorenew:",
                          disabled=not health.can_generate, help="The same settings again, with a new seed"):
@@ -48,7 +50,7 @@ def use_settings(view: JobView) -> None:
     """The Create page's widgets take the job's values on the next run of the app."""
     st.session_state[PENDING] = reuse.compose_values(view, _trigger(view.spec.get("product")),
                                                      services.current_health().native_size)
-    st.session_state[NOTE] = "The form holds the settings of the job on the right." + (
+    st.session_state[NOTE] = "The form holds the settings of the job you opened: change what you like, then press Generate." + (
         " It was made from a photo you uploaded: upload it again to use it." if view.input_key else "")
 
 

@@ -15,7 +15,7 @@ from backend.storage import ObjectMissing, StorageError
 from frontend import reuse, services
 from frontend.client import BackendError
 from frontend.jobs import ImageView, JobView, format_elapsed, is_job_id, load_job, ticket_view, upscale_key
-from frontend.views import job_actions
+from frontend.views import job_actions, scroll
 from frontend.views.job_actions import asked_upscales, request_upscale
 
 POLL_S = 1.0
@@ -25,28 +25,12 @@ UPSCALE_WAIT_S = 600  # how long a requested upscale keeps the panel polling bef
 BADGES = {"queued": ("Queued", "gray"), "running": ("Generating", "blue"), "succeeded": ("Done", "green"),
           "failed": ("Failed", "red"), "canceled": ("Canceled", "gray")}
 MISSING = ("Pictures missing", "orange")  # finished, but none of its pictures is in storage any more
-SCROLL = "scroll_to_job"  # a job just started: show its status once the page is drawn
-# Scrolls the job's status line into view, waiting for it to be drawn; no user text goes in here.
-SCROLL_JS = """<script>(() => {{ /* {job_id} */
-  const until = Date.now() + 8000;
-  const go = () => {{
-    const status = document.querySelector('.st-key-job-status');
-    if (status) status.scrollIntoView({{block: 'start'}});
-    else if (Date.now() < until) setTimeout(go, 100);
-  }};
-  go();
-}})();</script>"""
 
 
 def badge(view: JobView) -> tuple[str, str]:
     if view.terminal and not view.done_count and view.missing_count:
         return MISSING
     return BADGES.get(view.status, (view.status, "gray"))
-
-
-def bring_into_view(job_id: str) -> None:
-    """After Generate: the next draw of the panel scrolls the page to the job's status line and Cancel."""
-    st.session_state[SCROLL] = job_id
 
 
 def draw(job_id: str | None) -> None:
@@ -82,8 +66,7 @@ def draw(job_id: str | None) -> None:
         _render(job_id, polling, trigger)
 
     live()
-    if st.session_state.pop(SCROLL, None) == job_id and is_job_id(job_id):
-        st.html(SCROLL_JS.format(job_id=job_id), unsafe_allow_javascript=True)
+    scroll.draw_if_asked("job")
 
 
 def _load(job_id: str) -> JobView | None:
@@ -199,7 +182,8 @@ def _slot(view: JobView, status: str, label: str, reason: str | None = None, pre
 
 def _image_actions(view: JobView, img: ImageView, url: str, data: bytes) -> None:
     name = f"showroom-{view.id[:12]}-{img.index + 1}"
-    left, right = st.columns(2)
+    with st.container(key=f"image-actions-{img.index}"):  # stacked on a phone (chrome.CSS)
+        left, right = st.columns(2)
     left.download_button("Download", data, file_name=f"{name}.png", mime="image/png", key=f"dl-{img.index}",
                          icon=":material/download:", width="stretch", on_click="ignore")
     if img.upscaled:

@@ -11,6 +11,7 @@ import streamlit as st
 from frontend import nav, services
 from frontend.client import BackendError
 from frontend.trainings import suggest_trigger
+from frontend.views import scroll
 
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 TEACH_PHOTOS = "photos_to_teach"   # product name -> the photos it was added with, for teaching it next
@@ -66,6 +67,7 @@ def _add(name: str, kind: str | None, trigger: str, photos: list, lora, weight: 
     st.session_state.setdefault(TEACH_PHOTOS, {})[product["name"]] = [
         (p.name, p.getvalue(), p.type or "application/octet-stream") for p in photos]
     nav.focus_product(product["name"])
+    scroll.ask("product")
     st.rerun()
 
 

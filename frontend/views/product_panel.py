@@ -11,7 +11,7 @@ from frontend import nav, services
 from frontend.client import BackendError
 from frontend.jobs import format_elapsed
 from frontend.trainings import TEACH_STEPS, TrainingView, estimate_minutes
-from frontend.views import product_check
+from frontend.views import product_check, scroll
 from frontend.views.product_form import PHOTO_SUFFIXES, TEACH_PHOTOS
 
 POLL_S = 1.0
@@ -33,6 +33,7 @@ def draw(product: dict) -> None:
     head.markdown(f"#### {html.escape(name)}")
     if back.button("Add another product", key="add-another", icon=":material/add:", width="stretch"):
         nav.focus_product(None)
+        scroll.ask("product-form")  # on a phone the form is after the list
         st.rerun()
     picture, words = st.columns(2, vertical_alignment="center")
     with picture:
@@ -52,6 +53,7 @@ def _make_pictures(product: dict) -> None:
     """The Create page with this product chosen: drawn in any scene once learnt, else its photo placed as it is."""
     st.session_state["product"] = product["name"]
     st.session_state["mode"] = "generate" if product.get("has_lora") else "place"
+    scroll.ask("form")  # a job this session opened is shown too (on a phone, above the form)
     st.switch_page(nav.page("create"))
 
 

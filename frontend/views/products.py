@@ -9,7 +9,7 @@ from backend.contract import NAME_RE
 from backend.storage import StorageError
 from frontend import nav, services
 from frontend.client import BackendError
-from frontend.views import product_form, product_panel
+from frontend.views import product_form, product_panel, scroll
 
 CONFIRM = "confirm_delete_product"
 
@@ -28,9 +28,13 @@ def draw() -> None:
         name = open_product()
         product = next((p for p in products if p["name"] == name), None)
         if product is not None:
-            product_panel.draw(product)
+            with st.container(key="product-open"):  # on a phone, before the list (chrome.CSS)
+                product_panel.draw(product)
+            scroll.draw_if_asked("product")
         else:
-            product_form.draw()
+            with st.container(key="product-form"):
+                product_form.draw()
+            scroll.draw_if_asked("product-form")
 
 
 def open_product() -> str | None:
@@ -90,6 +94,7 @@ def _card_words(product: dict) -> None:
     with st.container(horizontal=True, gap="small"):
         if st.button("Open", key=f"open-product-{name}", icon=":material/open_in_full:"):
             nav.focus_product(name)
+            scroll.ask("product")  # a card far down the list: the product is at the top (beside it, or above it)
             st.rerun()
         offline = services.current_health().state == "offline"
         if st.button("Delete", key=f"delete-product-{name}", icon=":material/delete:", disabled=offline,

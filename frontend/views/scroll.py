@@ -1,0 +1,41 @@
+"""Bringing one part of the next page on screen after a click.
+
+Streamlit keeps the scroll position across reruns and page switches, so a button far down one page
+(Generate, a History card's Open) would show the next page at that same depth: mid-form, or past the
+pictures. The click asks for a part here; the view that draws that part calls `draw_if_asked`.
+"""
+
+import uuid
+
+import streamlit as st
+
+ASKED = "scroll_to"
+# The parts that can be asked for, as CSS selectors: fixed here, so no user text ever reaches the script.
+PARTS = {"job": ".st-key-job-status", "form": ".st-key-compose-form", "product": ".st-key-product-open",
+         "product-form": ".st-key-product-form"}
+# Waits for the part to be drawn, then scrolls it to the top unless it is already in the screen's upper third.
+SCRIPT = """<script>(() => {{ /* {nonce} */
+  const until = Date.now() + 8000;
+  const go = () => {{
+    const part = document.querySelector('{selector}');
+    if (!part) {{ if (Date.now() < until) setTimeout(go, 100); return; }}
+    const top = part.getBoundingClientRect().top;
+    if (top < 0 || top > window.innerHeight / 3) part.scrollIntoView({{block: 'start'}});
+  }};
+  go();
+}})();</script>"""
+
+
+def ask(part: str) -> None:
+    """The next run shows `part` on screen (call it before st.rerun or st.switch_page)."""
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {sorted(PARTS)}, got {part!r}")
+    st.session_state[ASKED] = part
+
+
+def draw_if_asked(part: str) -> None:
+    """Called where `part` is drawn: scrolls to it once, when a click asked for it."""
+    if st.session_state.get(ASKED) != part:
+        return
+    del st.session_state[ASKED]
+    st.html(SCRIPT.format(nonce=uuid.uuid4().hex, selector=PARTS[part]), unsafe_allow_javascript=True)

@@ -1,0 +1,67 @@
+"""A shop owner on a phone (390 x 844) in a real browser: a job's link shows its pictures before the form,
+each picture's buttons keep their words, Use these settings brings the form on screen, and a product's link
+shows the product before the list (job-link-phone.png, use-settings-phone.png); a desktop keeps the form on
+the left of the pictures."""
+
+import uuid
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from tests.factories import packshot
+from tests.frontend.conftest import SMALL
+from tests.frontend.test_browser import CHROMIUM, CHROMIUM_ARGS, app_url, in_viewport, wait_images  # noqa: F401
+
+PHONE = {"width": 390, "height": 844}
+# Streamlit cuts a button's label that does not fit with an ellipsis: its text box is then wider inside than out.
+CUT_LABELS = """(selector) => [...document.querySelectorAll(selector)]
+    .filter(b => [...b.querySelectorAll('*')].some(e => e.scrollWidth > e.clientWidth + 1))
+    .map(b => b.innerText.trim())"""
+IN_UPPER_THIRD = """(selector) => {
+    const el = document.querySelector(selector);
+    const top = el && el.getBoundingClientRect().top;
+    return el !== null && top >= 0 && top <= window.innerHeight / 3;
+}"""
+
+
+def box(page, selector: str) -> dict:
+    return page.evaluate("(s) => document.querySelector(s).getBoundingClientRect().toJSON()", selector)
+
+
+@pytest.mark.browser
+def test_on_a_phone_a_job_link_shows_the_pictures_before_the_form(backend, app_url, artifacts):  # noqa: F811
+    job = backend.wait_job(backend.submit({"prompt": "a teapot on a table", "num_images": 4, **SMALL})["id"])
+    name = f"jar-{uuid.uuid4().hex[:6]}"
+    added = backend.post("/v1/products", data={"name": name, "trigger": "qzv jar"},
+                         files={"photo": ("jar.png", packshot(), "image/png")})
+    assert added.status_code == 201, added.text
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        phone = browser.new_page(viewport=PHONE, device_scale_factor=2)
+        phone.goto(f"{app_url}/?job={job['id']}")
+        wait_images(phone, 4)
+        phone.wait_for_timeout(500)
+        for selector in (".st-key-job-status", ".st-key-result-0", ".st-key-result-1"):
+            assert in_viewport(phone, selector), f"{selector} is not on the first screen of the link"
+        assert box(phone, ".st-key-compose-form")["top"] >= box(phone, ".st-key-results-grid")["bottom"], \
+            "the form comes after the pictures"
+        assert phone.evaluate(CUT_LABELS, ".st-key-results-grid button") == [], "Download and Upscale 4x in full"
+        phone.screenshot(path=str(artifacts / "job-link-phone.png"))
+
+        phone.locator(".st-key-job-reuse button:visible").click()
+        phone.wait_for_function(IN_UPPER_THIRD, arg=".st-key-compose-form", timeout=15_000)
+        expect(phone.get_by_text("The form holds the settings of the job you opened")).to_be_visible()
+        phone.wait_for_timeout(500)
+        phone.screenshot(path=str(artifacts / "use-settings-phone.png"))
+
+        phone.goto(f"{app_url}/products?product={name}")
+        expect(phone.locator(".st-key-product-open").get_by_text(name).first).to_be_visible(timeout=30_000)
+        phone.wait_for_timeout(500)
+        assert phone.evaluate(IN_UPPER_THIRD, ".st-key-product-open"), "the product, not the list, comes first"
+
+        desktop = browser.new_page(viewport={"width": 1440, "height": 1000})
+        desktop.goto(f"{app_url}/?job={job['id']}")
+        wait_images(desktop, 4)
+        form, pictures = box(desktop, ".st-key-compose-form"), box(desktop, ".st-key-job-first")
+        assert form["right"] <= pictures["left"] and abs(form["top"] - pictures["top"]) < 40, (form, pictures)
+        browser.close()
