@@ -106,13 +106,15 @@ def _summary(view: JobView, trigger: str | None) -> None:
     label, color = badge(view)
     missing = f" · {view.missing_count} missing" if view.missing_count else ""
     with st.container(key="job-status"):  # what Generate scrolls to
-        info, actions = st.columns([3, 1], vertical_alignment="center")
+        # Cancel beside the status while there is something to cancel; no column for it after (on a phone, the
+        # stacked columns' empty one left a blank row under the status)
+        info, actions = (st.container(), None) if view.terminal else st.columns([3, 1], vertical_alignment="center")
     with info, st.container(horizontal=True, vertical_alignment="center", gap="small"):
         st.badge(label, color=color)
         st.markdown(f'<span class="sr-meta">{view.done_count} of {len(view.images)} ready{missing} · '
                     f'{format_elapsed(view.elapsed_s())} elapsed</span>', unsafe_allow_html=True)
-    if not view.terminal and actions.button("Cancel", key="cancel-job", icon=":material/stop_circle:",
-                                            width="stretch"):
+    if actions is not None and actions.button("Cancel", key="cancel-job", icon=":material/stop_circle:",
+                                              width="stretch"):
         try:
             services.client().cancel(view.id)
             st.toast("Canceling: pictures already made are kept.")

@@ -79,7 +79,8 @@ def _place(upload, product: dict | None, packshot_key: str | None, native: int) 
     if cut is not None:
         at = PRESETS[ss["place_at"] or "centre"]
         width, height = int(ss["width"]), int(ss["height"])
-        left, right = st.columns(2)
+        with st.container(key="pair-cutout"):  # side by side on a phone too: Position's effect stays in sight
+            left, right = st.columns(2)
         left.image(services.cutout_on_checkerboard(cut), caption=caption, width="stretch")
         right.image(services.canvas_preview(cut, width, height, at.x, at.y, float(ss["place_scale"])),
                     caption=f"Where it goes · {width} × {height}", width="stretch")

@@ -1,7 +1,8 @@
 """What comes first on a phone and what a click brings on screen (views/scroll.py), under AppTest: a job
 opened by its link is marked to come before the form, History's Open shows the job and Reuse the form, Use
-these settings shows the form, and a product opened from the list shows the product. The browser test
-(test_browser.py) checks what the marks and scripts do on a 390 x 844 screen."""
+these settings shows the form, a product opened from the list shows the product, and a finished job has no
+empty column beside its status (a blank row once stacked). The browser test (test_phone_browser.py)
+checks what the marks and scripts do on a 390 x 844 screen."""
 
 import json
 import uuid
@@ -94,3 +95,17 @@ def test_a_product_opened_from_the_list_comes_first_and_add_another_shows_the_fo
     at.button(key="add-another").click().run()
     assert_no_exception(at)
     assert scroll_targets(at) == [".st-key-product-form"], "the form, after the list on a phone"
+
+
+def test_a_finished_jobs_status_has_no_empty_column_for_cancel(tmp_path, open_app):
+    """A phone stacks columns: the empty one beside a finished job's status was a blank row above its prompt."""
+    storage = LocalStorage(tmp_path)
+    done, running = sorted(uuid.uuid4().hex for _ in range(2))
+    stored_manifest(storage, done, ["succeeded"])
+    stored_manifest(storage, running, ["running", "queued"])
+    at = offline_app(open_app, tmp_path, job=done)
+    status = at.get_by_key("job-status")
+    assert not status.get("column") and " of 1 ready" in page_text(at)
+    at = offline_app(open_app, tmp_path, job=running)
+    status = at.get_by_key("job-status")
+    assert len(status.get("column")) == 2 and status.button(key="cancel-job"), "Cancel beside the status"
