@@ -11,8 +11,8 @@ Runs before the code is copied into the image: it imports nothing from backend/.
 import sys
 from collections.abc import Callable
 
-# Hub ids whose fp16 weights the backend loads on a GPU: the same rule as `Generator._has_variant` in
-# backend/gpu/pipeline.py (tests/deploy checks that they agree). Other models load their default weights.
+# Hub ids whose fp16 weights the backend loads on a GPU: the same rule as `has_fp16_weights` in
+# backend/gpu/devices.py (tests/deploy checks that they agree). Other models load their default weights.
 FP16_PREFIXES = ("stable-diffusion-v1-5/", "stabilityai/")
 
 

@@ -47,6 +47,15 @@ def native_size_guess(model_id: str) -> int:
         return 1024 if "xl" in model_id.lower() else 512
 
 
+def has_fp16_weights(model_id: str) -> bool:
+    """Whether the model has fp16 weight files (`*.fp16.safetensors`), which a GPU loads instead of the fp32
+    ones: half the download and the disk, and the only weights the Docker image bakes for these hub ids."""
+    folder = Path(model_id)
+    if folder.is_dir():
+        return any(folder.glob("unet/*.fp16.safetensors"))
+    return model_id.startswith(("stable-diffusion-v1-5/", "stabilityai/"))
+
+
 def pick_device(preference: str, index: int = 0) -> str:
     """The torch device for DEVICE=`preference`; with several GPUs, the `index`-th (modulo their count)."""
     import torch

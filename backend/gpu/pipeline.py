@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from backend.gpu.devices import has_fp16_weights
 from backend.gpu.messages import LoraTask, Task
 from backend.gpu.previews import preview_jpegs, preview_steps
 from backend.lora.formats import LoraNotApplied
@@ -102,6 +103,34 @@ class Adapters:
         use_token_embeddings(self.pipe, names)
 
 
+RECOMPILE_LIMIT = 32  # graphs kept per compiled function; past it, a new shape or LoRA set runs uncompiled
+
+
+def compile_in_place(unet, backend: str = "inductor") -> None:
+    """COMPILE: torch.compile the UNet's forward in place. In place, not `torch.compile(unet)`: that wraps
+    it in an OptimizedModule, which diffusers' LoRA calls (set_adapters, disable_lora, delete_adapters) do
+    not recognise as a model and skip without a word, so product jobs failed and a job without a LoRA kept
+    the last one. No fullgraph: a graph break or the recompile limit then costs speed, not the job.
+    Shapes start static and turn dynamic where they are seen to change (batch sizes). Every new LoRA set
+    or weight still compiles again (about a minute on a GPU): COMPILE suits a box that serves few products.
+    Mode "default", as gpu-check measures it: "max-autotune" spends minutes on each of those recompiles."""
+    config = torch._dynamo.config
+    limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, limit, max(getattr(config, limit), RECOMPILE_LIMIT))
+    unet.compile(backend=backend, **({"mode": "default"} if backend == "inductor" else {}))
+
+
+def allow_tf32() -> None:
+    """fp32 matmuls and convolutions (SDXL's fp32 VAE, training) may use TF32: torch 2.9 and later name it
+    `fp32_precision` and warn on the old flags."""
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
 class Generator:
     def __init__(self, model_id: str, device: str, storage, cache_dir: Path, compile_unet: bool = False,
                  taesd_id: str | None = None, inpaint_model_id: str | None = None):
@@ -111,10 +140,9 @@ class Generator:
         cuda = device.startswith("cuda")
         self.dtype = torch.float16 if cuda else torch.float32
         if cuda:
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+            allow_tf32()
         extra = self._no_safety_checker()
-        variant = "fp16" if cuda and self._has_variant("fp16") else None
+        variant = "fp16" if cuda and has_fp16_weights(model_id) else None
         self.t2i = AutoPipelineForText2Image.from_pretrained(
             model_id, dtype=self.dtype, use_safetensors=True, variant=variant, **extra)
         self.t2i.to(device)
@@ -123,9 +151,7 @@ class Generator:
             self.t2i.unet.to(memory_format=torch.channels_last)
             self.t2i.vae.to(memory_format=torch.channels_last)
             if compile_unet:
-                # Static shapes, as the bench measures it: each new size, batch or LoRA set compiles again
-                # (minutes), so COMPILE suits a box that serves one product at one size.
-                self.t2i.unet = torch.compile(self.t2i.unet, mode="max-autotune", fullgraph=True, dynamic=False)
+                compile_in_place(self.t2i.unet)
         self.compiled = cuda and compile_unet
         # Latents decoded per VAE call: on a GPU a few at once (about 4 of 512x512 fits any card we rent);
         # on the CPU one at a time, which costs nothing and keeps the peak memory low.
@@ -190,18 +216,13 @@ class Generator:
             return "safety_checker" in index.read_text()
         return "xl" not in self.model_id.lower()
 
-    def _has_variant(self, variant: str) -> bool:
-        folder = Path(self.model_id)
-        if folder.is_dir():
-            return any(folder.glob(f"unet/*.{variant}.safetensors"))
-        return self.model_id.startswith(("stable-diffusion-v1-5/", "stabilityai/"))
-
     def warm_up(self) -> None:
         """One small generation so the first user image does not pay for lazy initialisation; with
         COMPILE, the shape real jobs use (native size, guidance on, one image) so its compile happens here."""
         size = self.native_size if self.compiled else min(self.native_size, 256)
-        self.t2i(prompt="warm up", num_inference_steps=2 if self.compiled else 1, width=size, height=size,
-                 output_type="latent", guidance_scale=7.5 if self.compiled else 1.0)
+        with torch.inference_mode():  # as jobs run: a graph compiled under no_grad alone would not be reused
+            self.t2i(prompt="warm up", num_inference_steps=2 if self.compiled else 1, width=size, height=size,
+                     output_type="latent", guidance_scale=7.5 if self.compiled else 1.0)
 
     def _decode(self, latents: torch.Tensor) -> list[Image.Image | str]:
         """Decode latents to images; each entry is a picture or the reason it cannot be stored."""

@@ -87,18 +87,17 @@ def _run_training(settings, storage, device: str, task: TrainTask, conn, worker_
 
     started = time.perf_counter()
     work = Path(settings.showroom_cache) / f"worker-{worker_id}" / f"training-{task.training_id}"
+    info, error = None, None
     try:
         info = run_training(settings.model_id, storage, device, task, work,
                             lambda step, steps, loss: conn.send(Progress(task.task_id, step, steps, loss)))
     except BaseException as e:  # SystemExit included: the trainer's way of refusing bad options
         log.error("training %s failed: %s", task.training_id, traceback.format_exc())
-        if isinstance(e, Exception) and _device_broken(e):
+        if isinstance(e, Exception) and _device_broken(e, device):
             os._exit(DEVICE_BROKEN_EXIT)
-        conn.send(Done(task.task_id, seconds=time.perf_counter() - started, error=f"training failed: {_short(e)}"))
-        _free_memory()
-        return
-    _free_memory()
-    conn.send(Done(task.task_id, seconds=time.perf_counter() - started, info=info))
+        error = f"training failed: {_short(e)}"
+    _free_memory()  # out of the except block: its traceback no longer holds the trainer's tensors
+    conn.send(Done(task.task_id, seconds=time.perf_counter() - started, info=info or {}, error=error))
 
 
 def _run_upscale(settings, task: UpscaleTask, conn, worker_id: int) -> None:
@@ -106,16 +105,17 @@ def _run_upscale(settings, task: UpscaleTask, conn, worker_id: int) -> None:
     from backend.upscale.service import run_upscale
 
     started = time.perf_counter()
+    error = None
     try:
         run_upscale(settings, task.source_key, task.target_key, gpu=worker_id)
     except Exception as e:
         log.error("upscale of %s failed: %s", task.source_key, traceback.format_exc())
-        if _device_broken(e):
+        if _device_broken(e, f"cuda:{worker_id}"):
             os._exit(DEVICE_BROKEN_EXIT)
-        conn.send(Done(task.task_id, seconds=time.perf_counter() - started, error=_short(e)))
+        error = _short(e)
+    if error is not None:
         _free_memory()
-        return
-    conn.send(Done(task.task_id, seconds=time.perf_counter() - started))
+    conn.send(Done(task.task_id, seconds=time.perf_counter() - started, error=error))
 
 
 def _run_task(gen, storage, task: Task, conn, cancel_task, retry_s: float) -> None:
@@ -139,6 +139,7 @@ def _run_task(gen, storage, task: Task, conn, cancel_task, retry_s: float) -> No
             _uploader().submit(_put_quietly, storage, key, jpeg)
             conn.send(Preview(task.task_id, index, key))
 
+    reason = None
     try:
         images = _generate(gen, task, lambda: cancel_task.value == task.task_id, on_step,
                            on_preview if task.preview_keys else None)
@@ -147,16 +148,17 @@ def _run_task(gen, storage, task: Task, conn, cancel_task, retry_s: float) -> No
         return
     except Exception as e:
         log.error("task %s failed: %s", task.task_id, traceback.format_exc())
-        if _device_broken(e):
+        if _device_broken(e, gen.device):
             # A CUDA error poisons this process's context: every later task would fail too. Leave
             # without a report; the scheduler tries these images once more on a fresh worker.
             log.error("the device is in an unusable state; this worker exits to be replaced")
             os._exit(DEVICE_BROKEN_EXIT)
         reason = _oom_reason(task) if _out_of_memory(e) else f"generation failed: {_short(e)}"
+    if reason is not None:
         for index in task.indices:
             conn.send(ImageFailed(task.task_id, index, reason))
         conn.send(Done(task.task_id, seconds=time.perf_counter() - started))
-        _free_memory()
+        _free_memory()  # out of the except block: its traceback no longer holds the batch's tensors
         return
 
     def store(index: int, seed: int, key: str, image) -> None:
@@ -194,11 +196,30 @@ _BROKEN_MARKERS = ("CUDA error", "device-side assert", "illegal memory access", 
 
 
 def _out_of_memory(e: BaseException) -> bool:
-    return "out of memory" in str(e).lower()  # torch.cuda.OutOfMemoryError, and MPS's RuntimeError
+    """torch.cuda.OutOfMemoryError and MPS's RuntimeError say so; cuBLAS and cuDNN say ALLOC_FAILED."""
+    text = str(e)
+    return "out of memory" in text.lower() or "STATUS_ALLOC_FAILED" in text
 
 
-def _device_broken(e: BaseException) -> bool:
-    return not _out_of_memory(e) and any(marker in str(e) for marker in _BROKEN_MARKERS)
+def _device_broken(e: BaseException, device: str) -> bool:
+    """A CUDA-level error that left the device unusable: a sticky one (an illegal access, a device-side
+    assert) fails the next kernel too. One that did not (cuDNN refusing a shape) fails only its task:
+    exiting would cost a model reload and fail the same way on the retry."""
+    if _out_of_memory(e) or not any(marker in str(e) for marker in _BROKEN_MARKERS):
+        return False
+    return not _device_answers(device)
+
+
+def _device_answers(device: str) -> bool:
+    import torch
+
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return True
+    try:
+        torch.cuda.synchronize(device)
+        return torch.ones(1, device=device).add(1).item() == 2.0
+    except Exception:
+        return False
 
 
 def _put_quietly(storage, key: str, data: bytes) -> None:
@@ -224,11 +245,12 @@ def _generate(gen, task: Task, should_cancel, on_step, on_preview=None) -> list:
         single = replace(task, indices=(index,), seeds=(seed,), keys=(key,))
         try:
             images += gen.generate(single, should_cancel=should_cancel, on_step=on_step)
+            continue
         except Exception as e:
             if not _out_of_memory(e):
                 raise
-            images.append(_oom_reason(task))  # this one fails with the reason; the ones that fit are kept
-            _free_memory()
+        images.append(_oom_reason(task))  # this one fails with the reason; the ones that fit are kept
+        _free_memory()
     return images
 
 
@@ -237,7 +259,12 @@ def _oom_reason(task: Task) -> str:
 
 
 def _free_memory() -> None:
+    """What a finished training or a failed batch held goes back to the GPU: the collector first, since a
+    trainer sits in a reference cycle that only it frees, then the allocator's cache."""
+    import gc
+
     import torch
 
     if torch.cuda.is_available():
+        gc.collect()
         torch.cuda.empty_cache()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image, ImageEnhance, ImageOps
 
-from backend.gpu.devices import pick_device
+from backend.gpu.devices import has_fp16_weights, pick_device
 
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -130,7 +130,11 @@ class Trainer:
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-        self.unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", use_safetensors=True)  # no pickles
+        # safetensors only (no pickles); on a GPU the fp16 files where the model has them, as generation loads
+        # them (the Docker image bakes no others): the frozen weights are cast to weight_dtype below anyway
+        self.weights = {"use_safetensors": True} | (
+            {"variant": "fp16"} if self.device.type == "cuda" and has_fp16_weights(model) else {})
+        self.unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", **self.weights)
         self.xl = self.unet.config.addition_embed_type == "text_time"
         self.tokenizer = self._part(model, "tokenizer", CLIPTokenizer)
         self.text_encoder = self._part(model, "text_encoder", CLIPTextModel)
@@ -141,7 +145,7 @@ class Trainer:
             self.text_encoder_2 = self._part(model, "text_encoder_2", CLIPTextModelWithProjection)
             self.encoders["text_encoder_2"] = (self.tokenizer_2, self.text_encoder_2)
             self._check_time_ids(model)
-        self.vae = AutoencoderKL.from_pretrained(model, subfolder="vae", use_safetensors=True)
+        self.vae = AutoencoderKL.from_pretrained(model, subfolder="vae", **self.weights)
         self.scheduler = DDPMScheduler.from_pretrained(model, subfolder="scheduler")
         for part in (self.unet, self.vae, *(encoder for _, encoder in self.encoders.values())):
             dtype = vae_dtype(self.xl, part.config, weight_dtype) if part is self.vae else weight_dtype
@@ -151,7 +155,7 @@ class Trainer:
                 part.to(dtype=dtype)
 
     def _part(self, model: str, subfolder: str, cls):
-        weights = {} if subfolder.startswith("tokenizer") else {"use_safetensors": True}
+        weights = {} if subfolder.startswith("tokenizer") else self.weights
         try:
             return cls.from_pretrained(model, subfolder=subfolder, **weights)
         except OSError as e:

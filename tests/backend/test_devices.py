@@ -2,7 +2,7 @@
 
 import pytest
 
-from backend.gpu.devices import count_visible
+from backend.gpu.devices import count_visible, has_fp16_weights
 
 FOUR = "\n".join(f"GPU {i}: NVIDIA H100 80GB HBM3 (UUID: GPU-{i}aaa-bbbb)" for i in range(4))
 MIG = """GPU 0: NVIDIA A100-SXM4-40GB (UUID: GPU-0aaa-bbbb)
@@ -31,3 +31,13 @@ def test_mig_instances_named_in_cuda_visible_devices_count_one_each():
 
 def test_no_gpus_listed_means_none():
     assert count_visible("", None) == 0 and count_visible("No devices were found", "0") == 0
+
+
+def test_fp16_weights_are_found_in_a_local_folder_or_known_by_the_hub_id(tmp_path):
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    assert not has_fp16_weights(str(tmp_path))
+    (tmp_path / "unet" / "diffusion_pytorch_model.fp16.safetensors").write_bytes(b"")
+    assert has_fp16_weights(str(tmp_path))
+    assert has_fp16_weights("stabilityai/stable-diffusion-xl-base-1.0")
+    assert not has_fp16_weights("segmind/tiny-sd")

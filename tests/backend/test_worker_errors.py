@@ -22,6 +22,8 @@ class Pipe:
 class ScriptedGenerator:
     """Raises `error` for batches of at least `fails_from` images; else makes grey squares."""
 
+    device = "cuda:0"
+
     def __init__(self, error: Exception | None, fails_from: int = 1):
         self.error, self.fails_from, self.batches = error, fails_from, []
 
@@ -93,14 +95,36 @@ class Exited(Exception):
     pass
 
 
-def test_a_cuda_error_makes_the_worker_leave_without_failing_the_images(tmp_path, monkeypatch):
+def test_a_cuda_error_that_broke_the_device_makes_the_worker_leave_without_failing_the_images(tmp_path,
+                                                                                               monkeypatch):
     def exit_(code):
         raise Exited(code)
 
+    probed = []
     monkeypatch.setattr(worker.os, "_exit", exit_)
+    monkeypatch.setattr(worker, "_device_answers", lambda device: probed.append(device) or False)  # sticky
     with pytest.raises(Exited) as left:
         run(ScriptedGenerator(RuntimeError("CUDA error: an illegal memory access was encountered")), 2, tmp_path)
-    assert left.value.args == (worker.DEVICE_BROKEN_EXIT,)
+    assert left.value.args == (worker.DEVICE_BROKEN_EXIT,) and probed == ["cuda:0"]
+
+
+def test_a_cuda_library_error_that_left_the_device_working_fails_the_batch_and_the_worker_stays(tmp_path,
+                                                                                                 monkeypatch):
+    monkeypatch.setattr(worker.os, "_exit", lambda code: pytest.fail("the worker left: a reload would fail again"))
+    monkeypatch.setattr(worker, "_device_answers", lambda device: True)
+    sent, _ = run(ScriptedGenerator(RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED")), 2, tmp_path)
+    assert [m.error for m in sent if isinstance(m, ImageFailed)] == [
+        "generation failed: RuntimeError: cuDNN error: CUDNN_STATUS_NOT_SUPPORTED"] * 2
+    assert isinstance(sent[-1], Done)
+
+
+def test_a_cublas_allocation_failure_is_out_of_memory_and_made_one_image_at_a_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(worker.os, "_exit", lambda code: pytest.fail("the worker left on an out-of-memory"))
+    gen = ScriptedGenerator(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate(handle)"),
+                            fails_from=2)
+    sent, storage = run(gen, 2, tmp_path)
+    assert gen.batches == [(0, 1), (0,), (1,)]
+    assert all(storage.exists(f"jobs/{'j' * 32}/{i}.png") for i in range(2))
 
 
 def test_a_batchs_images_are_stored_side_by_side_and_each_reported(tmp_path):

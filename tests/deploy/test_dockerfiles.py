@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -149,7 +148,7 @@ def test_dockerignore_keeps_secrets_and_local_state_out():
 def test_bake_model_fetches_the_weights_the_loader_asks_for(model_id, tmp_path):
     """The fp16 variant exactly where the GPU loader asks for it, else the default weights: a bake of other files
     would leave the loader downloading at start anyway."""
-    from backend.gpu.pipeline import Generator
+    from backend.gpu.devices import has_fp16_weights
 
     spec_path = REPO / "docker" / "bake_model.py"
     namespace: dict = {"__name__": "bake"}
@@ -161,6 +160,6 @@ def test_bake_model_fetches_the_weights_the_loader_asks_for(model_id, tmp_path):
         return str(tmp_path)
 
     assert namespace["bake"](model_id, download) == str(tmp_path)
-    loader_asks_fp16 = Generator._has_variant(SimpleNamespace(model_id=model_id), "fp16")
+    loader_asks_fp16 = has_fp16_weights(model_id)
     expected = {"variant": "fp16"} if loader_asks_fp16 else {}
     assert calls == [expected | {"use_safetensors": True, "safety_checker": None}]
