@@ -130,27 +130,11 @@ def packshot(width: int = 40, height: int = 56, fmt: str = "PNG", background=Non
     return out.getvalue()
 
 
-def make_lora(model_dir: Path, seed: int, rank: int = 4, text_encoder: bool = False) -> bytes:
+def make_lora(model_dir: Path, seed: int, rank: int = 4) -> bytes:
     """A LoRA for the tiny model in diffusers layout, with random (non-zero) weights so it changes images."""
-    import tempfile
+    from backend.tools.tiny import random_lora
 
-    import torch
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-
-    unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet")
-    torch.manual_seed(seed)
-    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,
-                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-    with torch.no_grad():  # scale up so the tiny model's output visibly changes
-        for name, p in unet.named_parameters():
-            if "lora_" in name:
-                p.mul_(3.0)
-    with tempfile.TemporaryDirectory() as tmp:
-        StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=get_peft_model_state_dict(unet),
-                                                  safe_serialization=True)
-        return (Path(tmp) / "pytorch_lora_weights.safetensors").read_bytes()
+    return random_lora(model_dir, seed, rank)
 
 
 def decode_png(data: bytes):

@@ -13,7 +13,10 @@ weights, which cost the same FLOPs as the real ones. It measures
 - the guards on the real device: a batch that runs out of memory is made one image at a time, and an
   fp16 decode that overflows is made again in fp32;
 - LoRA training (backend.lora.train, as a worker runs it) on SD 1.5 at 512 and SDXL at 1024: steps/s
-  and peak GPU memory, UNet only and with the text encoders;
+  and peak GPU memory, UNet only and with the text encoders; on SD 1.5 a third row in fp16 with
+  its gradient scaler (bf16 is the default on an H100/H200, so that path would not run otherwise);
+- "sd15 compiled" (last, skipped when time is short): COMPILE as a worker runs it, the warm-up's compile
+  and then jobs at batch 1, 2, with a product LoRA and without it again: seconds each and graphs made;
 - "sd15 profile" (backend.tools.gpu_profile; issue #20: why a step is short of the FLOP ceiling): the
   production UNet (fp16, SDPA, channels_last) at batch 4 with CFG, 3 steps under torch.profiler after 2
   warm-up steps: wall ms per step, kernel ms per step and the GPU busy share (kernel time / wall time:
@@ -219,15 +222,67 @@ def nan_decode(gen, device: str, size: int) -> dict:
 
     latent = torch.randn(1, 4, size // 8, size // 8, device=device) * 4000
     with torch.inference_mode():
+        # Whether the guard had anything to do: the same latents through the decoder as it is, once.
+        first = gen.decoder.decode(latent.to(gen.decoder.dtype) / gen.decoder.config.scaling_factor).sample
+        overflowed = not bool(torch.isfinite(first).all())
+        del first
         result = gen._decode(latent.to(gen.dtype))[0]
     if not isinstance(result, Image.Image):
         raise RuntimeError(f"the overflowing decode was not recovered: {result}")
-    return {"dtype": str(gen.decoder_dtype), "recovered": True}
+    return {"dtype": str(gen.decoder_dtype), "overflowed_first": overflowed, "recovered": True}
 
 
-def training_rows(model_dir: Path, work: Path, resolution: int, steps: int, device: str) -> list[dict]:
+def compiled_jobs(model_dir: Path, device: str, storage, work: Path, size: int, steps: int) -> dict:
+    """COMPILE as a worker runs it (backend.gpu.pipeline.compile_in_place): the warm-up's compile, then jobs
+    at batch 1, batch 2, with a product LoRA, and without it again; seconds each (a recompile shows as a
+    slow one) and the graphs dynamo made. The LoRA jobs fail outright if diffusers cannot reach the UNet."""
+    import torch
+
+    from backend.contract import lora_key
+    from backend.gpu.messages import LoraTask, Task
+    from backend.gpu.pipeline import Generator
+    from backend.tools.tiny import random_lora
+
+    torch._dynamo.reset()
+    started = time.perf_counter()
+    gen = Generator(str(model_dir), device, storage, work / "compiled-cache", compile_unet=True)
+    load_s = time.perf_counter() - started
+    started = time.perf_counter()
+    gen.warm_up()
+    out = {"compiled": gen.compiled, "load_s": round(load_s, 2), "warm_up_s": round(time.perf_counter() - started, 2)}
+    storage.put(lora_key("gpu-check-mug"), random_lora(model_dir, seed=1, rank=16, scale=1.0))
+    mug = (LoraTask("gpu-check-mug", 1.0, lora_key("gpu-check-mug")),)
+    jobs = []
+    for name, batch, loras in (("batch 1", 1, ()), ("batch 1 again", 1, ()), ("batch 2", 2, ()),
+                               ("with a LoRA", 1, mug), ("with the LoRA again", 1, mug), ("without it", 1, ())):
+        task = Task(task_id=0, job_id="compiled", indices=tuple(range(batch)), seeds=tuple(range(batch)),
+                    keys=tuple(f"compiled/{i}.png" for i in range(batch)), prompt=bench.PROMPT,
+                    negative_prompt=bench.NEGATIVE, steps=steps, guidance_scale=7.5, width=size, height=size,
+                    strength=0.5, loras=loras)
+        t0 = time.perf_counter()
+        images = gen.generate(task, lambda: False, lambda s, t: None)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        failed = [i for i in images if isinstance(i, str)]
+        if failed:
+            raise RuntimeError(f"the compiled UNet's job {name!r} failed: {failed[0]}")
+        jobs.append({"job": name, "s": round(time.perf_counter() - t0, 2)})
+    out["jobs"] = jobs
+    counters = torch._dynamo.utils.counters
+    out["graphs"] = int(counters["stats"].get("unique_graphs", 0))
+    out["recompiles"] = {k: v for k, v in counters.get("recompiles", {}).items()} if "recompiles" in counters else {}
+    del gen
+    torch._dynamo.reset()
+    _free(device)
+    return out
+
+
+def training_rows(model_dir: Path, work: Path, resolution: int, steps: int, device: str,
+                  fp16: bool = False) -> list[dict]:
     """Steps/s (after the first, which warms up) and peak memory of a product LoRA training, UNet only and
-    with every text encoder, on four noise photos: the cost a "Teach Showroom this product" has here."""
+    with every text encoder, on four noise photos: the cost a "Teach Showroom this product" has here.
+    `fp16`: a third row, UNet only, in fp16 with its gradient scaler (the default on an H100/H200 is bf16,
+    so that path would otherwise never run on a GPU)."""
     import numpy as np
     import torch
     from PIL import Image
@@ -240,7 +295,8 @@ def training_rows(model_dir: Path, work: Path, resolution: int, steps: int, devi
     for n in range(4):
         Image.fromarray(rng.integers(0, 255, (resolution, resolution, 3), dtype=np.uint8)).save(photos / f"{n}.png")
     rows = []
-    for text_encoders in ([], ["--train-text-encoder"]):
+    variants = [[], ["--train-text-encoder"]] + ([["--mixed-precision", "fp16"]] if fp16 else [])
+    for options in variants:
         marks: list[float] = []
         _free(device)
         if device.startswith("cuda"):
@@ -248,9 +304,10 @@ def training_rows(model_dir: Path, work: Path, resolution: int, steps: int, devi
         args = trainer.parse_args(["--images", str(photos), "--trigger", "sks bottle", "--model", str(model_dir),
                                    "--output", str(work / "trained.safetensors"), "--steps", str(steps),
                                    "--resolution", str(resolution), "--device", device, "--checkpoint-every", "0",
-                                   "--quiet", *text_encoders])
+                                   "--quiet", *options])
         result = trainer.train(args, on_step=lambda step, total, loss: marks.append(time.perf_counter()))
-        rows.append({"text_encoders": bool(text_encoders), "resolution": resolution, "steps": steps,
+        rows.append({"text_encoders": "--train-text-encoder" in options, "resolution": resolution, "steps": steps,
+                     "precision": "fp16" if "fp16" in options else "auto",
                      "steps_per_s": round((len(marks) - 1) / (marks[-1] - marks[0]), 3) if len(marks) > 1 else None,
                      "loss": [round(result.probe_loss_before, 4), round(result.probe_loss_after, 4)],
                      "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.startswith("cuda")
@@ -331,10 +388,13 @@ def run(args) -> dict:
         train_steps = 12 if cuda else 2
         if sd_dir.exists():
             out["sd15_training"] = check.section("sd15 training", lambda: training_rows(
-                sd_dir, work, arch.size, train_steps, device), 45)
+                sd_dir, work, arch.size, train_steps, device, fp16=cuda), 60)
         if xl_dir:
             out["sdxl_training"] = check.section("sdxl training", lambda: training_rows(
                 xl_dir, work, xl_arch.size, train_steps, device), 75)
+        if sd_dir.exists():  # last: the longest to compile, and the least needed if time is short
+            out["sd15_compiled"] = check.section("sd15 compiled", lambda: compiled_jobs(
+                sd_dir, device, storage, work, arch.size, steps), 150)
     out["seconds"] = round(time.monotonic() - check.started, 1)
     out["complete"] = True
     check.save()
@@ -365,10 +425,15 @@ def report(out: dict) -> str:
         ("SDXL images/s per batch", [(r["batch"], r["images_per_s"]) for r in out.get("sdxl") or []]),
         ("SDXL peak GiB per batch", [(r["batch"], r["peak_gib"]) for r in out.get("sdxl") or []]),
         ("SDXL 4 images: submit -> first / last (s)", (xl_system.get("first_s"), xl_system.get("last_s"))),
-        ("SD 1.5 training steps/s, UNet / + text encoder", [r["steps_per_s"] for r in out.get("sd15_training") or []]),
+        ("SD 1.5 training steps/s, UNet / + text encoder / fp16", [
+            r["steps_per_s"] for r in out.get("sd15_training") or []]),
         ("SDXL training steps/s, UNet / + text encoders", [r["steps_per_s"] for r in out.get("sdxl_training") or []]),
         ("SDXL training peak GiB", [r["peak_gib"] for r in out.get("sdxl_training") or []]),
-        ("guard: nan decode redone in fp32", bool(out.get("guard_nan_decode"))),
+        ("COMPILE: warm-up s, then s per job", ((out.get("sd15_compiled") or {}).get("warm_up_s"), [
+            j["s"] for j in (out.get("sd15_compiled") or {}).get("jobs", [])])),
+        ("COMPILE: graphs made", (out.get("sd15_compiled") or {}).get("graphs")),
+        ("guard: nan decode redone in fp32 (overflowed first)", (bool(out.get("guard_nan_decode")), (
+            out.get("guard_nan_decode") or {}).get("overflowed_first"))),
         ("guard: out-of-memory batch made one at a time", (out.get("guard_oom") or {}).get("made")),
         ("skipped (time budget)", ", ".join(out["skipped"]) or "-"),
         ("cut (ran past its time limit)", ", ".join(out["cut"]) or "-"),

@@ -103,6 +103,30 @@ def build_tiny_taesd(output: Path) -> Path:
     return Path(output)
 
 
+def random_lora(model_dir: Path, seed: int, rank: int = 4, scale: float = 3.0) -> bytes:
+    """A UNet LoRA for the model in `model_dir` (its attention projections), in diffusers layout, with random
+    weights times `scale`, so that it visibly changes even a tiny model's pictures. Tests and gpu-check use it."""
+    import tempfile
+
+    import torch
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", use_safetensors=True)
+    torch.manual_seed(seed)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if "lora_" in name:
+                p.mul_(scale)
+    with tempfile.TemporaryDirectory() as tmp:
+        StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=get_peft_model_state_dict(unet),
+                                                  safe_serialization=True)
+        return (Path(tmp) / "pytorch_lora_weights.safetensors").read_bytes()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("output", type=Path, help="folder to write the pipeline to")

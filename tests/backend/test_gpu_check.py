@@ -17,6 +17,10 @@ def test_gpu_check_runs_every_section_with_tiny_architectures(tmp_path, capsys):
     assert out["place"]["place_s"] > 0 and out["sdxl"][0]["images_per_s"] > 0
     assert out["sdxl_system_4img"]["last_s"] > 0
     assert out["guard_oom"]["made"] == 8 and out["guard_nan_decode"]["recovered"]
+    assert out["guard_nan_decode"]["overflowed_first"] in (True, False)
+    compiled = out["sd15_compiled"]  # on the CPU it runs uncompiled: the jobs, LoRA on and off, all made
+    assert compiled["compiled"] is False and [j["job"] for j in compiled["jobs"]] == [
+        "batch 1", "batch 1 again", "batch 2", "with a LoRA", "with the LoRA again", "without it"]
     for name in ("sd15_training", "sdxl_training"):  # UNet only, then with the text encoder(s)
         assert [r["text_encoders"] for r in out[name]] == [False, True], out[name]
         assert all(r["steps_per_s"] > 0 and all(x == x for x in r["loss"]) for r in out[name]), out[name]
@@ -29,7 +33,7 @@ def test_gpu_check_runs_every_section_with_tiny_architectures(tmp_path, capsys):
     assert all(op["ms"] > 0 and 0 < op["share"] <= 1 and op["calls"] > 0 for op in profile["top_ops"])
     printed = capsys.readouterr().out
     assert "guard: out-of-memory batch made one at a time" in printed and "SDXL training steps/s" in printed
-    assert "SD 1.5 step at batch 4: ms, GPU busy share" in printed
+    assert "SD 1.5 step at batch 4: ms, GPU busy share" in printed and "COMPILE: graphs made" in printed
 
 
 def test_a_broken_section_is_recorded_and_the_exit_code_says_so(tmp_path, monkeypatch):
