@@ -71,6 +71,8 @@ CSS = """
      labels were cut to "D…" and "U…" */
   .st-key-results-grid [class*="st-key-image-actions-"] [data-testid="stColumn"] {min-width: 100% !important;
     flex: 1 1 100% !important; width: 100% !important;}
+  /* a product's card keeps its picture beside its name and buttons: stacked, each picture was a screen wide */
+  [class*="st-key-listed-"] [data-testid="stColumn"] {min-width: 0 !important;}
   /* what was opened (a job's pictures, a product) comes before the form or the list it sits beside */
   [data-testid="stColumn"]:has(.st-key-job-first), [data-testid="stColumn"]:has(.st-key-product-open) {order: -1;}
 }

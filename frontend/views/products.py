@@ -57,7 +57,8 @@ def _listing(products: list[dict]) -> None:
         return
     for product in products:
         with st.container(border=True, key=f"product-{product['name']}"):
-            picture, words = st.columns([1, 3], vertical_alignment="center")
+            with st.container(key=f"listed-{product['name']}"):  # side by side on a phone too (chrome.CSS)
+                picture, words = st.columns([1, 3], vertical_alignment="center")
             with picture:
                 _picture(product)
             with words:

@@ -1,7 +1,7 @@
 """A shop owner on a phone (390 x 844) in a real browser: a job's link shows its pictures before the form,
 each picture's buttons keep their words, Use these settings brings the form on screen, and a product's link
-shows the product before the list, its cut-out beside where it goes (job-link-phone.png, use-settings-phone.png,
-place-phone.png); a desktop keeps the form on the left of the pictures."""
+shows the product before the list (each listed with a small picture), its cut-out beside where it goes
+(job-link-phone.png, use-settings-phone.png, place-phone.png); a desktop keeps the form left of the pictures."""
 
 import uuid
 
@@ -26,6 +26,12 @@ IN_UPPER_THIRD = """(selector) => {
 
 def box(page, selector: str) -> dict:
     return page.evaluate("(s) => document.querySelector(s).getBoundingClientRect().toJSON()", selector)
+
+
+def columns(page, container: str) -> list[dict]:
+    """The boxes of a container's columns, measured at one moment (the page may be scrolling)."""
+    return page.evaluate("""(s) => [...document.querySelectorAll(s + ' [data-testid=stColumn]')]
+        .map(c => c.getBoundingClientRect().toJSON())""", container)
 
 
 @pytest.mark.browser
@@ -58,9 +64,12 @@ def test_on_a_phone_a_job_link_shows_the_pictures_before_the_form(backend, app_u
         expect(phone.locator(".st-key-product-open").get_by_text(name).first).to_be_visible(timeout=30_000)
         phone.wait_for_timeout(500)
         assert phone.evaluate(IN_UPPER_THIRD, ".st-key-product-open"), "the product, not the list, comes first"
+        picture, words = columns(phone, f".st-key-listed-{name}")
+        assert abs(picture["top"] - words["top"]) < 2 and picture["width"] < 150, \
+            "a listed product's picture beside its name, not a screen-wide picture per product"
         phone.locator(".st-key-make-pictures button").click()
         expect(phone.get_by_text("Where it goes · 64 × 64")).to_be_visible(timeout=30_000)
-        cut, canvas = (box(phone, f".st-key-pair-cutout [data-testid=stColumn]:nth-child({n})") for n in (1, 2))
+        cut, canvas = columns(phone, ".st-key-pair-cutout")
         assert abs(cut["top"] - canvas["top"]) < 2 and canvas["left"] >= cut["right"] - 1, \
             "the cut-out beside where it goes, so Position's effect stays in sight"
         phone.locator(".st-key-place_at").scroll_into_view_if_needed()
