@@ -34,6 +34,11 @@ def badge(view: JobView) -> tuple[str, str]:
 
 
 def draw(job_id: str | None) -> None:
+    _panel(job_id)
+    scroll.draw_if_asked("job")  # also when the panel only says why there is no job: the request is used up
+
+
+def _panel(job_id: str | None) -> None:
     st.markdown("##### Your pictures")
     if not job_id:
         st.markdown('<div class="sr-empty"><h3>Your pictures will appear here</h3>Pick a product and a style, '
@@ -66,7 +71,6 @@ def draw(job_id: str | None) -> None:
         _render(job_id, polling, trigger)
 
     live()
-    scroll.draw_if_asked("job")
 
 
 def _load(job_id: str) -> JobView | None:

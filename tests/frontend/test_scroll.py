@@ -53,8 +53,8 @@ def test_history_open_shows_the_job_and_reuse_shows_the_form(tmp_path, open_app)
     assert_no_exception(at)
     assert at.query_params.get("job") == job_id and has_key(at, "job-first")
     assert scroll_targets(at) == [".st-key-job-status"], "Open far down History: the job's status on screen"
-    at.run()
-    assert not scroll_targets(at), "once: later runs leave the page where the user put it"
+    at.switch_page("app_pages/create.py").run()  # AppTest reruns the page it last switched to, not the app's
+    assert has_key(at, "job-first") and not scroll_targets(at), "once: later runs leave the page where it is"
 
     at.switch_page("app_pages/history.py").run()
     at.button(key=f"reuse-{job_id}").click().run()
@@ -70,6 +70,22 @@ def test_use_these_settings_shows_the_form_and_says_where_the_job_is_in_any_layo
     assert scroll_targets(at) == [".st-key-compose-form"]
     note = next(i.value for i in at.info if "The form holds" in i.value)
     assert "on the right" not in note, "a phone shows the job above the form, not on its right"
+
+
+def test_a_scroll_asked_for_a_job_that_is_gone_is_not_kept_for_a_later_one(tmp_path, open_app):
+    storage = LocalStorage(tmp_path)
+    gone, other = sorted(uuid.uuid4().hex for _ in range(2))
+    for job_id in (gone, other):
+        stored_manifest(storage, job_id, ["succeeded"])
+    at = offline_app(open_app, tmp_path)
+    at.switch_page("app_pages/history.py").run()
+    storage.delete(f"jobs/{gone}/job.json")  # deleted elsewhere while History was on screen
+    at.button(key=f"open-{gone}").click().run()
+    assert_no_exception(at)
+    assert f"No job {gone} was found" in page_text(at)
+    at.query_params["job"] = other
+    at.switch_page("app_pages/create.py").run()
+    assert at.get_by_key("job-status") and not scroll_targets(at), "no jump asked for long ago"
 
 
 def stored_product(tmp_path, name: str) -> None:
