@@ -64,6 +64,11 @@ def make_backend(tiny_model, tiny_segmenter, s3, tmp_path_factory):
         return backend.start(wait_for=wait_for)
 
     yield make
+    # All told at once, then waited for: a whole run leaves some 35 here, and each takes a second or two to
+    # stop its workers (48 s at the session's end, one after the other).
+    for backend in started:
+        if backend.process and backend.process.poll() is None:
+            backend.process.terminate()
     for backend in started:
         backend.stop()
 
