@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     # --- ours (documented in README) ---
     queue_max_images: int = Field(256, ge=1, description="work waiting in the queue before 429, counted in "
                                   "512x512 30-step images (a 1024x1024 image counts 4)")
-    max_job_cost: float = Field(32, gt=0, description="the most work one job may ask for, in 512x512 30-step images")
+    max_job_cost: float = Field(128, gt=0, description="the most work one job may ask for, in 512x512 30-step images")
     max_batch: int = Field(8, ge=1, description="most images of one job a worker generates as one batch")
     image_timeout_s: float = Field(600, gt=0, description="per-image time limit (scaled by batch size)")
     training_timeout_s: float = Field(3 * 3600, gt=0, description="the longest a LoRA training may run")

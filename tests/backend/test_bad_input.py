@@ -80,11 +80,11 @@ def test_deeply_nested_json_is_422_not_500(backend, unchanged, path):
 
 @pytest.mark.parametrize("spec", [
     {"prompt": "x", "num_images": 16, "width": 2048, "height": 2048, "steps": 150},
-    {"prompt": "x", "num_images": 9, "width": 1024, "height": 1024, "steps": 30},
+    {"prompt": "x", "num_images": 9, "width": 2048, "height": 2048, "steps": 30},
 ])
 def test_a_job_past_the_compute_budget_is_422_with_the_numbers(backend, unchanged, spec):
     r = backend.post("/v1/jobs", json=spec)
-    assert r.status_code == 422 and "MAX_JOB_COST=32" in r.json()["detail"]
+    assert r.status_code == 422 and "MAX_JOB_COST=128" in r.json()["detail"]
     assert f"{spec['num_images']} x {spec['width']}x{spec['height']} at {spec['steps']} steps" in r.json()["detail"]
 
 

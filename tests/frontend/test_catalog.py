@@ -69,7 +69,7 @@ def test_a_plan_is_every_product_in_every_style_with_its_cost():
     assert plan.jobs == 4 and plan.images == 16 and plan.batches == 1
     assert [e.cost for e in plan.entries] == [16.0, 24.0, 16.0, 24.0], "1024² counts 4, 45 steps 1.5 times more"
     assert plan.cost == 80.0 and "steps" not in plan.entries[0].spec, "each style keeps its own steps"
-    assert [e.label for e in plan.too_big()] == [], "24 is within the default limit of 32"
+    assert [e.label for e in plan.too_big()] == [], "24 is within the default limit of 128"
     assert [e.spec["steps"] for e in catalog_run.plan(products, templates, 4, 512, 512, 2, True).entries] == [2] * 4
     assert [t["id"] for t in catalog_run.styles_for(templates, exact=True)] == ["studio-white"]
 
@@ -134,12 +134,12 @@ def refusal_of(backend, specs: list[dict]) -> BackendError:
 
 def test_a_job_over_the_cost_limit_is_named_in_plain_words(backend):
     small = {"prompt": "a cup", "num_images": 1, "steps": 2, "width": 64, "height": 64}
-    huge = {"prompt": "a cup", "num_images": 1, "steps": 150, "width": 2048, "height": 2048}
+    huge = {"prompt": "a cup", "num_images": 2, "steps": 150, "width": 2048, "height": 2048}
     error = refusal_of(backend, [small, huge])
     chunk = [entry("mug", "Studio"), entry("scarf", "Marble")]
     words = catalog_run.refusal_words(error, chunk, sent=0, total=2)
     assert words == ("Nothing in this batch was started: the job for scarf in the style “Marble” was refused, "
-                     "because it is 80 standard pictures of work and the generator takes at most 32 standard "
+                     "because it is 160 standard pictures of work and the generator takes at most 128 standard "
                      "pictures in one job. Choose fewer pictures for each product and style, a smaller shape or "
                      "fewer steps."), words
 

@@ -132,6 +132,11 @@ def test_the_job_cost_shows_before_generate_and_warns_past_the_usual_limit(backe
     at.slider(key="num_images").set_value(16).run()
     line = next(str(m.value) for m in at.markdown if 'id="job-cost"' in str(m.value))
     assert "16 pictures of 1024 x 1024 at 30 steps: 64 standard pictures of work" in line
+    assert not at.warning, "16 SDXL-sized pictures are one ordinary job"
+    at.number_input(key="width").set_value(2048)
+    at.number_input(key="height").set_value(2048).run()
+    line = next(str(m.value) for m in at.markdown if 'id="job-cost"' in str(m.value))
+    assert "16 pictures of 2048 x 2048 at 30 steps: 256 standard pictures of work" in line
     assert any("more than the generator usually takes" in w.value for w in at.warning)
 
 
