@@ -22,6 +22,13 @@ def worker_pids(backend) -> list[int]:
     return [p.pid for p in children if any("spawn_main" in part for part in p.cmdline())]
 
 
+def pause_workers(backend) -> None:
+    """Freeze its GPU processes (SIGSTOP) mid-task: the work stays `running` for as long as a test needs, however
+    fast the box, while the API and the heartbeat it keeps in the bucket go on. A SIGKILL of the group ends them."""
+    for pid in worker_pids(backend):
+        os.kill(pid, signal.SIGSTOP)
+
+
 def lost_images(backend, job: dict) -> list[dict]:
     """Images that did not end `succeeded` with their object, or `failed` with a reason and no object."""
     def kept(img: dict) -> bool:
@@ -75,8 +82,9 @@ def test_backend_restart_mid_job(make_backend, assert_nothing_lost):
 def test_a_second_backend_on_the_bucket_leaves_running_jobs_alone_and_takes_them_when_their_backend_dies(
         make_backend, assert_nothing_lost):
     first = make_backend(WORKERS="1")
-    ticket = first.submit(LONG | {"num_images": 8, "steps": 150})  # long enough to outlive the second's start
-    wait_until(lambda: first.get(f"/v1/jobs/{ticket['id']}").json()["status"] == "running")
+    ticket = first.submit(LONG | {"num_images": 2, "steps": 30})
+    wait_until(lambda: first.get(f"/v1/jobs/{ticket['id']}").json()["status"] == "running", every=0.02)
+    pause_workers(first)  # the job outlives the second's start without being made long
     second = make_backend(**{k: first.env[k] for k in SHARED}, WORKERS="1")
     time.sleep(1)
     assert f"job {ticket['id']} taken back" not in second.log(), "the first backend is alive: its job is its own"
@@ -96,19 +104,22 @@ def test_a_second_backend_leaves_a_running_training_alone_and_finishes_it_when_i
     added = first.post("/v1/products", data={"name": "vase", "trigger": "zxq vase"},
                        files={"photo": ("p.png", packshot(), "image/png")})
     assert added.status_code == 201, added.text
-    started = first.post("/v1/products/vase/training", files=training_photos(3), data={"steps": "1500", "rank": "4"})
+    started = first.post("/v1/products/vase/training", files=training_photos(3), data={"steps": "100", "rank": "4"})
     assert started.status_code == 202, started.text
     training_id = started.json()["id"]
-    wait_until(lambda: first.get(f"/v1/trainings/{training_id}").json()["progress"]["step"] > 0, 120)
+    # Past its first checkpoint (every 20 steps of 100), stored before step 21 begins: the take-over resumes from it.
+    wait_until(lambda: first.get(f"/v1/trainings/{training_id}").json()["progress"]["step"] > 20, 120, 0.02)
+    pause_workers(first)  # the training outlives the second's start without being made long
     second = make_backend(**{k: first.env[k] for k in SHARED}, WORKERS="1")
     time.sleep(1)
     assert f"training {training_id} of vase taken back" not in second.log(), "its backend is alive: it is its own"
     running = second.get(f"/v1/trainings/{training_id}").json()
-    assert running["status"] == "running" and running["progress"]["step"] < 1400, "it must outlive the first backend"
+    assert running["status"] == "running" and running["progress"]["step"] < 100, "it must outlive the first backend"
     os.killpg(first.process.pid, signal.SIGKILL)
     first.process.wait(10)
     training = wait_training(second, training_id, timeout=400)
     assert training["status"] == "succeeded", training
+    assert training["resumed_from"] and training["resumed_from"] >= 20, "from the first backend's checkpoint"
     assert f"training {training_id} of vase taken back" in second.log()
     assert "gone from the bucket" in second.log(), "taken over while running, not at a start-up"
     assert next(p for p in second.get("/v1/catalog").json()["products"] if p["name"] == "vase")["has_lora"]
