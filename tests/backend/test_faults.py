@@ -194,6 +194,7 @@ def test_a_hung_storage_server_never_freezes_the_api(make_backend, assert_nothin
     assert after["status"] == "succeeded"
     listed = [j["spec"]["prompt"] for j in backend.get("/v1/jobs").json()["jobs"]]
     assert "during the stall" not in listed and "still stalled" not in listed, "a refused submit left no job"
+    backend.stop()  # before own_s3 stops: with it still connected, the volume server ran out its 15 s to stop
 
 
 def test_backend_restarted_while_storage_is_down_finishes_the_earlier_job(make_backend, assert_nothing_lost,
