@@ -37,6 +37,7 @@ SUITES = {
     "training admission": "tests/unit/products/test_training_admission.py",
     "leases and conditional writes": "tests/backend/test_leases.py",
     "request bodies (size, arrival time)": "tests/unit/api/test_middleware.py",
+    "late work of a deleted job": "tests/unit/jobs/test_delete_late_work.py",
 }
 
 
@@ -85,7 +86,8 @@ def write(outcome: dict) -> str:
         "scheduler cases with fake workers (deaths, a device error, a model that cannot load, time limits, an "
         f"image stored just before its worker was killed, cancel); {s['recovery']['passed']} recovery cases "
         f"(storage down at boot, a scan cut short, an unreadable manifest or product record, upscales resumed once and not overwritten, a cancel before the take-back); "
-        f"{s['worker errors']['passed']} worker error cases (out of memory in a batch and in one image, CUDA error, failed upload); "
+        f"{s['worker errors']['passed']} worker error cases (out of memory in a batch and in one image, a cuBLAS allocation "
+        "failure, a CUDA error that broke the device and one that did not, failed upload); "
         f"{s['idempotency']['passed']} idempotency cases with storage failing half-way (a write that errors after landing included) |",
         f"| hostile inputs tried | {s['hostile input']['passed'] + s['hostile input']['failed']} hand-written cases "
         f"(bad specs, broken photos, decompression bombs, path escapes, pickles, wrong keys) + "
@@ -111,8 +113,11 @@ def write(outcome: dict) -> str:
         "storage cannot be read it tries again in the background, and never takes a job of its own run.",
         "- An image is `succeeded` exactly when its object exists: a worker killed between its upload and "
         "its report still gets the image counted, not failed and not made twice.",
-        "- A batch that runs out of GPU memory is made one image at a time; a CUDA error makes the worker "
-        "leave so its images are retried on a fresh process.",
+        "- A batch that runs out of GPU memory (cuBLAS's and cuDNN's ALLOC_FAILED included) is made one image at "
+        "a time; a CUDA error after which the device no longer answers a probe makes the worker leave so its "
+        "images are retried on a fresh process; one after which it answers fails only its batch.",
+        "- A deleted job stays empty: an upscale or a place job's cut-out that finishes after the delete removes "
+        "what it wrote, and a training that ends after its product was deleted keeps no LoRA.",
         "- The Idempotency-Key record is written before the manifest, so a retried submit never starts a "
         "second job, even when storage failed half-way through the first; a manifest write that errors is "
         "undone, so a retry never gets the ticket of a job nothing runs.",
