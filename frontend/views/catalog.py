@@ -10,7 +10,7 @@ from frontend import catalog_run, cost, nav, services
 from frontend.catalog_run import Plan
 from frontend.client import BackendError
 from frontend.placement import ASPECTS, canvas_size
-from frontend.views import catalog_grid
+from frontend.views import catalog_grid, scroll
 
 URL_KEY = "jobs"
 RUN = "catalog_run"        # this session's run, kept when another page is visited (Streamlit drops the URL)
@@ -80,11 +80,12 @@ def _picker(catalog: dict, health: services.Health) -> None:
     _keep_known("catalog_products", products)
     _keep_known("catalog_styles", styles)
     left, right = st.columns(2)
+    # wrap: in a column Streamlit keeps the chips on one scrolling line, and all but the last picks were hidden
     picked = left.multiselect("Products", list(products), key="catalog_products", persist_state=KEEP,
-                              placeholder="Pick products",
+                              placeholder="Pick products", wrap=True,
                               format_func=lambda n: f"{n} · {products[n].get('category') or 'uncategorised'}")
     chosen = right.multiselect("Styles", list(styles), key="catalog_styles", persist_state=KEEP,
-                               placeholder="Pick styles",
+                               placeholder="Pick styles", wrap=True,
                                format_func=lambda i: f"{styles[i]['name']} · {styles[i].get('category') or 'other'}")
     count, shape = st.columns([3, 2], vertical_alignment="bottom")
     num = count.slider("Pictures of each product in each style", 1, 16, 4, key="catalog_num", persist_state=KEEP)
@@ -159,6 +160,7 @@ def _send(entries: list[catalog_run.Entry], new_run: bool) -> None:
     st.session_state[RUN] = ids
     st.query_params[URL_KEY] = catalog_run.ids_to_url(ids)
     services.history.clear()  # History lists them at once
+    scroll.ask("catalog")  # the button is far down the picker: the new grid starts below it
     st.rerun()
 
 

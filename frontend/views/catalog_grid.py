@@ -31,6 +31,7 @@ def draw(ids: list[str], style_names: dict[str, str], packshots: dict[str, str])
         st.error(f"The pictures cannot be read: {e}")
         return
     polling = _moving(*_views(ids))
+    scroll.draw_if_asked("catalog")  # a run just sent
 
     @st.fragment(run_every=POLL_S if polling else None)
     def live() -> None:
@@ -69,7 +70,8 @@ def _head(views: list[JobView], missing: int) -> None:
     done = sum(v.done_count for v in views)
     failed = sum(img.status in ("failed", "canceled") for v in views for img in v.images)
     moving = [v for v in views if not v.terminal]
-    info, action = st.columns([4, 1], vertical_alignment="center")
+    with st.container(key="catalog-head"):
+        info, action = st.columns([4, 1], vertical_alignment="center")
     not_made = f" · {failed} not made" if failed else ""
     info.markdown(f"##### Your catalog · {done} of {total} pictures ready{not_made}")
     if moving and action.button("Stop the rest", key="catalog-stop", icon=":material/stop_circle:", width="stretch",
@@ -126,8 +128,8 @@ def _style_row(view: JobView, style_names: dict[str, str]) -> None:
     with st.container(key=f"catalog-row-{view.id}"):
         for start in range(0, len(view.images), per_row):
             label, *slots = st.columns([1.4] + [1] * per_row, vertical_alignment="top")
-            if start == 0:
-                with label:
+            if start == 0:  # on a phone: one line above the pictures, two a row (chrome.CSS)
+                with label, st.container(key=f"catalog-label-{view.id}"):
                     _style_label(view, style)
             for slot, img in zip(slots, view.images[start:start + per_row]):
                 with slot:

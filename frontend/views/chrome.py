@@ -48,7 +48,8 @@ CSS = """
 .sr-meta {color: #6B6B80; font-size: .82rem;}
 .sr-desc {color: #55556A; font-size: .86rem; line-height: 1.3;}
 /* what a click scrolls into view (views/scroll.py): clear of the navigation bar drawn over the page's top */
-.st-key-job-status, .st-key-compose-form, .st-key-product-open, .st-key-product-form {scroll-margin-top: 4.5rem;}
+.st-key-job-status, .st-key-compose-form, .st-key-product-open, .st-key-product-form,
+.st-key-catalog-head {scroll-margin-top: 4.5rem;}
 /* chips (style categories, canvas, position, status filters) wrap onto more lines instead of running off */
 [data-testid="stButtonGroup"] > div {flex-wrap: wrap; row-gap: .45rem; overflow-x: visible;}
 /* the pages as labelled links on a phone, where Streamlit folds its navigation into a bare "»" */
@@ -75,6 +76,17 @@ CSS = """
   [class*="st-key-listed-"] [data-testid="stColumn"] {min-width: 0 !important;}
   /* what was opened (a job's pictures, a product) comes before the form or the list it sits beside */
   [data-testid="stColumn"]:has(.st-key-job-first), [data-testid="stColumn"]:has(.st-key-product-open) {order: -1;}
+  /* a catalog's style: its name, state and Open on one line, then its pictures two a row (stacked, each
+     picture was a screen wide and 36 pictures took 17 screens); a row's empty label column is dropped */
+  [class*="st-key-catalog-row-"] [data-testid="stHorizontalBlock"] {flex-wrap: wrap; gap: .5rem;}
+  [class*="st-key-catalog-row-"] [data-testid="stColumn"] {min-width: calc(50% - .25rem) !important;
+    flex: 0 0 calc(50% - .25rem) !important; width: calc(50% - .25rem) !important;}
+  [class*="st-key-catalog-row-"] [data-testid="stColumn"]:first-child {min-width: 100% !important;
+    flex-basis: 100% !important; width: 100% !important;}
+  [class*="st-key-catalog-row-"] [data-testid="stColumn"]:first-child:not(:has([class*="st-key-catalog-label-"])) {
+    display: none;}
+  [class*="st-key-catalog-label-"] {flex-direction: row; flex-wrap: wrap; align-items: center; column-gap: .75rem;}
+  [class*="st-key-catalog-label-"] > div {width: auto !important;}
 }
 /* below Streamlit's md breakpoint the top navigation becomes a sidebar behind "»": ours replaces it */
 @media (max-width: 767.98px) {

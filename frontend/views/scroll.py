@@ -12,15 +12,24 @@ import streamlit as st
 ASKED = "scroll_to"
 # The parts that can be asked for, as CSS selectors: fixed here, so no user text ever reaches the script.
 PARTS = {"job": ".st-key-job-status", "form": ".st-key-compose-form", "product": ".st-key-product-open",
-         "product-form": ".st-key-product-form"}
+         "product-form": ".st-key-product-form", "catalog": ".st-key-catalog-head"}
 # Waits for the part to be drawn, then scrolls it to the top unless it is already in the screen's upper third.
+# It tries again until the part is there: what is drawn below it may come later (a new catalog grid), the page
+# too short to scroll that far until then. It stops when the time is up or the user scrolls, touches, clicks or
+# types.
 SCRIPT = """<script>(() => {{ /* {nonce} */
   const until = Date.now() + 8000;
+  let user = false;
+  const stop = () => {{ user = true; }};
+  ['wheel', 'touchstart', 'keydown', 'mousedown'].forEach(e => window.addEventListener(e, stop, {{once: true}}));
   const go = () => {{
     const part = document.querySelector('{selector}');
-    if (!part) {{ if (Date.now() < until) setTimeout(go, 100); return; }}
-    const top = part.getBoundingClientRect().top;
-    if (top < 0 || top > window.innerHeight / 3) part.scrollIntoView({{block: 'start'}});
+    if (part) {{
+      const top = part.getBoundingClientRect().top;
+      if (top >= 0 && top <= window.innerHeight / 3) return;
+      part.scrollIntoView({{block: 'start'}});
+    }}
+    if (!user && Date.now() < until) setTimeout(go, 100);
   }};
   go();
 }})();</script>"""

@@ -22,6 +22,7 @@ from tests.frontend.conftest import (
     run_until,
     shown_images,
 )
+from tests.frontend.test_scroll import scroll_targets
 
 CATALOG_PAGE = "app_pages/catalog.py"
 PLACE_STYLES = ["studio-white", "marble-countertop"]  # both made for placing a product's photo
@@ -193,6 +194,7 @@ def test_two_products_in_two_styles_fill_one_grid(backend, open_app):
     at.number_input(key="catalog_steps").set_value(2)
     at.button(key="catalog-submit").click().run()
     assert_no_exception(at)
+    assert scroll_targets(at) == [".st-key-catalog-head"], "the button is far down the picker: the grid on screen"
 
     ids = catalog_run.ids_from_url(at.query_params.get("jobs"))
     assert len(ids) == 4, page_text(at)

@@ -1,6 +1,9 @@
 """The Catalog page in a real browser: pick two products and two styles, see the count and the cost, send
-them, watch the grid fill (catalog-picked.png, catalog-grid.png), and find the grid again from its link."""
+them, watch the grid fill (catalog-picked.png, catalog-grid.png), and find the grid again from its link; on a
+phone the same link shows each style's pictures two a row, every pick stays in sight, and a second run's
+grid comes on screen after the click (catalog-phone.png)."""
 
+import re
 import time
 import uuid
 
@@ -10,6 +13,11 @@ from playwright.sync_api import expect, sync_playwright
 from frontend import catalog_run
 from tests.factories import packshot
 from tests.frontend.test_browser import CHROMIUM, CHROMIUM_ARGS, app_url, scroll_to_top  # noqa: F401 (a fixture)
+from tests.frontend.test_phone_browser import IN_UPPER_THIRD, PHONE, columns
+
+# An element whose content is wider than its box: a multiselect whose chips run off on one scrolling line.
+OVERFLOWS = """(selector) => [...document.querySelectorAll(selector + ' *')]
+    .some(e => e.scrollWidth > e.clientWidth + 1)"""
 
 GRID_IMAGES = '[class*="st-key-catalog-row-"] img:not(.sr-preview)'  # the pictures, not packshots or previews
 
@@ -80,5 +88,39 @@ def test_a_catalog_run_in_a_real_browser(backend, app_url, artifacts):  # noqa: 
         again = browser.new_page(viewport={"width": 1440, "height": 1300})  # a reload, or the link elsewhere
         again.goto(run_url)
         grid_loaded(again, 8, timeout_s=30)
+        on_a_phone(browser.new_page(viewport=PHONE, device_scale_factor=2), run_url, names[0], artifacts)
         browser.close()
     assert "/catalog?jobs=" in run_url and len(catalog_run.ids_from_url(run_url.split("jobs=")[1])) == 4, run_url
+
+
+def on_a_phone(phone, run_url: str, name: str, artifacts) -> None:
+    """The run's link on a phone, then a second run of one product in two styles, one picture each."""
+    phone.goto(run_url)
+    grid_loaded(phone, 8, timeout_s=30)
+    first = catalog_run.ids_from_url(run_url.split("jobs=")[1])[0]
+    label, *pictures = columns(phone, f".st-key-catalog-row-{first}")
+    assert label["width"] > 300 and label["bottom"] <= pictures[0]["top"], "the style's name above its pictures"
+    assert abs(pictures[0]["top"] - pictures[1]["top"]) < 2 and pictures[1]["left"] >= pictures[0]["right"], \
+        "two pictures a row (stacked, each was a screen wide)"
+    assert pictures[2]["top"] >= pictures[0]["bottom"], pictures
+
+    phone.get_by_text("Start another catalog run").click()
+    expect(phone.locator(".st-key-catalog_products input")).to_be_visible()
+    phone.wait_for_timeout(300)  # the expander still opening takes no typing
+    pick(phone, "catalog_products", name)
+    pick(phone, "catalog_styles", "Studio white")
+    pick(phone, "catalog_styles", "Marble countertop")
+    assert not phone.evaluate(OVERFLOWS, ".st-key-catalog_styles"), "every style picked in sight, none scrolled off"
+    thumb = phone.get_by_role("slider", name="Pictures of each product in each style")
+    thumb.focus()
+    for _ in range(3):
+        thumb.press("ArrowLeft")
+    phone.get_by_text("Advanced settings").click()
+    steps = phone.get_by_role("spinbutton", name="Steps", exact=True)
+    steps.fill("2")
+    steps.press("Enter")
+    phone.get_by_role("button", name="Make 2 pictures").click()
+    expect(phone.get_by_text(re.compile(r"Your catalog · \d of 2 pictures ready"))).to_be_visible(timeout=30_000)
+    phone.wait_for_function(IN_UPPER_THIRD, arg=".st-key-catalog-head", timeout=15_000)  # the button is far above
+    phone.wait_for_timeout(500)
+    phone.screenshot(path=str(artifacts / "catalog-phone.png"))
