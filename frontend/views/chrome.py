@@ -23,6 +23,8 @@ CSS = """
 .sr-pill-loading .sr-dot {animation: sr-pulse 1.2s ease-in-out infinite;}
 .sr-status {text-align: right;}
 .sr-status-meta {color: #6B6B80; font-size: .8rem; margin-top: .3rem;}
+/* room under the header: a button at the top of a page's right column (Add another product) touched its line */
+.st-key-page-header {margin-bottom: .6rem;}
 .sr-slot {position: relative; width: 100%; border-radius: .5rem; display: flex; align-items: center;
   justify-content: center; flex-direction: column; gap: .35rem; color: #6B6B80; font-size: .9rem;
   background: #F4F4F8; border: 1px dashed #D9D9E3; overflow: hidden; text-align: center; padding: .5rem;}
@@ -72,8 +74,10 @@ CSS = """
      labels were cut to "D…" and "U…" */
   .st-key-results-grid [class*="st-key-image-actions-"] [data-testid="stColumn"] {min-width: 100% !important;
     flex: 1 1 100% !important; width: 100% !important;}
-  /* a product's card keeps its picture beside its name and buttons: stacked, each picture was a screen wide */
-  [class*="st-key-listed-"] [data-testid="stColumn"] {min-width: 0 !important;}
+  /* a product's card keeps its picture beside its name and buttons (stacked, each picture was a screen wide),
+     and the Create page's picker its product's picture */
+  [class*="st-key-listed-"] [data-testid="stColumn"], .st-key-product-pick [data-testid="stColumn"] {
+    min-width: 0 !important;}
   /* what was opened (a job's pictures, a product) comes before the form or the list it sits beside */
   [data-testid="stColumn"]:has(.st-key-job-first), [data-testid="stColumn"]:has(.st-key-product-open) {order: -1;}
   /* a catalog's style: its name, state and Open on one line, then its pictures two a row (stacked, each
@@ -130,7 +134,8 @@ def status_meta(h: services.Health) -> str:
 
 def header() -> None:
     _phone_nav()
-    brand, status = st.columns([3, 2], vertical_alignment="center")
+    with st.container(key="page-header"):
+        brand, status = st.columns([3, 2], vertical_alignment="center")
     brand.markdown('<div class="sr-brand"><h1><span class="sr-mark">◆</span> Showroom</h1></div>'
                    '<div class="sr-tagline">Studio-quality pictures of your product, in any scene.</div>',
                    unsafe_allow_html=True)

@@ -92,7 +92,8 @@ def _compose(catalog: dict, health: services.Health) -> None:
     products = {p["name"]: p for p in catalog.get("products", [])}
     if st.session_state.get("product") not in products:
         st.session_state["product"] = NO_PRODUCT
-    pick, picture = st.columns([5, 1], vertical_alignment="bottom")
+    with st.container(key="product-pick"):  # the picture stays beside the picker on a phone (chrome.CSS)
+        pick, picture = st.columns([5, 1], vertical_alignment="bottom")
     pick.selectbox("Product", [NO_PRODUCT, *products], key="product",
                    format_func=lambda n: "No product (generic scene)" if n == NO_PRODUCT else
                    f"{n} — {products[n].get('category') or 'uncategorised'}",
@@ -171,17 +172,19 @@ def _reuse_picture() -> None:
 
 
 def _product_picture(product: dict | None) -> None:
-    """The chosen product's packshot, small; without one, the newest picture made with it; else nothing."""
+    """The chosen product's packshot, small; without one, the newest picture made with it; else nothing.
+    No caption: the picker beside it names the product, and a long name wrapped under 72 pixels onto three
+    lines, which pushed the picker down by as much."""
     if not product:
         return
     url, key = services.settings().storage_url, product.get("packshot_key")
     try:
         if key:
-            st.image(services.cutout_on_checkerboard(services.packshot(url, key)), width=72, caption=product["name"])
+            st.image(services.cutout_on_checkerboard(services.packshot(url, key)), width=72)
             return
         made = services.pictures_by_product(url).get(product["name"])
         if made:
-            st.image(services.thumbnail(url, made, 144), width=72, caption=product["name"])
+            st.image(services.thumbnail(url, made, 144), width=72)
     except StorageError:
         return
 

@@ -1,7 +1,8 @@
 """A shop owner on a phone (390 x 844) in a real browser: a job's link shows its pictures before the form,
 each picture's buttons keep their words, Use these settings brings the form on screen, and a product's link
 shows the product before the list (each listed with a small picture), its cut-out beside where it goes
-(job-link-phone.png, use-settings-phone.png, place-phone.png); a desktop keeps the form left of the pictures."""
+(job-link-phone.png, use-settings-phone.png, place-phone.png), the picker with the product's picture beside it;
+a desktop keeps the form left of the pictures and room under the header's status line."""
 
 import uuid
 
@@ -69,6 +70,9 @@ def test_on_a_phone_a_job_link_shows_the_pictures_before_the_form(backend, app_u
             "a listed product's picture beside its name, not a screen-wide picture per product"
         phone.locator(".st-key-make-pictures button").click()
         expect(phone.get_by_text("Where it goes · 64 × 64")).to_be_visible(timeout=30_000)
+        picker, picture = columns(phone, ".st-key-product-pick")
+        assert picture["left"] >= picker["right"] - 1 and picture["top"] < picker["bottom"], \
+            "the product's picture beside the picker, not under it"
         cut, canvas = columns(phone, ".st-key-pair-cutout")
         assert abs(cut["top"] - canvas["top"]) < 2 and canvas["left"] >= cut["right"] - 1, \
             "the cut-out beside where it goes, so Position's effect stays in sight"
@@ -82,4 +86,8 @@ def test_on_a_phone_a_job_link_shows_the_pictures_before_the_form(backend, app_u
         wait_images(desktop, 4)
         form, pictures = box(desktop, ".st-key-compose-form"), box(desktop, ".st-key-job-first")
         assert form["right"] <= pictures["left"] and abs(form["top"] - pictures["top"]) < 40, (form, pictures)
+        desktop.goto(f"{app_url}/products?product={name}")
+        expect(desktop.locator(".st-key-add-another button")).to_be_visible(timeout=30_000)
+        gap = box(desktop, ".st-key-add-another button")["top"] - box(desktop, ".sr-status-meta")["bottom"]
+        assert gap >= 8, f"Add another product {gap:.0f} px under the header's status line (it touched it)"
         browser.close()
