@@ -21,6 +21,7 @@ shared queue if the node does not take it at once (backend.gpu.celery_routing).
 import argparse
 import json
 import logging
+import multiprocessing
 import os
 import signal
 import socket
@@ -29,7 +30,7 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from billiard.exceptions import WorkerLostError
@@ -54,6 +55,9 @@ class Node:
     hostname: str
     workers: int
     settings: object
+    # Set by a GPU process that found the node's name taken (shared memory, inherited by the fork): the main
+    # process then starts the node again rather than leave it stopped.
+    name_lost: object = field(default_factory=lambda: multiprocessing.Value("b", 0, lock=False))
 
 
 NODE: Node | None = None
@@ -112,10 +116,11 @@ class Gpu:
 
     def _name_taken(self) -> None:
         """Another node took this one's name while it was cut off: its heartbeats would be read as that
-        node's. It stops (warm: running tasks end, the rest go back to the broker); started again (the
-        compose file restarts it), it takes a free name."""
+        node's. It stops (warm: running tasks end, the rest go back to the broker), and its main process
+        starts it again, which takes a free name (`<name>-2`)."""
         if not self.name_lost:
             self.name_lost = True
+            self.node.name_lost.value = 1
             log.error("%s: node name %s was taken by another node while this one could not reach the broker; "
                       "this node stops", self.id, self.node.name)
             os.kill(os.getppid(), signal.SIGTERM)
@@ -387,7 +392,9 @@ def _gpu_process_starts(**kwargs) -> None:
 
 @signals.worker_process_shutdown.connect
 def _gpu_process_stops(**kwargs) -> None:
-    if GPU is not None and GPU.error is None:  # a failed one stays listed, dead with its reason, for a minute
+    # A failed one stays listed, dead with its reason, for a minute; one whose name was taken leaves the
+    # heartbeat alone: it is the other node's now.
+    if GPU is not None and GPU.error is None and not GPU.name_lost:
         try:
             GPU.redis.hdel(ca.WORKERS, GPU.id)
         except Exception:
@@ -486,6 +493,9 @@ def main(argv: list[str] | None = None) -> None:
                          "--without-gossip", "--without-mingle"])
     finally:
         _release_name(name, instance)
+    if NODE.name_lost.value:  # its GPU processes stopped it: start again, as a new node with a free name
+        log.error("node name %s was taken by another node while this one was cut off; starting again", name)
+        os.execv(sys.executable, [sys.executable, "-m", "backend.node", *(sys.argv[1:] if argv is None else argv)])
     failed = _load_errors(name, workers)
     if failed:
         sys.exit(f"node {name} stopped: {failed[0]}")

@@ -47,12 +47,13 @@ def native_size_guess(model_id: str) -> int:
         return 1024 if "xl" in model_id.lower() else 512
 
 
-def has_fp16_weights(model_id: str) -> bool:
-    """Whether the model has fp16 weight files (`*.fp16.safetensors`), which a GPU loads instead of the fp32
-    ones: half the download and the disk, and the only weights the Docker image bakes for these hub ids."""
+def has_fp16_weights(model_id: str, part: str = "unet") -> bool:
+    """Whether the model's `part` (a subfolder) has fp16 weight files (`*.fp16.safetensors`), which a GPU
+    loads instead of the fp32 ones: half the download and the disk, and the only weights the Docker image
+    bakes for these hub ids. A local folder may have them for some parts only."""
     folder = Path(model_id)
     if folder.is_dir():
-        return any(folder.glob("unet/*.fp16.safetensors"))
+        return any((folder / part).glob("*.fp16.safetensors"))
     return model_id.startswith(("stable-diffusion-v1-5/", "stabilityai/"))
 
 

@@ -76,7 +76,7 @@ def run_worker(worker_id: int, settings, conn, cancel_task, workers: int = 1) ->
             case Task() as task:
                 _run_task(gen, storage, task, conn, cancel_task, settings.storage_retry_s)
             case UpscaleTask() as task:
-                _run_upscale(settings, task, conn, worker_id)
+                _run_upscale(settings, task, conn, worker_id, device)
             case TrainTask() as task:
                 _run_training(settings, storage, device, task, conn, worker_id)
 
@@ -100,7 +100,7 @@ def _run_training(settings, storage, device: str, task: TrainTask, conn, worker_
     conn.send(Done(task.task_id, seconds=time.perf_counter() - started, info=info or {}, error=error))
 
 
-def _run_upscale(settings, task: UpscaleTask, conn, worker_id: int) -> None:
+def _run_upscale(settings, task: UpscaleTask, conn, worker_id: int, device: str) -> None:
     """The local upscaler, on this worker's GPU; its model loads on first use and stays loaded."""
     from backend.upscale.service import run_upscale
 
@@ -110,7 +110,7 @@ def _run_upscale(settings, task: UpscaleTask, conn, worker_id: int) -> None:
         run_upscale(settings, task.source_key, task.target_key, gpu=worker_id)
     except Exception as e:
         log.error("upscale of %s failed: %s", task.source_key, traceback.format_exc())
-        if _device_broken(e, f"cuda:{worker_id}"):
+        if _device_broken(e, device):
             os._exit(DEVICE_BROKEN_EXIT)
         error = _short(e)
     if error is not None:

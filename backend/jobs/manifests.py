@@ -101,6 +101,8 @@ class ManifestStore:
     def get(self, job_id: str) -> JobManifest:
         """The newest state: the one in memory while the job is being changed, else storage's."""
         with self._lock:
+            if job_id in self._deleted:  # gone, though a sweep may not have reached its manifest yet
+                raise ObjectMissing(job_id)
             live = self._live.get(job_id)
             if live is not None:
                 return live.model_copy(deep=True)
@@ -218,6 +220,8 @@ class ManifestStore:
                 known = job_id in self._live
             loaded = None if known else self.load(job_id)
             with self._lock:
+                if job_id in self._deleted:  # a late event or click must not bring a deleted job back
+                    raise ObjectMissing(job_id)
                 job = self._live.get(job_id)
                 if job is None:
                     if loaded is None:

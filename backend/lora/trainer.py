@@ -130,11 +130,7 @@ class Trainer:
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-        # safetensors only (no pickles); on a GPU the fp16 files where the model has them, as generation loads
-        # them (the Docker image bakes no others): the frozen weights are cast to weight_dtype below anyway
-        self.weights = {"use_safetensors": True} | (
-            {"variant": "fp16"} if self.device.type == "cuda" and has_fp16_weights(model) else {})
-        self.unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", **self.weights)
+        self.unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", **self._weights(model, "unet"))
         self.xl = self.unet.config.addition_embed_type == "text_time"
         self.tokenizer = self._part(model, "tokenizer", CLIPTokenizer)
         self.text_encoder = self._part(model, "text_encoder", CLIPTextModel)
@@ -145,7 +141,7 @@ class Trainer:
             self.text_encoder_2 = self._part(model, "text_encoder_2", CLIPTextModelWithProjection)
             self.encoders["text_encoder_2"] = (self.tokenizer_2, self.text_encoder_2)
             self._check_time_ids(model)
-        self.vae = AutoencoderKL.from_pretrained(model, subfolder="vae", **self.weights)
+        self.vae = AutoencoderKL.from_pretrained(model, subfolder="vae", **self._weights(model, "vae"))
         self.scheduler = DDPMScheduler.from_pretrained(model, subfolder="scheduler")
         for part in (self.unet, self.vae, *(encoder for _, encoder in self.encoders.values())):
             dtype = vae_dtype(self.xl, part.config, weight_dtype) if part is self.vae else weight_dtype
@@ -154,8 +150,14 @@ class Trainer:
             if part.dtype != dtype:  # only then: diffusers warns about any dtype given to a VAE's to()
                 part.to(dtype=dtype)
 
+    def _weights(self, model: str, part: str) -> dict:
+        """safetensors only (no pickles); on a GPU the part's fp16 files where it has them, as generation loads
+        them (the Docker image bakes no others): the frozen weights are cast to weight_dtype anyway."""
+        fp16 = self.device.type == "cuda" and has_fp16_weights(model, part)
+        return {"use_safetensors": True} | ({"variant": "fp16"} if fp16 else {})
+
     def _part(self, model: str, subfolder: str, cls):
-        weights = {} if subfolder.startswith("tokenizer") else self.weights
+        weights = {} if subfolder.startswith("tokenizer") else self._weights(model, subfolder)
         try:
             return cls.from_pretrained(model, subfolder=subfolder, **weights)
         except OSError as e:

@@ -96,6 +96,7 @@ class Check:
             self.result["skipped"].append(name)
             print(f"  {name}: skipped (time budget)", file=sys.stderr)
             return None
+        self.save()  # what the sections before stored in the result: a stop from outside during this one keeps it
         t0, limit = time.monotonic(), self.limit_s(cost_s)
         try:
             with _time_limit(limit):
@@ -120,8 +121,8 @@ class Check:
 
 @contextmanager
 def _time_limit(seconds: float):
-    """SIGALRM raises SectionCut in the main thread after `seconds` (between two Python steps: a CUDA kernel
-    or a sleep in progress ends first). Elsewhere than the main thread nothing is limited."""
+    """SIGALRM raises SectionCut in the main thread after `seconds`: at the next Python step (a CUDA call in
+    progress returns first; a sleep or a wait on a subprocess is cut short). Off the main thread, no limit."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -244,6 +245,7 @@ def compiled_jobs(model_dir: Path, device: str, storage, work: Path, size: int, 
     from backend.tools.tiny import random_lora
 
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()  # reset() keeps them: bench's compile rows ran in this process before
     started = time.perf_counter()
     gen = Generator(str(model_dir), device, storage, work / "compiled-cache", compile_unet=True)
     load_s = time.perf_counter() - started
@@ -270,7 +272,6 @@ def compiled_jobs(model_dir: Path, device: str, storage, work: Path, size: int, 
     out["jobs"] = jobs
     counters = torch._dynamo.utils.counters
     out["graphs"] = int(counters["stats"].get("unique_graphs", 0))
-    out["recompiles"] = {k: v for k, v in counters.get("recompiles", {}).items()} if "recompiles" in counters else {}
     del gen
     torch._dynamo.reset()
     _free(device)
@@ -334,7 +335,7 @@ def load(model_dir: Path, device: str, storage, work: Path):
     return gen, round(time.perf_counter() - t0, 3)
 
 
-def run(args) -> dict:
+def run(args) -> tuple[dict, Path]:
     import torch
 
     from backend.storage import LocalStorage

@@ -164,6 +164,8 @@ class UpscaleService:
 
     def _run(self, job_id: str, index: int, source: str, target: str) -> None:
         """In a pool thread, as the upscale actually starts."""
+        if self.store.was_deleted(job_id):  # deleted while it waited for a thread: pay for nothing
+            raise ObjectMissing(job_id)
         if self.kind == "local":
             future = self.executor.upscale(source, target)
             self._set(job_id, index, Status.running)  # queued ahead of images: it starts at the next free worker

@@ -18,7 +18,8 @@ from tests.factories import make_lora
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
-def test_a_compiled_unet_takes_loras_on_and_off_as_the_plain_one_does(tiny_model, tmp_path):
+def test_a_compiled_unet_takes_loras_on_and_off_as_the_plain_one_does(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", torch._dynamo.config.recompile_limit)  # restored after
     plain, compiled = Worker(tiny_model, tmp_path / "plain"), Worker(tiny_model, tmp_path / "compiled")
     compile_in_place(compiled.gen.t2i.unet, backend="eager")
     try:

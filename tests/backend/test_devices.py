@@ -39,5 +39,8 @@ def test_fp16_weights_are_found_in_a_local_folder_or_known_by_the_hub_id(tmp_pat
     assert not has_fp16_weights(str(tmp_path))
     (tmp_path / "unet" / "diffusion_pytorch_model.fp16.safetensors").write_bytes(b"")
     assert has_fp16_weights(str(tmp_path))
+    (tmp_path / "vae").mkdir()  # fp16 files for the UNet only: the VAE loads its default weights
+    (tmp_path / "vae" / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    assert has_fp16_weights(str(tmp_path), "unet") and not has_fp16_weights(str(tmp_path), "vae")
     assert has_fp16_weights("stabilityai/stable-diffusion-xl-base-1.0")
     assert not has_fp16_weights("segmind/tiny-sd")

@@ -47,10 +47,11 @@ def test_a_broken_section_is_recorded_and_the_exit_code_says_so(tmp_path, monkey
 def test_a_section_that_hangs_is_cut_and_what_was_measured_is_already_on_disk(tmp_path):
     check = gpu_check.Check(budget_s=60, path=tmp_path / "out.json")
     check.limit_s = lambda cost_s: 0.3  # a real limit is a minute or more
-    assert check.section("quick", lambda: 7) == 7
-    check.result["quick"] = 7
+    check.result["quick"] = check.section("quick", lambda: 7)  # as run() stores each section's figures
+    left_on_disk = []
 
     def swallows_exceptions():  # as bench's own sections do: the cut must get past them
+        left_on_disk.append(json.loads((tmp_path / "out.json").read_text()))  # if the box were stopped now
         try:
             time.sleep(30)
         except Exception:
@@ -61,6 +62,7 @@ def test_a_section_that_hangs_is_cut_and_what_was_measured_is_already_on_disk(tm
     assert check.section("hangs", swallows_exceptions) is None
     assert time.monotonic() - started < 5
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)  # no alarm left behind for the next section
+    assert left_on_disk[0]["quick"] == 7, "the section before was not on disk while this one ran"
     on_disk = json.loads((tmp_path / "out.json").read_text())
     assert on_disk["quick"] == 7 and on_disk["cut"] == ["hangs"] and on_disk["errors"] == {}
     assert on_disk["complete"] is False

@@ -173,7 +173,8 @@ def test_a_gpu_process_whose_node_name_was_taken_stops_its_node_and_beats_no_mor
     stopped = []
     monkeypatch.setattr(node.os, "kill", lambda pid, sig: stopped.append((pid, sig)))
     gpu = object.__new__(node.Gpu)  # its fields only: no pipeline, no heartbeat thread
-    gpu.node, gpu.settings = SimpleNamespace(name="box", instance="first"), SimpleNamespace(model_id=MODEL)
+    gpu.node = node.Node("box", "first", "box@host", 1, SimpleNamespace(model_id=MODEL))
+    gpu.settings = gpu.node.settings
     gpu.id, gpu.redis, gpu.name_lost = "box/0", client, False
     gpu.state, gpu.device, gpu.error, gpu.native_size, gpu.task, gpu.gen, gpu._loras = (
         "ready", "cpu", None, 64, None, None, [])
@@ -184,4 +185,5 @@ def test_a_gpu_process_whose_node_name_was_taken_stops_its_node_and_beats_no_mor
     gpu.beat()
     gpu.beat()
     assert stopped == [(node.os.getppid(), node.signal.SIGTERM)], "stopped once"
+    assert gpu.node.name_lost.value == 1, "the main process would not know to start the node again"
     assert client.hget(ca.WORKERS, "box/0") is None, "it beat under the other node's name"

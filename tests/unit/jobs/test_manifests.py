@@ -136,6 +136,20 @@ def test_update_of_an_unknown_job_is_object_missing(store):
         store.update(new_job_id(), lambda j: None)
 
 
+def test_a_deleted_job_is_gone_before_its_manifest_is_swept_and_no_late_change_brings_it_back(store):
+    job = make_job()
+    assert store.create(job)
+    store.update(job.id, lambda j: j.images[0].started(worker=1))
+    assert store.flush(5)
+    store.forget(job.id)  # the delete; its sweep of jobs/<id>/ comes after
+    assert store.was_deleted(job.id) and store.storage.exists(job.manifest_key)
+    with pytest.raises(ObjectMissing):
+        store.get(job.id)
+    with pytest.raises(ObjectMissing):  # a worker's late report, an upscale click
+        store.update(job.id, lambda j: j.images[0].succeeded())
+    assert store.flush(5) and not store.load(job.id).images[0].status.is_terminal(), "written back after the delete"
+
+
 def test_recent_pages_back_with_before(store):
     jobs = [make_job(1) for _ in range(3)]
     for job in jobs:
