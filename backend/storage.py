@@ -321,7 +321,9 @@ class S3Storage(Storage):
         keys = []
         for _, page in self._list(prefix):
             keys += [o["Key"][len(self.prefix):] for o in page.get("Contents", [])]
-        return sorted(keys)
+        # SeaweedFS lists a folder whose last object was deleted as a key of its own ("index/unfinished/"):
+        # a folder, not an object (start-up recovery read it as a job with an empty id, every 10 s)
+        return sorted(k for k in keys if not k.endswith("/"))
 
     def list_page(self, prefix: str, limit: int, start_after: str | None = None) -> list[str]:
         full = self.prefix + prefix.strip("/") + "/"

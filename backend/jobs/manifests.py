@@ -145,7 +145,8 @@ class ManifestStore:
     def unfinished_ids(self) -> list[str]:
         """Every job not yet terminal, however many came after it (the index's markers), oldest first."""
         self.build_index()
-        return sorted(key.rsplit("/", 1)[-1] for key in self.quick.list_files(INDEX_UNFINISHED))
+        ids = (key.rsplit("/", 1)[-1] for key in self.quick.list_files(INDEX_UNFINISHED))
+        return sorted(i for i in ids if is_job_id(i))  # a stray key there must not stop recovery
 
     def build_index(self) -> bool:
         """Once per bucket: index the jobs written before the index existed. True if it was built now."""

@@ -26,6 +26,16 @@ def storage(request, tmp_path):
     return open_test_storage(s3_env(server, f"leases-{uuid.uuid4().hex[:8]}"))
 
 
+def test_a_folder_whose_last_marker_was_deleted_lists_no_key(storage):
+    """SeaweedFS then lists the folder itself ("index/unfinished/"): recovery read it as a job with no id."""
+    job_id = new_job_id()
+    storage.put(unfinished_key(job_id), b"")
+    storage.delete(unfinished_key(job_id))
+    assert storage.list_files("index/unfinished/") == []
+    storage.put(unfinished_key(job_id), b"")
+    assert storage.list_files("index/unfinished/") == [unfinished_key(job_id)]
+
+
 def test_put_if_creates_only_when_absent_and_replaces_only_the_version_seen(storage):
     storage.put_if("index/x", b"first", None)
     with pytest.raises(WriteConflict):
