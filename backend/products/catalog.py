@@ -8,7 +8,7 @@ from pathlib import Path
 from backend.contract import lora_key, packshot_key, product_key
 from backend.errors import UnknownReference
 from backend.models import Product, Template
-from backend.storage import ObjectMissing, Storage
+from backend.storage import ObjectMissing, Storage, WriteConflict
 
 log = logging.getLogger("showroom.catalog")
 TEMPLATES_FILE = Path(__file__).with_name("templates.json")
@@ -81,9 +81,19 @@ class Catalog:
         return product
 
     def update(self, name: str, **fields) -> Product:
-        product = self.product(name).model_copy(update=fields)
-        self._write(product)
-        return product
+        """Change fields of a product that exists, written over the version read: a delete meanwhile is not
+        undone (UnknownReference), and another change meanwhile is read again, not overwritten."""
+        while True:
+            try:
+                data, version = self.storage.get_versioned(product_key(name))
+            except ObjectMissing:
+                return self.product(name)  # raises UnknownReference, with its words
+            product = Product.model_validate_json(data).model_copy(update=fields)
+            try:
+                self.storage.put_if(product_key(name), product.model_dump_json().encode(), version, "application/json")
+                return product
+            except WriteConflict:
+                continue
 
     def _write(self, product: Product) -> None:
         self.storage.put(product_key(product.name), product.model_dump_json().encode(), "application/json")

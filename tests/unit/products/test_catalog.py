@@ -151,3 +151,40 @@ def test_catalog_products_skips_a_record_deleted_while_listing(tmp_path):
     catalog.add_product(bottle(), LORA)
     storage.put("products/gone.json", bottle(name="gone").model_dump_json().encode())
     assert [p.name for p in catalog.products()] == ["bottle"]
+
+
+def test_an_update_racing_a_delete_does_not_bring_the_product_back(tmp_path):
+    """A training's "has_lora" landing as the product is deleted: the record stays deleted."""
+    class DeletedAfterRead(LocalStorage):
+        def get_versioned(self, key):
+            read = super().get_versioned(key)
+            if key == "products/bottle.json" and not self.raced:
+                self.raced = True
+                Catalog(LocalStorage(tmp_path)).delete("bottle")  # the delete, between the read and the write
+            return read
+
+    storage = DeletedAfterRead(tmp_path)
+    storage.raced = False
+    catalog = Catalog(storage)
+    catalog.add_product(bottle())
+    with pytest.raises(UnknownReference, match="unknown product 'bottle'"):
+        catalog.update("bottle", has_lora=True)
+    assert storage.raced and not storage.exists("products/bottle.json"), "the deleted product came back"
+
+
+def test_an_update_reads_again_over_a_change_made_meanwhile(tmp_path):
+    class ChangedAfterRead(LocalStorage):
+        def get_versioned(self, key):
+            read = super().get_versioned(key)
+            if not self.raced:
+                self.raced = True
+                Catalog(LocalStorage(tmp_path)).update("bottle", category="kitchen")
+            return read
+
+    storage = ChangedAfterRead(tmp_path)
+    storage.raced = False
+    catalog = Catalog(storage)
+    catalog.add_product(bottle())
+    updated = catalog.update("bottle", training="t1")
+    assert (updated.category, updated.training) == ("kitchen", "t1")
+    assert (catalog.product("bottle").category, catalog.product("bottle").training) == ("kitchen", "t1")
