@@ -4,7 +4,7 @@ import json
 import signal
 import time
 
-from backend.tools import gpu_check, gpu_profile
+from backend.tools import gpu_check, gpu_profile, sections
 
 
 def test_gpu_check_runs_every_section_with_tiny_architectures(tmp_path, capsys):
@@ -45,7 +45,7 @@ def test_a_broken_section_is_recorded_and_the_exit_code_says_so(tmp_path, monkey
 
 
 def test_a_section_that_hangs_is_cut_and_what_was_measured_is_already_on_disk(tmp_path):
-    check = gpu_check.Check(budget_s=60, path=tmp_path / "out.json")
+    check = sections.Check(budget_s=60, path=tmp_path / "out.json")
     check.limit_s = lambda cost_s: 0.3  # a real limit is a minute or more
     check.result["quick"] = check.section("quick", lambda: 7)  # as run() stores each section's figures
     left_on_disk = []
