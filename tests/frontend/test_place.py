@@ -186,7 +186,8 @@ def test_place_mode_places_a_catalog_products_packshot_without_an_upload(backend
     at = open_app(frontend_env(backend))
     at.selectbox(key="product").set_value(name)
     at = place_mode(at)
-    assert captions(at)[:2] == [name, f"{name}'s packshot: kept pixel for pixel"], page_text(at)  # picker, then placed
+    # the picker's own picture (no caption: the picker names the product), then the placed packshot
+    assert captions(at)[:2] == ["", f"{name}'s packshot: kept pixel for pixel"], page_text(at)
     assert not at.button(key="generate").disabled
     at.text_area(key="prompt").input("<product> on a shelf")
     at.number_input(key="steps").set_value(2)
