@@ -199,7 +199,10 @@ class JobService:
                 self.executor.submit(job, loras)
 
     def _discard_later(self, job: JobManifest, record: str | None) -> None:
-        """The client is answered at once; the clean-up waits on storage in the background."""
+        """The client is answered at once; the clean-up waits on storage in the background. The job counts
+        as deleted from now on: a retry that comes before the clean-up must not get its ticket (nothing runs
+        it) from a manifest that landed despite its error."""
+        self.store.forget(job.id)
         threading.Thread(target=self._discard, args=(job, record), name=f"discard-{job.id}", daemon=True).start()
 
     def _discard(self, job: JobManifest, record: str | None) -> None:
