@@ -79,7 +79,7 @@ class Gpu:
         self.redis = ca.redis_client(self.settings)
         self.state, self.device, self.error, self.native_size = "starting", "unknown", None, None
         self.gen = self.storage = None
-        self.tasks, self.name_lost = 0, False
+        self.tasks = 0
         self.task: dict | None = None  # the task it runs, as its heartbeat names it (backend.gpu.celery_rescue)
         self._loras: list[str] = []
         self.beat()
@@ -118,8 +118,7 @@ class Gpu:
         """Another node took this one's name while it was cut off: its heartbeats would be read as that
         node's. It stops (warm: running tasks end, the rest go back to the broker), and its main process
         starts it again, which takes a free name (`<name>-2`)."""
-        if not self.name_lost:
-            self.name_lost = True
+        if not self.node.name_lost.value:  # one stop is enough, whichever GPU process sees it first
             self.node.name_lost.value = 1
             log.error("%s: node name %s was taken by another node while this one could not reach the broker; "
                       "this node stops", self.id, self.node.name)
@@ -394,7 +393,7 @@ def _gpu_process_starts(**kwargs) -> None:
 def _gpu_process_stops(**kwargs) -> None:
     # A failed one stays listed, dead with its reason, for a minute; one whose name was taken leaves the
     # heartbeat alone: it is the other node's now.
-    if GPU is not None and GPU.error is None and not GPU.name_lost:
+    if GPU is not None and GPU.error is None and not NODE.name_lost.value:
         try:
             GPU.redis.hdel(ca.WORKERS, GPU.id)
         except Exception:

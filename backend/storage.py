@@ -317,13 +317,17 @@ class S3Storage(Storage):
             names += [p["Prefix"][len(full):].rstrip("/") for p in page.get("CommonPrefixes", [])]
         return sorted(names)
 
+    def _objects(self, page: dict) -> list[str]:
+        """The keys of a listing's objects. SeaweedFS lists a folder whose last object was deleted as a key
+        of its own ("index/unfinished/"): a folder, not an object (start-up recovery read it as a job with an
+        empty id, every 10 s)."""
+        return [o["Key"][len(self.prefix):] for o in page.get("Contents", []) if not o["Key"].endswith("/")]
+
     def list_files(self, prefix: str) -> list[str]:
         keys = []
         for _, page in self._list(prefix):
-            keys += [o["Key"][len(self.prefix):] for o in page.get("Contents", [])]
-        # SeaweedFS lists a folder whose last object was deleted as a key of its own ("index/unfinished/"):
-        # a folder, not an object (start-up recovery read it as a job with an empty id, every 10 s)
-        return sorted(k for k in keys if not k.endswith("/"))
+            keys += self._objects(page)
+        return sorted(keys)
 
     def list_page(self, prefix: str, limit: int, start_after: str | None = None) -> list[str]:
         full = self.prefix + prefix.strip("/") + "/"
@@ -331,8 +335,7 @@ class S3Storage(Storage):
         if start_after:
             kwargs["StartAfter"] = self._key(start_after)
         page = self._call(self.client.list_objects_v2, **kwargs)
-        keys = [o["Key"][len(self.prefix):] for o in page.get("Contents", [])]
-        return [k for k in keys if not k.endswith("/")][:limit]
+        return self._objects(page)[:limit]
 
     def delete_prefix(self, prefix: str) -> int:
         """Every object under the prefix, including the folder markers some S3 stores (SeaweedFS) keep."""

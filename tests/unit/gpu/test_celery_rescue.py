@@ -175,7 +175,7 @@ def test_a_gpu_process_whose_node_name_was_taken_stops_its_node_and_beats_no_mor
     gpu = object.__new__(node.Gpu)  # its fields only: no pipeline, no heartbeat thread
     gpu.node = node.Node("box", "first", "box@host", 1, SimpleNamespace(model_id=MODEL))
     gpu.settings = gpu.node.settings
-    gpu.id, gpu.redis, gpu.name_lost = "box/0", client, False
+    gpu.id, gpu.redis = "box/0", client
     gpu.state, gpu.device, gpu.error, gpu.native_size, gpu.task, gpu.gen, gpu._loras = (
         "ready", "cpu", None, 64, None, None, [])
     gpu.beat()
