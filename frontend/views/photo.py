@@ -72,7 +72,8 @@ def _place(upload, product: dict | None, packshot_key: str | None, native: int) 
         cut, blocked = _packshot(packshot_key), None
         caption = f"{product['name']}'s packshot: kept pixel for pixel"
     else:
-        return PhotoChoice("place", None, "Upload a photo of the product to place, or choose a product with a packshot.")
+        return PhotoChoice("place", None,
+                           "Upload a photo of the product to place, or choose a product with a packshot.")
     if blocked:
         return PhotoChoice("place", upload, blocked)
     ss = st.session_state
@@ -103,6 +104,14 @@ def _cutout(upload: tuple[str, bytes, str]) -> tuple[bytes | None, str | None]:
             with st.spinner("Cutting the product out…"):
                 result = services.cutout(upload)
     except BackendError as e:
+        if e.status == 503:  # the backend's background remover is missing: nothing the user can change
+            st.warning("**Showroom cannot cut products out right now.** Its background remover is not set up on "
+                       "the backend; whoever runs it can fix this (the reason is below). Meanwhile a photo whose "
+                       "background is already transparent (a PNG) can still be placed, or choose Restyle.",
+                       icon=":material/cloud_off:")
+            with st.expander("What the backend said"):
+                st.code(e.message, language=None, wrap_lines=True)
+            return None, "The backend cannot cut products out right now."
         st.warning(f"The cut-out could not be made right now: {e.message}", icon=":material/cloud_off:")
         return None, "The cut-out could not be made: try again in a moment."
     if result.refusal:

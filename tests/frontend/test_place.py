@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from frontend import placement, services
-from frontend.client import ShowroomClient
+from frontend.client import BackendError, ShowroomClient
 from tests.factories import packshot, png_bytes
 from tests.frontend.conftest import assert_no_exception, frontend_env, page_text
 
@@ -130,6 +130,25 @@ def test_a_photo_with_nothing_to_cut_out_says_why_and_generate_is_disabled(backe
     assert at.button(key="generate").disabled
     assert "No product was found in the photo" in at.button(key="generate").help
     assert not [s for s in at.slider if s.key == "place_scale"], "nothing to place, so no placement"
+
+
+def test_a_backend_without_a_background_remover_says_so_in_plain_words(backend, open_app, monkeypatch):
+    detail = "the background remover could not be opened (BG_REMOVAL_MODEL='birefnet-general': no internet)"
+
+    def unavailable(self, photo):  # the backend's own 503 when rembg's model cannot be opened
+        raise BackendError(detail, 503)
+
+    monkeypatch.setattr(ShowroomClient, "cutout", unavailable)
+    at = place_mode(open_app(frontend_env(backend)))
+    at.file_uploader(key="photo").set_value(("bottle.jpg", png_bytes(96, 72, (200, 40, 40), fmt="JPEG"),
+                                             "image/jpeg")).run()
+    assert_no_exception(at)
+    (warned,) = [w.value for w in at.warning if "cut products out" in w.value]
+    assert "Showroom cannot cut products out right now" in warned and "transparent" in warned, warned
+    assert "BG_REMOVAL_MODEL" not in warned, "the operator's reason goes under an expander, not in the warning"
+    assert [c.value for c in at.code] == [detail], "what the backend said, for whoever runs it"
+    assert at.button(key="generate").disabled
+    assert "cannot cut products out" in at.button(key="generate").help
 
 
 def test_restyle_shows_strength_and_no_placement(backend, open_app):
