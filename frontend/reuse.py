@@ -11,6 +11,7 @@ those made-up words.
 
 import io
 import json
+import math
 import re
 
 from PIL import Image, UnidentifiedImageError
@@ -48,28 +49,30 @@ def compose_values(view: JobView, trigger: str | None, native: int) -> dict:
 
 def form_values(spec: dict, trigger: str | None, native: int, images: int | None = None) -> dict:
     """A spec as the Create page's widget values; without `num_images` in the spec or `images`, the
-    form keeps its own count (a single picture's settings say nothing of how many were made)."""
-    width = _clamp(_multiple_of_8(int(spec.get("width") or native)), 64, 2048)
-    height = _clamp(_multiple_of_8(int(spec.get("height") or native)), 64, 2048)
-    seed = spec.get("seed")
+    form keeps its own count (a single picture's settings say nothing of how many were made). A field of
+    the wrong kind (a PNG's text can hold anything) takes the form's default, and every number is kept
+    within its widget's range: a value a widget refuses would break the page for the rest of the session."""
+    width = _clamp(_multiple_of_8(int(_number(spec.get("width"), 0) or native)), 64, 2048)
+    height = _clamp(_multiple_of_8(int(_number(spec.get("height"), 0) or native)), 64, 2048)
+    seed, product, template, mode = spec.get("seed"), spec.get("product"), spec.get("template"), spec.get("mode")
     values = {
-        "product": spec.get("product") or "", "template_id": spec.get("template"),
+        "product": product if isinstance(product, str) else "",
+        "template_id": template if isinstance(template, str) else None,
         "prompt": written_prompt(spec, trigger), "negative": str(spec.get("negative_prompt") or ""),
-        "steps": _clamp(int(spec.get("steps") or 30), 1, 150),
-        "guidance": _clamp(float(spec.get("guidance_scale") if spec.get("guidance_scale") is not None else 7.5),
-                           0.0, 30.0),
+        "steps": _clamp(int(_number(spec.get("steps"), 0) or 30), 1, 150),
+        "guidance": _clamp(_number(spec.get("guidance_scale"), 7.5), 0.0, 30.0),
         "width": width, "height": height,
-        "seed": seed if isinstance(seed, int) and 0 <= seed <= MAX_SEED else None,
-        "strength": float(spec.get("strength") if spec.get("strength") is not None else 0.5),
-        "mode": spec.get("mode") or "generate", "aspect": _aspect(width, height, native),
+        "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED else None,
+        "strength": _clamp(_number(spec.get("strength"), 0.5), 0.0, 1.0),
+        "mode": mode if mode in placement.MODES else "generate", "aspect": _aspect(width, height, native),
         "shadow": bool(spec.get("shadow", True)), "harmonize": bool(spec.get("harmonize", True)),
     }
-    if spec.get("num_images") or images:
-        values["num_images"] = _clamp(int(spec.get("num_images") or images), 1, 16)
+    if count := int(_number(spec.get("num_images"), 0)) or images:
+        values["num_images"] = _clamp(count, 1, 16)
     at = spec.get("placement")
     if isinstance(at, dict):
-        values["place_at"] = nearest_preset(float(at.get("x", 0.5)), float(at.get("y", 0.55)))
-        values["place_scale"] = round(_clamp(float(at.get("scale", 0.6)), 0.2, 1.0) * 20) / 20  # the slider's steps
+        values["place_at"] = nearest_preset(_number(at.get("x"), 0.5), _number(at.get("y"), 0.55))
+        values["place_scale"] = round(_clamp(_number(at.get("scale"), 0.6), 0.2, 1.0) * 20) / 20  # the slider's steps
     return values
 
 
@@ -125,6 +128,8 @@ def parse_parameters(text: str) -> dict:
                     number = float(value)
                 except ValueError:
                     continue
+                if not math.isfinite(number):  # "nan", "inf": no setting, and no int to be made of it
+                    continue
                 spec[A1111_FIELDS[name]] = int(number) if name in ("Steps", "Seed") else number
     negative = next((i for i, line in enumerate(lines) if line.startswith("Negative prompt:")), None)
     if negative is not None:
@@ -148,6 +153,17 @@ def nearest_preset(x: float, y: float) -> str:
 def _aspect(width: int, height: int, native: int) -> str | None:
     """The canvas preset that gives exactly this size, or None (a custom size)."""
     return next((a for a in placement.ASPECTS if placement.canvas_size(a, native) == (width, height)), None)
+
+
+def _number(value, default: float) -> float:
+    """A spec's field as a finite number, else `default`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        return default
+    return number if math.isfinite(number) else default
 
 
 def _multiple_of_8(value: int) -> int:
