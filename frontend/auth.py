@@ -12,7 +12,6 @@ import time
 
 import streamlit as st
 
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]", "::1")
 FIRST_WAIT_S, MAX_WAIT_S = 1.0, 60.0  # after each wrong password the next try waits twice as long
 
 
@@ -35,13 +34,28 @@ def from_outside() -> bool:
             ip = ipaddress.ip_address(address.split("%")[0])
         except ValueError:
             return True
-        ip = getattr(ip, "ipv4_mapped", None) or ip  # a dual-stack server sees ::ffff:127.0.0.1
-        if not ip.is_loopback:
+        if not _loopback(ip):
             return True
     host = st.context.headers.get("Host") or ""
     host = host.lower() if isinstance(host, str) else ""
     name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
-    return bool(host) and name not in LOOPBACK_NAMES and not name.startswith("127.")
+    return bool(host) and not _loopback_name(name)
+
+
+def _loopback(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback  # a dual-stack server sees ::ffff:127.0.0.1
+
+
+def _loopback_name(name: str) -> bool:
+    """A Host that names this machine: localhost, or a loopback address written out. Not a name that merely
+    starts like one: 127.0.0.1.attacker.example can be pointed at 127.0.0.1 (DNS rebinding), and a page
+    served under it would then drive this app from the visitor's browser."""
+    if name == "localhost":
+        return True
+    try:
+        return _loopback(ipaddress.ip_address(name.removeprefix("[").removesuffix("]")))
+    except ValueError:
+        return False
 
 
 class Throttle:

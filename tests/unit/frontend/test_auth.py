@@ -18,6 +18,11 @@ from frontend import auth
     (None, "shop.streamlit.app", True),           # reached by a public name (a proxy in front)
     ("192.168.1.20", "192.168.1.5:8501", True),   # the local network is not this machine
     ("not an address", "", True),
+    # DNS rebinding: a page from 127.x.attacker.example whose name now points at 127.0.0.1 reaches this server
+    # over loopback, and its Host is the attacker's name, not this machine's
+    (None, "127.0.0.1.attacker.example:8501", True),
+    (None, "127.attacker.example", True),
+    (None, "127.0.0.2:8501", False),              # all of 127/8 is this machine
 ])
 def test_from_outside(monkeypatch, ip, host, outside):
     monkeypatch.setattr(auth, "st", SimpleNamespace(context=SimpleNamespace(ip_address=ip, headers={"Host": host})))
