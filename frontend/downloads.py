@@ -6,7 +6,7 @@ import io
 import zipfile
 
 from backend.contract import job_prefix, manifest_key, upscale_key
-from backend.storage import Storage
+from backend.storage import ObjectMissing, Storage
 from frontend.jobs import JobView
 
 
@@ -30,10 +30,21 @@ def jobs_zip(storage: Storage, views: dict[str, JobView]) -> bytes:
 
 
 def _write_job(archive: zipfile.ZipFile, storage: Storage, view: JobView, folder: str) -> None:
-    """One LIST of the job's folder, then a GET per file; a picture not stored yet is left out."""
+    """One LIST of the job's folder, then a GET per file; a picture not stored yet is left out, and so is a job
+    deleted since the page read it (a catalog grid does not read a finished job again): the others still go."""
     present = set(storage.list_files(job_prefix(view.id)))
     for img in view.images:
         for key, suffix in ((img.key, ""), (upscale_key(img.key), "-x4")):
-            if key in present:
-                archive.writestr(f"{folder}{file_stem(view.id, img.index)}{suffix}.png", storage.get(key))
-    archive.writestr(f"{folder}job.json", storage.get(manifest_key(view.id)), compress_type=zipfile.ZIP_DEFLATED)
+            _add(archive, storage, present, key, f"{folder}{file_stem(view.id, img.index)}{suffix}.png")
+    _add(archive, storage, present, manifest_key(view.id), f"{folder}job.json", zipfile.ZIP_DEFLATED)
+
+
+def _add(archive: zipfile.ZipFile, storage: Storage, present: set[str], key: str, name: str,
+         compression: int | None = None) -> None:
+    if key not in present:
+        return
+    try:
+        data = storage.get(key)
+    except ObjectMissing:  # deleted between the listing and this read
+        return
+    archive.writestr(name, data, compress_type=compression)

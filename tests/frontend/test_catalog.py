@@ -8,8 +8,9 @@ import zipfile
 
 import pytest
 
+from backend.contract import new_job_id
 from backend.models import ResolvedSpec
-from backend.storage import StorageError
+from backend.storage import LocalStorage, StorageError
 from frontend import catalog_run, cost, downloads, services
 from frontend.client import BackendError, BackendOffline
 from frontend.jobs import ImageView, JobView, load_job
@@ -123,6 +124,31 @@ def test_the_grid_reads_again_only_what_still_moves():
                                             {done_id: done, moving_id: running})
     assert views == {done_id: done, moving_id: running, unknown_id: None}, "the last view kept while storage is down"
     assert unreadable == {moving_id, unknown_id}, "a finished job is not read again"
+
+
+def stored_job(storage, template: str = "studio-white", images: int = 2) -> JobView:
+    """A finished job written to storage as the backend writes it: its manifest and its PNGs."""
+    job_id = new_job_id()
+    records = [{"index": i, "key": f"jobs/{job_id}/{i}.png", "seed": i, "status": "succeeded"} for i in range(images)]
+    manifest = {"id": job_id, "status": "succeeded", "spec": {"prompt": "a mug", "product": "mug",
+                                                               "template": template}, "images": records}
+    storage.put(f"jobs/{job_id}/job.json", json.dumps(manifest).encode(), "application/json")
+    for record in records:
+        storage.put(record["key"], packshot(), "image/png")
+    return load_job(storage, job_id)
+
+
+def test_a_product_zip_leaves_out_a_job_deleted_since_the_grid_read_it(tmp_path):
+    """The grid keeps a finished job's view and does not read it again; deleted since (History's Delete, another
+    device), it must not make the whole product's ZIP fail."""
+    storage = LocalStorage(tmp_path)
+    kept, deleted = stored_job(storage, "studio-white"), stored_job(storage, "marble-countertop")
+    for key in storage.list_files(f"jobs/{deleted.id}/"):
+        storage.delete(key)
+    data = downloads.jobs_zip(storage, catalog_run.zip_folders([kept, deleted]))
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        assert sorted(archive.namelist()) == sorted(
+            [f"studio-white/{downloads.file_stem(kept.id, i)}.png" for i in range(2)] + ["studio-white/job.json"])
 
 
 # ----- the backend's own refusals, in words -----
