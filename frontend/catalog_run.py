@@ -198,9 +198,11 @@ def by_product(views: dict[str, JobView | None]) -> dict[str, list[JobView]]:
 
 
 def zip_folders(views: list[JobView]) -> dict[str, JobView]:
-    """A folder name for each of a product's jobs in its ZIP: the style's id (and the job's when two share one)."""
+    """A folder name for each of a product's jobs in its ZIP: the style's id, and the end of the job's id when
+    another job has that style too (an id's start is its creation time: a batch's jobs share it)."""
     folders: dict[str, JobView] = {}
     for view in views:
         name = view.template or "own-prompt"
-        folders[name if name not in folders else f"{name}-{view.id[:8]}"] = view
+        folder = next(f for f in (name, f"{name}-{view.id[-8:]}", f"{name}-{view.id}") if f not in folders)
+        folders[folder] = view
     return folders

@@ -151,6 +151,17 @@ def test_a_product_zip_leaves_out_a_job_deleted_since_the_grid_read_it(tmp_path)
             [f"studio-white/{downloads.file_stem(kept.id, i)}.png" for i in range(2)] + ["studio-white/job.json"])
 
 
+def test_each_job_of_a_product_keeps_its_own_folder_in_the_zip(tmp_path):
+    """Three jobs of one product in one style (a run's last batch sent again after no answer, twice): made in one
+    second, their ids share their first 8 characters, and a folder named by them held only the last job."""
+    storage = LocalStorage(tmp_path)
+    views = [stored_job(storage) for _ in range(3)]
+    folders = catalog_run.zip_folders(views)
+    assert len(folders) == 3 and sorted(v.id for v in folders.values()) == sorted(v.id for v in views)
+    with zipfile.ZipFile(io.BytesIO(downloads.jobs_zip(storage, folders))) as archive:
+        assert sum(name.endswith(".png") for name in archive.namelist()) == 6
+
+
 # ----- the backend's own refusals, in words -----
 
 def refusal_of(backend, specs: list[dict]) -> BackendError:
