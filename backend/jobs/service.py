@@ -155,14 +155,17 @@ class JobService:
 
     def _store_and_queue_all(self, resolved: list[ResolvedSpec], images: int) -> list[JobManifest]:
         jobs = [self._new_job(spec) for spec in resolved]
+        # looked up before anything is written, as for one job: a product deleted while the manifests are
+        # written must not fail the batch after they are stored (its jobs left queued with nothing to run them)
+        loras = [self.loras_for(spec) for spec in resolved]
         for n, job in enumerate(jobs):
             if not self.store.create(job):
                 for written in jobs[:n + 1]:
                     self.store.forget(written.id)
                     self._discard_later(written, None)
                 raise Unavailable("storage is unreachable; nothing was queued, try again shortly")
-        for job in jobs:
-            self.enqueue(job, self.loras_for(job.spec), laid_out=False)
+        for job, job_loras in zip(jobs, loras):
+            self.enqueue(job, job_loras, laid_out=False)
         log.info("batch of %d jobs queued (%d images)", len(jobs), images)
         return jobs
 

@@ -1,0 +1,63 @@
+"""backend/jobs/service.py on real storage, catalog and manifest store; the executor records what it is given."""
+
+from backend.config import Settings
+from backend.errors import ShowroomError
+from backend.jobs.manifests import ManifestStore
+from backend.jobs.service import JobService
+from backend.models import JobSpec, Product
+from backend.products.catalog import Catalog
+from backend.storage import LocalStorage
+
+
+class Recorder:
+    """An executor that holds nothing and records the jobs it is given."""
+
+    native_size = None
+
+    def __init__(self):
+        self.submitted = []
+
+    def submit(self, job, loras):
+        self.submitted.append(job.id)
+
+    def hopeless(self):
+        return False
+
+    def pending_cost(self):
+        return 0.0
+
+
+def test_a_batch_whose_product_is_deleted_while_it_is_written_is_queued_whole_or_not_at_all(tmp_path):
+    """DELETE /v1/products/{name} landing while a batch's manifests are written: every job is queued (its images
+    then fail for want of the product, as a single job's do), or none is left behind. Not: an error to the client
+    and jobs stored as queued that nothing will run."""
+    storage = LocalStorage(tmp_path)
+    catalog = Catalog(storage)
+    catalog.add_product(Product(name="mug", trigger="zwx mug"))
+    store = ManifestStore(storage).start()
+    executor = Recorder()
+    service = JobService(Settings(storage_url=f"file://{tmp_path}"), catalog, store, executor, 64)
+    create = store.create
+
+    def create_then_delete(job):
+        written = create(job)
+        if catalog.products():
+            catalog.delete("mug")  # the owner removes the product from another tab
+        return written
+
+    store.create = create_then_delete
+    specs = [JobSpec(prompt="<product> on a table", product="mug", num_images=1, steps=2, width=64, height=64)
+             for _ in range(3)]
+    try:
+        try:
+            jobs = service.submit_batch(specs)
+        except ShowroomError:
+            jobs = None
+        store.flush()
+        left = [i for i in store.ids() if not store.was_deleted(i)]
+        if jobs is None:
+            assert executor.submitted == [] and left == [], "refused, yet jobs were left in storage as queued"
+        else:
+            assert sorted(executor.submitted) == sorted(j.id for j in jobs) == sorted(left)
+    finally:
+        store.close()
