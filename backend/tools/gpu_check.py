@@ -39,36 +39,36 @@ import time
 from datetime import date
 from pathlib import Path
 
-from backend.tools import bench, gpu_profile
+from backend.tools import bench, bench_gpu, bench_micro, bench_overhead, bench_system, gpu_profile
 from backend.tools.sections import Check
 
-SDXL = bench.Arch(  # stable-diffusion-xl-base-1.0's unet/, vae/, text_encoder/ (ViT-L) and text_encoder_2/ (bigG)
+SDXL = bench_micro.Arch(  # stable-diffusion-xl-base-1.0's unet/, vae/, text_encoder/ (ViT-L) and text_encoder_2/ (bigG)
     unet=dict(sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, norm_num_groups=32,
               block_out_channels=(320, 640, 1280), cross_attention_dim=2048, attention_head_dim=(5, 10, 20),
               transformer_layers_per_block=(1, 2, 10), use_linear_projection=True,
               addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
               down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
               up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")),
-    vae=dict(bench.SD15.vae, sample_size=1024, scaling_factor=0.13025, force_upcast=True),
-    text=dict(bench.SD15.text),
+    vae=dict(bench_micro.SD15.vae, sample_size=1024, scaling_factor=0.13025, force_upcast=True),
+    text=dict(bench_micro.SD15.text),
     size=1024,
 )
 SDXL_TEXT_2 = dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32,
                    vocab_size=49408, max_position_embeddings=77, projection_dim=1280, hidden_act="gelu")
-TINY_XL = bench.Arch(  # ENVIRONMENT.md's tiny SDXL: the real classes at toy size
+TINY_XL = bench_micro.Arch(  # ENVIRONMENT.md's tiny SDXL: the real classes at toy size
     unet=dict(sample_size=32, in_channels=4, out_channels=4, layers_per_block=1, norm_num_groups=4,
               block_out_channels=(8, 16), cross_attention_dim=32, attention_head_dim=2, use_linear_projection=True,
               addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 16,
               down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
               up_block_types=("CrossAttnUpBlock2D", "UpBlock2D")),
-    vae=dict(bench.TINY.vae, force_upcast=True),
-    text=dict(bench.TINY.text),
+    vae=dict(bench_micro.TINY.vae, force_upcast=True),
+    text=dict(bench_micro.TINY.text),
     size=64,
 )
-TINY_XL_TEXT_2 = dict(bench.TINY.text)
+TINY_XL_TEXT_2 = dict(bench_micro.TINY.text)
 
 
-def save_sdxl(arch: bench.Arch, text_2: dict, folder: Path, device: str) -> Path:
+def save_sdxl(arch: bench_micro.Arch, text_2: dict, folder: Path, device: str) -> Path:
     """A random SDXL pipeline in diffusers layout (fp16 on CUDA), for Generator and the backend."""
     import torch
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
@@ -80,7 +80,7 @@ def save_sdxl(arch: bench.Arch, text_2: dict, folder: Path, device: str) -> Path
     _write_tokenizer(folder / "tokenizer_2")
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
     dtype = torch.float16 if device.startswith("cuda") else None
-    unet, vae, text = bench.build_models(arch, device, dtype, tokenizer)
+    unet, vae, text = bench_micro.build_models(arch, device, dtype, tokenizer)
     ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                pad_token_id=tokenizer.eos_token_id)
     with torch.device(device):
@@ -102,11 +102,11 @@ def pipeline_memory_rows(gen, storage, size: int, steps: int, batches: list[int]
 
     rows = []
     for batch in batches:
-        spec = bench.job_spec(batch, size, steps)
+        spec = bench_system.job_spec(batch, size, steps)
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
-        cold, *runs = [bench.direct_once(gen, storage, spec, [batch]) for _ in range(repeats + 1)]
-        seconds = bench.median(r["gen_s"] for r in runs)
+        cold, *runs = [bench_system.direct_once(gen, storage, spec, [batch]) for _ in range(repeats + 1)]
+        seconds = bench_system.median(r["gen_s"] for r in runs)
         peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
         rows.append({"batch": batch, "cold_s": round(cold["gen_s"], 3), "s": seconds,
                      "images_per_s": round(batch / seconds, 3), "peak_gib": round(peak, 2) if peak else None})
@@ -122,7 +122,7 @@ def oom_fallback(gen, device: str, size: int) -> dict:
 
     def task(n: int) -> Task:
         return Task(task_id=1, job_id="oom", indices=tuple(range(n)), seeds=tuple(range(n)),
-                    keys=tuple(f"oom/{i}.png" for i in range(n)), prompt=bench.PROMPT, negative_prompt="",
+                    keys=tuple(f"oom/{i}.png" for i in range(n)), prompt=bench_system.PROMPT, negative_prompt="",
                     steps=4, guidance_scale=7.5, width=size, height=size, strength=0.5)
 
     blocker = None
@@ -187,8 +187,8 @@ def compiled_jobs(model_dir: Path, device: str, storage, work: Path, size: int, 
     for name, batch, loras in (("batch 1", 1, ()), ("batch 1 again", 1, ()), ("batch 2", 2, ()),
                                ("with a LoRA", 1, mug), ("with the LoRA again", 1, mug), ("without it", 1, ())):
         task = Task(task_id=0, job_id="compiled", indices=tuple(range(batch)), seeds=tuple(range(batch)),
-                    keys=tuple(f"compiled/{i}.png" for i in range(batch)), prompt=bench.PROMPT,
-                    negative_prompt=bench.NEGATIVE, steps=steps, guidance_scale=7.5, width=size, height=size,
+                    keys=tuple(f"compiled/{i}.png" for i in range(batch)), prompt=bench_system.PROMPT,
+                    negative_prompt=bench_system.NEGATIVE, steps=steps, guidance_scale=7.5, width=size, height=size,
                     strength=0.5, loras=loras)
         t0 = time.perf_counter()
         images = gen.generate(task, lambda: False, lambda s, t: None)
@@ -271,7 +271,8 @@ def run(args) -> tuple[dict, Path]:
 
     cuda = torch.cuda.is_available() and not args.tiny
     device = "cuda:0" if cuda else "cpu"
-    arch, xl_arch, xl_text = (bench.SD15, SDXL, SDXL_TEXT_2) if not args.tiny else (bench.TINY, TINY_XL, TINY_XL_TEXT_2)
+    arch, xl_arch, xl_text = ((bench_micro.SD15, SDXL, SDXL_TEXT_2) if not args.tiny
+                              else (bench_micro.TINY, TINY_XL, TINY_XL_TEXT_2))
     gpu = torch.cuda.get_device_name(0) if cuda else "cpu"
     today = date.today().isoformat()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -286,7 +287,7 @@ def run(args) -> tuple[dict, Path]:
                                        ",".join(map(str, batches)), "--gpu-steps", str(steps), "--repeats", "2",
                                        "--iters", "10" if cuda else "2", "--compile-mode", "default"]
                                       + ([] if cuda else ["--no-compile", "--dtypes", "bf16"]))
-        out["sd15"] = check.section("sd15 (bench part 2)", lambda: bench.gpu_part(bench_args, arch, work), 120)
+        out["sd15"] = check.section("sd15 (bench part 2)", lambda: bench_gpu.gpu_part(bench_args, arch, work), 120)
         for name, error in ((out["sd15"] or {}).get("errors") or {}).items():
             out["errors"][f"sd15 {name}"] = error
         storage = LocalStorage(work / "direct")
@@ -298,8 +299,8 @@ def run(args) -> tuple[dict, Path]:
                 gen.t2i.unet, arch, device, gen.dtype, out["sd15"]), 20)
             out["sd15_memory"] = check.section("sd15 memory", lambda: pipeline_memory_rows(
                 gen, storage, arch.size, steps, batches, 1, device), 30)
-            out["place"] = check.section("place", lambda: bench.place_overhead(
-                gen, storage, bench.job_spec(4, arch.size, steps), 4, 2), 30)
+            out["place"] = check.section("place", lambda: bench_overhead.place_overhead(
+                gen, storage, bench_system.job_spec(4, arch.size, steps), 4, 2), 30)
             out["guard_nan_decode"] = check.section("guard: nan decode", lambda: nan_decode(gen, device, arch.size), 10)
             out["guard_oom"] = check.section("guard: out of memory", lambda: oom_fallback(gen, device, arch.size), 30)
             del gen, loaded
@@ -313,7 +314,7 @@ def run(args) -> tuple[dict, Path]:
                     gen, storage, xl_arch.size, steps, [1, 4] if cuda else [1], 1, device), 60)
                 del gen, xl
                 _free(device)
-            out["sdxl_system_4img"] = check.section("sdxl system", lambda: bench.system_gpu(
+            out["sdxl_system_4img"] = check.section("sdxl system", lambda: bench_gpu.system_gpu(
                 replace_args(bench_args), xl_dir, xl_arch, device, work), 90)
         train_steps = 12 if cuda else 2
         if sd_dir.exists():

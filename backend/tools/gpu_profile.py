@@ -4,7 +4,7 @@ GPU run we may get already says why a step falls short of the FLOP ceiling (issu
 
 import time
 
-from backend.tools import bench
+from backend.tools import bench_micro
 
 CATEGORIES = (  # (category, words in a lowercased op or kernel name); the first that matches wins: attention
     # first (flash kernels are cutlass ones), then convolution (cuDNN's are "..._fprop_implicit_gemm_...")
@@ -29,21 +29,22 @@ def _self_us(row, cuda: bool) -> float:
     return value if value is not None else row.self_cuda_time_total
 
 
-def profile_step(unet, arch: bench.Arch, device: str, dtype, sd15: dict | None, batch: int = 4, steps: int = 3) -> dict:
+def profile_step(unet, arch: bench_micro.Arch, device: str, dtype, sd15: dict | None, batch: int = 4,
+                 steps: int = 3) -> dict:
     """Where one CFG step of `batch` images (2 x batch latents) goes, as Generator runs the UNet: issue #20's
     "under 30% of the FLOP ceiling at batch 4: find out why", answered by the one GPU run we may get."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.startswith("cuda")
-    step = bench.unet_step(unet, arch, batch, device, dtype, channels_last=cuda)
-    step_ms = bench.timed_ms(step, device, steps)  # after its 2 warm-up steps; no profiler: the true wall time
+    step = bench_micro.unet_step(unet, arch, batch, device, dtype, channels_last=cuda)
+    step_ms = bench_micro.timed_ms(step, device, steps)  # after its 2 warm-up steps; no profiler: the true wall time
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
-        bench.sync(device)
+        bench_micro.sync(device)
         t0 = time.perf_counter()
         for _ in range(steps):
             step()
-        bench.sync(device)
+        bench_micro.sync(device)
         profiled_ms = (time.perf_counter() - t0) * 1000 / steps
     rows = prof.key_averages()
     ops = [r for r in rows if r.device_type == DeviceType.CPU]  # on CUDA each op holds the kernels it launched
@@ -74,4 +75,5 @@ def profile_step(unet, arch: bench.Arch, device: str, dtype, sd15: dict | None, 
             "launches_per_step": round(sum(r.count for r in busy) / steps, 1),  # kernels; aten op calls on the CPU
             "categories": {c: round(v, 4) for c, v in sorted(shares.items(), key=lambda kv: -kv[1])},
             "top_ops": top(ops, 15), "top_kernels": top(kernels, 10),
-            "ceiling": bench.ceiling_fraction(tflop * batch, step_ms / 1000, sd15["peak_tflops"]) if tflop else None}
+            "ceiling": (bench_micro.ceiling_fraction(tflop * batch, step_ms / 1000, sd15["peak_tflops"]) if tflop
+                        else None)}

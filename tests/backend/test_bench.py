@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from backend.tools import bench
+from backend.tools import bench, bench_gpu, bench_micro, bench_overhead
 
 
 def test_bench_quick_prints_json_last_line(tiny_model, tmp_path, capsys):
@@ -54,17 +54,17 @@ def test_bench_celery_part_times_redis_and_real_nodes_against_local(tiny_model, 
     (1, 1, [1]), (4, 1, [4]), (4, 2, [2, 2]), (1, 2, [1]), (5, 2, [3, 2]), (16, 1, [8, 8]), (20, 2, [8, 8, 2, 2]),
 ])
 def test_the_bench_plans_batches_with_the_scheduler_rule(n, workers, expected):
-    assert bench.scheduler_batches(n, workers) == expected
+    assert bench_overhead.scheduler_batches(n, workers) == expected
 
 
 def test_sd15_configs_have_the_published_parameter_counts():
-    unet, vae, text = bench.build_models(bench.SD15, device="meta")
+    unet, vae, text = bench_micro.build_models(bench_micro.SD15, device="meta")
     millions = [sum(p.numel() for p in m.parameters()) / 1e6 for m in (unet, vae, text)]
     assert millions == pytest.approx([859.52, 83.65, 123.06], rel=1e-3)  # SD 1.5's UNet, VAE, CLIP ViT-L/14 text
 
 
 def test_sd15_flops_match_the_issue_anchor():
-    tflop = bench.count_tflop(bench.SD15)
+    tflop = bench_micro.count_tflop(bench_micro.SD15)
     assert tflop["unet_cfg_step"] == pytest.approx(1.6, rel=0.02)  # 2 x 0.8 TFLOP per CFG step at 512x512
     assert tflop["vae_decode"] == pytest.approx(2.5, rel=0.05)
     floor_ms = tflop["unet_cfg_step"] / 790 * 1000
@@ -72,9 +72,9 @@ def test_sd15_flops_match_the_issue_anchor():
 
 
 def test_ceiling_arithmetic():
-    assert bench.ceiling_fraction(1.6, 0.002, 800) == pytest.approx(1.0)
+    assert bench_micro.ceiling_fraction(1.6, 0.002, 800) == pytest.approx(1.0)
     args = bench.parse_args(["--peak-tflops", "800"])
-    row = bench.unet_row("fp16", "sdpa", True, 4, 10.0, 1.6, args)
+    row = bench_micro.unet_row("fp16", "sdpa", True, 4, 10.0, 1.6, args)
     assert row["it_per_s"] == 100.0
     assert row["images_per_s_30"] == pytest.approx(4 * 100 / 30, abs=0.01)
     assert row["ceiling"] == pytest.approx(4 * 1.6 / 0.010 / 800)
@@ -83,7 +83,7 @@ def test_ceiling_arithmetic():
 def test_gpu_part_runs_on_cpu_with_the_tiny_arch(tmp_path):
     args = bench.parse_args(["--gpu", "--arch", "tiny", "--batches", "1", "--dtypes", "bf16", "--no-compile",
                              "--no-gpu-system", "--repeats", "1", "--iters", "1", "--gpu-steps", "2"])
-    out = bench.gpu_part(args, bench.TINY, tmp_path)
+    out = bench_gpu.gpu_part(args, bench_micro.TINY, tmp_path)
     assert len(out["unet"]) == 2 * 2  # attention x memory format, at batch 1
     assert all(r["ms_per_step"] > 0 and r["ceiling"] > 0 for r in out["unet"])
     assert out["unet_it_per_s_batch1"] > 0 and out["load_s"] > 0

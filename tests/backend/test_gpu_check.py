@@ -38,7 +38,7 @@ def test_gpu_check_runs_every_section_with_tiny_architectures(tmp_path, capsys):
 
 def test_a_broken_section_is_recorded_and_the_exit_code_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(gpu_check, "save_sdxl", lambda *a: (_ for _ in ()).throw(RuntimeError("no SDXL today")))
-    monkeypatch.setattr(gpu_check.bench, "gpu_part", lambda *a: {"errors": {}})
+    monkeypatch.setattr(gpu_check.bench_gpu, "gpu_part", lambda *a: {"errors": {}})
     assert gpu_check.main(["--tiny", "--out", str(tmp_path)]) == 1
     out = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert out["errors"] == {"sdxl build": "RuntimeError: no SDXL today"}

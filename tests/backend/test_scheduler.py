@@ -236,7 +236,7 @@ def test_a_dead_workers_storage_check_does_not_hold_the_lock(run_scheduler):
 def test_the_bench_plans_the_batches_the_real_scheduler_makes(run_scheduler, tmp_path):
     from collections import Counter
 
-    from backend.tools.bench import scheduler_batches
+    from backend.tools.bench_overhead import scheduler_batches
 
     sched, store = run_scheduler(2)
     while sum(w["state"] == "ready" for w in sched.snapshot()["workers"]) < 2:
