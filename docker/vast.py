@@ -21,30 +21,41 @@ import argparse
 import os
 import sys
 import time
-import uuid
-from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlparse
 
-import requests
+# Run as a script from anywhere: the repo root holds the one vast.ai client, which needs only `requests`; this
+# folder holds the launcher's own modules (on the path already when run as a script, not when loaded from its file).
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+if str(HERE) not in sys.path:
+    sys.path.insert(1, str(HERE))
+from vast_env import (  # noqa: E402
+    EXIT_API,
+    EXIT_CONFIG,
+    EXIT_CREATE,
+    EXIT_NO_OFFER,
+    LaunchError,
+    Redactor,
+    api_key,
+    backend_api_key,
+    broker_warning,
+    hide_secrets,
+    instance_env,
+    is_secret,
+)
+from vast_instance import (  # noqa: E402
+    ONSTART_LIMIT,
+    create_body,
+    describe,
+    no_offer_message,
+    offer_query,
+    public_url,
+    wait_healthy,
+    wait_node,
+)
 
-# Run as a script from anywhere: the repo root holds the one vast.ai client, which needs only `requests`.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from backend.ops.autoscale import Autoscaler, Policy, label  # noqa: E402
-from backend.ops.vast import VAST_API_URL, VastAPI, VastError  # noqa: E402
-
-KEY_FILE = Path("~/.config/vastai/vast_api_key").expanduser()
-ONSTART = Path(__file__).with_name("onstart.sh")
-ONSTART_LIMIT = 4048  # vast's cap on the onstart field
-SECRET_MARKERS = ("KEY", "SECRET", "TOKEN", "PASSWORD", "BROKER_URL")  # BROKER_URL holds Redis's password
-# Backend settings taken from this shell when the env file does not set them (CONTRACT.md + ours).
-PASS_THROUGH = ("MODEL_ID", "DEVICE", "WORKERS", "STORAGE_URL", "S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
-                "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "API_KEY", "UPSCALER", "REPLICATE_API_TOKEN",
-                "REPLICATE_BASE_URL", "IDLE_STOP_MINUTES", "HF_TOKEN", "BROKER_URL", "BG_REMOVAL_MODEL",
-                "IMAGE_TIMEOUT_S")
-NODE_DROPS = ("API_KEY", "PUBLIC_BIND", "IDLE_STOP_MINUTES", "UPSCALER", "REPLICATE_API_TOKEN", "EXECUTOR")
-EXIT_API, EXIT_CONFIG, EXIT_NO_OFFER, EXIT_CREATE, EXIT_UNHEALTHY = 1, 2, 3, 4, 5
-
+from backend.ops.autoscale import Autoscaler, Policy  # noqa: E402
+from backend.ops.vast import VAST_API_URL, VastAPI  # noqa: E402
 
 AUTOSCALE_HELP = """Start and stop GPU nodes with the backend's queue (docs/NODES.md).
 
@@ -59,179 +70,6 @@ seen idle, so the autoscaler keeps no state of its own: restart it at will, or r
 Instances with other labels are never touched."""
 
 
-LaunchError = VastError  # one error for the API's refusals and the launcher's own (its code is the exit code)
-
-
-def is_secret(name: str) -> bool:
-    return any(marker in name.upper() for marker in SECRET_MARKERS)
-
-
-class Redactor:
-    """Replaces every known secret value in text about to be printed."""
-
-    def __init__(self):
-        self.values: set[str] = set()
-
-    def add(self, value: str | None) -> None:
-        if value and len(value) >= 4:
-            self.values.add(value)
-
-    def __call__(self, text: str) -> str:
-        for value in sorted(self.values, key=len, reverse=True):
-            text = text.replace(value, "***")
-        return text
-
-
-def offer_query(args) -> dict:
-    """vast's search filter: GPU count, VRAM (MB in the REST API), price, reliability, CUDA, disk."""
-    query = {"verified": {"eq": True}, "external": {"eq": False}, "rentable": {"eq": True},
-             "rented": {"eq": False}, "num_gpus": {"eq": args.gpus}, "gpu_ram": {"gte": args.min_vram * 1000},
-             "dph_total": {"lte": args.max_price}, "reliability": {"gte": args.min_reliability},
-             "cuda_max_good": {"gte": args.min_cuda}, "disk_space": {"gte": args.disk},
-             "direct_port_count": {"gte": 1}, "order": [["dph_total", "asc"]], "type": "on-demand",
-             "limit": args.limit, "allocated_storage": args.disk}
-    if getattr(args, "role", "backend") == "node":
-        del query["direct_port_count"]  # a node only connects out: any box will do, NAT or not
-    if args.gpu_name:
-        query["gpu_name"] = {"eq": args.gpu_name.replace("_", " ")}
-    return query
-
-
-def describe(offer: dict) -> str:
-    return (f"offer {offer.get('id')}: {offer.get('num_gpus')}x {offer.get('gpu_name')} "
-            f"{(offer.get('gpu_ram') or 0) / 1000:.0f} GB, ${offer.get('dph_total', 0):.3f}/h, "
-            f"reliability {offer.get('reliability', offer.get('reliability2', 0)):.3f}, "
-            f"CUDA {offer.get('cuda_max_good')}, {offer.get('geolocation') or 'unknown location'}")
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    env = {}
-    for number, raw in enumerate(path.read_text().splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        name, sep, value = line.removeprefix("export ").partition("=")
-        if not sep or not name.strip().isidentifier():
-            raise LaunchError(f"{path}:{number}: expected NAME=value", EXIT_CONFIG)
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        elif " #" in value:  # an unquoted value ends where a comment starts, as in compose's .env
-            value = value.split(" #", 1)[0].rstrip()
-        env[name.strip()] = value
-    return env
-
-
-def instance_env(env_file: Path | None, environ: dict[str, str], role: str = "backend",
-                 node_name: str | None = None) -> dict[str, str]:
-    """The instance's settings: the env file first, then PASS_THROUGH names from this shell."""
-    env = read_env_file(env_file) if env_file else {}
-    for name in PASS_THROUGH:
-        if name not in env and environ.get(name):
-            env[name] = environ[name]
-    if role == "node":
-        return node_env(env, node_name)
-    if not env.get("API_KEY"):
-        raise LaunchError("set API_KEY (env file or environment): the backend is reachable from the internet, "
-                          "and without a key anyone could spend your GPU", EXIT_CONFIG)
-    if not env.get("STORAGE_URL", "").startswith("s3://"):
-        raise LaunchError("set STORAGE_URL to s3://bucket[/prefix] (with S3_ENDPOINT_URL and AWS_* for a non-AWS "
-                          "store): results must outlive the rented box, and the frontend reads them there",
-                          EXIT_CONFIG)
-    return env | {"PUBLIC_BIND": "true"}
-
-
-def node_env(env: dict[str, str], name: str | None) -> dict[str, str]:
-    """A GPU node's settings: the broker (with a password) and the bucket; no key, no port, no idle stop of
-    its own (the backend's queue decides). docker/onstart.sh starts `python -m backend.node` for it."""
-    broker = urlparse(env.get("BROKER_URL", ""))
-    if broker.scheme not in ("redis", "rediss") or not broker.hostname:
-        raise LaunchError("set BROKER_URL to the backend's Redis (rediss://:password@host:port/0): a node pulls its "
-                          "work from there", EXIT_CONFIG)
-    if not broker.password:
-        raise LaunchError("BROKER_URL has no password: a Redis that rented boxes reach over the internet must have "
-                          "one (requirepass; see docs/NODES.md)", EXIT_CONFIG)
-    if broker.hostname in ("localhost", "127.0.0.1", "::1"):
-        raise LaunchError("BROKER_URL points at localhost: from the rented box that is the box itself; give the "
-                          "address the node can reach", EXIT_CONFIG)
-    if not env.get("STORAGE_URL", "").startswith("s3://"):
-        raise LaunchError("set STORAGE_URL to the backend's s3://bucket[/prefix]: a node writes its images there",
-                          EXIT_CONFIG)
-    kept = {k: v for k, v in env.items() if k not in NODE_DROPS}
-    return kept | {"SHOWROOM_ROLE": "node", "SHOWROOM_NODE_NAME": name or f"vast-{uuid.uuid4().hex[:6]}"}
-
-
-def broker_warning(env: dict[str, str]) -> str | None:
-    """Celery (kombu) takes a rediss:// URL without ssl_cert_reqs as 'encrypt, but trust any certificate'; Showroom's
-    own Celery configuration checks it anyway (backend.gpu.celery_app), other tools given the URL would not."""
-    broker = urlparse(env.get("BROKER_URL", ""))
-    if broker.scheme == "rediss" and "ssl_cert_reqs=required" not in broker.query:
-        return ("warning: BROKER_URL is rediss:// without ?ssl_cert_reqs=required: Showroom checks the certificate "
-                "anyway, but other Celery tools given this URL would accept any; add it (docs/NODES.md)")
-    return None
-
-
-def onstart_script() -> str:
-    """docker/onstart.sh without its full-line comments (the shebang stays): vast caps the field."""
-    lines = ONSTART.read_text().splitlines()
-    kept = [lines[0]] + [line for line in lines[1:] if not line.lstrip().startswith("#")]
-    return "\n".join(kept) + "\n"
-
-
-def create_body(args, env: dict[str, str]) -> dict:
-    node = env.get("SHOWROOM_ROLE") == "node"
-    ports = {} if node else {"-p 8000:8000": "1"}  # a node opens no port
-    # A node's label makes it one that `autoscale` manages (backend/ops/autoscale.py), unless --label says otherwise.
-    name = args.label or (label(env["SHOWROOM_NODE_NAME"]) if node else "showroom")
-    body = {"client_id": "me", "image": args.image, "disk": args.disk, "label": name,
-            "env": env | ports, "runtype": args.runtype}
-    if args.runtype == "ssh":
-        # vast's SSH mode replaces the entrypoint and sets up sshd, which needs root; onstart.sh then runs
-        # the backend as the image's non-root user. In "args" mode the image's own USER and CMD run.
-        body |= {"onstart": onstart_script(), "user": "root"}
-    return body
-
-
-def public_url(instance: dict) -> str | None:
-    mapped = (instance.get("ports") or {}).get("8000/tcp") or []
-    ip = (instance.get("public_ipaddr") or "").strip()
-    if ip and mapped and mapped[0].get("HostPort"):
-        return f"http://{ip}:{mapped[0]['HostPort']}"
-    return None
-
-
-def wait_healthy(api: VastAPI, instance_id: int, timeout_s: float, poll_s: float,
-                 clock: Callable[[], float], sleep: Callable[[float], None]) -> str:
-    """Poll the instance, then its /health (plain GET, never with the vast key), until status is "ok"."""
-    deadline, last = clock() + timeout_s, "vast.ai has not scheduled the instance yet"
-    while True:
-        try:
-            instance = api.instance(instance_id)
-            status, url = instance.get("actual_status"), public_url(instance)
-            if status == "exited":
-                raise LaunchError(f"the container exited: {instance.get('status_msg') or 'see its logs'}",
-                                  EXIT_UNHEALTHY)
-            if status == "running" and url:
-                last = f"{url}/health does not answer yet"
-                health = requests.get(f"{url}/health", timeout=10).json()
-                if health.get("status") == "ok":
-                    return url
-                if health.get("status") == "error":
-                    raise LaunchError(f"the backend reports an error: {health.get('detail')}", EXIT_UNHEALTHY)
-                last = f"backend is {health.get('status')}: {health.get('detail') or 'no detail'}"
-            else:
-                last = f"instance is {status or 'being provisioned'}: {instance.get('status_msg') or 'no message'}"
-        except (requests.RequestException, ValueError):
-            pass  # not up yet, or not JSON yet: keep polling until the deadline
-        except LaunchError as e:
-            if e.code != EXIT_API:
-                raise
-            last = str(e)  # vast's API had a hiccup: keep polling until the deadline
-        if clock() + poll_s > deadline:
-            raise LaunchError(f"not healthy after {timeout_s:.0f} s; last seen: {api.redact(last)}", EXIT_UNHEALTHY)
-        sleep(poll_s)
-
-
 def cmd_offers(api: VastAPI, args, say) -> int:
     offers = api.offers(offer_query(args))
     if not offers:
@@ -239,48 +77,6 @@ def cmd_offers(api: VastAPI, args, say) -> int:
     for offer in offers:
         say(describe(offer))
     return 0
-
-
-def no_offer_message(args) -> str:
-    return (f"no offer matches: {args.gpus} GPU(s), >= {args.min_vram:g} GB VRAM, <= ${args.max_price:g}/h, "
-            f"reliability >= {args.min_reliability}, CUDA >= {args.min_cuda}, {args.disk} GB disk; "
-            "raise --max-price, lower --min-vram or --min-reliability, or try again later")
-
-
-def wait_node(api: VastAPI, instance_id: int, name: str, backend_url: str | None, key: str | None,
-              timeout_s: float, poll_s: float, clock: Callable[[], float], sleep: Callable[[float], None]) -> str:
-    """Poll the instance until it runs and, with a backend URL, that backend's /health until the node's
-    workers (`<name>/<n>`) are ready. Returns what was seen."""
-    deadline, last = clock() + timeout_s, "vast.ai has not scheduled the instance yet"
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    while True:
-        try:
-            instance = api.instance(instance_id)
-            status = instance.get("actual_status")
-            if status == "exited":
-                raise LaunchError(f"the container exited: {instance.get('status_msg') or 'see its logs'}",
-                                  EXIT_UNHEALTHY)
-            if status == "running" and not backend_url:
-                return f"instance {instance_id} runs; node {name} shows in your backend's /health once its model loads"
-            if status == "running":
-                workers = requests.get(f"{backend_url.rstrip('/')}/health", headers=headers, timeout=10).json().get(
-                    "workers") or []
-                mine = [w for w in workers if str(w.get("id", "")).startswith(f"{name}/")]
-                if mine and all(w.get("state") in ("ready", "busy") for w in mine):
-                    return f"node {name} is taking work: {', '.join(w['id'] for w in mine)} in {backend_url}/health"
-                last = (f"node {name}'s workers are {', '.join(w.get('state', '?') for w in mine)}" if mine
-                        else f"node {name} has not reported to {backend_url} yet (model download, broker reachable?)")
-            else:
-                last = f"instance is {status or 'being provisioned'}: {instance.get('status_msg') or 'no message'}"
-        except (requests.RequestException, ValueError):
-            last = f"{backend_url}/health does not answer"
-        except LaunchError as e:
-            if e.code != EXIT_API:
-                raise
-            last = str(e)
-        if clock() + poll_s > deadline:
-            raise LaunchError(f"node not ready after {timeout_s:.0f} s; last seen: {api.redact(last)}", EXIT_UNHEALTHY)
-        sleep(poll_s)
 
 
 def cmd_up(api: VastAPI, args, say, environ, clock, sleep) -> int:
@@ -329,17 +125,6 @@ def cmd_up(api: VastAPI, args, say, environ, clock, sleep) -> int:
         raise
     say(f"healthy. Put this in the frontend's secrets (API_KEY as in your env file):\nBACKEND_URL={url}")
     return 0
-
-
-def backend_api_key(args, environ) -> str | None:
-    """The backend's API_KEY, for its /health: from the env file, else this shell. Never sent to a node."""
-    return (read_env_file(args.env_file) if args.env_file else {}).get("API_KEY") or environ.get("API_KEY")
-
-
-def hide_secrets(api: VastAPI, env: dict[str, str]) -> None:
-    for name, value in env.items():
-        if is_secret(name) and value:
-            api.redact.add(value)
 
 
 def cmd_autoscale(api: VastAPI, args, say, environ, wall, sleep) -> int:
@@ -440,16 +225,6 @@ def parser() -> argparse.ArgumentParser:
     for name in ("status", "stop", "start", "destroy"):
         sub.add_parser(name).add_argument("id", type=int)
     return p
-
-
-def api_key(environ) -> str:
-    key = (environ.get("VAST_API_KEY") or "").strip()
-    if not key and KEY_FILE.is_file():
-        key = KEY_FILE.read_text().strip()
-    if not key:
-        raise LaunchError(f"no vast.ai API key: set VAST_API_KEY or write it to {KEY_FILE} "
-                          "(https://cloud.vast.ai/manage-keys/)", EXIT_CONFIG)
-    return key
 
 
 def main(argv: list[str] | None = None, environ=None, out=None, clock=time.monotonic, sleep=time.sleep,

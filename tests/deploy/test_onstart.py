@@ -47,7 +47,7 @@ def test_onstart_dry_run_prints_the_exact_commands(shell, tmp_path):
     assert_no_secret(out.stdout + out.stderr)
     # what docker/vast.py sends (comments stripped) behaves the same
     sent = tmp_path / "onstart-sent.sh"
-    sent.write_text(load_launcher().onstart_script())
+    sent.write_text(load_launcher("vast_instance").onstart_script())
     again = run_onstart(shell, tmp_path, script=sent, SHOWROOM_DRY_RUN="1", SHOWROOM_USER="nobody",
                         SHOWROOM_ENV_FILE=str(tmp_path / "environment"))
     assert (again.returncode, again.stdout, again.stderr) == (0, out.stdout, out.stderr)

@@ -21,6 +21,8 @@ T0 = 1_700_000_000.0
 SECRET_ENV = [["BROKER_URL", BROKER], ["AWS_SECRET_ACCESS_KEY", S3_SECRET]]  # as vast lists a node's settings
 
 vast_py = load_launcher()
+vast_env = load_launcher("vast_env")
+vast_instance = load_launcher("vast_instance")
 
 
 class Stop(Exception):
@@ -117,7 +119,7 @@ def test_none_stopped_rents_a_node_like_up_role_node_then_waits_for_it(vast, env
                            "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": S3_SECRET,
                            "MODEL_ID": "my/model", "SHOWROOM_ROLE": "node", "SHOWROOM_NODE_NAME": "node-2"}, \
         "no API key, no port"
-    assert body["onstart"] == vast_py.onstart_script()
+    assert body["onstart"] == vast_instance.onstart_script()
     assert "created instance 4242 for node node-2" in out
     assert "warning" not in out, "the broker's certificate is checked: nothing to warn about"
 
@@ -234,7 +236,7 @@ def test_a_backend_that_does_not_answer_changes_nothing(vast, env_file):
     node(vast, 101, "n1", idle_since=T0 - 3600)
     vast.health = [{"status": "ok"}]  # not Showroom's /health
     code, out = autoscale(vast, env_file)
-    assert code == vast_py.EXIT_API
+    assert code == vast_env.EXIT_API
     assert "is this Showroom's /health?" in out and "nothing is started or stopped this round" in out
     assert changes(vast) == []
 
@@ -243,7 +245,7 @@ def test_failed_rent_is_reported_and_tried_next_round(vast, env_file):
     vast.offers = []
     vast.health = [health(1)]
     code, out = autoscale(vast, env_file)
-    assert code == vast_py.EXIT_API
+    assert code == vast_env.EXIT_API
     assert "no offer matches" in out and "trying again next round" in out
 
 
@@ -277,7 +279,7 @@ def test_bad_settings_are_refused_before_any_request(vast, env_file, extra, sett
     if settings:
         env_file.write_text(settings)
     code, out = autoscale(vast, env_file, *extra)
-    assert code == vast_py.EXIT_CONFIG and message in out
+    assert code == vast_env.EXIT_CONFIG and message in out
     assert vast.seen == []
 
 

@@ -23,6 +23,8 @@ EXPECTED_QUERY = {
 
 
 vast_py = load_launcher()
+vast_env = load_launcher("vast_env")
+vast_instance = load_launcher("vast_instance")
 
 
 @pytest.fixture
@@ -73,7 +75,7 @@ def expected_create_body() -> dict:
            "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": S3_SECRET, "IDLE_STOP_MINUTES": "20",
            "PUBLIC_BIND": "true", "-p 8000:8000": "1"}
     return {"client_id": "me", "image": "ghcr.io/me/showroom:1", "disk": 40, "label": "showroom", "env": env,
-            "runtype": "ssh", "onstart": vast_py.onstart_script(), "user": "root"}
+            "runtype": "ssh", "onstart": vast_instance.onstart_script(), "user": "root"}
 
 
 def test_up_dry_run_sends_only_the_search_and_prints_the_create(vast, env_file):
@@ -116,7 +118,7 @@ def test_up_creates_waits_for_health_and_prints_the_url(vast, env_file):
 def test_up_no_offers_fails_clearly_and_rents_nothing(vast, env_file):
     vast.offers = []
     code, out = run(vast, "up", "--image", "img:1", "--env-file", str(env_file), "--max-price", "0.1")
-    assert code == vast_py.EXIT_NO_OFFER
+    assert code == vast_env.EXIT_NO_OFFER
     assert "no offer matches: 1 GPU(s), >= 16 GB VRAM, <= $0.1/h" in out
     assert vast.requests() == [("POST", "/api/v0/bundles/")]
 
@@ -125,7 +127,7 @@ def test_up_failed_create_fails_clearly_without_leaking_keys(vast, env_file):
     # the API's message even echoes a key: it must come out redacted
     vast.create_answer = (400, {"success": False, "error": "invalid_args", "msg": f"offer taken ({VAST_KEY})"})
     code, out = run(vast, "up", "--image", "img:1", "--env-file", str(env_file))
-    assert code == vast_py.EXIT_CREATE
+    assert code == vast_env.EXIT_CREATE
     assert "could not rent offer 1001" in out and "answered 400: offer taken (***)" in out
     assert "nothing was created" in out
     assert vast.requests() == [("POST", "/api/v0/bundles/"), ("PUT", "/api/v0/asks/1001/")]
@@ -138,7 +140,7 @@ def test_up_never_healthy_gives_up_in_time_and_destroys(vast, env_file):
     fake_time = FakeTime()
     code, out = run(vast, "up", "--image", "img:1", "--env-file", str(env_file), "--timeout", "600",
                     "--poll", "15", fake_time=fake_time)
-    assert code == vast_py.EXIT_UNHEALTHY
+    assert code == vast_env.EXIT_UNHEALTHY
     assert "not healthy after 600 s; last seen: backend is starting: loading the model" in out
     assert fake_time.now <= 600 and fake_time.sleeps == 40
     assert vast.requests()[-1] == ("DELETE", "/api/v0/instances/4242/")
@@ -149,7 +151,7 @@ def test_up_never_healthy_keeps_the_instance_when_asked(vast, env_file):
     vast.instances = [{"actual_status": "loading", "status_msg": "pulling image"}]
     code, out = run(vast, "up", "--image", "img:1", "--env-file", str(env_file), "--timeout", "60",
                     "--keep-on-failure")
-    assert code == vast_py.EXIT_UNHEALTHY
+    assert code == vast_env.EXIT_UNHEALTHY
     assert "last seen: instance is loading: pulling image" in out and "is kept" in out
     assert ("DELETE", "/api/v0/instances/4242/") not in vast.requests()
 
@@ -159,7 +161,7 @@ def test_up_backend_error_fails_at_once(vast, env_file):
     vast.health = [{"status": "error", "detail": "no worker could start: CUDA driver too old"}]
     fake_time = FakeTime()
     code, out = run(vast, "up", "--image", "img:1", "--env-file", str(env_file), fake_time=fake_time)
-    assert code == vast_py.EXIT_UNHEALTHY
+    assert code == vast_env.EXIT_UNHEALTHY
     assert "the backend reports an error: no worker could start: CUDA driver too old" in out
     assert fake_time.sleeps == 0 and vast.requests()[-1] == ("DELETE", "/api/v0/instances/4242/")
 
@@ -170,7 +172,7 @@ def test_up_unhealthy_wait_in_real_time_is_bounded(vast, env_file):
                           "--env-file", str(env_file), "--timeout", "1", "--poll", "0.2"],
                          cwd=REPO, capture_output=True, text=True, timeout=30,
                          env={**os.environ, "VAST_API_KEY": VAST_KEY})
-    assert out.returncode == vast_py.EXIT_UNHEALTHY
+    assert out.returncode == vast_env.EXIT_UNHEALTHY
     assert "error: not healthy after 1 s" in out.stderr
     assert 3 <= vast.requests().count(("GET", "/api/v0/instances/4242/")) <= 7
 
@@ -207,29 +209,29 @@ def test_up_refuses_unsafe_settings_before_any_request(vast, tmp_path, settings,
     path = tmp_path / "bad.env"
     path.write_text(settings)
     code, out = run(vast, "up", "--image", "img:1", "--env-file", str(path), environ={"VAST_API_KEY": VAST_KEY})
-    assert code == vast_py.EXIT_CONFIG and message in out
+    assert code == vast_env.EXIT_CONFIG and message in out
     assert vast.seen == []
     assert API_KEY not in out
 
 
 def test_missing_vast_key_is_a_clear_error(vast, monkeypatch, tmp_path):
-    monkeypatch.setattr(vast_py, "KEY_FILE", tmp_path / "absent")
+    monkeypatch.setattr(vast_env, "KEY_FILE", tmp_path / "absent")
     code, out = run(vast, "offers", environ={})
-    assert code == vast_py.EXIT_CONFIG and "set VAST_API_KEY" in out
+    assert code == vast_env.EXIT_CONFIG and "set VAST_API_KEY" in out
     assert vast.seen == []
 
 
 def test_settings_from_the_shell_fill_what_the_env_file_leaves_out(tmp_path):
     path = tmp_path / "vast.env"
     path.write_text("API_KEY=from-file-123\nSTORAGE_URL=s3://bucket\n")
-    env = vast_py.instance_env(path, {"API_KEY": "from-shell-456", "MODEL_ID": "my/model", "HOME": "/root"})
+    env = vast_env.instance_env(path, {"API_KEY": "from-shell-456", "MODEL_ID": "my/model", "HOME": "/root"})
     assert env == {"API_KEY": "from-file-123", "STORAGE_URL": "s3://bucket", "MODEL_ID": "my/model",
                    "PUBLIC_BIND": "true"}
 
 
 def test_onstart_sent_is_the_script_without_comments_and_fits_vast():
-    script = vast_py.onstart_script()
-    assert len(script) <= vast_py.ONSTART_LIMIT
+    script = vast_instance.onstart_script()
+    assert len(script) <= vast_instance.ONSTART_LIMIT
     assert script.startswith("#!/bin/sh\n")
     assert not any(line.lstrip().startswith("#") for line in script.splitlines()[1:])
     assert "uvicorn backend.main:app --host 0.0.0.0 --port 8000" in script
@@ -265,7 +267,7 @@ def test_up_role_node_rents_any_box_sends_no_key_and_opens_no_port(vast, node_en
                              "S3_ENDPOINT_URL": "https://s3.example.com", "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
                              "AWS_SECRET_ACCESS_KEY": S3_SECRET, "MODEL_ID": "stabilityai/stable-diffusion-xl-base-1.0",
                              "SHOWROOM_ROLE": "node", "SHOWROOM_NODE_NAME": "shop-node"}
-    assert create["runtype"] == "ssh" and create["onstart"] == vast_py.onstart_script()
+    assert create["runtype"] == "ssh" and create["onstart"] == vast_instance.onstart_script()
     assert create["label"] == "showroom-node:shop-node", "the label `autoscale` knows its nodes by"
     health = [s for s in vast.seen if s.path == "/health"]
     assert len(health) == 2 and all(s.auth == f"Bearer {API_KEY}" for s in health), "the backend's key, never vast's"
@@ -295,7 +297,7 @@ def test_up_role_node_refuses_a_broker_it_cannot_use_safely(vast, tmp_path, brok
     path.write_text(f"BROKER_URL={broker}\nSTORAGE_URL=s3://shots\n")
     code, out = run(vast, "up", "--role", "node", "--image", "img:1", "--env-file", str(path), *extra,
                     environ={"VAST_API_KEY": VAST_KEY})
-    assert code == vast_py.EXIT_CONFIG and message in out, out
+    assert code == vast_env.EXIT_CONFIG and message in out, out
     assert vast.seen == []
     assert REDIS_PASSWORD not in out
 
@@ -305,5 +307,5 @@ def test_up_role_node_that_never_reports_is_destroyed(vast, node_env_file):
     vast.health = [{"status": "ok", "workers": [{"id": "other/0", "state": "ready"}]}]
     code, out = run(vast, "up", "--role", "node", "--node-name", "n1", "--image", "img:1", "--env-file",
                     str(node_env_file), "--backend-url", f"http://127.0.0.1:{vast.port}", "--timeout", "60")
-    assert code == vast_py.EXIT_UNHEALTHY
+    assert code == vast_env.EXIT_UNHEALTHY
     assert "node n1 has not reported" in out and ("DELETE", "/api/v0/instances/4242/") in vast.requests()

@@ -22,12 +22,13 @@ from pathlib import Path
 LAUNCHER = Path(__file__).resolve().parents[2] / "docker" / "vast.py"
 
 
-def load_launcher():
-    """docker/vast.py as a module (docker/ is not a package: users run it as a script)."""
+def load_launcher(name: str = "vast"):
+    """docker/vast.py as a module (docker/ is not a package: users run it as a script); with `name`, one of the
+    modules it imports from its own folder (vast_env, vast_instance), the very one the launcher uses."""
     spec = importlib.util.spec_from_file_location("showroom_vast_launcher", LAUNCHER)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    spec.loader.exec_module(module)  # puts docker/ on sys.path, as running it as a script does
+    return module if name == "vast" else importlib.import_module(name)
 
 
 @dataclass
