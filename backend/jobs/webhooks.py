@@ -124,11 +124,22 @@ class Webhooks:
 
     def start(self) -> "Webhooks":
         try:
-            for key in self.storage.list_files(FOLDER):
+            keys = self.storage.list_files(FOLDER)
+        except StorageError as e:
+            log.warning("pending webhook deliveries could not be listed at start: %s", e)
+            keys = []
+        for key in keys:  # one record that cannot be read does not keep the others from being retried
+            try:
                 delivery = Delivery.model_validate_json(self.storage.get(key))
-                self._pending[delivery.id] = delivery
-        except (StorageError, ValueError) as e:
-            log.warning("pending webhook deliveries could not be read at start: %s", e)
+            except ObjectMissing:
+                continue  # delivered and removed meanwhile (another backend on the same bucket)
+            except StorageError as e:
+                log.warning("pending webhook delivery %s could not be read at start: %s", key, e)
+                continue
+            except ValueError:  # not the error's text: it quotes the record, whose URL may hold a token
+                log.warning("pending webhook delivery %s is not a delivery record; skipped", key)
+                continue
+            self._pending[delivery.id] = delivery
         if self._pending:
             log.info("%d webhook deliveries pending from an earlier run", len(self._pending))
         self._thread.start()

@@ -103,3 +103,23 @@ def test_a_malformed_url_is_a_clear_refusal(url):
 
 def test_the_log_shows_a_receivers_host_not_its_path():
     assert webhooks.where("https://shop.example:8443/hooks/abc?token=s3cret") == "https://shop.example:8443/..."
+
+
+def test_pending_deliveries_are_all_taken_back_at_start_past_one_that_cannot_be_read(tmp_path, caplog):
+    """One record that cannot be read (cut short, or delivered and removed by another backend on the same bucket
+    between the listing and the read) must not keep the others from being retried: they would wait for the next
+    restart, and meet the same record there. The log names the record, not what it holds (a URL's token)."""
+    storage = LocalStorage(tmp_path)
+    storage.put("webhooks/msg_0.json", b'{"id": "msg_0", "url": "https://shop.example/hook?token=s3cret", "bo',
+                "application/json")
+    later = time.time() + 3600  # not due: nothing is sent during the test
+    for n in (1, 2):
+        delivery = Delivery(id=f"msg_{n}", url="https://shop.example/hook", body="{}", attempts=1, next_at=later,
+                            first_at=time.time())
+        storage.put(f"webhooks/msg_{n}.json", delivery.model_dump_json().encode(), "application/json")
+    hooks = Webhooks(storage, None, []).start()
+    try:
+        assert sorted(hooks._pending) == ["msg_1", "msg_2"]
+        assert "msg_0" in caplog.text and "s3cret" not in caplog.text
+    finally:
+        hooks.close()
