@@ -8,7 +8,7 @@ from pydantic import BaseModel
 
 from backend.api.deps import ServicesDep, authorize, client_host
 from backend.errors import ShowroomError
-from backend.gpu.scheduler import public_model_name
+from backend.gpu.batches import public_model_name
 
 router = APIRouter(tags=["health"])
 

@@ -4,10 +4,12 @@ One dispatcher thread owns the workers: it hands out batches (and local upscales
 workers' messages, notices a worker that died or overran its time limit, and reports what happened
 as events (backend.gpu.executor). It writes no manifest. Its lock guards memory only: no storage
 call is ever made while it is held, so /health and the routes never wait on S3 behind it.
+
+A worker process's own life (start, stop, time limit, death, restart) is its slot's
+(backend.gpu.worker_slot); batches are cut and built as EXECUTOR=celery cuts them (backend.gpu.batches).
 """
 
 import logging
-import math
 import multiprocessing as mp
 import os
 import threading
@@ -15,89 +17,21 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
-from enum import Enum
+from dataclasses import replace
 from multiprocessing.connection import wait
-from pathlib import Path
 
-from backend.contract import preview_key
 from backend.gpu import executor as ev
 from backend.gpu import messages as m
-from backend.gpu.worker import DEVICE_BROKEN_EXIT
+from backend.gpu.batches import HeldJob, batch_size, build_task
+from backend.gpu.worker_slot import Lost, Training, Upscale, Work, WorkerSlot, WorkerState, all_given_up, first_error
 from backend.models import JobManifest, Status
 from backend.storage import Storage, StorageError
 
 log = logging.getLogger("showroom.scheduler")
 MAX_ATTEMPTS = 2          # an image whose worker died is tried once more on another worker
-MAX_RESTARTS = 3          # consecutive failed starts before a worker slot is given up
 MAX_TRAINING_ATTEMPTS = 3  # a training resumes from its checkpoint after a lost worker, twice
 TICK_S = 0.25
 DECIDE_EVERY_S = 2.0      # how often images whose fate waits on storage are looked at again
-
-
-class WorkerState(str, Enum):
-    starting = "starting"
-    ready = "ready"
-    busy = "busy"
-    dead = "dead"
-
-
-@dataclass
-class Work:
-    job_id: str
-    index: int
-    attempts: int = 0
-    cost: float = 1.0  # in 512 x 512, 30-step images
-
-
-@dataclass
-class Upscale:
-    source_key: str
-    target_key: str
-    future: Future
-
-
-@dataclass
-class Training:
-    task: m.TrainTask
-    attempts: int = 0
-
-
-@dataclass
-class HeldJob:
-    job: JobManifest          # a private copy, read only: spec, keys, seeds (the manifest store owns the live one)
-    loras: tuple
-    open: set[int]            # images not yet reported terminal
-    canceled: bool = False
-
-
-@dataclass
-class WorkerSlot:
-    id: int
-    state: WorkerState = WorkerState.starting
-    device: str = ""
-    process: mp.Process | None = None
-    conn: object = None
-    cancel_task: object = None
-    task: m.Task | m.UpscaleTask | None = None
-    work: list[Work] = field(default_factory=list)
-    upscale: Upscale | None = None
-    training: Training | None = None
-    deadline: float = 0.0
-    kill_reason: str | None = None
-    error: str | None = None
-    failed_starts: int = 0
-    restart_at: float = 0.0
-
-
-@dataclass
-class Lost:
-    """What a dead worker held, settled after the lock is released (it may ask storage)."""
-    work: list[Work]
-    upscale: Upscale | None
-    training: Training | None
-    reason: str
-    killed: bool
 
 
 class Scheduler:
@@ -127,7 +61,7 @@ class Scheduler:
     # ----- the executor interface -----
     def start(self) -> None:
         for slot in self.slots:
-            self._spawn(slot)
+            slot.spawn(self.ctx, self.worker_target, self.settings, len(self.slots))
         self._thread.start()
 
     def stop(self, timeout: float = 10) -> None:
@@ -135,7 +69,7 @@ class Scheduler:
         self._wake()
         self._thread.join(timeout)
         for slot in self.slots:
-            self._shutdown(slot, timeout)
+            slot.shutdown(timeout)
         with self.lock:
             for upscale in self.upscales:
                 upscale.future.set_exception(RuntimeError("the backend is stopping"))
@@ -189,11 +123,11 @@ class Scheduler:
     def hopeless(self) -> bool:
         """True once no worker slot will ever start again (the model cannot be loaded)."""
         with self.lock:
-            return all(s.failed_starts >= MAX_RESTARTS for s in self.slots)
+            return all_given_up(self.slots)
 
     def last_error(self) -> str:
         with self.lock:
-            return next((s.error for s in self.slots if s.error), "no worker could start")
+            return first_error(self.slots)
 
     def pending_images(self) -> int:
         return len(self.pending)  # len() of a deque is atomic: a submit never waits for the lock
@@ -210,33 +144,7 @@ class Scheduler:
                 "native_size": self.native_size,
             }
 
-    # ----- worker processes -----
-    def _spawn(self, slot: WorkerSlot) -> None:
-        from backend.gpu.worker import run_worker
-
-        target = self.worker_target or run_worker
-        parent, child = self.ctx.Pipe()
-        slot.cancel_task = self.ctx.Value("q", -1, lock=False)
-        args = (slot.id, self.settings, child, slot.cancel_task, len(self.slots))
-        slot.process = self.ctx.Process(target=target, args=args, name=f"showroom-worker-{slot.id}", daemon=True)
-        slot.process.start()
-        child.close()
-        slot.conn, slot.state, slot.task, slot.work, slot.upscale = parent, WorkerState.starting, None, [], None
-        slot.kill_reason = None
-        log.info("worker %d starting (pid %s)", slot.id, slot.process.pid)
-
-    def _shutdown(self, slot: WorkerSlot, timeout: float) -> None:
-        if slot.process is None:
-            return
-        try:
-            slot.conn.send(m.Stop())
-        except (OSError, ValueError):
-            pass
-        slot.process.join(timeout)
-        if slot.process.is_alive():
-            slot.process.kill()
-            slot.process.join(2)
-
+    # ----- waking the loop, handing out events -----
     def _wake(self) -> None:
         try:
             os.write(self._wake_w, b"x")
@@ -285,9 +193,11 @@ class Scheduler:
                 if slot.process is None:
                     continue
                 if ready is slot.conn:
-                    lost += self._receive(slot)
+                    if not slot.receive(self._handle):
+                        slot.process.join(5)
+                        lost.append(self._died(slot))
                 elif not slot.process.is_alive():
-                    self._drain(slot)
+                    slot.receive(self._handle)  # what it sent before it died: its last images may have landed
                     lost.append(self._died(slot))
         for item in lost:
             self._settle(item)
@@ -296,23 +206,6 @@ class Scheduler:
             self._check_deadlines()
             self._restart_due()
         self._deliver()
-
-    def _receive(self, slot: WorkerSlot) -> list[Lost]:
-        try:
-            while slot.conn.poll():
-                self._handle(slot, slot.conn.recv())
-        except (EOFError, OSError):
-            slot.process.join(5)
-            return [self._died(slot)]
-        return []
-
-    def _drain(self, slot: WorkerSlot) -> None:
-        """Read what a dead worker sent before it died: its last images may have landed."""
-        try:
-            while slot.conn.poll():
-                self._handle(slot, slot.conn.recv())
-        except (EOFError, OSError):
-            pass
 
     def _dispatch(self) -> None:
         idle = [s for s in self.slots if s.state == WorkerState.ready]
@@ -332,14 +225,10 @@ class Scheduler:
     def _assign_training(self, slot: WorkerSlot, training: Training) -> None:
         self._next_task += 1
         task = replace(training.task, task_id=self._next_task)
-        try:
-            slot.conn.send(task)
-        except (OSError, ValueError):
+        if not slot.run(task, getattr(self.settings, "training_timeout_s", 3 * 3600), training=training):
             self.trainings.appendleft(training)
             return
         training.attempts += 1
-        slot.state, slot.task, slot.training = WorkerState.busy, task, training
-        slot.deadline = time.monotonic() + getattr(self.settings, "training_timeout_s", 3 * 3600)
         self._emit(ev.TrainingStarted(task.training_id, slot.id))
         log.info("training %s -> worker %d (attempt %d)", task.training_id, slot.id, training.attempts)
 
@@ -347,13 +236,9 @@ class Scheduler:
         held = self.jobs[batch[0].job_id]
         self._next_task += 1
         task = build_task(self._next_task, held, [w.index for w in batch], self.settings.model_id)
-        try:
-            slot.conn.send(task)
-        except (OSError, ValueError):
+        if not slot.run(task, self.settings.image_timeout_s * len(batch), work=batch):
             self.pending.extendleft(reversed(batch))
             return  # the sentinel reports the death on the next tick
-        slot.state, slot.task, slot.work = WorkerState.busy, task, batch
-        slot.deadline = time.monotonic() + self.settings.image_timeout_s * len(batch)
         for w in batch:
             w.attempts += 1
         log.info("job %s images %s -> worker %d", task.job_id, list(task.indices), slot.id)
@@ -363,20 +248,16 @@ class Scheduler:
         task = m.UpscaleTask(self._next_task, upscale.source_key, upscale.target_key)
         if not upscale.future.set_running_or_notify_cancel():
             return  # given up on by its caller before it started
-        try:
-            slot.conn.send(task)
-        except (OSError, ValueError):
+        if not slot.run(task, self.settings.image_timeout_s, upscale=upscale):
             upscale.future.set_exception(RuntimeError("the worker chosen for the upscale stopped; try again"))
             return
-        slot.state, slot.task, slot.upscale = WorkerState.busy, task, upscale
-        slot.deadline = time.monotonic() + self.settings.image_timeout_s
         log.info("upscale of %s -> worker %d", upscale.source_key, slot.id)
 
     def _handle(self, slot: WorkerSlot, msg: m.FromWorker) -> None:
         task = slot.task
         match msg:
             case m.Ready(device=device, native_size=native_size, load_s=load_s):
-                slot.state, slot.device, slot.error, slot.failed_starts = WorkerState.ready, device, None, 0
+                slot.loaded(device)
                 self.native_size = native_size
                 self._emit(ev.WorkerReady(slot.id, load_s))
             case m.LoadFailed(error=error):
@@ -388,14 +269,14 @@ class Scheduler:
             case m.Done(error=error, info=info) if isinstance(task, m.TrainTask):
                 self._emit(ev.TrainingSucceeded(task.training_id, info) if error is None
                            else ev.TrainingFailed(task.training_id, error))
-                slot.state, slot.task, slot.training = WorkerState.ready, None, None
+                slot.freed()
             case m.Done(error=error) if isinstance(task, m.UpscaleTask):
                 upscale, slot.upscale = slot.upscale, None
                 if error is None:
                     upscale.future.set_result(None)
                 else:
                     upscale.future.set_exception(RuntimeError(error))
-                slot.state, slot.task = WorkerState.ready, None
+                slot.freed()
             case m.Started() | m.Progress() | m.Preview():
                 self._emit(ev.image_event(msg, task, slot.id))
             case m.ImageDone(index=index) | m.ImageFailed(index=index):
@@ -407,7 +288,7 @@ class Scheduler:
                              ev.ImageFailed(w.job_id, w.index, "the worker finished without reporting this image"))
                     self._close(w.job_id, (w.index,), event)
                 self._emit(ev.BatchFinished(seconds, len(task.indices)))
-                slot.state, slot.task, slot.work = WorkerState.ready, None, []
+                slot.freed()
 
     def _close(self, job_id: str, indices: tuple[int, ...], event: ev.Event) -> None:
         """Report images as terminal and forget the job once none of its images is open."""
@@ -420,18 +301,7 @@ class Scheduler:
 
     def _died(self, slot: WorkerSlot) -> Lost:
         """Under the lock: the slot is freed now; what it held is settled by `_settle`, without the lock."""
-        code = slot.process.exitcode
-        reason = slot.kill_reason or (f"worker {slot.id} hit a device error and was restarted"
-                                      if code == DEVICE_BROKEN_EXIT else f"worker {slot.id} died (exit code {code})")
-        log.error("%s", reason if not slot.error else f"{reason}: {slot.error}")
-        lost = Lost(slot.work, slot.upscale, slot.training, reason, slot.kill_reason is not None)
-        was_ready = slot.state != WorkerState.starting
-        slot.process, slot.task, slot.work, slot.upscale, slot.state = None, None, [], None, WorkerState.dead
-        slot.training = None
-        slot.failed_starts = 0 if was_ready else slot.failed_starts + 1
-        slot.restart_at = time.monotonic() + min(30.0, 2.0 ** slot.failed_starts - 1)
-        if slot.failed_starts >= MAX_RESTARTS:
-            log.error("worker %d failed to start %d times; giving up on it", slot.id, slot.failed_starts)
+        lost = slot.died()
         self._fail_if_hopeless()
         return lost
 
@@ -446,25 +316,11 @@ class Scheduler:
         stored = {(w.job_id, w.index): self._already_stored(w) for w in lost.work}
         with self.lock:
             for w in lost.work:
-                held = self.jobs.get(w.job_id)
-                if held is None or w.index not in held.open:
-                    continue
-                known = stored[w.job_id, w.index]
-                if known:
-                    self._close(w.job_id, (w.index,), ev.ImageSucceeded(w.job_id, w.index))
-                elif not held.canceled and not lost.killed and w.attempts < MAX_ATTEMPTS and not self._all_given_up():
-                    self._emit(ev.ImagesRequeued(w.job_id, (w.index,)))  # a new try overwrites whatever landed
-                    self.pending.appendleft(w)
-                elif known is None:
-                    error = lost.reason if w.attempts < MAX_ATTEMPTS else f"{lost.reason}; it was the second try"
-                    self.undecided.append((w, error))
+                error = lost.reason if w.attempts < MAX_ATTEMPTS else f"{lost.reason}; it was the second try"
+                retry = not lost.killed and w.attempts < MAX_ATTEMPTS and not all_given_up(self.slots)
+                if self._decide(w, stored[w.job_id, w.index], error, retry):
                     log.warning("job %s image %d: storage cannot say whether it was stored; decided when it "
                                 "answers", w.job_id, w.index)
-                elif held.canceled:
-                    self._close(w.job_id, (w.index,), ev.ImagesCanceled(w.job_id, (w.index,)))
-                else:
-                    error = lost.reason if w.attempts < MAX_ATTEMPTS else f"{lost.reason}; it was the second try"
-                    self._close(w.job_id, (w.index,), ev.ImageFailed(w.job_id, w.index, error))
 
     def _decide_undecided(self) -> None:
         """Images whose fate waited on storage: stored → succeeded, else failed (or canceled) as they would have."""
@@ -476,22 +332,33 @@ class Scheduler:
         answers = [(w, error, self._already_stored(w)) for w, error in waiting]
         with self.lock:
             for w, error, known in answers:
-                held = self.jobs.get(w.job_id)
-                if held is None or w.index not in held.open:
-                    continue
-                if known is None:
-                    self.undecided.append((w, error))
-                elif known:
-                    self._close(w.job_id, (w.index,), ev.ImageSucceeded(w.job_id, w.index))
-                elif held.canceled:
-                    self._close(w.job_id, (w.index,), ev.ImagesCanceled(w.job_id, (w.index,)))
-                else:
-                    self._close(w.job_id, (w.index,), ev.ImageFailed(w.job_id, w.index, error))
+                self._decide(w, known, error)
+
+    def _decide(self, w: Work, known: bool | None, error: str, retry: bool = False) -> bool:
+        """Under the lock, a lost image that is still open: stored (`known`) → succeeded; else tried once more
+        when `retry` and not canceled; else, when storage could not say, kept undecided (True); else canceled,
+        or failed with `error`."""
+        held = self.jobs.get(w.job_id)
+        if held is None or w.index not in held.open:
+            return False
+        if known:
+            self._close(w.job_id, (w.index,), ev.ImageSucceeded(w.job_id, w.index))
+        elif retry and not held.canceled:
+            self._emit(ev.ImagesRequeued(w.job_id, (w.index,)))  # a new try overwrites whatever landed
+            self.pending.appendleft(w)
+        elif known is None:
+            self.undecided.append((w, error))
+            return True
+        elif held.canceled:
+            self._close(w.job_id, (w.index,), ev.ImagesCanceled(w.job_id, (w.index,)))
+        else:
+            self._close(w.job_id, (w.index,), ev.ImageFailed(w.job_id, w.index, error))
+        return False
 
     def _training_lost(self, training: Training, lost: Lost) -> None:
         """A training whose worker died resumes from its last checkpoint on a fresh worker, twice at most."""
         with self.lock:
-            if not lost.killed and training.attempts < MAX_TRAINING_ATTEMPTS and not self._all_given_up():
+            if not lost.killed and training.attempts < MAX_TRAINING_ATTEMPTS and not all_given_up(self.slots):
                 self.trainings.appendleft(training)
                 self._emit(ev.TrainingRequeued(training.task.training_id, lost.reason))
             else:
@@ -509,18 +376,14 @@ class Scheduler:
 
     def _restart_due(self) -> None:
         for slot in self.slots:
-            if (slot.state == WorkerState.dead and slot.process is None and slot.failed_starts < MAX_RESTARTS
-                    and time.monotonic() >= slot.restart_at and not self._stopping.is_set()):
-                self._spawn(slot)
-
-    def _all_given_up(self) -> bool:
-        return all(s.failed_starts >= MAX_RESTARTS for s in self.slots)
+            if slot.restart_due() and not self._stopping.is_set():
+                slot.spawn(self.ctx, self.worker_target, self.settings, len(self.slots))
 
     def _fail_if_hopeless(self) -> None:
         """With no worker left that could ever start, fail what waits rather than keep it forever."""
-        if not self._all_given_up():
+        if not all_given_up(self.slots):
             return
-        error = next((s.error for s in self.slots if s.error), "no worker could start")
+        error = first_error(self.slots)
         while self.pending:
             w = self.pending.popleft()
             self._close(w.job_id, (w.index,), ev.ImageFailed(w.job_id, w.index, error))
@@ -531,43 +394,4 @@ class Scheduler:
 
     def _check_deadlines(self) -> None:
         for slot in self.slots:
-            if slot.task and slot.kill_reason is None and time.monotonic() > slot.deadline:
-                if slot.training:
-                    limit = getattr(self.settings, "training_timeout_s", 3 * 3600)
-                    slot.kill_reason = f"timed out after {limit:.0f} s (TRAINING_TIMEOUT_S={limit:g})"
-                else:
-                    limit = self.settings.image_timeout_s * len(slot.work or [None])
-                    slot.kill_reason = (f"timed out after {limit:.0f} s "
-                                        f"(IMAGE_TIMEOUT_S={self.settings.image_timeout_s:g})")
-                log.error("worker %d: %s; killing it", slot.id, slot.kill_reason)
-                slot.process.kill()
-
-
-def public_model_name(model_id: str) -> str:
-    """What a PNG may say about the model: a hub id as it is, a local folder by its name only (never the
-    server's paths)."""
-    path = Path(model_id)
-    return path.name if path.is_absolute() or model_id.startswith(".") or path.is_dir() else model_id
-
-
-def batch_size(waiting: int, idle: int, max_batch: int) -> int:
-    """How many of one job's waiting images the next idle worker takes: an even share of what waits
-    among the idle workers (4 images, 4 workers: one each), at most MAX_BATCH."""
-    return min(math.ceil(waiting / idle), max_batch)
-
-
-def build_task(task_id: int, held: HeldJob, indices: list[int], model_id: str) -> m.Task:
-    """The message for a batch of one job's images: everything a worker needs, nothing it must look up."""
-    job, spec = held.job, held.job.spec
-    images = [job.images[i] for i in indices]
-    return m.Task(
-        task_id=task_id, job_id=job.id, indices=tuple(indices), seeds=tuple(i.seed for i in images),
-        keys=tuple(i.key for i in images), prompt=spec.prompt, negative_prompt=spec.negative_prompt,
-        steps=spec.steps, guidance_scale=spec.guidance_scale, width=spec.width, height=spec.height,
-        strength=spec.strength, input_key=job.input_key, loras=held.loras,
-        # what made the picture, written into it: never where its owner is told (a webhook URL may hold a token)
-        meta=spec.model_dump(mode="json", exclude={"seed", "num_images", "webhook", "webhook_events"})
-        | {"model": public_model_name(model_id)},
-        mode=spec.mode, layout_key=job.layout_key, shadow=spec.shadow, harmonize=spec.harmonize,
-        preview_keys=tuple(preview_key(job.id, i) for i in indices),
-    )
+            slot.kill_if_overdue(self.settings)

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 import pytest
 
 from backend.contract import new_job_id
-from backend.gpu.scheduler import MAX_RESTARTS, Scheduler
+from backend.gpu.scheduler import Scheduler
+from backend.gpu.worker_slot import MAX_RESTARTS
 from backend.jobs.events import JobEvents
 from backend.jobs.manifests import ManifestStore
 from backend.models import ImageRecord, JobManifest, ResolvedSpec, Status, now
