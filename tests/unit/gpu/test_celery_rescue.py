@@ -168,12 +168,12 @@ def test_a_name_is_renewed_while_it_is_this_nodes_or_nobodys_and_never_taken_fro
 
 
 def test_a_gpu_process_whose_node_name_was_taken_stops_its_node_and_beats_no_more(client, monkeypatch):
-    from backend import node
+    from backend.node import gpu as node_gpu
 
     stopped = []
-    monkeypatch.setattr(node.os, "kill", lambda pid, sig: stopped.append((pid, sig)))
-    gpu = object.__new__(node.Gpu)  # its fields only: no pipeline, no heartbeat thread
-    gpu.node = node.Node("box", "first", "box@host", 1, SimpleNamespace(model_id=MODEL))
+    monkeypatch.setattr(node_gpu.os, "kill", lambda pid, sig: stopped.append((pid, sig)))
+    gpu = object.__new__(node_gpu.Gpu)  # its fields only: no pipeline, no heartbeat thread
+    gpu.node = node_gpu.Node("box", "first", "box@host", 1, SimpleNamespace(model_id=MODEL))
     gpu.settings = gpu.node.settings
     gpu.id, gpu.redis = "box/0", client
     gpu.state, gpu.device, gpu.error, gpu.native_size, gpu.task, gpu.gen, gpu._loras = (
@@ -184,6 +184,6 @@ def test_a_gpu_process_whose_node_name_was_taken_stops_its_node_and_beats_no_mor
     client.set(ca.name_key("box"), "second")  # another node claimed it while this one was cut off
     gpu.beat()
     gpu.beat()
-    assert stopped == [(node.os.getppid(), node.signal.SIGTERM)], "stopped once"
+    assert stopped == [(node_gpu.os.getppid(), node_gpu.signal.SIGTERM)], "stopped once"
     assert gpu.node.name_lost.value == 1, "the main process would not know to start the node again"
     assert client.hget(ca.WORKERS, "box/0") is None, "it beat under the other node's name"
