@@ -56,6 +56,11 @@ class Plan:
     def batches(self) -> int:
         return -(-self.jobs // MAX_BATCH)
 
+    @property
+    def too_many(self) -> bool:
+        """More jobs than one run's link can carry: the grid would lose the rest without a word."""
+        return self.jobs > MAX_RUN_JOBS
+
     def too_big(self, limit: float = DEFAULT_MAX_JOB_COST) -> list[Entry]:
         return [e for e in self.entries if e.cost > limit]
 

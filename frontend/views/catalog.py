@@ -104,7 +104,7 @@ def _picker(catalog: dict, health: services.Health) -> None:
         st.warning(f"No pictures can be made right now: {health.detail or 'the generator reports an error'}.")
     label = f"Make {plan.images} picture{'s' if plan.images != 1 else ''}" if plan.jobs else "Make the pictures"
     if st.button(label, type="primary", key="catalog-submit", icon=":material/auto_awesome:", width="stretch",
-                 disabled=not plan.jobs or not health.can_generate):
+                 disabled=not plan.jobs or plan.too_many or not health.can_generate):
         _submit(plan)
 
 
@@ -128,6 +128,9 @@ def _summary(plan: Plan, exact_products: list[dict], width: int, height: int) ->
                     f"512 × 512 at 30 steps; a bigger or longer one counts more.</span>", unsafe_allow_html=True)
         if plan.batches > 1:
             st.caption(f"Sent as {plan.batches} batches of up to {catalog_run.MAX_BATCH} jobs, one after another.")
+    if plan.too_many:
+        st.error(f"One run makes at most {catalog_run.MAX_RUN_JOBS} jobs, and this is {plan.jobs}. Pick fewer "
+                 "products or styles, and make the others in a second run.", icon=":material/block:")
     if too_big := plan.too_big():
         st.warning(f"The job for {too_big[0].label} is {cost.amount(too_big[0].cost)} of work; the generator "
                    f"usually takes at most {cost.amount(cost.DEFAULT_MAX_JOB_COST)} in one job, so it may be "

@@ -76,6 +76,21 @@ def test_a_plan_is_every_product_in_every_style_with_its_cost():
     assert [t["id"] for t in catalog_run.styles_for(templates, exact=True)] == ["studio-white"]
 
 
+def test_a_run_is_never_bigger_than_its_link_can_carry():
+    templates = [{"id": f"style-{i}", "name": f"Style {i}", "steps": 30, "modes": ["generate"]} for i in range(40)]
+
+    def plan(products: int) -> catalog_run.Plan:
+        return catalog_run.plan([{"name": f"p{i}", "packshot_key": None} for i in range(products)], templates, 1,
+                                512, 512, None, exact=False)
+
+    assert plan(12).jobs == 480 and plan(12).too_many, "480 jobs: a link of 400 would lose 80 of them"
+    fits = plan(10)
+    assert fits.jobs == catalog_run.MAX_RUN_JOBS and not fits.too_many
+    outcome = catalog_run.send(FakeClient(), fits.entries)
+    assert catalog_run.ids_from_url(catalog_run.ids_to_url(outcome.job_ids)) == outcome.job_ids, \
+        "every job of the biggest run allowed stays in its link"
+
+
 def test_more_than_50_jobs_go_as_batches_in_order():
     client = FakeClient()
     outcome = catalog_run.send(client, [entry(f"p{i}") for i in range(120)])
@@ -257,6 +272,21 @@ def test_two_products_in_two_styles_fill_one_grid(backend, open_app):
         pngs = sorted(n for n in z.namelist() if n.endswith(".png"))
         assert [n.split("/")[0] for n in pngs] == ["marble-countertop"] * 2 + ["studio-white"] * 2, pngs
         assert json.loads(z.read("studio-white/job.json"))["id"] == ids[0]
+
+
+def test_a_run_past_the_links_limit_is_refused_before_anything_is_sent(backend, open_app, monkeypatch):
+    monkeypatch.setattr(catalog_run, "MAX_RUN_JOBS", 3)  # 2 products × 2 styles make 4 jobs
+    names = add_products(backend, 2)
+    at = open_catalog(open_app, backend)
+    at.multiselect(key="catalog_products").set_value(names)
+    at.multiselect(key="catalog_styles").set_value(PLACE_STYLES).run()
+    assert_no_exception(at)
+    (said,) = [e.value for e in at.error if "One run makes at most" in e.value]
+    assert "at most 3 jobs, and this is 4" in said, said
+    assert at.button(key="catalog-submit").disabled, "a run bigger than its link would lose jobs from its grid"
+    at.multiselect(key="catalog_styles").set_value(PLACE_STYLES[:1]).run()
+    assert not [e for e in at.error if "One run makes at most" in e.value]
+    assert not at.button(key="catalog-submit").disabled
 
 
 def test_a_refused_batch_says_which_product_and_style_and_starts_nothing(backend, open_app, monkeypatch):
