@@ -74,9 +74,14 @@ def _panel(job_id: str | None) -> None:
 
 
 def _load(job_id: str) -> JobView | None:
+    """The job as stored; before its manifest is first read, the ticket this session was given. Once read, the
+    ticket is dropped: a manifest gone after that means the job was deleted, not that it is still coming."""
+    tickets = st.session_state.get("tickets", {})
     view = load_job(services.storage(), job_id)
-    if view is None and job_id in st.session_state.get("tickets", {}):
-        view = ticket_view(*st.session_state["tickets"][job_id])
+    if view is not None:
+        tickets.pop(job_id, None)
+    elif job_id in tickets:
+        view = ticket_view(*tickets[job_id])
     return view
 
 

@@ -1,8 +1,8 @@
 """The app's pages under AppTest, against the real backend (tiny model, SeaweedFS)."""
 
-import time
 import json
 import re
+import time
 import uuid
 
 from backend.storage import open_storage
@@ -55,6 +55,25 @@ def test_generate_from_a_template_fills_every_image(backend, open_app):
     assert spec["template"] == template["id"] and spec["steps"] == 2 and spec["num_images"] == 3
     assert spec["seed"] == 42 and spec["prompt"].endswith(", studio shot")
     assert not [b for b in at.button if b.key == "cancel-job"], "no cancel button once the job is over"
+
+
+def test_a_job_deleted_while_its_page_follows_it_is_said_to_be_gone(backend, open_app):
+    at = open_app(frontend_env(backend))
+    at.text_area(key="prompt").input("a teapot")
+    at.number_input(key="steps").set_value(2)
+    at.slider(key="num_images").set_value(1)
+    at.button(key="generate").click().run()
+    job_id = at.query_params.get("job")
+    assert job_id, "the job was not started: " + page_text(at)
+    backend.wait_job(job_id)
+    run_until(at, lambda a: shown_images(a) == 1, what="the picture shown")
+
+    assert backend.delete(f"/v1/jobs/{job_id}").status_code == 204  # from History, or another device
+    assert backend.storage.list_files(f"jobs/{job_id}/") == []
+    at.run()
+    assert_no_exception(at)
+    assert f"No job {job_id} was found in storage" in page_text(at), "not its ticket, waiting for ever"
+    assert placeholder_tiles(at) == 0 and shown_images(at) == 0
 
 
 def test_a_photo_uploaded_on_the_page_is_restyled(backend, open_app):
