@@ -1,9 +1,10 @@
 """The executor for EXECUTOR=celery: a job's images go to GPU nodes anywhere as Celery tasks, and what the
 nodes report comes back on a Redis stream as the executor's own events (backend.gpu.celery_app).
 
-The batches are cut as the local scheduler cuts them (`build_task`, `batch_size`), over the node workers
-that are up, so image i is made from seed + i in the same batches whatever the node count. This
-backend writes no manifest: the events go to `on_event` (JobEvents), in stream order, from one thread.
+The batches are cut as the local scheduler cuts them (backend.gpu.batches), over the node workers that
+are up, so image i is made from seed + i in the same batches whatever the node count. This backend
+writes no manifest: the events go to `on_event` (JobEvents), in stream order, from one thread; what is
+in flight, and what is handed out when, is kept by backend.gpu.celery_flights.
 
 What it must survive:
 - a node lost mid-batch: Celery sends the task again (acks_late, reject/retry on worker lost); a node
@@ -24,19 +25,17 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 
 import redis
 
-from backend.contract import job_prefix, manifest_key
 from backend.gpu import celery_app as ca
 from backend.gpu import celery_rescue as rescue
 from backend.gpu import celery_routing as cr
 from backend.gpu import executor as ev
 from backend.gpu import messages as m
-from backend.gpu.scheduler import HeldJob, batch_size, build_task
+from backend.gpu.batches import HeldJob, batch_size, build_task
+from backend.gpu.celery_flights import Flights
 from backend.models import JobManifest, Status
-from backend.storage import ObjectMissing, StorageError
 
 log = logging.getLogger("showroom.celery")
 READ_BLOCK_MS = 1000   # the event thread waits this long for new events before its housekeeping
@@ -44,15 +43,6 @@ WORKERS_EVERY_S = 2.0  # how often the node workers' heartbeats are read
 RECONCILE_EVERY_S = 30.0
 SWEEP_EVERY_S = 1.0    # how often the nodes' own queues are looked at for batches to move to the shared queue
 PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.5, "interval_step": 1, "interval_max": 3}  # ~8 s, then fail
-
-
-@dataclass
-class Flight:
-    """A job with images in the broker or on a node."""
-    held: HeldJob
-    started: set[int] = field(default_factory=set)  # open images a node has reported started
-    canceled: bool = False
-    undecided: dict[int, str] = field(default_factory=dict)  # open images whose fate waits on storage: reason
 
 
 class CeleryExecutor:
@@ -63,18 +53,15 @@ class CeleryExecutor:
         self.redis = ca.redis_client(settings)
         self.queue = ca.image_queue(settings.model_id)
         self.native_size: int | None = None
-        self.lock = threading.Lock()
-        self.flights: dict[str, Flight] = {}
+        self.lock = threading.Lock()  # the upscales and the fleet's view; the flights have their own
+        self.flights = Flights(self.redis, storage, self.on_event)
         self.upscales: dict[str, Future] = {}
         self.workers: list[dict] = []
         self.errors: list[str] = []
-        self.removed_on_cancel: dict[tuple[str, int], float] = {}  # canceled before they started
         self._refused: set[str] = set()  # node workers already logged as running another model
         self.router = cr.Router(self.redis, settings.model_id, self.queue)
         self.rescue = rescue.Rescue(self.app, self.redis, settings, self.queue, PUBLISH_RETRY)
         self._reconcile_at = 0.0  # when _reconcile runs next (at once after an undecided image)
-        self._outbox: list = []  # events (and ("done", job id)) to hand out once the lock is released
-        self._delivering = threading.Lock()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="celery-events", daemon=True)
 
@@ -84,7 +71,7 @@ class CeleryExecutor:
             try:
                 self.redis.set(ca.MODEL, self.settings.model_id)
                 self._ensure_group()
-                self._adopt_flights()
+                self.flights.adopt()
                 break
             except redis.RedisError as e:
                 log.warning("the broker does not answer yet (%s); trying again", e)
@@ -108,8 +95,8 @@ class CeleryExecutor:
         if not queued:
             return
         held = HeldJob(job.model_copy(deep=True), loras, set(queued))
+        self.flights.add(held)
         with self.lock:
-            self.flights[job.id] = Flight(held)
             share = self._workers_up()
         batches, rest = [], list(queued)
         while rest:
@@ -125,36 +112,22 @@ class CeleryExecutor:
         except Exception as e:  # the broker is unreachable: what was not sent fails with the reason
             reason = f"the broker (BROKER_URL) could not be reached to send this image to a GPU node: {e}"[:500]
             log.error("job %s: %s", job.id, reason)
-            with self.lock:
-                for batch in batches[sent:]:
-                    for index in batch:
-                        self._close(job.id, index, ev.ImageFailed(job.id, index, reason))
-            self._deliver()
+            self.flights.fail(job.id, [index for batch in batches[sent:] for index in batch], reason)
         log.info("job %s images %s -> broker as %d batch(es)", job.id, queued, len(batches))
 
     def cancel(self, job_id: str) -> bool:
-        with self.lock:
-            flight = self.flights.get(job_id)
-            if flight is None:
-                return False
-            flight.canceled = True
-            waiting = sorted(flight.held.open - flight.started)
+        waiting = self.flights.cancel(job_id)
+        if waiting is None:
+            return False
         try:
             self.redis.set(ca.cancel_key(job_id), "1", ex=ca.CANCEL_TTL_S)
         except redis.RedisError as e:
             log.error("job %s: the cancel flag could not be set (%s); running images finish", job_id, e)
-        with self.lock:
-            if waiting:  # a node that takes one of these later sees the flag and skips it
-                self._outbox_append(ev.ImagesCanceled(job_id, tuple(waiting)))
-            for index in waiting:
-                self.removed_on_cancel[(job_id, index)] = time.monotonic()
-                self._close(job_id, index, None)
-        self._deliver()
+        self.flights.canceled(job_id, waiting)
         return True
 
     def holds(self, job_id: str) -> bool:
-        with self.lock:
-            return job_id in self.flights
+        return job_id in self.flights
 
     def upscale(self, source_key: str, target_key: str) -> Future:
         """On a node's GPU with the local upscaler; the future ends when the node reports it stored."""
@@ -192,12 +165,10 @@ class CeleryExecutor:
                                             f"this training to a GPU node: {e}"[:500]))
 
     def pending_images(self) -> int:
-        with self.lock:
-            return sum(len(f.held.open - f.started) for f in self.flights.values())
+        return self.flights.pending_images()
 
     def pending_cost(self) -> float:
-        with self.lock:
-            return sum(len(f.held.open - f.started) * f.held.job.spec.image_cost for f in self.flights.values())
+        return self.flights.pending_cost()
 
     def hopeless(self) -> bool:
         """Never: nodes come and go, and work waits in the broker for the next one."""
@@ -208,9 +179,9 @@ class CeleryExecutor:
             return self.errors[0] if self.errors else "no GPU node has reported"
 
     def snapshot(self) -> dict:
+        pending = self.flights.pending_images()
         with self.lock:
-            return {"workers": [dict(w) for w in self.workers], "errors": list(self.errors),
-                    "pending": sum(len(f.held.open - f.started) for f in self.flights.values()),
+            return {"workers": [dict(w) for w in self.workers], "errors": list(self.errors), "pending": pending,
                     "native_size": self.native_size}
 
     # ----- sending -----
@@ -244,7 +215,6 @@ class CeleryExecutor:
                     last_sweep = time.monotonic()
                 if time.monotonic() >= self._reconcile_at:
                     self._reconcile_at = time.monotonic() + RECONCILE_EVERY_S
-                    self.router.scan()
                     self._reconcile()
                 backlog = self._read(backlog)
                 failures = 0
@@ -293,80 +263,18 @@ class CeleryExecutor:
                 future.set_exception(RuntimeError(event.error))
             return
         if isinstance(event, ca.ImageUndecided):  # not the sink's: _reconcile decides once storage answers
-            with self.lock:
-                if event.job_id in self.flights:
-                    self.flights[event.job_id].undecided[event.index] = event.error
-                    self._reconcile_at = 0.0
+            if self.flights.undecided(event.job_id, event.index, event.error):
+                self._reconcile_at = 0.0
             return
         if isinstance(event, ev.ImagesStarted):
             self.router.started(event.job_id, event.indices)
-        deleted = None
-        with self.lock:
-            self._outbox_append(event)  # before the bookkeeping: a job leaves HELD only after its last event
-            match event:
-                case ev.ImagesStarted(job_id, indices) if job_id in self.flights:
-                    self.flights[job_id].started.update(indices)
-                case ev.ImagesRequeued(job_id, indices) if job_id in self.flights:
-                    self.flights[job_id].started.difference_update(indices)
-                case ev.ImageSucceeded(job_id, index) if (job_id, index) in self.removed_on_cancel:
-                    deleted = self._image_key(job_id, index)
-                case ev.ImageSucceeded(job_id, index) | ev.ImageFailed(job_id, index):
-                    self._close(job_id, index, None)
-                case ev.ImagesCanceled(job_id, indices):
-                    for index in indices:
-                        self._close(job_id, index, None)
-        if deleted:
-            self._remove(deleted)
-        self._deliver()
+        self.flights.apply(event)
 
-    # ----- bookkeeping -----
-    def _close(self, job_id: str, index: int, event) -> None:
-        """Under the lock: image `index` is terminal; the job is forgotten once none is open."""
-        if event is not None:
-            self._outbox_append(event)
-        flight = self.flights.get(job_id)
-        if flight is None:
-            return
-        flight.held.open.discard(index)
-        flight.started.discard(index)
-        if not flight.held.open:
-            del self.flights[job_id]
-            self._outbox_append(("done", job_id))
-
-    def _outbox_append(self, item) -> None:
-        self._outbox.append(item)
-
-    def _deliver(self) -> None:
-        """Hand the events out in order, outside the lock (the sink takes its own locks and writes storage)."""
-        with self._delivering:
-            with self.lock:
-                items, self._outbox = self._outbox, []
-            for item in items:
-                if isinstance(item, tuple):  # a job no longer in flight
-                    try:
-                        self.redis.srem(ca.HELD, item[1])
-                    except redis.RedisError as e:
-                        log.warning("job %s stays listed in flight (%s); the next start checks it", item[1], e)
-                    continue
-                try:
-                    self.on_event(item)
-                except Exception:
-                    log.exception("an event could not be applied: %r", item)
-
-    def _image_key(self, job_id: str, index: int) -> str | None:
-        flight = self.flights.get(job_id)
-        if flight is not None:
-            return flight.held.job.images[index].key
-        from backend.contract import image_key
-
-        return image_key(job_id, index)
-
-    def _remove(self, key: str) -> None:
-        try:
-            self.storage.delete(key)
-            log.info("%s was stored after its cancel was reported: removed", key)
-        except StorageError as e:
-            log.warning("%s was stored after its cancel and could not be removed: %s", key, e)
+    def _reconcile(self) -> None:
+        """Every half minute, what the stream may not have said: the nodes' own queues of nodes gone quiet,
+        and the images of jobs in flight checked against storage."""
+        self.router.scan()
+        self.flights.reconcile()
 
     def _ensure_group(self) -> None:
         try:
@@ -375,59 +283,12 @@ class CeleryExecutor:
             if "BUSYGROUP" not in str(e):
                 raise
 
-    def _read_manifest(self, job_id: str) -> JobManifest | None:
-        try:
-            return JobManifest.model_validate_json(self.storage.get(manifest_key(job_id)))
-        except ObjectMissing:
-            return None
-
-    def _adopt_flights(self) -> None:
-        """At start-up: the jobs an earlier run sent and did not see finish are in flight still."""
-        for job_id in self.redis.smembers(ca.HELD):
-            try:
-                job = self._read_manifest(job_id)
-            except (StorageError, ValueError) as e:
-                log.warning("job %s: manifest unreadable at start-up (%s); start-up recovery decides", job_id, e)
-                continue
-            open_ = {img.index for img in job.images if not img.status.is_terminal()} if job else set()
-            if not open_:
-                self.redis.srem(ca.HELD, job_id)
-                continue
-            running = {img.index for img in job.images if img.status == Status.running}
-            with self.lock:
-                self.flights[job_id] = Flight(HeldJob(job, (), open_), started=running)
-            log.info("job %s is still in flight (%d images open)", job_id, len(open_))
-
-    def _reconcile(self) -> None:
-        """Every half minute: images of jobs in flight that are stored already are succeeded (their event
-        may have been trimmed from the stream while the backend was down); terminal ones are forgotten."""
-        with self.lock:
-            flights = {job_id: set(f.held.open) for job_id, f in self.flights.items()}
-            undecided = {job_id: dict(f.undecided) for job_id, f in self.flights.items() if f.undecided}
-        for job_id, open_ in flights.items():
-            try:
-                job = self._read_manifest(job_id)
-                stored = set(self.storage.list_files(job_prefix(job_id))) if job else set()
-            except (StorageError, ValueError):
-                continue
-            with self.lock:
-                for index in open_:
-                    if job is None or job.images[index].status.is_terminal():
-                        self._close(job_id, index, None)
-                    elif job.images[index].key in stored:
-                        self._close(job_id, index, ev.ImageSucceeded(job_id, index))
-                    elif index in undecided.get(job_id, {}):
-                        self._close(job_id, index, ev.ImageFailed(job_id, index, undecided[job_id][index]))
-                cutoff = time.monotonic() - 3600
-                self.removed_on_cancel = {k: t for k, t in self.removed_on_cancel.items() if t > cutoff}
-            self._deliver()
-
     def _refresh_workers(self) -> None:
         """The node workers that reported in the last minute, from their heartbeats."""
         beats = self.redis.hgetall(ca.WORKERS)
         fleet = ca.read_fleet(beats, self.settings.model_id, time.time())
         self.router.heard_from(w["id"].rpartition("/")[0] for w in fleet.workers)
-        self.rescue.check(beats, self._open_of, self._apply)
+        self.rescue.check(beats, self.flights.open_of, self._apply)
         expired = [w for w in fleet.expired if self.rescue.settled(beats[w])]  # a task it names is seen to first
         if expired:
             self.redis.hdel(ca.WORKERS, *expired)
@@ -438,10 +299,3 @@ class CeleryExecutor:
         with self.lock:
             self.workers, self.errors = fleet.workers, fleet.errors
             self.native_size = fleet.native_size or self.native_size
-
-    def _open_of(self, job_id: str, indices) -> tuple[set[int], bool]:
-        """Which of a job's images in `indices` are still open here (none for a job not in flight), and
-        whether the job was canceled."""
-        with self.lock:
-            flight = self.flights.get(job_id)
-            return ((flight.held.open & set(indices)), flight.canceled) if flight else (set(), False)
