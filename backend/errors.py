@@ -65,9 +65,19 @@ class Unavailable(ShowroomError):
     status_code = 503
 
 
-def _location(loc: tuple) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
-    return ".".join(parts) or "request"
+def validation_message(errors: list[dict], whole: str = "request") -> str:
+    """Pydantic's errors in one line, each where it is: `jobs[1].width: ...`, `loras[0].weight: ...` (a list
+    index in brackets, as a batch's own refusals name a spec: `jobs[1]: ...`); `whole` when it is all of it."""
+    messages = []
+    for err in errors:
+        where = ""
+        for part in err.get("loc", ()):
+            if isinstance(part, int):
+                where += f"[{part}]"
+            elif part not in ("body", "query", "path", "header"):
+                where += f".{part}" if where else str(part)
+        messages.append(f"{where or whole}: {str(err.get('msg', 'invalid')).removeprefix('Value error, ')}")
+    return "; ".join(messages) or f"invalid {whole}"
 
 
 _METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
@@ -94,11 +104,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
-        messages = []
-        for err in exc.errors():
-            msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-            messages.append(f"{_location(tuple(err.get('loc', ())))}: {msg}")
-        return JSONResponse({"detail": "; ".join(messages) or "invalid request"}, status_code=422)
+        return JSONResponse({"detail": validation_message(exc.errors())}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):

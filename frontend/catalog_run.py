@@ -120,7 +120,7 @@ def send(client: ShowroomClient, entries: list[Entry]) -> Outcome:
     return outcome
 
 
-ITEM = re.compile(r"^jobs\[(\d+)\]: (.*)$", re.DOTALL)
+ITEM = re.compile(r"^jobs\[(\d+)\](?:: |\.)(.*)$", re.DOTALL)  # "jobs[1]: unknown template", "jobs[1].width: ..."
 WAIT = re.compile(r"too many submissions.*try again in (\d+) s", re.DOTALL)
 TOO_MUCH = re.compile(r"this job is ([\d.]+) images' worth of work.*the limit is MAX_JOB_COST=([\d.]+)", re.DOTALL)
 

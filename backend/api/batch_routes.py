@@ -5,9 +5,8 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field, ValidationError
 
 from backend.api.deps import RateLimitedClientDep, ServicesDep
-from backend.api.job_routes import validation_message
 from backend.api.openapi import BATCH_EXAMPLE, V1_ERRORS, errors, json_body
-from backend.errors import InvalidRequest
+from backend.errors import InvalidRequest, validation_message
 from backend.models import JobSpec, JobTicket
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"], responses=V1_ERRORS)
@@ -25,7 +24,7 @@ def parse_batch(raw: bytes) -> Batch:
     try:
         return Batch.model_validate_json(raw)
     except ValidationError as e:
-        raise InvalidRequest(validation_message(e)) from None
+        raise InvalidRequest(validation_message(e.errors(), "batch")) from None
     except RecursionError:
         raise InvalidRequest("the batch is nested too deeply to be read") from None
 

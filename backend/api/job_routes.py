@@ -12,7 +12,7 @@ from backend.api.deps import ClientDep, RateLimitedClientDep, ServicesDep
 from backend.api.middleware import JSON_LIMIT
 from backend.api.openapi import V1_ERRORS, errors, job_body
 from backend.contract import JOB_ID_RE, is_job_id
-from backend.errors import InvalidRequest, PayloadTooLarge, Unavailable
+from backend.errors import InvalidRequest, PayloadTooLarge, Unavailable, validation_message
 from backend.models import JobManifest, JobSpec, JobTicket
 from backend.upscale.service import upscalable_image
 
@@ -27,14 +27,6 @@ class UpscaleTicket(BaseModel):
     status: Literal["queued"]
 
 
-def validation_message(e: ValidationError) -> str:
-    parts = []
-    for err in e.errors():
-        where = ".".join(str(p) for p in err.get("loc", ())) or "spec"
-        parts.append(f"{where}: {str(err.get('msg', 'invalid')).removeprefix('Value error, ')}")
-    return "; ".join(parts)
-
-
 def parse_spec(raw: bytes | str) -> JobSpec:
     try:
         data = json.loads(raw)
@@ -47,7 +39,7 @@ def parse_spec(raw: bytes | str) -> JobSpec:
     try:
         return JobSpec.model_validate(data)
     except ValidationError as e:
-        raise InvalidRequest(validation_message(e)) from None
+        raise InvalidRequest(validation_message(e.errors(), "spec")) from None
 
 
 async def read_submission(request: Request, max_photo: int) -> tuple[JobSpec, bytes | None]:

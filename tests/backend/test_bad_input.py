@@ -54,6 +54,7 @@ def bomb_png(width: int, height: int) -> bytes:
     (OK | {"product": "../../etc/passwd"}, 422, "product name must be"),
     (OK | {"template": "../secret"}, 422, "template name must be"),
     (OK | {"loras": [{"name": "../x"}]}, 422, "LoRA name must be"),
+    (OK | {"loras": [{"name": "x", "weight": "heavy"}]}, 422, "loras[0].weight: "),  # where, as a batch names a job
     (OK | {"colour": "red"}, 422, "colour"),
     ({"num_images": 1}, 422, "prompt is empty"),
     ([1, 2], 422, "JSON object"),

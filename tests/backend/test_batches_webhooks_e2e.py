@@ -163,6 +163,9 @@ def test_a_batch_with_one_bad_spec_is_refused_whole(backend):
     r = backend.post("/v1/batches", json={"jobs": specs})
     assert r.status_code == 422 and r.json()["detail"].startswith("jobs[1]: unknown template 'no-such-style'")
     assert {j["id"] for j in backend.get("/v1/jobs?limit=200").json()["jobs"]} == before, "nothing queued"
+    too_wide = backend.post("/v1/batches", json={"jobs": [specs[0], {**specs[2], "width": 4000}]})
+    assert too_wide.status_code == 422 and too_wide.json()["detail"].startswith("jobs[1].width: "), \
+        "a spec that breaks a schema rule is named as one that fails resolution: jobs[i]"
     assert backend.post("/v1/batches", json={"jobs": []}).status_code == 422
     assert backend.post("/v1/batches", json={"jobs": [{"prompt": "x"}] * 51}).status_code == 422
 

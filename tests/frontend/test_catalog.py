@@ -107,6 +107,14 @@ def test_a_refused_batch_stops_the_run_and_keeps_the_rest_to_send():
                                       "is too busy to take 20 more pictures right now"), outcome.refusal
 
 
+def test_a_spec_refused_by_a_schema_rule_is_named_by_its_product_and_style():
+    chunk = [entry("mug"), entry("scarf", "Street")]
+    schema = BackendError("jobs[1].width: Input should be less than or equal to 2048", 422)
+    assert catalog_run.refusal_words(schema, chunk, 0, 2) == (
+        "Nothing in this batch was started: the job for scarf in the style “Street” was refused, because "
+        "width: Input should be less than or equal to 2048.")
+
+
 def test_an_unanswered_batch_may_have_started():
     offline = BackendOffline("the backend at http://x did not answer in time")
     outcome = catalog_run.send(FakeClient(refuse_batch=1, error=offline), [entry()])
