@@ -18,9 +18,10 @@ SECRET_MARKERS = ("KEY", "SECRET", "TOKEN", "PASSWORD", "BROKER_URL")  # BROKER_
 # Backend settings taken from this shell when the env file does not set them (CONTRACT.md + ours).
 PASS_THROUGH = ("MODEL_ID", "DEVICE", "WORKERS", "STORAGE_URL", "S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
                 "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "API_KEY", "UPSCALER", "REPLICATE_API_TOKEN",
-                "REPLICATE_BASE_URL", "IDLE_STOP_MINUTES", "HF_TOKEN", "BROKER_URL", "BG_REMOVAL_MODEL",
-                "IMAGE_TIMEOUT_S")
-NODE_DROPS = ("API_KEY", "PUBLIC_BIND", "IDLE_STOP_MINUTES", "UPSCALER", "REPLICATE_API_TOKEN", "EXECUTOR")
+                "REPLICATE_BASE_URL", "IDLE_STOP_MINUTES", "HF_TOKEN", "EXECUTOR", "BROKER_URL", "BG_REMOVAL_MODEL",
+                "WEBHOOK_SECRET", "WEBHOOK_ALLOWED_HOSTS", "IMAGE_TIMEOUT_S")
+NODE_DROPS = ("API_KEY", "PUBLIC_BIND", "IDLE_STOP_MINUTES", "UPSCALER", "REPLICATE_API_TOKEN", "EXECUTOR",
+              "WEBHOOK_SECRET", "WEBHOOK_ALLOWED_HOSTS")  # the backend's alone: a node never sends a webhook
 EXIT_API, EXIT_CONFIG, EXIT_NO_OFFER, EXIT_CREATE, EXIT_UNHEALTHY = 1, 2, 3, 4, 5
 
 LaunchError = VastError  # one error for the API's refusals and the launcher's own (its code is the exit code)

@@ -82,7 +82,8 @@ def parse_args(argv=None):
     p.add_argument("--peak-tflops", type=float, default=790.0,
                    help="the ceiling: the issue's H100 anchor (the H100 SXM datasheet's dense fp16/bf16 is 989)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="time torch.compile")
-    p.add_argument("--compile-mode", default="max-autotune", help="backend.gpu.pipeline's mode with COMPILE=true")
+    p.add_argument("--compile-mode", default="max-autotune",
+                   help="torch.compile mode of part 2 (COMPILE=true uses default, as gpu-check measures it)")
     p.add_argument("--gpu-system", action=argparse.BooleanOptionalAction, default=True,
                    help="part 2 through the whole system too (a backend on the saved full-size model)")
     p.add_argument("--omp-passive", action=argparse.BooleanOptionalAction, default=True,

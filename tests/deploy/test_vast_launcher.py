@@ -229,6 +229,16 @@ def test_settings_from_the_shell_fill_what_the_env_file_leaves_out(tmp_path):
                    "PUBLIC_BIND": "true"}
 
 
+def test_the_contracts_executor_and_webhook_names_come_from_the_shell_but_never_reach_a_node(tmp_path):
+    path = tmp_path / "vast.env"
+    path.write_text(f"API_KEY=from-file-123\nSTORAGE_URL=s3://bucket\nBROKER_URL={BROKER}\n")
+    shell = {"EXECUTOR": "celery", "WEBHOOK_SECRET": "whsec_c2VjcmV0", "WEBHOOK_ALLOWED_HOSTS": "hooks.lan"}
+    backend = vast_env.instance_env(path, shell)
+    assert {name: backend[name] for name in shell} == shell
+    node = vast_env.instance_env(path, shell, role="node", node_name="n1")
+    assert not set(shell) & set(node), "a node sends no webhook and is no executor: it is not given their secret"
+
+
 def test_onstart_sent_is_the_script_without_comments_and_fits_vast():
     script = vast_instance.onstart_script()
     assert len(script) <= vast_instance.ONSTART_LIMIT
