@@ -80,15 +80,21 @@ class Catalog:
                  bool(product.packshot_key))
         return product
 
-    def update(self, name: str, **fields) -> Product:
+    def update(self, name: str, *, if_training: str | None = None, **fields) -> Product:
         """Change fields of a product that exists, written over the version read: a delete meanwhile is not
-        undone (UnknownReference), and another change meanwhile is read again, not overwritten."""
+        undone (UnknownReference), and another change meanwhile is read again, not overwritten. With
+        `if_training`, only the product whose latest training that is: one deleted and added again under its
+        name is another product (UnknownReference too)."""
         while True:
             try:
                 data, version = self.storage.get_versioned(product_key(name))
             except ObjectMissing:
                 return self.product(name)  # raises UnknownReference, with its words
-            product = Product.model_validate_json(data).model_copy(update=fields)
+            product = Product.model_validate_json(data)
+            if if_training is not None and product.training != if_training:
+                raise UnknownReference(f"product {name!r} was deleted and added again since training {if_training} "
+                                       "started")
+            product = product.model_copy(update=fields)
             try:
                 self.storage.put_if(product_key(name), product.model_dump_json().encode(), version, "application/json")
                 return product

@@ -117,10 +117,13 @@ class TrainingService:
             if leases is not None and not leases.claim_training(training_id):
                 continue
             try:
-                trigger = self.catalog.product(training.product).trigger
+                product = self.catalog.product(training.product)
             except UnknownReference:
+                product = None
+            if product is None or product.training != training_id:  # deleted (and perhaps added again since)
                 self.store.update(training_id, lambda t: _fail(t, "the product was deleted"))
                 continue
+            trigger = product.trigger
             if self._change(training_id, status=Status.queued).status.is_terminal():
                 continue  # it ended meanwhile (an event read from the executor's backlog)
             self._active[training_id] = training.product
@@ -152,14 +155,17 @@ class TrainingService:
         training = self.store.get(training_id)
         if training.status.is_terminal():  # told twice (a copy of its last chunk): the product has its LoRA
             return
+        gone = f"product {training.product!r} was deleted while it trained; its LoRA was not kept"
         try:
+            if not self._trains(training):  # deleted, or deleted and added again: not the product it learnt
+                self._change(training_id, status=Status.failed, error=gone)
+                return
             lora = normalize_lora(self.storage.get(lora_result_key(training_id)), self.settings.model_id)
             self.storage.put(lora_key(training.product), lora, "application/octet-stream")
-            self.catalog.update(training.product, has_lora=True)
-        except UnknownReference:  # deleted while it trained: the LoRA just stored must not outlive it
+            self.catalog.update(training.product, if_training=training_id, has_lora=True)
+        except UnknownReference:  # deleted while it was stored: the LoRA just stored must not outlive it
             self._drop_orphan(training.product)
-            self._change(training_id, status=Status.failed, error=f"product {training.product!r} was deleted "
-                                                                  f"while it trained; its LoRA was not kept")
+            self._change(training_id, status=Status.failed, error=gone)
             return
         except (StorageError, ValueError) as e:
             log.error("training %s: the LoRA could not be given to %s: %s", training_id, training.product, e)
@@ -169,6 +175,14 @@ class TrainingService:
                      progress=StepProgress(step=training.progress.steps, steps=training.progress.steps),
                      resumed_from=info.get("resumed_from"), probe_loss=info.get("probe_loss"))
         log.info("training %s succeeded: product %s has its LoRA", training_id, training.product)
+
+    def _trains(self, training: TrainingManifest) -> bool:
+        """Whether the training's product is still there and still the one it learns: a product deleted and
+        added again under the same name (its `training` is no longer this one) is another product."""
+        try:
+            return self.catalog.product(training.product).training == training.id
+        except UnknownReference:
+            return False
 
     def _drop_orphan(self, product: str) -> None:
         try:

@@ -3,6 +3,7 @@ what a finished one leaves: the LoRA goes to its product, unless the product was
 Real storage, catalog and manifest store; the executor is a fake that records what it is sent."""
 
 import threading
+import time
 
 import pytest
 
@@ -89,3 +90,42 @@ def test_a_product_deleted_while_it_trained_gets_no_lora_back(service, tiny_mode
     ended = service.store.get(training.id)
     assert ended.status.value == "failed" and "deleted while it trained" in ended.error, ended
     assert not service.storage.exists(tr.lora_key("p0")), "the deleted product's LoRA came back"
+
+
+def test_a_product_deleted_and_added_again_while_its_old_training_ran_keeps_its_own_lora(service, tiny_model):
+    """The owner deletes a product mid-training and adds a new one under the same name, with a LoRA of its own:
+    the old training's result must not overwrite the new product's LoRA (nor give it one it was not trained for)."""
+    training = service.submit("p0", PHOTOS, 20, 4)
+    service.catalog.delete("p0")
+    own = make_lora(tiny_model, seed=2)
+    service.catalog.add_product(Product(name="p0", trigger="a different thing"), lora=own)
+    _finished(service, training.id, make_lora(tiny_model, seed=1))
+    ended = service.store.get(training.id)
+    assert ended.status.value == "failed" and "deleted while it trained" in ended.error, ended
+    assert service.storage.get(tr.lora_key("p0")) == own, "the old training's LoRA replaced the new product's"
+
+
+def test_a_product_deleted_and_added_again_while_its_old_training_ran_gets_no_lora_from_it(service, tiny_model):
+    training = service.submit("p0", PHOTOS, 20, 4)
+    service.catalog.delete("p0")
+    service.catalog.add_product(Product(name="p0", trigger="a different thing", has_lora=False))
+    _finished(service, training.id, make_lora(tiny_model, seed=1))
+    assert service.store.get(training.id).status.value == "failed"
+    assert not service.catalog.product("p0").has_lora and not service.storage.exists(tr.lora_key("p0"))
+
+
+def test_after_a_restart_a_training_whose_product_was_deleted_and_added_again_is_not_resumed(service, tmp_path):
+    """A restart finds a training left running; its product was deleted and added again under its name since:
+    the new product is not the one photographed, so the training is failed, not run for hours on the GPU."""
+    training = service.submit("p0", PHOTOS, 20, 4)
+    service.catalog.delete("p0")
+    service.catalog.add_product(Product(name="p0", trigger="a different thing", has_lora=False))
+    service.store.flush()
+    later = tr.TrainingService(service.settings, service.catalog, service.store, Recorder(), lambda: 64)
+    try:
+        assert later.resume_unfinished(booted_us=time.time_ns() // 1000) == 0
+        assert later.executor.sent == []
+        ended = service.store.get(training.id)
+        assert ended.status.value == "failed" and "deleted" in ended.error, ended
+    finally:
+        later.close()
