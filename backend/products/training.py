@@ -90,7 +90,14 @@ class TrainingService:
                                     resolution=self.native_size())
         if not self.store.create(training):
             raise Unavailable("storage is unreachable; nothing was queued, try again shortly")
-        self.catalog.update(name, training=training_id)
+        try:
+            self.catalog.update(name, training=training_id)
+        except Exception as e:  # the client gets no id: the training it would name must not wait for ever
+            reason = f"not started: {getattr(e, 'detail', None) or e}"
+            self.store.update(training_id, lambda t: _fail(t, reason))
+            if isinstance(e, UnknownReference):
+                raise NotFound(f"product {name!r} was deleted; add it again with POST /v1/products") from None
+            raise
         self.executor.train(self._task(training, product.trigger))
         log.info("training %s of %s queued: %d photos, %d steps, rank %d", training_id, name, len(pngs), steps, rank)
         return training

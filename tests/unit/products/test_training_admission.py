@@ -8,7 +8,7 @@ import time
 import pytest
 
 from backend.config import Settings
-from backend.errors import InvalidRequest, RateLimited
+from backend.errors import InvalidRequest, NotFound, RateLimited
 from backend.gpu import executor as ev
 from backend.jobs.manifests import TRAININGS, ManifestStore
 from backend.models import Product
@@ -129,3 +129,22 @@ def test_after_a_restart_a_training_whose_product_was_deleted_and_added_again_is
         assert ended.status.value == "failed" and "deleted" in ended.error, ended
     finally:
         later.close()
+
+
+def test_a_product_deleted_while_its_training_is_submitted_leaves_no_training_waiting_for_ever(service):
+    """DELETE /v1/products/{name} landing while a training's manifest is written: the client is told the
+    product is gone, and the training it was not given is not left queued with nothing to run it."""
+    create = service.store.create
+
+    def create_then_delete(training):
+        written = create(training)
+        service.catalog.delete("p0")  # the owner removes the product from another tab
+        return written
+
+    service.store.create = create_then_delete
+    with pytest.raises(NotFound, match="p0"):
+        service.submit("p0", PHOTOS, 20, 4)
+    assert service.executor.sent == []
+    service.store.flush()
+    left = [service.store.get(i) for i in service.store.ids()]
+    assert left and all(t.status.is_terminal() for t in left), left
