@@ -283,15 +283,20 @@ class JobService:
             while self.executor.holds(job_id) and time.monotonic() < deadline:
                 time.sleep(0.05)
         self.store.forget(job_id)
-        self.store.unindex(job_id)
-        self._sweep(job_id)
-        for delay in SWEEP_AGAIN_S:
-            timer = threading.Timer(delay, self._sweep, args=(job_id,))
+        for delay in SWEEP_AGAIN_S:  # set first: they also remove what a storage failure just below leaves
+            timer = threading.Timer(delay, self._sweep, args=(job_id, True))
             timer.daemon = True
             timer.start()
+        self.store.unindex(job_id)
+        self._sweep(job_id)
         log.info("job %s deleted", job_id)
 
-    def _sweep(self, job_id: str) -> None:
+    def _sweep(self, job_id: str, unindex: bool = False) -> None:
+        if unindex:  # the job is 404 already: its index entries must not outlive a failed first try
+            try:
+                self.store.unindex(job_id)
+            except StorageError as e:
+                log.warning("job %s: index entries left after delete (%s); the next sweep tries again", job_id, e)
         try:
             self.storage.delete_prefix(job_prefix(job_id))
         except StorageError as e:

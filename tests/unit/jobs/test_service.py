@@ -61,3 +61,63 @@ def test_a_batch_whose_product_is_deleted_while_it_is_written_is_queued_whole_or
             assert sorted(executor.submitted) == sorted(j.id for j in jobs) == sorted(left)
     finally:
         store.close()
+
+
+class Idle(Recorder):
+    """An executor that holds nothing: every job it was given has ended."""
+
+    def cancel(self, job_id):
+        return False
+
+    def holds(self, job_id):
+        return False
+
+
+def test_a_job_deleted_while_storage_refuses_deletes_is_removed_once_it_answers(tmp_path, monkeypatch):
+    """DELETE /v1/jobs/{id} during a storage outage: the job is 404 from then on, so its objects and its index
+    entries must go once storage answers again; not stay for good (listed again after a restart, or by another
+    backend) because the first removal failed before the later sweeps were set up."""
+    import time
+
+    from backend.contract import job_prefix, newest_first_key, unfinished_key
+    from backend.errors import NotFound
+    from backend.jobs import service as js
+    from backend.storage import StorageError
+
+    class Outage(LocalStorage):
+        down = False
+
+        def delete(self, key):
+            if self.down:
+                raise StorageError("connection refused")
+            super().delete(key)
+
+        def delete_prefix(self, prefix):
+            if self.down:
+                raise StorageError("connection refused")
+            return super().delete_prefix(prefix)
+
+    monkeypatch.setattr(js, "SWEEP_AGAIN_S", (0.3,))
+    storage = Outage(tmp_path)
+    store = ManifestStore(storage).start()
+    service = JobService(Settings(storage_url=f"file://{tmp_path}"), Catalog(storage), store, Idle(), 64)
+    try:
+        job = service.submit(JobSpec(prompt="a mug", num_images=1, steps=2, width=64, height=64))
+        store.flush()
+        storage.down = True
+        try:
+            service.delete(job.id)
+        except StorageError:
+            pass  # a 503: the client tries again
+        storage.down = False
+        try:
+            service.delete(job.id)  # the retry
+        except NotFound:
+            pass
+        deadline = time.monotonic() + 5
+        while storage.list_files(job_prefix(job.id)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert storage.list_files(job_prefix(job.id)) == [], "the deleted job's objects stayed"
+        assert not storage.exists(newest_first_key(job.id)) and not storage.exists(unfinished_key(job.id))
+    finally:
+        store.close()
