@@ -68,6 +68,9 @@ class ManifestStore:
         self._live: dict[str, JobManifest] = {}   # jobs being changed: the newest state, ahead of storage
         self._version: dict[str, int] = {}
         self._dirty: dict[str, int] = {}          # job id -> the version storage does not have yet
+        # settled jobs that came open again (an upscale of a finished job's image) -> the version that opened
+        # them: their unfinished marker, removed when they settled, is written again before that version
+        self._reopened: dict[str, int] = {}
         self._deleted: OrderedDict[str, None] = OrderedDict()  # the newest DELETED_KEPT ids deleted by this run
         self._job_locks = [threading.Lock() for _ in range(64)]
         self._stopping = threading.Event()
@@ -229,10 +232,13 @@ class ManifestStore:
                         continue  # it was written and left memory between our two looks: read it again
                     job = self._live[job_id] = loaded
                 before = job.model_copy(deep=True) if self.on_change else None
+                was_settled = self.kind.indexed and self.kind.settled(job)
                 change(job)
                 job.refresh()
                 self._version[job_id] = self._version.get(job_id, 0) + 1
                 self._dirty[job_id] = self._version[job_id]
+                if was_settled and not self.kind.settled(job):  # recovery must find it again after a crash
+                    self._reopened.setdefault(job_id, self._version[job_id])
                 after = job.model_copy(deep=True)
                 self._wake.notify_all()
                 break
@@ -262,6 +268,7 @@ class ManifestStore:
             self._live.pop(job_id, None)
             self._dirty.pop(job_id, None)
             self._version.pop(job_id, None)
+            self._reopened.pop(job_id, None)
             self._deleted[job_id] = None
             while len(self._deleted) > DELETED_KEPT:
                 self._deleted.popitem(last=False)
@@ -283,11 +290,14 @@ class ManifestStore:
                     item = None
                 else:
                     job_id = next(iter(self._dirty))
-                    item = (job_id, self._version[job_id], self._live[job_id].model_dump_json(indent=1))
+                    item = (job_id, self._version[job_id], self._live[job_id].model_dump_json(indent=1),
+                            job_id in self._reopened)
             try:
                 if item is None:
                     self.quick.ping()
                 else:
+                    if item[3]:  # the marker first, as at create: a job open in storage always has one
+                        self.quick.put(unfinished_key(item[0]), self.owner.encode(), "text/plain")
                     self.quick.put(self.kind.key(item[0]), item[2].encode(), "application/json")
             except StorageError as e:
                 failures += 1
@@ -309,6 +319,8 @@ class ManifestStore:
         """True when the job just written is settled (and left memory)."""
         settled = False
         with self._wake:
+            if self._reopened.get(job_id, version + 1) <= version:
+                del self._reopened[job_id]  # its marker was written with this version
             if self._dirty.get(job_id) == version:
                 del self._dirty[job_id]
                 job = self._live[job_id]

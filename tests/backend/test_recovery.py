@@ -272,3 +272,31 @@ def test_a_resumed_upscale_whose_result_is_stored_is_not_paid_for_again(run_sche
     service.resume(store.get(job.id))
     assert service.pool.futures == [], "no second prediction"
     assert store.get(job.id).images[0].upscale.status == Status.succeeded
+
+
+def test_an_upscale_of_a_finished_job_left_running_by_a_crash_is_resumed(tmp_path):
+    """The usual upscale: of an image of a job that finished (and left the unfinished index) minutes before. A
+    crash while it runs must not leave its record `running` for good: POST .../upscale would answer that key
+    for ever, and the image could never be upscaled."""
+    storage = LocalStorage(tmp_path)
+    first = ManifestStore(storage).start()
+    first.build_index()  # a bucket this version has run on before
+    job = make_job(1)
+    assert first.create(job)
+    first.update(job.id, lambda j: j.images[0].succeeded())
+    assert first.flush(5)
+    time.sleep(0.2)  # the writer removes the finished job's marker after its last write
+    first.update(job.id, lambda j: setattr(j.images[0], "upscale", UpscaleRecord(key=f"jobs/{job.id}/0_x4.png",
+                                                                                  status=Status.running)))
+    assert first.flush(5)
+    first.close()  # the backend dies while the upscale runs
+
+    store = ManifestStore(storage).start()
+    try:
+        service = UpscaleService(SimpleNamespace(active_upscaler="replicate"), None, store)
+        service.pool = RecordingPool()
+        executor = SimpleNamespace(holds=lambda job_id: False)
+        recover(store, executor, NO_LORAS, service, booted_us=time.time_ns() // 1000)
+        assert len(service.pool.futures) == 1, "the upscale left running was never started again"
+    finally:
+        store.close()

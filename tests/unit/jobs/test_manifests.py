@@ -249,6 +249,32 @@ def test_a_finished_job_leaves_the_unfinished_markers_once_written(tmp_path):
         store.close()
 
 
+def test_a_finished_job_given_an_upscale_is_marked_unfinished_again_until_it_ends(tmp_path):
+    """Recovery finds work by the unfinished markers: an upscale of a finished job's image is such work."""
+    store = ManifestStore(LocalStorage(tmp_path)).start()
+
+    def unfinished_soon(expected):
+        deadline = time.monotonic() + 5
+        while store.unfinished_ids() != expected and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return store.unfinished_ids()
+
+    try:
+        store.build_index()
+        job = make_job(1)
+        assert store.create(job)
+        store.update(job.id, lambda j: j.images[0].succeeded())
+        assert store.flush(5) and unfinished_soon([]) == []
+        upscale = UpscaleRecord(key=f"jobs/{job.id}/0_x4.png", status=Status.running)
+        store.update(job.id, lambda j: setattr(j.images[0], "upscale", upscale))
+        assert store.flush(5) and unfinished_soon([job.id]) == [job.id]
+        assert store.storage.get(f"index/unfinished/{job.id}") == store.owner.encode()
+        store.update(job.id, lambda j: setattr(j.images[0].upscale, "status", Status.succeeded))
+        assert store.flush(5) and unfinished_soon([]) == []
+    finally:
+        store.close()
+
+
 def test_jobs_written_before_the_index_are_indexed_once(tmp_path):
     storage = LocalStorage(tmp_path)
     old = [make_job(1), finished(make_job(1))]
