@@ -36,34 +36,33 @@ def attach(node: Node, redis) -> None:
 
 
 # ----- the tasks -----
-@ca.app.task(name=ca.GENERATE, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=MAX_RETRIES,
-              default_retry_delay=0)
+TASK_OPTIONS = dict(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=MAX_RETRIES,
+                    default_retry_delay=0)
+
+
+def _on_this_gpu(request, work) -> None:
+    """Run `work` on this process's GPU, named in its heartbeat, unless the backend sent the task again elsewhere
+    meanwhile (GPU.running); a process without a pipeline hands the task back to the broker."""
+    if GPU is None or GPU.gen is None:
+        raise Reject("this GPU process has no pipeline", requeue=True)
+    with GPU.running(request) as wanted:
+        if wanted:
+            work()
+
+
+@ca.app.task(name=ca.GENERATE, **TASK_OPTIONS)
 def generate(self, task: dict, model_id: str, rescues: int = 0) -> None:
-    if GPU is None or GPU.gen is None:
-        raise Reject("this GPU process has no pipeline", requeue=True)
-    with GPU.running(self.request) as wanted:
-        if wanted:
-            GPU.generate(self.request, task, model_id)
+    _on_this_gpu(self.request, lambda: GPU.generate(self.request, task, model_id))
 
 
-@ca.app.task(name=ca.UPSCALE, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=MAX_RETRIES,
-              default_retry_delay=0)
+@ca.app.task(name=ca.UPSCALE, **TASK_OPTIONS)
 def upscale(self, request_id: str, source_key: str, target_key: str, rescues: int = 0) -> None:
-    if GPU is None or GPU.gen is None:
-        raise Reject("this GPU process has no pipeline", requeue=True)
-    with GPU.running(self.request) as wanted:
-        if wanted:
-            GPU.upscale(request_id, source_key, target_key)
+    _on_this_gpu(self.request, lambda: GPU.upscale(request_id, source_key, target_key))
 
 
-@ca.app.task(name=ca.TRAIN, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=MAX_RETRIES,
-              default_retry_delay=0)
+@ca.app.task(name=ca.TRAIN, **TASK_OPTIONS)
 def train(self, task: dict, model_id: str, target: int, rescues: int = 0) -> None:
-    if GPU is None or GPU.gen is None:
-        raise Reject("this GPU process has no pipeline", requeue=True)
-    with GPU.running(self.request) as wanted:
-        if wanted:
-            GPU.train(self.request, task, model_id, target)
+    _on_this_gpu(self.request, lambda: GPU.train(self.request, task, model_id, target))
 
 
 # ----- the worker's signals -----
