@@ -105,8 +105,14 @@ class Catalog:
         self.storage.put(product_key(product.name), product.model_dump_json().encode(), "application/json")
 
     def delete(self, name: str) -> None:
-        """Remove the record first (the product leaves the catalog at once), then its files."""
-        self.product(name)
-        for key in (product_key(name), lora_key(name), packshot_key(name)):
+        """Remove the record first (the product leaves the catalog at once), then its files. A delete that
+        storage cut short (the record gone, a file left) is finished by the next, as is an unreadable record."""
+        keys = (product_key(name), lora_key(name), packshot_key(name))
+        try:
+            self.product(name)
+        except UnknownReference:
+            if not any(self.storage.exists(key) for key in keys):
+                raise
+        for key in keys:
             self.storage.delete(key)
         log.info("product %s deleted", name)

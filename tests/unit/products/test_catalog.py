@@ -188,3 +188,31 @@ def test_an_update_reads_again_over_a_change_made_meanwhile(tmp_path):
     updated = catalog.update("bottle", training="t1")
     assert (updated.category, updated.training) == ("kitchen", "t1")
     assert (catalog.product("bottle").category, catalog.product("bottle").training) == ("kitchen", "t1")
+
+
+def test_a_delete_cut_short_by_storage_is_finished_by_its_retry(tmp_path):
+    """DELETE /v1/products/{name} whose LoRA could not be removed (503: storage failed after the record went):
+    the client's retry must remove what is left, not answer 404 and leave the LoRA usable by name in `loras`."""
+    from backend.storage import StorageError
+
+    class Outage(LocalStorage):
+        down_for = ()
+
+        def delete(self, key):
+            if key.endswith(self.down_for):
+                raise StorageError("connection refused")
+            super().delete(key)
+
+    storage = Outage(tmp_path)
+    catalog = Catalog(storage)
+    catalog.add_product(bottle(), LORA, packshot=b"png")
+    storage.down_for = (".safetensors",)
+    with pytest.raises(StorageError):
+        catalog.delete("bottle")
+    storage.down_for = ()
+    try:
+        catalog.delete("bottle")  # the retry
+    except UnknownReference:
+        pass
+    assert not catalog.lora_exists("bottle"), "the deleted product's LoRA is still usable by name"
+    assert storage.list_files("products/") == []
