@@ -13,6 +13,14 @@ class BadImage(ValueError):
     """The upload is not a usable picture; the message says why."""
 
 
+def has_transparency(img: Image.Image) -> bool:
+    """True when the image carries an alpha channel (or a transparent colour) that is not fully opaque."""
+    if img.mode not in ("RGBA", "LA", "PA", "RGBa", "La") and "transparency" not in img.info:
+        return False
+    lowest, _ = img.convert("RGBA").getchannel("A").getextrema()
+    return lowest < 255
+
+
 def normalize_photo(data: bytes, *, max_bytes: int, max_pixels: int) -> tuple[bytes, tuple[int, int]]:
     """Check an uploaded photo by its content and return it as a clean PNG with no EXIF, upright, and
     its (width, height). Transparency is kept (RGBA): a packshot's own cut-out is the best there is.

@@ -26,6 +26,7 @@ from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from backend.config import DEFAULT_MODEL_ID
+from backend.images import has_transparency
 from backend.lora.trainer import TEXT_ENCODER_CHOICES, Trainer
 
 log = logging.getLogger("showroom.train")
@@ -67,7 +68,7 @@ def video_frames(path: Path, count: int) -> list[Image.Image]:
             frames = []
             for index in spaced(getattr(img, "n_frames", 1), count):
                 img.seek(index)
-                frames.append(img.convert("RGB"))
+                frames.append(img.convert("RGBA" if has_transparency(img) else "RGB"))
     else:
         try:
             import av
@@ -95,7 +96,8 @@ def load_photos(folder: Path, video: Path | None, video_count: int, caption: str
     items = []
     for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
         with Image.open(path) as img:
-            image = ImageOps.exif_transpose(img).convert("RGB")
+            image = ImageOps.exif_transpose(img)
+            image = image.convert("RGBA" if has_transparency(image) else "RGB")  # laid on a ground per view
         text = path.with_suffix(".txt")
         words = text.read_text().strip() if text.is_file() else caption.format(trigger=trigger)
         items.append((image, words if trigger in words else f"{trigger}, {words}"))

@@ -57,9 +57,21 @@ def augment(image: Image.Image, size: int, rng: random.Random, crop: bool, flip:
     if flip and rng.random() < 0.5:
         picture = ImageOps.mirror(picture)
         corner_left = max(0, round(w * scale) - corner_left - size)  # the mirrored photo's crop starts there
+    picture = on_random_ground(picture, rng)
     for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color) if jitter else ():
         picture = enhancer(picture).enhance(1 + rng.uniform(-jitter, jitter))
     return View(picture, (h, w), (corner_top, corner_left))
+
+
+def on_random_ground(picture: Image.Image, rng: random.Random) -> Image.Image:
+    """A photo with transparency (a packshot, a cut-out) laid on a plain colour drawn for this view. Dropping
+    the alpha would teach whatever lies under its transparent pixels (black, in a cut-out) as part of the
+    product's look; a new colour each view teaches that the ground is not the product."""
+    if picture.mode != "RGBA":
+        return picture
+    ground = Image.new("RGB", picture.size, tuple(rng.randrange(256) for _ in range(3)))
+    ground.paste(picture, mask=picture.getchannel("A"))
+    return ground
 
 
 def to_pixels(images: list[Image.Image]):

@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 from backend.errors import Unavailable
+from backend.images import has_transparency
 from backend.place.composite import masked_mean
 
 DEFAULT_MODEL = "birefnet-general"
@@ -43,14 +44,6 @@ class NothingFound(ValueError):
     def __init__(self, why: str):
         super().__init__(f"no product was found in the photo: {why}; try a photo with the product on a "
                          "plain background, or a PNG with transparency")
-
-
-def has_transparency(img: Image.Image) -> bool:
-    """True when the image carries an alpha channel (or a transparent colour) that is not fully opaque."""
-    if img.mode not in ("RGBA", "LA", "PA", "RGBa", "La") and "transparency" not in img.info:
-        return False
-    lowest, _ = img.convert("RGBA").getchannel("A").getextrema()
-    return lowest < 255
 
 
 def cut_out(photo: Image.Image, remover: Callable[[Image.Image], Image.Image] | None) -> Image.Image:

@@ -1,6 +1,7 @@
 """backend.lora.train on the tiny model, on CPU: it learns the photos, its LoRA loads and changes images, it resumes."""
 
 import json
+import random
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -15,6 +16,7 @@ import backend.lora.train
 from backend.lora.formats import normalize_upload, read_safetensors
 from backend.lora.loading import load_lora_into
 from backend.lora.train import Trainer, TrainSettings, load_photos, main, parse_args, train, video_frames
+from backend.lora.trainer import augment
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -142,6 +144,33 @@ def test_photos_captions_and_video_frames(photos, tmp_path):
     items = load_photos(photos, gif, 5, "a photo of {trigger}", "sks bottle")
     assert len(items) == 3 + 5
     assert [c for _, c in items[:3]] == ["sks bottle on a table", "a photo of sks bottle", "a photo of sks bottle"]
+
+
+def cutout_photo(hidden: tuple[int, int, int]) -> Image.Image:
+    """A packshot with a transparent ground, `hidden` being the colour under its transparent pixels."""
+    img = Image.new("RGBA", (48, 40), (*hidden, 0))
+    ImageDraw.Draw(img).ellipse((8, 4, 36, 36), fill=(200, 30, 30, 255))
+    return img
+
+
+def test_a_transparent_grounds_hidden_colour_is_never_learnt(tmp_path):
+    """Dropping the alpha of a cut-out would show the colour under its transparent pixels (black in ours) as
+    the product's ground; each view lays it on a colour of its own instead, the product's pixels as they were."""
+    for n, hidden in enumerate([(0, 0, 0), (0, 255, 0)]):
+        cutout_photo(hidden).save(tmp_path / f"cut_{n}.png")
+    items = load_photos(tmp_path, None, 0, "a photo of {trigger}", "sks bottle")
+    assert [img.mode for img, _ in items] == ["RGBA", "RGBA"], "the transparency is kept until a view is made"
+    views = [augment(img, 32, random.Random(7), False, False, 0).image for img, _ in items]
+    assert all(v.mode == "RGB" for v in views)
+    assert np.array_equal(np.asarray(views[0]), np.asarray(views[1])), "what lies under the alpha is not seen"
+    grounds = {augment(items[0][0], 32, random.Random(seed), False, False, 0).image.getpixel((0, 0))
+               for seed in range(6)}
+    assert len(grounds) > 1 and (0, 0, 0) not in grounds, "a ground of its own for each view"
+    assert augment(items[0][0], 32, random.Random(1), False, False, 0).image.getpixel((16, 20)) == (200, 30, 30)
+    opaque = tmp_path / "opaque"
+    opaque.mkdir()
+    Image.new("RGBA", (8, 8), (1, 2, 3, 255)).save(opaque / "p.png")
+    assert load_photos(opaque, None, 0, "{trigger}", "sks")[0][0].mode == "RGB", "no alpha to honour"
 
 
 def test_register_uploads_the_product(tmp_path, monkeypatch, capsys):

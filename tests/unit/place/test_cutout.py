@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from backend.place.cutout import NothingFound, cut_out, has_transparency
+from backend.images import has_transparency
+from backend.place.cutout import NothingFound, cut_out
 
 
 def packshot(size=(200, 160), box=(50, 40, 129, 99), haze: int = 0) -> Image.Image:
