@@ -21,9 +21,11 @@ def has_transparency(img: Image.Image) -> bool:
     return lowest < 255
 
 
-def normalize_photo(data: bytes, *, max_bytes: int, max_pixels: int) -> tuple[bytes, tuple[int, int]]:
+def normalize_photo(data: bytes, *, max_bytes: int, max_pixels: int,
+                    max_short_side: int | None = None) -> tuple[bytes, tuple[int, int]]:
     """Check an uploaded photo by its content and return it as a clean PNG with no EXIF, upright, and
     its (width, height). Transparency is kept (RGBA): a packshot's own cut-out is the best there is.
+    With `max_short_side`, a photo whose short side is longer is scaled down to it, aspect kept.
 
     Refuses: empty or oversized uploads, anything that is not PNG/JPEG/WebP whatever its name
     or content type says, truncated files, and images whose header claims more pixels than
@@ -50,10 +52,10 @@ def normalize_photo(data: bytes, *, max_bytes: int, max_pixels: int) -> tuple[by
         raise BadImage(f"the photo claims more than {max_pixels} pixels") from None
     except Exception as e:  # PIL raises many kinds for broken input: all mean the same to the user
         raise BadImage(f"the photo could not be read as an image ({type(e).__name__}: {e})") from None
-    transparent = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
-    img = img.convert("RGBA") if transparent else img.convert("RGB")
-    if transparent and img.getchannel("A").getextrema()[0] == 255:
-        img = img.convert("RGB")  # an alpha channel that hides nothing is no cut-out
+    img = img.convert("RGBA") if has_transparency(img) else img.convert("RGB")  # an alpha hiding nothing: RGB
+    if max_short_side and min(img.size) > max_short_side:
+        scale = max_short_side / min(img.size)
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.LANCZOS)
     out = io.BytesIO()
     img.save(out, format="PNG")  # a fresh PNG carries no EXIF, GPS or maker notes
     return out.getvalue(), img.size

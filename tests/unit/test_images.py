@@ -45,6 +45,18 @@ def decoded(data: bytes) -> Image.Image:
 
 
 # ----- refusals -----
+def test_normalize_photo_brings_a_long_short_side_down_with_its_transparency():
+    photo = Image.new("RGBA", (300, 240), (0, 0, 0, 0))
+    photo.paste((200, 30, 30, 255), (100, 80, 200, 160))
+    out = io.BytesIO()
+    photo.save(out, format="PNG")
+    png, size = normalize_photo(out.getvalue(), **LIMITS, max_short_side=120)
+    img = Image.open(io.BytesIO(png))
+    assert size == img.size == (150, 120) and img.mode == "RGBA"
+    assert img.getpixel((75, 60)) == (200, 30, 30, 255) and img.getpixel((2, 2))[3] == 0
+    assert normalize_photo(out.getvalue(), **LIMITS, max_short_side=240)[1] == (300, 240), "at the limit: as is"
+
+
 def test_normalize_photo_empty_is_refused():
     assert refusal(b"") == "the photo is empty"
 

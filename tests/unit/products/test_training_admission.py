@@ -2,10 +2,12 @@
 what a finished one leaves: the LoRA goes to its product, unless the product was deleted meanwhile.
 Real storage, catalog and manifest store; the executor is a fake that records what it is sent."""
 
+import io
 import threading
 import time
 
 import pytest
+from PIL import Image
 
 from backend.config import Settings
 from backend.errors import InvalidRequest, NotFound, RateLimited
@@ -48,6 +50,14 @@ def test_more_than_at_once_trainings_are_told_to_retry_and_a_finished_one_frees_
     assert refused.value.headers["Retry-After"] and len(service.executor.sent) == tr.AT_ONCE
     service.on_event(ev.TrainingFailed(started[0].id, "a test"))
     assert service.submit(f"p{tr.AT_ONCE}", PHOTOS, 20, 4).product == f"p{tr.AT_ONCE}"
+
+
+def test_a_training_keeps_its_photos_no_bigger_than_its_views_need(service, monkeypatch):
+    monkeypatch.setattr(tr, "PHOTO_SHORT_SIDE", 40)
+    big, small = png_bytes(120, 80, (200, 30, 30)), png_bytes(32, 48, (30, 30, 200))
+    training = service.submit("p0", [big, small], 20, 4)
+    sizes = [Image.open(io.BytesIO(service.storage.get(tr.photo_key(training.id, n)))).size for n in range(2)]
+    assert sizes == [(60, 40), (32, 48)], "the short side brought down to the limit, aspect kept; a small one as is"
 
 
 def test_two_trainings_of_one_product_at_the_same_moment_start_once(service):
