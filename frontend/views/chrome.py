@@ -43,8 +43,8 @@ CSS = """
 .sr-card-head {display: flex; justify-content: space-between; align-items: baseline; gap: .5rem;
   margin-bottom: .35rem;}
 .sr-card-head b {font-size: .95rem; line-height: 1.25;}
-.sr-tag {text-transform: capitalize; font-size: .72rem; font-weight: 600; color: #5B4FD6; background: #EEECFF; padding: .1rem .5rem;
-  border-radius: 999px; white-space: nowrap;}
+.sr-tag {text-transform: capitalize; font-size: .72rem; font-weight: 600; color: #5B4FD6; background: #EEECFF;
+  padding: .1rem .5rem; border-radius: 999px; white-space: nowrap;}
 .sr-clamp {display: -webkit-box; -webkit-line-clamp: 3; -webkit-box-orient: vertical; overflow: hidden;
   min-height: 3.9em;}
 .sr-meta {color: #6B6B80; font-size: .82rem;}
@@ -78,6 +78,10 @@ CSS = """
      and the Create page's picker its product's picture */
   [class*="st-key-listed-"] [data-testid="stColumn"], .st-key-product-pick [data-testid="stColumn"] {
     min-width: 0 !important;}
+  /* the open product's cut-out beside what it can do and Make pictures with it (stacked, the cut-out was a
+     screen wide and pushed the button below the first screen) */
+  .st-key-product-summary [data-testid="stColumn"] {min-width: 0 !important;}
+  .st-key-product-summary [data-testid="stColumn"]:first-child {flex: 0 0 38% !important; width: 38% !important;}
   /* what was opened (a job's pictures, a product) comes before the form or the list it sits beside */
   [data-testid="stColumn"]:has(.st-key-job-first), [data-testid="stColumn"]:has(.st-key-product-open) {order: -1;}
   /* a catalog's style: its name, state and Open on one line, then its pictures two a row (stacked, each

@@ -35,7 +35,8 @@ def draw(product: dict) -> None:
         nav.focus_product(None)
         scroll.ask("product-form")  # on a phone the form is after the list
         st.rerun()
-    picture, words = st.columns(2, vertical_alignment="center")
+    with st.container(key="product-summary"):  # on a phone, the picture stays beside the words (chrome.CSS)
+        picture, words = st.columns(2, vertical_alignment="center")
     with picture:
         _packshot(product)
     words.markdown(f"{what_it_can_do(product)}.")

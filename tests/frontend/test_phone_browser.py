@@ -1,8 +1,9 @@
 """A shop owner on a phone (390 x 844) in a real browser: a job's link shows its pictures before the form,
 each picture's buttons keep their words, Use these settings brings the form on screen, and a product's link
-shows the product before the list (each listed with a small picture), its cut-out beside where it goes
-(job-link-phone.png, use-settings-phone.png, place-phone.png), the picker with the product's picture beside it;
-a desktop keeps the form left of the pictures and room under the header's status line."""
+shows the product before the list (its cut-out and each listed product's picture small, beside their words),
+its cut-out beside where it goes (job-link-phone.png, use-settings-phone.png, place-phone.png), the picker with
+the product's picture beside it; a desktop keeps the form left of the pictures and room under the header's
+status line."""
 
 import uuid
 
@@ -65,6 +66,10 @@ def test_on_a_phone_a_job_link_shows_the_pictures_before_the_form(backend, app_u
         expect(phone.locator(".st-key-product-open").get_by_text(name).first).to_be_visible(timeout=30_000)
         phone.wait_for_timeout(500)
         assert phone.evaluate(IN_UPPER_THIRD, ".st-key-product-open"), "the product, not the list, comes first"
+        cutout, summary = columns(phone, ".st-key-product-summary")
+        assert summary["left"] >= cutout["right"] - 1 and cutout["width"] < PHONE["width"] / 2, \
+            "the open product's cut-out beside what it can do, not a screen-wide picture"
+        assert in_viewport(phone, ".st-key-make-pictures"), "Make pictures with it on the product's first screen"
         picture, words = columns(phone, f".st-key-listed-{name}")
         assert abs(picture["top"] - words["top"]) < 2 and picture["width"] < 150, \
             "a listed product's picture beside its name, not a screen-wide picture per product"
