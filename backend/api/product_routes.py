@@ -29,7 +29,8 @@ def product_name(name: str) -> str:
         raise InvalidRequest(str(e)) from None
 
 
-@router.post("", status_code=201, response_model=Product, responses=errors(400, 413, 422, 429))
+@router.post("", status_code=201, response_model=Product,
+             responses=errors(400, (409, "another product's name differs only in case"), 413, 422, 429))
 async def add_product(
     services: ServicesDep, client: RateLimitedClientDep,
     name: Annotated[str, Form(min_length=1, max_length=64, json_schema_extra={"pattern": NAME_RE.pattern})],

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from backend.contract import lora_key, packshot_key, product_key
-from backend.errors import UnknownReference
+from backend.errors import Conflict, UnknownReference
 from backend.models import Product, Template
 from backend.storage import ObjectMissing, Storage, WriteConflict
 
@@ -55,6 +55,15 @@ class Catalog:
             raise UnknownReference(f"product {name!r} has an unreadable record; add it again with "
                                    "POST /v1/products") from None
 
+    def _case_twin(self, name: str) -> str | None:
+        """Another product listed whose name differs from `name` only in case: on a case-insensitive store (a
+        file:// folder on macOS or Windows) the two would share a record and files."""
+        for key in self.reader.list_files("products/"):
+            other = key.removeprefix("products/").removesuffix(".json")
+            if key.endswith(".json") and other != name and other.lower() == name.lower():
+                return other
+        return None
+
     def lora_exists(self, name: str) -> bool:
         return self.reader.exists(lora_key(name))
 
@@ -65,6 +74,11 @@ class Catalog:
             earlier = self.product(product.name)
         except UnknownReference:
             earlier = None
+        # a case-insensitive store reads the twin's record under this name; any other lists it
+        if twin := earlier.name if earlier and earlier.name != product.name else self._case_twin(product.name):
+            raise Conflict(f"a product named {twin!r} exists already: use that name to replace it, or choose a name "
+                           "that differs by more than upper and lower case (on some storage the two would share "
+                           "their files)")
         # The files go first: a product record is only listed once what it points to is complete.
         if lora is not None:
             self.storage.put(lora_key(product.name), lora, "application/octet-stream")

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from backend.contract import check_name
-from backend.errors import UnknownReference
+from backend.errors import Conflict, UnknownReference
 from backend.models import Product, Template
 from backend.products.catalog import TEMPLATES_FILE, Catalog, load_templates
 from backend.storage import LocalStorage, ObjectMissing
@@ -92,6 +92,28 @@ def test_catalog_add_product_again_replaces_it(catalog):
     catalog.add_product(bottle(trigger="sks green bottle", weight=1.2), b"new weights")
     assert (catalog.product("bottle").trigger, catalog.product("bottle").weight) == ("sks green bottle", 1.2)
     assert [p.name for p in catalog.products()] == ["bottle"]
+
+
+class CaseInsensitiveStorage(LocalStorage):
+    """A file:// store on a case-insensitive, case-preserving disk (macOS, Windows): Bottle.json and
+    bottle.json are one file, listed under the name it was created with."""
+
+    def _path(self, key):
+        path = super()._path(key)
+        if path.parent.is_dir():
+            return next((p for p in path.parent.iterdir() if p.name.lower() == path.name.lower()), path)
+        return path
+
+
+@pytest.mark.parametrize("make_storage", [LocalStorage, CaseInsensitiveStorage])
+def test_a_name_that_differs_only_in_case_is_refused_not_merged(tmp_path, make_storage):
+    catalog = Catalog(make_storage(tmp_path))
+    catalog.add_product(bottle(name="Bottle"), LORA)
+    with pytest.raises(Conflict, match="a product named 'Bottle' exists already"):
+        catalog.add_product(bottle(name="bottle", trigger="zwx flask"), packshot=b"png")
+    (kept,) = catalog.products()
+    assert (kept.name, kept.trigger, kept.has_lora) == ("Bottle", bottle().trigger, True), "Bottle as it was"
+    assert catalog.add_product(bottle(name="Bottle", weight=0.8)).weight == 0.8, "its own name still replaces it"
 
 
 def test_catalog_products_lists_all_sorted_by_name(catalog):
