@@ -28,6 +28,7 @@ from backend.gpu.devices import native_size_guess, visible_gpus
 from backend.gpu.executor import Executor
 from backend.gpu.scheduler import Scheduler
 from backend.jobs.events import JobEvents
+from backend.jobs.leases import Leases
 from backend.jobs.manifests import TRAININGS, ManifestStore
 from backend.jobs.prepare import Preparer
 from backend.jobs.recovery import Recovery
@@ -86,7 +87,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         else:
             executor = Scheduler(settings, storage, workers, on_event=events)
         preparer = Preparer(storage, settings.bg_removal_model)
-        job_service = JobService(settings, catalog_, store, executor, native_size_guess(settings.model_id), preparer)
+        leases = Leases(store.storage)  # this backend among others on the bucket: who runs which job
+        job_service = JobService(settings, catalog_, store, executor, native_size_guess(settings.model_id), preparer,
+                                 runs_elsewhere=leases.runs_elsewhere)
         trainings = TrainingService(settings, catalog_, training_store, executor, job_service.native_size)
         events.on_training = trainings.on_event
         upscales = UpscaleService(settings, executor, store) if settings.active_upscaler != "off" else None
@@ -96,7 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                  f"{workers} workers" if settings.executor == "local" else "GPU nodes via the broker",
                  settings.active_upscaler)
         executor.start()
-        recovery = Recovery(store, executor, job_service, upscales, trainings=trainings).start()
+        recovery = Recovery(store, executor, job_service, upscales, trainings=trainings, leases=leases).start()
         idle = start_idle_stop(settings, executor, activity, upscales)
         try:
             yield

@@ -141,7 +141,9 @@ def write(outcome: dict) -> str:
         "write (If-Match / If-None-Match), so of two racers one wins. Known limit: a backend cut off from "
         "storage for longer than its lease (60 s) may find its jobs taken over, and an image made twice; the "
         "boxes need NTP (the lease compares wall clocks). Trainings are held the same way (`trainings/<id>/owner`): "
-        "a second backend leaves a running training alone and finishes it from its checkpoint when its backend dies.",
+        "a second backend leaves a running training alone and finishes it from its checkpoint when its backend dies. "
+        "A cancel or delete of a job another live backend runs is refused (409, naming it) rather than written over "
+        "by that backend's next change.",
         "- A request body must arrive within 30 s plus a second per 16 KB (else 408): a client trickling a byte a "
         "second cannot hold a request open. A body that is no upload (JSON) may be 1 MB; cut-outs for requests run "
         "two at a time and trainings four per backend, the rest told to retry (429).",

@@ -115,13 +115,16 @@ async def get_job(job_id: Annotated[str, JobId], services: ServicesDep, client: 
     return await run_in_threadpool(services.jobs.get, _job_id(job_id))
 
 
-@router.post("/{job_id}/cancel", status_code=202, response_model=JobManifest, responses=errors(NO_JOB))
+ELSEWHERE = (409, "the job runs on another backend that shares this storage: cancel or delete it there")
+
+
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobManifest, responses=errors(NO_JOB, ELSEWHERE))
 async def cancel_job(job_id: Annotated[str, JobId], services: ServicesDep, client: ClientDep) -> JobManifest:
     """Cancel the queued images of a job and interrupt the running ones."""
     return await run_in_threadpool(services.jobs.cancel, _job_id(job_id))
 
 
-@router.delete("/{job_id}", status_code=204, responses=errors(NO_JOB))
+@router.delete("/{job_id}", status_code=204, responses=errors(NO_JOB, ELSEWHERE))
 async def delete_job(job_id: Annotated[str, JobId], services: ServicesDep, client: ClientDep) -> Response:
     """Cancel the job if it runs and remove every object it has in storage."""
     await run_in_threadpool(services.jobs.delete, _job_id(job_id))

@@ -140,6 +140,15 @@ class Leases:
                 return False
         return True
 
+    def runs_elsewhere(self, job_id: str) -> str | None:
+        """The live backend other than this one whose unfinished job this is, or None (finished, this one's,
+        or its backend gone). Raises StorageError when storage cannot say."""
+        try:
+            owner = self.storage.get(unfinished_key(job_id)).decode("utf-8", "replace").strip()
+        except ObjectMissing:
+            return None
+        return owner if owner and owner != self.me and self.alive(owner) else None
+
     def claim(self, job_id: str) -> bool:
         """Make this backend the owner of an unfinished job, unless a live backend owns it (False) or the
         job finished meanwhile (False). Raises StorageError when storage cannot say."""

@@ -4,10 +4,11 @@ import hashlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 
 from backend.contract import image_key, input_key, job_prefix, layout_key, lora_key, new_job_id
-from backend.errors import InvalidRequest, NotFound, QueueFull, ShowroomError, Unavailable, UnknownReference
+from backend.errors import Conflict, InvalidRequest, NotFound, QueueFull, ShowroomError, Unavailable, UnknownReference
 from backend.gpu.executor import Executor
 from backend.gpu.messages import LoraTask
 from backend.images import BadImage, normalize_photo
@@ -26,9 +27,10 @@ SWEEP_AGAIN_S = (2.0, 30.0)  # late writes of a deleted job (a preview in flight
 
 class JobService:
     def __init__(self, settings, catalog: Catalog, store: ManifestStore, executor: Executor, default_size: int,
-                 preparer: Preparer | None = None):
+                 preparer: Preparer | None = None, runs_elsewhere: Callable[[str], str | None] | None = None):
         self.settings, self.catalog, self.store, self.executor = settings, catalog, store, executor
         self.preparer = preparer
+        self.runs_elsewhere = runs_elsewhere  # the live backend on the bucket whose job this is (Leases)
         self.storage = store.quick  # a client waits on every call made here
         self.default_size = default_size
         self._idem_locks = [threading.Lock() for _ in range(64)]  # striped: keys do not wait on each other
@@ -268,6 +270,11 @@ class JobService:
             return job
         with self.store.job_lock(job_id):  # against recovery handing the job to the executor meanwhile
             held = self.executor.cancel(job_id)  # waiting images are reported canceled before it returns
+            if not held and self.runs_elsewhere and (owner := self.runs_elsewhere(job_id)):
+                # its manifest written here would be overwritten by that backend's next change, undoing this
+                raise Conflict(f"job {job_id} runs on another backend that shares this storage ({owner}): cancel "
+                               "or delete it through that backend; this one takes the job over only once that "
+                               "one stops")
             job = self.store.get(job_id) if held else self.store.update(job_id, _cancel_rest)
         log.info("job %s cancel requested", job_id)
         return job

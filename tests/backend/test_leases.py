@@ -97,6 +97,19 @@ def test_a_job_of_a_live_backend_is_left_alone_and_taken_once_it_stops(storage):
         first.close()
 
 
+def test_a_job_runs_elsewhere_while_its_live_backend_holds_it(storage):
+    first, second = Leases(storage, machine="box-1").start(), Leases(storage, machine="box-2")
+    try:
+        job_id = marker(storage, first.me)
+        assert second.runs_elsewhere(job_id) == first.me and first.runs_elsewhere(job_id) is None
+        assert second.runs_elsewhere(new_job_id()) is None, "no marker: finished, nobody runs it"
+        first.close()
+        time.sleep(2.1)  # past the answer second gave about first a moment ago
+        assert second.runs_elsewhere(job_id) is None, "its backend is gone: this one may act on it"
+    finally:
+        first.close()
+
+
 def test_an_expired_heartbeat_or_an_unowned_marker_can_be_taken(storage):
     leases = Leases(storage)
     storage.put(f"{BACKENDS}far-away.json", json.dumps({"owner": "far-away", "machine": "elsewhere", "pid": 1,

@@ -1,12 +1,17 @@
 """backend/jobs/service.py on real storage, catalog and manifest store; the executor records what it is given."""
 
+import pytest
+
 from backend.config import Settings
-from backend.errors import ShowroomError
+from backend.contract import manifest_key
+from backend.errors import Conflict, ShowroomError
+from backend.jobs.leases import Leases
 from backend.jobs.manifests import ManifestStore
 from backend.jobs.service import JobService
-from backend.models import JobSpec, Product
+from backend.models import JobSpec, Product, Status
 from backend.products.catalog import Catalog
 from backend.storage import LocalStorage
+from tests.unit.jobs.test_manifests import make_job
 
 
 class Recorder:
@@ -121,3 +126,41 @@ def test_a_job_deleted_while_storage_refuses_deletes_is_removed_once_it_answers(
         assert not storage.exists(newest_first_key(job.id)) and not storage.exists(unfinished_key(job.id))
     finally:
         store.close()
+
+
+class HoldsNothing(Recorder):
+    """The executor of a backend that does not run the job."""
+
+    def cancel(self, job_id):
+        return False
+
+    def holds(self, job_id):
+        return False
+
+
+def test_a_job_another_live_backend_runs_is_neither_canceled_nor_deleted_here(tmp_path):
+    """Two backends on one bucket: what this one wrote into the job's manifest would be overwritten by the
+    runner's next change (the cancel undone, a deleted job written back), so it says where the job runs."""
+    storage = LocalStorage(tmp_path)
+    runner_leases = Leases(storage, machine="box-a").start()
+    runner, here = ManifestStore(storage).start(), ManifestStore(storage).start()
+    runner.owner = runner_leases.me  # its unfinished marker names the runner
+    job = make_job(2)
+    try:
+        assert runner.create(job) and runner.flush()
+
+        def service() -> JobService:  # a fresh look at the leases each time (answers are kept 2 s)
+            return JobService(Settings(storage_url=f"file://{tmp_path}"), Catalog(storage), here, HoldsNothing(),
+                              64, runs_elsewhere=Leases(storage, machine="box-b").runs_elsewhere)
+
+        with pytest.raises(Conflict, match=f"runs on another backend that shares this storage .{runner_leases.me}"):
+            service().cancel(job.id)
+        with pytest.raises(Conflict):
+            service().delete(job.id)
+        assert here.load(job.id).status == Status.queued and storage.exists(manifest_key(job.id)), "unchanged"
+        runner_leases.close()  # the runner stops: the job is this backend's to act on
+        assert service().cancel(job.id).status == Status.canceled
+    finally:
+        runner_leases.close()
+        runner.close()
+        here.close()
