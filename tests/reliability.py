@@ -120,7 +120,8 @@ def write(outcome: dict) -> str:
         "what it wrote, and a training that ends after its product was deleted keeps no LoRA.",
         "- The Idempotency-Key record is written before the manifest, so a retried submit never starts a "
         "second job, even when storage failed half-way through the first; a manifest write that errors is "
-        "undone, so a retry never gets the ticket of a job nothing runs.",
+        "undone, so a retry never gets the ticket of a job nothing runs. The key sent again with another spec or "
+        "photo is refused (422) rather than answered with a ticket for a request it did not make.",
         "- Workers retry image writes for `STORAGE_RETRY_S` with backoff; manifest writes that fail are "
         "kept and written when storage returns; `/health` says `degraded` meanwhile.",
         "- The queue is bounded (`QUEUE_MAX_IMAGES`, counted in 512x512 30-step images) and so is one job "

@@ -77,7 +77,8 @@ async def read_submission(request: Request, max_photo: int) -> tuple[JobSpec, by
 async def submit_job(request: Request, services: ServicesDep, client: RateLimitedClientDep,
                      idempotency_key: Annotated[str | None, Header(
                          max_length=255, description="a retry with the same key answers the first submission's "
-                                                     "ticket instead of starting a second job")] = None) -> JobTicket:
+                                                     "ticket instead of starting a second job; the same key with "
+                                                     "another spec or photo is 422")] = None) -> JobTicket:
     """Queue a job and answer at once with the keys its images will have."""
     spec, photo = await read_submission(request, services.settings.max_upload_bytes)
     try:

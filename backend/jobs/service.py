@@ -79,16 +79,18 @@ class JobService:
         self._storage_answers()
         if idempotency_key:
             record = self._idem_key(idempotency_key, client)
+            request = _fingerprint(spec, photo)
             with self._idem_lock(record):  # one submission per key at a time, so a retry never races the first
-                earlier = self._idempotent(idempotency_key, client)
+                earlier = self._idempotent(idempotency_key, client, request)
                 if earlier:
                     return earlier
                 # The record is written before the manifest: a job that exists always has it, so a
                 # retry can never start a second one. A record whose manifest never came is ignored.
-                return self._submit(spec, photo, record)
+                return self._submit(spec, photo, record, request)
         return self._submit(spec, photo)
 
-    def _submit(self, spec: JobSpec, photo: bytes | None, record: str | None = None) -> JobManifest:
+    def _submit(self, spec: JobSpec, photo: bytes | None, record: str | None = None,
+                request: str = "") -> JobManifest:
         if self.executor.hopeless():
             raise Unavailable(f"generation is unavailable: {self.executor.last_error()}")
         png, photo_size = None, None
@@ -102,7 +104,7 @@ class JobService:
         with self._admitted(resolved.cost, lambda pending: QueueFull(
                 f"the queue is full ({pending:g} images' worth of work waiting); try again shortly",
                 headers={"Retry-After": "10"})):
-            return self._store_and_queue(resolved, png, record)
+            return self._store_and_queue(resolved, png, record, request)
 
     @contextmanager
     def _admitted(self, cost: float, refusal):
@@ -119,14 +121,15 @@ class JobService:
             with self._admission:
                 self._reserved -= cost
 
-    def _store_and_queue(self, resolved: ResolvedSpec, png: bytes | None, record: str | None) -> JobManifest:
+    def _store_and_queue(self, resolved: ResolvedSpec, png: bytes | None, record: str | None,
+                         request: str = "") -> JobManifest:
         job = self._new_job(resolved, with_photo=png is not None)
         job_id = job.id
         loras = self.loras_for(resolved)
         if png:
             self.storage.put(job.input_key, png, "image/png")
         if record:
-            self.storage.put(record, job_id.encode(), "text/plain")
+            self.storage.put(record, f"{job_id} {request}".encode(), "text/plain")  # the job, and what asked
         if not self.store.create(job):
             self._discard_later(job, record)
             raise Unavailable("storage is unreachable; nothing was queued, try again shortly")
@@ -222,7 +225,7 @@ class JobService:
         if record:
             with self._idem_lock(record):  # a retry may have written it again, for its own job, meanwhile
                 try:
-                    if self.storage.get(record).decode() == job.id:
+                    if self.storage.get(record).decode().split(" ")[0] == job.id:
                         self.storage.delete(record)
                 except ObjectMissing:
                     pass
@@ -239,17 +242,20 @@ class JobService:
     def _idem_key(self, key: str, client: str) -> str:
         return f"idempotency/{hashlib.sha256(f'{client}|{key}'.encode()).hexdigest()}"
 
-    def _idempotent(self, key: str, client: str) -> JobManifest | None:
+    def _idempotent(self, key: str, client: str, request: str) -> JobManifest | None:
         if len(key) > 255:
             raise InvalidRequest("Idempotency-Key must be at most 255 characters")
         try:
-            job_id = self.storage.get(self._idem_key(key, client)).decode()
+            job_id, _, first = self.storage.get(self._idem_key(key, client)).decode().partition(" ")
         except ObjectMissing:
             return None
         try:
             job = self.get(job_id)
         except NotFound:
             return None  # the first try stopped before its manifest was written: nothing was started
+        if first and first != request:  # a record written before requests were kept names none: a retry
+            raise InvalidRequest(f"this Idempotency-Key was first sent with another request (job {job_id}); a "
+                                 "retry must send the same spec and photo, and a new request needs a new key")
         log.info("idempotent retry for job %s", job_id)
         return job
 
@@ -320,3 +326,11 @@ def _cancel_rest(job: JobManifest) -> None:
     for img in job.images:
         if not img.status.is_terminal():
             img.canceled()
+
+
+def _fingerprint(spec: JobSpec, photo: bytes | None) -> str:
+    """What a submission asked for, as its retry must ask it again: the spec as parsed (so the JSON's own
+    spacing and key order do not count) and the photo's bytes."""
+    digest = hashlib.sha256(spec.model_dump_json().encode())
+    digest.update(hashlib.sha256(photo).digest() if photo is not None else b"no photo")
+    return digest.hexdigest()

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from backend.config import Settings
-from backend.errors import Unavailable
+from backend.errors import InvalidRequest, Unavailable
 from backend.jobs.manifests import ManifestStore
 from backend.jobs.service import JobService
 from backend.models import JobSpec
@@ -115,6 +115,20 @@ def test_the_same_key_sent_eight_times_at_once_starts_one_job(service):
     assert len({job.id for job in jobs}) == 1 and len(service.executor.submitted) == 1
     other = service.jobs.submit(SPEC, idempotency_key="order-9", client="another client")
     assert other.id != jobs[0].id, "keys are per client"
+
+
+def test_a_key_sent_again_with_another_request_is_refused_and_starts_nothing(service):
+    first = service.jobs.submit(SPEC, idempotency_key="order-10", client="c")
+    same = JobSpec.model_validate_json(SPEC.model_dump_json(indent=2))  # the same spec, other JSON spacing
+    assert service.jobs.submit(same, idempotency_key="order-10", client="c").id == first.id
+    with pytest.raises(InvalidRequest, match=f"first sent with another request .job {first.id}"):
+        service.jobs.submit(SPEC.model_copy(update={"prompt": "a chair"}), idempotency_key="order-10", client="c")
+    with pytest.raises(InvalidRequest, match="another request"):
+        service.jobs.submit(SPEC, b"a photo now", idempotency_key="order-10", client="c")
+    assert service.executor.submitted == [first.id], "neither started a job"
+    record = service.jobs._idem_key("order-11", "c")
+    service.storage.put(record, first.id.encode(), "text/plain")  # a record kept by an earlier version
+    assert service.jobs.submit(SPEC, idempotency_key="order-11", client="c").id == first.id, "read as before"
 
 
 class StoredThenFailed(FailingPuts):
