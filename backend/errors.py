@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from backend.storage import StorageError
+from backend.storage import ObjectMissing, StorageError
 
 log = logging.getLogger("showroom.api")
 
@@ -95,6 +95,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ShowroomError)
     async def _domain(request: Request, exc: ShowroomError):
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(ObjectMissing)
+    async def _gone(request: Request, exc: ObjectMissing):
+        # storage answered: what the request is about was removed while it ran (a delete racing it)
+        return JSONResponse({"detail": "not found: it was deleted while this request ran"}, status_code=404)
 
     @app.exception_handler(StorageError)
     async def _storage(request: Request, exc: StorageError):
