@@ -289,8 +289,12 @@ class JobService:
     def delete(self, job_id: str) -> None:
         """Cancel the job if it runs, then remove every object under jobs/<id>/. What a worker was still
         writing (a last preview, an image finishing as the cancel came) is swept up again shortly after."""
-        job = self.get(job_id)
-        if not job.status.is_terminal():
+        try:
+            job = self.get(job_id)
+        except ValueError:  # a manifest that cannot be read (cut short, another version's, edited by hand)
+            log.warning("job %s: its manifest is unreadable; deleting its objects all the same", job_id)
+            job = None
+        if job is not None and not job.status.is_terminal():
             self.cancel(job_id)
             deadline = time.monotonic() + DELETE_WAIT_S
             while self.executor.holds(job_id) and time.monotonic() < deadline:

@@ -164,3 +164,19 @@ def test_a_job_another_live_backend_runs_is_neither_canceled_nor_deleted_here(tm
         runner_leases.close()
         runner.close()
         here.close()
+
+
+def test_a_job_whose_manifest_cannot_be_read_can_still_be_deleted(tmp_path):
+    storage = LocalStorage(tmp_path)
+    earlier, store = ManifestStore(storage).start(), ManifestStore(storage).start()  # an earlier run, this one
+    job = make_job(1)
+    try:
+        assert earlier.create(job) and earlier.flush()
+        storage.put(manifest_key(job.id), b'{"id": "cut sho', "application/json")  # cut short, or hand-edited
+        storage.put(f"jobs/{job.id}/0.png", b"png", "image/png")
+        service = JobService(Settings(storage_url=f"file://{tmp_path}"), Catalog(storage), store, HoldsNothing(), 64)
+        service.delete(job.id)
+        assert storage.list_files(f"jobs/{job.id}/") == [], "every object under jobs/<id>/ is removed"
+    finally:
+        earlier.close()
+        store.close()
