@@ -18,6 +18,13 @@ from tests.frontend.photos import product_photos
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 RESULT_IMAGES = '[class*="st-key-result-"] img:not(.sr-preview)'  # final pictures, not the previews
+# Every placeholder tile lies within its own element, so what follows keeps its distance (Streamlit pulls a text
+# block's bottom up by 1rem: the Catalog's tiles one above the other touched, a tile met its step count).
+SLOTS_KEEP_THEIR_ROOM = """() => {
+    const slots = [...document.querySelectorAll('.sr-slot')];
+    return slots.length > 0 && slots.every(s =>
+        s.getBoundingClientRect().bottom <= s.closest('[data-testid=stMarkdown]').getBoundingClientRect().bottom + 1);
+}"""
 
 
 @pytest.fixture
@@ -198,8 +205,8 @@ def test_a_product_from_photos_taught_and_checked_in_a_real_browser(backend, app
 
 @pytest.mark.browser
 def test_a_running_job_shows_progress_and_previews_in_a_real_browser(backend, app_url, artifacts):
-    """A long job caught mid-way: each running picture's preview, step count and time left (job-running.png);
-    then the same job on a phone, two pictures a row (job-phone.png)."""
+    """A long job caught mid-way: each running picture's preview, step count and time left, each tile clear of
+    what is under it (job-running.png); then the same job on a phone, two pictures a row (job-phone.png)."""
     job = backend.submit({"prompt": "a ceramic vase on a wooden table", "num_images": 4, "steps": 150,
                           "width": 128, "height": 128, "seed": 3})
     try:
@@ -209,6 +216,7 @@ def test_a_running_job_shows_progress_and_previews_in_a_real_browser(backend, ap
             page.goto(f"{app_url}/?job={job['id']}")
             expect(page.locator("img.sr-preview").first).to_be_visible(timeout=60_000)
             expect(page.get_by_text(re.compile(r"Step \d+ of 150 · about")).first).to_be_visible(timeout=30_000)
+            assert page.evaluate(SLOTS_KEEP_THEIR_ROOM), "a running picture's tile reaches into its step count"
             scroll_to_top(page)
             page.screenshot(path=str(artifacts / "job-running.png"), full_page=True)
 
