@@ -37,6 +37,8 @@ CSS = """
 /* a placeholder keeps the room under it that a picture has: Streamlit pulls a text block's bottom up by 1rem (for
    a paragraph's margin), so tiles one above the other touched (the Catalog's rows) and a tile met its caption */
 [data-testid="stMarkdownContainer"]:has(> .sr-slot) {margin-bottom: 0;}
+/* likewise a job's prompt above its buttons (its last line sat on Download all's border) */
+[data-testid="stMarkdownContainer"]:has(> .sr-job-prompt) {margin-bottom: 0;}
 .sr-slot b {font-weight: 650;}
 .sr-slot small {max-width: 95%; font-size: .78rem; line-height: 1.25;}
 .sr-empty {border: 1px dashed #D9D9E3; border-radius: .8rem; padding: 2.6rem 1.5rem; text-align: center;

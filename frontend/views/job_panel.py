@@ -129,7 +129,7 @@ def _summary(view: JobView, trigger: str | None) -> None:
             st.toast("Canceling: pictures already made are kept.")
         except BackendError as e:
             st.error(f"Could not cancel: {e.message}")
-    st.markdown(f'<div class="sr-prompt">{html.escape(reuse.shown_prompt(view, trigger))}</div>',
+    st.markdown(f'<div class="sr-prompt sr-job-prompt">{html.escape(reuse.shown_prompt(view, trigger))}</div>',
                 unsafe_allow_html=True)
     if view.status == "failed" and view.error:
         st.error(view.error)

@@ -54,6 +54,8 @@ def test_on_a_phone_a_job_link_shows_the_pictures_before_the_form(backend, app_u
         assert box(phone, ".st-key-compose-form")["top"] >= box(phone, ".st-key-results-grid")["bottom"], \
             "the form comes after the pictures"
         assert phone.evaluate(CUT_LABELS, ".st-key-results-grid button") == [], "Download and Upscale 4x in full"
+        gap = box(phone, ".st-key-job-actions")["top"] - box(phone, ".sr-job-prompt")["bottom"]
+        assert gap >= 8, f"the job's buttons {gap:.0f} px under its prompt (its last line sat on their border)"
         phone.screenshot(path=str(artifacts / "job-link-phone.png"))
 
         phone.locator(".st-key-job-reuse button:visible").click()
