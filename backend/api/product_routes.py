@@ -74,9 +74,11 @@ async def add_product(
 
 @router.delete("/{name}", status_code=204, responses=errors((404, "no such product"), 422))
 async def delete_product(name: Annotated[str, ProductName], services: ServicesDep, client: ClientDep) -> Response:
-    """Remove a product and its files; jobs already made keep their images."""
+    """Remove a product and its files, and stop its training; jobs already made keep their images."""
     try:
         await run_in_threadpool(services.catalog.delete, product_name(name))
     except UnknownReference:
         raise NotFound(f"no product {name!r}") from None
+    if services.trainings is not None:
+        await run_in_threadpool(services.trainings.product_deleted, name)
     return Response(status_code=204)

@@ -93,6 +93,11 @@ def cancel_key(job_id: str) -> str:
     return f"showroom:cancel:{job_id}"
 
 
+def stop_training_key(training_id: str) -> str:
+    """Set (to the reason) when a training must stop: its chunks running or waiting in the broker end there."""
+    return f"showroom:stop-training:{training_id}"
+
+
 def name_key(node: str) -> str:
     return f"showroom:node:{node}"
 

@@ -129,6 +129,15 @@ class CeleryExecutor:
     def holds(self, job_id: str) -> bool:
         return job_id in self.flights
 
+    def stop_training(self, training_id: str, reason: str) -> None:
+        """Its chunks, running on a node or waiting in the broker, stop at the flag; the training ends here at
+        once, since a chunk still waiting may not be taken for a while."""
+        try:
+            self.redis.set(ca.stop_training_key(training_id), reason, ex=ca.CANCEL_TTL_S)
+        except redis.RedisError as e:
+            log.error("training %s: the stop flag could not be set (%s); its chunks run on", training_id, e)
+        self.on_event(ev.TrainingFailed(training_id, reason))
+
     def upscale(self, source_key: str, target_key: str) -> Future:
         """On a node's GPU with the local upscaler; the future ends when the node reports it stored."""
         request_id, future = uuid.uuid4().hex, Future()

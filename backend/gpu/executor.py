@@ -157,6 +157,10 @@ class Executor(Protocol):
         """Queue a LoRA training (its task_id is assigned here); it runs on one GPU at a time and reports
         Training* events; a worker lost mid-way is replaced and the training resumes from its checkpoint."""
 
+    def stop_training(self, training_id: str, reason: str) -> None:
+        """Drop the training if it waits, stop it at its next step if it runs; it ends TrainingFailed with
+        `reason`. Nothing when this executor does not have it."""
+
     def pending_images(self) -> int: ...
 
     def pending_cost(self) -> float:

@@ -120,6 +120,20 @@ class Scheduler:
             self.trainings.append(Training(task))
         self._wake()
 
+    def stop_training(self, training_id: str, reason: str) -> None:
+        """A training that waits is dropped; one that runs stops at its next step. Either ends failed with
+        `reason`."""
+        with self.lock:
+            waiting = next((t for t in self.trainings if t.task.training_id == training_id), None)
+            if waiting is not None:
+                self.trainings.remove(waiting)
+                self._emit(ev.TrainingFailed(training_id, reason))
+            for slot in self.slots:
+                if slot.training is not None and slot.training.task.training_id == training_id:
+                    slot.training.stopped = reason
+                    slot.cancel_task.value = slot.task.task_id
+        self._deliver()
+
     def hopeless(self) -> bool:
         """True once no worker slot will ever start again (the model cannot be loaded)."""
         with self.lock:
@@ -267,8 +281,9 @@ class Scheduler:
             case m.Progress(step=step, total=total, loss=loss) if isinstance(task, m.TrainTask):
                 self._emit(ev.TrainingProgress(task.training_id, step, total, loss))
             case m.Done(error=error, info=info) if isinstance(task, m.TrainTask):
+                stopped = slot.training.stopped if slot.training else None
                 self._emit(ev.TrainingSucceeded(task.training_id, info) if error is None
-                           else ev.TrainingFailed(task.training_id, error))
+                           else ev.TrainingFailed(task.training_id, stopped or error))
                 slot.freed()
             case m.Done(error=error) if isinstance(task, m.UpscaleTask):
                 upscale, slot.upscale = slot.upscale, None
@@ -358,11 +373,12 @@ class Scheduler:
     def _training_lost(self, training: Training, lost: Lost) -> None:
         """A training whose worker died resumes from its last checkpoint on a fresh worker, twice at most."""
         with self.lock:
-            if not lost.killed and training.attempts < MAX_TRAINING_ATTEMPTS and not all_given_up(self.slots):
+            if (not lost.killed and not training.stopped and training.attempts < MAX_TRAINING_ATTEMPTS
+                    and not all_given_up(self.slots)):
                 self.trainings.appendleft(training)
                 self._emit(ev.TrainingRequeued(training.task.training_id, lost.reason))
             else:
-                self._emit(ev.TrainingFailed(training.task.training_id, lost.reason))
+                self._emit(ev.TrainingFailed(training.task.training_id, training.stopped or lost.reason))
 
     def _already_stored(self, w: Work) -> bool | None:
         """Whether the image's object exists; None when storage cannot say."""

@@ -78,19 +78,27 @@ def run_worker(worker_id: int, settings, conn, cancel_task, workers: int = 1) ->
             case UpscaleTask() as task:
                 _run_upscale(settings, task, conn, worker_id, device)
             case TrainTask() as task:
-                _run_training(settings, storage, device, task, conn, worker_id)
+                _run_training(settings, storage, device, task, conn, worker_id, cancel_task)
 
 
-def _run_training(settings, storage, device: str, task: TrainTask, conn, worker_id: int) -> None:
-    """A product's LoRA, learnt on this worker's GPU while its generation pipeline stays loaded."""
-    from backend.lora.worker_training import run_training
+def _run_training(settings, storage, device: str, task: TrainTask, conn, worker_id: int, cancel_task) -> None:
+    """A product's LoRA, learnt on this worker's GPU while its generation pipeline stays loaded; it stops at
+    the next step once the scheduler names it in `cancel_task` (its product was deleted)."""
+    from backend.lora.worker_training import TrainingStopped, run_training
+
+    def on_step(step: int, steps: int, loss: float) -> None:
+        if cancel_task.value == task.task_id:
+            raise TrainingStopped(f"stopped at step {step}")
+        conn.send(Progress(task.task_id, step, steps, loss))
 
     started = time.perf_counter()
     work = Path(settings.showroom_cache) / f"worker-{worker_id}" / f"training-{task.training_id}"
     info, error = None, None
     try:
-        info = run_training(settings.model_id, storage, device, task, work,
-                            lambda step, steps, loss: conn.send(Progress(task.task_id, step, steps, loss)))
+        info = run_training(settings.model_id, storage, device, task, work, on_step)
+    except TrainingStopped as e:
+        log.info("training %s %s", task.training_id, e)
+        error = str(e)  # the scheduler says why
     except BaseException as e:  # SystemExit included: the trainer's way of refusing bad options
         log.error("training %s failed: %s", task.training_id, traceback.format_exc())
         if isinstance(e, Exception) and _device_broken(e, device):

@@ -47,6 +47,7 @@ class Upscale:
 class Training:
     task: m.TrainTask
     attempts: int = 0
+    stopped: str | None = None  # why it was asked to stop (its product deleted): it ends failed with that
 
 
 @dataclass

@@ -38,6 +38,10 @@ def checkpoint_step(prefix: str) -> int:
     return int(prefix.rstrip("/").rsplit("step-", 1)[-1])
 
 
+class TrainingStopped(Exception):
+    """Raised from a step's callback: the training was asked to stop (its product was deleted)."""
+
+
 def run_training(model_id: str, storage: Storage, device: str, task: TrainTask, work: Path,
                  on_step: Callable[[int, int, float], None], until: int | None = None) -> dict:
     """Train to `task.steps` (or only to step `until`, a chunk of it: then the chunk's last checkpoint is

@@ -22,7 +22,7 @@ from backend.gpu import celery_app as ca
 from backend.gpu import celery_rescue as rescue
 from backend.gpu import executor as ev
 from backend.gpu import messages as m
-from backend.node.bridge import CancelFlag, Reporter
+from backend.node.bridge import CANCEL_POLL_S, CancelFlag, Reporter
 
 log = logging.getLogger("showroom.node")
 
@@ -189,7 +189,13 @@ class Gpu:
         """One chunk of a training: resume from the newest stored checkpoint, train to `target`, store its
         checkpoint and send the next chunk (once), or, at the last step, store the LoRA and say so."""
         from backend.gpu.worker import _free_memory
-        from backend.lora.worker_training import checkpoint_step, lora_result_key, newest_checkpoint, run_training
+        from backend.lora.worker_training import (
+            TrainingStopped,
+            checkpoint_step,
+            lora_result_key,
+            newest_checkpoint,
+            run_training,
+        )
 
         if model_id != self.settings.model_id:
             self._refuse(request, model_id)
@@ -199,15 +205,22 @@ class Gpu:
             log.info("%s: training %s is finished already", self.id, task.training_id)
             ca.publish(self.redis, ev.TrainingSucceeded(task.training_id, {"until": task.steps}))
             return
+        if self._training_stopped(task.training_id):
+            log.info("%s: training %s was stopped; its chunk to step %d is dropped", self.id, task.training_id, target)
+            return
         newest = newest_checkpoint(self.storage, task.training_id)
         start = checkpoint_step(newest) if newest else 0
         until = task.steps if target >= task.steps else max(target, start)  # a chunk done before: on to the next
         ca.publish(self.redis, ev.TrainingStarted(task.training_id, self.id))
         log.info("%s: training %s, steps %d to %d of %d (attempt %d)", self.id, task.training_id, start, until,
                  task.steps, request.retries + 1)
-        last = [0.0]
+        last, looked = [0.0], [time.monotonic()]
 
         def on_step(step: int, steps: int, loss: float) -> None:
+            if time.monotonic() - looked[0] >= CANCEL_POLL_S:
+                looked[0] = time.monotonic()
+                if self._training_stopped(task.training_id):
+                    raise TrainingStopped(f"stopped at step {step}")
             if time.monotonic() - last[0] >= 1 or step == steps:  # a few events a second at most
                 last[0] = time.monotonic()
                 ca.publish(self.redis, ev.TrainingProgress(task.training_id, step, steps, loss))
@@ -217,6 +230,9 @@ class Gpu:
         try:
             info = run_training(self.settings.model_id, self.storage, self.device, task, work, on_step,
                                 until=until) if until > start or until == task.steps else {"until": until}
+        except TrainingStopped as e:  # the backend has ended it already: no next chunk, no event
+            log.info("%s: training %s %s", self.id, task.training_id, e)
+            return
         finally:
             self.set_state("ready")
             _free_memory()
@@ -242,6 +258,13 @@ class Gpu:
         if queue != ca.node_queue(self.node.name):  # its own queue stays open: the backend moves such a batch on
             ca.app.control.cancel_consumer(queue, destination=[self.node.hostname])
         raise Reject(reason, requeue=True)
+
+    def _training_stopped(self, training_id: str) -> bool:
+        try:
+            return bool(self.redis.exists(ca.stop_training_key(training_id)))
+        except Exception as e:  # unknown: go on; the next look may answer
+            log.warning("%s: stop flag of training %s unreadable: %s", self.id, training_id, short(e))
+            return False
 
     def job_canceled(self, job_id: str) -> bool:
         try:

@@ -145,6 +145,16 @@ class TrainingService:
         return taken
 
     # ----- the executor's events -----
+    def product_deleted(self, name: str) -> None:
+        """Its trainings here stop where they are: the LoRA they would make is not kept (see _adopt), and a
+        training holds a GPU for minutes to hours."""
+        with self._admit:
+            stopping = [training_id for training_id, product in self._active.items() if product == name]
+        for training_id in stopping:
+            log.info("training %s stops: its product %s was deleted", training_id, name)
+            self.executor.stop_training(training_id, f"product {name!r} was deleted while it trained; "
+                                                     "the training was stopped")
+
     def on_event(self, event: ev.TrainingEvent) -> None:
         match event:
             case ev.TrainingStarted(training_id, worker):

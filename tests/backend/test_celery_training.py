@@ -5,6 +5,7 @@ broker's visibility timeout, and a node's GPU process killed mid-way costs one c
 import os
 import re
 import signal
+import time
 
 from backend.gpu.celery_app import TRAIN_CHUNK_MIN
 from tests.backend import celery_parts
@@ -60,3 +61,24 @@ def test_a_node_process_killed_mid_training_costs_one_chunk_and_the_training_fin
     assert f"training {training_id}, steps 0 to" in log and log.count(f"training {training_id}, steps 0 to") == 1, \
         "the first chunk was not made again: the retry resumed from its checkpoint"
     assert next(p for p in backend.get("/v1/catalog").json()["products"] if p["name"] == "teapot")["has_lora"]
+
+
+def test_a_product_deleted_mid_training_stops_its_chunks_on_the_nodes(cluster):
+    backend = cluster.backend
+    added = backend.post("/v1/products", data={"name": "urn", "trigger": "zxq urn"},
+                         files={"photo": ("p.png", packshot(), "image/png")})
+    assert added.status_code < 300, added.text
+    r = backend.post("/v1/products/urn/training", files=training_photos(2), data={"steps": "5000", "rank": "4"})
+    assert r.status_code == 202, r.text
+    training_id = r.json()["id"]
+    wait_until(lambda: backend.get(f"/v1/trainings/{training_id}").json()["progress"]["step"] >= 3, 300, 0.05,
+               what="the training running on a node")
+    assert backend.delete("/v1/products/urn").status_code == 204
+    training = wait_training(backend, training_id, timeout=30)
+    assert training["status"] == "failed" and "the training was stopped" in training["error"], training
+    ended = (f"training {training_id} stopped at step", f"training {training_id} was stopped; its chunk")
+    wait_until(lambda: any(line in nodes_log(cluster) for line in ended), 30, 0.1,
+               what="the node's chunk stopped mid-way, or dropped before it began")
+    chunks = nodes_log(cluster).count(f"training {training_id}, steps")
+    time.sleep(3)
+    assert nodes_log(cluster).count(f"training {training_id}, steps") == chunks, "no chunk runs after the stop"

@@ -127,6 +127,24 @@ def test_a_training_teaches_the_product_a_lora_that_changes_its_images(backend):
     assert not np.array_equal(a, b), "the trained LoRA changes the picture"
 
 
+def test_a_product_deleted_mid_training_stops_its_training_and_frees_the_gpu(backend):
+    assert add(backend, "vase", photo=("v.png", packshot(), "image/png")).status_code == 201
+    r = backend.post("/v1/products/vase/training", files=training_photos(2), data={"steps": "5000", "rank": "4"})
+    assert r.status_code == 202, r.text
+    training_id = r.json()["id"]
+    running = wait_training(backend, training_id, until=lambda t: t["progress"]["step"] >= 3 or
+                            t["status"] in ("succeeded", "failed"))
+    assert running["status"] == "running", running
+    assert backend.delete("/v1/products/vase").status_code == 204
+    training = wait_training(backend, training_id, timeout=60)
+    assert training["status"] == "failed" and "was deleted while it trained; the training was stopped" in \
+        training["error"], training
+    assert training["progress"]["step"] < 5000, "stopped where it was, not trained to the end"
+    job = backend.wait_job(backend.submit({"prompt": "a vase", "num_images": 1, **SMALL})["id"], timeout=120)
+    assert job["status"] == "succeeded", "the GPU is free again: its worker was not left training"
+    assert not backend.storage.exists("products/vase.safetensors")
+
+
 def worker_pids(backend) -> list[int]:
     return [p.pid for p in psutil.Process(backend.process.pid).children(recursive=True)
             if "spawn_main" in " ".join(p.cmdline())]

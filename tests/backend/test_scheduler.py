@@ -248,3 +248,20 @@ def test_the_bench_plans_the_batches_the_real_scheduler_makes(run_scheduler, tmp
     per_size = Counter(size for _, size in batches(tmp_path, job).values())
     made = sorted(size for size, images in per_size.items() for _ in range(images // size))
     assert made == sorted(scheduler_batches(5, 2)) == [2, 3]
+
+
+def test_a_training_stopped_while_it_waits_is_dropped_and_fails_with_the_reason(tmp_path):
+    from backend.gpu import executor as ev
+    from backend.gpu.messages import TrainTask
+
+    events = []
+    settings = SimpleNamespace(max_batch=8, image_timeout_s=30, model_id="fake")
+    sched = Scheduler(settings, LocalStorage(tmp_path), 1, on_event=events.append, worker_target=run_fake_worker)
+    task = TrainTask(task_id=0, training_id="t1", trigger="zxq", photo_keys=("a.png",), steps=10, rank=4,
+                     resolution=64, checkpoint_every=5)
+    sched.train(task)  # not started: no worker takes it, as while another training holds the GPU
+    sched.stop_training("t2", "not this one")
+    assert events == [] and len(sched.trainings) == 1
+    sched.stop_training("t1", "product 'jug' was deleted while it trained")
+    assert events == [ev.TrainingFailed("t1", "product 'jug' was deleted while it trained")]
+    assert not sched.trainings, "it will not start later"
