@@ -53,9 +53,10 @@ class CeleryExecutor:
         self.redis = ca.redis_client(settings)
         self.queue = ca.image_queue(settings.model_id)
         self.native_size: int | None = None
-        self.lock = threading.Lock()  # the upscales and the fleet's view; the flights have their own
+        self.lock = threading.Lock()  # the upscales, the fleet's view, the trainings' deadlines; flights have their own
         self.flights = Flights(self.redis, storage, self.on_event)
         self.upscales: dict[str, Future] = {}
+        self.training_deadlines: dict[str, float] = {}  # training id -> when TRAINING_TIMEOUT_S stops it
         self.workers: list[dict] = []
         self.errors: list[str] = []
         self._refused: set[str] = set()  # node workers already logged as running another model
@@ -132,6 +133,8 @@ class CeleryExecutor:
     def stop_training(self, training_id: str, reason: str) -> None:
         """Its chunks, running on a node or waiting in the broker, stop at the flag; the training ends here at
         once, since a chunk still waiting may not be taken for a while."""
+        with self.lock:
+            self.training_deadlines.pop(training_id, None)
         try:
             self.redis.set(ca.stop_training_key(training_id), reason, ex=ca.CANCEL_TTL_S)
         except redis.RedisError as e:
@@ -172,6 +175,9 @@ class CeleryExecutor:
         except Exception as e:  # the broker is unreachable: the training fails with the reason, nothing waits
             self.on_event(ev.TrainingFailed(task.training_id, f"the broker (BROKER_URL) could not be reached to send "
                                             f"this training to a GPU node: {e}"[:500]))
+            return
+        with self.lock:  # as locally, the limit runs from this start (a training taken back starts anew)
+            self.training_deadlines[task.training_id] = time.monotonic() + self.settings.training_timeout_s
 
     def pending_images(self) -> int:
         return self.flights.pending_images()
@@ -277,13 +283,26 @@ class CeleryExecutor:
             return
         if isinstance(event, ev.ImagesStarted):
             self.router.started(event.job_id, event.indices)
+        if isinstance(event, (ev.TrainingSucceeded, ev.TrainingFailed)):
+            with self.lock:
+                self.training_deadlines.pop(event.training_id, None)
         self.flights.apply(event)
 
     def _reconcile(self) -> None:
         """Every half minute, what the stream may not have said: the nodes' own queues of nodes gone quiet,
-        and the images of jobs in flight checked against storage."""
+        and the images of jobs in flight checked against storage; and trainings past TRAINING_TIMEOUT_S."""
         self.router.scan()
         self.flights.reconcile()
+        self._time_out_trainings()
+
+    def _time_out_trainings(self) -> None:
+        """A chunk is bounded by its task's time limit; the whole training by TRAINING_TIMEOUT_S, as locally."""
+        limit = self.settings.training_timeout_s
+        with self.lock:
+            late = [t for t, deadline in self.training_deadlines.items() if time.monotonic() > deadline]
+        for training_id in late:
+            log.error("training %s: past TRAINING_TIMEOUT_S; stopping it", training_id)
+            self.stop_training(training_id, f"timed out after {limit:.0f} s (TRAINING_TIMEOUT_S={limit:g})")
 
     def _ensure_group(self) -> None:
         try:
