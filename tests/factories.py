@@ -103,6 +103,30 @@ class Backend:
         return self.post("/v1/products", data=data, files={"file": (f"{name}.safetensors", lora)})
 
 
+class Recorder:  # the seam JobService hands work to (tests/unit/jobs)
+    """An executor that holds nothing and records the jobs it is given."""
+
+    native_size = None
+
+    def __init__(self):
+        self.submitted = []
+
+    def submit(self, job, loras):
+        self.submitted.append(job.id)
+
+    def cancel(self, job_id):
+        return False
+
+    def holds(self, job_id):
+        return False
+
+    def hopeless(self):
+        return False
+
+    def pending_cost(self):
+        return 0.0
+
+
 def png_bytes(width: int = 64, height: int = 64, color=(200, 30, 30), fmt: str = "PNG", **save) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (width, height), color).save(out, format=fmt, **save)

@@ -14,6 +14,7 @@ from backend.jobs.prepare import Preparer
 from backend.models import JobSpec
 from backend.products.catalog import Catalog
 from backend.storage import LocalStorage
+from tests.factories import Recorder
 
 
 def photo() -> bytes:
@@ -21,30 +22,6 @@ def photo() -> bytes:
     out = io.BytesIO()
     Image.radial_gradient("L").convert("RGB").resize((48, 48)).save(out, format="PNG")
     return out.getvalue()
-
-
-class Recorder:
-    """An executor that holds nothing and records the jobs it is given."""
-
-    native_size = None
-
-    def __init__(self):
-        self.submitted = []
-
-    def submit(self, job, loras):
-        self.submitted.append(job.id)
-
-    def cancel(self, job_id):
-        return False
-
-    def holds(self, job_id):
-        return False
-
-    def hopeless(self):
-        return False
-
-    def pending_cost(self):
-        return 0.0
 
 
 def test_a_place_job_deleted_during_its_cut_out_leaves_no_object_and_costs_no_gpu(tmp_path, monkeypatch):

@@ -11,25 +11,8 @@ from backend.jobs.service import JobService
 from backend.models import JobSpec, Product, Status
 from backend.products.catalog import Catalog
 from backend.storage import LocalStorage
+from tests.factories import Recorder
 from tests.unit.jobs.test_manifests import make_job
-
-
-class Recorder:
-    """An executor that holds nothing and records the jobs it is given."""
-
-    native_size = None
-
-    def __init__(self):
-        self.submitted = []
-
-    def submit(self, job, loras):
-        self.submitted.append(job.id)
-
-    def hopeless(self):
-        return False
-
-    def pending_cost(self):
-        return 0.0
 
 
 def test_a_batch_whose_product_is_deleted_while_it_is_written_is_queued_whole_or_not_at_all(tmp_path):
@@ -128,16 +111,6 @@ def test_a_job_deleted_while_storage_refuses_deletes_is_removed_once_it_answers(
         store.close()
 
 
-class HoldsNothing(Recorder):
-    """The executor of a backend that does not run the job."""
-
-    def cancel(self, job_id):
-        return False
-
-    def holds(self, job_id):
-        return False
-
-
 def test_a_job_another_live_backend_runs_is_neither_canceled_nor_deleted_here(tmp_path):
     """Two backends on one bucket: what this one wrote into the job's manifest would be overwritten by the
     runner's next change (the cancel undone, a deleted job written back), so it says where the job runs."""
@@ -150,7 +123,7 @@ def test_a_job_another_live_backend_runs_is_neither_canceled_nor_deleted_here(tm
         assert runner.create(job) and runner.flush()
 
         def service() -> JobService:  # a fresh look at the leases each time (answers are kept 2 s)
-            return JobService(Settings(storage_url=f"file://{tmp_path}"), Catalog(storage), here, HoldsNothing(),
+            return JobService(Settings(storage_url=f"file://{tmp_path}"), Catalog(storage), here, Recorder(),
                               64, runs_elsewhere=Leases(storage, machine="box-b").runs_elsewhere)
 
         with pytest.raises(Conflict, match=f"runs on another backend that shares this storage .{runner_leases.me}"):
@@ -174,7 +147,7 @@ def test_a_job_whose_manifest_cannot_be_read_can_still_be_deleted(tmp_path):
         assert earlier.create(job) and earlier.flush()
         storage.put(manifest_key(job.id), b'{"id": "cut sho', "application/json")  # cut short, or hand-edited
         storage.put(f"jobs/{job.id}/0.png", b"png", "image/png")
-        service = JobService(Settings(storage_url=f"file://{tmp_path}"), Catalog(storage), store, HoldsNothing(), 64)
+        service = JobService(Settings(storage_url=f"file://{tmp_path}"), Catalog(storage), store, Recorder(), 64)
         service.delete(job.id)
         assert storage.list_files(f"jobs/{job.id}/") == [], "every object under jobs/<id>/ is removed"
     finally:
