@@ -60,7 +60,7 @@ def _add(name: str, kind: str | None, trigger: str, photos: list, lora, weight: 
             product = services.client().add_product(name, trigger, kind, weight,
                                                     lora=(lora.name, lora.getvalue()) if lora else None, photo=first)
     except BackendError as e:
-        st.error(f"**{name} was not added.** {e.message[:1].upper()}{e.message[1:]}.", icon=":material/error:")
+        _refused(name, e)
         return
     services.catalog.clear()
     services.packshot.clear()  # a product added again under an old name has a new picture
@@ -69,6 +69,23 @@ def _add(name: str, kind: str | None, trigger: str, photos: list, lora, weight: 
     nav.focus_product(product["name"])
     scroll.ask("product")
     st.rerun()
+
+
+def _refused(name: str, e: BackendError) -> None:
+    if e.status != 503:  # the backend's reason is about what was sent: in its own words
+        st.error(f"**{name} was not added.** {e.message[:1].upper()}{e.message[1:]}.", icon=":material/error:")
+        return
+    # the backend is missing a part (its background remover, its storage): its words are for whoever runs it
+    if "background remover" in e.message:
+        why = ("Showroom cannot cut products out right now: its background remover is not set up on the backend, "
+               "and whoever runs it can fix this. Meanwhile a first photo whose background is already transparent "
+               "(a PNG cut-out) needs no cutting out.")
+    else:
+        why = ("Showroom cannot take it right now, through no fault of yours: try again in a moment, and if it "
+               "keeps happening, tell whoever runs Showroom.")
+    st.error(f"**{name} was not added.** {why}", icon=":material/cloud_off:")
+    with st.expander("What the backend said"):
+        st.code(e.message, language=None, wrap_lines=True)
 
 
 def _problem(name: str, photos: list, lora) -> str | None:

@@ -7,6 +7,7 @@ import uuid
 import pytest
 
 from frontend import services
+from frontend.client import BackendError, ShowroomClient
 from frontend.trainings import RARE_TOKENS, estimate_minutes, suggest_trigger, training_view
 from tests.factories import packshot, png_bytes
 from tests.frontend.conftest import assert_no_exception, frontend_env, page_text, run_until
@@ -125,6 +126,24 @@ def test_a_photo_with_no_product_is_refused_in_words_and_the_form_keeps_what_was
     at.file_uploader(key="add_photos").set_value([("notes.txt", b"not a photo", "text/plain")])
     at.button(key="add-submit").click().run()
     assert "“notes.txt” is not a photo Showroom can read" in " ".join(e.value for e in at.error)
+
+
+def test_a_backend_without_a_background_remover_refuses_a_product_in_plain_words(backend, open_app, monkeypatch):
+    detail = ("the background remover could not be opened (BG_REMOVAL_MODEL='birefnet-general': "
+              "HTTPSConnectionPool(host='github.com', port=443): Max retries exceeded)")
+
+    def unavailable(self, *args, **kwargs):  # the backend's own 503 when rembg's model cannot be opened
+        raise BackendError(detail, 503)
+
+    monkeypatch.setattr(ShowroomClient, "add_product", unavailable)
+    name = unique("jar")
+    at = add(products_page(open_app, backend), name, product_photos(1), kind="jar")
+    (shown,) = [e.value for e in at.error]
+    assert f"{name} was not added" in shown and "cannot cut products out right now" in shown, shown
+    assert "transparent" in shown, "what the shop owner can do meanwhile"
+    assert "BG_REMOVAL_MODEL" not in shown and "HTTPSConnectionPool" not in shown, "the operator's words, not theirs"
+    assert [c.value for c in at.code] == [detail], "what the backend said, under an expander, for whoever runs it"
+    assert at.text_input(key="add_name").value == name, "the form keeps what was typed"
 
 
 def test_delete_a_product_asks_first(backend, open_app):
