@@ -1,6 +1,7 @@
 """The one client of the backend's HTTP API: explicit timeouts, the bearer key, errors that say what to do."""
 
 import json
+import re
 import uuid
 from urllib.parse import quote
 
@@ -115,6 +116,11 @@ class ShowroomClient:
                           files=[("photos", photo) for photo in photos])
 
 
+def _megabytes(detail: str) -> str:
+    """'the limit of 20971520 bytes' -> 'the limit of 20 MB': the size a file picker shows, not a byte count."""
+    return re.sub(r"\b(\d{7,}) bytes\b", lambda m: f"{int(m[1]) / 2**20:.0f} MB", detail)
+
+
 def _detail(response: requests.Response) -> str:
     try:
         detail = response.json().get("detail")
@@ -130,4 +136,4 @@ def _detail(response: requests.Response) -> str:
         return ("the generator ran into an unexpected problem of its own, not caused by what you entered; try "
                 "again in a moment, and if it keeps happening, tell whoever runs Showroom (the cause is in the "
                 f"generator's log, error {response.status_code})")
-    return str(detail or f"the backend answered {response.status_code} {response.reason}")
+    return _megabytes(str(detail or f"the backend answered {response.status_code} {response.reason}"))

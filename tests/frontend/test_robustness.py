@@ -216,3 +216,12 @@ def test_a_backend_failing_inside_is_explained_without_sending_the_owner_to_a_lo
     message = refused.value.message
     assert "server log" not in message, "a shop owner has no server log to read"
     assert "not caused by what you entered" in message and "try again in a moment" in message
+
+
+def test_a_photo_over_the_size_limit_is_refused_in_megabytes_not_bytes(backend):
+    client = client_module.ShowroomClient(backend.url, backend.env.get("API_KEY"))
+    too_big = b"\x89PNG" + bytes(20 * 2**20)  # just over the backend's default 20 MiB
+    with pytest.raises(client_module.BackendError) as refused:
+        client.add_product(f"big-{uuid.uuid4().hex[:6]}", "zwx mug", "mug", photo=("big.png", too_big, "image/png"))
+    assert refused.value.status == 413
+    assert "20 MB" in refused.value.message and "bytes" not in refused.value.message, refused.value.message
