@@ -4,6 +4,7 @@ import io
 import json
 import warnings
 
+import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin
 
 ACCEPTED_FORMATS = {"PNG", "JPEG", "WEBP"}
@@ -52,6 +53,7 @@ def normalize_photo(data: bytes, *, max_bytes: int, max_pixels: int,
         raise BadImage(f"the photo claims more than {max_pixels} pixels") from None
     except Exception as e:  # PIL raises many kinds for broken input: all mean the same to the user
         raise BadImage(f"the photo could not be read as an image ({type(e).__name__}: {e})") from None
+    img = _eight_bit(img)
     img = img.convert("RGBA") if has_transparency(img) else img.convert("RGB")  # an alpha hiding nothing: RGB
     if max_short_side and min(img.size) > max_short_side:
         scale = max_short_side / min(img.size)
@@ -59,6 +61,21 @@ def normalize_photo(data: bytes, *, max_bytes: int, max_pixels: int,
     out = io.BytesIO()
     img.save(out, format="PNG")  # a fresh PNG carries no EXIF, GPS or maker notes
     return out.getvalue(), img.size
+
+
+def _eight_bit(img: Image.Image) -> Image.Image:
+    """A 16-bit greyscale PNG (PIL's "I;16") as 8-bit "L", or "LA" when it names a transparent grey.
+    PIL's own convert() clips every value above 255 instead of scaling, which turns all but black white.
+    The high byte is kept, as PIL does for 16-bit colour PNGs."""
+    if not img.mode.startswith("I"):
+        return img
+    values = np.clip(np.asarray(img.convert("I")), 0, 65535)
+    grey = Image.fromarray((values >> 8).astype(np.uint8), "L")
+    transparent = img.info.get("transparency")
+    if not isinstance(transparent, int):
+        return grey
+    alpha = np.where(values == transparent, 0, 255).astype(np.uint8)
+    return Image.merge("LA", (grey, Image.fromarray(alpha, "L")))
 
 
 def encode_png(img: Image.Image, parameters: dict) -> bytes:

@@ -162,6 +162,30 @@ def test_normalize_photo_palette_image_keeps_its_colours():
         assert img.getchannel("A").getextrema() == (255, 255)
 
 
+def grey16_png(values: list[list[int]], transparent: int | None = None) -> bytes:
+    """A 16-bit greyscale PNG (colour type 0), written by hand: PIL cannot write one from 16-bit values."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + struct.pack(f">{len(row)}H", *row) for row in values)
+    header = struct.pack(">IIBBBBB", len(values[0]), len(values), 16, 0, 0, 0, 0)
+    trns = chunk(b"tRNS", struct.pack(">H", transparent)) if transparent is not None else b""
+    return PNG_SIGNATURE + chunk(b"IHDR", header) + trns + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def test_normalize_photo_16_bit_grey_keeps_its_tones():
+    # PIL opens it as "I;16" and its convert() clips every value above 255: all but black came out white
+    img = decoded(normalize_photo(grey16_png([[0, 1000, 40000, 65535]] * 2), **LIMITS)[0]).convert("RGB")
+    assert [img.getpixel((x, 1))[0] for x in range(4)] == [0, 3, 156, 255]
+
+
+def test_normalize_photo_16_bit_grey_keeps_its_transparent_value():
+    img = decoded(normalize_photo(grey16_png([[0, 1000, 40000, 65535]] * 2, transparent=0), **LIMITS)[0])
+    assert img.mode == "RGBA"
+    assert [img.getpixel((x, 1)) for x in range(4)] == [(0, 0, 0, 0), (3, 3, 3, 255), (156, 156, 156, 255),
+                                                        (255, 255, 255, 255)]
+
+
 def test_normalize_photo_keeps_an_alpha_channel():
     source = Image.new("RGBA", (16, 16), (200, 30, 30, 255))
     source.paste((0, 0, 0, 0), (0, 0, 8, 16))
