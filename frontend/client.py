@@ -117,8 +117,8 @@ class ShowroomClient:
 
 
 def _megabytes(detail: str) -> str:
-    """'the limit of 20971520 bytes' -> 'the limit of 20 MB': the size a file picker shows, not a byte count."""
-    return re.sub(r"\b(\d{7,}) bytes\b", lambda m: f"{int(m[1]) / 2**20:.0f} MB", detail)
+    """'the limit of 20971520 bytes' -> 'the limit of 20 MB' (kept on one line): the size a file picker shows."""
+    return re.sub(r"\b(\d{7,}) bytes\b", lambda m: f"{int(m[1]) / 2**20:.0f}\u00a0MB", detail)
 
 
 def _detail(response: requests.Response) -> str:

@@ -224,4 +224,4 @@ def test_a_photo_over_the_size_limit_is_refused_in_megabytes_not_bytes(backend):
     with pytest.raises(client_module.BackendError) as refused:
         client.add_product(f"big-{uuid.uuid4().hex[:6]}", "zwx mug", "mug", photo=("big.png", too_big, "image/png"))
     assert refused.value.status == 413
-    assert "20 MB" in refused.value.message and "bytes" not in refused.value.message, refused.value.message
+    assert "20\u00a0MB" in refused.value.message and "bytes" not in refused.value.message, refused.value.message
