@@ -34,6 +34,10 @@ SCALE = 4
 REPLICATE_VERSION = "a01b0512004918ca55d02e554914a9eca63909fa83a29ff0f115c78a7045574f"
 DATA_URI_MAX_BYTES = 1 << 20  # Replicate recommends data URIs only under 1 MB; larger inputs are uploaded
 MAX_OUTPUT_BYTES = 512 << 20
+# Models pad their input up to a multiple of their window (8 px for Swin2SR, 16 for HAT) and may leave the
+# padding's share in their output. More than this many source pixels of extra is another scale, not padding:
+# cropping it to 4x would keep only a corner of the picture.
+MAX_PAD_PX = 32
 CANCEL_TIMEOUT_S = 5.0  # granted past the deadline to cancel a prediction, which stops it costing money
 
 
@@ -64,7 +68,7 @@ def _encode_png(image: Image.Image) -> bytes:
 
 def fit_4x(source: bytes, result: bytes, what: str = "the upscaled image") -> bytes:
     """`result` as PNG bytes cropped to exactly 4x `source` (models pad their input to a multiple of
-    their window); UpscaleError if it is smaller than that or not a complete image."""
+    their window); UpscaleError if it is smaller than that, larger than padding explains, or not a complete image."""
     width, height = _image_size(source, "the source image")
     try:
         image = Image.open(io.BytesIO(result))
@@ -77,6 +81,9 @@ def fit_4x(source: bytes, result: bytes, what: str = "the upscaled image") -> by
     if image.width < width * SCALE or image.height < height * SCALE:
         raise UpscaleError(f"{what} is {image.width}x{image.height}, smaller than 4x the "
                            f"{width}x{height} source ({width * SCALE}x{height * SCALE})")
+    if image.width > (width + MAX_PAD_PX) * SCALE or image.height > (height + MAX_PAD_PX) * SCALE:
+        raise UpscaleError(f"{what} is {image.width}x{image.height}, larger than 4x the {width}x{height} source "
+                           f"({width * SCALE}x{height * SCALE}) by more than padding explains: is the model a 4x one?")
     return _encode_png(image.crop((0, 0, width * SCALE, height * SCALE)))
 
 

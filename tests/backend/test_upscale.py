@@ -201,6 +201,12 @@ def test_replicate_output_smaller_than_4x_fails(fake):
         replicate_upscaler(fake).upscale(png_of(10, 10))
 
 
+def test_replicate_output_larger_than_4x_fails_rather_than_cropping_a_corner(fake):
+    fake.output_scale = 8  # another model (REPLICATE_MODEL), or another task: its top-left quarter is no 4x
+    with pytest.raises(UpscaleError, match="larger than 4x"):
+        replicate_upscaler(fake).upscale(png_of(64, 64))
+
+
 def test_replicate_padded_output_is_cropped_to_4x(fake):
     fake.output_pad = (8, 5)
     assert size_of(replicate_upscaler(fake).upscale(png_of(11, 9))) == (44, 36)
