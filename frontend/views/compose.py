@@ -98,7 +98,7 @@ def _compose(catalog: dict, health: services.Health) -> None:
                    format_func=lambda n: "No product (generic scene)" if n == NO_PRODUCT else
                    f"{n} — {products[n].get('category') or 'uncategorised'}",
                    help="Its LoRA, when it has one, is applied; `<product>` becomes its trigger words; in place "
-                        "mode its packshot stands in for a photo.")
+                        "mode its cut-out stands in for a photo.")
     with picture:
         _product_picture(products.get(st.session_state["product"]))
     if not products:

@@ -50,7 +50,8 @@ def use_settings(view: JobView) -> None:
     """The Create page's widgets take the job's values on the next run of the app."""
     st.session_state[PENDING] = reuse.compose_values(view, _trigger(view.spec.get("product")),
                                                      services.current_health().native_size)
-    st.session_state[NOTE] = "The form holds the settings of the job you opened: change what you like, then press Generate." + (
+    st.session_state[NOTE] = ("The form holds the settings of the job you opened: change what you like, then press "
+                              "Generate.") + (
         " It was made from a photo you uploaded: upload it again to use it." if view.input_key else "")
 
 
@@ -67,7 +68,7 @@ def use_picture() -> None:
     st.session_state[PENDING] = reuse.form_values(spec, _trigger(spec.get("product")),
                                                   services.current_health().native_size)
     photo = {"restyle": " It restyled a photo: upload that photo again to use it.",
-             "place": " It placed a product photo: upload it again, or leave it out to place the product's packshot."}
+             "place": " It placed a product photo: upload it again, or leave it out to place the product's cut-out."}
     st.session_state[NOTE] = f"The form holds the settings of {upload.name}." + photo.get(spec.get("mode"), "")
 
 

@@ -34,7 +34,7 @@ def section(product: dict | None, native: int) -> PhotoChoice:
         label, about = "Your photo", ("The whole photo is repainted in the style and words below; it is scaled to "
                                       "fill the canvas and cropped at the centre, never stretched.")
     else:
-        label = "Product photo" + (" (optional: without one, the product's packshot is placed)" if packshot_key else "")
+        label = "Product photo" + (" (optional: without one, the product's cut-out is placed)" if packshot_key else "")
         about = "A PNG or WebP with transparency is used as it is; any other photo has its background removed."
     photo = st.file_uploader(label, type=PHOTO_TYPES, key="photo", help=about)
     upload = (photo.name, photo.getvalue(), photo.type or "application/octet-stream") if photo else None
@@ -70,10 +70,10 @@ def _place(upload, product: dict | None, packshot_key: str | None, native: int) 
         caption = "The cut-out: kept pixel for pixel"
     elif packshot_key:
         cut, blocked = _packshot(packshot_key), None
-        caption = f"{product['name']}'s packshot: kept pixel for pixel"
+        caption = f"{product['name']}'s cut-out: kept pixel for pixel"
     else:
         return PhotoChoice("place", None,
-                           "Upload a photo of the product to place, or choose a product with a packshot.")
+                           "Upload a photo of the product to place, or choose a product added from a photo.")
     if blocked:
         return PhotoChoice("place", upload, blocked)
     ss = st.session_state
@@ -128,7 +128,7 @@ def _packshot(key: str) -> bytes | None:
             return services.packshot(services.settings().storage_url, key)
     except StorageError:
         pass
-    st.caption("The product's packshot is placed; it cannot be shown here (storage is not readable).")
+    st.caption("The product's cut-out is placed; it cannot be shown here (storage is not readable).")
     return None
 
 

@@ -192,7 +192,7 @@ def test_an_unlearnt_product_without_a_photo_says_so_and_offers_to_place_it(back
     at.button(key="place-instead").click().run()
     assert_no_exception(at)
     assert at.radio(key="mode").value == "place" and not not_learnt_warnings(at)
-    assert f"{name}'s packshot: kept pixel for pixel" in captions(at), "its own photo, placed as it is"
+    assert f"{name}'s cut-out: kept pixel for pixel" in captions(at), "its own photo, placed as it is"
 
     learnt = stored_product(backend, "frontend-jug-learnt", has_lora=True)
     at = open_app(frontend_env(backend))
@@ -206,7 +206,7 @@ def test_place_mode_places_a_catalog_products_packshot_without_an_upload(backend
     at.selectbox(key="product").set_value(name)
     at = place_mode(at)
     # the picker's own picture (no caption: the picker names the product), then the placed packshot
-    assert captions(at)[:2] == ["", f"{name}'s packshot: kept pixel for pixel"], page_text(at)
+    assert captions(at)[:2] == ["", f"{name}'s cut-out: kept pixel for pixel"], page_text(at)
     assert not at.button(key="generate").disabled
     at.text_area(key="prompt").input("<product> on a shelf")
     at.number_input(key="steps").set_value(2)

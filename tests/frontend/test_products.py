@@ -211,4 +211,4 @@ def test_an_added_product_leads_to_the_create_page_with_it_chosen_and_placed(bac
     assert_no_exception(at)
     assert at.selectbox(key="product").value == name, "the Create page opens with the product chosen"
     assert at.radio(key="mode").value == "place", "not learnt yet: its photo is placed as it is"
-    assert f"{name}'s packshot: kept pixel for pixel" in captions(at) and not at.button(key="generate").disabled
+    assert f"{name}'s cut-out: kept pixel for pixel" in captions(at) and not at.button(key="generate").disabled
