@@ -31,6 +31,7 @@ Canonical layout (what `normalize_upload` returns, safetensors):
 
 import json
 import logging
+import math
 import re
 import struct
 from dataclasses import dataclass
@@ -104,25 +105,39 @@ def read_safetensors_header(data: bytes) -> tuple[dict[str, dict], dict[str, str
         raise LoraFormatError(NOT_SAFETENSORS.format(why=why))
     try:
         header = json.loads(data[8:8 + size])
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: arrays nested deeper than the parser goes
         raise LoraFormatError(NOT_SAFETENSORS.format(why="its header is not JSON")) from None
     if not isinstance(header, dict):
         raise LoraFormatError(NOT_SAFETENSORS.format(why="its header is not a JSON object"))
     metadata = header.pop("__metadata__", None) or {}
     body_length = len(data) - 8 - size
+    spans = []
     for name, info in header.items():
         try:  # dtype and shape are read here so a malformed entry fails now, not in a later reader
-            str(info["dtype"]), [int(d) for d in info["shape"]]
-            start, end = info["data_offsets"]
+            dtype, shape, (start, end) = info["dtype"], info["shape"], info["data_offsets"]
         except (TypeError, KeyError, ValueError):
             raise LoraFormatError(f"the safetensors header is malformed at tensor {name!r}") from None
-        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end):
+        if not (isinstance(dtype, str) and isinstance(shape, list) and all(_count(d) for d in shape)
+                and _count(start) and _count(end) and start <= end):
             raise LoraFormatError(f"the safetensors header is malformed at tensor {name!r}")
         if end > body_length:
             raise LoraFormatError(f"the file is truncated: tensor {name!r} runs past its end; upload it again")
+        if end > start:
+            spans.append((start, end, name))
+    # Tensors share no bytes (safetensors' own reader refuses such a file too). Each one is copied out of the
+    # file, so a few MB named by thousands of overlapping entries would take terabytes of memory.
+    spans.sort()
+    for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
+        if start < end:
+            raise LoraFormatError(f"the safetensors header is malformed: tensors {first!r} and {second!r} overlap")
     if not isinstance(metadata, dict):
         raise LoraFormatError("the safetensors metadata is not a JSON object")
     return header, {str(k): str(v) for k, v in metadata.items()}, 8 + size
+
+
+def _count(value) -> bool:
+    """A whole number >= 0, as the header's sizes and offsets must be (JSON true is no number)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def read_safetensors(data: bytes) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -133,8 +148,9 @@ def read_safetensors(data: bytes) -> tuple[dict[str, Tensor], dict[str, str]]:
     for name, info in header.items():
         dtype, shape, (start, end) = info["dtype"], tuple(int(d) for d in info["shape"]), info["data_offsets"]
         if dtype not in _ITEMSIZE:
-            raise LoraFormatError(f"tensor {name!r} has dtype {dtype}; a LoRA holds floating-point weights only")
-        if end - start != int(np.prod(shape, dtype=np.int64)) * _ITEMSIZE[dtype]:
+            raise LoraFormatError(f"tensor {name!r} has dtype {dtype}; LoRA weights are read as F16, BF16, F32 or "
+                                  "F64 only (not fp8 or integers): save the LoRA in one of those")
+        if end - start != math.prod(shape) * _ITEMSIZE[dtype]:  # Python ints: a huge shape cannot wrap around
             raise LoraFormatError(f"tensor {name!r}: its byte size does not match its shape {list(shape)}")
         tensors[name] = Tensor(dtype, shape, bytes(body[start:end]))
     return tensors, metadata
@@ -237,7 +253,12 @@ def _sgm_to_diffusers(path: str, layers_per_block: int = 2) -> str:
 def _kohya_target(part: str, name: str) -> str:
     path = _unflatten(name)
     if part == "unet":
-        path = _sgm_to_diffusers(path)
+        try:
+            path = _sgm_to_diffusers(path)
+        except LoraFormatError:
+            raise
+        except (IndexError, KeyError, ValueError):  # a block number missing, not a number, or past the UNet's
+            raise LoraFormatError(f"kohya module {path} is not a UNet module we know") from None
     return f"{_KOHYA_PARTS[part]}.{path}"
 
 
@@ -277,15 +298,27 @@ def _metadata_alpha(metadata: dict[str, str]) -> dict[str, float]:
         return {}
     try:
         packed = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise LoraFormatError("the file's lora_adapter_metadata is not JSON") from None
+    if not isinstance(packed, dict):
+        raise LoraFormatError("the file's lora_adapter_metadata is not a JSON object")
     alphas = {}
     for component in COMPONENTS:
         if f"{component}.lora_alpha" in packed:
-            alphas[component] = float(packed[f"{component}.lora_alpha"])
-            for pattern, alpha in (packed.get(f"{component}.alpha_pattern") or {}).items():
-                alphas[f"{component}.{pattern}"] = float(alpha)
+            alphas[component] = _number(packed[f"{component}.lora_alpha"], f"{component}.lora_alpha")
+            patterns = packed.get(f"{component}.alpha_pattern") or {}
+            if not isinstance(patterns, dict):
+                raise LoraFormatError(f"the file's lora_adapter_metadata has a {component}.alpha_pattern that is not "
+                                      "a JSON object")
+            for pattern, alpha in patterns.items():
+                alphas[f"{component}.{pattern}"] = _number(alpha, f"{component}.alpha_pattern {pattern!r}")
     return alphas
+
+
+def _number(value, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise LoraFormatError(f"the file's lora_adapter_metadata gives {what} as {value!r}, not a number")
+    return float(value)
 
 
 def _alpha_for(target: str, alphas: dict[str, float]) -> float | None:
@@ -304,24 +337,36 @@ def _parse(tensors: dict[str, Tensor], metadata: dict[str, str]) -> tuple[str, d
     embeddings: dict[str, Tensor] = {}
     unknown: list[str] = []
     layouts: set[str] = set()
+    keys: dict[tuple[str, str], str] = {}  # (target, part) -> the key that gave it
+
+    def put(target: str, part: str, value, key: str) -> None:
+        """One module's down, up or alpha; a second one for the same module (two adapters in one file, two
+        spellings of one module) is refused rather than one of them kept silently."""
+        if (target, part) in keys:
+            what = {"down": "down (lora_A) matrices", "up": "up (lora_B) matrices", "alpha": "alphas"}[part]
+            raise LoraFormatError(f"the file holds two {what} for {target} ({keys[target, part]!r} and {key!r}): "
+                                  "it must hold one LoRA; export the one you want on its own")
+        keys[target, part] = key
+        setattr(pairs.setdefault(target, Pair()), part, value)
+
     for key, tensor in tensors.items():
         if m := _CLONEOFSIMO.match(key):
             layouts.add("cloneofsimo")
-            setattr(pairs.setdefault(f"{CLONEOFSIMO_PREFIX}{m['part']}.{m['i']}", Pair()), m["ab"], tensor)
+            put(f"{CLONEOFSIMO_PREFIX}{m['part']}.{m['i']}", m["ab"], tensor, key)
         elif metadata.get(key) == "<embed>" or key.startswith(EMBEDDING_PREFIX):
             embeddings[key.removeprefix(EMBEDDING_PREFIX)] = tensor
         elif m := _KOHYA.match(key):
             layouts.add("kohya")
-            pair = pairs.setdefault(_kohya_target(m["part"], m["name"]), Pair())
+            target = _kohya_target(m["part"], m["name"])
             if m["ab"]:
-                setattr(pair, "down" if m["ab"] == "lora_down" else "up", tensor)
+                put(target, "down" if m["ab"] == "lora_down" else "up", tensor, key)
             else:
-                pair.alpha = float(tensor.array().reshape(-1)[0])
+                put(target, "alpha", _alpha_value(key, tensor), key)
         elif found := _diffusers_target(key):
             layouts.add("peft" if key.split(".")[0] not in COMPONENTS else "diffusers")
-            setattr(pairs.setdefault(_with_component(found[0]), Pair()), found[1], tensor)
+            put(_with_component(found[0]), found[1], tensor, key)
         elif key.endswith(".alpha") and key.split(".")[0] in COMPONENTS:
-            pairs.setdefault(key.removesuffix(".alpha"), Pair()).alpha = float(tensor.array().reshape(-1)[0])
+            put(key.removesuffix(".alpha"), "alpha", _alpha_value(key, tensor), key)
         else:
             unknown.append(key)
     if unknown:
@@ -331,6 +376,13 @@ def _parse(tensors: dict[str, Tensor], metadata: dict[str, str]) -> tuple[str, d
     if len(layouts) > 1:
         raise LoraFormatError(f"the file mixes LoRA layouts ({', '.join(sorted(layouts))}); export it in one")
     return layouts.pop(), pairs, embeddings
+
+
+def _alpha_value(key: str, tensor: Tensor) -> float:
+    values = tensor.array().reshape(-1)
+    if values.size == 0:
+        raise LoraFormatError(f"alpha {key!r} holds no value: the file is damaged; export the LoRA again")
+    return float(values[0])
 
 
 # Key fragments of the adapters that are not plain LoRA: LyCORIS' other algorithms (lycoris/modules), DoRA.
@@ -366,6 +418,8 @@ def _check_pair(target: str, pair: Pair) -> float:
     down, up = pair.down.shape, pair.up.shape
     if len(down) not in (2, 4) or len(up) != len(down) or down[0] != up[1] or (len(up) == 4 and up[2:] != (1, 1)):
         raise LoraFormatError(f"the LoRA for {name} has inconsistent shapes: down {list(down)}, up {list(up)}")
+    if down[0] == 0:
+        raise LoraFormatError(f"the LoRA for {name} has rank 0: it changes nothing; the file is damaged")
     return 1.0 if pair.alpha is None else pair.alpha / down[0]
 
 

@@ -4,6 +4,7 @@ into the pipeline with exactly their up/down matrices (alpha/rank included); any
 import io
 import json
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -245,6 +246,67 @@ def test_refuses_safetensors_without_lora():
 def test_refuses_half_a_pair():
     with pytest.raises(LoraFormatError, match="no up"):
         normalize_upload(save({"unet.down_blocks.1.attentions.0.proj_in.lora_A.weight": torch.zeros(2, 16)}))
+
+
+def handmade(entries: dict, body: bytes, metadata: dict | None = None) -> bytes:
+    """A safetensors file written by hand, header entries as given: what safetensors' own writer never makes."""
+    header = entries | ({"__metadata__": metadata} if metadata is not None else {})
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    return struct.pack("<Q", len(encoded)) + encoded + body
+
+
+def entry(shape: list, start: int, end: int, dtype="F32") -> dict:
+    return {"dtype": dtype, "shape": shape, "data_offsets": [start, end]}
+
+
+def test_refuses_tensors_that_share_their_bytes():
+    """Each entry was copied out of the file: a few MB named by thousands of overlapping entries made the API
+    process copy terabytes (a 1 GB upload is allowed), so every job of that backend was lost with it."""
+    body = torch.ones(256 * 1024).numpy().tobytes()
+    entries = {f"junk.{i}": entry([256 * 1024], 0, len(body)) for i in range(3)}
+    with pytest.raises(LoraFormatError, match="overlap"):
+        normalize_upload(handmade(entries, body))
+
+
+MODULE = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"
+PAIR = {f"{MODULE}.lora_down.weight": entry([1, 1], 0, 4), f"{MODULE}.lora_up.weight": entry([1, 1], 4, 8)}
+
+
+@pytest.mark.parametrize("data, reason", [
+    (handmade({f"{MODULE}.lora_down.weight": entry([1, 1], 0, 4, dtype=["F32"])}, b"\0" * 4), "malformed"),
+    (handmade({f"{MODULE}.lora_down.weight": entry([-1, -1], 0, 4), f"{MODULE}.lora_up.weight": entry([1, 1], 4, 8)},
+              b"\0" * 8), "malformed"),
+    (struct.pack("<Q", 200_006) + b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}", "not a .safetensors file"),
+    (handmade(PAIR | {f"{MODULE}.alpha": entry([0], 8, 8)}, b"\0" * 8), "alpha .* holds no value"),
+    (handmade({f"{MODULE}.lora_down.weight": entry([0, 16], 0, 0), f"{MODULE}.lora_up.weight": entry([16, 0], 0, 0),
+               f"{MODULE}.alpha": entry([], 0, 4)}, b"\0" * 4), "rank 0"),
+    (handmade(PAIR, b"\0" * 8, {"lora_adapter_metadata": "7"}), "lora_adapter_metadata"),
+    (handmade(PAIR, b"\0" * 8, {"lora_adapter_metadata": json.dumps({"unet.lora_alpha": None})}),
+     "lora_adapter_metadata"),
+    (handmade(PAIR, b"\0" * 8, {"lora_adapter_metadata": json.dumps({"unet.lora_alpha": 1,
+                                                                       "unet.alpha_pattern": [1]})}),
+     "lora_adapter_metadata"),
+    (handmade({"lora_unet_middle_block_5_proj_in.lora_down.weight": entry([1, 1], 0, 4),
+               "lora_unet_middle_block_5_proj_in.lora_up.weight": entry([1, 1], 4, 8)}, b"\0" * 8), "middle_block.5"),
+    (handmade({"lora_unet_input_blocks_1.lora_down.weight": entry([1, 1], 0, 4),
+               "lora_unet_input_blocks_1.lora_up.weight": entry([1, 1], 4, 8)}, b"\0" * 8), "input_blocks.1"),
+], ids=["dtype-list", "negative-shape", "deep-json", "empty-alpha", "rank-0", "metadata-number", "alpha-null",
+        "pattern-list", "middle-block-5", "input-blocks-short"])
+def test_refuses_malformed_files_with_a_reason_not_a_crash(data, reason):
+    """Each of these was an IndexError, KeyError, TypeError, ZeroDivisionError or RecursionError: a 500."""
+    with pytest.raises(LoraFormatError, match=reason):
+        normalize_upload(data)
+
+
+def test_refuses_two_matrices_for_one_module():
+    """peft's state dict of a model holding two adapters names each module twice: one of them was kept silently,
+    down from one adapter and up from the other where their order interleaved."""
+    target = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
+    sd = {f"base_model.model.{target}.lora_{ab}.{adapter}.weight": torch.ones(RANK, 16) if ab == "A" else
+          torch.ones(16, RANK) for adapter in ("default", "other") for ab in "AB"}
+    with pytest.raises(LoraFormatError, match=rf"two down \(lora_A\) matrices for unet\.{target}"):
+        normalize_upload(save(sd))
 
 
 LYCORIS_MODULE = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"
