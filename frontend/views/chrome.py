@@ -48,6 +48,12 @@ CSS = """
 .sr-card-head {display: flex; justify-content: space-between; align-items: baseline; gap: .5rem;
   margin-bottom: .35rem;}
 .sr-card-head b {font-size: .95rem; line-height: 1.25;}
+/* two style cards a row: a name keeps two lines' room beside its neighbour's, so the buttons of a row line up,
+   and the words keep their room above the button (a third line sat on it) */
+@media (min-width: 641px) {
+  [class*="st-key-style-card-"] .sr-card-head {min-height: 2.4rem;}
+  [class*="st-key-style-card-"] [data-testid="stMarkdownContainer"]:has(> .sr-card-head) {margin-bottom: 0;}
+}
 .sr-tag {text-transform: capitalize; font-size: .72rem; font-weight: 600; color: #5B4FD6; background: #EEECFF;
   padding: .1rem .5rem; border-radius: 999px; white-space: nowrap;}
 .sr-clamp {display: -webkit-box; -webkit-line-clamp: 3; -webkit-box-orient: vertical; overflow: hidden;

@@ -2,8 +2,8 @@
 each picture's buttons keep their words, Use these settings brings the form on screen, and a product's link
 shows the product before the list (its cut-out and each listed product's picture small, beside their words),
 its cut-out beside where it goes (job-link-phone.png, use-settings-phone.png, place-phone.png), the picker with
-the product's picture beside it; a desktop keeps the form left of the pictures and room under the header's
-status line."""
+the product's picture beside it; a desktop keeps the form left of the pictures, the buttons of two style cards
+side by side on one line, and room under the header's status line."""
 
 import uuid
 
@@ -24,6 +24,13 @@ IN_UPPER_THIRD = """(selector) => {
     const top = el && el.getBoundingClientRect().top;
     return el !== null && top >= 0 && top <= window.innerHeight / 3;
 }"""
+
+# Each style card: its top, its button's top, and the room between its words and the button.
+STYLE_CARDS = """() => [...document.querySelectorAll('[class*="st-key-style-card-"]')].map(card => {
+    const words = card.querySelector('.sr-desc').getBoundingClientRect();
+    const button = card.querySelector('button').getBoundingClientRect();
+    return {top: card.getBoundingClientRect().top, button: button.top, room: button.top - words.bottom};
+})"""
 
 
 def box(page, selector: str) -> dict:
@@ -96,6 +103,11 @@ def test_on_a_phone_a_job_link_shows_the_pictures_before_the_form(backend, app_u
         wait_images(desktop, 4)
         form, pictures = box(desktop, ".st-key-compose-form"), box(desktop, ".st-key-job-first")
         assert form["right"] <= pictures["left"] and abs(form["top"] - pictures["top"]) < 40, (form, pictures)
+        cards = desktop.evaluate(STYLE_CARDS)
+        pairs = [(a, b) for a, b in zip(cards, cards[1:]) if abs(a["top"] - b["top"]) < 2]
+        assert pairs and all(abs(a["button"] - b["button"]) < 2 for a, b in pairs), \
+            f"two style cards side by side have their buttons on one line: {cards}"
+        assert min(card["room"] for card in cards) >= 8, f"a style card's words sat on its button: {cards}"
         desktop.goto(f"{app_url}/products?product={name}")
         expect(desktop.locator(".st-key-add-another button")).to_be_visible(timeout=30_000)
         gap = box(desktop, ".st-key-add-another button")["top"] - box(desktop, ".sr-status-meta")["bottom"]
