@@ -454,9 +454,22 @@ def normalize_upload(data: bytes) -> bytes:
     for part in ("unet", "text_encoder"):
         targets = metadata.get(f"cloneofsimo.{part}") or (metadata.get(part) if source == "cloneofsimo" else None)
         if targets:
-            new_metadata[f"cloneofsimo.{part}"] = targets
+            new_metadata[f"cloneofsimo.{part}"] = _target_classes(targets, part)
     log.info("LoRA upload: %s layout, %d modules, %d token embeddings", source, len(pairs), len(embeddings))
     return write_safetensors(out, new_metadata)
+
+
+def _target_classes(raw: str, part: str) -> str:
+    """A cloneofsimo file's target classes for `part`, checked now: the worker resolves the file's indices with them."""
+    try:
+        classes = json.loads(raw)
+    except (ValueError, RecursionError):
+        classes = None
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+        raise LoraFormatError(f"the file's cloneofsimo target classes for its {part} ({raw[:100]!r}) are not a JSON "
+                              "list of class names, as lora_diffusion writes them (e.g. '[\"CrossAttention\", "
+                              "\"GEGLU\"]'): export the LoRA again")
+    return raw
 
 
 def embedding_token_names(token: str, vectors: int) -> list[str]:

@@ -299,6 +299,15 @@ def test_refuses_malformed_files_with_a_reason_not_a_crash(data, reason):
         normalize_upload(data)
 
 
+@pytest.mark.parametrize("targets", ["CrossAttention", '{"a": 1}', "[1, 2]"])
+def test_refuses_cloneofsimo_target_classes_that_are_not_a_list_of_names(targets):
+    """lora_diffusion writes them as a JSON list of class names; anything else was stored as given, and every job
+    with the LoRA then failed in the worker (a JSONDecodeError, or no module order that fits)."""
+    clone = {"unet:0:up": torch.ones(16, RANK), "unet:0:down": torch.ones(RANK, 16)}
+    with pytest.raises(LoraFormatError, match="cloneofsimo target classes"):
+        normalize_upload(save(clone, {"unet": targets}))
+
+
 def test_refuses_two_matrices_for_one_module():
     """peft's state dict of a model holding two adapters names each module twice: one of them was kept silently,
     down from one adapter and up from the other where their order interleaved."""
