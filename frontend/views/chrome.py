@@ -60,6 +60,10 @@ CSS = """
   min-height: 3.9em;}
 .sr-meta {color: #6B6B80; font-size: .82rem;}
 .sr-desc {color: #55556A; font-size: .86rem; line-height: 1.3;}
+/* a History card's when / pictures / product line keeps two lines' room and its product name whole, so the cards
+   of a row keep their buttons on one line (a name split at its hyphen made some cards a line taller) */
+.sr-job-meta {display: block; min-height: 2lh;}
+.sr-nowrap {white-space: nowrap;}
 /* what a click scrolls into view (views/scroll.py): clear of the navigation bar drawn over the page's top */
 .st-key-job-status, .st-key-compose-form, .st-key-product-open, .st-key-product-form,
 .st-key-catalog-head {scroll-margin-top: 4.5rem;}

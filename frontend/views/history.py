@@ -98,8 +98,9 @@ def _card(url: str, job: JobView, trigger: str | None) -> None:
         st.markdown(f'<div class="sr-prompt">{html.escape(_shorten(reuse.shown_prompt(job, trigger), 90))}</div>',
                     unsafe_allow_html=True)
         missing = f" ({job.missing_count} missing)" if job.missing_count else ""
-        st.markdown(f'<span class="sr-meta">{_when(job)} · {job.done_count}/{len(job.images)} pictures{missing}'
-                    f'{" · " + html.escape(job.product) if job.product else ""}</span>', unsafe_allow_html=True)
+        product = f' · <span class="sr-nowrap">{html.escape(job.product)}</span>' if job.product else ""
+        st.markdown(f'<span class="sr-meta sr-job-meta">{_when(job)} · {job.done_count}/{len(job.images)} pictures'
+                    f'{missing}{product}</span>', unsafe_allow_html=True)
         if st.session_state.get("confirm_delete_job") == job.id:
             _confirm_delete(job)
         else:

@@ -3,7 +3,7 @@ each picture's buttons keep their words, Use these settings brings the form on s
 shows the product before the list (its cut-out and each listed product's picture small, beside their words),
 its cut-out beside where it goes (job-link-phone.png, use-settings-phone.png, place-phone.png), the picker with
 the product's picture beside it; a desktop keeps the form left of the pictures, the buttons of two style cards
-side by side on one line, and room under the header's status line."""
+side by side on one line (and of History's cards), and room under the header's status line."""
 
 import uuid
 
@@ -31,6 +31,11 @@ STYLE_CARDS = """() => [...document.querySelectorAll('[class*="st-key-style-card
     const button = card.querySelector('button').getBoundingClientRect();
     return {top: card.getBoundingClientRect().top, button: button.top, room: button.top - words.bottom};
 })"""
+
+# History cards whose when / pictures / product line is under two lines tall (a row's buttons then sat unlevel).
+SHORT_JOB_METAS = """() => [...document.querySelectorAll('.sr-job-meta')]
+    .filter(m => m.getBoundingClientRect().height < 2 * parseFloat(getComputedStyle(m).lineHeight) - 1)
+    .map(m => m.innerText)"""
 
 
 def box(page, selector: str) -> dict:
@@ -112,4 +117,8 @@ def test_on_a_phone_a_job_link_shows_the_pictures_before_the_form(backend, app_u
         expect(desktop.locator(".st-key-add-another button")).to_be_visible(timeout=30_000)
         gap = box(desktop, ".st-key-add-another button")["top"] - box(desktop, ".sr-status-meta")["bottom"]
         assert gap >= 8, f"Add another product {gap:.0f} px under the header's status line (it touched it)"
+        desktop.goto(f"{app_url}/history")
+        expect(desktop.locator(f".st-key-job-{job['id']} .sr-job-meta")).to_be_visible(timeout=30_000)
+        short = desktop.evaluate(SHORT_JOB_METAS)
+        assert short == [], f"a History card's line under its prompt keeps two lines' room (its buttons level): {short}"
         browser.close()
