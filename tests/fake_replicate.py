@@ -40,6 +40,7 @@ class FakeReplicate:
     polls_to_finish: int = 1  # GETs of a prediction answered "processing" before it finishes
     error_message: str = "CUDA out of memory. Tried to allocate 2.00 GiB"
     throttle_creates: int = 0  # POST /v1/predictions answered 429 this many times first
+    lost_create_answers: int = 0  # POST /v1/predictions starts the prediction, then answers 504 (a gateway)
     server_errors_on_poll: int = 0  # GET /v1/predictions/{id} answered 500 this many times first
     unavailable_polls: int = 0  # GET /v1/predictions/{id} answered 503 with Retry-After this many times first
     retry_after: str = "4"  # the Retry-After header of those 503s
@@ -127,6 +128,10 @@ class FakeReplicate:
             "created_at": "2025-01-01T00:00:00Z", "started_at": None, "completed_at": None,
             "urls": {"get": f"{self.url}/v1/predictions/{pid}", "cancel": f"{self.url}/v1/predictions/{pid}/cancel"},
         }
+        with self._lock:
+            if self.lost_create_answers > 0:
+                self.lost_create_answers -= 1
+                return 504, {"detail": "Gateway Timeout", "status": 504}
         return 201, self._public(pid)
 
     def _poll(self, pid: str) -> tuple[int, dict]:

@@ -277,7 +277,9 @@ class ReplicateUpscaler:
         """One request, retried with exponential backoff on 429 (rate limited: Replicate asks us to
         slow down) and 5xx (its side, usually brief): a blip should not fail an image someone chose.
         A 4xx is our mistake and fails at once. A request that may have reached Replicate is only
-        retried if repeating it is harmless, so a lost answer never starts a second paid prediction.
+        retried if repeating it is harmless, so a lost answer never starts a second paid prediction:
+        one that is not (`idempotent=False`, a create) is retried only on 429 and 503, which say it was
+        not taken; a 500, 502 or 504 may come from a gateway after Replicate started it.
         Never sleeps past `deadline`, nor lets the client's own retries run past it."""
         for attempt in range(self.max_retries + 1):
             self._local.deadline = deadline
@@ -288,7 +290,7 @@ class ReplicateUpscaler:
                 if isinstance(exc, DeadlinePassed):
                     retryable = False
                 elif status is not None:
-                    retryable = status == 429 or status >= 500
+                    retryable = status in (429, 503) or (status >= 500 and idempotent)
                 else:  # no answer: retry if the request never left, or if sending it twice is harmless
                     retryable = idempotent or isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
                 hint = " (check REPLICATE_API_TOKEN)" if status in (401, 403) else ""

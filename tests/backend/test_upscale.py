@@ -126,6 +126,13 @@ def test_replicate_throttled_then_succeeds(fake):
     assert len(fake.requests_to("GET", "/v1/predictions/")) == 3  # two 500s, then the answer
 
 
+def test_replicate_create_whose_answer_is_lost_starts_no_second_prediction(fake):
+    fake.lost_create_answers = 1  # started, then a gateway answered 504: a retry would pay for a second one
+    with pytest.raises(UpscaleError, match="could not start.*504"):
+        replicate_upscaler(fake).upscale(png_of(10, 10))
+    assert len(fake.requests_to("POST", "/v1/predictions")) == 1 and len(fake.predictions) == 1
+
+
 def test_replicate_gives_up_after_max_retries(fake):
     fake.throttle_creates = 10
     with pytest.raises(UpscaleError, match="429"):
