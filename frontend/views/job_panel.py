@@ -120,8 +120,10 @@ def _summary(view: JobView, trigger: str | None) -> None:
         info, actions = (st.container(), None) if view.terminal else st.columns([3, 1], vertical_alignment="center")
     with info, st.container(horizontal=True, vertical_alignment="center", gap="small"):
         st.badge(label, color=color)
-        st.markdown(f'<span class="sr-meta">{view.done_count} of {len(view.images)} ready{missing} · '
-                    f'{format_elapsed(view.elapsed_s())} elapsed</span>', unsafe_allow_html=True)
+        spent = format_elapsed(view.elapsed_s())
+        took = f"took {spent}" if view.terminal else f"{spent} elapsed"  # a finished job's time is not running
+        st.markdown(f'<span class="sr-meta">{view.done_count} of {len(view.images)} ready{missing} · {took}</span>',
+                    unsafe_allow_html=True)
     if actions is not None and actions.button("Cancel", key="cancel-job", icon=":material/stop_circle:",
                                               width="stretch"):
         try:

@@ -169,7 +169,7 @@ def test_a_failed_image_shows_its_reason(backend, open_app):
     text = page_text(at)
     assert shown_images(at) == 1 and placeholder_tiles(at) == 1
     assert "Failed" in text and "CUDA out of memory on worker 0" in text, text
-    assert "1 of 2 ready · 9 s elapsed" in text, "the job ended with its last image, not at a later manifest write"
+    assert "1 of 2 ready · took 9 s" in text, "the job ended with its last image, not at a later manifest write"
 
 
 def test_backend_offline_the_app_opens_and_browses_history(backend, open_app):
