@@ -5,14 +5,21 @@ product's catalog run) go in one ZIP a folder each."""
 import io
 import zipfile
 
-from backend.contract import job_prefix, manifest_key, upscale_key
+from backend.contract import NAME_RE, job_prefix, manifest_key, upscale_key
 from backend.storage import ObjectMissing, Storage
 from frontend.jobs import JobView
 
 
-def file_stem(job_id: str, index: int) -> str:
+def job_stem(view: JobView) -> str:
+    """The name a job is downloaded under: its product and style, so a folder of downloads sorts itself, and
+    the start of its id, so two jobs never share a name (a name that is not a catalog name is left out)."""
+    words = [word for word in (view.product, view.template) if word and NAME_RE.match(word)]
+    return "-".join(["showroom", *words, view.id[:12]])
+
+
+def file_stem(view: JobView, index: int) -> str:
     """The name a picture is downloaded under, alone or in the ZIP."""
-    return f"showroom-{job_id[:12]}-{index + 1}"
+    return f"{job_stem(view)}-{index + 1}"
 
 
 def job_zip(storage: Storage, view: JobView) -> bytes:
@@ -35,7 +42,7 @@ def _write_job(archive: zipfile.ZipFile, storage: Storage, view: JobView, folder
     present = set(storage.list_files(job_prefix(view.id)))
     for img in view.images:
         for key, suffix in ((img.key, ""), (upscale_key(img.key), "-x4")):
-            _add(archive, storage, present, key, f"{folder}{file_stem(view.id, img.index)}{suffix}.png")
+            _add(archive, storage, present, key, f"{folder}{file_stem(view, img.index)}{suffix}.png")
     _add(archive, storage, present, manifest_key(view.id), f"{folder}job.json", zipfile.ZIP_DEFLATED)
 
 

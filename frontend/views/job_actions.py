@@ -26,7 +26,7 @@ def bar(view: JobView) -> None:
         if view.done_count:
             store = services.storage()
             st.download_button("Download all", lambda: downloads.job_zip(store, view),  # built on click only
-                               file_name=f"showroom-{view.id[:12]}.zip", mime="application/zip", key="job-zip",
+                               file_name=f"{downloads.job_stem(view)}.zip", mime="application/zip", key="job-zip",
                                icon=":material/folder_zip:", on_click="ignore",
                                help="Every finished picture (with its settings inside the file) and the job's record")
             waiting = [img for img in view.images if img.done and not img.upscaled and not img.upscaling]

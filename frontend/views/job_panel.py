@@ -12,7 +12,7 @@ import time
 import streamlit as st
 
 from backend.storage import ObjectMissing, StorageError
-from frontend import reuse, services
+from frontend import downloads, reuse, services
 from frontend.client import BackendError
 from frontend.jobs import ImageView, JobView, format_elapsed, is_job_id, load_job, ticket_view, upscale_key
 from frontend.views import job_actions, scroll
@@ -194,7 +194,7 @@ def _slot(view: JobView, status: str, label: str, reason: str | None = None, pre
 
 
 def _image_actions(view: JobView, img: ImageView, url: str, data: bytes) -> None:
-    name = f"showroom-{view.id[:12]}-{img.index + 1}"
+    name = downloads.file_stem(view, img.index)
     with st.container(key=f"image-actions-{img.index}"):  # stacked on a phone (chrome.CSS)
         left, right = st.columns(2)
     left.download_button("Download", data, file_name=f"{name}.png", mime="image/png", key=f"dl-{img.index}",

@@ -171,7 +171,7 @@ def test_a_product_zip_leaves_out_a_job_deleted_since_the_grid_read_it(tmp_path)
     data = downloads.jobs_zip(storage, catalog_run.zip_folders([kept, deleted]))
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         assert sorted(archive.namelist()) == sorted(
-            [f"studio-white/{downloads.file_stem(kept.id, i)}.png" for i in range(2)] + ["studio-white/job.json"])
+            [f"studio-white/{downloads.file_stem(kept, i)}.png" for i in range(2)] + ["studio-white/job.json"])
 
 
 def test_each_job_of_a_product_keeps_its_own_folder_in_the_zip(tmp_path):

@@ -4,6 +4,7 @@ from datetime import datetime, timezone
 
 from streamlit.testing.v1 import AppTest
 
+from frontend import downloads
 from frontend.jobs import format_elapsed, job_view
 from frontend.services import Health, health_from
 from frontend.views.chrome import status_meta
@@ -25,6 +26,14 @@ def test_an_image_is_done_the_moment_its_object_is_listed():
     assert [i.status for i in view.images] == ["succeeded", "queued"]
     assert [i.label for i in view.images] == ["Done", "Waiting"]
     assert view.done_count == 1 and not view.terminal and view.needs_polling
+
+
+def test_a_download_is_named_by_its_product_and_style():
+    made = manifest("succeeded")
+    made["spec"] |= {"product": "amber-bottle", "template": "beach-sunset"}
+    assert downloads.file_stem(job_view(made, set()), 0) == f"showroom-amber-bottle-beach-sunset-{JOB[:12]}-1"
+    made["spec"] |= {"product": "../../etc", "template": None}  # a manifest someone else wrote: never a path
+    assert downloads.job_stem(job_view(made, set())) == f"showroom-{JOB[:12]}"
 
 
 def test_terminal_job_stops_polling_and_keeps_failure_reasons():

@@ -58,7 +58,7 @@ def test_the_zip_holds_every_picture_and_the_manifest(backend):
     view = load_job(backend.storage, job["id"])
     with zipfile.ZipFile(io.BytesIO(downloads.job_zip(backend.storage, view))) as archive:
         names = sorted(archive.namelist())
-        stem = f"showroom-{job['id'][:12]}"
+        stem = f"showroom-{job['id'][:12]}"  # no product, no style: the id alone
         assert names == ["job.json", f"{stem}-1.png", f"{stem}-2.png", f"{stem}-3.png"], names
         for img in job["images"]:
             data = archive.read(f"{stem}-{img['index'] + 1}.png")
