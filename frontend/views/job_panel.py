@@ -85,6 +85,19 @@ def _load(job_id: str) -> JobView | None:
     return view
 
 
+def _why_waiting(view: JobView) -> None:
+    """A job no GPU has taken yet says what it waits for, not only "Queued"."""
+    health = services.current_health()
+    if health.state in ("offline", "error"):
+        return  # the header says why already
+    if health.state == "loading":
+        st.caption("Waiting for the generator to finish starting (it loads its model once).")
+        return
+    queue = (f" {health.pending} pictures are in the queue, this job's included."
+             if health.pending > len(view.images) else "")
+    st.caption(f"Waiting for a free GPU: earlier pictures are made first.{queue}")
+
+
 def _needs_polling(view: JobView) -> bool:
     asked = asked_upscales()
     waiting = any(time.time() - asked.get(f"{view.id}/{img.index}", 0) < UPSCALE_WAIT_S
@@ -124,6 +137,8 @@ def _summary(view: JobView, trigger: str | None) -> None:
         took = f"took {spent}" if view.terminal else f"{spent} elapsed"  # a finished job's time is not running
         st.markdown(f'<span class="sr-meta">{view.done_count} of {len(view.images)} ready{missing} · {took}</span>',
                     unsafe_allow_html=True)
+    if view.status == "queued":
+        _why_waiting(view)
     if actions is not None and actions.button("Cancel", key="cancel-job", icon=":material/stop_circle:",
                                               width="stretch"):
         try:

@@ -111,14 +111,21 @@ def test_job_link_brings_back_finished_images_at_once(backend, open_app):
         "the whole job as a ZIP, and each image at full resolution"
 
 
-def test_job_link_to_a_pending_job_shows_placeholders_then_fills(backend, open_app):
+def test_job_link_to_a_pending_job_shows_placeholders_then_fills(backend, open_app, monkeypatch):
     blocker = backend.submit(BLOCKER)  # keeps both workers busy, so the job below waits
     pending = backend.submit({"prompt": "a lamp", "num_images": 2, **SMALL})
     try:
+        services.health.clear()  # the queue as it is now, not as a test before saw it
         at = open_app(frontend_env(backend), job=pending["id"])
         assert_no_exception(at)
         assert shown_images(at) == 0
-        assert page_text(at).count("Waiting") == 2 and placeholder_tiles(at) == 2, page_text(at)
+        assert page_text(at).count("Waiting") == 2 + 1 and placeholder_tiles(at) == 2, page_text(at)
+        (why,) = [c.value for c in at.caption if c.value.startswith("Waiting for a free GPU")]
+        assert why.startswith("Waiting for a free GPU: earlier pictures are made first."), why
+        busy = services.Health("online", "Online", pending=12)  # a longer queue than the job's own pictures
+        monkeypatch.setattr(services, "current_health", lambda: busy)
+        at.run()
+        assert "12 pictures are in the queue, this job's included" in " ".join(c.value for c in at.caption)
         assert [b for b in at.button if b.key == "cancel-job"]
     finally:
         backend.post(f"/v1/jobs/{blocker['id']}/cancel")
