@@ -225,7 +225,7 @@ class JobService:
         if record:
             with self._idem_lock(record):  # a retry may have written it again, for its own job, meanwhile
                 try:
-                    if self.storage.get(record).decode().split(" ")[0] == job.id:
+                    if self.storage.get(record).decode().partition(" ")[0] == job.id:  # "<job id> <request>"
                         self.storage.delete(record)
                 except ObjectMissing:
                     pass
