@@ -21,6 +21,11 @@ class BackendError(Exception):
         super().__init__(message)
         self.message, self.status = message, status
 
+    @property
+    def remover_missing(self) -> bool:
+        """The backend cannot cut products out: its background remover (BG_REMOVAL_MODEL) did not open."""
+        return self.status == 503 and "background remover" in self.message
+
 
 class BackendOffline(BackendError):
     """The backend did not answer at all."""

@@ -129,6 +129,16 @@ textarea::placeholder, input::placeholder {color: #B4B4C3 !important; opacity: 1
 """
 
 
+REMOVER_MISSING = ("Showroom cannot cut products out right now: its background remover is not set up on the "
+                   "backend, and whoever runs it can fix this.")
+
+
+def backend_said(message: str) -> None:
+    """The backend's own words, for whoever runs it, folded away under the plain ones."""
+    with st.expander("What the backend said"):
+        st.code(message, language=None, wrap_lines=True)
+
+
 def inject_css() -> None:
     st.html(CSS)
 

@@ -9,6 +9,7 @@ from backend.storage import StorageError
 from frontend import placement, services
 from frontend.client import BackendError
 from frontend.placement import ASPECTS, MODE_CAPTIONS, MODES, PRESETS
+from frontend.views import chrome
 
 PHOTO_TYPES = ["png", "jpg", "jpeg", "webp"]
 
@@ -104,13 +105,10 @@ def _cutout(upload: tuple[str, bytes, str]) -> tuple[bytes | None, str | None]:
             with st.spinner("Cutting the product out…"):
                 result = services.cutout(upload)
     except BackendError as e:
-        if e.status == 503:  # the backend's background remover is missing: nothing the user can change
-            st.warning("**Showroom cannot cut products out right now.** Its background remover is not set up on "
-                       "the backend; whoever runs it can fix this (the reason is below). Meanwhile a photo whose "
-                       "background is already transparent (a PNG) can still be placed, or choose Restyle.",
-                       icon=":material/cloud_off:")
-            with st.expander("What the backend said"):
-                st.code(e.message, language=None, wrap_lines=True)
+        if e.remover_missing:  # nothing the user can change
+            st.warning(f"{chrome.REMOVER_MISSING} Meanwhile a photo whose background is already transparent (a PNG) "
+                       "can still be placed, or choose Restyle.", icon=":material/cloud_off:")
+            chrome.backend_said(e.message)
             return None, "The backend cannot cut products out right now."
         st.warning(f"The cut-out could not be made right now: {e.message}", icon=":material/cloud_off:")
         return None, "The cut-out could not be made: try again in a moment."

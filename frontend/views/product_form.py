@@ -11,7 +11,7 @@ import streamlit as st
 from frontend import nav, services
 from frontend.client import BackendError
 from frontend.trainings import suggest_trigger
-from frontend.views import scroll
+from frontend.views import chrome, scroll
 
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 TEACH_PHOTOS = "photos_to_teach"   # product name -> the photos it was added with, for teaching it next
@@ -76,16 +76,14 @@ def _refused(name: str, e: BackendError) -> None:
         st.error(f"**{name} was not added.** {e.message[:1].upper()}{e.message[1:]}.", icon=":material/error:")
         return
     # the backend is missing a part (its background remover, its storage): its words are for whoever runs it
-    if "background remover" in e.message:
-        why = ("Showroom cannot cut products out right now: its background remover is not set up on the backend, "
-               "and whoever runs it can fix this. Meanwhile a first photo whose background is already transparent "
+    if e.remover_missing:
+        why = (f"{chrome.REMOVER_MISSING} Meanwhile a first photo whose background is already transparent "
                "(a PNG cut-out) needs no cutting out.")
     else:
         why = ("Showroom cannot take it right now, through no fault of yours: try again in a moment, and if it "
                "keeps happening, tell whoever runs Showroom.")
     st.error(f"**{name} was not added.** {why}", icon=":material/cloud_off:")
-    with st.expander("What the backend said"):
-        st.code(e.message, language=None, wrap_lines=True)
+    chrome.backend_said(e.message)
 
 
 def _problem(name: str, photos: list, lora) -> str | None:
