@@ -11,14 +11,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from backend.lora.formats import (
-    CLONEOFSIMO_PREFIX,
-    EMBEDDING_PREFIX,
-    LoraFormatError,
-    embedding_token_names,
-    normalize_upload,
-    read_safetensors_header,
-)
+from backend.lora.formats import CLONEOFSIMO_PREFIX, EMBEDDING_PREFIX, embedding_token_names, normalize_upload
+from backend.lora.safetensors_file import LoraFormatError, read_safetensors_header
 
 log = logging.getLogger("showroom.lora")
 

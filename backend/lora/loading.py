@@ -9,13 +9,8 @@ import struct
 import weakref
 from pathlib import Path
 
-from backend.lora.formats import (
-    CLONEOFSIMO_PREFIX,
-    EMBEDDING_PREFIX,
-    LoraFormatError,
-    embedding_token_names,
-    normalize_upload,
-)
+from backend.lora.formats import CLONEOFSIMO_PREFIX, EMBEDDING_PREFIX, embedding_token_names, normalize_upload
+from backend.lora.safetensors_file import LoraFormatError
 
 log = logging.getLogger("showroom.lora")
 

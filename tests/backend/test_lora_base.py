@@ -12,7 +12,7 @@ from safetensors.numpy import save
 
 from backend.lora import check as lora_check
 from backend.lora.check import WrongBaseModel, find_base_model, normalize_lora
-from backend.lora.formats import LoraFormatError
+from backend.lora.safetensors_file import LoraFormatError
 from tests.factories import make_lora
 
 RANK = 2

@@ -14,8 +14,9 @@ import torch
 from safetensors.torch import save
 
 from backend.lora.check import WrongBaseModel, normalize_lora
-from backend.lora.formats import LoraFormatError, normalize_upload, read_safetensors
+from backend.lora.formats import normalize_upload
 from backend.lora.loading import load_lora_into
+from backend.lora.safetensors_file import LoraFormatError, read_safetensors
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

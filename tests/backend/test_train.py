@@ -13,8 +13,9 @@ from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
 import backend.lora.train
-from backend.lora.formats import normalize_upload, read_safetensors
+from backend.lora.formats import normalize_upload
 from backend.lora.loading import load_lora_into
+from backend.lora.safetensors_file import read_safetensors
 from backend.lora.train import Trainer, TrainSettings, load_photos, main, parse_args, train, video_frames
 from backend.lora.trainer import augment
 

@@ -13,8 +13,8 @@ from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
 from backend.lora.check import WrongBaseModel, normalize_lora
-from backend.lora.formats import LoraFormatError, read_safetensors_header
 from backend.lora.loading import load_lora_into
+from backend.lora.safetensors_file import LoraFormatError, read_safetensors_header
 from backend.lora.train import TrainSettings, parse_args, train
 from backend.lora.trainer import Trainer, View, augment, vae_dtype
 
