@@ -239,6 +239,10 @@ class Gpu:
         if until >= task.steps:
             ca.publish(self.redis, ev.TrainingSucceeded(task.training_id, info))
             return
+        self._send_next_chunk(request, task, payload, model_id, target)
+
+    def _send_next_chunk(self, request, task: m.TrainTask, payload: dict, model_id: str, target: int) -> None:
+        """The chunk after the one to `target`, sent once whichever copy of this chunk gets here first."""
         following = min(task.steps, target + ca.chunk_steps(task))  # from the target: every copy agrees
         key = ca.chunk_key(task.training_id, following)
         if ca.claim_chunk(self.redis, key, request.id, superseded=rescue.superseded_key):
