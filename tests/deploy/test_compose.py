@@ -9,7 +9,8 @@ from tests.factories import REPO
 
 CONTRACT_NAMES = {"MODEL_ID", "DEVICE", "WORKERS", "STORAGE_URL", "S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
                   "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "API_KEY", "BACKEND_URL", "UPSCALER",
-                  "REPLICATE_API_TOKEN", "REPLICATE_BASE_URL", "EXECUTOR", "BROKER_URL"}
+                  "REPLICATE_API_TOKEN", "REPLICATE_BASE_URL", "EXECUTOR", "BROKER_URL", "BG_REMOVAL_MODEL",
+                  "WEBHOOK_SECRET", "WEBHOOK_ALLOWED_HOSTS", "APP_PASSWORD"}  # CONTRACT.md's settings table, whole
 
 
 class ComposeLoader(yaml.SafeLoader):
