@@ -8,6 +8,7 @@ side by side on one line (and of History's cards), and room under the header's s
 import uuid
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import expect, sync_playwright
 
 from tests.factories import packshot
@@ -119,6 +120,10 @@ def test_on_a_phone_a_job_link_shows_the_pictures_before_the_form(backend, app_u
         assert gap >= 8, f"Add another product {gap:.0f} px under the header's status line (it touched it)"
         desktop.goto(f"{app_url}/history")
         expect(desktop.locator(f".st-key-job-{job['id']} .sr-job-meta")).to_be_visible(timeout=30_000)
+        try:  # the page's style may land a moment after the cards on a loaded box: measured once it has
+            desktop.wait_for_function(f"() => ({SHORT_JOB_METAS})().length === 0", timeout=15_000)
+        except PlaywrightTimeout:
+            pass
         short = desktop.evaluate(SHORT_JOB_METAS)
         assert short == [], f"a History card's line under its prompt keeps two lines' room (its buttons level): {short}"
         browser.close()

@@ -91,7 +91,8 @@ def test_use_these_settings_fills_the_form_and_more_like_this_sends_it_again(bac
     assert at.text_area(key="prompt").value == "<product> on a shelf" and at.number_input(key="seed").value == 77
     assert at.selectbox(key="product").value == name and at.radio(key="mode").value == "place"
     assert "The form holds the settings of the job" in page_text(at)
-    assert f'<div class="sr-prompt">{name} on a shelf</div>' in page_text(at), "its name, not its trigger words"
+    assert f'<div class="sr-prompt sr-job-prompt">{name} on a shelf</div>' in page_text(at), \
+        "its name, not its trigger words"
 
     at.button(key="job-vary").click().run()
     assert_no_exception(at)
@@ -250,7 +251,7 @@ def test_delete_a_job_from_history_asks_first_and_removes_every_object(backend, 
 
 
 def prompts_shown(at) -> list[str]:
-    return [str(m.value) for m in at.markdown if 'class="sr-prompt"' in str(m.value)]
+    return [str(m.value) for m in at.markdown if 'class="sr-prompt' in str(m.value)]  # a job's, History's
 
 
 def test_a_jobs_prompt_names_its_product_not_its_trigger_words(tmp_path, open_app):
@@ -268,7 +269,8 @@ def test_a_jobs_prompt_names_its_product_not_its_trigger_words(tmp_path, open_ap
 
     at = open_app(env, job=named)
     assert_no_exception(at)
-    assert prompts_shown(at) == ['<div class="sr-prompt">blue-mug standing on a beach</div>'], "the job header"
+    assert prompts_shown(at) == ['<div class="sr-prompt sr-job-prompt">blue-mug standing on a beach</div>'], \
+        "the job header"
     at.switch_page("app_pages/history.py").run()
     assert_no_exception(at)
     assert prompts_shown(at) == [f'<div class="sr-prompt">{p}</div>' for p in (
@@ -279,7 +281,7 @@ def test_a_jobs_prompt_names_its_product_not_its_trigger_words(tmp_path, open_ap
     assert stored == "qzv mug standing on a beach", "display only: the manifest keeps the trigger words"
 
     at = open_app(env, job=deleted)
-    assert prompts_shown(at) == ['<div class="sr-prompt">zqx jug on a shelf</div>']
+    assert prompts_shown(at) == ['<div class="sr-prompt sr-job-prompt">zqx jug on a shelf</div>']
 
 
 def test_history_reads_only_the_covers_of_the_page_on_screen_once(tmp_path, open_app, monkeypatch):
