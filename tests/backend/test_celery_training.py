@@ -10,20 +10,10 @@ import time
 from backend.gpu.celery_app import TRAIN_CHUNK_MIN
 from tests.backend import celery_parts
 from tests.backend.celery_parts import wait_until
-from tests.backend.test_products_e2e import training_photos, wait_training
-from tests.factories import packshot
+from tests.backend.test_products_e2e import start_training, wait_training
 
 cluster, redis_server = celery_parts.cluster, celery_parts.redis_server  # the module's fixtures
 STEPS = 2 * TRAIN_CHUNK_MIN + 10  # three chunks: to 50, to 100, to 110
-
-
-def start_training(backend, name: str) -> str:
-    added = backend.post("/v1/products", data={"name": name, "trigger": f"zxq {name}"},
-                         files={"photo": ("p.png", packshot(), "image/png")})
-    assert added.status_code < 300, added.text
-    r = backend.post(f"/v1/products/{name}/training", files=training_photos(3), data={"steps": str(STEPS), "rank": "4"})
-    assert r.status_code == 202, r.text
-    return r.json()["id"]
 
 
 def nodes_log(cluster) -> str:
@@ -32,7 +22,7 @@ def nodes_log(cluster) -> str:
 
 def test_a_training_runs_on_the_nodes_in_chunks_and_its_product_draws_with_the_lora(cluster):
     backend = cluster.backend
-    training_id = start_training(backend, "kettle")
+    training_id = start_training(backend, "kettle", STEPS, photos=3)
     training = wait_training(backend, training_id, timeout=600)
     assert training["status"] == "succeeded", training
     assert training["progress"] == {"step": STEPS, "steps": STEPS} and training["worker"].startswith("node-")
@@ -48,7 +38,7 @@ def test_a_training_runs_on_the_nodes_in_chunks_and_its_product_draws_with_the_l
 
 def test_a_node_process_killed_mid_training_costs_one_chunk_and_the_training_finishes(cluster):
     backend = cluster.backend
-    training_id = start_training(backend, "teapot")
+    training_id = start_training(backend, "teapot", STEPS, photos=3)
     seen = wait_until(lambda: (t := backend.get(f"/v1/trainings/{training_id}").json())["progress"]["step"]
                       > TRAIN_CHUNK_MIN + 2 and t["status"] == "running" and t, 600, 0.05, what="in its second chunk")
     victim = cluster.beats()[seen["worker"]]["pid"]
@@ -65,12 +55,7 @@ def test_a_node_process_killed_mid_training_costs_one_chunk_and_the_training_fin
 
 def test_a_product_deleted_mid_training_stops_its_chunks_on_the_nodes(cluster):
     backend = cluster.backend
-    added = backend.post("/v1/products", data={"name": "urn", "trigger": "zxq urn"},
-                         files={"photo": ("p.png", packshot(), "image/png")})
-    assert added.status_code < 300, added.text
-    r = backend.post("/v1/products/urn/training", files=training_photos(2), data={"steps": "5000", "rank": "4"})
-    assert r.status_code == 202, r.text
-    training_id = r.json()["id"]
+    training_id = start_training(backend, "urn", 5000)
     wait_until(lambda: backend.get(f"/v1/trainings/{training_id}").json()["progress"]["step"] >= 3, 300, 0.05,
                what="the training running on a node")
     assert backend.delete("/v1/products/urn").status_code == 204

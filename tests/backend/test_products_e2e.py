@@ -102,6 +102,23 @@ def test_a_training_of_an_unknown_product_is_404_and_an_unreadable_photo_is_422(
     assert r.status_code == 422 and r.json()["detail"].startswith("photo 2:")
 
 
+def start_training(backend, name: str, steps: int, photos: int = 2) -> str:
+    """A product added from a packshot, then taught from `photos` photos in `steps` steps: the training's id."""
+    assert add(backend, name, photo=(f"{name}.png", packshot(), "image/png")).status_code == 201
+    r = backend.post(f"/v1/products/{name}/training", files=training_photos(photos),
+                     data={"steps": str(steps), "rank": "4"})
+    assert r.status_code == 202, r.text
+    return r.json()["id"]
+
+
+def wait_running(backend, training_id: str, step: int) -> dict:
+    """The training once it has passed `step` (it must still be running then)."""
+    running = wait_training(backend, training_id, until=lambda t: t["progress"]["step"] >= step or
+                            t["status"] in ("succeeded", "failed"))
+    assert running["status"] == "running", running
+    return running
+
+
 def test_a_training_teaches_the_product_a_lora_that_changes_its_images(backend):
     assert add(backend, "bottle", photo=("b.png", packshot(), "image/png")).status_code == 201
     r = backend.post("/v1/products/bottle/training", files=training_photos(4), data={"steps": "10", "rank": "4"})
@@ -128,13 +145,8 @@ def test_a_training_teaches_the_product_a_lora_that_changes_its_images(backend):
 
 
 def test_a_product_deleted_mid_training_stops_its_training_and_frees_the_gpu(backend):
-    assert add(backend, "vase", photo=("v.png", packshot(), "image/png")).status_code == 201
-    r = backend.post("/v1/products/vase/training", files=training_photos(2), data={"steps": "5000", "rank": "4"})
-    assert r.status_code == 202, r.text
-    training_id = r.json()["id"]
-    running = wait_training(backend, training_id, until=lambda t: t["progress"]["step"] >= 3 or
-                            t["status"] in ("succeeded", "failed"))
-    assert running["status"] == "running", running
+    training_id = start_training(backend, "vase", 5000)
+    wait_running(backend, training_id, 3)
     assert backend.delete("/v1/products/vase").status_code == 204
     training = wait_training(backend, training_id, timeout=60)
     assert training["status"] == "failed" and "was deleted while it trained; the training was stopped" in \
@@ -152,13 +164,8 @@ def worker_pids(backend) -> list[int]:
 
 def test_a_worker_killed_mid_training_is_replaced_and_the_training_resumes_from_its_checkpoint(make_backend):
     backend = make_backend(WORKERS="1")
-    assert add(backend, "jar", photo=("j.png", packshot(), "image/png")).status_code == 201
-    ticket = backend.post("/v1/products/jar/training", files=training_photos(3), data={"steps": "40", "rank": "4"})
-    assert ticket.status_code == 202, ticket.text
-    training_id = ticket.json()["id"]
-    running = wait_training(backend, training_id, until=lambda t: t["progress"]["step"] >= 10 or
-                            t["status"] in ("succeeded", "failed"))
-    assert running["status"] == "running", running
+    training_id = start_training(backend, "jar", 40, photos=3)
+    wait_running(backend, training_id, 10)
     for pid in worker_pids(backend):
         os.kill(pid, signal.SIGKILL)
     training = wait_training(backend, training_id)
