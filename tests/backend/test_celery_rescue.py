@@ -13,8 +13,8 @@ from backend.gpu import celery_rescue as rescue
 from tests.backend import celery_parts
 from tests.backend.celery_parts import wait_until
 from tests.backend.test_celery_e2e import LONG, assert_made_once, running_on
-from tests.backend.test_celery_training import STEPS, nodes_log, start_training
-from tests.backend.test_products_e2e import wait_training
+from tests.backend.test_celery_training import STEPS, nodes_log
+from tests.backend.test_products_e2e import start_training, wait_training
 
 cluster, redis_server = celery_parts.cluster, celery_parts.redis_server  # the module's fixtures
 
@@ -66,7 +66,7 @@ def test_a_node_switched_off_mid_batch_has_its_images_made_on_another_within_a_m
 
 def test_a_node_switched_off_mid_training_chunk_has_the_training_finished_by_another(cluster):
     backend = cluster.backend
-    training_id = start_training(backend, "lamp")
+    training_id = start_training(backend, "lamp", STEPS, photos=3)
     seen = wait_until(lambda: (t := backend.get(f"/v1/trainings/{training_id}").json())["progress"]["step"]
                       > ca.TRAIN_CHUNK_MIN + 2 and t["status"] == "running" and t, 600, 0.05,
                       what="in its second chunk")
