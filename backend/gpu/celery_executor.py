@@ -302,7 +302,7 @@ class CeleryExecutor:
             late = [t for t, deadline in self.training_deadlines.items() if time.monotonic() > deadline]
         for training_id in late:
             log.error("training %s: past TRAINING_TIMEOUT_S; stopping it", training_id)
-            self.stop_training(training_id, f"timed out after {limit:.0f} s (TRAINING_TIMEOUT_S={limit:g})")
+            self.stop_training(training_id, ev.training_timed_out(limit))
 
     def _ensure_group(self) -> None:
         try:

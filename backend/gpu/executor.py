@@ -115,6 +115,11 @@ Event = (ImagesStarted | ImagesProgress | ImagePreview | ImageSucceeded | ImageF
 EventSink = Callable[[Event], None]
 
 
+def training_timed_out(limit_s: float) -> str:
+    """Why a training past TRAINING_TIMEOUT_S failed, in the same words whichever executor stopped it."""
+    return f"timed out after {limit_s:.0f} s (TRAINING_TIMEOUT_S={limit_s:g})"
+
+
 def image_event(msg, task, worker: int | str) -> Event | None:
     """What a worker's message about a batch of images means as an event (None for the other messages):
     the one translation, used by the local scheduler and by GPU nodes."""

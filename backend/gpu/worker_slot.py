@@ -14,6 +14,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import Enum
 
+from backend.gpu import executor as ev
 from backend.gpu import messages as m
 from backend.gpu.worker import DEVICE_BROKEN_EXIT, run_worker
 
@@ -162,7 +163,7 @@ class WorkerSlot:
         if self.task and self.kill_reason is None and time.monotonic() > self.deadline:
             if self.training:
                 limit = getattr(settings, "training_timeout_s", 3 * 3600)
-                self.kill_reason = f"timed out after {limit:.0f} s (TRAINING_TIMEOUT_S={limit:g})"
+                self.kill_reason = ev.training_timed_out(limit)
             else:
                 limit = settings.image_timeout_s * len(self.work or [None])
                 self.kill_reason = (f"timed out after {limit:.0f} s "
