@@ -12,7 +12,7 @@ import uuid
 import streamlit as st
 
 from backend.storage import StorageError
-from frontend import cost, nav, reuse, services
+from frontend import cost, nav, reuse, services, uploads
 from frontend.client import BackendError, BackendOffline
 from frontend.jobs import is_job_id
 from frontend.placement import PRESETS
@@ -164,6 +164,7 @@ def _cost_line() -> None:
 def _reuse_picture() -> None:
     with st.expander("Reuse a picture's settings", icon=":material/image_search:"):
         st.file_uploader("A PNG made by Showroom (or AUTOMATIC1111)", type=["png"], key=job_actions.PICTURE,
+                         max_upload_size=uploads.picture_mb(),
                          on_change=job_actions.use_picture,
                          help="Its prompt, size, steps, guidance and seed (and, from Showroom, its product, style "
                               "and mode) fill the form below.")

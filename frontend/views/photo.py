@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import streamlit as st
 
 from backend.storage import StorageError
-from frontend import placement, services
+from frontend import placement, services, uploads
 from frontend.client import BackendError
 from frontend.placement import ASPECTS, MODE_CAPTIONS, MODES, PRESETS
 from frontend.views import chrome
@@ -37,7 +37,7 @@ def section(product: dict | None, native: int) -> PhotoChoice:
     else:
         label = "Product photo" + (" (optional: without one, the product's cut-out is placed)" if packshot_key else "")
         about = "A PNG or WebP with transparency is used as it is; any other photo has its background removed."
-    photo = st.file_uploader(label, type=PHOTO_TYPES, key="photo", help=about)
+    photo = st.file_uploader(label, type=PHOTO_TYPES, key="photo", help=about, max_upload_size=uploads.photo_mb())
     upload = (photo.name, photo.getvalue(), photo.type or "application/octet-stream") if photo else None
     if mode == "restyle":
         st.slider("How much to change", 0.0, 1.0, step=0.05, key="strength",

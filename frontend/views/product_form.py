@@ -8,7 +8,7 @@ from pathlib import PurePath
 
 import streamlit as st
 
-from frontend import nav, services
+from frontend import nav, services, uploads
 from frontend.client import BackendError
 from frontend.trainings import suggest_trigger
 from frontend.views import chrome, scroll
@@ -28,6 +28,7 @@ def draw() -> None:
         kind = st.text_input("What is it? (optional)", key="add_kind", placeholder="e.g. mug",
                              help="One or two words: they help Showroom draw the product and sort your list.")
         photos = st.file_uploader("Photos of the product (drag several)", key="add_photos", accept_multiple_files=True,
+                                  max_upload_size=uploads.photo_mb(),
                                   help="Drag several at once: PNG, JPEG or WebP. The first is cut out and becomes "
                                        "the product's picture, placed exactly as it is; all of them can teach "
                                        "Showroom the product (2 to 40 photos, from different angles, work best).")
@@ -37,7 +38,7 @@ def draw() -> None:
                                     help="Its trigger words: they replace <product> in a prompt, and Showroom "
                                          "learns the product under them. Leave empty to have them chosen.")
         with st.expander("I already have a LoRA"):
-            lora = st.file_uploader("LoRA file (.safetensors)", key="add_lora",
+            lora = st.file_uploader("LoRA file (.safetensors)", key="add_lora", max_upload_size=uploads.lora_mb(),
                                     help="A LoRA trained on this product for the generator's model. The words "
                                          "above must be the trigger words it was trained with.")
             weight = st.slider("How strongly it applies", 0.0, 2.0, 1.0, step=0.05, key="add_weight",

@@ -7,7 +7,7 @@ import html
 import streamlit as st
 
 from backend.storage import StorageError
-from frontend import nav, services
+from frontend import nav, services, uploads
 from frontend.client import BackendError
 from frontend.jobs import format_elapsed
 from frontend.trainings import TEACH_STEPS, TrainingView, estimate_minutes
@@ -111,6 +111,7 @@ def _teach_form(product: dict) -> None:
     name = product["name"]
     kept = st.session_state.get(TEACH_PHOTOS, {}).get(name) or []
     dropped = st.file_uploader("Photos to learn from", key="teach_upload", accept_multiple_files=True,
+                               max_upload_size=uploads.photo_mb(),
                                help="2 to 40 photos of the product, from different angles and in different light.")
     photos = [(p.name, p.getvalue(), p.type or "application/octet-stream") for p in dropped or []] or kept
     if kept and not dropped:
