@@ -7,6 +7,9 @@ from PIL import Image
 
 NEUTRAL_FILL = (127, 127, 127)
 _SCENE_WHERE_NOT_OPAQUE = [255] * 255 + [0]  # lookup table: alpha 0..254 -> 255, alpha 255 -> 0
+# One latent pixel covers this many image pixels each way: the VAE's scale factor of SD 1.x, 2.x and SDXL
+# (a model whose factor divides it, such as the tests' tiny one, is served as well).
+LATENT_CELL = 8
 
 
 @dataclass(frozen=True)
@@ -55,9 +58,19 @@ def _resize(cutout: Image.Image, size: tuple[int, int]) -> Image.Image:
 
 
 def inpaint_mask(layer: Image.Image) -> Image.Image:
-    """The inpainting mask ("L"): 255 where the scene is generated, 0 where the product is opaque."""
+    """The inpainting mask ("L"): 0 on each latent cell the product covers opaquely throughout, 255 elsewhere.
+
+    Diffusers shrinks the mask to the latents by nearest sampling and keeps a cell's latents from the
+    starting canvas wherever the sampled pixel is 0: a cell kept for its opaque corner would show the
+    canvas's grey fill in the scene pixels beside the product. Whole cells are generated instead; the
+    product pixels in them come back exactly in the finish.
+    """
     _check_rgba(layer, "layer")
-    return layer.getchannel("A").point(_SCENE_WHERE_NOT_OPAQUE)
+    scene = layer.getchannel("A").point(_SCENE_WHERE_NOT_OPAQUE)
+    # Any scene pixel in a cell makes its mean above 0 (a partial cell at the edge is averaged on its own).
+    cells = scene.reduce(LATENT_CELL).point(lambda v: 255 if v else 0)
+    grown = cells.resize((cells.width * LATENT_CELL, cells.height * LATENT_CELL), Image.Resampling.NEAREST)
+    return grown.crop((0, 0, *layer.size))
 
 
 def init_canvas(layer: Image.Image, fill: tuple[int, int, int] = NEUTRAL_FILL) -> Image.Image:

@@ -82,13 +82,46 @@ def layer_with_every_alpha() -> Image.Image:
     return Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
 
 
-def test_inpaint_mask_is_zero_exactly_where_opaque():
+def test_inpaint_mask_keeps_only_what_is_opaque():
     layer = layer_with_every_alpha()
     mask = inpaint_mask(layer)
     assert (mask.mode, mask.size) == ("L", layer.size)
     alpha, levels = np.asarray(layer)[..., 3], np.asarray(mask)
-    assert np.array_equal(levels == 0, alpha == 255)
+    assert set(np.unique(levels)) <= {0, 255}
     assert np.all(levels[alpha < 255] == 255)
+
+
+def kept_cells(mask: np.ndarray) -> np.ndarray:
+    """The pixels diffusers' inpainting keeps from the starting canvas: it shrinks the mask to the latents
+    with nearest sampling (the top left pixel of each 8×8 cell) and keeps the latents where that is 0."""
+    kept = mask[::8, ::8] == 0
+    return np.kron(kept, np.ones((8, 8), bool))[:mask.shape[0], :mask.shape[1]]
+
+
+@pytest.mark.parametrize("box", [(103, 225, 410, 339), (8, 8, 24, 24), (0, 0, 13, 70), (50, 1, 64, 64)])
+def test_inpaint_mask_keeps_no_scene_pixel_in_a_latent_cell(box):
+    """A latent cell is kept whole or generated whole: one kept for its opaque corner would show the starting
+    canvas's grey fill in the scene pixels beside the product (a grey rim along its bottom and right edges)."""
+    left, top, right, bottom = box
+    layer = Image.new("RGBA", (512, 72), (0, 0, 0, 0))
+    layer.paste((200, 30, 40, 255), (left, top, right, min(bottom, 72)))
+    mask = np.asarray(inpaint_mask(layer))
+    alpha = np.asarray(layer)[..., 3]
+    assert not np.any(kept_cells(mask) & (alpha < 255)), "scene pixels in a cell kept from the starting canvas"
+    cells = mask.reshape(9, 8, 64, 8)
+    assert np.all(cells.min(axis=(1, 3)) == cells.max(axis=(1, 3))), "one value per cell, however it is sampled"
+    assert np.array_equal(kept_cells(mask), mask == 0)
+    whole = alpha.reshape(9, 8, 64, 8).min(axis=(1, 3)) == 255
+    assert np.array_equal(mask[::8, ::8] == 0, whole), "every cell that is opaque throughout is kept"
+
+
+def test_inpaint_mask_on_a_canvas_that_is_not_whole_cells():
+    layer = Image.new("RGBA", (21, 13), (9, 9, 9, 255))
+    layer.putpixel((20, 12), (9, 9, 9, 0))
+    levels = np.asarray(inpaint_mask(layer))
+    assert levels.shape == (13, 21)
+    assert np.all(levels[:8, :16] == 0) and np.all(levels[8:, 16:] == 255)
+    assert np.all(levels[:8, 16:] == 0) and np.all(levels[8:, :16] == 0)
 
 
 def test_init_canvas_shows_the_product_over_the_fill():
