@@ -225,6 +225,12 @@ def task_from_payload(fields: dict, task_id: int) -> m.Task:
 
 # ----- events on the stream -----
 @dataclasses.dataclass(frozen=True)
+class UpscaleStarted:
+    """Node -> backend: a GPU took up a local upscale (UPSCALE task); until then it waits in the broker."""
+    request_id: str
+
+
+@dataclasses.dataclass(frozen=True)
 class UpscaleDone:
     """Node -> backend: a local upscale (UPSCALE task) is stored, or failed with `error`."""
     request_id: str
@@ -242,7 +248,7 @@ class ImageUndecided:
 
 EVENT_TYPES = {cls.__name__: cls for cls in (
     ev.ImagesStarted, ev.ImagesProgress, ev.ImagePreview, ev.ImageSucceeded, ev.ImageFailed, ev.ImagesRequeued,
-    ev.ImagesCanceled, ev.BatchFinished, ev.WorkerReady, UpscaleDone, ImageUndecided,
+    ev.ImagesCanceled, ev.BatchFinished, ev.WorkerReady, UpscaleStarted, UpscaleDone, ImageUndecided,
     ev.TrainingStarted, ev.TrainingProgress, ev.TrainingRequeued, ev.TrainingSucceeded, ev.TrainingFailed)}
 
 

@@ -152,8 +152,7 @@ class CeleryExecutor:
         self.app.send_task(ca.UPSCALE, kwargs={"request_id": request_id, "source_key": source_key,
                                                 "target_key": target_key}, queue=self.queue, soft_time_limit=limit,
                            time_limit=limit + ca.HARD_LIMIT_MARGIN_S, retry=True, retry_policy=PUBLISH_RETRY)
-        future.set_running_or_notify_cancel()
-        return future
+        return future  # running once a node says it took it up (UpscaleStarted); queued in the broker till then
 
     def train(self, task: m.TrainTask) -> None:
         """On a node's GPU, as a chain of chunks (celery_app.chunk_steps): each resumes from the checkpoint the
@@ -267,6 +266,12 @@ class CeleryExecutor:
         return backlog and bool(entries)
 
     def _apply(self, event) -> None:
+        if isinstance(event, ca.UpscaleStarted):
+            with self.lock:
+                future = self.upscales.get(event.request_id)
+            if future is not None and not (future.running() or future.done()):  # a redelivered task says so twice
+                future.set_running_or_notify_cancel()
+            return
         if isinstance(event, ca.UpscaleDone):
             with self.lock:
                 future = self.upscales.pop(event.request_id, None)

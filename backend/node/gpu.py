@@ -145,6 +145,10 @@ class Gpu:
         from backend.upscale.service import run_upscale
 
         self.set_state("busy")
+        try:
+            ca.publish(self.redis, ca.UpscaleStarted(request_id))
+        except Exception as e:  # only the word "running" is lost: the upscale itself goes on
+            log.warning("%s: could not report the upscale started: %s", self.id, short(e))
         error = None
         try:
             run_upscale(self.settings.model_copy(update={"upscaler": "local"}), source_key, target_key, gpu=self.index)

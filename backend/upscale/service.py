@@ -8,6 +8,7 @@ and the GPU is one the executor knows about. The engines are in backend.upscale.
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from backend.contract import upscale_key
@@ -56,6 +57,15 @@ def upscalable_image(job: JobManifest, index: int) -> ImageRecord:
     if image.status != Status.succeeded:
         raise Conflict(f"image {index} is {image.status.value}; only a succeeded image can be upscaled")
     return image
+
+
+def _started(future, poll_s: float = 0.2) -> bool:
+    """Wait until a GPU takes the upscale up (its executor marks the future running) or it ends; True if taken."""
+    while not future.done():
+        if future.running():
+            return True
+        time.sleep(poll_s)
+    return False
 
 
 def run_upscale(settings, source_key: str, target_key: str, gpu: int = 0) -> None:
@@ -167,8 +177,9 @@ class UpscaleService:
         if self.store.was_deleted(job_id):  # deleted while it waited for a thread: pay for nothing
             raise ObjectMissing(job_id)
         if self.kind == "local":
-            future = self.executor.upscale(source, target)
-            self._set(job_id, index, Status.running)  # queued ahead of images: it starts at the next free worker
+            future = self.executor.upscale(source, target)  # queued ahead of images, for the next free GPU
+            if _started(future):  # queued until then: the manifest does not claim a GPU that is not at work
+                self._set(job_id, index, Status.running)
             future.result()
         else:
             self._set(job_id, index, Status.running)

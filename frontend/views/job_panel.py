@@ -218,6 +218,9 @@ def _image_actions(view: JobView, img: ImageView, url: str, data: bytes) -> None
         right.download_button("4x PNG", services.image_bytes(url, upscale_key(img.key)),
                               file_name=f"{name}-x4.png", mime="image/png", key=f"dl4-{img.index}",
                               icon=":material/download:", width="stretch", on_click="ignore")
+    elif img.upscale_status == "queued" and not img.upscaled:
+        right.button("Upscale queued…", key=f"up-{img.index}", disabled=True, width="stretch",
+                     help="Waiting its turn; it starts before any image queued after it.")
     elif img.upscaling or (img.upscale_status is None and f"{view.id}/{img.index}" in asked_upscales()):
         right.button("Upscaling…", key=f"up-{img.index}", disabled=True, width="stretch")
     elif refusal := services.current_health().upscale_refusal:  # a button that can only fail is not offered

@@ -59,10 +59,15 @@ def test_two_nodes_share_a_job_and_give_the_local_executors_pixels(cluster, back
     assert {w["id"]: w["device"] for w in health["workers"]} == {"node-a/0": "cpu", "node-b/0": "cpu"}
 
 
-def test_a_local_upscale_runs_on_a_node(cluster):
+def test_a_local_upscale_runs_on_a_node_and_is_queued_while_every_node_is_busy(cluster):
     backend = cluster.backend
     job = backend.wait_job(backend.submit({"prompt": "to upscale", "num_images": 1, "seed": 2, **SMALL})["id"])
+    busy = backend.submit(LONG | {"num_images": 2, "steps": 150})
+    wait_until(lambda: len(running_on(backend, busy["id"])) == 2, 60, what="both nodes busy")
     assert backend.post(f"/v1/jobs/{job['id']}/images/0/upscale").status_code == 202
+    time.sleep(2)  # long enough for the task to reach the broker (and a node's prefetch)
+    assert job_of(backend, job["id"])["images"][0]["upscale"]["status"] == "queued", "no node has taken it up"
+    backend.post(f"/v1/jobs/{busy['id']}/cancel")
     record = wait_upscale(backend, job["id"], 0, timeout=60)
     assert record["status"] == "succeeded", record
     with Image.open(io.BytesIO(backend.storage.get(record["key"]))) as big:

@@ -93,11 +93,23 @@ def test_replicate_model_failure_is_recorded_with_its_message(make_backend, fake
     assert fake_replicate.token not in backend.log()
 
 
-def test_local_upscale_with_a_tiny_swin2sr(make_backend, tmp_path):
+def upscale_record(backend, job_id: str, index: int) -> dict | None:
+    return backend.get(f"/v1/jobs/{job_id}").json()["images"][index]["upscale"]
+
+
+def test_local_upscale_with_a_tiny_swin2sr_is_queued_while_its_gpu_is_busy(make_backend, tmp_path):
     model = save_tiny_swin2sr(tmp_path / "swin2sr")
-    backend = make_backend(UPSCALER="local", LOCAL_UPSCALER_MODEL=str(model))
+    backend = make_backend(UPSCALER="local", LOCAL_UPSCALER_MODEL=str(model))  # one worker
     job = backend.wait_job(backend.submit(SMALL | {"num_images": 1})["id"])
+    busy = backend.submit({"prompt": "slow", "num_images": 1, "steps": 150, "width": 256, "height": 256})
+    deadline = time.monotonic() + 60
+    while backend.get(f"/v1/jobs/{busy['id']}").json()["images"][0]["progress"] == 0:
+        assert time.monotonic() < deadline, "the slow job never started"
+        time.sleep(0.1)
     assert backend.post(f"/v1/jobs/{job['id']}/images/0/upscale").status_code == 202
+    time.sleep(1.5)  # long enough for the upscale's thread to hand it to the busy worker's queue
+    assert upscale_record(backend, job["id"], 0)["status"] == "queued", "no GPU has taken it up yet"
+    assert backend.post(f"/v1/jobs/{busy['id']}/cancel").status_code == 202
     record = wait_upscale(backend, job["id"], 0)
     assert record["status"] == "succeeded", record
     assert_exactly_4x(backend, job, 0, record)

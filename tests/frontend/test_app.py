@@ -179,6 +179,25 @@ def test_a_failed_image_shows_its_reason(backend, open_app):
     assert "1 of 2 ready · took 9 s" in text, "the job ended with its last image, not at a later manifest write"
 
 
+def test_an_upscale_waiting_its_turn_says_queued_and_one_at_work_says_upscaling(backend, open_app):
+    job_id = uuid.uuid4().hex
+    images = [{"index": i, "key": f"jobs/{job_id}/{i}.png", "seed": i, "status": "succeeded", "worker": 0,
+               "error": None, "started_at": "2026-01-01T10:00:01.000Z", "finished_at": "2026-01-01T10:00:05.000Z",
+               "upscale": {"key": f"jobs/{job_id}/{i}_x4.png", "status": status, "error": None}}
+              for i, status in enumerate(("queued", "running"))]
+    manifest = {"id": job_id, "created_at": "2026-01-01T10:00:00.000Z", "updated_at": "2026-01-01T10:00:06.000Z",
+                "status": "succeeded", "spec": {"prompt": "a lamp", **SMALL, "num_images": 2}, "input_key": None,
+                "error": None, "images": images}
+    for img in images:
+        backend.storage.put(img["key"], png_bytes(64, 64, (40, 40, 200)), "image/png")
+    backend.storage.put(f"jobs/{job_id}/job.json", json.dumps(manifest).encode(), "application/json")
+    at = open_app(frontend_env(backend), job=job_id)
+    assert_no_exception(at)
+    queued, running = at.button(key="up-0"), at.button(key="up-1")
+    assert (queued.label, queued.disabled) == ("Upscale queued…", True) and "its turn" in queued.help
+    assert (running.label, running.disabled) == ("Upscaling…", True)
+
+
 def test_backend_offline_the_app_opens_and_browses_history(backend, open_app):
     job = backend.wait_job(backend.submit({"prompt": "a teapot", "num_images": 1, **SMALL})["id"])
     at = open_app(frontend_env(backend, BACKEND_URL=offline_url()))
