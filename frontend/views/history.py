@@ -10,7 +10,7 @@ import html
 import streamlit as st
 
 from backend.storage import ObjectMissing, StorageError
-from frontend import nav, reuse, services
+from frontend import clock, nav, reuse, services
 from frontend.client import BackendError
 from frontend.jobs import JobView, format_elapsed, load_job, parse_time
 from frontend.views import job_actions, scroll
@@ -188,7 +188,7 @@ def _confirm_delete(job: JobView) -> None:
 
 def _when(job: JobView) -> str:
     created = parse_time(job.created_at)
-    stamp = created.strftime("%d %b %H:%M UTC") if created else "unknown time"
+    stamp = clock.shown(created) if created else "unknown time"
     return f"{stamp} · {format_elapsed(job.elapsed_s())}" if job.terminal else stamp
 
 
