@@ -2,12 +2,18 @@
 
 import io
 import json
+import logging
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps, PngImagePlugin
+from PIL import Image, ImageCms, ImageOps, PngImagePlugin
+
+log = logging.getLogger("showroom.images")
 
 ACCEPTED_FORMATS = {"PNG", "JPEG", "WEBP"}
+SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+SRGB_PNG = PngImagePlugin.PngInfo()
+SRGB_PNG.add(b"sRGB", b"\x00")  # the PNG's own 1-byte "these numbers are sRGB" (intent: perceptual, as usual)
 
 
 class BadImage(ValueError):
@@ -24,8 +30,8 @@ def has_transparency(img: Image.Image) -> bool:
 
 def normalize_photo(data: bytes, *, max_bytes: int, max_pixels: int,
                     max_short_side: int | None = None) -> tuple[bytes, tuple[int, int]]:
-    """Check an uploaded photo by its content and return it as a clean PNG with no EXIF, upright, and
-    its (width, height). Transparency is kept (RGBA): a packshot's own cut-out is the best there is.
+    """Check an uploaded photo by its content and return it as a clean PNG with no EXIF, upright, in sRGB
+    (see to_srgb), and its (width, height). Transparency is kept (RGBA): a packshot's own cut-out is the best there is.
     With `max_short_side`, a photo whose short side is longer is scaled down to it, aspect kept.
 
     Refuses: empty or oversized uploads, anything that is not PNG/JPEG/WebP whatever its name
@@ -53,14 +59,45 @@ def normalize_photo(data: bytes, *, max_bytes: int, max_pixels: int,
         raise BadImage(f"the photo claims more than {max_pixels} pixels") from None
     except Exception as e:  # PIL raises many kinds for broken input: all mean the same to the user
         raise BadImage(f"the photo could not be read as an image ({type(e).__name__}: {e})") from None
-    img = _eight_bit(img)
+    img = to_srgb(_eight_bit(img))
     img = img.convert("RGBA") if has_transparency(img) else img.convert("RGB")  # an alpha hiding nothing: RGB
     if max_short_side and min(img.size) > max_short_side:
         scale = max_short_side / min(img.size)
         img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.LANCZOS)
     out = io.BytesIO()
-    img.save(out, format="PNG")  # a fresh PNG carries no EXIF, GPS or maker notes
+    # a fresh PNG carries no EXIF, GPS or maker notes; nor the upload's ICC profile: its pixels are sRGB now
+    img.save(out, format="PNG", icc_profile=None, pnginfo=SRGB_PNG)
     return out.getvalue(), img.size
+
+
+def to_srgb(img: Image.Image) -> Image.Image:
+    """The image in sRGB, which all generation assumes, when it carries an ICC profile of another space: Display
+    P3 (iPhones), Adobe RGB (cameras, stock), a press profile (CMYK packshots), a grey one. Read as sRGB, their
+    numbers give wrong colours (P3 looks washed out). Alpha is kept as it is. Without a profile, with an sRGB one,
+    or with one that cannot be read or does not fit the pixels, the image comes back as it is."""
+    icc = img.info.get("icc_profile")
+    if not icc or img.mode not in ("RGB", "RGBA", "CMYK", "L", "LA", "P", "PA"):
+        return img
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if "sRGB" in ImageCms.getProfileDescription(profile):  # sRGB IEC61966-2.1, sRGB2014, ...: as they are
+            return img
+        if img.mode in ("P", "PA"):
+            img = img.convert("RGBA" if has_transparency(img) else "RGB")
+        alpha = img.getchannel("A") if img.mode in ("RGBA", "LA") else None
+        colour = img.convert({"RGBA": "RGB", "LA": "L"}.get(img.mode, img.mode))
+        # Relative colorimetric: the colours sRGB can show stay exact (a product's own colour is the point) and
+        # the few it cannot are clipped to its edge; perceptual would move them all, where a profile defines it
+        # at all (P3 and Adobe RGB are matrices, with no perceptual table). Black point compensation brings a
+        # press's ink black to sRGB's black, as Photoshop does by default; where black is zero it changes nothing.
+        srgb = ImageCms.profileToProfile(colour, profile, SRGB, renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC,
+                                         outputMode="RGB", flags=ImageCms.Flags.BLACKPOINTCOMPENSATION)
+    except (OSError, ImageCms.PyCMSError) as e:  # corrupt bytes, or a profile for other pixels (CMYK on RGB)
+        log.warning("a photo's ICC profile could not be used, its pixels are read as sRGB: %s", e)
+        return img
+    if alpha is not None:
+        srgb.putalpha(alpha)
+    return srgb
 
 
 def _eight_bit(img: Image.Image) -> Image.Image:
