@@ -26,7 +26,7 @@ from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from backend.config import DEFAULT_MODEL_ID
-from backend.images import has_transparency
+from backend.images import has_transparency, to_srgb
 from backend.lora.trainer import TEXT_ENCODER_CHOICES, Trainer
 
 log = logging.getLogger("showroom.train")
@@ -96,7 +96,7 @@ def load_photos(folder: Path, video: Path | None, video_count: int, caption: str
     items = []
     for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
         with Image.open(path) as img:
-            image = ImageOps.exif_transpose(img)
+            image = to_srgb(ImageOps.exif_transpose(img))  # an iPhone's P3, a camera's Adobe RGB
             image = image.convert("RGBA" if has_transparency(image) else "RGB")  # laid on a ground per view
         text = path.with_suffix(".txt")
         words = text.read_text().strip() if text.is_file() else caption.format(trigger=trigger)
