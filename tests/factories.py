@@ -133,6 +133,36 @@ def png_bytes(width: int = 64, height: int = 64, color=(200, 30, 30), fmt: str =
     return out.getvalue()
 
 
+def random_png(width: int, height: int, seed: int = 0) -> bytes:
+    """Noise: every pixel differs, so a crop, a shift or a wrong scale shows."""
+    import numpy as np
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    image = Image.open(io.BytesIO(png))
+    assert image.format == "PNG"
+    return image.size
+
+
+def save_tiny_swin2sr(directory: Path, upscale: int = 4) -> Path:
+    """A random Swin2SR small enough for CPU tests, saved as the local upscaler loads it (safetensors)."""
+    import torch
+    from transformers import Swin2SRConfig, Swin2SRForImageSuperResolution, Swin2SRImageProcessor
+
+    torch.manual_seed(0)
+    config = Swin2SRConfig(embed_dim=8, depths=[1], num_heads=[1], window_size=4, mlp_ratio=1.0, image_size=16,
+                           upscale=upscale, upsampler="nearest+conv" if upscale == 4 else "pixelshuffle")
+    Swin2SRForImageSuperResolution(config).save_pretrained(directory)
+    Swin2SRImageProcessor().save_pretrained(directory)
+    assert (directory / "model.safetensors").exists()
+    return directory
+
+
 def packshot(width: int = 40, height: int = 56, fmt: str = "PNG", background=None) -> bytes:
     """A product photo: a dark bottle-like shape with a label and a soft edge, on transparency (PNG,
     RGBA) or on a plain `background` colour (e.g. a JPEG on white)."""

@@ -89,7 +89,7 @@ def redis_server(tmp_path_factory):
 def cluster(make_backend, redis_server, s3, tiny_model, tmp_path_factory):
     """Two nodes of one worker each (node-a, node-b) and a celery backend waiting for both; UPSCALER=local
     (a tiny Swin2SR) runs on the nodes."""
-    from tests.backend.test_upscale import save_tiny_swin2sr
+    from tests.factories import save_tiny_swin2sr
 
     upscaler = save_tiny_swin2sr(tmp_path_factory.mktemp("celery-swin2sr"))
     parts = Cluster(make_backend, redis_server, s3, tiny_model, tmp_path_factory.mktemp("celery-logs"), upscaler)

@@ -19,7 +19,7 @@ def fuzz_backend(make_backend, tmp_path_factory):
     # 2048x2048 at 150 steps) from occupying the CPU for long: refusals are 429s, never 5xx. The local
     # upscaler (a tiny Swin2SR) is on: with it off, an upscale is a 503 by design, which the checker counts
     # as a server error once its stateful phase reaches a finished image.
-    from tests.backend.test_upscale import save_tiny_swin2sr
+    from tests.factories import save_tiny_swin2sr
 
     upscaler = save_tiny_swin2sr(tmp_path_factory.mktemp("fuzz-swin2sr"))
     backend = make_backend(WORKERS="1", QUEUE_MAX_IMAGES="8", IMAGE_TIMEOUT_S="5", RATE_LIMIT_PER_MINUTE="0",

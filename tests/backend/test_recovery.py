@@ -11,7 +11,7 @@ from backend.jobs.recovery import Recovery, recover
 from backend.models import Status, UpscaleRecord
 from backend.storage import LocalStorage, StorageError
 from backend.upscale.service import UpscaleService
-from tests.backend.test_scheduler import make_job, run_scheduler, submit, wait_terminal  # noqa: F401 (fixture)
+from tests.backend.test_scheduler import make_job, wait_terminal
 
 NO_LORAS = SimpleNamespace(loras_for=lambda spec: ())
 
@@ -113,7 +113,8 @@ def test_a_scan_cut_short_by_storage_resumes_without_queueing_twice(run_schedule
 
     storage.unreadable = set()
     assert recover(store, counting, NO_LORAS, booted_us=booted_us) == 1
-    assert recover(store, counting, NO_LORAS, booted_us=booted_us) == 0, "both are held or done: a third scan adds nothing"
+    assert recover(store, counting, NO_LORAS, booted_us=booted_us) == 0, \
+        "both are held or done: a third scan adds nothing"
     assert counting.submitted == {newer.id: 1, older.id: 1}, "this run's own job is left to its submitter"
     assert wait_terminal(store, older).status == wait_terminal(store, newer).status == Status.succeeded
 

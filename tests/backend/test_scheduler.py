@@ -4,12 +4,9 @@ import threading
 import time
 from types import SimpleNamespace
 
-import pytest
-
 from backend.contract import new_job_id
 from backend.gpu.scheduler import Scheduler
 from backend.gpu.worker_slot import MAX_RESTARTS
-from backend.jobs.events import JobEvents
 from backend.jobs.manifests import ManifestStore
 from backend.models import ImageRecord, JobManifest, ResolvedSpec, Status, now
 from backend.storage import LocalStorage
@@ -23,28 +20,6 @@ def make_job(n: int) -> JobManifest:
     return JobManifest(id=job_id, created_at=now(), updated_at=now(), status=Status.queued, spec=spec,
                        input_key=None, images=[ImageRecord(index=i, key=f"jobs/{job_id}/{i}.png", seed=i)
                                                for i in range(n)])
-
-
-@pytest.fixture
-def run_scheduler(tmp_path):
-    started = []
-
-    def start(workers: int, behaviour: str = "ok", timeout_s: float = 30, step_s: float = 0.005,
-              store: ManifestStore | None = None):
-        store = store or ManifestStore(LocalStorage(tmp_path / "storage"))
-        if store._thread is None:
-            store.start()
-        settings = SimpleNamespace(behaviour=behaviour, marker_dir=str(tmp_path), max_batch=8, step_s=step_s,
-                                   image_timeout_s=timeout_s, model_id="fake", storage_dir=str(store.storage.root))
-        sched = Scheduler(settings, store.storage, workers, on_event=JobEvents(store), worker_target=run_fake_worker)
-        sched.start()
-        started.append((sched, store))
-        return sched, store
-
-    yield start
-    for sched, store in started:
-        sched.stop(timeout=5)
-        store.close(timeout=5)
 
 
 def submit(sched: Scheduler, store: ManifestStore, job: JobManifest) -> None:

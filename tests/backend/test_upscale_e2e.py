@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from backend.upscale.service import reachable_from_outside
-from tests.backend.test_upscale import save_tiny_swin2sr
+from tests.factories import save_tiny_swin2sr
 from tests.fake_replicate import FakeReplicate
 
 SMALL = {"prompt": "a vase", "steps": 2, "width": 64, "height": 72, "seed": 4}
