@@ -38,6 +38,11 @@ CHECKER_LIGHT, CHECKER_DARK = (255, 255, 255), (226, 226, 234)
 CANVAS_FILL, GUIDE = (238, 238, 243), (214, 214, 226)
 
 
+def shape_help(native: int) -> str:
+    """What the Shape presets are, in the same words on the Create and Catalog pages."""
+    return f"The picture's proportions, width to height, at about the model's own {native} × {native} pixels."
+
+
 def canvas_size(aspect: str, native: int) -> tuple[int, int]:
     """Width and height with the preset's aspect at about native × native pixels (as the backend sizes a
     photo's aspect), in multiples of 8 within 64..2048."""

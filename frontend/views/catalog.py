@@ -9,7 +9,7 @@ import streamlit as st
 from frontend import catalog_run, cost, nav, services
 from frontend.catalog_run import Plan
 from frontend.client import BackendError
-from frontend.placement import ASPECTS, canvas_size
+from frontend.placement import ASPECTS, canvas_size, shape_help
 from frontend.views import catalog_grid, scroll
 
 URL_KEY = "jobs"
@@ -90,7 +90,7 @@ def _picker(catalog: dict, health: services.Health) -> None:
     count, shape = st.columns([3, 2], vertical_alignment="bottom")
     num = count.slider("Pictures of each product in each style", 1, 16, 4, key="catalog_num", persist_state=KEEP)
     aspect = shape.segmented_control("Shape", list(ASPECTS), default="1:1", key="catalog_shape", persist_state=KEEP,
-                                     required=True)
+                                     required=True, help=shape_help(health.native_size))
     with st.expander("Advanced settings", icon=":material/tune:"):
         steps = st.number_input("Steps", 1, 150, None, key="catalog_steps", persist_state=KEEP,
                                 placeholder="each style's own",

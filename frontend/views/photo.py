@@ -1,5 +1,5 @@
 """The Create page's photo part: what a photo is for (place the product, restyle the photo, or none),
-the canvas, and in place mode the cut-out, where it goes, and the realism switches."""
+the picture's shape, and in place mode the cut-out, where it goes, and the realism switches."""
 
 from dataclasses import dataclass
 
@@ -28,12 +28,12 @@ def section(product: dict | None, native: int) -> PhotoChoice:
     if mode == "generate":
         if product and not product.get("has_lora"):
             _not_learnt(product)
-        _canvas(native)
+        _shape(native)
         return PhotoChoice("generate")
     packshot_key = (product or {}).get("packshot_key") if mode == "place" else None
     if mode == "restyle":
         label, about = "Your photo", ("The whole photo is repainted in the style and words below; it is scaled to "
-                                      "fill the canvas and cropped at the centre, never stretched.")
+                                      "fill the picture and cropped at the centre, never stretched.")
     else:
         label = "Product photo" + (" (optional: without one, the product's cut-out is placed)" if packshot_key else "")
         about = "A PNG or WebP with transparency is used as it is; any other photo has its background removed."
@@ -42,7 +42,7 @@ def section(product: dict | None, native: int) -> PhotoChoice:
     if mode == "restyle":
         st.slider("How much to change", 0.0, 1.0, step=0.05, key="strength",
                   help="Strength: low keeps the photo nearly as it is; high lets the prompt repaint more of it.")
-        _canvas(native)
+        _shape(native)
         return PhotoChoice("restyle", upload, None if upload else "Upload the photo to restyle.")
     return _place(upload, product, packshot_key, native)
 
@@ -88,8 +88,8 @@ def _place(upload, product: dict | None, packshot_key: str | None, native: int) 
                     caption=f"Where it goes · {width} × {height}", width="stretch")
     st.pills("Position", list(PRESETS), key="place_at", required=True, format_func=lambda p: PRESETS[p].label)
     st.slider("Size", 0.2, 1.0, step=0.05, key="place_scale",
-              help="How much of the canvas the product may fill; its own proportions are kept.")
-    _canvas(native)
+              help="How much of the picture the product may fill; its own proportions are kept.")
+    _shape(native)
     with st.expander("Realism", icon=":material/light_mode:"):
         st.toggle("Contact shadow", key="shadow", help="A soft shadow where the product meets the ground.")
         st.toggle("Edge harmonisation", key="harmonize",
@@ -130,9 +130,9 @@ def _packshot(key: str) -> bytes | None:
     return None
 
 
-def _canvas(native: int) -> None:
-    st.pills("Canvas", list(ASPECTS), key="aspect", on_change=_aspect_chosen, args=(native,),
-             help=f"Aspect ratios at the model's own pixel count (about {native} × {native}).")
+def _shape(native: int) -> None:
+    st.pills("Shape", list(ASPECTS), key="aspect", on_change=_aspect_chosen, args=(native,),
+             help=placement.shape_help(native))
     ss = st.session_state
     custom = "" if ss.get("aspect") else " · a custom size, set in Advanced settings"
     st.caption(f"{ss['width']} × {ss['height']} px{custom}")
@@ -145,5 +145,5 @@ def _aspect_chosen(native: int) -> None:
 
 
 def custom_size() -> None:
-    """Width or height typed by hand: no preset describes the canvas any more."""
+    """Width or height typed by hand: no preset describes the picture's shape any more."""
     st.session_state["aspect"] = None

@@ -282,6 +282,20 @@ def test_two_products_in_two_styles_fill_one_grid(backend, open_app):
         assert json.loads(z.read("studio-white/job.json"))["id"] == ids[0]
 
 
+def test_the_pictures_proportions_have_one_name_on_the_catalog_and_create_pages(backend, open_app):
+    add_products(backend, 1)
+    at = open_catalog(open_app, backend)
+    on_catalog = at.segmented_control(key="catalog_shape")
+    at.switch_page("app_pages/create.py").run()
+    assert_no_exception(at)
+    on_create = at.pills(key="aspect")
+    assert (on_catalog.label, on_create.label) == ("Shape", "Shape"), "a shop owner's word, not a painter's Canvas"
+    assert on_catalog.help == on_create.help and "proportions" in on_create.help
+    at.radio(key="mode").set_value("restyle").run()
+    helps = " ".join(w.help or "" for w in [*at.file_uploader, *at.slider, *at.pills])
+    assert "fill the picture" in helps and "canvas" not in helps.lower(), "nor the word in the help beside it"
+
+
 def test_a_run_past_the_links_limit_is_refused_before_anything_is_sent(backend, open_app, monkeypatch):
     monkeypatch.setattr(catalog_run, "MAX_RUN_JOBS", 3)  # 2 products × 2 styles make 4 jobs
     names = add_products(backend, 2)
