@@ -17,7 +17,7 @@ from PIL import Image
 from backend.contract import cutout_key, packshot_key
 from backend.errors import RateLimited
 from backend.models import JobManifest
-from backend.storage import Storage
+from backend.storage import ObjectMissing, Storage
 
 log = logging.getLogger("showroom.prepare")
 CUTOUTS_AT_ONCE = 2  # cut-outs for requests (POST /v1/cutouts, a product from a photo); jobs have their pool
@@ -70,11 +70,18 @@ class Preparer:
         if job.input_key:
             cutout = self.cut_out(self.storage.get(job.input_key))
         else:  # a catalog product's packshot stands in for an upload
-            cutout = Image.open(io.BytesIO(self.storage.get(packshot_key(spec.product)))).convert("RGBA")
+            cutout = Image.open(io.BytesIO(self._packshot(spec.product))).convert("RGBA")
         placement = Placement(**(spec.placement.model_dump() if spec.placement else {}))
         layer = place(cutout, spec.width, spec.height, placement)
         self.storage.put(cutout_key(job.id), png_bytes(cutout), "image/png")
         self.storage.put(job.layout_key, png_bytes(layer), "image/png")
+
+    def _packshot(self, product: str) -> bytes:
+        try:
+            return self.storage.get(packshot_key(product))
+        except ObjectMissing:  # the product was deleted, or its photo removed, after the job was accepted
+            raise ValueError(f"product {product!r} has no packshot any more (it was deleted while the job waited); "
+                             "add it again with its photo, or send a photo of the product with the job") from None
 
     def preparing(self, job_id: str) -> bool:
         with self._lock:
