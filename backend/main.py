@@ -6,6 +6,7 @@ imports torch: the workers do.
 
 import logging
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -64,63 +65,56 @@ def start_idle_stop(settings: Settings, scheduler: Executor, activity: Activity,
     return IdleStopper(settings.idle_stop_minutes, activity.last, stop, busy=busy).start(min(30.0, limit_s / 4))
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or get_settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs whole URLs: a webhook's may hold a token
-    activity = Activity()
+@asynccontextmanager
+async def _lifespan(app: FastAPI, settings: Settings, activity: Activity):
+    """One run's services: built and started in order, closed in the order below when the server stops."""
+    storage = settings.open_storage()
+    metrics = Metrics()
+    secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+    webhooks = Webhooks(storage, secret, settings.webhook_allowed_hosts, settings.webhook_backoff_s).start()
+    store, catalog_ = ManifestStore(storage, on_change=webhooks.on_change).start(), Catalog(storage)
+    training_store = ManifestStore(storage, kind=TRAININGS).start()
+    workers = settings.worker_count(visible_gpus(settings.cuda_visible_devices))
+    events = JobEvents(store, metrics.on_event)
+    if settings.executor == "celery":  # GPU nodes anywhere pull the work from BROKER_URL (docs/NODES.md)
+        from backend.gpu.celery_executor import CeleryExecutor
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        storage = settings.open_storage()
-        metrics = Metrics()
-        secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
-        webhooks = Webhooks(storage, secret, settings.webhook_allowed_hosts, settings.webhook_backoff_s).start()
-        store, catalog_ = ManifestStore(storage, on_change=webhooks.on_change).start(), Catalog(storage)
-        training_store = ManifestStore(storage, kind=TRAININGS).start()
-        workers = settings.worker_count(visible_gpus(settings.cuda_visible_devices))
-        events = JobEvents(store, metrics.on_event)
-        if settings.executor == "celery":  # GPU nodes anywhere pull the work from BROKER_URL (docs/NODES.md)
-            from backend.gpu.celery_executor import CeleryExecutor
+        executor = CeleryExecutor(settings, storage, on_event=events)
+    else:
+        executor = Scheduler(settings, storage, workers, on_event=events)
+    preparer = Preparer(storage, settings.bg_removal_model)
+    leases = Leases(store.storage)  # this backend among others on the bucket: who runs which job
+    job_service = JobService(settings, catalog_, store, executor, native_size_guess(settings.model_id), preparer,
+                             runs_elsewhere=leases.runs_elsewhere)
+    trainings = TrainingService(settings, catalog_, training_store, executor, job_service.native_size)
+    events.on_training = trainings.on_event
+    upscales = UpscaleService(settings, executor, store) if settings.active_upscaler != "off" else None
+    app.state.services = Services(settings, storage, catalog_, executor, store, job_service, metrics,
+                                  RateLimiter(settings.rate_limit_per_minute), upscales, preparer, trainings)
+    log.info("storage %s, model %s, %s, upscaler %s", storage.url, settings.model_id,
+             f"{workers} workers" if settings.executor == "local" else "GPU nodes via the broker",
+             settings.active_upscaler)
+    executor.start()
+    recovery = Recovery(store, executor, job_service, upscales, trainings=trainings, leases=leases).start()
+    idle = start_idle_stop(settings, executor, activity, upscales)
+    try:
+        yield
+    finally:
+        recovery.close()
+        if idle:
+            idle.close()
+        if upscales:
+            upscales.close()
+        preparer.close()
+        executor.stop()
+        trainings.close()
+        store.close()
+        training_store.close()
+        webhooks.close()
 
-            executor = CeleryExecutor(settings, storage, on_event=events)
-        else:
-            executor = Scheduler(settings, storage, workers, on_event=events)
-        preparer = Preparer(storage, settings.bg_removal_model)
-        leases = Leases(store.storage)  # this backend among others on the bucket: who runs which job
-        job_service = JobService(settings, catalog_, store, executor, native_size_guess(settings.model_id), preparer,
-                                 runs_elsewhere=leases.runs_elsewhere)
-        trainings = TrainingService(settings, catalog_, training_store, executor, job_service.native_size)
-        events.on_training = trainings.on_event
-        upscales = UpscaleService(settings, executor, store) if settings.active_upscaler != "off" else None
-        app.state.services = Services(settings, storage, catalog_, executor, store, job_service, metrics,
-                                      RateLimiter(settings.rate_limit_per_minute), upscales, preparer, trainings)
-        log.info("storage %s, model %s, %s, upscaler %s", storage.url, settings.model_id,
-                 f"{workers} workers" if settings.executor == "local" else "GPU nodes via the broker",
-                 settings.active_upscaler)
-        executor.start()
-        recovery = Recovery(store, executor, job_service, upscales, trainings=trainings, leases=leases).start()
-        idle = start_idle_stop(settings, executor, activity, upscales)
-        try:
-            yield
-        finally:
-            recovery.close()
-            if idle:
-                idle.close()
-            if upscales:
-                upscales.close()
-            preparer.close()
-            executor.stop()
-            trainings.close()
-            store.close()
-            training_store.close()
-            webhooks.close()
 
-    app = FastAPI(title="Showroom", version="0.1.0", lifespan=lifespan, generate_unique_id_function=operation_id,
-                  description="Pictures of a real product in any scene. See README.md.")
-    install_error_handlers(app)
-
-    @app.middleware("http")
+def _counting_activity(activity: Activity):
+    """Middleware: requests to /v1/ are work that keeps a paid box from its idle stop (IDLE_STOP_MINUTES)."""
     async def count_activity(request, call_next):
         # Health checks and metrics scrapes are not work, nor are strangers knocking on a public IP:
         # neither may keep a paid box from its idle stop. A request still being served keeps it up.
@@ -134,6 +128,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return response
         finally:
             activity.end(touch=status not in (401, 403))
+    return count_activity
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs whole URLs: a webhook's may hold a token
+    activity = Activity()
+    app = FastAPI(title="Showroom", version="0.1.0", lifespan=partial(_lifespan, settings=settings, activity=activity),
+                  generate_unique_id_function=operation_id,
+                  description="Pictures of a real product in any scene. See README.md.")
+    install_error_handlers(app)
+    app.middleware("http")(_counting_activity(activity))
     for module in (health_routes, catalog_routes, product_routes, training_routes, cutout_routes, job_routes,
                    batch_routes):
         app.include_router(module.router)
