@@ -125,7 +125,12 @@ def test_place_a_product_in_a_real_browser(backend, app_url, artifacts):
         expect(page.get_by_text("Generator: Online")).to_be_visible(timeout=30_000)
 
         page.get_by_text("Place my product — it stays exactly as it is").click()
-        page.locator(".st-key-photo input[type=file]").set_input_files(
+        drop = page.locator(".st-key-photo")
+        expect(drop).to_contain_text("20MB per file")  # the backend's MAX_UPLOAD_BYTES, not Streamlit's 200
+        drop.locator("input[type=file]").set_input_files(
+            files=[{"name": "huge.png", "mimeType": "image/png", "buffer": bytes(21_000_000)}])
+        expect(drop).to_contain_text("File must be 20.0MB or smaller")  # refused by the box: nothing sent
+        drop.locator("input[type=file]").set_input_files(
             files=[{"name": "bottle.png", "mimeType": "image/png", "buffer": packshot(160, 224)}])
         expect(page.get_by_text("The cut-out: kept pixel for pixel")).to_be_visible(timeout=30_000)
         page.get_by_role("radio", name="Right third").click()
