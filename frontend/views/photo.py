@@ -87,8 +87,10 @@ def _place(upload, product: dict | None, packshot_key: str | None, native: int) 
         right.image(services.canvas_preview(cut, width, height, at.x, at.y, float(ss["place_scale"])),
                     caption=f"Where it goes · {width} × {height}", width="stretch")
     st.pills("Position", list(PRESETS), key="place_at", required=True, format_func=lambda p: PRESETS[p].label)
-    st.slider("Size", 0.2, 1.0, step=0.05, key="place_scale",
-              help="How much of the picture the product may fill; its own proportions are kept.")
+    # shown as "60%": the share of the picture's width and height the product's box may take (placement.scale)
+    st.slider("Size", 0.2, 1.0, step=0.05, key="place_scale", format="percent",
+              help="How much of the picture the product may fill: at 60%, up to 60% of its width and of its height. "
+                   "Its own proportions are kept.")
     _shape(native)
     with st.expander("Realism", icon=":material/light_mode:"):
         st.toggle("Contact shadow", key="shadow", help="A soft shadow where the product meets the ground.")

@@ -133,6 +133,8 @@ def test_place_a_product_in_a_real_browser(backend, app_url, artifacts):
         drop.locator("input[type=file]").set_input_files(
             files=[{"name": "bottle.png", "mimeType": "image/png", "buffer": packshot(160, 224)}])
         expect(page.get_by_text("The cut-out: kept pixel for pixel")).to_be_visible(timeout=30_000)
+        scale = page.locator(".st-key-place_scale [data-testid=stSliderThumbValue]")
+        expect(scale).to_have_text("60%")  # the share of the picture, not a bare 0.60
         page.get_by_role("radio", name="Right third").click()
         expect(page.get_by_text("Where it goes · 64 × 64")).to_be_visible(timeout=10_000)
         page.get_by_role("radio", name="4:5").click()

@@ -97,6 +97,7 @@ def test_place_mode_shows_the_cutout_and_sends_the_chosen_placement(backend, ope
         "the cut-out on its checkerboard, and the canvas with the product placed"
     assert not at.button(key="generate").disabled
     at.pills(key="place_at").set_value("right").run()
+    assert at.slider(key="place_scale").proto.format == "percent", "0.6 reads 60% (of the picture), not 0.60"
     at.slider(key="place_scale").set_value(0.8).run()
     at.pills(key="aspect").set_value("9:16").run()
     assert (at.number_input(key="width").value, at.number_input(key="height").value) == (64, 112), \
