@@ -7,7 +7,8 @@ The recipe is diffusers' LoRA fine-tuning: photos are encoded by the VAE, noised
 noise scheduler, and the UNet (with peft LoRA layers on to_q, to_k, to_v and to_out.0; optionally the text
 encoder too, or SDXL's two) learns to predict the noise (or v) under MSE. On SDXL the UNet is also told each
 photo's size and where its crop starts (backend/lora/trainer.py says how); it trains at 1024 px by default,
-SD 1.x/2.x at 512. Random crops, flips and a little colour jitter give it more views of the product. Checkpoints land in `<output stem>-checkpoints/` every `--checkpoint-every` steps;
+SD 1.x/2.x at 512. Random crops, flips and a little colour jitter give it more views of the product.
+Checkpoints land in `<output stem>-checkpoints/` every `--checkpoint-every` steps;
 `--resume` continues from the newest one. The output is a diffusers-layout `.safetensors` LoRA (alpha = rank),
 which `POST /v1/products` stores as it is. See docs/TRAINING.md for what makes a good product LoRA.
 """
@@ -89,6 +90,11 @@ def video_frames(path: Path, count: int) -> list[Image.Image]:
     return frames
 
 
+def with_trigger(words: str, trigger: str) -> str:
+    """A caption that does not name the trigger gets it put in front: every view teaches the trigger words."""
+    return words if trigger in words else f"{trigger}, {words}"
+
+
 def load_photos(folder: Path, video: Path | None, video_count: int, caption: str, trigger: str):
     """(image, caption) pairs: every photo in `folder` (a `name.txt` beside it overrides the caption) and frames."""
     if not folder.is_dir():
@@ -100,9 +106,10 @@ def load_photos(folder: Path, video: Path | None, video_count: int, caption: str
             image = image.convert("RGBA" if has_transparency(image) else "RGB")  # laid on a ground per view
         text = path.with_suffix(".txt")
         words = text.read_text().strip() if text.is_file() else caption.format(trigger=trigger)
-        items.append((image, words if trigger in words else f"{trigger}, {words}"))
+        items.append((image, with_trigger(words, trigger)))
     if video:
-        items += [(frame, caption.format(trigger=trigger)) for frame in video_frames(video, video_count)]
+        words = with_trigger(caption.format(trigger=trigger), trigger)
+        items += [(frame, words) for frame in video_frames(video, video_count)]
     if not items:
         raise SystemExit(f"no photos ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {folder}")
     return items

@@ -147,6 +147,16 @@ def test_photos_captions_and_video_frames(photos, tmp_path):
     assert [c for _, c in items[:3]] == ["sks bottle on a table", "a photo of sks bottle", "a photo of sks bottle"]
 
 
+def test_video_frames_are_captioned_with_the_trigger_like_the_photos(photos, tmp_path):
+    """A --caption without {trigger} gets the trigger put in front, for the photos and for the video's frames
+    alike: frames captioned without it would teach the product to the class word ("bottle") instead."""
+    gif = tmp_path / "turn.gif"
+    frames = [Image.new("RGB", (40, 40), (i * 20, 0, 0)) for i in range(4)]
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=50)
+    items = load_photos(photos, gif, 4, "a bottle on a table", "sks bottle")
+    assert [c for _, c in items] == ["sks bottle on a table"] + ["sks bottle, a bottle on a table"] * 6
+
+
 def cutout_photo(hidden: tuple[int, int, int]) -> Image.Image:
     """A packshot with a transparent ground, `hidden` being the colour under its transparent pixels."""
     img = Image.new("RGBA", (48, 40), (*hidden, 0))
