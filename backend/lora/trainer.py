@@ -105,6 +105,22 @@ def trained_text_encoders(choice: str | None, available: list[str], model: str) 
     return (wanted,)
 
 
+def mixed_precision(requested: str, device):
+    """The autocast dtype for `--mixed-precision` on `device` (None: fp32 throughout). Auto is bf16 where the GPU
+    computes in it (Ampere and later, and ROCm), else fp16: torch.cuda.is_bf16_supported() also says yes where bf16
+    is only emulated (T4, V100, RTX 20xx), many times slower than fp16 there, and it asks the current GPU, not
+    `device`."""
+    import torch
+
+    cuda = device.type == "cuda"
+    if requested == "auto":
+        native = cuda and (bool(torch.version.hip) or torch.cuda.get_device_capability(device)[0] >= 8)
+        requested = ("bf16" if native else "fp16") if cuda else "no"
+    if requested != "no" and not cuda:
+        raise SystemExit(f"--mixed-precision {requested} needs a CUDA GPU; use --mixed-precision no here")
+    return {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}[requested]
+
+
 # ----- the model -----
 
 class Trainer:
@@ -116,12 +132,7 @@ class Trainer:
         self.args = args
         self.device = torch.device(pick_device(args.device))
         cuda = self.device.type == "cuda"
-        precision = args.mixed_precision
-        if precision == "auto":
-            precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
-        if precision != "no" and not cuda:
-            raise SystemExit(f"--mixed-precision {precision} needs a CUDA GPU; use --mixed-precision no here")
-        self.autocast_dtype = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        self.autocast_dtype = mixed_precision(args.mixed_precision, self.device)
         self._load(args.model, self.autocast_dtype or torch.float32)
         self.resolution = args.resolution or (XL_RESOLUTION if self.xl else SD_RESOLUTION)
         self.trained_text = trained_text_encoders(args.train_text_encoder, list(self.encoders), args.model)

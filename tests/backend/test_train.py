@@ -17,7 +17,7 @@ from backend.lora.formats import normalize_upload
 from backend.lora.loading import load_lora_into
 from backend.lora.safetensors_file import read_safetensors
 from backend.lora.train import Trainer, TrainSettings, load_photos, main, parse_args, train, video_frames
-from backend.lora.trainer import augment
+from backend.lora.trainer import augment, mixed_precision
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -114,6 +114,31 @@ def test_text_encoder_lora_trains_with_gradient_checkpointing(tiny_model, photos
     te_up = [v for k, v in tensors.items() if k.startswith("text_encoder.") and ".lora_B." in k]
     assert te_up and any(k.startswith("unet.") for k in tensors)
     assert max(float(v.abs().max()) for v in te_up) > 0  # lora_B starts at zero: gradients reached it
+
+
+@pytest.mark.parametrize("major, minor, expected", [(7, 5, torch.float16), (7, 0, torch.float16),
+                                                      (8, 0, torch.bfloat16), (9, 0, torch.bfloat16)])
+def test_auto_precision_is_bf16_only_where_the_gpu_has_it(monkeypatch, major, minor, expected):
+    """A T4 or V100 (compute capability 7.x) only emulates bf16, in fp32 and many times slower than its fp16;
+    torch.cuda.is_bf16_supported() says yes there all the same. Auto takes fp16 on those, bf16 from Ampere on,
+    asking the training's own GPU (cuda:1 here), and nothing on a CPU."""
+    asked = []
+
+    def properties(device):
+        asked.append(torch.device(device).index if not isinstance(device, int) else device)
+        return type("Props", (), {"major": major, "minor": minor, "name": "GPU"})()
+
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", properties)
+    monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True)  # emulation works
+    assert mixed_precision("auto", torch.device("cuda:1")) == expected
+    assert set(asked) == {1}
+    assert mixed_precision("fp16", torch.device("cuda:1")) == torch.float16
+    assert mixed_precision("auto", torch.device("cpu")) is None
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        mixed_precision("bf16", torch.device("cpu"))
 
 
 def write_video(path: Path, greys: list[int], size: tuple[int, int]) -> None:
