@@ -1,7 +1,9 @@
 """ASGI middleware of the API: the key checked and request bodies bounded, before a byte of body is read."""
 
 import asyncio
+import logging
 import time
+from urllib.parse import quote, quote_plus
 
 from starlette.responses import JSONResponse
 
@@ -14,6 +16,32 @@ BODY_MIN_RATE = 16 * 1024.0   # ... a second for each 16 KB received so far
 JSON_LIMIT = 1024 * 1024      # a body that is no upload: 50 specs with the longest prompts are about half this
 
 
+class _KeyOutOfAccessLog(logging.Filter):
+    """uvicorn's access log writes each request line as it came: a client that put the key in its URL
+    (`?api_key=...`, a common habit) is refused, but its key would stay in the box's log. Each API_KEY a gate
+    holds is written there as ***, as sent and percent-encoded."""
+
+    def __init__(self):
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def hide(self, secret: str) -> None:
+        self.secrets |= {secret, quote(secret), quote(secret, safe=""), quote_plus(secret)}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets and isinstance(record.args, tuple):
+            record.args = tuple(self._redact(arg) if isinstance(arg, str) else arg for arg in record.args)
+        return True
+
+    def _redact(self, text: str) -> str:
+        for secret in sorted(self.secrets, key=len, reverse=True):
+            text = text.replace(secret, "***")
+        return text
+
+
+ACCESS_LOG = _KeyOutOfAccessLog()
+
+
 class AuthGate:
     """Refuse /v1/* (and, with API_KEY set, the API docs) to callers without the key as soon as the
     headers are in: FastAPI would read (and spool) a whole multipart body before a route's dependency
@@ -21,6 +49,9 @@ class AuthGate:
 
     def __init__(self, app, settings):
         self.app, self.settings = app, settings
+        if settings.api_key is not None:  # built at start-up (lifespan), before any request is logged
+            ACCESS_LOG.hide(settings.api_key.get_secret_value())
+            logging.getLogger("uvicorn.access").addFilter(ACCESS_LOG)  # once: a logger keeps a filter once
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or not self._gated(scope["path"]):
