@@ -136,7 +136,8 @@ def save_checkpoint(trainer: Trainer, output: Path, step: int, keep: int) -> Pat
     groups = [{k: v for k, v in g.items()} for g in state["param_groups"]]
     (tmp / "state.json").write_text(json.dumps({
         "step": step, "rank": trainer.args.rank, "param_groups": groups, "model": "sdxl" if trainer.xl else "sd",
-        "train_text_encoder": bool(trainer.trained_text), "text_encoders": list(trainer.trained_text)}, indent=1))
+        "train_text_encoder": bool(trainer.trained_text), "text_encoders": list(trainer.trained_text),
+        "scaler": trainer.scaler.state_dict() if trainer.scaler else None}, indent=1))  # fp16's loss scale
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     for old in sorted(root.glob("step-*"))[:-keep]:
@@ -174,6 +175,8 @@ def load_checkpoint(trainer: Trainer, output: Path) -> int:
         index, name = key.split(".", 1)
         state.setdefault(int(index), {})[name] = value.reshape(()) if name == "step" else value
     trainer.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    if trainer.scaler and meta.get("scaler"):  # else it starts at 65536 again and skips the steps that overflow
+        trainer.scaler.load_state_dict(meta["scaler"])
     print(f"resumed from {folder} at step {meta['step']}", file=sys.stderr)
     return int(meta["step"])
 

@@ -92,6 +92,30 @@ def test_resume_continues_from_the_checkpoint(tiny_model, photos, tmp_path):
         torch.testing.assert_close(b[key], a[key], msg=key)
 
 
+def test_resume_carries_the_fp16_gradient_scalers_state(tiny_model, photos, tmp_path, monkeypatch):
+    """Under fp16 the loss is scaled, and the scale is learnt: it backs off where gradients overflow (that step is
+    skipped) and grows after steps that do not. A resumed run (a GPU node's next chunk) goes on with the scale
+    the checkpoint had, not from 65536 again, skipping steps the straight run did not. A CPU scaler stands in
+    for the CUDA one; it grows at every step here so that the state moves."""
+    scalers = []
+
+    class Scaled(Trainer):
+        def __init__(self, args):
+            super().__init__(args)
+            self.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10, growth_interval=1)
+            scalers.append(self.scaler)
+
+    monkeypatch.setattr(backend.lora.train, "Trainer", Scaled)
+    straight = run(tiny_model, photos, tmp_path / "a" / "l.safetensors", "--steps", "4", "--checkpoint-every", "2")
+    run(tiny_model, photos, tmp_path / "b" / "l.safetensors", "--steps", "2", "--checkpoint-every", "2")
+    assert scalers[1].get_scale() == 2.0 ** 12
+    resumed = run(tiny_model, photos, tmp_path / "b" / "l.safetensors", "--steps", "4", "--checkpoint-every", "2",
+                  "--resume")
+    assert scalers[2].state_dict() == scalers[0].state_dict()
+    assert scalers[2].get_scale() == 2.0 ** 14
+    assert resumed.losses == pytest.approx(straight.losses[2:], rel=1e-4)
+
+
 def test_text_encoder_lora_trains_with_gradient_checkpointing(tiny_model, photos, tmp_path, monkeypatch):
     """Checkpointing on: each step runs the text encoder's layers again in the backward pass (transformers checkpoints
     only in training mode), and the file holds a text-encoder LoRA that learnt the photos."""
