@@ -121,7 +121,7 @@ def checkpoint_root(output: Path) -> Path:
     return output.with_name(f"{output.stem}-checkpoints")
 
 
-def save_checkpoint(trainer: Trainer, output: Path, step: int, keep: int) -> Path:
+def save_checkpoint(trainer: Trainer, output: Path, step: int, keep: int, probe_loss_before: float) -> Path:
     from safetensors.torch import save_file
 
     root = checkpoint_root(output)
@@ -137,7 +137,8 @@ def save_checkpoint(trainer: Trainer, output: Path, step: int, keep: int) -> Pat
     (tmp / "state.json").write_text(json.dumps({
         "step": step, "rank": trainer.args.rank, "param_groups": groups, "model": "sdxl" if trainer.xl else "sd",
         "train_text_encoder": bool(trainer.trained_text), "text_encoders": list(trainer.trained_text),
-        "scaler": trainer.scaler.state_dict() if trainer.scaler else None}, indent=1))  # fp16's loss scale
+        "scaler": trainer.scaler.state_dict() if trainer.scaler else None,  # fp16's loss scale
+        "probe_loss_before": probe_loss_before}, indent=1))  # a resumed run reports the loss before step 1
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     for old in sorted(root.glob("step-*"))[:-keep]:
@@ -145,15 +146,16 @@ def save_checkpoint(trainer: Trainer, output: Path, step: int, keep: int) -> Pat
     return folder
 
 
-def load_checkpoint(trainer: Trainer, output: Path) -> int:
-    """Restore the newest checkpoint; returns its step (0 when there is none)."""
+def load_checkpoint(trainer: Trainer, output: Path) -> tuple[int, float | None]:
+    """Restore the newest checkpoint; returns its step (0 when there is none) and the probe loss before step 1
+    (None when the checkpoint does not say)."""
     import torch
     from safetensors.torch import load_file
 
     found = sorted(p for p in checkpoint_root(output).glob("step-*") if (p / "state.json").is_file())
     if not found:
         log.warning("--resume: no checkpoint in %s; starting from step 0", checkpoint_root(output))
-        return 0
+        return 0, None
     folder = found[-1]
     meta = json.loads((folder / "state.json").read_text())
     # checkpoints written before SDXL training say only whether the (one) text encoder was trained
@@ -178,7 +180,7 @@ def load_checkpoint(trainer: Trainer, output: Path) -> int:
     if trainer.scaler and meta.get("scaler"):  # else it starts at 65536 again and skips the steps that overflow
         trainer.scaler.load_state_dict(meta["scaler"])
     print(f"resumed from {folder} at step {meta['step']}", file=sys.stderr)
-    return int(meta["step"])
+    return int(meta["step"]), meta.get("probe_loss_before")
 
 
 # ----- the run -----
@@ -193,10 +195,11 @@ def train(args: argparse.Namespace, on_step: Callable[[int, int, float], None] |
     torch.manual_seed(args.seed)  # the LoRA's initial weights
     items = load_photos(args.images, args.video, args.video_frames, args.caption, args.trigger)
     trainer = Trainer(args)
-    start = load_checkpoint(trainer, args.output) if args.resume else 0
+    start, before = load_checkpoint(trainer, args.output) if args.resume else (0, None)
     print(f"training {'an SDXL' if trainer.xl else 'an SD'} LoRA at {trainer.resolution} px on {len(items)} photos "
           f"from step {start} to {args.steps} on {trainer.device}", file=sys.stderr)
-    before = trainer.probe_loss(items)
+    if before is None:
+        before = trainer.probe_loss(items)
     losses, smooth = [], None
     bar = tqdm(total=args.steps, initial=start, desc="training", unit="step", disable=args.quiet)
     for step in range(start + 1, args.steps + 1):
@@ -210,12 +213,12 @@ def train(args: argparse.Namespace, on_step: Callable[[int, int, float], None] |
         if on_step:
             on_step(step, args.steps, smooth)
         if args.checkpoint_every and step % args.checkpoint_every == 0 and step < args.steps:
-            folder = save_checkpoint(trainer, args.output, step, args.keep_checkpoints)
+            folder = save_checkpoint(trainer, args.output, step, args.keep_checkpoints, before)
             if on_checkpoint:
                 on_checkpoint(folder, step)
     bar.close()
     if args.checkpoint_every and args.steps > start:
-        save_checkpoint(trainer, args.output, args.steps, args.keep_checkpoints)
+        save_checkpoint(trainer, args.output, args.steps, args.keep_checkpoints, before)
     after = trainer.probe_loss(items)
     trainer.save_lora(args.output)
     print(f"wrote {args.output}; loss on the photos (fixed noise): {before:.4f} -> {after:.4f}", file=sys.stderr)

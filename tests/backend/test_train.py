@@ -92,6 +92,19 @@ def test_resume_continues_from_the_checkpoint(tiny_model, photos, tmp_path):
         torch.testing.assert_close(b[key], a[key], msg=key)
 
 
+def test_a_resumed_training_reports_the_loss_before_its_first_step(tiny_model, photos, tmp_path):
+    """probe_loss is the loss on the photos before training and after it. A training resumed (a GPU node trains
+    in chunks, each one a resume) reports the loss before step 1, as the straight run does, not the loss where
+    its last chunk began, which made a training that learnt look as if it had learnt nothing."""
+    straight = run(tiny_model, photos, tmp_path / "a" / "l.safetensors", "--steps", "6", "--checkpoint-every", "2")
+    for steps in (2, 4, 6):
+        resumed = run(tiny_model, photos, tmp_path / "b" / "l.safetensors", "--steps", str(steps),
+                      "--checkpoint-every", "2", "--resume")
+    assert resumed.start_step == 4
+    assert resumed.probe_loss_before == pytest.approx(straight.probe_loss_before, rel=1e-6)
+    assert resumed.probe_loss_after == pytest.approx(straight.probe_loss_after, rel=1e-4)
+
+
 def test_resume_carries_the_fp16_gradient_scalers_state(tiny_model, photos, tmp_path, monkeypatch):
     """Under fp16 the loss is scaled, and the scale is learnt: it backs off where gradients overflow (that step is
     skipped) and grows after steps that do not. A resumed run (a GPU node's next chunk) goes on with the scale
