@@ -47,7 +47,7 @@ def augment(image: Image.Image, size: int, rng: random.Random, crop: bool, flip:
     w, h = image.size
     side = min(w, h)
     if crop:
-        side = int(side * rng.uniform(0.6, 1.0))
+        side = max(1, int(side * rng.uniform(0.6, 1.0)))  # a photo 1 px high still has a 1 px crop
         left, top = rng.randint(0, w - side), rng.randint(0, h - side)
     else:
         left, top = (w - side) // 2, (h - side) // 2

@@ -219,6 +219,15 @@ def test_video_frames_are_captioned_with_the_trigger_like_the_photos(photos, tmp
     assert [c for _, c in items] == ["sks bottle on a table"] + ["sks bottle, a bottle on a table"] * 6
 
 
+def test_a_photo_one_pixel_high_still_makes_views():
+    """A strip (1000 x 1, a scanner's or a broken export's) passes the upload; its random crop of 60-100 % of one
+    pixel was 0 pixels wide and the training died with ZeroDivisionError at the first step that drew it."""
+    for size in ((1000, 1), (1, 1), (1, 700)):
+        for seed in range(5):
+            view = augment(Image.new("RGB", size, (90, 40, 20)), 32, random.Random(seed), True, True, 0.05)
+            assert view.image.size == (32, 32) and view.original_size == size[::-1]
+
+
 def cutout_photo(hidden: tuple[int, int, int]) -> Image.Image:
     """A packshot with a transparent ground, `hidden` being the colour under its transparent pixels."""
     img = Image.new("RGBA", (48, 40), (*hidden, 0))
