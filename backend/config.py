@@ -1,5 +1,6 @@
 """The one settings object. Names follow ../shared/CONTRACT.md; nothing else reads os.environ."""
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -13,6 +14,7 @@ DEFAULT_MODEL_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_STORAGE_URL = f"file://{Path('data/storage').resolve()}"
 REPLICATE_MODEL = "mv-lab/swin2sr"
 LOCAL_UPSCALER_MODEL = "caidas/swin2SR-realworld-sr-x4-64-bsrgan-psnr"
+MIN_PUBLIC_KEY = 16  # characters of API_KEY on a public box (PUBLIC_BIND): token_urlsafe(32) gives 43
 
 
 class Settings(BaseSettings):
@@ -86,6 +88,16 @@ class Settings(BaseSettings):
         # API_KEY="" (as an env file leaves it) must not let anyone in with an empty bearer: blank = unset.
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("api_key")
+    @classmethod
+    def _api_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # Clients send it as a bearer token in a header: a key with a space around it, or a character a header
+        # cannot carry, could never be matched, and every client would be locked out with no word as to why.
+        if value is not None and not re.fullmatch(r"[\x21-\x7e]+", value.get_secret_value()):
+            raise ValueError("API_KEY must be printable ASCII with no spaces (it travels in an HTTP header): "
+                             "check for a stray space or quote around it")
+        return value
+
     @field_validator("webhook_secret")
     @classmethod
     def _webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
@@ -125,6 +137,9 @@ class Settings(BaseSettings):
             raise ValueError("set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither (boto3's chain)")
         if self.public_bind and not self.api_key:
             raise ValueError("PUBLIC_BIND is set but API_KEY is not: set API_KEY, or anyone can spend your GPU")
+        if self.public_bind and len(self.api_key.get_secret_value()) < MIN_PUBLIC_KEY:
+            raise ValueError(f"API_KEY is shorter than {MIN_PUBLIC_KEY} characters, too easy to guess on a public box: "
+                             "make one with python -c \"import secrets; print(secrets.token_urlsafe(32))\"")
         if self.idle_stop_minutes > 0 and not (self.container_id and self.container_api_key):
             raise ValueError("IDLE_STOP_MINUTES needs CONTAINER_ID and CONTAINER_API_KEY "
                              "(vast.ai sets them inside an instance)")

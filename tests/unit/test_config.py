@@ -43,3 +43,28 @@ def test_a_refusal_about_several_settings_quotes_none_of_them(monkeypatch):
 def test_workers_auto_is_one_per_gpu_only_where_gpus_are_used(device, workers, gpus, expected):
     settings = Settings(device=device, workers=workers)
     assert settings.worker_count(gpus) == expected
+
+
+@pytest.mark.parametrize("key", [" the-api-key-0123456789", "the-api-key-0123456789\n", "'the-api-key-0123456789'x y",
+                                 "the-api-kéy-0123456789"])
+def test_an_api_key_no_client_could_send_is_refused_without_printing_it(monkeypatch, key):
+    monkeypatch.setenv("API_KEY", key)
+    with pytest.raises(SettingsError) as refused:
+        get_settings()
+    assert "API_KEY must be printable ASCII with no spaces" in str(refused.value)
+    assert "0123456789" not in str(refused.value)
+
+
+def test_a_public_box_refuses_a_short_api_key_and_takes_a_long_one(monkeypatch):
+    monkeypatch.setenv("PUBLIC_BIND", "true")
+    monkeypatch.setenv("API_KEY", "secret-123")
+    with pytest.raises(SettingsError) as refused:
+        get_settings()
+    assert "API_KEY is shorter than 16 characters" in str(refused.value) and "secret-123" not in str(refused.value)
+    get_settings.cache_clear()
+    monkeypatch.setenv("API_KEY", "a-long-enough-key-0123456789")
+    assert get_settings().api_key.get_secret_value() == "a-long-enough-key-0123456789"
+    monkeypatch.delenv("PUBLIC_BIND")
+    monkeypatch.setenv("API_KEY", "short")
+    get_settings.cache_clear()
+    assert get_settings().api_key.get_secret_value() == "short", "on loopback a short key is the owner's business"
