@@ -20,6 +20,7 @@ import torch
 from PIL import Image, ImageOps
 
 from backend.gpu.devices import has_fp16_weights
+from backend.gpu.long_prompts import prompt_embeddings, window_count
 from backend.gpu.messages import LoraTask, Task
 from backend.gpu.previews import preview_jpegs, preview_steps
 from backend.lora.formats import LoraNotApplied
@@ -300,6 +301,9 @@ class Generator:
             pipe, kwargs = self.t2i, kwargs | {"width": task.width, "height": task.height}
         started = time.perf_counter()
         with torch.inference_mode():
+            if max(window_count(pipe, task.prompt), window_count(pipe, task.negative_prompt)) > 1:
+                del kwargs["prompt"], kwargs["negative_prompt"]  # past CLIP's 77 tokens: encoded window by window
+                kwargs |= prompt_embeddings(pipe, task.prompt, task.negative_prompt, n)
             latents = pipe(**kwargs).images
             images = self._decode(latents)
         if layer is not None:  # the product's own pixels back, exactly; a shadow and a light wrap around it

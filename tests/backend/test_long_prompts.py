@@ -1,0 +1,70 @@
+"""Prompts past CLIP's 77 tokens are encoded window by window, not cut: the end of a long prompt changes the
+picture. On the tiny models every character is a token, so 100 characters make two windows."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from backend.gpu.long_prompts import prompt_embeddings, window_count
+from backend.gpu.messages import Task
+from backend.gpu.pipeline import Generator
+from backend.storage import LocalStorage
+from tests.backend import wild_loras
+
+FILLER = "a glass perfume bottle standing on wet black stone, soft light, " * 2  # 128 characters: two windows
+
+
+@pytest.fixture(scope="module")
+def tiny_sdxl(tiny_model, tmp_path_factory) -> Path:
+    return wild_loras.build_tiny_sdxl(tmp_path_factory.mktemp("tiny-sdxl"), tiny_model / "tokenizer")
+
+
+def task(prompt: str, negative: str = "") -> Task:
+    return Task(task_id=1, job_id="l" * 32, indices=(0,), seeds=(3,), keys=("jobs/" + "l" * 32 + "/0.png",),
+                prompt=prompt, negative_prompt=negative, steps=2, guidance_scale=7.5, width=64, height=64,
+                strength=1.0)
+
+
+def pixels(gen: Generator, prompt: str, negative: str = "") -> np.ndarray:
+    (image,) = gen.generate(task(prompt, negative), lambda: False, lambda step, total: None)
+    return np.asarray(image).astype(int)
+
+
+@pytest.mark.parametrize("model", ["tiny_model", "tiny_sdxl"])
+def test_one_window_encodes_exactly_as_diffusers_does(model, request, tmp_path, torch_one_thread):
+    gen = Generator(str(request.getfixturevalue(model)), "cpu", LocalStorage(tmp_path / "s"), tmp_path / "c")
+    pipe = gen.t2i
+    assert window_count(pipe, "a red bottle") == 1 and window_count(pipe, FILLER) == 2
+    ours = prompt_embeddings(pipe, "a red bottle", "blurry", 2)
+    with torch.inference_mode():
+        theirs = pipe.encode_prompt(prompt="a red bottle", negative_prompt="blurry", device="cpu",
+                                    num_images_per_prompt=2, do_classifier_free_guidance=True)
+    names = ["prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds"]
+    assert len(ours) == len(theirs) == (4 if model == "tiny_sdxl" else 2)
+    for name, theirs_one in zip(names, theirs):
+        assert ours[name].shape == theirs_one.shape, name
+        assert torch.allclose(ours[name], theirs_one, atol=1e-5), name
+
+
+@pytest.mark.parametrize("model", ["tiny_model", "tiny_sdxl"])
+def test_the_end_of_a_long_prompt_changes_the_picture(model, request, tmp_path, torch_one_thread):
+    gen = Generator(str(request.getfixturevalue(model)), "cpu", LocalStorage(tmp_path / "s"), tmp_path / "c")
+    red, blue = pixels(gen, FILLER + "red label"), pixels(gen, FILLER + "blue label")
+    assert np.abs(red - blue).max() > 0, "the words past the 77th token were dropped"
+    assert np.array_equal(red, pixels(gen, FILLER + "red label")), "the same long prompt, the same picture"
+    long_negative = pixels(gen, "a bottle", negative=FILLER + "blurry")
+    assert long_negative.shape == (64, 64, 3)
+
+
+def test_long_prompt_embeddings_lay_windows_end_to_end(tiny_model, tmp_path, torch_one_thread):
+    gen = Generator(str(tiny_model), "cpu", LocalStorage(tmp_path / "s"), tmp_path / "c")
+    tokens = len(gen.t2i.tokenizer(FILLER * 2, add_special_tokens=False).input_ids)
+    assert 150 < tokens < 225
+    kwargs = prompt_embeddings(gen.t2i, FILLER * 2, "", 3)
+    assert kwargs["prompt_embeds"].shape[:2] == (3, 77 * 3), f"{tokens} tokens: two windows of 75, and one more"
+    assert kwargs["negative_prompt_embeds"].shape == kwargs["prompt_embeds"].shape, "the negative padded to match"
+    cut_by_diffusers = gen.t2i.encode_prompt(prompt=FILLER * 2, device="cpu", num_images_per_prompt=1,
+                                             do_classifier_free_guidance=False)[0]  # its first 75 tokens only
+    assert torch.allclose(kwargs["prompt_embeds"][0, :77], cut_by_diffusers[0], atol=1e-6)
