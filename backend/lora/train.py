@@ -7,7 +7,8 @@ The recipe is diffusers' LoRA fine-tuning: photos are encoded by the VAE, noised
 noise scheduler, and the UNet (with peft LoRA layers on to_q, to_k, to_v and to_out.0; optionally the text
 encoder too, or SDXL's two) learns to predict the noise (or v) under MSE. On SDXL the UNet is also told each
 photo's size and where its crop starts (backend/lora/trainer.py says how); it trains at 1024 px by default,
-SD 1.x/2.x at 512. Random crops, flips and a little colour jitter give it more views of the product.
+SD 1.x/2.x at 512. Random crops and a little colour jitter (and mirroring, with `--flip`) give it more views
+of the product.
 Checkpoints land in `<output stem>-checkpoints/` every `--checkpoint-every` steps;
 `--resume` continues from the newest one. The output is a diffusers-layout `.safetensors` LoRA (alpha = rank),
 which `POST /v1/products` stores as it is. See docs/TRAINING.md for what makes a good product LoRA.
@@ -263,8 +264,10 @@ def parse_args(argv: list[str] | None = None, settings: TrainSettings | None = N
     g.add_argument("--resolution", type=int,
                    help="training size in pixels; default: 1024 on SDXL, 512 on SD 1.x/2.x")
     g.add_argument("--crop", action=argparse.BooleanOptionalAction, default=True, help="random crops")
-    g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
-                   help="random mirroring (turn off for products with text or logos)")
+    # off by default, as the app trains: most products carry a label, and a mirrored one teaches the wrong label.
+    # --no-flip (what the default was turned off with) is still taken, so older command lines run as they did.
+    g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False,
+                   help="mirror half the views at random (default: off; only for products without text or logos)")
     g.add_argument("--color-jitter", type=float, default=0.05, help="brightness/contrast/colour jitter, 0 = off")
     g = p.add_argument_group("training")
     g.add_argument("--model", default=settings.model_id, help="diffusers model id or folder (default: MODEL_ID)")
