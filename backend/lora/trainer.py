@@ -42,13 +42,22 @@ class View:
     crop_top_left: tuple[int, int]  # (top, left) of the crop, in the photo scaled as the crop was scaled
 
 
+def centred_offset(length: int, side: int, rng: random.Random) -> int:
+    """Where a crop `side` long starts along a photo's side `length` long: anywhere the crop still holds the
+    photo's centre (left <= length / 2 <= left + side). A product photo has its product in the middle, and every
+    view is captioned with it; a 10:1 photo cropped anywhere showed any of it in about one view in ten. A crop
+    spans at least 60 % of the short side, so along it (and on a square photo) every offset is still drawn."""
+    return rng.randint(max(0, -((2 * side - length) // 2)), min(length - side, length // 2))
+
+
 def augment(image: Image.Image, size: int, rng: random.Random, crop: bool, flip: bool, jitter: float) -> View:
-    """A random view: crop (60-100% of the short side, anywhere), mirror, a little brightness/contrast/colour."""
+    """A random view: crop (60-100% of the short side, holding the photo's centre), mirror, a little
+    brightness/contrast/colour."""
     w, h = image.size
     side = min(w, h)
     if crop:
         side = max(1, int(side * rng.uniform(0.6, 1.0)))  # a photo 1 px high still has a 1 px crop
-        left, top = rng.randint(0, w - side), rng.randint(0, h - side)
+        left, top = centred_offset(w, side, rng), centred_offset(h, side, rng)
     else:
         left, top = (w - side) // 2, (h - side) // 2
     picture = image.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
