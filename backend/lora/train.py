@@ -11,7 +11,8 @@ SD 1.x/2.x at 512. Random crops and a little colour jitter (and mirroring, with 
 of the product.
 Checkpoints land in `<output stem>-checkpoints/` every `--checkpoint-every` steps;
 `--resume` continues from the newest one. The output is a diffusers-layout `.safetensors` LoRA (alpha = rank),
-which `POST /v1/products` stores as it is. See docs/TRAINING.md for what makes a good product LoRA.
+which `POST /v1/products` stores as it is; its metadata says what it is (trigger, base model, rank, steps...) in
+the keys A1111, ComfyUI and Civitai read. See docs/TRAINING.md for what makes a good product LoRA.
 """
 
 import argparse
@@ -122,7 +123,8 @@ def checkpoint_root(output: Path) -> Path:
     return output.with_name(f"{output.stem}-checkpoints")
 
 
-def save_checkpoint(trainer: Trainer, output: Path, step: int, keep: int, probe_loss_before: float) -> Path:
+def save_checkpoint(trainer: Trainer, output: Path, step: int, keep: int, probe_loss_before: float,
+                    photos: int) -> Path:
     from safetensors.torch import save_file
 
     root = checkpoint_root(output)
@@ -130,7 +132,7 @@ def save_checkpoint(trainer: Trainer, output: Path, step: int, keep: int, probe_
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({n: p.detach().float().cpu().contiguous() for n, p in trainer.named_params.items()},
-              str(tmp / "lora.safetensors"))
+              str(tmp / "lora.safetensors"), metadata=trainer.metadata(step, photos))  # says what it is, as the LoRA
     state = trainer.optimizer.state_dict()
     save_file({f"{i}.{k}": v.detach().cpu().contiguous().reshape(-1) if v.ndim == 0 else v.detach().cpu().contiguous()
                for i, s in state["state"].items() for k, v in s.items()}, str(tmp / "optimizer.safetensors"))
@@ -214,14 +216,14 @@ def train(args: argparse.Namespace, on_step: Callable[[int, int, float], None] |
         if on_step:
             on_step(step, args.steps, smooth)
         if args.checkpoint_every and step % args.checkpoint_every == 0 and step < args.steps:
-            folder = save_checkpoint(trainer, args.output, step, args.keep_checkpoints, before)
+            folder = save_checkpoint(trainer, args.output, step, args.keep_checkpoints, before, len(items))
             if on_checkpoint:
                 on_checkpoint(folder, step)
     bar.close()
     if args.checkpoint_every and args.steps > start:
-        save_checkpoint(trainer, args.output, args.steps, args.keep_checkpoints, before)
+        save_checkpoint(trainer, args.output, args.steps, args.keep_checkpoints, before, len(items))
     after = trainer.probe_loss(items)
-    trainer.save_lora(args.output)
+    trainer.save_lora(args.output, trainer.metadata(args.steps, len(items)))
     print(f"wrote {args.output}; loss on the photos (fixed noise): {before:.4f} -> {after:.4f}", file=sys.stderr)
     return TrainResult(args.output, start, args.steps, before, after, losses)
 
@@ -293,7 +295,8 @@ def parse_args(argv: list[str] | None = None, settings: TrainSettings | None = N
     g = p.add_argument_group("registering the product")
     g.add_argument("--register", action="store_true", help="upload the LoRA to the backend as a product")
     g.add_argument("--register-only", action="store_true", help="upload an existing --output without training")
-    g.add_argument("--name", help="product name (default: the output file's stem)")
+    g.add_argument("--name", help="product name, also the LoRA's title in its metadata (default: the output "
+                   "file's stem)")
     g.add_argument("--category")
     g.add_argument("--weight", type=float, default=1.0)
     g.add_argument("--backend-url", help="default: BACKEND_URL or http://localhost:8000")

@@ -6,7 +6,8 @@ the size its jobs are made at.
 The photos are stored under trainings/<id>/, the TrainingManifest is written by its own manifest
 store (the one writer), and the executor's Training* events move it along. Only a training that
 succeeds touches the product: its LoRA is copied to products/<name>.safetensors (checked like an
-upload) and `has_lora` becomes true. A failed training leaves the product as it was.
+upload, keeping what the trained file's metadata says about it) and `has_lora` becomes true. A failed
+training leaves the product as it was.
 """
 
 import logging
@@ -20,6 +21,7 @@ from backend.gpu.messages import TrainTask
 from backend.images import BadImage, normalize_photo
 from backend.jobs.manifests import ManifestStore
 from backend.lora.check import normalize_lora
+from backend.lora.safetensors_file import read_safetensors, read_safetensors_header, write_safetensors
 from backend.lora.worker_training import lora_result_key
 from backend.models import Status, StepProgress, TrainingManifest, now
 from backend.products.catalog import Catalog
@@ -181,7 +183,8 @@ class TrainingService:
             if not self._trains(training):  # deleted, or deleted and added again: not the product it learnt
                 self._change(training_id, status=Status.failed, error=gone)
                 return
-            lora = normalize_lora(self.storage.get(lora_result_key(training_id)), self.settings.model_id)
+            trained = self.storage.get(lora_result_key(training_id))
+            lora = with_training_metadata(normalize_lora(trained, self.settings.model_id), trained, training.product)
             self.storage.put(lora_key(training.product), lora, "application/octet-stream")
             self.catalog.update(training.product, if_training=training_id, has_lora=True)
         except UnknownReference:  # deleted while it was stored: the LoRA just stored must not outlive it
@@ -237,6 +240,19 @@ class TrainingService:
         if not earlier.status.is_terminal():
             raise InvalidRequest(f"product {product.name!r} is being trained already (training {earlier.id}, "
                                  f"{earlier.status.value}); wait for it to finish")
+
+
+def with_training_metadata(lora: bytes, trained: bytes, product: str) -> bytes:
+    """The checked LoRA (its header holds only what our loader reads) with what the trained file says about itself,
+    the SAI model spec's `modelspec.*` and kohya's `ss_*` keys (backend.lora.trainer.Trainer.metadata), titled with
+    the product's name: a LoRA fetched from the bucket shows its trigger, base model and training in A1111,
+    ComfyUI or Civitai. The loader's own keys win over any of the trained file's."""
+    _, about, _ = read_safetensors_header(trained)
+    about = {k: v for k, v in about.items() if k.startswith(("modelspec.", "ss_"))}
+    if not about:
+        return lora
+    tensors, metadata = read_safetensors(lora)
+    return write_safetensors(tensors, about | {"modelspec.title": product, "ss_output_name": product} | metadata)
 
 
 def _fail(training: TrainingManifest, error: str) -> None:

@@ -144,6 +144,21 @@ def test_sdxl_unet_lora_passes_the_checks_loads_and_changes_pictures(unet_only, 
     check_lora_on_the_pipeline(unet_only.output, tiny_xl, xl_pipe, tmp_path, "unet_only")
 
 
+def test_an_sdxl_lora_says_it_is_one_and_diffusers_loads_it(unet_only, tiny_xl, xl_pipe):
+    """Its metadata names SDXL in both conventions (A1111 tells SDXL LoRAs by ss_base_model_version) and the size
+    it trained at (1024 by default, 32 here); diffusers' own load_lora_weights takes the file as written."""
+    _, about, _ = read_safetensors_header(unet_only.output.read_bytes())
+    assert about["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
+    assert (about["ss_base_model_version"], about["ss_v2"]) == ("sdxl_base_v1-0", "False")
+    assert about["modelspec.resolution"] == "32x32" and about["ss_steps"] == "30"
+    assert about["modelspec.trigger_phrase"] == "sks bottle" and about["ss_sd_model_name"] == tiny_xl.name
+    plain = draw(xl_pipe)
+    xl_pipe.load_lora_weights(str(unet_only.output.parent), weight_name=unet_only.output.name, adapter_name="d")
+    with_lora = draw(xl_pipe)
+    xl_pipe.delete_adapters("d")
+    assert np.isfinite(with_lora).all() and np.abs(with_lora - plain).max() > 1e-3
+
+
 @pytest.mark.parametrize("which, trained", [
     ("all", {"text_encoder", "text_encoder_2"}), ("1", {"text_encoder"}), ("2", {"text_encoder_2"})])
 def test_sdxl_text_encoder_loras_train_and_load(which, trained, tiny_xl, photos, xl_pipe, tmp_path):

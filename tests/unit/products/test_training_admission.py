@@ -13,6 +13,7 @@ from backend.config import Settings
 from backend.errors import InvalidRequest, NotFound, RateLimited
 from backend.gpu import executor as ev
 from backend.jobs.manifests import TRAININGS, ManifestStore
+from backend.lora.safetensors_file import read_safetensors, read_safetensors_header, write_safetensors
 from backend.models import Product
 from backend.products import training as tr
 from backend.products.catalog import Catalog
@@ -91,6 +92,21 @@ def test_a_finished_training_gives_its_product_the_lora(service, tiny_model):
     _finished(service, training.id, make_lora(tiny_model, seed=1))
     assert service.store.get(training.id).status.value == "succeeded"
     assert service.catalog.product("p0").has_lora and service.storage.exists(tr.lora_key("p0"))
+
+
+def test_a_trained_products_lora_keeps_what_the_trained_file_says(service, tiny_model):
+    """The upload check rewrites the header with the loader's keys only; the trainer's modelspec.* and ss_* keys
+    (trigger, base model, rank, steps...) are put back, titled with the product, and nothing else of the file's."""
+    tensors, _ = read_safetensors(make_lora(tiny_model, seed=1))
+    said = {"modelspec.trigger_phrase": "zxq p0", "modelspec.title": "lora", "ss_network_dim": "4",
+            "ss_output_name": "lora", "showroom_lora": "0", "trained_in": "/home/alice/work"}
+    training = service.submit("p0", PHOTOS, 20, 4)
+    _finished(service, training.id, write_safetensors(tensors, said))
+    assert service.store.get(training.id).status.value == "succeeded"
+    _, about, _ = read_safetensors_header(service.storage.get(tr.lora_key("p0")))
+    assert about == {"format": "pt", "showroom_lora": "1", "source_format": "diffusers",
+                     "modelspec.trigger_phrase": "zxq p0", "modelspec.title": "p0", "ss_output_name": "p0",
+                     "ss_network_dim": "4"}
 
 
 def test_a_product_deleted_while_it_trained_gets_no_lora_back(service, tiny_model):
