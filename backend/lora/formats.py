@@ -148,6 +148,17 @@ def _kohya_target(part: str, name: str) -> str:
     return f"{_KOHYA_PARTS[part]}.{path}"
 
 
+def kohya_key_target(key: str) -> str | None:
+    """The canonical `<component>.<module>` a kohya key is read as (None: not a kohya key, or no module we know):
+    the reader's own rule, for kohya_export to check that what it writes reads back as itself."""
+    if not (m := _KOHYA.match(key)):
+        return None
+    try:
+        return _canonical_target(_kohya_target(m["part"], m["name"]))
+    except LoraFormatError:
+        return None
+
+
 def _diffusers_target(key: str) -> tuple[str, str] | None:
     """(target, 'down'|'up') for a diffusers/peft weight key, or None."""
     if m := _DIFFUSERS_PROC.match(key):
