@@ -8,20 +8,19 @@ What the UNet is conditioned on follows how each family was trained (and how dif
   so what a crop cut off is put down to the crop rather than learnt as the product's look; generation asks
   for corner (0, 0), an uncropped product.
 SDXL's VAE overflows in fp16 (its config says `force_upcast`): it encodes in fp32 under mixed precision.
-The LoRA file says what it is in its safetensors metadata (Trainer.metadata).
+The LoRA file says what it is in its safetensors metadata (backend.lora.metadata).
 """
 
 import argparse
 import hashlib
-import json
 import random
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 from PIL import Image, ImageEnhance, ImageOps
 
 from backend.gpu.devices import has_fp16_weights, pick_device
+from backend.lora.metadata import lora_metadata
 
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -115,19 +114,6 @@ def trained_text_encoders(choice: str | None, available: list[str], model: str) 
         raise SystemExit(f"--train-text-encoder {choice}: {model} has no {wanted} (only SDXL has two text "
                          "encoders); use --train-text-encoder without a number")
     return (wanted,)
-
-
-def base_model_name(model: str) -> str:
-    """The base model as a LoRA file may name it: a hub id as it is; a local folder by its own name (a Hugging Face
-    cache folder by its repo id), never by the path it has on the training machine."""
-    path = Path(model)
-    if not path.exists():
-        return model
-    path = path.resolve()
-    for part in reversed(path.parts):
-        if part.startswith("models--"):  # ~/.cache/huggingface/hub/models--org--name/snapshots/<commit>
-            return part.removeprefix("models--").replace("--", "/", 1)
-    return path.name
 
 
 def mixed_precision(requested: str, device):
@@ -323,64 +309,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return total
 
-    def family(self) -> tuple[str, str]:
-        """The base model's kind as the two metadata conventions name it: (SAI model spec architecture, kohya's
-        ss_base_model_version). SD 2.x is told from SD 1.x by its 1024-wide cross-attention, 768-v by v-prediction."""
-        if self.xl:
-            return "stable-diffusion-xl-v1-base", "sdxl_base_v1-0"
-        if self.unet.config.cross_attention_dim == 1024:
-            v = self.scheduler.config.prediction_type == "v_prediction"
-            return ("stable-diffusion-v2-768-v" if v else "stable-diffusion-v2-512"), "sd_v2"
-        return "stable-diffusion-v1", "sd_v1"
-
     def metadata(self, step: int, photos: int) -> dict[str, str]:
-        """What the LoRA file says about itself (safetensors metadata: strings only), in the keys tools read: the
-        SAI model spec's `modelspec.*` (ComfyUI, SwarmUI, Civitai) and kohya's `ss_*` (A1111/Forge, Civitai).
-        Nothing from the training machine goes in (no paths, no captions, no keys): the only words a person chose
-        are the trigger and the title (`--name`, else the output file's name)."""
-        import torch
-
-        args, trained_text = self.args, bool(self.trained_text)
-        architecture, base_version = self.family()
-        title = getattr(args, "name", None) or Path(args.output).stem
-        size = self.resolution
-        precision = {None: "no", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.autocast_dtype]
-        about = {
-            "format": "pt",  # what diffusers writes: safetensors' own tag for torch tensors
-            "modelspec.sai_model_spec": "1.0.0",
-            "modelspec.architecture": f"{architecture}/lora",
-            "modelspec.implementation": "diffusers",  # the tensor names: diffusers' layout
-            "modelspec.title": title,
-            "modelspec.trigger_phrase": args.trigger,
-            "modelspec.date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "modelspec.resolution": f"{size}x{size}",
-            "modelspec.prediction_type": "v" if self.scheduler.config.prediction_type == "v_prediction" else "epsilon",
-            "ss_output_name": title,
-            "ss_sd_model_name": base_model_name(args.model),
-            "ss_base_model_version": base_version,
-            "ss_v2": str(base_version == "sd_v2"),
-            "ss_network_dim": str(args.rank),
-            "ss_network_alpha": str(args.rank),  # lora_alpha = rank: the file has no alphas, loaders take the rank
-            "ss_network_train_unet_only": str(not trained_text),
-            "ss_steps": str(step),
-            "ss_max_train_steps": str(args.steps),
-            "ss_resolution": f"({size}, {size})",
-            "ss_learning_rate": str(args.lr),
-            "ss_unet_lr": str(args.lr),
-            "ss_num_train_images": str(photos),
-            "ss_batch_size_per_device": str(args.batch_size),
-            "ss_gradient_accumulation_steps": str(args.grad_accum),
-            "ss_seed": str(args.seed),
-            "ss_flip_aug": str(bool(args.flip)),
-            "ss_mixed_precision": precision,
-            "ss_optimizer": "torch.optim.AdamW(weight_decay=0.01)",
-            "ss_lr_scheduler": "constant",
-            # A1111 lists a LoRA's training words from this: every view is captioned with the trigger
-            "ss_tag_frequency": json.dumps({"product": {args.trigger: photos}}),
-        }
-        if trained_text:
-            about["ss_text_encoder_lr"] = str(args.text_encoder_lr or args.lr)
-        return about
+        """What the LoRA file says about itself after `step` steps on `photos` photos (backend.lora.metadata)."""
+        return lora_metadata(self, step, photos)
 
     def save_lora(self, output: Path, metadata: dict[str, str] | None = None) -> None:
         """The diffusers layout that load_lora_weights (and our /v1/products) takes as it is, with `metadata`

@@ -17,9 +17,9 @@ from PIL import Image, ImageDraw
 
 from backend.lora.formats import normalize_upload
 from backend.lora.loading import load_lora_into
+from backend.lora.metadata import base_model_name
 from backend.lora.safetensors_file import read_safetensors_header
 from backend.lora.train import TrainSettings, parse_args, train
-from backend.lora.trainer import base_model_name
 from backend.products.training import with_training_metadata
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
