@@ -1,11 +1,11 @@
 """A job as one ZIP, built in the page from storage: every finished picture (its generation parameters
 ride in each PNG's text chunks), each 4x version that exists, and the job's manifest. Several jobs (a
-product's catalog run) go in one ZIP a folder each."""
+product's catalog run) go in one ZIP a folder each. A product's LoRA in kohya's layout, for other tools."""
 
 import io
 import zipfile
 
-from backend.contract import NAME_RE, job_prefix, manifest_key, upscale_key
+from backend.contract import NAME_RE, job_prefix, lora_key, manifest_key, upscale_key
 from backend.storage import ObjectMissing, Storage
 from frontend.jobs import JobView
 
@@ -55,3 +55,11 @@ def _add(archive: zipfile.ZipFile, storage: Storage, present: set[str], key: str
     except ObjectMissing:  # deleted between the listing and this read
         return
     archive.writestr(name, data, compress_type=compression)
+
+
+def kohya_lora(storage: Storage, product: str, sdxl: bool | None) -> bytes:
+    """The product's stored LoRA in kohya's layout, which AUTOMATIC1111, Forge and ComfyUI read; `sdxl` is the
+    generator's model where known (it names the text encoders when the file cannot tell). NotExportable says why not."""
+    from backend.lora.kohya_export import to_kohya  # numpy and the LoRA readers: only when a LoRA is downloaded
+
+    return to_kohya(storage.get(lora_key(product)), sdxl=sdxl)

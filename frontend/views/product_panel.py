@@ -1,13 +1,13 @@
 """One product, open beside the list: its cut-out picture, teaching Showroom the product from its photos
 (a progress bar fed by the training's manifest in storage, so a reload finds it again), and once it has
-learnt, a check: four pictures in the studio style beside the cut-out."""
+learnt, a check: four pictures in the studio style beside the cut-out, and its LoRA to take to other tools."""
 
 import html
 
 import streamlit as st
 
 from backend.storage import StorageError
-from frontend import nav, services, uploads
+from frontend import downloads, nav, services, uploads
 from frontend.client import BackendError
 from frontend.jobs import format_elapsed
 from frontend.trainings import TEACH_STEPS, TrainingView, estimate_minutes
@@ -45,6 +45,9 @@ def draw(product: dict) -> None:
     if product.get("has_lora") or product.get("packshot_key"):
         if words.button("Make pictures with it", key="make-pictures", type="primary", icon=":material/auto_awesome:"):
             _make_pictures(product)
+    if product.get("has_lora"):
+        with words:
+            _download_lora(product)
     _teaching(product)
     if product.get("has_lora"):
         product_check.draw(product, packshot_bytes(product))
@@ -56,6 +59,25 @@ def _make_pictures(product: dict) -> None:
     st.session_state["mode"] = "generate" if product.get("has_lora") else "place"
     scroll.ask("form")  # a job this session opened is shown too (on a phone, above the form)
     st.switch_page(nav.page("create"))
+
+
+def _download_lora(product: dict) -> None:
+    """Its LoRA for AUTOMATIC1111, Forge and ComfyUI: the stored file in kohya's layout, written on the click."""
+    try:
+        store = services.storage()
+    except StorageError:
+        store = None
+    if store is None:  # no store to read it from: the page says so where it matters
+        return
+    name, trigger = product["name"], product.get("trigger") or ""
+    health = services.current_health()
+    sdxl = health.native_size >= 1024 if health.state != "offline" else None  # used only where the file cannot tell
+    st.download_button("Download LoRA", lambda: downloads.kohya_lora(store, name, sdxl),  # built on click only
+                       file_name=f"{name}.safetensors", mime="application/octet-stream", key="download-lora",
+                       icon=":material/download:", on_click="ignore",
+                       help=f"For AUTOMATIC1111, Forge and ComfyUI (kohya's layout; the same base model as here): "
+                            f"prompt with its trigger words “{trigger}”, in AUTOMATIC1111 and Forge as "
+                            f"`<lora:{name}:1> {trigger}`.")
 
 
 def packshot_bytes(product: dict) -> bytes | None:
