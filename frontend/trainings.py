@@ -3,11 +3,14 @@ words chosen to call the product up, and how long a training should take. Nothin
 """
 
 import hashlib
+import json
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 from backend.contract import TERMINAL, training_key
+from backend.lora.safetensors_file import LoraFormatError, read_safetensors_header
 from backend.storage import Storage, StorageError
 from frontend.jobs import parse_time, read_json
 
@@ -83,6 +86,29 @@ def suggest_trigger(name: str, category: str | None) -> str:
     token = RARE_TOKENS[hashlib.sha256(name.encode()).digest()[0] % len(RARE_TOKENS)]
     words = re.sub(r"[-_]+", " ", (category or name)).strip().lower()
     return f"{token} {words}".strip()
+
+
+def lora_trigger(data: bytes) -> str | None:
+    """The trigger words a LoRA file names itself (torch-free, header only): the SAI model spec's trigger phrase
+    (ours write it, as do ComfyUI's and SwarmUI's trainers), else the caption tag kohya's trainer counted most
+    often (`ss_tag_frequency`, what A1111 lists as its training words); None when it names none or is no LoRA."""
+    try:
+        _, metadata, _ = read_safetensors_header(data)
+    except LoraFormatError:
+        return None  # the backend refuses it with its reason
+    phrase = metadata.get("modelspec.trigger_phrase", "").strip()
+    if phrase:
+        return phrase[:200]
+    try:
+        datasets = json.loads(metadata.get("ss_tag_frequency") or "{}")
+    except ValueError:
+        return None
+    counts = Counter()
+    for tags in datasets.values() if isinstance(datasets, dict) else ():
+        for tag, n in tags.items() if isinstance(tags, dict) else ():
+            if isinstance(n, int | float) and str(tag).strip():
+                counts[str(tag).strip()[:200]] += n
+    return counts.most_common(1)[0][0] if counts else None
 
 
 def estimate_minutes(steps: int, devices: tuple[str, ...]) -> int:

@@ -10,7 +10,7 @@ import streamlit as st
 
 from frontend import nav, services, uploads
 from frontend.client import BackendError
-from frontend.trainings import suggest_trigger
+from frontend.trainings import lora_trigger, suggest_trigger
 from frontend.views import chrome, scroll
 
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -36,11 +36,13 @@ def draw() -> None:
             trigger = st.text_input("Words that call it up in a prompt", key="add_trigger",
                                     placeholder="chosen for you: a rare word plus what it is, e.g. zwx mug",
                                     help="Its trigger words: they replace <product> in a prompt, and Showroom "
-                                         "learns the product under them. Leave empty to have them chosen.")
+                                         "learns the product under them. Leave empty to have them chosen (with a "
+                                         "LoRA: read from its file, where it names them).")
         with st.expander("I already have a LoRA"):
             lora = st.file_uploader("LoRA file (.safetensors)", key="add_lora", max_upload_size=uploads.lora_mb(),
-                                    help="A LoRA trained on this product for the generator's model. The words "
-                                         "above must be the trigger words it was trained with.")
+                                    help="A LoRA trained on this product for the generator's model. Its trigger "
+                                         "words are read from the file where it names them; else type them under "
+                                         "Advanced.")
             weight = st.slider("How strongly it applies", 0.0, 2.0, 1.0, step=0.05, key="add_weight",
                                help="The LoRA's weight: 1 as trained; lower if it overpowers the scene.")
         submitted = st.form_submit_button("Add product", type="primary", disabled=offline, icon=":material/add:",
@@ -54,6 +56,13 @@ def _add(name: str, kind: str | None, trigger: str, photos: list, lora, weight: 
     if problem:
         st.error(problem)
         return
+    if not trigger and lora is not None:  # a LoRA made elsewhere answers only to the words it was trained with
+        trigger = lora_trigger(lora.getvalue()) or ""
+        if not trigger:
+            st.error(f"**{name} was not added.** “{lora.name}” does not say which words call its product up: type "
+                     "the words it was trained with under Advanced (where it was published, they are usually "
+                     "listed as its trigger words).", icon=":material/error:")
+            return
     trigger = trigger or suggest_trigger(name, kind)
     first = (photos[0].name, photos[0].getvalue(), photos[0].type or "application/octet-stream") if photos else None
     try:
