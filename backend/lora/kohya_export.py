@@ -14,8 +14,8 @@ back unchanged and A1111, Forge, ComfyUI and diffusers map onto their own UNets,
 modules keep transformers 4's names (`lora_te_text_model_encoder_layers_0_self_attn_q_proj`), as kohya's own.
 
 The file's string metadata is kept (less `showroom_lora`, which marks Showroom's own layout), with kohya's
-`ss_network_module` and, where the file does not say, `ss_network_dim`, `ss_network_alpha` and
-`ss_base_model_version` (A1111's LoRA tab shows a LoRA with the checkpoints of that base model only).
+`ss_network_module` and, where the file does not say, `ss_base_model_version` (A1111's LoRA tab shows a LoRA with
+the checkpoints of that base model only); `ss_network_dim` and `ss_network_alpha` say the rank, as the alphas do.
 
 Refused: a LoRA uploaded in cloneofsimo's layout: its modules are numbered, not named, and a number only names a
 module against the model itself (in a worker, with torch). Left out: token embeddings (such as `<s1>`), which kohya's
@@ -96,9 +96,8 @@ def _metadata(stored: dict[str, str], downs: dict[str, Tensor], base: str | None
     metadata = {k: v for k, v in stored.items() if k != "showroom_lora" and not k.startswith(CLONEOFSIMO_PREFIX)}
     metadata.setdefault("ss_network_module", "networks.lora")
     ranks = {down.shape[0] for down in downs.values()}
-    if len(ranks) == 1:  # kohya's one network dim; with alpha = rank
-        metadata.setdefault("ss_network_dim", str(ranks.pop()))
-        metadata.setdefault("ss_network_alpha", metadata["ss_network_dim"])
+    if len(ranks) == 1:  # kohya's one network dim, and the alpha this file has (a trained file's said its own)
+        metadata["ss_network_dim"] = metadata["ss_network_alpha"] = str(ranks.pop())
     if base is not None:
         metadata.setdefault("ss_base_model_version", base)
         metadata.setdefault("ss_v2", str(base == SD2))

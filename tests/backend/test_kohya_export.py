@@ -17,7 +17,7 @@ import torch
 from backend.lora.formats import normalize_upload
 from backend.lora.kohya_export import NotExportable, to_kohya
 from backend.lora.loading import load_lora_into
-from backend.lora.safetensors_file import read_safetensors
+from backend.lora.safetensors_file import Tensor, read_safetensors, write_safetensors
 from tests.backend import wild_loras
 from tests.factories import make_lora
 
@@ -91,6 +91,15 @@ def test_every_exported_key_is_kohya_named_with_an_alpha_equal_to_the_rank(case)
     assert metadata["ss_base_model_version"] == ("sdxl_base_v1-0" if case.sdxl else "sd_v1")
 
 
+def test_the_stored_metadata_is_kept_but_the_alpha_it_gives_is_the_files(tiny_model):
+    """A trained file carries kohya's and the model spec's keys (docs/TRAINING.md); its alpha is now the rank."""
+    tensors, metadata = read_safetensors(normalize_upload(make_lora(tiny_model, seed=12)))
+    said = {"modelspec.trigger_phrase": "zwx bottle", "ss_network_alpha": "1", "ss_base_model_version": "sd_v1"}
+    exported = read_safetensors(to_kohya(write_safetensors(tensors, metadata | said)))[1]
+    assert exported["modelspec.trigger_phrase"] == "zwx bottle" and exported["ss_base_model_version"] == "sd_v1"
+    assert exported["ss_network_alpha"] == "4" and exported["source_format"] == "diffusers"
+
+
 def test_sd_export_of_a_kohya_file_has_kohyas_own_keys(tiny_model):
     """kohya trains SD 1.x on diffusers' module names: a kohya file goes through Showroom and out with its keys."""
     original = wild_loras.kohya_lora(tiny_model, seed=7)
@@ -153,8 +162,6 @@ def test_a_text_encoder_lora_is_named_for_sdxl_when_the_file_cannot_tell(tiny_sd
     stored = normalize_upload(wild_loras.diffusers_lora(tiny_sdxl, seed=8))
     tensors, metadata = read_safetensors(stored)
     te_only = {k: t for k, t in tensors.items() if k.startswith("text_encoder.")}
-    from backend.lora.safetensors_file import write_safetensors
-
     data = write_safetensors(te_only, metadata)
     assert all(k.startswith("lora_te1_") for k in read_safetensors(to_kohya(data, sdxl=True))[0])
     assert all(k.startswith("lora_te_") for k in read_safetensors(to_kohya(data))[0])
@@ -167,8 +174,6 @@ def test_a_cloneofsimo_lora_is_refused_with_the_reason(tiny_model):
 
 
 def test_token_embeddings_are_left_out_and_named_in_the_metadata(tiny_model):
-    from backend.lora.safetensors_file import Tensor, write_safetensors
-
     tensors, metadata = read_safetensors(normalize_upload(make_lora(tiny_model, seed=10)))
     tensors["embedding:<s1>"] = Tensor.from_array(np.ones(16, dtype=np.float32), "F32")
     tensors, metadata = read_safetensors(to_kohya(write_safetensors(tensors, metadata)))
