@@ -9,7 +9,8 @@ import io
 import math
 from dataclasses import dataclass
 
-from PIL import Image, ImageDraw
+import numpy as np
+from PIL import Image, ImageDraw, ImageOps
 
 from backend.place.layout import Placement, fitted_size, place
 
@@ -56,6 +57,20 @@ def canvas_size(aspect: str, native: int) -> tuple[int, int]:
 
 def _side(value: float) -> int:
     return max(MIN_SIDE, min(MAX_SIDE, round(value / 8) * 8))
+
+
+def fills_the_photo(cutout_png: bytes, photo: bytes) -> bool:
+    """True when the cut-out is the whole photo, background and all: nearly every pixel opaque and the box within
+    2 % of the photo's own size (the cut-out is trimmed to its product, and the photo stood upright first)."""
+    with Image.open(io.BytesIO(cutout_png)) as img:
+        size, alpha = img.size, np.asarray(img.convert("RGBA").getchannel("A"))
+    try:
+        with Image.open(io.BytesIO(photo)) as img:
+            whole = ImageOps.exif_transpose(img).size
+    except Exception:  # the backend read it; a photo this side cannot read is not worth a warning
+        return False
+    close = all(abs(a - b) <= 0.02 * b for a, b in zip(size, whole))
+    return close and float((alpha >= 250).mean()) >= 0.98
 
 
 def on_checkerboard(cutout_png: bytes, side: int = 320, fill: float = 0.85) -> bytes:

@@ -260,6 +260,11 @@ def cutout_on_checkerboard(png: bytes) -> bytes:
     return placement.on_checkerboard(png)
 
 
+@st.cache_data(max_entries=16, show_spinner=False)
+def fills_the_photo(cutout_png: bytes, photo: bytes) -> bool:
+    return placement.fills_the_photo(cutout_png, photo)
+
+
 @st.cache_data(max_entries=32, show_spinner=False)
 def canvas_preview(png: bytes, width: int, height: int, x: float, y: float, scale: float) -> bytes:
     return placement.canvas_preview(png, width, height, x, y, scale)

@@ -118,6 +118,10 @@ def _cutout(upload: tuple[str, bytes, str]) -> tuple[bytes | None, str | None]:
         st.error(f"**Nothing to place in this photo.** {result.refusal[:1].upper()}{result.refusal[1:]}.",
                  icon=":material/hide_image:")
         return None, "No product was found in the photo: choose another photo."
+    if services.fills_the_photo(result.png, upload[1]):
+        st.warning("**No background was found around the product**, so the whole photo will be kept as it is, "
+                   "its background included. A photo with some space around the product, on a plain background, "
+                   "gives a clean cut-out.", icon=":material/crop_free:")
     return result.png, None
 
 

@@ -218,3 +218,26 @@ def test_place_mode_places_a_catalog_products_packshot_without_an_upload(backend
     manifest = json.loads(backend.storage.get(f"jobs/{job_id}/job.json"))
     assert manifest["spec"]["mode"] == "place" and manifest["spec"]["product"] == name
     assert manifest["input_key"] is None, "no photo was sent: the packshot is placed"
+
+
+def two_colour_photo(width: int = 96, height: int = 72) -> bytes:
+    """A dark photo with no plain ground anywhere, a product filling the frame as a close-up would (a glint of
+    white in it: the tiny "not white" segmenter takes a photo's brightest pixels for its ground)."""
+    img = Image.new("RGB", (width, height), (40, 40, 40))
+    img.paste((90, 30, 30), (width // 2, 0, width, height))
+    img.paste((255, 255, 255), (10, 10, 12, 12))
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_a_photo_with_no_background_around_the_product_says_the_whole_photo_is_kept(backend, open_app):
+    at = place_mode(open_app(frontend_env(backend)))
+    at.file_uploader(key="photo").set_value(("close-up.png", two_colour_photo(), "image/png")).run()
+    assert_no_exception(at)
+    assert any("No background was found around the product" in w.value for w in at.warning), page_text(at)
+    assert not at.button(key="generate").disabled, "a warning, not a refusal: the photo can still be placed"
+
+    at.file_uploader(key="photo").set_value(("bottle.png", packshot(80, 112, background=(255, 255, 255)),
+                                             "image/png")).run()
+    assert not any("No background was found" in w.value for w in at.warning), "a packshot on white cuts out clean"
