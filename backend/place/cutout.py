@@ -29,7 +29,10 @@ MODEL_NAMES = frozenset({
 # interior at 252 would be repainted under the product.
 MASK_CLEAR_BELOW, MASK_SOLID_FROM = 16, 240
 FOREGROUND_ALPHA = 128        # "clearly foreground" when counting how much product there is
-MIN_FOREGROUND_FRACTION = 0.005  # of the photo's pixels; less is a speck, not a product
+MIN_FOREGROUND_FRACTION = 0.005  # of the photo's pixels; less, from a remover, is a speck, not a product
+# A photo's own transparency is no model's guess: a small product on a large transparent canvas (an export that
+# kept the photo's frame) is still the product. It needs only this many clearly opaque pixels.
+MIN_OWN_ALPHA_PIXELS = 256
 TRIM_ALPHA = 8                # the box is trimmed to alpha above this; fainter haze is dropped
 FLAT_SPREAD = 8               # a photo whose channels all vary less than this is one flat colour
 # Soft edge pixels take the colour of opaque product pixels within about this share of the photo's
@@ -49,7 +52,7 @@ class NothingFound(ValueError):
 def cut_out(photo: Image.Image, remover: Callable[[Image.Image], Image.Image] | None) -> Image.Image:
     """The product as RGBA, trimmed to its box: the photo's own alpha when it has one, else the remover's mask."""
     if has_transparency(photo):
-        return _trimmed(photo, np.asarray(photo.convert("RGBA").getchannel("A")), clean_edges=False)
+        return _trimmed(photo, np.asarray(photo.convert("RGBA").getchannel("A")), clean_edges=False, own_alpha=True)
     rgb = photo.convert("RGB")
     return _trimmed(rgb, _foreground_mask(rgb, remover), clean_edges=True)
 
@@ -67,9 +70,12 @@ def _foreground_mask(rgb: Image.Image, remover: Callable[[Image.Image], Image.Im
     return np.where(levels < MASK_CLEAR_BELOW, 0, np.where(levels >= MASK_SOLID_FROM, 255, levels)).astype(np.uint8)
 
 
-def _trimmed(photo: Image.Image, alpha: np.ndarray, clean_edges: bool) -> Image.Image:
-    fraction = np.count_nonzero(alpha >= FOREGROUND_ALPHA) / alpha.size
-    if fraction < MIN_FOREGROUND_FRACTION:
+def _trimmed(photo: Image.Image, alpha: np.ndarray, clean_edges: bool, own_alpha: bool = False) -> Image.Image:
+    opaque = np.count_nonzero(alpha >= FOREGROUND_ALPHA)
+    if own_alpha and opaque < MIN_OWN_ALPHA_PIXELS:
+        raise NothingFound(f"only {opaque} of its pixels are opaque, at least {MIN_OWN_ALPHA_PIXELS} are needed")
+    fraction = opaque / alpha.size
+    if not own_alpha and fraction < MIN_FOREGROUND_FRACTION:
         raise NothingFound(f"only {fraction:.2%} of the photo is foreground, at least "
                            f"{MIN_FOREGROUND_FRACTION:.1%} is needed")
     box = Image.fromarray(alpha > TRIM_ALPHA).getbbox()

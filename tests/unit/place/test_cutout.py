@@ -157,3 +157,17 @@ def test_cut_out_refuses_a_mask_of_the_wrong_size():
     photo = Image.effect_noise((100, 80), 60).convert("RGB")
     with pytest.raises(ValueError, match=r"\(50, 40\) mask for a \(100, 80\) photo"):
         cut_out(photo, lambda rgb: Image.new("L", (50, 40), 255))
+
+
+def test_cut_out_small_product_on_a_large_transparent_canvas_is_kept():
+    photo = Image.new("RGBA", (1500, 1200), (0, 0, 0, 0))  # an export that kept the photo's frame
+    photo.paste(Image.new("RGBA", (30, 40), (20, 90, 60, 255)), (700, 500))  # 0.07% of the canvas
+    cut = np.asarray(cut_out(photo, never_called))
+    assert cut.shape == (40, 30, 4) and np.all(cut[..., 3] == 255) and np.all(cut[..., :3] == (20, 90, 60))
+
+
+def test_cut_out_transparent_png_with_a_few_stray_opaque_pixels_finds_nothing():
+    photo = Image.new("RGBA", (200, 200), (0, 0, 0, 0))
+    photo.paste(Image.new("RGBA", (10, 10), (0, 0, 0, 255)), (5, 5))  # 100 pixels: dust, not a product
+    with pytest.raises(NothingFound, match="only 100 of its pixels are opaque"):
+        cut_out(photo, never_called)
