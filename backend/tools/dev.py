@@ -40,23 +40,32 @@ def _port_free(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
+def _tiny_model() -> Path:
+    """MODEL_ID=tiny: the tiny random pipeline, built once into data/ (offline, seconds)."""
+    from backend.tools.tiny import build_tiny_pipeline
+
+    tiny = DATA / "tiny-sd"
+    if not (tiny / "model_index.json").exists():
+        build_tiny_pipeline(tiny)
+    return tiny
+
+
+def _local_store(env: dict) -> SeaweedS3:
+    """No STORAGE_URL: SeaweedFS's S3 on this machine (data in data/seaweed), its settings put into `env`."""
+    key, secret = _local_s3_credentials()
+    store = SeaweedS3(DATA / "seaweed", BUCKET, key, secret, s3_port=8333 if _port_free(8333) else free_port())
+    store.start()
+    env |= {"STORAGE_URL": f"s3://{BUCKET}", "S3_ENDPOINT_URL": store.endpoint, "AWS_ACCESS_KEY_ID": key,
+            "AWS_SECRET_ACCESS_KEY": secret, "AWS_REGION": "us-east-1"}
+    print(f"storage: SeaweedFS S3 at {store.endpoint}, bucket {BUCKET}, data in {DATA / 'seaweed'}")
+    return store
+
+
 def main() -> None:
     env = dict(os.environ)
-    store = None
     if env.get("MODEL_ID", "").lower() == "tiny":
-        from backend.tools.tiny import build_tiny_pipeline
-
-        tiny = DATA / "tiny-sd"
-        if not (tiny / "model_index.json").exists():
-            build_tiny_pipeline(tiny)
-        env["MODEL_ID"] = str(tiny)
-    if not env.get("STORAGE_URL"):
-        key, secret = _local_s3_credentials()
-        store = SeaweedS3(DATA / "seaweed", BUCKET, key, secret, s3_port=8333 if _port_free(8333) else free_port())
-        store.start()
-        env |= {"STORAGE_URL": f"s3://{BUCKET}", "S3_ENDPOINT_URL": store.endpoint, "AWS_ACCESS_KEY_ID": key,
-                "AWS_SECRET_ACCESS_KEY": secret, "AWS_REGION": "us-east-1"}
-        print(f"storage: SeaweedFS S3 at {store.endpoint}, bucket {BUCKET}, data in {DATA / 'seaweed'}")
+        env["MODEL_ID"] = str(_tiny_model())
+    store = None if env.get("STORAGE_URL") else _local_store(env)
     backend_port = int(env.get("BACKEND_PORT", 8000))
     env.setdefault("BACKEND_URL", f"http://localhost:{backend_port}")
     # This machine only, unless HOST says otherwise: the page is a loopback client of a backend that
