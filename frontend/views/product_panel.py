@@ -170,6 +170,9 @@ def _teach(name: str, photos: list[tuple[str, bytes, str]], steps: int) -> None:
         return
     st.session_state.setdefault(TRAININGS, {})[name] = ticket["id"]
     services.catalog.clear()  # the product's `training` changed
+    # The teaching form (photos, Advanced) is taller than the bar that replaces it: a page scrolled down to the
+    # button was left showing the list beside an empty column, the bar above the screen.
+    scroll.ask("product")
     st.rerun()
 
 

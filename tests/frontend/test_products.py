@@ -12,6 +12,7 @@ from frontend.trainings import RARE_TOKENS, estimate_minutes, suggest_trigger, t
 from tests.factories import packshot, png_bytes
 from tests.frontend.conftest import assert_no_exception, frontend_env, page_text, run_until
 from tests.frontend.photos import product_photos
+from tests.frontend.test_scroll import scroll_targets
 
 
 def unique(word: str) -> str:
@@ -77,6 +78,7 @@ def test_teaching_shows_progress_then_the_learnt_product_and_its_check(backend, 
     assert training_id, page_text(at)
     assert len(at.progress) == 1 and "Teach Showroom" not in page_text(at), "a progress bar, not the button"
     assert at.progress[0].text.startswith(("Waiting for a GPU", "Learning: step")), at.progress[0].text
+    assert scroll_targets(at) == [".st-key-product-open"], "the bar on screen, not above it beside the list"
 
     reloaded = products_page(open_app, backend, product=name)  # another tab, or a reload: the bar is back
     assert reloaded.progress or "Showroom has learnt" in page_text(reloaded), page_text(reloaded)
