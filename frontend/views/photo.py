@@ -137,7 +137,9 @@ def _packshot(key: str) -> bytes | None:
 
 
 def _shape(native: int) -> None:
-    st.pills("Shape", list(ASPECTS), key="aspect", on_change=_aspect_chosen, args=(native,),
+    # required: clicking the chosen shape again cleared it, and the same size then read "a custom size, set in
+    # Advanced settings". A size typed there still clears it (custom_size), and no chip is lit then.
+    st.pills("Shape", list(ASPECTS), key="aspect", on_change=_aspect_chosen, args=(native,), required=True,
              help=placement.shape_help(native))
     ss = st.session_state
     custom = "" if ss.get("aspect") else " · a custom size, set in Advanced settings"

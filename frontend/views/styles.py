@@ -76,6 +76,7 @@ def gallery(templates: list[dict], mode: str) -> None:
     if st.session_state["style_category"] not in (ALL, *categories):
         st.session_state["style_category"] = ALL  # a category with no style for this mode
     picked = st.pills("Category", [ALL, *categories], key="style_category", format_func=_category_name,
+                      required=True,  # a second click on the chosen chip left none lit, all styles shown
                       label_visibility="collapsed")  # the chips wrap onto a second line (chrome.CSS)
     picked = picked or ALL
     shown = [t for t in templates if picked == ALL or (t.get("category") or "Other") == picked]

@@ -151,3 +151,18 @@ def test_a_style_with_a_sample_picture_shows_it_on_its_card(backend, open_app, t
     at.run()
     assert_no_exception(at)
     assert sum(len(image.value) for image in at.image) == shown + 1, "one card has a sample; the others only words"
+
+
+def test_a_second_click_on_the_chosen_shape_or_category_keeps_it(backend, open_app):
+    """Clicking the lit Shape chip again cleared it: the same 64 x 64 then read "a custom size, set in Advanced
+    settings"; the lit category chip went dark with every style still shown. Both keep their choice now (the
+    browser ignores a click on the chosen chip of a required group), and a typed size is still a custom one."""
+    at = open_app(frontend_env(backend))
+    assert at.pills(key="aspect").proto.required and at.pills(key="style_category").proto.required
+    assert at.pills(key="aspect").value == "1:1" and not any("custom size" in c.value for c in at.caption)
+    at.number_input(key="width").set_value(96).run()
+    assert_no_exception(at)
+    assert at.pills(key="aspect").value is None, "a typed width: no preset describes the shape"
+    assert any(c.value.startswith("96 × 64 px · a custom size") for c in at.caption), [c.value for c in at.caption]
+    at.pills(key="aspect").set_value("16:9").run()
+    assert not any("custom size" in c.value for c in at.caption)
