@@ -63,6 +63,9 @@ CSS = """
 /* a History card's when / pictures / product line keeps two lines' room and its product name whole, so the cards
    of a row keep their buttons on one line (a name split at its hyphen made some cards a line taller) */
 .sr-job-meta {display: block; min-height: 2lh;}
+/* ... and each cover is square, as the tiles of a job with no picture are: a 4:5 or 9:16 job's cover was taller,
+   its words and buttons lower than its neighbours' */
+.st-key-history-grid [data-testid="stImage"] img {aspect-ratio: 1 / 1; object-fit: contain; background: #F4F4F8;}
 .sr-nowrap {white-space: nowrap;}
 /* what a click scrolls into view (views/scroll.py): clear of the navigation bar drawn over the page's top */
 .st-key-job-status, .st-key-compose-form, .st-key-product-open, .st-key-product-form,

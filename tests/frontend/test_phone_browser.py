@@ -3,7 +3,8 @@ each picture's buttons keep their words, Use these settings brings the form on s
 shows the product before the list (its cut-out and each listed product's picture small, beside their words),
 its cut-out beside where it goes (job-link-phone.png, use-settings-phone.png, place-phone.png), the picker with
 the product's picture beside it; a desktop keeps the form left of the pictures, the buttons of two style cards
-side by side on one line (and of History's cards), and room under the header's status line."""
+side by side on one line (and of History's cards, a portrait job's beside a square one's), and room under
+the header's status line."""
 
 import uuid
 
@@ -52,6 +53,7 @@ def columns(page, container: str) -> list[dict]:
 @pytest.mark.browser
 def test_on_a_phone_a_job_link_shows_the_pictures_before_the_form(backend, app_url, artifacts):  # noqa: F811
     job = backend.wait_job(backend.submit({"prompt": "a teapot on a table", "num_images": 4, **SMALL})["id"])
+    tall = backend.wait_job(backend.submit({"prompt": "a vase", "num_images": 1, **SMALL, "height": 96})["id"])
     name = f"jar-{uuid.uuid4().hex[:6]}"
     added = backend.post("/v1/products", data={"name": name, "trigger": "qzv jar"},
                          files={"photo": ("jar.png", packshot(), "image/png")})
@@ -126,4 +128,12 @@ def test_on_a_phone_a_job_link_shows_the_pictures_before_the_form(backend, app_u
             pass
         short = desktop.evaluate(SHORT_JOB_METAS)
         assert short == [], f"a History card's line under its prompt keeps two lines' room (its buttons level): {short}"
+        covers = ", ".join(f".st-key-job-{j['id']} img" for j in (job, tall))
+        desktop.wait_for_function("(s) => [...document.querySelectorAll(s)].filter(i => i.complete && "
+                                  "i.naturalWidth > 0).length === 2", arg=covers, timeout=15_000)
+        square, portrait = (box(desktop, f".st-key-job-{j['id']}") for j in (job, tall))
+        assert abs(square["top"] - portrait["top"]) < 2, "the two newest jobs share History's first row"
+        opens = [box(desktop, f".st-key-open-{j['id']} button") for j in (job, tall)]
+        assert abs(opens[0]["top"] - opens[1]["top"]) < 2, \
+            f"a 64 x 96 job's cover as tall as a square one's, so the row's buttons stay level: {opens}"
         browser.close()
