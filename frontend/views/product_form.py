@@ -48,7 +48,11 @@ def draw() -> None:
         submitted = st.form_submit_button("Add product", type="primary", disabled=offline, icon=":material/add:",
                                           key="add-submit")
     if submitted:
-        _add(name.strip(), kind.strip() or None, trigger.strip(), photos or [], lora, weight)
+        with st.container(key="add-refused"):  # an accepted product reruns the page; only a refusal stays here
+            _add(name.strip(), kind.strip() or None, trigger.strip(), photos or [], lora, weight)
+        # Under the form: with an expander open it landed below the screen, and the click seemed to do nothing.
+        scroll.ask("add-refused")
+        scroll.draw_if_asked("add-refused")
 
 
 def _add(name: str, kind: str | None, trigger: str, photos: list, lora, weight: float) -> None:

@@ -12,8 +12,13 @@ import streamlit as st
 ASKED = "scroll_to"
 # The parts that can be asked for, as CSS selectors: fixed here, so no user text ever reaches the script.
 PARTS = {"job": ".st-key-job-status", "form": ".st-key-compose-form", "product": ".st-key-product-open",
-         "product-form": ".st-key-product-form", "catalog": ".st-key-catalog-head"}
-# Waits for the part to be drawn, then scrolls it to the top unless it is already in the screen's upper third.
+         "product-form": ".st-key-product-form", "catalog": ".st-key-catalog-head",
+         "add-refused": ".st-key-add-refused"}
+# Parts that only need to be in sight, brought in from the nearest edge: a refusal under the button that was
+# clicked, where scrolling it to the top would hide the form it is about.
+NEAREST = {"add-refused"}
+# Waits for the part to be drawn, then scrolls it to the top unless it is already in the screen's upper third
+# (a NEAREST part: into sight unless it is all on screen).
 # It tries again until the part is there: what is drawn below it may come later (a new catalog grid), the page
 # too short to scroll that far until then. It stops when the time is up or the user scrolls, touches, clicks or
 # types.
@@ -25,9 +30,9 @@ SCRIPT = """<script>(() => {{ /* {nonce} */
   const go = () => {{
     const part = document.querySelector('{selector}');
     if (part) {{
-      const top = part.getBoundingClientRect().top;
-      if (top >= 0 && top <= window.innerHeight / 3) return;
-      part.scrollIntoView({{block: 'start'}});
+      const box = part.getBoundingClientRect(), nearest = {nearest};
+      if (box.top >= 0 && (nearest ? box.bottom <= window.innerHeight : box.top <= window.innerHeight / 3)) return;
+      part.scrollIntoView({{block: nearest ? 'nearest' : 'start'}});
     }}
     if (!user && Date.now() < until) setTimeout(go, 100);
   }};
@@ -47,4 +52,5 @@ def draw_if_asked(part: str) -> None:
     if st.session_state.get(ASKED) != part:
         return
     del st.session_state[ASKED]
-    st.html(SCRIPT.format(nonce=uuid.uuid4().hex, selector=PARTS[part]), unsafe_allow_javascript=True)
+    st.html(SCRIPT.format(nonce=uuid.uuid4().hex, selector=PARTS[part], nearest=str(part in NEAREST).lower()),
+            unsafe_allow_javascript=True)

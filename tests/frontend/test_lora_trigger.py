@@ -9,6 +9,7 @@ from frontend import services
 from frontend.trainings import lora_trigger
 from tests.factories import make_lora
 from tests.frontend.conftest import assert_no_exception, frontend_env, page_text
+from tests.frontend.test_scroll import scroll_targets
 
 
 def with_metadata(lora: bytes, metadata: dict[str, str]) -> bytes:
@@ -50,4 +51,6 @@ def test_a_lora_that_names_no_trigger_is_not_added_without_one(backend, open_app
     name = f"vase-{uuid.uuid4().hex[:6]}"
     at = add_from_lora(open_app, backend, name, make_lora(tiny_model, seed=8))
     assert "does not say which words call its product up" in page_text(at)
+    assert at.get_by_key("add-refused").error, "the refusal in the part brought into sight"
+    assert scroll_targets(at) == [".st-key-add-refused"], "under the form it was below the screen, unseen"
     assert not backend.storage.exists(f"products/{name}.json"), "nothing sent: a chosen word would call up nothing"
