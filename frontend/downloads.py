@@ -57,9 +57,10 @@ def _add(archive: zipfile.ZipFile, storage: Storage, present: set[str], key: str
     archive.writestr(name, data, compress_type=compression)
 
 
-def kohya_lora(storage: Storage, product: str, sdxl: bool | None) -> bytes:
+def kohya_lora(storage: Storage, product: str, sdxl: bool | None, trigger: str | None = None) -> bytes:
     """The product's stored LoRA in kohya's layout, which AUTOMATIC1111, Forge and ComfyUI read; `sdxl` is the
-    generator's model where known (it names the text encoders when the file cannot tell). NotExportable says why not."""
+    generator's model where known (it names the text encoders when the file cannot tell); the product's name and
+    `trigger` words go into its metadata where the file names none. NotExportable says why not."""
     from backend.lora.kohya_export import to_kohya  # numpy and the LoRA readers: only when a LoRA is downloaded
 
-    return to_kohya(storage.get(lora_key(product)), sdxl=sdxl)
+    return to_kohya(storage.get(lora_key(product)), sdxl=sdxl, trigger=trigger, title=product)

@@ -37,10 +37,12 @@ class NotExportable(LoraFormatError):
     """The stored LoRA cannot be written in kohya's layout; the message says why and what to use instead."""
 
 
-def to_kohya(data: bytes, *, sdxl: bool | None = None) -> bytes:
+def to_kohya(data: bytes, *, sdxl: bool | None = None, trigger: str | None = None, title: str | None = None) -> bytes:
     """A stored LoRA (Showroom's canonical layout, or any layout normalize_upload takes) -> kohya-layout safetensors.
     `sdxl` is the base model as the caller knows it, used only where the file cannot tell (a tiny model's widths,
-    a LoRA with no cross-attention key): it decides `lora_te` or `lora_te1`. NotExportable says why not."""
+    a LoRA with no cross-attention key): it decides `lora_te` or `lora_te1`. `trigger` and `title` (the catalog
+    product's) go into the metadata where the file does not name its own (an uploaded LoRA's header is not kept).
+    NotExportable says why not."""
     tensors, metadata = read_safetensors(data)
     if metadata.get("showroom_lora") != "1":  # stored by hand or before the converters: normalise it first
         tensors = read_safetensors(normalize_upload(data))[0]
@@ -57,7 +59,11 @@ def to_kohya(data: bytes, *, sdxl: bool | None = None) -> bytes:
         rank = down.shape[0]
         out[f"{name}.lora_down.weight"], out[f"{name}.lora_up.weight"] = down, ups[target]
         out[f"{name}.alpha"] = Tensor("F32", (), np.array(rank, dtype="<f4").tobytes())  # 0-d, as kohya's
-    return write_safetensors(out, _metadata(metadata, downs, base, embeddings))
+    metadata = _metadata(metadata, downs, base, embeddings)
+    for key, value in (("modelspec.trigger_phrase", trigger), ("modelspec.title", title), ("ss_output_name", title)):
+        if value and not metadata.get(key):
+            metadata[key] = value
+    return write_safetensors(out, metadata)
 
 
 def _split(tensors: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor], list[str]]:

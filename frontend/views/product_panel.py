@@ -72,7 +72,7 @@ def _download_lora(product: dict) -> None:
     name, trigger = product["name"], product.get("trigger") or ""
     health = services.current_health()
     sdxl = health.native_size >= 1024 if health.state != "offline" else None  # used only where the file cannot tell
-    st.download_button("Download LoRA", lambda: downloads.kohya_lora(store, name, sdxl),  # built on click only
+    st.download_button("Download LoRA", lambda: downloads.kohya_lora(store, name, sdxl, trigger),  # built on click only
                        file_name=f"{name}.safetensors", mime="application/octet-stream", key="download-lora",
                        icon=":material/download:", on_click="ignore",
                        help=f"For AUTOMATIC1111, Forge and ComfyUI (kohya's layout; the same base model as here): "

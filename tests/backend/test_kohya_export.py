@@ -98,6 +98,16 @@ def test_the_stored_metadata_is_kept_but_the_alpha_it_gives_is_the_files(tiny_mo
     exported = read_safetensors(to_kohya(write_safetensors(tensors, metadata | said)))[1]
     assert exported["modelspec.trigger_phrase"] == "zwx bottle" and exported["ss_base_model_version"] == "sd_v1"
     assert exported["ss_network_alpha"] == "4" and exported["source_format"] == "diffusers"
+    named = read_safetensors(to_kohya(write_safetensors(tensors, metadata | said), trigger="other", title="jar"))[1]
+    assert named["modelspec.trigger_phrase"] == "zwx bottle", "the file's own words are kept over the catalog's"
+    assert named["modelspec.title"] == named["ss_output_name"] == "jar", "the product's name where the file has none"
+
+
+def test_an_uploaded_lora_takes_the_catalog_products_words(tiny_model):
+    """An upload's header is not stored (the upload check rewrites it): the catalog's trigger and name go in."""
+    exported = read_safetensors(to_kohya(normalize_upload(make_lora(tiny_model, seed=13)), trigger="qwz jar",
+                                         title="jar"))[1]
+    assert exported["modelspec.trigger_phrase"] == "qwz jar" and exported["modelspec.title"] == "jar"
 
 
 def test_sd_export_of_a_kohya_file_has_kohyas_own_keys(tiny_model):

@@ -73,8 +73,10 @@ def test_a_learnt_product_offers_its_lora_in_kohyas_layout(open_app, store, defe
     build, mime, file_name = deferred[button.proto.deferred_file_id]
     assert file_name == f"{LEARNT}.safetensors" and mime == "application/octet-stream"
     served = build()
-    assert served == to_kohya(store.get(lora_key(LEARNT)))
-    assert all(k.startswith(("lora_unet_", "lora_te_")) for k in read_safetensors(served)[0])
+    assert served == to_kohya(store.get(lora_key(LEARNT)), trigger="zwx bottle", title=LEARNT)
+    tensors, metadata = read_safetensors(served)
+    assert all(k.startswith(("lora_unet_", "lora_te_")) for k in tensors)
+    assert metadata["modelspec.trigger_phrase"] == "zwx bottle", "the product's words, for the tools that list them"
 
 
 def test_a_product_without_a_lora_has_no_lora_download(open_app, store, deferred):
