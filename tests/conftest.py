@@ -22,7 +22,7 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_segmenter(tmp_path_factory) -> Path:
     """A "not white" background remover in U²-Net's ONNX layout, for BG_REMOVAL_MODEL (no download)."""
-    from tests.segmenter import build_tiny_segmenter
+    from backend.tools.tiny import build_tiny_segmenter
 
     return build_tiny_segmenter(tmp_path_factory.mktemp("segmenter") / "not-white.onnx")
 

@@ -50,6 +50,15 @@ def _tiny_model() -> Path:
     return tiny
 
 
+def _tiny_remover() -> Path:
+    """With MODEL_ID=tiny: a tiny background remover that takes whatever is not white for the product, built once
+    into data/ (the default, birefnet-general, is a download)."""
+    from backend.tools.tiny import build_tiny_segmenter
+
+    path = DATA / "tiny-segmenter.onnx"
+    return path if path.exists() else build_tiny_segmenter(path)
+
+
 def _local_store(env: dict) -> SeaweedS3:
     """No STORAGE_URL: SeaweedFS's S3 on this machine (data in data/seaweed), its settings put into `env`."""
     key, secret = _local_s3_credentials()
@@ -65,6 +74,8 @@ def main() -> None:
     env = dict(os.environ)
     if env.get("MODEL_ID", "").lower() == "tiny":
         env["MODEL_ID"] = str(_tiny_model())
+        if not env.get("BG_REMOVAL_MODEL"):  # offline too: products from photos, and place mode, need a remover
+            env["BG_REMOVAL_MODEL"] = str(_tiny_remover())
     store = None if env.get("STORAGE_URL") else _local_store(env)
     backend_port = int(env.get("BACKEND_PORT", 8000))
     env.setdefault("BACKEND_URL", f"http://localhost:{backend_port}")

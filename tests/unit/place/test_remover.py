@@ -16,7 +16,7 @@ from backend.errors import RateLimited, Unavailable
 from backend.jobs.prepare import Preparer
 from backend.place.cutout import MODEL_NAMES, BackgroundRemover, NothingFound, cut_out
 from backend.storage import LocalStorage
-from tests.segmenter import build_tiny_segmenter
+from backend.tools.tiny import build_tiny_segmenter
 
 REPO = Path(__file__).resolve().parents[3]
 OBJECT = (120, 90, 279, 209)  # a 160×120 ellipse's box in a 400×300 photo
