@@ -20,6 +20,7 @@ TEACH_STEPS = 800
 # Seconds per training step at the model's own size, by the kind of device: a rough figure for SD 1.x
 # at 512 px and rank 16 (a rented 4090 does 800 steps in about 4-8 minutes). It is only an estimate.
 SECONDS_PER_STEP = {"cuda": 0.45, "mps": 2.0, "cpu": 6.0}
+SDXL_STEP_COST = 3.0  # an SDXL step at 1024 px against SD 1.x's at 512 (kohya's and diffusers' reports: 2.5-4x)
 # Rare tokens: words the model knows next to nothing about, so they come to mean the product alone.
 RARE_TOKENS = ("zwx", "ohwx", "qzv", "vkx", "zqj", "xqk", "jvq", "wqz")
 LABELS = {"queued": "Waiting for a GPU", "running": "Learning", "succeeded": "Learnt", "failed": "Failed",
@@ -111,8 +112,10 @@ def lora_trigger(data: bytes) -> str | None:
     return counts.most_common(1)[0][0] if counts else None
 
 
-def estimate_minutes(steps: int, devices: tuple[str, ...]) -> int:
-    """About how many minutes `steps` training steps take on the fastest device the backend reports."""
+def estimate_minutes(steps: int, devices: tuple[str, ...], native_size: int = 512) -> int:
+    """About how many minutes `steps` training steps take on the fastest device the backend reports, for a model
+    of `native_size` (SDXL trains at 1024 px: four times the pixels of SD 1.x's 512 through a larger UNet)."""
     kinds = {d.split(":")[0] for d in devices} or {"cuda"}  # an unknown backend: assume the GPU it is meant for
     per_step = min(SECONDS_PER_STEP.get(k, SECONDS_PER_STEP["cpu"]) for k in kinds)
-    return max(1, math.ceil(steps * per_step / 60))
+    larger = max(1.0, SDXL_STEP_COST * (native_size / 1024) ** 2)  # smaller models: SD 1.x's figure stands
+    return max(1, math.ceil(steps * per_step * larger / 60))

@@ -145,7 +145,7 @@ def _teach_form(product: dict) -> None:
                                      "are chosen by the generator.")
     health = services.current_health()
     where = "on this GPU" if health.gpus else "on this computer's processor"
-    minutes = estimate_minutes(int(steps), health.devices)
+    minutes = estimate_minutes(int(steps), health.devices, health.native_size)
     # The time beside the button, not in it: a label that long was cut off on a wide screen.
     st.caption(f"Takes about {minutes} minute{'s' if minutes != 1 else ''} {where}.")
     clicked = st.button("Teach Showroom this product", key="teach", type="primary", icon=":material/school:",

@@ -177,6 +177,11 @@ def test_the_teaching_time_is_estimated_from_steps_and_the_device(devices, minut
     assert estimate_minutes(800, devices) == minutes
 
 
+def test_the_teaching_time_of_an_sdxl_model_is_longer():
+    assert estimate_minutes(800, ("cuda:0",), native_size=1024) == 18, "three SD 1.x steps' worth each"
+    assert estimate_minutes(800, ("cuda:0",), native_size=512) == estimate_minutes(800, ("cuda:0",), 64) == 6
+
+
 def test_the_time_left_comes_from_the_measured_speed():
     manifest = {"id": "t", "product": "p", "status": "running", "progress": {"step": 20, "steps": 100},
                 "created_at": "2026-01-01T10:00:00Z", "updated_at": "2026-01-01T10:00:40Z", "loss": 0.1}
