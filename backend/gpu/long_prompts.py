@@ -13,7 +13,7 @@ import torch
 
 def window_count(pipe, text: str) -> int:
     """How many 75-token windows `text` needs with the pipeline's tokenizers (the most any of them needs)."""
-    return max(len(_windows(tokenizer, text)) for tokenizer in _tokenizers(pipe))
+    return max(len(_windows(pipe, tokenizer, text)) for tokenizer in _tokenizers(pipe))
 
 
 @torch.no_grad()
@@ -34,16 +34,18 @@ def _tokenizers(pipe) -> list:
     return [t for t in (getattr(pipe, "tokenizer", None), getattr(pipe, "tokenizer_2", None)) if t is not None]
 
 
-def _windows(tokenizer, text: str) -> list[list[int]]:
+def _windows(pipe, tokenizer, text: str) -> list[list[int]]:
+    if hasattr(pipe, "maybe_convert_prompt"):  # a token embedding of n vectors: `<s1>` is written `<s1> <s1>_1 ...`
+        text = pipe.maybe_convert_prompt(text, tokenizer)
     ids = tokenizer(text, add_special_tokens=False, truncation=False).input_ids
     size = tokenizer.model_max_length - 2
     return [ids[i:i + size] for i in range(0, len(ids), size)] or [[]]
 
 
-def _window_ids(tokenizer, text: str, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _window_ids(pipe, tokenizer, text: str, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """`count` rows of model_max_length token ids (each window between start and end marks, then padding),
     and their attention mask (1 but on the padding), as the tokenizer pads one window."""
-    windows = _windows(tokenizer, text)
+    windows = _windows(pipe, tokenizer, text)
     windows += [[]] * (count - len(windows))
     size = tokenizer.model_max_length - 2
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -59,7 +61,7 @@ def _encode(pipe, text: str, count: int) -> tuple[torch.Tensor, torch.Tensor | N
                 if e is not None]
     per_encoder, pooled = [], None
     for tokenizer, encoder in zip(_tokenizers(pipe), encoders):
-        ids, mask = (t.to(encoder.device) for t in _window_ids(tokenizer, text, count))
+        ids, mask = (t.to(encoder.device) for t in _window_ids(pipe, tokenizer, text, count))
         if xl:  # SDXL: the penultimate layer of each encoder, side by side; the second one's projection pooled
             out = encoder(ids, output_hidden_states=True)
             hidden = out.hidden_states[-2]

@@ -68,3 +68,26 @@ def test_long_prompt_embeddings_lay_windows_end_to_end(tiny_model, tmp_path, tor
     cut_by_diffusers = gen.t2i.encode_prompt(prompt=FILLER * 2, device="cpu", num_images_per_prompt=1,
                                              do_classifier_free_guidance=False)[0]  # its first 75 tokens only
     assert torch.allclose(kwargs["prompt_embeds"][0, :77], cut_by_diffusers[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("model", ["tiny_model", "tiny_sdxl"])
+def test_a_token_of_several_vectors_is_expanded_as_diffusers_does(model, request, tmp_path, torch_one_thread):
+    """A product's token embedding of 2 vectors takes `<s1>` and `<s1>_1` (backend/lora/loading.py); diffusers'
+    encode_prompt writes `<s1>` as both, so a long prompt must too, or it loses all but the first vector."""
+    gen = Generator(str(request.getfixturevalue(model)), "cpu", LocalStorage(tmp_path / "s"), tmp_path / "c")
+    pipe = gen.t2i
+    pipe.tokenizer.add_tokens(["<s1>", "<s1>_1"])
+    pipe.text_encoder.resize_token_embeddings(len(pipe.tokenizer), mean_resizing=False)
+    table = pipe.text_encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        table[-2:] = torch.randn(2, table.shape[1], generator=torch.Generator().manual_seed(0))
+    ours = prompt_embeddings(pipe, "a <s1> bottle", "", 1)
+    with torch.inference_mode():
+        theirs = pipe.encode_prompt(prompt="a <s1> bottle", negative_prompt="", device="cpu",
+                                    num_images_per_prompt=1, do_classifier_free_guidance=True)
+    assert torch.allclose(ours["prompt_embeds"], theirs[0], atol=1e-5), "one window: as encode_prompt"
+    before = prompt_embeddings(pipe, FILLER + "<s1>", "", 1)["prompt_embeds"]
+    with torch.no_grad():
+        table[-1] = 0  # the second vector, <s1>_1
+    after = prompt_embeddings(pipe, FILLER + "<s1>", "", 1)["prompt_embeds"]
+    assert not torch.allclose(before, after), "a long prompt's <s1> uses its second vector too"
