@@ -109,10 +109,12 @@ def _eight_bit(img: Image.Image) -> Image.Image:
     values = np.clip(np.asarray(img.convert("I")), 0, 65535)
     grey = Image.fromarray((values >> 8).astype(np.uint8), "L")
     transparent = img.info.get("transparency")
-    if not isinstance(transparent, int):
-        return grey
-    alpha = np.where(values == transparent, 0, 255).astype(np.uint8)
-    return Image.merge("LA", (grey, Image.fromarray(alpha, "L")))
+    if isinstance(transparent, int):
+        alpha = np.where(values == transparent, 0, 255).astype(np.uint8)
+        grey = Image.merge("LA", (grey, Image.fromarray(alpha, "L")))
+    if "icc_profile" in img.info:  # a new image has no info: the grey profile goes along, for to_srgb
+        grey.info["icc_profile"] = img.info["icc_profile"]
+    return grey
 
 
 def encode_png(img: Image.Image, parameters: dict) -> bytes:

@@ -233,3 +233,14 @@ def test_normalize_photo_of_a_p3_jpeg_is_upright_and_without_exif():
     img = decoded(out)
     assert img.size == (16, 32) and b"PhoneMaker" not in out and "exif" not in img.info
     assert np.abs(np.array(img.getpixel((8, 8))) - in_srgb(IN_GAMUT)).max() <= 3
+
+
+def test_normalize_photo_converts_a_16_bit_grey_png_through_its_profile():
+    """A 16-bit greyscale PNG (Photoshop's Grayscale 16 Bits/Channel) carries its grey profile too: the 8-bit
+    copy made of it must keep that profile, or its tones are read as sRGB."""
+    source = Image.new("I;16", (16, 16), 128 * 257)
+    buf = io.BytesIO()
+    source.save(buf, format="PNG", icc_profile=LINEAR_GREY)
+    assert decoded(buf.getvalue()).mode.startswith("I") and "icc_profile" in decoded(buf.getvalue()).info
+    img = decoded(normalize_photo(buf.getvalue(), **LIMITS)[0])
+    assert np.abs(np.array(img.getpixel((8, 8))) - srgb_encoded(128 / 255)).max() <= 1, img.getpixel((8, 8))
