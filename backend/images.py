@@ -59,7 +59,7 @@ def normalize_photo(data: bytes, *, max_bytes: int, max_pixels: int,
         raise BadImage(f"the photo claims more than {max_pixels} pixels") from None
     except Exception as e:  # PIL raises many kinds for broken input: all mean the same to the user
         raise BadImage(f"the photo could not be read as an image ({type(e).__name__}: {e})") from None
-    img = to_srgb(_eight_bit(img))
+    img = to_srgb(eight_bit(img))
     img = img.convert("RGBA") if has_transparency(img) else img.convert("RGB")  # an alpha hiding nothing: RGB
     if max_short_side and min(img.size) > max_short_side:
         scale = max_short_side / min(img.size)
@@ -100,7 +100,7 @@ def to_srgb(img: Image.Image) -> Image.Image:
     return srgb
 
 
-def _eight_bit(img: Image.Image) -> Image.Image:
+def eight_bit(img: Image.Image) -> Image.Image:
     """A 16-bit greyscale PNG (PIL's "I;16") as 8-bit "L", or "LA" when it names a transparent grey.
     PIL's own convert() clips every value above 255 instead of scaling, which turns all but black white.
     The high byte is kept, as PIL does for 16-bit colour PNGs."""

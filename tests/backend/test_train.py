@@ -255,6 +255,14 @@ def test_a_transparent_grounds_hidden_colour_is_never_learnt(tmp_path):
     assert load_photos(opaque, None, 0, "{trigger}", "sks")[0][0].mode == "RGB", "no alpha to honour"
 
 
+def test_a_16_bit_grey_photo_is_learnt_in_its_own_tones(tmp_path):
+    """PIL opens a 16-bit greyscale PNG as "I;16", and its convert("RGB") clips every value above 255: the photo
+    became a white sheet. The folder's photos are brought to 8 bits as uploads are (normalize_photo)."""
+    Image.new("I;16", (8, 8), 128 * 257).save(tmp_path / "grey16.png")
+    (image, _), = load_photos(tmp_path, None, 0, "{trigger}", "sks")
+    assert image.mode == "RGB" and image.getpixel((4, 4)) == (128, 128, 128)
+
+
 def test_register_uploads_the_product(tmp_path, monkeypatch, capsys):
     """--register-only posts name, trigger, category, weight and the file with the API key; it never prints the key."""
     received = {}
