@@ -2,8 +2,8 @@
 
 import asyncio
 import logging
+import re
 import time
-from urllib.parse import quote, quote_plus
 
 from starlette.responses import JSONResponse
 
@@ -19,24 +19,32 @@ JSON_LIMIT = 1024 * 1024      # a body that is no upload: 50 specs with the long
 class _KeyOutOfAccessLog(logging.Filter):
     """uvicorn's access log writes each request line as it came: a client that put the key in its URL
     (`?api_key=...`, a common habit) is refused, but its key would stay in the box's log. Each API_KEY a gate
-    holds is written there as ***, as sent and percent-encoded."""
+    holds is written there as ***, as sent and however it is percent-encoded: any of its characters as itself or
+    as %XX in either case (.NET writes %2f; a client may encode some characters and not others)."""
 
     def __init__(self):
         super().__init__()
         self.secrets: set[str] = set()
+        self._pattern: re.Pattern | None = None
 
     def hide(self, secret: str) -> None:
-        self.secrets |= {secret, quote(secret), quote(secret, safe=""), quote_plus(secret)}
+        self.secrets.add(secret)
+        self._pattern = re.compile("|".join(_as_sent(s) for s in sorted(self.secrets, key=len, reverse=True)))
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets and isinstance(record.args, tuple):
-            record.args = tuple(self._redact(arg) if isinstance(arg, str) else arg for arg in record.args)
+        if self._pattern is not None and isinstance(record.args, tuple):
+            record.args = tuple(self._pattern.sub("***", arg) if isinstance(arg, str) else arg
+                                for arg in record.args)
         return True
 
-    def _redact(self, text: str) -> str:
-        for secret in sorted(self.secrets, key=len, reverse=True):
-            text = text.replace(secret, "***")
-        return text
+
+def _as_sent(secret: str) -> str:
+    """A pattern for `secret` in a URL: each character as itself or percent-encoded (a space also as +)."""
+    def one(char: str) -> str:
+        escaped = "".join("%" + "".join(f"[{d}{d.lower()}]" for d in f"{byte:02X}") for byte in char.encode())
+        return f"(?:{re.escape(char)}|{escaped}{'|[+]' if char == ' ' else ''})"
+
+    return "".join(one(char) for char in secret)
 
 
 ACCESS_LOG = _KeyOutOfAccessLog()

@@ -1,6 +1,7 @@
 """backend/api/middleware.py BodyLimit: bodies over the limit refused with 413 JSON, declared or streamed."""
 
 import asyncio
+import logging
 from typing import Annotated
 
 import pytest
@@ -224,3 +225,18 @@ def test_a_body_that_is_no_upload_is_held_to_the_json_limit_and_a_job_with_a_pho
     body, content_type = multipart(2 * JSON_LIMIT)
     r = client.post("/v1/jobs", content=body, headers={"content-type": content_type})
     assert (r.status_code, r.json()) == (200, {"received": len(body)})
+
+
+@pytest.mark.parametrize("sent", ["k3y%2fwith%2bslash%3d0123", "k3y/with%2Bslash=0123", "k3y%2Fwith+slash%3D0123"],
+                         ids=["lowercase-hex", "only-the-plus-encoded", "all-but-the-plus-encoded"])
+def test_the_access_log_hides_the_key_however_a_client_percent_encodes_it(sent):
+    """A base64 key (openssl rand -base64) has / + =: .NET's UrlEncode writes %2f in lower case, and a client
+    may encode some of its characters and not others. The access log must not show the key in any of them."""
+    from backend.api.middleware import _KeyOutOfAccessLog
+
+    hider = _KeyOutOfAccessLog()
+    hider.hide("k3y/with+slash=0123")
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+                               ("127.0.0.1:5", "GET", f"/v1/jobs?api_key={sent}&limit=1", "1.1", 401), None)
+    assert hider.filter(record)
+    assert record.args[2] == "/v1/jobs?api_key=***&limit=1"
