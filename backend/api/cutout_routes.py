@@ -21,8 +21,9 @@ async def read_photo(photo: UploadFile, services) -> bytes:
     data = await photo.read(limit + 1)
     if len(data) > limit:
         raise PayloadTooLarge(f"the photo is larger than the limit of {limit} bytes")
-    try:
-        png, _ = normalize_photo(data, max_bytes=limit, max_pixels=services.settings.max_upload_pixels)
+    try:  # decoding, colour conversion and PNG encoding take a second on a large photo: off the event loop
+        png, _ = await run_in_threadpool(normalize_photo, data, max_bytes=limit,
+                                         max_pixels=services.settings.max_upload_pixels)
     except BadImage as e:
         raise InvalidRequest(str(e)) from None
     return png
