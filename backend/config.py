@@ -93,9 +93,12 @@ class Settings(BaseSettings):
     def _api_key(cls, value: SecretStr | None) -> SecretStr | None:
         # Clients send it as a bearer token in a header: a key with a space around it, or a character a header
         # cannot carry, could never be matched, and every client would be locked out with no word as to why.
-        if value is not None and not re.fullmatch(r"[\x21-\x7e]+", value.get_secret_value()):
+        key = value.get_secret_value() if value is not None else ""
+        if value is not None and not re.fullmatch(r"[\x21-\x7e]+", key):
             raise ValueError("API_KEY must be printable ASCII with no spaces (it travels in an HTTP header): "
                              "check for a stray space or quote around it")
+        if len(key) >= 2 and key[0] == key[-1] and key[0] in "'\"":  # an env file read by a tool that keeps quotes
+            raise ValueError("API_KEY is wrapped in quotes, which clients would not send: remove them")
         return value
 
     @field_validator("webhook_secret")

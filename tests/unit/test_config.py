@@ -68,3 +68,10 @@ def test_a_public_box_refuses_a_short_api_key_and_takes_a_long_one(monkeypatch):
     monkeypatch.setenv("API_KEY", "short")
     get_settings.cache_clear()
     assert get_settings().api_key.get_secret_value() == "short", "on loopback a short key is the owner's business"
+
+
+def test_an_api_key_wrapped_in_quotes_is_refused(monkeypatch):
+    monkeypatch.setenv("API_KEY", '"the-api-key-0123456789"')  # docker's --env-file keeps them
+    with pytest.raises(SettingsError) as refused:
+        get_settings()
+    assert "API_KEY is wrapped in quotes" in str(refused.value) and "0123456789" not in str(refused.value)
