@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageOps
+from PIL import ExifTags, Image, ImageDraw
 
 from backend.place.layout import Placement, fitted_size, place
 
@@ -65,8 +65,8 @@ def fills_the_photo(cutout_png: bytes, photo: bytes) -> bool:
     with Image.open(io.BytesIO(cutout_png)) as img:
         size, alpha = img.size, np.asarray(img.convert("RGBA").getchannel("A"))
     try:
-        with Image.open(io.BytesIO(photo)) as img:
-            whole = ImageOps.exif_transpose(img).size
+        with Image.open(io.BytesIO(photo)) as img:  # its size, upright, without decoding a JPEG's pixels
+            whole = img.size[::-1] if img.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8) else img.size
     except Exception:  # the backend read it; a photo this side cannot read is not worth a warning
         return False
     close = all(abs(a - b) <= 0.02 * b for a, b in zip(size, whole))

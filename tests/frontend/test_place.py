@@ -241,3 +241,13 @@ def test_a_photo_with_no_background_around_the_product_says_the_whole_photo_is_k
     at.file_uploader(key="photo").set_value(("bottle.png", packshot(80, 112, background=(255, 255, 255)),
                                              "image/png")).run()
     assert not any("No background was found" in w.value for w in at.warning), "a packshot on white cuts out clean"
+
+
+def test_the_whole_photo_check_turns_a_phone_photo_upright_by_its_exif():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored on its side: shown 72 wide and 96 high
+    sideways = io.BytesIO()
+    Image.new("RGB", (96, 72), (40, 40, 40)).save(sideways, format="JPEG", exif=exif)
+    upright_cut = png_bytes(72, 96, (40, 40, 40))
+    assert placement.fills_the_photo(upright_cut, sideways.getvalue())
+    assert not placement.fills_the_photo(png_bytes(96, 72, (40, 40, 40)), sideways.getvalue())
