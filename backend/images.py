@@ -59,8 +59,7 @@ def normalize_photo(data: bytes, *, max_bytes: int, max_pixels: int,
         raise BadImage(f"the photo claims more than {max_pixels} pixels") from None
     except Exception as e:  # PIL raises many kinds for broken input: all mean the same to the user
         raise BadImage(f"the photo could not be read as an image ({type(e).__name__}: {e})") from None
-    img = to_srgb(eight_bit(img))
-    img = img.convert("RGBA") if has_transparency(img) else img.convert("RGB")  # an alpha hiding nothing: RGB
+    img = to_pixels(img)
     if max_short_side and min(img.size) > max_short_side:
         scale = max_short_side / min(img.size)
         img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.LANCZOS)
@@ -68,6 +67,13 @@ def normalize_photo(data: bytes, *, max_bytes: int, max_pixels: int,
     # a fresh PNG carries no EXIF, GPS or maker notes; nor the upload's ICC profile: its pixels are sRGB now
     img.save(out, format="PNG", icc_profile=None, pnginfo=SRGB_PNG)
     return out.getvalue(), img.size
+
+
+def to_pixels(img: Image.Image) -> Image.Image:
+    """A photo as generation reads it: 8-bit, in sRGB, RGBA where it has transparency, else RGB (an alpha hiding
+    nothing is dropped). Uploads (normalize_photo) and the trainer's own photo folder both go through here."""
+    img = to_srgb(eight_bit(img))
+    return img.convert("RGBA") if has_transparency(img) else img.convert("RGB")
 
 
 def to_srgb(img: Image.Image) -> Image.Image:

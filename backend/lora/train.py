@@ -29,7 +29,7 @@ from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from backend.config import DEFAULT_MODEL_ID
-from backend.images import eight_bit, has_transparency, to_srgb
+from backend.images import has_transparency, to_pixels
 from backend.lora.trainer import TEXT_ENCODER_CHOICES, Trainer
 
 log = logging.getLogger("showroom.train")
@@ -104,8 +104,7 @@ def load_photos(folder: Path, video: Path | None, video_count: int, caption: str
     items = []
     for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
         with Image.open(path) as img:
-            image = to_srgb(eight_bit(ImageOps.exif_transpose(img)))  # 16-bit grey; P3, Adobe RGB: as uploads
-            image = image.convert("RGBA" if has_transparency(image) else "RGB")  # laid on a ground per view
+            image = to_pixels(ImageOps.exif_transpose(img))  # as uploads; a transparent one is laid on a ground
         text = path.with_suffix(".txt")
         words = text.read_text().strip() if text.is_file() else caption.format(trigger=trigger)
         items.append((image, with_trigger(words, trigger)))
