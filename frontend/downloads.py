@@ -57,6 +57,27 @@ def _add(archive: zipfile.ZipFile, storage: Storage, present: set[str], key: str
     archive.writestr(name, data, compress_type=compression)
 
 
+CLONEOFSIMO_REFUSAL = ("No LoRA download: it was uploaded in cloneofsimo's layout, whose weights are numbered rather "
+                       "than named after the model's parts, so it cannot be written out for AUTOMATIC1111, Forge and "
+                       "ComfyUI. Use the original file you uploaded (AUTOMATIC1111 reads it with the lora_diffusion "
+                       "extension).")
+
+
+def kohya_refusal(stored: bytes) -> str | None:
+    """Why a stored LoRA has no kohya file, from its header alone (no tensor is read), or None when it has one: what
+    kohya_lora refuses for the files Showroom stores, said before a click that could only fail."""
+    from backend.lora.formats import CLONEOFSIMO_PREFIX
+    from backend.lora.safetensors_file import LoraFormatError, read_safetensors_header
+
+    try:
+        header, _, _ = read_safetensors_header(stored)
+    except LoraFormatError as e:
+        return f"No LoRA download: the stored file cannot be read ({e})."
+    if any(name.startswith(CLONEOFSIMO_PREFIX) for name in header):
+        return CLONEOFSIMO_REFUSAL
+    return None
+
+
 def kohya_lora(storage: Storage, product: str, sdxl: bool | None, trigger: str | None = None) -> bytes:
     """The product's stored LoRA in kohya's layout, which AUTOMATIC1111, Forge and ComfyUI read; `sdxl` is the
     generator's model where known (it names the text encoders when the file cannot tell); the product's name and

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 import streamlit as st
 from PIL import Image
 
+from backend.contract import lora_key
 from backend.storage import Storage, StorageError, open_storage
-from frontend import placement
+from frontend import downloads, placement
 from frontend.client import BackendError, BackendOffline, ShowroomClient
 from frontend.jobs import JobPage, recent_jobs
 from frontend.settings import Settings, load_settings
@@ -74,12 +75,18 @@ class Health:
         return self.state in ("online", "loading", "degraded")
 
     @property
+    def waiting_for(self) -> str:
+        """What a queued job or training waits for, in words true of this box: a GPU only where there is one."""
+        return "a GPU" if self.gpus else "the generator"
+
+    @property
     def upscale_refusal(self) -> str | None:
         """Why an Upscale request can only fail right now, or None when it may work."""
         if self.state == "offline":
             return "The generator is offline, so pictures cannot be enlarged right now"
         if self.upscaler == "off":
-            return "Enlarging pictures 4x is not switched on in this Showroom; whoever set it up can turn it on"
+            return ("Enlarging pictures 4x is not switched on in this Showroom; whoever runs its generator can "
+                    "switch it on with UPSCALER=replicate and a REPLICATE_API_TOKEN, or with UPSCALER=local")
         return None
 
 
@@ -210,6 +217,20 @@ def training(training_id: str) -> TrainingView | None:
     """A training's manifest, read fresh from storage (it moves every few seconds)."""
     store = storage()
     return load_training(store, training_id) if store is not None else None
+
+
+def kohya_refusal(product: str) -> str | None:
+    """Why the product's stored LoRA has no kohya file to download, or None when it has one. StorageError when
+    storage cannot say (ObjectMissing: there is no file)."""
+    key = lora_key(product)
+    store = storage()
+    return _kohya_refusal(settings().storage_url, key, store.version(key))
+
+
+@st.cache_data(max_entries=64, ttl=6 * 3600, show_spinner=False)
+def _kohya_refusal(storage_url: str, key: str, version: str) -> str | None:
+    """Read once per version of the file: a LoRA taught again, or uploaded again, is stored under the same key."""
+    return downloads.kohya_refusal(storage().get(key))
 
 
 @st.cache_data(max_entries=16, ttl=60, show_spinner=False)

@@ -23,7 +23,7 @@ SECONDS_PER_STEP = {"cuda": 0.45, "mps": 2.0, "cpu": 6.0}
 SDXL_STEP_COST = 3.0  # an SDXL step at 1024 px against SD 1.x's at 512 (kohya's and diffusers' reports: 2.5-4x)
 # Rare tokens: words the model knows next to nothing about, so they come to mean the product alone.
 RARE_TOKENS = ("zwx", "ohwx", "qzv", "vkx", "zqj", "xqk", "jvq", "wqz")
-LABELS = {"queued": "Waiting for a GPU", "running": "Learning", "succeeded": "Learnt", "failed": "Failed",
+LABELS = {"queued": "Waiting to start", "running": "Learning", "succeeded": "Learnt", "failed": "Failed",
           "canceled": "Canceled"}
 
 

@@ -30,8 +30,9 @@ def bar(view: JobView) -> None:
                                icon=":material/folder_zip:", on_click="ignore",
                                help="Every finished picture (with its settings inside the file) and the job's record")
             waiting = [img for img in view.images if img.done and not img.upscaled and not img.upscaling]
-            if waiting and st.button("Upscale all", key="job-upscale-all", icon=":material/zoom_out_map:",
-                                     disabled=refusal is not None, help=refusal or "Every picture, 4x larger"):
+            if waiting and refusal is None and st.button("Upscale all", key="job-upscale-all",
+                                                         icon=":material/zoom_out_map:",
+                                                         help="Every picture, 4x larger"):
                 _upscale_all(view, [img.index for img in waiting])
         if view.spec:
             if st.button("Use these settings", key="job-reuse", icon=":material/tune:",
@@ -43,7 +44,8 @@ def bar(view: JobView) -> None:
                          disabled=not health.can_generate, help="The same settings again, with a new seed"):
                 _more_like_this(view)
     if view.done_count and refusal:
-        st.caption(f"{refusal}.")  # in words, on a phone too, not only in a tooltip
+        # once for the job, instead of an Upscale button per picture that could only be greyed out
+        st.caption(f"{refusal}.")
 
 
 def use_settings(view: JobView) -> None:

@@ -20,7 +20,6 @@ from frontend.views.job_actions import asked_upscales, request_upscale
 
 POLL_S = 1.0
 MISSING_REASON = "It was made, but it is no longer in storage"
-TECHNICAL = {"off": " (technically: the generator runs with UPSCALER=off)"}  # for whoever runs it, in the tooltip
 UPSCALE_WAIT_S = 600  # how long a requested upscale keeps the panel polling before its manifest shows it
 BADGES = {"queued": ("Queued", "gray"), "running": ("Generating", "blue"), "succeeded": ("Done", "green"),
           "failed": ("Failed", "red"), "canceled": ("Canceled", "gray")}
@@ -86,7 +85,7 @@ def _load(job_id: str) -> JobView | None:
 
 
 def _why_waiting(view: JobView) -> None:
-    """A job no GPU has taken yet says what it waits for, not only "Queued"."""
+    """A job no worker has taken yet says what it waits for, not only "Queued"."""
     health = services.current_health()
     if health.state in ("offline", "error"):
         return  # the header says why already
@@ -95,7 +94,7 @@ def _why_waiting(view: JobView) -> None:
         return
     queue = (f" {health.pending} pictures are in the queue, this job's included."
              if health.pending > len(view.images) else "")
-    st.caption(f"Waiting for a free GPU: earlier pictures are made first.{queue}")
+    st.caption(f"Waiting for {health.waiting_for} to be free: earlier pictures are made first.{queue}")
 
 
 def _needs_polling(view: JobView) -> bool:
@@ -210,24 +209,25 @@ def _slot(view: JobView, status: str, label: str, reason: str | None = None, pre
 
 def _image_actions(view: JobView, img: ImageView, url: str, data: bytes) -> None:
     name = downloads.file_stem(view, img.index)
+    asked = img.upscale_status is None and f"{view.id}/{img.index}" in asked_upscales()
+    moving = img.upscale_status == "queued" or img.upscaling or asked
+    # Upscaling that can only fail is said once, under the job's buttons (job_actions.bar): Download has the row
+    offered = img.upscaled or moving or services.current_health().upscale_refusal is None
     with st.container(key=f"image-actions-{img.index}"):  # stacked on a phone (chrome.CSS)
-        left, right = st.columns(2)
+        left, right = st.columns(2) if offered else (st.container(), None)
     left.download_button("Download", data, file_name=f"{name}.png", mime="image/png", key=f"dl-{img.index}",
                          icon=":material/download:", width="stretch", on_click="ignore")
     if img.upscaled:
         right.download_button("4x PNG", services.image_bytes(url, upscale_key(img.key)),
                               file_name=f"{name}-x4.png", mime="image/png", key=f"dl4-{img.index}",
                               icon=":material/download:", width="stretch", on_click="ignore")
-    elif img.upscale_status == "queued" and not img.upscaled:
+    elif img.upscale_status == "queued":
         right.button("Upscale queued…", key=f"up-{img.index}", disabled=True, width="stretch",
                      help="Waiting its turn; it starts before any image queued after it.")
-    elif img.upscaling or (img.upscale_status is None and f"{view.id}/{img.index}" in asked_upscales()):
+    elif moving:
         right.button("Upscaling…", key=f"up-{img.index}", disabled=True, width="stretch")
-    elif refusal := services.current_health().upscale_refusal:  # a button that can only fail is not offered
-        right.button("Upscale 4x", key=f"up-{img.index}", icon=":material/zoom_out_map:", width="stretch",
-                     disabled=True, help=refusal + TECHNICAL.get(services.current_health().upscaler, ""))
-    elif (right.button("Upscale 4x", key=f"up-{img.index}", icon=":material/zoom_out_map:", width="stretch")
-          and request_upscale(view.id, img.index)):
+    elif offered and right.button("Upscale 4x", key=f"up-{img.index}", icon=":material/zoom_out_map:",
+                                  width="stretch") and request_upscale(view.id, img.index):
         st.rerun()  # the whole page, so the panel polls until the upscale lands
     if img.upscale_status == "failed":
         st.warning(f"Upscale failed: {img.upscale_error or 'no reason given'}")

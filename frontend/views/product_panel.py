@@ -6,7 +6,7 @@ import html
 
 import streamlit as st
 
-from backend.storage import StorageError
+from backend.storage import ObjectMissing, StorageError
 from frontend import downloads, nav, services, uploads
 from frontend.client import BackendError
 from frontend.jobs import format_elapsed
@@ -70,6 +70,15 @@ def _download_lora(product: dict) -> None:
     if store is None:  # no store to read it from: the page says so where it matters
         return
     name, trigger = product["name"], product.get("trigger") or ""
+    try:
+        refusal = services.kohya_refusal(name)
+    except ObjectMissing:
+        refusal = "No LoRA download: its file is not in storage."
+    except StorageError:
+        refusal = None  # storage may answer again by the click, which says why if it does not
+    if refusal:
+        st.caption(refusal)  # instead of a button whose click can only fail
+        return
     health = services.current_health()
     sdxl = health.native_size >= 1024 if health.state != "offline" else None  # used only where the file cannot tell
     st.download_button("Download LoRA", lambda: downloads.kohya_lora(store, name, sdxl, trigger),  # built on click only
@@ -144,7 +153,7 @@ def _teach_form(product: dict) -> None:
                                 help="More steps learn more detail and take longer; the rank and the picture size "
                                      "are chosen by the generator.")
     health = services.current_health()
-    where = "on this GPU" if health.gpus else "on this computer's processor"
+    where = "on this GPU" if health.gpus else "on the generator's processor"  # which may not be the owner's computer
     minutes = estimate_minutes(int(steps), health.devices, health.native_size)
     # The time beside the button, not in it: a label that long was cut off on a wide screen.
     st.caption(f"Takes about {minutes} minute{'s' if minutes != 1 else ''} {where}.")
@@ -199,7 +208,8 @@ def _bar(training: TrainingView) -> None:
     since = seen.get(training.id)
     eta = training.eta_s(since if since and since[0] < training.step else None)
     if training.status == "queued":
-        text = "Waiting for a GPU to be free" + (f" · {training.error}" if training.error else "")
+        waiting = f"Waiting for {services.current_health().waiting_for} to be free"
+        text = waiting + (f" · {training.error}" if training.error else "")
     else:
         left = f" · about {format_elapsed(eta)} left" if eta is not None else ""
         text = f"Learning: step {training.step} of {training.steps}{left}"

@@ -18,6 +18,14 @@ from tests.frontend.conftest import assert_no_exception, offline_url
 LEARNT, PLACED = "amber-bottle", "felt-hat"
 
 
+def cloneofsimo_lora() -> bytes:
+    """A LoRA uploaded in lora_diffusion's layout (numbered modules), as the upload stores it."""
+    rng = np.random.default_rng(1)
+    tensors = {"unet:0:up": Tensor.from_array(rng.standard_normal((320, 4)), "F16"),
+               "unet:0:down": Tensor.from_array(rng.standard_normal((4, 768)), "F16")}
+    return normalize_upload(write_safetensors(tensors, {"unet": '["CrossAttention"]'}))
+
+
 def stored_lora() -> bytes:
     """A small SD 1.x LoRA (768-wide cross-attention, a text-encoder module) as an upload stores it."""
     rng = np.random.default_rng(0)
@@ -83,3 +91,18 @@ def test_a_product_without_a_lora_has_no_lora_download(open_app, store, deferred
     at = open_product(open_app, store, PLACED)
     assert "download-lora" not in [b.key for b in at.download_button]
     assert not deferred, "nothing is registered to be built"
+
+
+def test_a_lora_uploaded_in_cloneofsimos_layout_says_why_it_has_no_download(open_app, store, deferred):
+    store.put(lora_key(LEARNT), cloneofsimo_lora())
+    at = open_product(open_app, store, LEARNT)
+    assert "download-lora" not in [b.key for b in at.download_button], "no button whose click can only fail"
+    assert not deferred
+    (why,) = [c.value for c in at.caption if "cloneofsimo" in c.value]
+    assert why.startswith("No LoRA download: it was uploaded in cloneofsimo's layout") and "original file" in why, why
+
+    store.put(lora_key(LEARNT), stored_lora())  # taught again: the same key, a file in Showroom's layout
+    at.run()
+    assert_no_exception(at)
+    assert "download-lora" in [b.key for b in at.download_button], "the new file is read, not a kept answer"
+    assert not [c for c in at.caption if "cloneofsimo" in c.value]

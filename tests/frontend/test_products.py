@@ -6,11 +6,13 @@ import uuid
 
 import pytest
 
+from backend.contract import product_key, training_key
+from backend.storage import LocalStorage
 from frontend import services
 from frontend.client import BackendError, ShowroomClient
 from frontend.trainings import RARE_TOKENS, estimate_minutes, suggest_trigger, training_view
 from tests.factories import packshot, png_bytes
-from tests.frontend.conftest import assert_no_exception, frontend_env, page_text, run_until
+from tests.frontend.conftest import assert_no_exception, frontend_env, offline_url, page_text, run_until
 from tests.frontend.photos import product_photos
 from tests.frontend.test_scroll import scroll_targets
 
@@ -77,7 +79,8 @@ def test_teaching_shows_progress_then_the_learnt_product_and_its_check(backend, 
     training_id = record(backend, name)["training"]
     assert training_id, page_text(at)
     assert len(at.progress) == 1 and "Teach Showroom" not in page_text(at), "a progress bar, not the button"
-    assert at.progress[0].text.startswith(("Waiting for a GPU", "Learning: step")), at.progress[0].text
+    # the test backend runs on the processor
+    assert at.progress[0].text.startswith(("Waiting for the generator", "Learning: step")), at.progress[0].text
     assert scroll_targets(at) == [".st-key-product-open"], "the bar on screen, not above it beside the list"
 
     reloaded = products_page(open_app, backend, product=name)  # another tab, or a reload: the bar is back
@@ -189,6 +192,25 @@ def test_the_time_left_comes_from_the_measured_speed():
     assert view.fraction == 0.2 and view.eta_s() == 160, "20 steps in 40 s: 80 steps left take 160 s"
     assert view.eta_s(since=(10, "2026-01-01T10:00:30Z")) == 80, "measured from where the page first saw it"
     assert training_view(manifest | {"status": "queued"}).eta_s() is None
+
+
+@pytest.mark.parametrize("devices, waiting", [(("cpu",), "Waiting for the generator to be free"),
+                                             (("cuda:0",), "Waiting for a GPU to be free")])
+def test_a_queued_training_waits_for_a_gpu_only_where_there_is_one(tmp_path, open_app, monkeypatch, devices, waiting):
+    storage = LocalStorage(tmp_path)
+    record = {"name": "tin-box", "trigger": "zwx box", "category": "box", "weight": 1.0, "has_lora": False,
+              "packshot_key": None, "training": "t1"}
+    storage.put(product_key("tin-box"), json.dumps(record).encode(), "application/json")
+    manifest = {"id": "t1", "product": "tin-box", "status": "queued", "progress": {"step": 0, "steps": 800},
+                "created_at": "2026-01-01T10:00:00Z", "updated_at": "2026-01-01T10:00:00Z"}
+    storage.put(training_key("t1"), json.dumps(manifest).encode(), "application/json")
+    health = services.Health("online", "Online", gpus=services.count_gpus(devices), workers=1, devices=devices)
+    monkeypatch.setattr(services, "current_health", lambda: health)
+    at = open_app({"BACKEND_URL": offline_url(), "STORAGE_URL": f"file://{tmp_path}"})
+    at.query_params["product"] = "tin-box"
+    at.switch_page("app_pages/products.py").run()
+    assert_no_exception(at)
+    assert [bar.text for bar in at.progress] == [waiting], "a processor is not a GPU; a GPU box still says GPU"
 
 
 def test_a_product_without_a_packshot_shows_the_newest_picture_made_with_it(backend, open_app, tiny_model):

@@ -329,10 +329,53 @@ def test_a_job_whose_pictures_are_gone_says_so_in_history_and_when_opened(tmp_pa
     assert "0/4 pictures (4 missing)" in text and "2/4 pictures (2 missing)" in text, text
     assert shown_images(at) == 1, "the job with pictures left shows the first that is there"
     assert "Its pictures are no longer in storage" in text and ":orange-badge[Pictures missing]" in text
-    assert text.count(":green-badge[Done]") == 1 and "could not be read" not in text, "Done once, for the job with pictures"
+    assert text.count(":green-badge[Done]") == 1 and "could not be read" not in text, \
+        "Done once, for the job with pictures"
 
     at.button(key=f"open-{gone}").click().run()
     assert_no_exception(at)
     text = page_text(at)
     assert "0 of 4 ready · 4 missing" in text and text.count("no longer in storage") == 4, text
     assert "Done" not in text and shown_images(at) == 0, "no red tiles claiming the pictures are made"
+
+
+UPSCALES = ("up-", "job-upscale-all")  # the keys of a picture's Upscale 4x button and the job's Upscale all
+
+
+def open_job_on(tmp_path, open_app, monkeypatch, health: services.Health, job_id: str):
+    """The job's page with the generator answering /health as `health` (its pictures are read from storage)."""
+    monkeypatch.setattr(services, "current_health", lambda: health)
+    at = open_app({"BACKEND_URL": offline_url(), "STORAGE_URL": f"file://{tmp_path}"}, job=job_id)
+    assert_no_exception(at)
+    return at
+
+
+@pytest.mark.parametrize("devices, waiting", [(("cpu",), "Waiting for the generator to be free"),
+                                             (("cuda:0",), "Waiting for a GPU to be free")])
+def test_a_queued_job_waits_for_a_gpu_only_where_there_is_one(tmp_path, open_app, monkeypatch, devices, waiting):
+    job_id = uuid.uuid4().hex
+    stored_manifest(LocalStorage(tmp_path), job_id, ["queued", "queued"])
+    health = services.Health("online", "Online", gpus=services.count_gpus(devices), workers=1, devices=devices)
+    at = open_job_on(tmp_path, open_app, monkeypatch, health, job_id)
+    (why,) = [c.value for c in at.caption if c.value.startswith("Waiting for")]
+    assert why == f"{waiting}: earlier pictures are made first.", "a processor is not a GPU; a GPU box still says GPU"
+
+
+def test_with_upscaling_off_a_job_says_so_once_instead_of_a_dead_button_per_picture(tmp_path, open_app, monkeypatch):
+    storage = LocalStorage(tmp_path)
+    job_id = uuid.uuid4().hex
+    stored_manifest(storage, job_id, ["succeeded"] * 3)
+    for index in range(3):
+        storage.put(f"jobs/{job_id}/{index}.png", png_bytes(32, 32), "image/png")
+    at = open_job_on(tmp_path, open_app, monkeypatch, services.Health("online", "Online", upscaler="off"), job_id)
+    assert shown_images(at) == 3 and [b.key for b in at.download_button] == ["job-zip", "dl-0", "dl-1", "dl-2"]
+    assert not [b.key for b in at.button if b.key.startswith(UPSCALES)], "no Upscale button that can only be greyed out"
+    (why,) = [c.value for c in at.caption if "4x" in c.value]
+    assert why.startswith("Enlarging pictures 4x is not switched on in this Showroom"), why
+    assert "UPSCALER=replicate" in why and "REPLICATE_API_TOKEN" in why and "UPSCALER=local" in why, \
+        "whoever runs the generator is told how to switch it on"
+
+    at = open_job_on(tmp_path, open_app, monkeypatch, services.Health("online", "Online", upscaler="replicate"), job_id)
+    upscales = [b for b in at.button if b.key.startswith(UPSCALES)]
+    assert [b.key for b in upscales] == ["job-upscale-all", "up-0", "up-1", "up-2"]
+    assert not any(b.disabled for b in upscales) and not [c for c in at.caption if "4x" in c.value]
