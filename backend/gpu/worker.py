@@ -95,7 +95,8 @@ def _run_training(settings, storage, device: str, task: TrainTask, conn, worker_
     work = Path(settings.showroom_cache) / f"worker-{worker_id}" / f"training-{task.training_id}"
     info, error = None, None
     try:
-        info = run_training(settings.model_id, storage, device, task, work, on_step)
+        info = run_training(settings.model_id, storage, device, task, work, on_step,
+                            remover_model=settings.bg_removal_model)
     except TrainingStopped as e:
         log.info("training %s %s", task.training_id, e)
         error = str(e)  # the scheduler says why

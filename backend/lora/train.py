@@ -20,8 +20,10 @@ import json
 import logging
 import shutil
 import sys
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 from PIL import Image, ImageOps
@@ -31,6 +33,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from backend.config import DEFAULT_MODEL_ID
 from backend.images import has_transparency, to_pixels
 from backend.lora.trainer import TEXT_ENCODER_CHOICES, Trainer
+from backend.lora.views import Box, Photo
 
 log = logging.getLogger("showroom.train")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
@@ -43,6 +46,7 @@ class TrainSettings(BaseSettings):
     model_id: str = DEFAULT_MODEL_ID
     api_key: SecretStr | None = None
     backend_url: str = "http://localhost:8000"
+    bg_removal_model: str | None = None  # --find-product's default, as place mode's remover is named
 
 
 @dataclass
@@ -97,23 +101,66 @@ def with_trigger(words: str, trigger: str) -> str:
     return words if trigger in words else f"{trigger}, {words}"
 
 
-def load_photos(folder: Path, video: Path | None, video_count: int, caption: str, trigger: str):
-    """(image, caption) pairs: every photo in `folder` (a `name.txt` beside it overrides the caption) and frames."""
+def load_photos(folder: Path, video: Path | None, video_count: int, caption: str, trigger: str) -> list[Photo]:
+    """Every photo in `folder` (a `name.txt` beside it overrides the caption) and frames of `video`, each with the
+    box of its product where its own transparency shows it."""
     if not folder.is_dir():
         raise SystemExit(f"--images {folder} is not a folder")
-    items = []
+    photos = []
     for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
         with Image.open(path) as img:
             image = to_pixels(ImageOps.exif_transpose(img))  # as uploads; a transparent one is laid on a ground
         text = path.with_suffix(".txt")
         words = text.read_text().strip() if text.is_file() else caption.format(trigger=trigger)
-        items.append((image, with_trigger(words, trigger)))
+        photos.append(Photo(image, with_trigger(words, trigger), path.name, _own_box(image)))
     if video:
         words = with_trigger(caption.format(trigger=trigger), trigger)
-        items += [(frame, words) for frame in video_frames(video, video_count)]
-    if not items:
+        photos += [Photo(frame, words, f"{video.name}#{n}", _own_box(frame))
+                   for n, frame in enumerate(video_frames(video, video_count))]
+    if not photos:
         raise SystemExit(f"no photos ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {folder}")
-    return items
+    return photos
+
+
+def _own_box(image: Image.Image) -> Box | None:
+    """The product's box in a photo with transparency (a packshot): where it is opaque. None for other photos."""
+    from backend.place.cutout import NothingFound, product_box
+
+    if image.mode != "RGBA":
+        return None
+    try:
+        return product_box(image, None)
+    except NothingFound:
+        return None
+
+
+def find_products(photos: list[Photo], model: str) -> dict[str, Box | None]:
+    """Where the product lies in each photo without transparency, by place mode's background remover `model`
+    (BG_REMOVAL_MODEL: a rembg name or an .onnx file), keyed by the photo's name; None where it finds none.
+    Photos with their own box are left out. The remover is never downloaded here: one that is not on this
+    machine finds nothing (the views then hold each photo's centre)."""
+    from backend.place.cutout import BackgroundRemover, NothingFound, product_box
+
+    remover = BackgroundRemover(model)
+    if not remover.on_disk():
+        log.warning("the background remover %s is not on this machine: each view holds its photo's centre", model)
+        return {}
+    started, found = time.perf_counter(), {}
+    for photo in photos:
+        if photo.box is None:
+            try:
+                found[photo.name] = product_box(photo.image, remover)
+            except NothingFound:
+                found[photo.name] = None
+    log.info("found the product in %d of %d photos in %.1f s (%s)", sum(b is not None for b in found.values()),
+             len(found), time.perf_counter() - started, model)
+    return found
+
+
+def with_boxes(photos: list[Photo], boxes: dict[str, Box | None]) -> list[Photo]:
+    """The photos with the boxes found for them (a photo's own box, from its transparency, stays)."""
+    return [p if p.box is not None or not boxes.get(p.name) else replace(p, box=tuple(boxes[p.name]))
+            for p in photos]
 
 
 # ----- checkpoints: safetensors and JSON, never a pickle -----
@@ -188,14 +235,20 @@ def load_checkpoint(trainer: Trainer, output: Path) -> tuple[int, float | None]:
 # ----- the run -----
 
 def train(args: argparse.Namespace, on_step: Callable[[int, int, float], None] | None = None,
-          on_checkpoint: Callable[[Path, int], None] | None = None) -> TrainResult:
+          on_checkpoint: Callable[[Path, int], None] | None = None,
+          locate: Callable[[list[Photo]], dict[str, Box | None]] | None = None) -> TrainResult:
     """Train (or resume) to `args.steps` optimizer steps and write the LoRA to `args.output`. `on_step(step,
-    steps, smoothed loss)` follows each step; `on_checkpoint(folder, step)` each checkpoint written."""
+    steps, smoothed loss)` follows each step; `on_checkpoint(folder, step)` each checkpoint written; `locate`
+    finds the product's box in photos (default: with `--find-product`'s remover, when given)."""
     import torch
     from tqdm.auto import tqdm
 
     torch.manual_seed(args.seed)  # the LoRA's initial weights
     items = load_photos(args.images, args.video, args.video_frames, args.caption, args.trigger)
+    if locate is None and args.find_product:
+        locate = partial(find_products, model=args.find_product)
+    if locate is not None:
+        items = with_boxes(items, locate(items))
     trainer = Trainer(args)
     start, before = load_checkpoint(trainer, args.output) if args.resume else (0, None)
     print(f"training {'an SDXL' if trainer.xl else 'an SD'} LoRA at {trainer.resolution} px on {len(items)} photos "
@@ -270,6 +323,11 @@ def parse_args(argv: list[str] | None = None, settings: TrainSettings | None = N
     g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False,
                    help="mirror half the views at random (default: off; only for products without text or logos)")
     g.add_argument("--color-jitter", type=float, default=0.05, help="brightness/contrast/colour jitter, 0 = off")
+    g.add_argument("--find-product", metavar="REMOVER", default=settings.bg_removal_model,
+                   help="find the product in each photo with this background remover (a rembg model name, e.g. "
+                        "birefnet-general, or an .onnx file; not downloaded) so every view holds all of it; default: "
+                        "BG_REMOVAL_MODEL, else only photos with transparency show where it is (the others: their "
+                        "centre)")
     g = p.add_argument_group("training")
     g.add_argument("--model", default=settings.model_id, help="diffusers model id or folder (default: MODEL_ID)")
     g.add_argument("--output", type=Path, required=True, help="the LoRA to write, e.g. out/bottle.safetensors")

@@ -14,13 +14,13 @@ The LoRA file says what it is in its safetensors metadata (backend.lora.metadata
 import argparse
 import hashlib
 import random
-from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import Image
 
 from backend.gpu.devices import has_fp16_weights, pick_device
 from backend.lora.metadata import lora_metadata
+from backend.lora.views import View, augment
 
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -32,57 +32,6 @@ PROBE_SEED = 1234
 def _seed(*parts) -> int:
     """A stable 63-bit seed from the run's seed and the step: a resumed run draws what the straight run drew."""
     return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
-
-
-# ----- what one step sees -----
-
-@dataclass(frozen=True)
-class View:
-    """A training picture and where it came from: SDXL is told the photo's size and where the crop starts."""
-    image: Image.Image
-    original_size: tuple[int, int]  # (height, width) of the photo
-    crop_top_left: tuple[int, int]  # (top, left) of the crop, in the photo scaled as the crop was scaled
-
-
-def centred_offset(length: int, side: int, rng: random.Random) -> int:
-    """Where a crop `side` long starts along a photo's side `length` long: anywhere the crop still holds the
-    photo's centre (left <= length / 2 <= left + side). A product photo has its product in the middle, and every
-    view is captioned with it; a 10:1 photo cropped anywhere showed any of it in about one view in ten. A crop
-    spans at least 60 % of the short side, so along it (and on a square photo) every offset is still drawn."""
-    return rng.randint(max(0, -((2 * side - length) // 2)), min(length - side, length // 2))
-
-
-def augment(image: Image.Image, size: int, rng: random.Random, crop: bool, flip: bool, jitter: float) -> View:
-    """A random view: crop (60-100% of the short side, holding the photo's centre), mirror, a little
-    brightness/contrast/colour."""
-    w, h = image.size
-    side = min(w, h)
-    if crop:
-        side = max(1, int(side * rng.uniform(0.6, 1.0)))  # a photo 1 px high still has a 1 px crop
-        left, top = centred_offset(w, side, rng), centred_offset(h, side, rng)
-    else:
-        left, top = (w - side) // 2, (h - side) // 2
-    picture = image.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
-    scale = size / side  # the crop's corner where the whole photo, scaled alike, would have it
-    corner_top, corner_left = round(top * scale), round(left * scale)
-    if flip and rng.random() < 0.5:
-        picture = ImageOps.mirror(picture)
-        corner_left = max(0, round(w * scale) - corner_left - size)  # the mirrored photo's crop starts there
-    picture = on_random_ground(picture, rng)
-    for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color) if jitter else ():
-        picture = enhancer(picture).enhance(1 + rng.uniform(-jitter, jitter))
-    return View(picture, (h, w), (corner_top, corner_left))
-
-
-def on_random_ground(picture: Image.Image, rng: random.Random) -> Image.Image:
-    """A photo with transparency (a packshot, a cut-out) laid on a plain colour drawn for this view. Dropping
-    the alpha would teach whatever lies under its transparent pixels (black, in a cut-out) as part of the
-    product's look; a new colour each view teaches that the ground is not the product."""
-    if picture.mode != "RGBA":
-        return picture
-    ground = Image.new("RGB", picture.size, tuple(rng.randrange(256) for _ in range(3)))
-    ground.paste(picture, mask=picture.getchannel("A"))
-    return ground
 
 
 def to_pixels(images: list[Image.Image]):
@@ -280,9 +229,9 @@ class Trainer:
 
         self.set_training(False)
         batch = items[:4]
-        views = [augment(img, self.resolution, random.Random(0), False, False, 0) for img, _ in batch]
+        views = [augment(p.image, self.resolution, random.Random(0), False, False, 0, p.box) for p in batch]
         with torch.no_grad():
-            return float(self.loss(views, [c for _, c in batch], PROBE_SEED))
+            return float(self.loss(views, [p.caption for p in batch], PROBE_SEED))
 
     def step(self, items: list, step: int) -> float:
         """One optimizer step over `--grad-accum` batches; the draws depend only on (seed, step)."""
@@ -293,8 +242,10 @@ class Trainer:
         for micro in range(args.grad_accum):
             rng = random.Random(_seed(args.seed, step, micro))
             batch = [items[rng.randrange(len(items))] for _ in range(args.batch_size)]
-            views = [augment(img, self.resolution, rng, args.crop, args.flip, args.color_jitter) for img, _ in batch]
-            loss = self.loss(views, [c for _, c in batch], _seed(args.seed, step, micro, "noise")) / args.grad_accum
+            views = [augment(p.image, self.resolution, rng, args.crop, args.flip, args.color_jitter, p.box)
+                     for p in batch]
+            captions = [p.caption for p in batch]
+            loss = self.loss(views, captions, _seed(args.seed, step, micro, "noise")) / args.grad_accum
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             total += float(loss.detach())
         params = list(self.named_params.values())

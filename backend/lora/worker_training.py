@@ -5,12 +5,16 @@ Storage holds everything a training needs to go on: a worker killed mid-way (or 
 is replaced, and the next attempt resumes from `trainings/<id>/checkpoints/step-NNNNNN/`.
 """
 
+import json
+import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 from backend.gpu.messages import TrainTask
-from backend.storage import Storage, put_retrying
+from backend.storage import ObjectMissing, Storage, StorageError, put_retrying
+
+log = logging.getLogger("showroom.train")
 
 CHECKPOINT_FILES = ("lora.safetensors", "optimizer.safetensors", "state.json")  # state.json last: it marks it whole
 
@@ -21,6 +25,41 @@ def checkpoints_prefix(training_id: str) -> str:
 
 def lora_result_key(training_id: str) -> str:
     return f"trainings/{training_id}/lora.safetensors"
+
+
+def boxes_key(training_id: str) -> str:
+    """Where the product lies in each photo (photo name -> [left, top, right, bottom] or null), found once."""
+    return f"trainings/{training_id}/boxes.json"
+
+
+def product_boxes(storage: Storage, training_id: str, remover_model: str | None, photos: list) -> dict:
+    """The product's box in each photo: found by the first attempt with place mode's background remover and
+    stored, so a resumed training (or its next chunk, on another node) holds the same views without finding
+    them again. Without a remover on this machine the views hold each photo's centre, as before."""
+    from backend.lora.train import find_products
+
+    try:
+        stored = json.loads(storage.get(boxes_key(training_id)))
+        return {name: tuple(box) if box else None for name, box in stored.items()}
+    except ObjectMissing:
+        pass
+    except (ValueError, TypeError, AttributeError) as e:
+        log.warning("training %s: %s is unreadable (%s); finding the products again", training_id,
+                    boxes_key(training_id), e)
+    if not remover_model:
+        return {}
+    try:
+        boxes = find_products(photos, remover_model)
+    except Exception as e:  # a remover that fails costs the training its boxes, not the training
+        log.warning("training %s: the products could not be found in the photos (%s); each view holds its "
+                    "photo's centre", training_id, e)
+        return {}
+    if boxes:
+        try:
+            put_retrying(storage, boxes_key(training_id), json.dumps(boxes).encode(), "application/json", budget_s=30)
+        except StorageError as e:  # the next attempt finds them again
+            log.warning("training %s: the products' boxes could not be stored: %s", training_id, e)
+    return boxes
 
 
 def newest_checkpoint(storage: Storage, training_id: str) -> str | None:
@@ -43,9 +82,11 @@ class TrainingStopped(Exception):
 
 
 def run_training(model_id: str, storage: Storage, device: str, task: TrainTask, work: Path,
-                 on_step: Callable[[int, int, float], None], until: int | None = None) -> dict:
+                 on_step: Callable[[int, int, float], None], until: int | None = None,
+                 remover_model: str | None = None) -> dict:
     """Train to `task.steps` (or only to step `until`, a chunk of it: then the chunk's last checkpoint is
-    stored and no LoRA yet), resuming from the newest stored checkpoint; returns what the manifest records."""
+    stored and no LoRA yet), resuming from the newest stored checkpoint; returns what the manifest records.
+    `remover_model` (BG_REMOVAL_MODEL) finds the product in the photos, so that every view holds it."""
     from backend.lora import train as trainer
 
     shutil.rmtree(work, ignore_errors=True)
@@ -78,7 +119,8 @@ def run_training(model_id: str, storage: Storage, device: str, task: TrainTask, 
         "--resume", "--quiet",
     ])
     result = trainer.train(args, on_step=lambda step, _steps, loss: on_step(step, task.steps, loss),
-                           on_checkpoint=upload)
+                           on_checkpoint=upload,
+                           locate=lambda photos: product_boxes(storage, task.training_id, remover_model, photos))
     if target < task.steps:  # a chunk: the next one resumes from the checkpoint written at its end
         upload(trainer.checkpoint_root(output) / f"step-{target:06d}", target)
         shutil.rmtree(work, ignore_errors=True)

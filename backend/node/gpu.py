@@ -231,9 +231,11 @@ class Gpu:
 
         work = Path(self.settings.showroom_cache) / f"node-{self.index}" / f"training-{task.training_id}"
         self.set_state("busy")
+        info = {"until": until}
         try:
-            info = run_training(self.settings.model_id, self.storage, self.device, task, work, on_step,
-                                until=until) if until > start or until == task.steps else {"until": until}
+            if until > start or until == task.steps:
+                info = run_training(self.settings.model_id, self.storage, self.device, task, work, on_step,
+                                    until=until, remover_model=self.settings.bg_removal_model)
         except TrainingStopped as e:  # the backend has ended it already: no next chunk, no event
             log.info("%s: training %s %s", self.id, task.training_id, e)
             return

@@ -57,6 +57,18 @@ def cut_out(photo: Image.Image, remover: Callable[[Image.Image], Image.Image] | 
     return _trimmed(rgb, _foreground_mask(rgb, remover), clean_edges=True)
 
 
+def product_box(photo: Image.Image, remover: Callable[[Image.Image], Image.Image] | None) -> tuple[int, int, int, int]:
+    """Where the product lies in the photo, (left, top, right, bottom) in its pixels, found as `cut_out` finds it:
+    its own alpha, else the remover's mask (NothingFound when there is no product, as there). Used to keep the
+    product in a training's views; nothing is cut."""
+    if has_transparency(photo):
+        alpha, own = np.asarray(photo.convert("RGBA").getchannel("A")), True
+    else:
+        alpha, own = _foreground_mask(photo.convert("RGB"), remover), False
+    _check_enough(alpha, own)
+    return Image.fromarray(alpha > TRIM_ALPHA).getbbox()
+
+
 def _foreground_mask(rgb: Image.Image, remover: Callable[[Image.Image], Image.Image] | None) -> np.ndarray:
     if remover is None:
         raise ValueError("the photo has no transparency, so a background remover is needed, got None")
@@ -70,7 +82,7 @@ def _foreground_mask(rgb: Image.Image, remover: Callable[[Image.Image], Image.Im
     return np.where(levels < MASK_CLEAR_BELOW, 0, np.where(levels >= MASK_SOLID_FROM, 255, levels)).astype(np.uint8)
 
 
-def _trimmed(photo: Image.Image, alpha: np.ndarray, clean_edges: bool, own_alpha: bool = False) -> Image.Image:
+def _check_enough(alpha: np.ndarray, own_alpha: bool) -> None:
     opaque = np.count_nonzero(alpha >= FOREGROUND_ALPHA)
     if own_alpha and opaque < MIN_OWN_ALPHA_PIXELS:
         raise NothingFound(f"only {opaque} of its pixels are opaque, at least {MIN_OWN_ALPHA_PIXELS} are needed")
@@ -78,6 +90,10 @@ def _trimmed(photo: Image.Image, alpha: np.ndarray, clean_edges: bool, own_alpha
     if not own_alpha and fraction < MIN_FOREGROUND_FRACTION:
         raise NothingFound(f"only {fraction:.2%} of the photo is foreground, at least "
                            f"{MIN_FOREGROUND_FRACTION:.1%} is needed")
+
+
+def _trimmed(photo: Image.Image, alpha: np.ndarray, clean_edges: bool, own_alpha: bool = False) -> Image.Image:
+    _check_enough(alpha, own_alpha)
     box = Image.fromarray(alpha > TRIM_ALPHA).getbbox()
     colour = np.array(photo.crop(box).convert("RGB"))
     alpha = alpha[box[1]:box[3], box[0]:box[2]]
@@ -124,6 +140,19 @@ class BackgroundRemover:
         # the model's mask, already resized to the photo.
         masks = self.session().predict(rgb)
         return masks[0].convert("L")
+
+    def on_disk(self) -> bool:
+        """Whether the model is on this machine already (a path, or a rembg model downloaded before), so opening it
+        downloads nothing."""
+        if self.model_path is not None:
+            return True
+        try:
+            from rembg.sessions import sessions_class
+
+            kind = next(c for c in sessions_class if c.name() == self.model)
+            return kind.resolve_existing(f"{self.model}.onnx") is not None
+        except (ImportError, AttributeError, StopIteration, TypeError):  # rembg's internals moved: no, not a download
+            return False
 
     def session(self):
         """The rembg session, opened once (double-checked under a lock: opening loads the model)."""

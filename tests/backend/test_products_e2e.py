@@ -2,6 +2,7 @@
 upload), then a LoRA trained on a GPU worker through the executor, resumed after a worker is killed."""
 
 import io
+import json
 import os
 import signal
 import time
@@ -132,6 +133,12 @@ def test_a_training_teaches_the_product_a_lora_that_changes_its_images(backend):
     assert training["status"] == "succeeded", training
     assert training["progress"] == {"step": 10, "steps": 10} and training["loss"] is not None
     assert backend.storage.exists(f"trainings/{ticket['id']}/0.png")
+    # the worker found the product in each photo with BG_REMOVAL_MODEL (the tiny "not white" remover): views hold it
+    boxes = json.loads(backend.storage.get(f"trainings/{ticket['id']}/boxes.json"))
+    for name, (_, (_, photo, _)) in zip(("0.png", "1.png", "2.png", "3.png"), training_photos(4)):
+        dark = np.argwhere(np.asarray(Image.open(io.BytesIO(photo)).convert("L")) < 200)
+        expected = (dark[:, 1].min(), dark[:, 0].min(), dark[:, 1].max() + 1, dark[:, 0].max() + 1)
+        assert all(abs(a - b) <= 3 for a, b in zip(boxes[name], expected)), (name, boxes[name], expected)
     product = {p["name"]: p for p in backend.get("/v1/catalog").json()["products"]}["bottle"]
     assert product["has_lora"] and product["training"] == ticket["id"]
     assert backend.storage.exists("products/bottle.safetensors")

@@ -17,7 +17,8 @@ from backend.lora.formats import normalize_upload
 from backend.lora.loading import load_lora_into
 from backend.lora.safetensors_file import read_safetensors
 from backend.lora.train import Trainer, TrainSettings, load_photos, main, parse_args, train, video_frames
-from backend.lora.trainer import augment, mixed_precision
+from backend.lora.trainer import mixed_precision
+from backend.lora.views import augment
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -206,7 +207,7 @@ def test_photos_captions_and_video_frames(photos, tmp_path):
     assert [f.getpixel((0, 0))[0] // 20 for f in video_frames(gif, 4)] == [0, 2, 5, 7]  # evenly spaced
     items = load_photos(photos, gif, 5, "a photo of {trigger}", "sks bottle")
     assert len(items) == 3 + 5
-    assert [c for _, c in items[:3]] == ["sks bottle on a table", "a photo of sks bottle", "a photo of sks bottle"]
+    assert [p.caption for p in items[:3]] == ["sks bottle on a table", "a photo of sks bottle", "a photo of sks bottle"]
 
 
 def test_video_frames_are_captioned_with_the_trigger_like_the_photos(photos, tmp_path):
@@ -216,7 +217,7 @@ def test_video_frames_are_captioned_with_the_trigger_like_the_photos(photos, tmp
     frames = [Image.new("RGB", (40, 40), (i * 20, 0, 0)) for i in range(4)]
     frames[0].save(gif, save_all=True, append_images=frames[1:], duration=50)
     items = load_photos(photos, gif, 4, "a bottle on a table", "sks bottle")
-    assert [c for _, c in items] == ["sks bottle on a table"] + ["sks bottle, a bottle on a table"] * 6
+    assert [p.caption for p in items] == ["sks bottle on a table"] + ["sks bottle, a bottle on a table"] * 6
 
 
 def test_a_photo_one_pixel_high_still_makes_views():
@@ -241,25 +242,26 @@ def test_a_transparent_grounds_hidden_colour_is_never_learnt(tmp_path):
     for n, hidden in enumerate([(0, 0, 0), (0, 255, 0)]):
         cutout_photo(hidden).save(tmp_path / f"cut_{n}.png")
     items = load_photos(tmp_path, None, 0, "a photo of {trigger}", "sks bottle")
-    assert [img.mode for img, _ in items] == ["RGBA", "RGBA"], "the transparency is kept until a view is made"
-    views = [augment(img, 32, random.Random(7), False, False, 0).image for img, _ in items]
+    assert [p.image.mode for p in items] == ["RGBA", "RGBA"], "the transparency is kept until a view is made"
+    views = [augment(p.image, 32, random.Random(7), False, False, 0).image for p in items]
     assert all(v.mode == "RGB" for v in views)
     assert np.array_equal(np.asarray(views[0]), np.asarray(views[1])), "what lies under the alpha is not seen"
-    grounds = {augment(items[0][0], 32, random.Random(seed), False, False, 0).image.getpixel((0, 0))
+    grounds = {augment(items[0].image, 32, random.Random(seed), False, False, 0).image.getpixel((0, 0))
                for seed in range(6)}
     assert len(grounds) > 1 and (0, 0, 0) not in grounds, "a ground of its own for each view"
-    assert augment(items[0][0], 32, random.Random(1), False, False, 0).image.getpixel((16, 20)) == (200, 30, 30)
+    assert augment(items[0].image, 32, random.Random(1), False, False, 0).image.getpixel((16, 20)) == (200, 30, 30)
     opaque = tmp_path / "opaque"
     opaque.mkdir()
     Image.new("RGBA", (8, 8), (1, 2, 3, 255)).save(opaque / "p.png")
-    assert load_photos(opaque, None, 0, "{trigger}", "sks")[0][0].mode == "RGB", "no alpha to honour"
+    assert load_photos(opaque, None, 0, "{trigger}", "sks")[0].image.mode == "RGB", "no alpha to honour"
 
 
 def test_a_16_bit_grey_photo_is_learnt_in_its_own_tones(tmp_path):
     """PIL opens a 16-bit greyscale PNG as "I;16", and its convert("RGB") clips every value above 255: the photo
     became a white sheet. The folder's photos are brought to 8 bits as uploads are (normalize_photo)."""
     Image.new("I;16", (8, 8), 128 * 257).save(tmp_path / "grey16.png")
-    (image, _), = load_photos(tmp_path, None, 0, "{trigger}", "sks")
+    photo, = load_photos(tmp_path, None, 0, "{trigger}", "sks")
+    image = photo.image
     assert image.mode == "RGB" and image.getpixel((4, 4)) == (128, 128, 128)
 
 

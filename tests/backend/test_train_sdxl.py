@@ -16,7 +16,8 @@ from backend.lora.check import WrongBaseModel, normalize_lora
 from backend.lora.loading import load_lora_into
 from backend.lora.safetensors_file import LoraFormatError, read_safetensors_header
 from backend.lora.train import TrainSettings, parse_args, train
-from backend.lora.trainer import Trainer, View, augment, vae_dtype
+from backend.lora.trainer import Trainer, vae_dtype
+from backend.lora.views import View, augment
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
