@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backend.lora.formats import CLONEOFSIMO_PREFIX, EMBEDDING_PREFIX, embedding_token_names, normalize_upload
+from backend.lora.metadata import own_metadata, with_metadata
 from backend.lora.safetensors_file import LoraFormatError, read_safetensors_header
 
 log = logging.getLogger("showroom.lora")
@@ -34,15 +35,19 @@ class WrongBaseModel(LoraFormatError):
     """The LoRA is well formed but was made for another base model."""
 
 
-def normalize_lora(data: bytes, model_id: str | None) -> bytes:
+def normalize_lora(data: bytes, model_id: str | None, *, title: str | None = None) -> bytes:
     """The LoRA in the canonical layout the workers load, checked against MODEL_ID's widths where its config is
-    at hand (None: not checked); LoraFormatError (a ValueError) says what is wrong."""
-    read_safetensors_header(data)  # a cheap first look, with the message for pickles
+    at hand (None: not checked), with what the file says about itself (its own `ss_*` and `modelspec.*` keys, within
+    metadata.own_metadata's budget; the loader's keys win) and, given a `title`, named so in the keys tools show;
+    LoraFormatError (a ValueError) says what is wrong."""
+    about = own_metadata(read_safetensors_header(data)[1])  # a cheap first look, with the message for pickles
     lora = normalize_upload(data)
     base = find_base_model(model_id) if model_id else None
     if base is not None:
         check_base_model(read_safetensors_header(lora)[0], base)
-    return lora
+    if title:
+        about |= {"modelspec.title": title, "ss_output_name": title}
+    return with_metadata(lora, about)
 
 
 # ----- the base model, from its config files -----

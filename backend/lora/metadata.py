@@ -1,9 +1,20 @@
-"""What a trained LoRA file says about itself, in its safetensors header (strings only): the keys tools read,
-the SAI model spec's `modelspec.*` (ComfyUI, SwarmUI, Civitai) and kohya's `ss_*` (A1111/Forge, Civitai)."""
+"""What a LoRA file says about itself, in its safetensors header (strings only): the keys tools read, the SAI
+model spec's `modelspec.*` (ComfyUI, SwarmUI, Civitai) and kohya's `ss_*` (A1111/Forge, Civitai). A trained file's
+are written here; an uploaded or trained file's own are kept in the product's stored file, within a budget."""
 
 import json
+import logging
+import struct
 from datetime import datetime, timezone
 from pathlib import Path
+
+from backend.lora.safetensors_file import read_safetensors_header
+
+log = logging.getLogger("showroom.lora")
+OWN_PREFIXES = ("ss_", "modelspec.")  # the header keys a stored product's file keeps of the file it came from
+# A header may hold megabytes: kohya's ss_tag_frequency counts every caption word of a large dataset, and
+# modelspec.thumbnail embeds an image. Titles, licences and training settings take a few KB.
+MAX_OWN_BYTES = 64 * 1024
 
 
 def base_model_name(model: str) -> str:
@@ -78,3 +89,33 @@ def lora_metadata(trainer, step: int, photos: int) -> dict[str, str]:
     if trained_text:
         about["ss_text_encoder_lr"] = str(args.text_encoder_lr or args.lr)
     return about
+
+
+def own_metadata(metadata: dict[str, str], limit: int = MAX_OWN_BYTES) -> dict[str, str]:
+    """What a LoRA file says about itself that tools show (its `ss_*` and `modelspec.*` keys), at most `limit` bytes
+    of them as written in a header: past that the largest values are dropped first, and the log names them. Every
+    other key is left out (the loader writes its own)."""
+    own = {key: value for key, value in metadata.items() if key.startswith(OWN_PREFIXES)}
+    sizes = {key: len(json.dumps(key)) + len(json.dumps(value)) + 2 for key, value in own.items()}  # "k":"v",
+    total, dropped = sum(sizes.values()), []
+    for key in sorted(own, key=lambda k: (sizes[k], k), reverse=True):
+        if total <= limit:
+            break
+        total -= sizes[key]
+        del own[key]
+        dropped.append(f"{key} ({sizes[key]} bytes)")
+    if dropped:
+        log.warning("LoRA metadata: %s left out, to keep at most %d bytes of the file's own ss_*/modelspec.* keys",
+                    ", ".join(dropped), limit)
+    return own
+
+
+def with_metadata(lora: bytes, about: dict[str, str]) -> bytes:
+    """The safetensors file `lora` with `about` added to its header's metadata, its own keys winning; the tensors'
+    bytes are copied as they are, never decoded (an upload may be 1 GB)."""
+    if not about:
+        return lora
+    header, metadata, body_start = read_safetensors_header(lora)
+    encoded = json.dumps({"__metadata__": about | metadata} | header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the tensors start 8-byte aligned, as safetensors' own writer keeps them
+    return b"".join((struct.pack("<Q", len(encoded)), encoded, memoryview(lora)[body_start:]))

@@ -21,7 +21,6 @@ from backend.gpu.messages import TrainTask
 from backend.images import BadImage, normalize_photo
 from backend.jobs.manifests import ManifestStore
 from backend.lora.check import normalize_lora
-from backend.lora.safetensors_file import read_safetensors, read_safetensors_header, write_safetensors
 from backend.lora.worker_training import lora_result_key
 from backend.models import Status, StepProgress, TrainingManifest, now
 from backend.products.catalog import Catalog
@@ -184,7 +183,8 @@ class TrainingService:
                 self._change(training_id, status=Status.failed, error=gone)
                 return
             trained = self.storage.get(lora_result_key(training_id))
-            lora = with_training_metadata(normalize_lora(trained, self.settings.model_id), trained, training.product)
+            # titled as the product: the trained file is named after the worker's own file, lora.safetensors
+            lora = normalize_lora(trained, self.settings.model_id, title=training.product)
             self.storage.put(lora_key(training.product), lora, "application/octet-stream")
             self.catalog.update(training.product, if_training=training_id, has_lora=True)
         except UnknownReference:  # deleted while it was stored: the LoRA just stored must not outlive it
@@ -240,19 +240,6 @@ class TrainingService:
         if not earlier.status.is_terminal():
             raise InvalidRequest(f"product {product.name!r} is being trained already (training {earlier.id}, "
                                  f"{earlier.status.value}); wait for it to finish")
-
-
-def with_training_metadata(lora: bytes, trained: bytes, product: str) -> bytes:
-    """The checked LoRA (its header holds only what our loader reads) with what the trained file says about itself,
-    the SAI model spec's `modelspec.*` and kohya's `ss_*` keys (backend.lora.trainer.Trainer.metadata), titled with
-    the product's name: a LoRA fetched from the bucket shows its trigger, base model and training in A1111,
-    ComfyUI or Civitai. The loader's own keys win over any of the trained file's."""
-    _, about, _ = read_safetensors_header(trained)
-    about = {k: v for k, v in about.items() if k.startswith(("modelspec.", "ss_"))}
-    if not about:
-        return lora
-    tensors, metadata = read_safetensors(lora)
-    return write_safetensors(tensors, about | {"modelspec.title": product, "ss_output_name": product} | metadata)
 
 
 def _fail(training: TrainingManifest, error: str) -> None:

@@ -15,12 +15,12 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from backend.lora.check import normalize_lora
 from backend.lora.formats import normalize_upload
 from backend.lora.loading import load_lora_into
 from backend.lora.metadata import base_model_name
 from backend.lora.safetensors_file import read_safetensors_header
 from backend.lora.train import TrainSettings, parse_args, train
-from backend.products.training import with_training_metadata
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -90,7 +90,7 @@ def test_the_metadata_names_nothing_from_the_training_machine(trained, tiny_mode
 
 def test_diffusers_and_our_loader_load_the_lora_with_its_metadata(trained, tiny_model, tmp_path):
     """diffusers' load_lora_weights reads the file as written; our loader reads it as uploaded, and as the app
-    stores a trained product's LoRA (checked, with the trained file's metadata put back, titled as the product)."""
+    stores a trained product's LoRA (checked, keeping the trained file's metadata, titled as the product)."""
     from diffusers import StableDiffusionPipeline
 
     result, _ = trained
@@ -113,7 +113,7 @@ def test_diffusers_and_our_loader_load_the_lora_with_its_metadata(trained, tiny_
     np.testing.assert_allclose(draw(), with_lora, atol=1e-5)
     pipe.delete_adapters("upload")
 
-    stored = with_training_metadata(normalize_upload(data), data, "amber-bottle")
+    stored = normalize_lora(data, str(tiny_model), title="amber-bottle")  # as TrainingService._adopt stores it
     _, about, _ = read_safetensors_header(stored)
     assert about["showroom_lora"] == "1" and about["source_format"] == "diffusers", "the loader's own keys stay"
     assert about["modelspec.title"] == about["ss_output_name"] == "amber-bottle"

@@ -95,8 +95,8 @@ def test_a_finished_training_gives_its_product_the_lora(service, tiny_model):
 
 
 def test_a_trained_products_lora_keeps_what_the_trained_file_says(service, tiny_model):
-    """The upload check rewrites the header with the loader's keys only; the trainer's modelspec.* and ss_* keys
-    (trigger, base model, rank, steps...) are put back, titled with the product, and nothing else of the file's."""
+    """The upload check writes the loader's keys and keeps the trainer's modelspec.* and ss_* keys (trigger, base
+    model, rank, steps...), titled with the product, and nothing else of the file's."""
     tensors, _ = read_safetensors(make_lora(tiny_model, seed=1))
     said = {"modelspec.trigger_phrase": "zxq p0", "modelspec.title": "lora", "ss_network_dim": "4",
             "ss_output_name": "lora", "showroom_lora": "0", "trained_in": "/home/alice/work"}
