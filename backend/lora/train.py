@@ -31,7 +31,7 @@ from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from backend.config import DEFAULT_MODEL_ID
-from backend.images import has_transparency, to_pixels
+from backend.images import to_pixels
 from backend.lora.trainer import TEXT_ENCODER_CHOICES, Trainer
 from backend.lora.views import Box, Photo
 
@@ -75,7 +75,7 @@ def video_frames(path: Path, count: int) -> list[Image.Image]:
             frames = []
             for index in spaced(getattr(img, "n_frames", 1), count):
                 img.seek(index)
-                frames.append(img.convert("RGBA" if has_transparency(img) else "RGB"))
+                frames.append(to_pixels(img))  # as photos are read: a clip with a P3 profile in sRGB
     else:
         try:
             import av

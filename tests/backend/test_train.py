@@ -200,6 +200,21 @@ def test_video_frames_from_an_mp4_are_evenly_spaced(tmp_path):
     assert len(video_frames(video, 50)) == 10
 
 
+def test_an_animated_clips_frames_are_read_in_srgb(tmp_path):
+    """Frames of an animated WebP or PNG with a colour profile (a phone's P3 clip, exported) are converted as
+    photos are, not read as if sRGB (washed out); a transparent one keeps its alpha."""
+    from tests.unit.test_colour_profiles import P3, in_srgb
+
+    for suffix in ("webp", "png"):
+        clip = tmp_path / f"turn.{suffix}"
+        frames = [Image.new("RGB", (16, 16), (200, 120, 80)), Image.new("RGB", (16, 16), (60, 150, 200))]
+        frames[0].save(clip, save_all=True, append_images=frames[1:], icc_profile=P3, lossless=True)
+        read = video_frames(clip, 2)
+        for frame, colour in zip(read, [(200, 120, 80), (60, 150, 200)]):
+            assert frame.mode == "RGB"
+            assert np.allclose(frame.getpixel((8, 8)), in_srgb(colour), atol=1.5), (suffix, frame.getpixel((8, 8)))
+
+
 def test_photos_captions_and_video_frames(photos, tmp_path):
     gif = tmp_path / "turn.gif"
     frames = [Image.new("RGB", (40, 40), (i * 20, 0, 0)) for i in range(10)]
