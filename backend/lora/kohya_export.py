@@ -13,9 +13,13 @@ UNet modules keep diffusers' names (`lora_unet_down_blocks_1_attentions_0_...`),
 back unchanged and A1111, Forge, ComfyUI and diffusers map onto their own UNets, SDXL's included; text-encoder
 modules keep transformers 4's names (`lora_te_text_model_encoder_layers_0_self_attn_q_proj`), as kohya's own.
 
-The file's string metadata is kept (less `showroom_lora`, which marks Showroom's own layout), with kohya's
-`ss_network_module` and, where the file does not say, `ss_base_model_version` (A1111's LoRA tab shows a LoRA with
-the checkpoints of that base model only); `ss_network_dim` and `ss_network_alpha` say the rank, as the alphas do.
+The file's string metadata is kept (less `showroom_lora`, which marks Showroom's own layout): a trained file's, and
+an uploaded file's own `ss_*` and `modelspec.*` keys (its author's title, description, licence, tag frequencies),
+with kohya's `ss_network_module` and, where the file does not say, `ss_base_model_version` (A1111's LoRA tab shows
+a LoRA with the checkpoints of that base model only); `ss_network_dim` and `ss_network_alpha` say the rank, as the
+alphas do. The product's trigger words are the file's `modelspec.trigger_phrase`, over the file's own: they are what
+Showroom prompts it with, and what the product's trigger was changed to since; its name is the title only where
+the file names none.
 
 Refused: a LoRA uploaded in cloneofsimo's layout: its modules are numbered, not named, and a number only names a
 module against the model itself (in a worker, with torch). Left out: token embeddings (such as `<s1>`), which kohya's
@@ -40,9 +44,9 @@ class NotExportable(LoraFormatError):
 def to_kohya(data: bytes, *, sdxl: bool | None = None, trigger: str | None = None, title: str | None = None) -> bytes:
     """A stored LoRA (Showroom's canonical layout, or any layout normalize_upload takes) -> kohya-layout safetensors.
     `sdxl` is the base model as the caller knows it, used only where the file cannot tell (a tiny model's widths,
-    a LoRA with no cross-attention key): it decides `lora_te` or `lora_te1`. `trigger` and `title` (the catalog
-    product's) go into the metadata where the file does not name its own (an uploaded LoRA's header is not kept).
-    NotExportable says why not."""
+    a LoRA with no cross-attention key): it decides `lora_te` or `lora_te1`. `trigger` (the catalog product's) is the
+    trigger phrase; `title` (the product's name) goes in where the file does not name its own. NotExportable says
+    why not."""
     tensors, metadata = read_safetensors(data)
     if metadata.get("showroom_lora") != "1":  # stored by hand or before the converters: normalise it first
         tensors = read_safetensors(normalize_upload(data))[0]
@@ -60,9 +64,11 @@ def to_kohya(data: bytes, *, sdxl: bool | None = None, trigger: str | None = Non
         out[f"{name}.lora_down.weight"], out[f"{name}.lora_up.weight"] = down, ups[target]
         out[f"{name}.alpha"] = Tensor("F32", (), np.array(rank, dtype="<f4").tobytes())  # 0-d, as kohya's
     metadata = _metadata(metadata, downs, base, embeddings)
-    for key, value in (("modelspec.trigger_phrase", trigger), ("modelspec.title", title), ("ss_output_name", title)):
-        if value and not metadata.get(key):
-            metadata[key] = value
+    if trigger:
+        metadata["modelspec.trigger_phrase"] = trigger
+    for key in ("modelspec.title", "ss_output_name"):
+        if title and not metadata.get(key):
+            metadata[key] = title
     return write_safetensors(out, metadata)
 
 
@@ -104,6 +110,8 @@ def _metadata(stored: dict[str, str], downs: dict[str, Tensor], base: str | None
     ranks = {down.shape[0] for down in downs.values()}
     if len(ranks) == 1:  # kohya's one network dim, and the alpha this file has (a trained file's said its own)
         metadata["ss_network_dim"] = metadata["ss_network_alpha"] = str(ranks.pop())
+    else:  # an upload's alpha, which the stored file folded in: each module's .alpha says its own now
+        metadata.pop("ss_network_alpha", None)
     if base is not None:
         metadata.setdefault("ss_base_model_version", base)
         metadata.setdefault("ss_v2", str(base == SD2))

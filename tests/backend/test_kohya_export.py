@@ -3,6 +3,7 @@ AUTOMATIC1111, Forge and ComfyUI. It must read back as the stored file exactly (
 own kohya converter with the same effect as the stored file has in Showroom (an independent reader), and name
 every module as kohya does."""
 
+import json
 import os
 import re
 import subprocess
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from backend.lora.check import normalize_lora
 from backend.lora.formats import normalize_upload
 from backend.lora.kohya_export import NotExportable, to_kohya
 from backend.lora.loading import load_lora_into
@@ -99,15 +101,45 @@ def test_the_stored_metadata_is_kept_but_the_alpha_it_gives_is_the_files(tiny_mo
     assert exported["modelspec.trigger_phrase"] == "zwx bottle" and exported["ss_base_model_version"] == "sd_v1"
     assert exported["ss_network_alpha"] == "4" and exported["source_format"] == "diffusers"
     named = read_safetensors(to_kohya(write_safetensors(tensors, metadata | said), trigger="other", title="jar"))[1]
-    assert named["modelspec.trigger_phrase"] == "zwx bottle", "the file's own words are kept over the catalog's"
+    assert named["modelspec.trigger_phrase"] == "other", "the product's trigger: what Showroom prompts it with"
     assert named["modelspec.title"] == named["ss_output_name"] == "jar", "the product's name where the file has none"
 
 
 def test_an_uploaded_lora_takes_the_catalog_products_words(tiny_model):
-    """An upload's header is not stored (the upload check rewrites it): the catalog's trigger and name go in."""
+    """A LoRA whose file says nothing of itself: the catalog's trigger and name go in."""
     exported = read_safetensors(to_kohya(normalize_upload(make_lora(tiny_model, seed=13)), trigger="qwz jar",
                                          title="jar"))[1]
     assert exported["modelspec.trigger_phrase"] == "qwz jar" and exported["modelspec.title"] == "jar"
+
+
+def test_an_uploaded_lora_is_given_back_with_its_authors_words_and_the_products_trigger(tiny_model):
+    """Its own ss_*/modelspec.* keys were stored (normalize_lora): the download still says what its author wrote,
+    but prompts with the trigger Showroom prompts it with; the alpha it names is the export's own."""
+    tensors, metadata = read_safetensors(wild_loras.kohya_lora(tiny_model, seed=14, alpha=1.0))
+    author = {"modelspec.title": "Amber bottle v2", "modelspec.trigger_phrase": "amber bottle",
+              "modelspec.description": "An amber glass bottle", "modelspec.author": "Ada Lovelace",
+              "modelspec.license": "CreativeML Open RAIL-M", "ss_output_name": "amberBottle_v2",
+              "ss_tag_frequency": json.dumps({"10_amber": {"amber bottle": 12}})}
+    stored = normalize_lora(write_safetensors(tensors, metadata | author), str(tiny_model))
+    exported = read_safetensors(to_kohya(stored, sdxl=False, trigger="zwx bottle", title="amber-bottle"))[1]
+    assert exported["modelspec.trigger_phrase"] == "zwx bottle"
+    assert {key: exported[key] for key in author if key != "modelspec.trigger_phrase"} == {
+        key: value for key, value in author.items() if key != "modelspec.trigger_phrase"}
+    assert (exported["ss_network_dim"], exported["ss_network_alpha"]) == (str(wild_loras.RANK),) * 2
+    assert read_safetensors(to_kohya(stored))[1]["modelspec.trigger_phrase"] == "amber bottle", "no product's: its own"
+
+
+def test_ranks_that_differ_leave_the_files_network_alpha_out(tiny_model):
+    """The stored file folded each module's alpha in, and the export's alphas are the ranks: one alpha no longer
+    says them."""
+    tensors, metadata = read_safetensors(normalize_upload(make_lora(tiny_model, seed=15)))
+    first = sorted(k for k in tensors if k.endswith(".lora_A.weight"))[0].removesuffix(".lora_A.weight")
+    down, up = tensors[f"{first}.lora_A.weight"].array(), tensors[f"{first}.lora_B.weight"].array()
+    tensors[f"{first}.lora_A.weight"] = Tensor.from_array(down[:1], "F32")
+    tensors[f"{first}.lora_B.weight"] = Tensor.from_array(up[:, :1], "F32")
+    said = metadata | {"ss_network_dim": "4", "ss_network_alpha": "1"}
+    exported = read_safetensors(to_kohya(write_safetensors(tensors, said)))[1]
+    assert "ss_network_alpha" not in exported
 
 
 def test_sd_export_of_a_kohya_file_has_kohyas_own_keys(tiny_model):
