@@ -66,6 +66,8 @@ class JobSpec(BaseModel):
     placement: Placement | None = None
     shadow: bool = Field(True, description="place mode: a soft contact shadow under the product")
     harmonize: bool = Field(True, description="place mode: the product's edge takes a little of the scene's light")
+    reflection: float = Field(0.0, ge=0, le=1, description="place mode: the product mirrored on a glossy floor, this "
+                              "opaque at its base and fading below it (0.2-0.4 looks like polished stone; 0 = none)")
     webhook: str | None = Field(None, max_length=2000, description="Standard Webhooks POSTs go to this http(s) URL")
     webhook_events: list[WebhookEvent] = Field(default_factory=lambda: ["job.completed"], max_length=4)
 
@@ -109,6 +111,7 @@ class ResolvedSpec(BaseModel):
     placement: Placement | None = None
     shadow: bool = True
     harmonize: bool = True
+    reflection: float = 0.0
     webhook: str | None = None
     webhook_events: list[WebhookEvent] = ["job.completed"]
 

@@ -22,7 +22,7 @@ from frontend.jobs import JobView
 PRODUCT_TOKEN = "<product>"
 MAX_SEED = 2**53 - 1 - 16  # the Create page's seed field
 SPEC_FIELDS = ("negative_prompt", "product", "template", "loras", "num_images", "steps", "guidance_scale",
-               "width", "height", "strength", "mode", "placement", "shadow", "harmonize")
+               "width", "height", "strength", "mode", "placement", "shadow", "harmonize", "reflection")
 
 
 def written_prompt(spec: dict, trigger: str | None) -> str:
@@ -66,6 +66,7 @@ def form_values(spec: dict, trigger: str | None, native: int, images: int | None
         "strength": _clamp(_number(spec.get("strength"), 0.5), 0.0, 1.0),
         "mode": mode if mode in placement.MODES else "generate", "aspect": _aspect(width, height, native),
         "shadow": bool(spec.get("shadow", True)), "harmonize": bool(spec.get("harmonize", True)),
+        "reflection": _clamp(_number(spec.get("reflection"), 0.0), 0.0, 0.8),
     }
     if count := int(_number(spec.get("num_images"), 0)) or images:
         values["num_images"] = _clamp(count, 1, 16)

@@ -48,5 +48,6 @@ def build_task(task_id: int, held: HeldJob, indices: list[int], model_id: str) -
         meta=spec.model_dump(mode="json", exclude={"seed", "num_images", "webhook", "webhook_events"})
         | {"model": public_model_name(model_id)},
         mode=spec.mode, layout_key=job.layout_key, shadow=spec.shadow, harmonize=spec.harmonize,
+        reflection=spec.reflection,
         preview_keys=tuple(preview_key(job.id, i) for i in indices),
     )

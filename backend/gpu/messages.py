@@ -33,6 +33,7 @@ class Task:
     layout_key: str | None = None             # place mode: the product layer, RGBA, width x height
     shadow: bool = True                       # place mode: a contact shadow under the product
     harmonize: bool = True                    # place mode: the product's edge takes a little of the scene's light
+    reflection: float = 0.0                   # place mode: its mirror image on a glossy floor, this strong (0 = none)
     preview_keys: tuple[str, ...] = ()        # where a preview of each image goes while it sharpens
 
 

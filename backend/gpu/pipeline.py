@@ -306,9 +306,9 @@ class Generator:
                 kwargs |= prompt_embeddings(pipe, task.prompt, task.negative_prompt, n)
             latents = pipe(**kwargs).images
             images = self._decode(latents)
-        if layer is not None:  # the product's own pixels back, exactly; a shadow and a light wrap around it
-            images = [finish(img, layer, task.shadow, task.harmonize) if isinstance(img, Image.Image) else img
-                      for img in images]
+        if layer is not None:  # the product's own pixels back, exactly; a shadow, a light wrap, a reflection
+            images = [finish(img, layer, task.shadow, task.harmonize, task.reflection)
+                      if isinstance(img, Image.Image) else img for img in images]
         log.info("job %s images %s: %d steps in %.2fs on %s", task.job_id, list(task.indices), task.steps,
                  time.perf_counter() - started, self.device)
         return images

@@ -36,6 +36,8 @@ def choose_mode(spec: JobSpec, has_photo: bool, product: Product | None) -> str:
                              f"with a packshot; {which}")
     if spec.placement is not None and mode != "place":
         raise InvalidRequest(f"placement is used only in mode 'place', got mode {mode!r}")
+    if spec.reflection and mode != "place":  # a reflection needs a product layer to mirror
+        raise InvalidRequest(f"reflection is used only in mode 'place', got mode {mode!r}")
     return mode
 
 
@@ -85,7 +87,8 @@ def resolve(spec: JobSpec, *, template: Template | None, product: Product | None
         width=width or native, height=height or native,
         seed=spec.seed if spec.seed is not None else secrets.randbelow(2**32), strength=strength,
         mode=mode, placement=(spec.placement or Placement()) if mode == "place" else None,
-        shadow=spec.shadow, harmonize=spec.harmonize, webhook=spec.webhook, webhook_events=spec.webhook_events,
+        shadow=spec.shadow, harmonize=spec.harmonize, reflection=spec.reflection, webhook=spec.webhook,
+        webhook_events=spec.webhook_events,
     )
 
 

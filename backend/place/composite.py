@@ -1,4 +1,5 @@
-"""Finishing a generated scene: the product put back pixel for pixel, with a contact shadow and a light wrap."""
+"""Finishing a generated scene: the product put back pixel for pixel, with a contact shadow, a light wrap and, on
+a glossy floor, its reflection."""
 
 import math
 from dataclasses import dataclass
@@ -22,10 +23,16 @@ FOOTPRINT_BAND = 0.08  # bottom share of the product's height taken as the part 
 WRAP_STRENGTH = 0.6    # how far a fully see-through edge pixel's colour moves toward the scene around it
 WRAP_RADIUS = 0.02     # of the product's larger side: the neighbourhood whose colour the edge takes on
 SOLID_ALPHA = 128      # the product's box, for sizes and the base line, counts pixels at least this opaque
+REFLECTION_LENGTH = 0.4  # of the product's height: how far below its base its reflection fades out
+REFLECTION_BLUR = 0.004  # of the product's width: a glossy floor is not quite a mirror
 
 
-def finish(generated: Image.Image, layer: Image.Image, shadow: bool = True, harmonize: bool = True) -> Image.Image:
-    """The final image: the scene (with an optional shadow), the layer's edges blended in, its opaque pixels exact."""
+def finish(generated: Image.Image, layer: Image.Image, shadow: bool = True, harmonize: bool = True,
+           reflection: float = 0.0) -> Image.Image:
+    """The final image: the scene (with an optional reflection and shadow), the layer's edges blended in, its opaque
+    pixels exact. `reflection` (0..1) is how strong the product's mirror image is at its base; 0 draws none."""
+    if not 0 <= reflection <= 1:
+        raise ValueError(f"reflection must be between 0 and 1, got {reflection}")
     if layer.mode != "RGBA":
         raise ValueError(f"layer must be an RGBA image, got mode {layer.mode}")
     if generated.size != layer.size:
@@ -36,6 +43,8 @@ def finish(generated: Image.Image, layer: Image.Image, shadow: bool = True, harm
     solid, outer = _box(alpha >= SOLID_ALPHA), _box(alpha > 0)
     if outer is None:
         return Image.fromarray(out, "RGB")
+    if reflection and solid is not None:
+        _reflect(out, product, solid, outer, reflection)
     if shadow and solid is not None:
         _cast_shadow(out, alpha, solid)
     # Only the product's box (and, for the wrap, the scene around it) is touched, so the cost follows the
@@ -81,6 +90,27 @@ def _window(box: tuple[int, int, int, int], pad: int, shape: tuple[int, ...]) ->
 def _wrap_radius(solid: tuple[int, int, int, int]) -> float:
     left, top, right, bottom = solid
     return max(2.0, WRAP_RADIUS * max(right - left, bottom - top))
+
+
+def _reflect(scene: np.ndarray, product: np.ndarray, solid, outer, strength: float) -> None:
+    """Draw (in place) the product mirrored about its base line, as a glossy floor shows it: `strength` opaque at the
+    base, fading to nothing REFLECTION_LENGTH of its height below, a little blurred."""
+    _, top, _, bottom = solid
+    length = min(max(1, round(REFLECTION_LENGTH * (bottom - top))), scene.shape[0] - bottom, bottom)
+    if length <= 0:  # the product stands on the canvas's lower edge: its reflection is out of the picture
+        return
+    radius = max(0.5, REFLECTION_BLUR * (solid[2] - solid[0]))
+    cols = slice(max(0, outer[0] - math.ceil(3 * radius)), min(scene.shape[1], outer[2] + math.ceil(3 * radius)))
+    mirrored = product[bottom - length:bottom, cols][::-1]  # row `bottom + d` shows row `bottom - 1 - d`
+    alpha = mirrored[..., 3].astype(np.float32) / 255
+    # blurred with its alpha premultiplied, so the transparent pixels' hidden colour never bleeds in
+    colour = _smooth(Image.fromarray(np.uint8(mirrored[..., :3] * alpha[..., None] + 0.5), "RGB"), radius)
+    cover = np.asarray(_smooth(Image.fromarray(np.uint8(alpha * 255 + 0.5), "L"), radius), dtype=np.float32) / 255
+    colour = np.asarray(colour, dtype=np.float32) / np.maximum(cover, 1 / 255)[..., None]
+    fade = strength * (1 - (np.arange(length, dtype=np.float32) + 0.5) / length) ** 2  # quick at first, then slow
+    weight = (cover * fade[:, None])[..., None]
+    region = scene[bottom:bottom + length, cols]
+    region[:] = np.clip(region * (1 - weight) + colour * weight + 0.5, 0, 255).astype(np.uint8)
 
 
 def _cast_shadow(scene: np.ndarray, alpha: np.ndarray, solid: tuple[int, int, int, int]) -> None:

@@ -24,7 +24,7 @@ NO_PRODUCT = ""  # not None: a selectbox shows None as "nothing chosen yet"
 # Kept across page switches: Streamlit forgets a widget's value when a page without it is drawn.
 COMPOSE_KEYS = ("product", "template_id", "prompt", "negative", "num_images", "steps", "guidance", "width",
                 "height", "seed", "strength", "style_category", "all_styles", "mode", "aspect", "place_at",
-                "place_scale", "shadow", "harmonize")
+                "place_scale", "shadow", "harmonize", "reflection")
 
 
 def keep_compose_state() -> None:
@@ -36,7 +36,8 @@ def keep_compose_state() -> None:
 def _defaults(native: int) -> None:
     values = {"product": NO_PRODUCT, "template_id": None, "prompt": "", "negative": "", "num_images": 4, "steps": 30,
               "guidance": 7.5, "width": native, "height": native, "seed": None, "strength": 0.5, "mode": "generate",
-              "aspect": "1:1", "place_at": "centre", "place_scale": 0.6, "shadow": True, "harmonize": True}
+              "aspect": "1:1", "place_at": "centre", "place_scale": 0.6, "shadow": True, "harmonize": True,
+              "reflection": 0.0}
     for key, value in values.items():
         st.session_state.setdefault(key, value)
 
@@ -207,7 +208,8 @@ def _spec(mode: str) -> tuple[dict | None, str | None]:
     if mode == "place":
         at = PRESETS[ss["place_at"] or "centre"]
         spec |= {"placement": {"x": at.x, "y": at.y, "scale": float(ss["place_scale"])},
-                 "shadow": bool(ss["shadow"]), "harmonize": bool(ss["harmonize"])}
+                 "shadow": bool(ss["shadow"]), "harmonize": bool(ss["harmonize"]),
+                 "reflection": float(ss["reflection"])}
     return spec, None
 
 

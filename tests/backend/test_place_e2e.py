@@ -72,6 +72,15 @@ def test_shadow_and_harmonize_can_be_turned_off(backend):
     below &= layout[..., 3] == 0
     a, b = (rgb(backend.storage.get(j["images"][0]["key"])).astype(int) for j in (plain, shaded))
     assert b[below].sum() < a[below].sum(), "the contact shadow darkens the ground under the product"
+    mirrored = backend.wait_job(backend.submit(base | {"shadow": False, "harmonize": False, "reflection": 0.8},
+                                               packshot())["id"])
+    assert mirrored["status"] == "succeeded" and mirrored["spec"]["reflection"] == 0.8
+    assert_product_kept(backend, mirrored)
+    c = rgb(backend.storage.get(mirrored["images"][0]["key"])).astype(int)
+    above = layout[..., 3] == 0
+    above[rows.min():] = False
+    assert np.array_equal(c[above], a[above]), "the same scene (same seed) above the product"
+    assert np.abs(c[below] - a[below]).sum() > 0, "the product's mirror image under it"
 
 
 def test_a_jpeg_on_white_goes_through_background_removal(backend):
@@ -112,6 +121,8 @@ def test_a_wide_photo_in_restyle_mode_keeps_its_aspect(backend):
     ({"mode": "restyle"}, False, "send one as the multipart part 'image'"),
     ({"mode": "generate"}, True, "mode 'generate' uses no photo"),
     ({"mode": "generate", "placement": {"x": 0.2}}, False, "placement is used only in mode 'place'"),
+    ({"mode": "generate", "reflection": 0.3}, False, "reflection is used only in mode 'place'"),
+    ({"reflection": 1.5}, True, "reflection"),
     ({"mode": "paint"}, True, "mode"),
 ])
 def test_bad_place_requests_are_422_with_the_reason(backend, spec, photo, message):

@@ -103,6 +103,8 @@ def test_place_mode_shows_the_cutout_and_sends_the_chosen_placement(backend, ope
     assert (at.number_input(key="width").value, at.number_input(key="height").value) == (64, 112), \
         "9:16 at the tiny model's 64 × 64 pixels, grown as a whole to the contract's minimum side of 64"
     at.toggle(key="harmonize").set_value(False).run()
+    assert at.slider(key="reflection").value == 0.0, "no reflection unless asked: most floors are matte"
+    at.slider(key="reflection").set_value(0.3).run()
     at.text_area(key="prompt").input("<product> on a stone plinth")
     at.number_input(key="steps").set_value(2)
     at.slider(key="num_images").set_value(1)
@@ -115,6 +117,7 @@ def test_place_mode_shows_the_cutout_and_sends_the_chosen_placement(backend, ope
     spec = json.loads(backend.storage.get(f"jobs/{job_id}/job.json"))["spec"]
     assert spec["mode"] == "place" and spec["placement"] == {"x": 0.67, "y": 0.55, "scale": 0.8}
     assert (spec["width"], spec["height"]) == (64, 112) and spec["shadow"] is True and spec["harmonize"] is False
+    assert spec["reflection"] == 0.3
     job = backend.wait_job(job_id)
     assert job["status"] == "succeeded", job
     assert job["layout_key"] == f"jobs/{job_id}/layout.png"

@@ -64,6 +64,8 @@ HOSTILE = {
     "unknown mode": png_with(showroom=json.dumps({"prompt": "x", "mode": "paint"})),
     "product a list": png_with(showroom=json.dumps({"prompt": "x", "product": ["mug"]})),
     "template an object": png_with(showroom=json.dumps({"prompt": "x", "template": {"id": "beach"}})),
+    "reflection past the slider": png_with(showroom=json.dumps({"prompt": "x", "mode": "place", "reflection": 1})),
+    "reflection a word": png_with(showroom=json.dumps({"prompt": "x", "mode": "place", "reflection": "shiny"})),
 }
 
 
@@ -86,3 +88,9 @@ def test_a_png_with_hostile_settings_fills_the_form_with_values_its_widgets_take
     assert values["seed"] is None or 0 <= values["seed"] <= reuse.MAX_SEED
     assert "num_images" not in values or 1 <= values["num_images"] <= 16
     assert "place_scale" not in values or 0.2 <= values["place_scale"] <= 1.0
+    assert 0.0 <= values["reflection"] <= 0.8, "the Floor reflection slider's range"
+
+
+def test_a_place_jobs_reflection_comes_back_with_its_settings():
+    assert reuse.form_values({"prompt": "x", "mode": "place", "reflection": 0.35}, None, 512)["reflection"] == 0.35
+    assert reuse.form_values({"prompt": "x", "mode": "place"}, None, 512)["reflection"] == 0.0, "older jobs: none"

@@ -1,4 +1,4 @@
-"""finish(): the contract's exact-pixel promise, the contact shadow and the light wrap."""
+"""finish(): the contract's exact-pixel promise, the contact shadow, the light wrap and the reflection."""
 
 import numpy as np
 import pytest
@@ -42,8 +42,9 @@ def base_row(layer: Image.Image) -> int:
 
 @pytest.mark.parametrize("shadow", [True, False])
 @pytest.mark.parametrize("harmonize", [True, False])
-def test_finish_keeps_every_opaque_pixel_exactly(layer, scene, shadow, harmonize):
-    out = finish(scene, layer, shadow=shadow, harmonize=harmonize)
+@pytest.mark.parametrize("reflection", [0.0, 0.7])
+def test_finish_keeps_every_opaque_pixel_exactly(layer, scene, shadow, harmonize, reflection):
+    out = finish(scene, layer, shadow=shadow, harmonize=harmonize, reflection=reflection)
     colour, opaque, _, _ = parts(layer)
     assert (out.mode, out.size) == ("RGB", layer.size)
     assert opaque.sum() > 5000
@@ -117,3 +118,51 @@ def test_masked_mean_follows_a_ramp_and_ignores_unweighted_pixels(radius):
     expected = np.tile(np.arange(40, 80), 20)
     assert np.abs(mean[:, 0] - expected).max() <= 2
     assert np.all(coverage > 0.9)  # a Gaussian of radius 12 reaches past the weighted half a little
+
+
+def two_tone_layer(bottom: float = 0.55) -> Image.Image:
+    """An opaque product, blue with a red foot (its lowest tenth), placed on a grey floor's canvas."""
+    product = Image.new("RGBA", (60, 100), (20, 40, 220, 255))
+    product.paste((220, 30, 20, 255), (0, 90, 60, 100))
+    return place(product, SIZE, SIZE, Placement(x=0.5, y=bottom, scale=0.5))
+
+
+GREY = (128, 128, 128)
+
+
+def test_finish_reflection_mirrors_the_product_below_its_base_and_fades_out():
+    """On a glossy floor the product shows upside down under its base: its foot first (red), then its body (blue),
+    weaker with depth, gone REFLECTION_LENGTH of its height below; nothing above the base changes."""
+    layer = two_tone_layer()
+    scene = Image.new("RGB", (SIZE, SIZE), GREY)
+    out = np.asarray(finish(scene, layer, shadow=False, harmonize=False, reflection=0.6)).astype(int)
+    box = layer.getchannel("A").getbbox()
+    height, middle, base = box[3] - box[1], (box[0] + box[2]) // 2, box[3]
+    just_below, deeper = out[base, middle], out[base + round(0.15 * height), middle]
+    assert just_below[0] > 128 + 40 and just_below[2] < 128 - 40, f"the red foot first: {just_below}"
+    assert deeper[2] > deeper[0] + 10, f"then the blue body: {deeper}"
+    column = np.abs(out[base:base + round(0.4 * height), middle] - GREY).sum(axis=1)
+    assert np.all(np.diff(column[round(0.15 * height):]) <= 1), "it fades with depth"
+    assert np.array_equal(out[base + round(0.4 * height) + 1:], np.full_like(out[base + round(0.4 * height) + 1:], 128))
+    assert np.array_equal(out[:box[1]], np.full_like(out[:box[1]], 128)), "above the product: the scene as it was"
+    assert np.array_equal(out[:, :box[0] - 3], np.full_like(out[:, :box[0] - 3], 128)), "beside it too"
+
+
+def test_finish_reflection_is_weaker_when_asked_and_absent_at_zero(layer, scene):
+    grey = Image.new("RGB", (SIZE, SIZE), GREY)
+    two = two_tone_layer()
+    base, middle = two.getchannel("A").getbbox()[3], SIZE // 2
+    strong, weak = (np.asarray(finish(grey, two, False, False, r)).astype(int)[base, middle] for r in (0.8, 0.2))
+    assert abs(strong[0] - 128) > 3 * abs(weak[0] - 128) > 0
+    assert np.array_equal(np.asarray(finish(scene, layer, True, True, 0.0)), np.asarray(finish(scene, layer))), \
+        "0 draws none: a job without it is made as before"
+    with pytest.raises(ValueError, match="reflection must be between 0 and 1, got 1.5"):
+        finish(scene, layer, reflection=1.5)
+
+
+def test_finish_reflection_of_a_product_on_the_lower_edge_is_out_of_the_picture():
+    product = Image.new("RGBA", (60, 100), (20, 40, 220, 255))
+    layer = Image.new("RGBA", (SIZE, SIZE), (0, 0, 0, 0))
+    layer.paste(product, (100, SIZE - 100))
+    out = finish(Image.new("RGB", (SIZE, SIZE), GREY), layer, shadow=False, harmonize=False, reflection=1.0)
+    assert np.array_equal(np.asarray(out)[:SIZE - 100], np.full((SIZE - 100, SIZE, 3), 128))
