@@ -80,6 +80,7 @@ def lora_metadata(trainer, step: int, photos: int) -> dict[str, str]:
         "ss_gradient_accumulation_steps": str(args.grad_accum),
         "ss_seed": str(args.seed),
         "ss_flip_aug": str(bool(args.flip)),
+        "ss_masked_loss": str(trainer.masked_photos > 0),  # the product's pixels weigh more (--background-weight)
         "ss_mixed_precision": precision,
         "ss_optimizer": "torch.optim.AdamW(weight_decay=0.01)",
         "ss_lr_scheduler": "constant",

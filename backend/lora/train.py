@@ -22,7 +22,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -33,7 +33,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from backend.config import DEFAULT_MODEL_ID
 from backend.images import to_pixels
 from backend.lora.trainer import TEXT_ENCODER_CHOICES, Trainer
-from backend.lora.views import Box, Photo
+from backend.lora.views import Photo, with_mask
 
 log = logging.getLogger("showroom.train")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
@@ -112,34 +112,34 @@ def load_photos(folder: Path, video: Path | None, video_count: int, caption: str
             image = to_pixels(ImageOps.exif_transpose(img))  # as uploads; a transparent one is laid on a ground
         text = path.with_suffix(".txt")
         words = text.read_text().strip() if text.is_file() else caption.format(trigger=trigger)
-        photos.append(Photo(image, with_trigger(words, trigger), path.name, _own_box(image)))
+        photos.append(with_mask(Photo(image, with_trigger(words, trigger), path.name), _own_mask(image)))
     if video:
         words = with_trigger(caption.format(trigger=trigger), trigger)
-        photos += [Photo(frame, words, f"{video.name}#{n}", _own_box(frame))
+        photos += [with_mask(Photo(frame, words, f"{video.name}#{n}"), _own_mask(frame))
                    for n, frame in enumerate(video_frames(video, video_count))]
     if not photos:
         raise SystemExit(f"no photos ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {folder}")
     return photos
 
 
-def _own_box(image: Image.Image) -> Box | None:
-    """The product's box in a photo with transparency (a packshot): where it is opaque. None for other photos."""
-    from backend.place.cutout import NothingFound, product_box
+def _own_mask(image: Image.Image) -> Image.Image | None:
+    """Where a photo with transparency (a packshot) is opaque: its product. None for other photos."""
+    from backend.place.cutout import NothingFound, product_mask
 
     if image.mode != "RGBA":
         return None
     try:
-        return product_box(image, None)
+        return product_mask(image, None)
     except NothingFound:
         return None
 
 
-def find_products(photos: list[Photo], model: str) -> dict[str, Box | None]:
-    """Where the product lies in each photo without transparency, by place mode's background remover `model`
-    (BG_REMOVAL_MODEL: a rembg name or an .onnx file), keyed by the photo's name; None where it finds none.
-    Photos with their own box are left out. The remover is never downloaded here: one that is not on this
-    machine finds nothing (the views then hold each photo's centre)."""
-    from backend.place.cutout import BackgroundRemover, NothingFound, product_box
+def find_products(photos: list[Photo], model: str) -> dict[str, Image.Image | None]:
+    """The product's mask in each photo without one (no transparency), by place mode's background remover `model`
+    (BG_REMOVAL_MODEL: a rembg name or an .onnx file), keyed by the photo's name; None where it finds none. The
+    remover is never downloaded here: one that is not on this machine finds nothing (the views then hold each
+    photo's centre, and the loss weighs the whole picture alike)."""
+    from backend.place.cutout import BackgroundRemover, NothingFound, product_mask
 
     remover = BackgroundRemover(model)
     if not remover.on_disk():
@@ -147,20 +147,19 @@ def find_products(photos: list[Photo], model: str) -> dict[str, Box | None]:
         return {}
     started, found = time.perf_counter(), {}
     for photo in photos:
-        if photo.box is None:
+        if photo.mask is None:
             try:
-                found[photo.name] = product_box(photo.image, remover)
+                found[photo.name] = product_mask(photo.image, remover)
             except NothingFound:
                 found[photo.name] = None
-    log.info("found the product in %d of %d photos in %.1f s (%s)", sum(b is not None for b in found.values()),
+    log.info("found the product in %d of %d photos in %.1f s (%s)", sum(m is not None for m in found.values()),
              len(found), time.perf_counter() - started, model)
     return found
 
 
-def with_boxes(photos: list[Photo], boxes: dict[str, Box | None]) -> list[Photo]:
-    """The photos with the boxes found for them (a photo's own box, from its transparency, stays)."""
-    return [p if p.box is not None or not boxes.get(p.name) else replace(p, box=tuple(boxes[p.name]))
-            for p in photos]
+def with_masks(photos: list[Photo], masks: dict[str, Image.Image | None]) -> list[Photo]:
+    """The photos with the masks found for them (a photo's own, from its transparency, stays)."""
+    return [p if p.mask is not None else with_mask(p, masks.get(p.name)) for p in photos]
 
 
 # ----- checkpoints: safetensors and JSON, never a pickle -----
@@ -236,10 +235,10 @@ def load_checkpoint(trainer: Trainer, output: Path) -> tuple[int, float | None]:
 
 def train(args: argparse.Namespace, on_step: Callable[[int, int, float], None] | None = None,
           on_checkpoint: Callable[[Path, int], None] | None = None,
-          locate: Callable[[list[Photo]], dict[str, Box | None]] | None = None) -> TrainResult:
+          locate: Callable[[list[Photo]], dict[str, Image.Image | None]] | None = None) -> TrainResult:
     """Train (or resume) to `args.steps` optimizer steps and write the LoRA to `args.output`. `on_step(step,
     steps, smoothed loss)` follows each step; `on_checkpoint(folder, step)` each checkpoint written; `locate`
-    finds the product's box in photos (default: with `--find-product`'s remover, when given)."""
+    finds the product's mask in photos (default: with `--find-product`'s remover, when given)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -248,11 +247,13 @@ def train(args: argparse.Namespace, on_step: Callable[[int, int, float], None] |
     if locate is None and args.find_product:
         locate = partial(find_products, model=args.find_product)
     if locate is not None:
-        items = with_boxes(items, locate(items))
+        items = with_masks(items, locate(items))
     trainer = Trainer(args)
+    trainer.masked_photos = sum(p.mask is not None for p in items)
     start, before = load_checkpoint(trainer, args.output) if args.resume else (0, None)
     print(f"training {'an SDXL' if trainer.xl else 'an SD'} LoRA at {trainer.resolution} px on {len(items)} photos "
-          f"from step {start} to {args.steps} on {trainer.device}", file=sys.stderr)
+          f"(the product found in {trainer.masked_photos}) from step {start} to {args.steps} on {trainer.device}",
+          file=sys.stderr)
     if before is None:
         before = trainer.probe_loss(items)
     losses, smooth = [], None
@@ -323,6 +324,9 @@ def parse_args(argv: list[str] | None = None, settings: TrainSettings | None = N
     g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False,
                    help="mirror half the views at random (default: off; only for products without text or logos)")
     g.add_argument("--color-jitter", type=float, default=0.05, help="brightness/contrast/colour jitter, 0 = off")
+    g.add_argument("--background-weight", type=float, default=0.2,
+                   help="how much the loss counts pixels that are not the product, where its mask is known (a "
+                        "packshot's transparency, or --find-product): 1 = as much as the product, 0 = not at all")
     g.add_argument("--find-product", metavar="REMOVER", default=settings.bg_removal_model,
                    help="find the product in each photo with this background remover (a rembg model name, e.g. "
                         "birefnet-general, or an .onnx file; not downloaded) so every view holds all of it; default: "
@@ -363,6 +367,8 @@ def parse_args(argv: list[str] | None = None, settings: TrainSettings | None = N
     for name in ("steps", "rank", "batch_size", "grad_accum", "resolution", "video_frames", "keep_checkpoints"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not 0 <= args.background_weight <= 1:
+        p.error(f"--background-weight must be between 0 and 1, got {args.background_weight}")
     if args.resolution is not None and args.resolution % 8:
         p.error(f"--resolution must be a multiple of 8, got {args.resolution}")
     if args.output.suffix != ".safetensors":

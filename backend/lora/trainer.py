@@ -34,6 +34,25 @@ def _seed(*parts) -> int:
     return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
 
 
+def product_weights(views: list[View], latent_size, background: float):
+    """How much each latent pixel of each view counts in the loss, (batch, 1, h, w): 1 on the product and
+    `background` off it, where a view knows its product's mask (averaged over the 8x8 pixels a latent pixel
+    covers), 1 everywhere where it does not; each view's weights average 1, so the loss keeps its scale. None
+    when no view has a mask (the plain mean). The product is what the trigger words must call up: a plain
+    loss learns the photos' table and wall as much, and they come back in every scene."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    if all(v.mask is None for v in views):
+        return None
+    masks = [np.asarray(v.mask, dtype=np.float32) / 255 if v.mask is not None
+             else np.ones(v.image.size[::-1], np.float32) for v in views]
+    found = F.interpolate(torch.from_numpy(np.stack(masks))[:, None], size=tuple(latent_size), mode="area")
+    weights = background + (1 - background) * found
+    return weights / weights.mean(dim=(1, 2, 3), keepdim=True)
+
+
 def to_pixels(images: list[Image.Image]):
     import numpy as np
     import torch
@@ -90,6 +109,7 @@ class Trainer:
         import torch
 
         self.args = args
+        self.masked_photos = 0  # photos whose product's mask weighs the loss (set by backend.lora.train)
         self.device = torch.device(pick_device(args.device))
         cuda = self.device.type == "cuda"
         self.autocast_dtype = mixed_precision(args.mixed_precision, self.device)
@@ -215,7 +235,10 @@ class Trainer:
             pred = self.unet(noisy, steps, hidden, added_cond_kwargs=added).sample
         kind = self.scheduler.config.prediction_type
         target = noise if kind == "epsilon" else self.scheduler.get_velocity(latents, noise, steps)
-        return F.mse_loss(pred.float(), target.float())
+        weights = product_weights(views, pred.shape[-2:], self.args.background_weight)
+        if weights is None:
+            return F.mse_loss(pred.float(), target.float())
+        return ((pred.float() - target.float()) ** 2 * weights.to(pred.device)).mean()
 
     def set_training(self, on: bool) -> None:
         """Training mode for the modules being trained: transformers checkpoints gradients only in training mode."""
@@ -229,7 +252,7 @@ class Trainer:
 
         self.set_training(False)
         batch = items[:4]
-        views = [augment(p.image, self.resolution, random.Random(0), False, False, 0, p.box) for p in batch]
+        views = [augment(p.image, self.resolution, random.Random(0), False, False, 0, p.box, p.mask) for p in batch]
         with torch.no_grad():
             return float(self.loss(views, [p.caption for p in batch], PROBE_SEED))
 
@@ -242,7 +265,7 @@ class Trainer:
         for micro in range(args.grad_accum):
             rng = random.Random(_seed(args.seed, step, micro))
             batch = [items[rng.randrange(len(items))] for _ in range(args.batch_size)]
-            views = [augment(p.image, self.resolution, rng, args.crop, args.flip, args.color_jitter, p.box)
+            views = [augment(p.image, self.resolution, rng, args.crop, args.flip, args.color_jitter, p.box, p.mask)
                      for p in batch]
             captions = [p.caption for p in batch]
             loss = self.loss(views, captions, _seed(args.seed, step, micro, "noise")) / args.grad_accum

@@ -1,8 +1,9 @@
 """What a training step sees of a photo: a random square view that holds the product, laid on a plain ground where
-the photo is transparent, a little jittered; and, for SDXL, where the view was cut from the photo."""
+the photo is transparent, a little jittered; where the product is in it (its mask, cut alike), and, for SDXL,
+where the view was cut from the photo."""
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from PIL import Image, ImageEnhance, ImageOps
 
@@ -14,8 +15,9 @@ class Photo:
     """A picture to learn from, its caption, and where the product lies in it (None: in the middle, as asked)."""
     image: Image.Image
     caption: str
-    name: str = ""  # the file's name (a video frame: `clip.mp4#3`): what found boxes are keyed by
+    name: str = ""  # the file's name (a video frame: `clip.mp4#3`): what found masks are keyed by
     box: Box | None = None
+    mask: Image.Image | None = None  # "L", the photo's size: 255 where the product is, 0 where it is not
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,24 @@ class View:
     image: Image.Image
     original_size: tuple[int, int]  # (height, width) of the photo
     crop_top_left: tuple[int, int]  # (top, left) of the crop, in the photo scaled as the crop was scaled
+    mask: Image.Image | None = None  # the product's mask, cut, scaled and mirrored as the picture was
+
+
+def with_mask(photo: Photo, mask: Image.Image | None) -> Photo:
+    """The photo with the product's mask found for it, and its box from the mask."""
+    if mask is None:
+        return photo
+    if mask.size != photo.image.size:
+        raise ValueError(f"the mask of {photo.name} is {mask.size}, its photo {photo.image.size}")
+    box = mask_box(mask)
+    return replace(photo, mask=mask, box=box) if box else photo
+
+
+def mask_box(mask: Image.Image) -> Box | None:
+    """The box of a product's mask, trimmed of faint haze as a cut-out is; None when it holds nothing."""
+    from backend.place.cutout import TRIM_ALPHA
+
+    return mask.point(lambda v: 255 if v > TRIM_ALPHA else 0).getbbox()
 
 
 def centred_offset(length: int, side: int, rng: random.Random) -> int:
@@ -62,21 +82,24 @@ def crop_square(w: int, h: int, rng: random.Random, crop: bool, box: Box | None)
 
 
 def augment(image: Image.Image, size: int, rng: random.Random, crop: bool, flip: bool, jitter: float,
-            box: Box | None = None) -> View:
+            box: Box | None = None, mask: Image.Image | None = None) -> View:
     """A random view: crop (60-100% of the short side, holding the product's box, or the photo's centre where it
-    is not known), mirror, a little brightness/contrast/colour."""
+    is not known), mirror, a little brightness/contrast/colour; the product's mask, if known, cut alike."""
     w, h = image.size
     left, top, side = crop_square(w, h, rng, crop, box)
-    picture = image.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+    square = (left, top, left + side, top + side)
+    picture = image.crop(square).resize((size, size), Image.BICUBIC)
+    mask = mask.crop(square).resize((size, size), Image.BILINEAR) if mask is not None else None
     scale = size / side  # the crop's corner where the whole photo, scaled alike, would have it
     corner_top, corner_left = round(top * scale), round(left * scale)
     if flip and rng.random() < 0.5:
         picture = ImageOps.mirror(picture)
+        mask = ImageOps.mirror(mask) if mask is not None else None
         corner_left = max(0, round(w * scale) - corner_left - size)  # the mirrored photo's crop starts there
     picture = on_random_ground(picture, rng)
     for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color) if jitter else ():
         picture = enhancer(picture).enhance(1 + rng.uniform(-jitter, jitter))
-    return View(picture, (h, w), (corner_top, corner_left))
+    return View(picture, (h, w), (corner_top, corner_left), mask)
 
 
 def on_random_ground(picture: Image.Image, rng: random.Random) -> Image.Image:

@@ -5,6 +5,7 @@ Storage holds everything a training needs to go on: a worker killed mid-way (or 
 is replaced, and the next attempt resumes from `trainings/<id>/checkpoints/step-NNNNNN/`.
 """
 
+import io
 import json
 import logging
 import shutil
@@ -32,34 +33,63 @@ def boxes_key(training_id: str) -> str:
     return f"trainings/{training_id}/boxes.json"
 
 
-def product_boxes(storage: Storage, training_id: str, remover_model: str | None, photos: list) -> dict:
-    """The product's box in each photo: found by the first attempt with place mode's background remover and
-    stored, so a resumed training (or its next chunk, on another node) holds the same views without finding
-    them again. Without a remover on this machine the views hold each photo's centre, as before."""
+def mask_key(training_id: str, name: str) -> str:
+    """The product's mask in photo `name` ("L" PNG, the photo's size), for each photo boxes.json gives a box."""
+    return f"trainings/{training_id}/masks/{name}"
+
+
+def product_masks(storage: Storage, training_id: str, remover_model: str | None, photos: list) -> dict:
+    """The product's mask in each photo (name -> "L" image, or None): found by the first attempt with place mode's
+    background remover and stored, so a resumed training (or its next chunk, on another node) holds the same views
+    and weighs the same pixels without finding them again. Without a remover on this machine: none."""
     from backend.lora.train import find_products
 
     try:
-        stored = json.loads(storage.get(boxes_key(training_id)))
-        return {name: tuple(box) if box else None for name, box in stored.items()}
+        return _stored_masks(storage, training_id)
     except ObjectMissing:
         pass
-    except (ValueError, TypeError, AttributeError) as e:
-        log.warning("training %s: %s is unreadable (%s); finding the products again", training_id,
-                    boxes_key(training_id), e)
+    except (ValueError, TypeError, AttributeError, OSError) as e:
+        log.warning("training %s: its stored masks are unreadable (%s); finding the products again", training_id, e)
     if not remover_model:
         return {}
     try:
-        boxes = find_products(photos, remover_model)
-    except Exception as e:  # a remover that fails costs the training its boxes, not the training
+        masks = find_products(photos, remover_model)
+    except Exception as e:  # a remover that fails costs the training its masks, not the training
         log.warning("training %s: the products could not be found in the photos (%s); each view holds its "
                     "photo's centre", training_id, e)
         return {}
-    if boxes:
+    if masks:
         try:
-            put_retrying(storage, boxes_key(training_id), json.dumps(boxes).encode(), "application/json", budget_s=30)
+            _store_masks(storage, training_id, masks)
         except StorageError as e:  # the next attempt finds them again
-            log.warning("training %s: the products' boxes could not be stored: %s", training_id, e)
-    return boxes
+            log.warning("training %s: the products' masks could not be stored: %s", training_id, e)
+    return masks
+
+
+def _store_masks(storage: Storage, training_id: str, masks: dict) -> None:
+    from backend.lora.views import mask_box
+
+    for name, mask in masks.items():
+        if mask is not None:
+            out = io.BytesIO()
+            mask.save(out, format="PNG")
+            put_retrying(storage, mask_key(training_id, name), out.getvalue(), "image/png", budget_s=30)
+    boxes = {name: mask_box(mask) if mask is not None else None for name, mask in masks.items()}
+    # written last: it says the masks are all there
+    put_retrying(storage, boxes_key(training_id), json.dumps(boxes).encode(), "application/json", budget_s=30)
+
+
+def _stored_masks(storage: Storage, training_id: str) -> dict:
+    from PIL import Image
+
+    boxes = json.loads(storage.get(boxes_key(training_id)))
+    masks = {}
+    for name, box in boxes.items():
+        masks[name] = None
+        if box:
+            with Image.open(io.BytesIO(storage.get(mask_key(training_id, name)))) as mask:
+                masks[name] = mask.convert("L")
+    return masks
 
 
 def newest_checkpoint(storage: Storage, training_id: str) -> str | None:
@@ -120,7 +150,7 @@ def run_training(model_id: str, storage: Storage, device: str, task: TrainTask, 
     ])
     result = trainer.train(args, on_step=lambda step, _steps, loss: on_step(step, task.steps, loss),
                            on_checkpoint=upload,
-                           locate=lambda photos: product_boxes(storage, task.training_id, remover_model, photos))
+                           locate=lambda photos: product_masks(storage, task.training_id, remover_model, photos))
     if target < task.steps:  # a chunk: the next one resumes from the checkpoint written at its end
         upload(trainer.checkpoint_root(output) / f"step-{target:06d}", target)
         shutil.rmtree(work, ignore_errors=True)

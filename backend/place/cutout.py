@@ -57,16 +57,16 @@ def cut_out(photo: Image.Image, remover: Callable[[Image.Image], Image.Image] | 
     return _trimmed(rgb, _foreground_mask(rgb, remover), clean_edges=True)
 
 
-def product_box(photo: Image.Image, remover: Callable[[Image.Image], Image.Image] | None) -> tuple[int, int, int, int]:
-    """Where the product lies in the photo, (left, top, right, bottom) in its pixels, found as `cut_out` finds it:
-    its own alpha, else the remover's mask (NothingFound when there is no product, as there). Used to keep the
-    product in a training's views; nothing is cut."""
+def product_mask(photo: Image.Image, remover: Callable[[Image.Image], Image.Image] | None) -> Image.Image:
+    """Where the product lies in the photo, as `cut_out` finds it: its own alpha, else the remover's mask ("L", the
+    photo's size; NothingFound when there is no product, as there). A training's views hold it and its loss
+    weighs it most; nothing is cut."""
     if has_transparency(photo):
         alpha, own = np.asarray(photo.convert("RGBA").getchannel("A")), True
     else:
         alpha, own = _foreground_mask(photo.convert("RGB"), remover), False
     _check_enough(alpha, own)
-    return Image.fromarray(alpha > TRIM_ALPHA).getbbox()
+    return Image.fromarray(alpha, "L")
 
 
 def _foreground_mask(rgb: Image.Image, remover: Callable[[Image.Image], Image.Image] | None) -> np.ndarray:

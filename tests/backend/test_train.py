@@ -313,3 +313,18 @@ def test_register_uploads_the_product(tmp_path, monkeypatch, capsys):
         assert part in received["body"]
     out = capsys.readouterr()
     assert "registered product 'bottle'" in out.out and "secret-key-123" not in out.out + out.err
+
+
+def test_a_training_that_finds_the_product_weighs_its_pixels_and_says_so(tiny_model, photos, tmp_path, trained,
+                                                                          tiny_segmenter):
+    """--find-product finds each photo's product (here the tiny "not white" remover): the loss weighs it over the
+    table behind it (--background-weight), the training still learns, and the file says it was masked."""
+    from backend.lora.safetensors_file import read_safetensors_header
+
+    result = run(tiny_model, photos, tmp_path / "masked.safetensors", "--steps", "30", "--checkpoint-every", "0",
+                 "--find-product", str(tiny_segmenter))
+    assert result.probe_loss_after < 0.97 * result.probe_loss_before, result
+    masked = read_safetensors_header((tmp_path / "masked.safetensors").read_bytes())[1]
+    plain = read_safetensors_header(trained.output.read_bytes())[1]
+    assert (masked["ss_masked_loss"], plain["ss_masked_loss"]) == ("True", "False")
+    assert result.probe_loss_before != trained.probe_loss_before, "the probe loss weighs the product too"

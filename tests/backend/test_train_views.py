@@ -4,9 +4,10 @@ import json
 import random
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from backend.lora.train import TrainSettings, find_products, load_photos, parse_args, with_boxes
+from backend.lora.train import TrainSettings, find_products, load_photos, parse_args, with_masks
 from backend.lora.views import augment, crop_square
 
 CLI = ["--images", "photos", "--trigger", "sks bottle", "--output", "out/bottle.safetensors"]
@@ -94,19 +95,20 @@ def test_the_fixed_view_is_centred_on_the_product():
     assert crop_square(400, 100, random.Random(0), False, None) == (150, 0, 100)
 
 
-def test_a_packshot_shows_its_own_box_and_a_plain_photo_none(tmp_path):
+def test_a_packshot_shows_its_own_box_and_mask_and_a_plain_photo_none(tmp_path):
     cut = Image.new("RGBA", (120, 60), (0, 0, 0, 0))
     cut.paste((200, 30, 30, 255), (70, 10, 110, 50))
     cut.save(tmp_path / "cut.png")
     painted((120, 60), (70, 10, 110, 50)).save(tmp_path / "plain.png")
     photos = {p.name: p for p in load_photos(tmp_path, None, 0, "a photo of {trigger}", "sks mug")}
     assert photos["cut.png"].box == (70, 10, 110, 50)
-    assert photos["plain.png"].box is None, "found only with a background remover"
+    assert np.array_equal(np.asarray(photos["cut.png"].mask), np.asarray(cut.getchannel("A")))
+    assert photos["plain.png"].box is None and photos["plain.png"].mask is None, "found only with a remover"
 
 
 def test_the_background_remover_finds_the_product_in_plain_photos(tmp_path, tiny_segmenter):
     """--find-product (in the app: BG_REMOVAL_MODEL) finds where the product lies in photos without transparency;
-    a photo with nothing in it gets no box, and a packshot keeps its own."""
+    a photo with nothing in it gets no mask, and a packshot keeps its own."""
     painted((300, 120), (200, 20, 260, 100)).save(tmp_path / "a.png")
     Image.new("RGB", (300, 120), (255, 255, 255)).save(tmp_path / "empty.png")
     cut = Image.new("RGBA", (120, 60), (0, 0, 0, 0))
@@ -114,11 +116,11 @@ def test_the_background_remover_finds_the_product_in_plain_photos(tmp_path, tiny
     cut.save(tmp_path / "cut.png")
     photos = load_photos(tmp_path, None, 0, "a photo of {trigger}", "sks mug")
     found = find_products(photos, str(tiny_segmenter))
-    assert set(found) == {"a.png", "empty.png"}, "a packshot's own box is not looked for"
-    assert found["empty.png"] is None
-    assert all(abs(a - b) <= 2 for a, b in zip(found["a.png"], (200, 20, 260, 100))), found
-    boxes = {p.name: p.box for p in with_boxes(photos, found)}
-    assert boxes["a.png"] == found["a.png"] and boxes["empty.png"] is None and boxes["cut.png"] == (70, 10, 110, 50)
+    assert set(found) == {"a.png", "empty.png"}, "a packshot's own mask is not looked for"
+    assert found["empty.png"] is None and found["a.png"].size == (300, 120)
+    found_photos = {p.name: p for p in with_masks(photos, found)}
+    assert all(abs(a - b) <= 2 for a, b in zip(found_photos["a.png"].box, (200, 20, 260, 100))), found_photos
+    assert found_photos["empty.png"].box is None and found_photos["cut.png"].box == (70, 10, 110, 50)
 
 
 def test_a_remover_not_on_this_machine_is_not_downloaded(tmp_path, monkeypatch):
@@ -129,20 +131,64 @@ def test_a_remover_not_on_this_machine_is_not_downloaded(tmp_path, monkeypatch):
     assert find_products(photos, "u2netp") == {}
 
 
-def test_boxes_are_found_once_per_training_and_kept_for_its_resumes(tmp_path, tiny_segmenter):
-    """The first attempt stores trainings/<id>/boxes.json; a resumed one (or a node's next chunk) reads it and
-    opens no remover; an unreadable file is found again."""
-    from backend.lora.worker_training import boxes_key, product_boxes
+def test_masks_are_found_once_per_training_and_kept_for_its_resumes(tmp_path, tiny_segmenter):
+    """The first attempt stores trainings/<id>/masks/<photo> and boxes.json (last); a resumed one (or a node's next
+    chunk) reads them and opens no remover; an unreadable file is found again."""
+    from backend.lora.worker_training import boxes_key, mask_key, product_masks
     from backend.storage import open_storage
 
     storage = open_storage(f"file://{tmp_path / 'store'}")
     (tmp_path / "photos").mkdir()
     painted((300, 120), (200, 20, 260, 100)).save(tmp_path / "photos" / "0.png")
+    Image.new("RGB", (300, 120), (255, 255, 255)).save(tmp_path / "photos" / "1.png")
     photos = load_photos(tmp_path / "photos", None, 0, "{trigger}", "sks")
-    first = product_boxes(storage, "t1", str(tiny_segmenter), photos)
-    assert json.loads(storage.get(boxes_key("t1"))) == {"0.png": list(first["0.png"])}
-    assert product_boxes(storage, "t1", None, photos) == first, "read back, with no remover at hand"
+    first = product_masks(storage, "t1", str(tiny_segmenter), photos)
+    assert first["1.png"] is None and not storage.exists(mask_key("t1", "1.png"))
+    boxes = json.loads(storage.get(boxes_key("t1")))
+    assert boxes["1.png"] is None and all(abs(a - b) <= 2 for a, b in zip(boxes["0.png"], (200, 20, 260, 100)))
+    again = product_masks(storage, "t1", None, photos)
+    assert set(again) == {"0.png", "1.png"} and again["1.png"] is None, "read back, with no remover at hand"
+    assert np.array_equal(np.asarray(again["0.png"]), np.asarray(first["0.png"]))
     storage.put(boxes_key("t1"), b"{not json", "application/json")
-    assert product_boxes(storage, "t1", str(tiny_segmenter), photos) == first
-    assert product_boxes(storage, "t2", None, photos) == {}, "no remover, nothing stored: the photos' centres"
+    assert np.array_equal(np.asarray(product_masks(storage, "t1", str(tiny_segmenter), photos)["0.png"]),
+                          np.asarray(first["0.png"]))
+    assert product_masks(storage, "t2", None, photos) == {}, "no remover, nothing stored: the photos' centres"
     assert not storage.exists(boxes_key("t2"))
+
+
+def test_a_views_mask_is_cut_scaled_and_mirrored_with_its_picture():
+    """The loss weighs the pixels the mask says are the product: the mask must lie where the product lies in the
+    view, whatever crop and mirroring the view drew."""
+    photo = painted((300, 120), (200, 20, 260, 100))
+    mask = Image.new("L", photo.size, 0)
+    mask.paste(255, (200, 20, 260, 100))
+    for seed in range(30):
+        view = augment(photo, 64, random.Random(seed), True, True, 0, (200, 20, 260, 100), mask)
+        product = np.asarray(view.image)[..., 0] < 128  # the dark product, on white
+        marked = np.asarray(view.mask) > 128
+        assert view.mask.size == (64, 64) and (product != marked).mean() < 0.03, seed
+
+
+def test_the_loss_weighs_the_product_and_keeps_its_scale():
+    """Where a view knows its product, its pixels count 1 and the rest `background`, scaled so each view's weights
+    average 1 (the learning rate means what it did); a view without a mask counts every pixel alike."""
+    from backend.lora.trainer import product_weights
+    from backend.lora.views import View
+
+    half = Image.new("L", (64, 64), 0)
+    half.paste(255, (0, 0, 32, 64))  # the product fills the left half
+    picture = Image.new("RGB", (64, 64))
+    views = [View(picture, (64, 64), (0, 0), half), View(picture, (64, 64), (0, 0), None)]
+    weights = product_weights(views, (8, 8), 0.2)
+    assert tuple(weights.shape) == (2, 1, 8, 8)
+    first, second = weights[0, 0].numpy(), weights[1, 0].numpy()
+    assert np.allclose(first[:, :4], 1 / 0.6) and np.allclose(first[:, 4:], 0.2 / 0.6), "1 : 0.2, averaging 1"
+    assert np.allclose(second, 1.0)
+    assert product_weights([views[1]], (8, 8), 0.2) is None, "no mask: the plain mean"
+    assert np.allclose(product_weights(views[:1], (8, 8), 1.0).numpy(), 1.0), "1 = the product and its ground alike"
+
+
+def test_background_weight_is_checked():
+    assert parse_args(CLI, TrainSettings()).background_weight == 0.2
+    with pytest.raises(SystemExit):
+        parse_args([*CLI, "--background-weight", "1.5"], TrainSettings())
