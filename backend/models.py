@@ -66,8 +66,9 @@ class JobSpec(BaseModel):
     placement: Placement | None = None
     shadow: bool = Field(True, description="place mode: a soft contact shadow under the product")
     harmonize: bool = Field(True, description="place mode: the product's edge takes a little of the scene's light")
-    reflection: float = Field(0.0, ge=0, le=1, description="place mode: the product mirrored on a glossy floor, this "
-                              "opaque at its base and fading below it (0.2-0.4 looks like polished stone; 0 = none)")
+    reflection: float | None = Field(None, ge=0, le=1, description="place mode: the product mirrored on a glossy "
+                                     "floor, this opaque at its base and fading below it (0.2-0.4 looks like polished "
+                                     "stone; 0 = none); default: the template's, else 0")
     webhook: str | None = Field(None, max_length=2000, description="Standard Webhooks POSTs go to this http(s) URL")
     webhook_events: list[WebhookEvent] = Field(default_factory=lambda: ["job.completed"], max_length=4)
 
@@ -188,6 +189,7 @@ class Template(BaseModel):
     guidance_scale: float
     strength: float
     modes: list[Mode] = ["generate", "restyle", "place"]  # the modes it suits
+    reflection: float = Field(0.0, ge=0, le=1)  # place mode's floor reflection on this template's floor (0 = matte)
 
 
 class JobTicketImage(BaseModel):

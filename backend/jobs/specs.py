@@ -87,9 +87,18 @@ def resolve(spec: JobSpec, *, template: Template | None, product: Product | None
         width=width or native, height=height or native,
         seed=spec.seed if spec.seed is not None else secrets.randbelow(2**32), strength=strength,
         mode=mode, placement=(spec.placement or Placement()) if mode == "place" else None,
-        shadow=spec.shadow, harmonize=spec.harmonize, reflection=spec.reflection, webhook=spec.webhook,
-        webhook_events=spec.webhook_events,
+        shadow=spec.shadow, harmonize=spec.harmonize, reflection=_reflection(spec, template, mode),
+        webhook=spec.webhook, webhook_events=spec.webhook_events,
     )
+
+
+def _reflection(spec: JobSpec, template: Template | None, mode: str) -> float:
+    """Place mode's floor reflection: the request's, else its template's (a glossy floor's), else none."""
+    if mode != "place":
+        return 0.0
+    if spec.reflection is not None:
+        return spec.reflection
+    return template.reflection if template else 0.0
 
 
 def _side(value: float) -> int:

@@ -16,8 +16,8 @@ FIRST = 4             # cards shown before "Show all": two rows, so the prompt b
 OPEN = "styles_open"  # the category whose every style is shown
 UNDO = "style_undo"   # what the last choice replaced: {"name", "values", "prompt"}
 APPLIED = "style_values"  # what the last choice put in the form, to tell it from the user's own edits
-FIELDS = ("prompt", "negative", "steps", "guidance", "strength")
-BLANK = {"prompt": "", "negative": "", "steps": 30, "guidance": 7.5, "strength": 0.5}  # compose's defaults
+FIELDS = ("prompt", "negative", "steps", "guidance", "strength", "reflection")
+BLANK = {"prompt": "", "negative": "", "steps": 30, "guidance": 7.5, "strength": 0.5, "reflection": 0.0}  # compose's
 SAMPLES = Path(__file__).resolve().parents[2] / "backend" / "products" / "samples"  # template_samples.py makes them
 MODE_NOUNS = {"place": "placing a product", "restyle": "restyling a photo", "generate": "a scene without a photo"}
 
@@ -25,7 +25,8 @@ MODE_NOUNS = {"place": "placing a product", "restyle": "restyling a photo", "gen
 def values_of(template: dict) -> dict:
     return {"prompt": template["prompt"], "negative": template.get("negative_prompt") or "",
             "steps": int(template.get("steps") or 30), "guidance": float(template.get("guidance_scale") or 7.5),
-            "strength": float(template.get("strength") if template.get("strength") is not None else 0.5)}
+            "strength": float(template.get("strength") if template.get("strength") is not None else 0.5),
+            "reflection": min(0.8, float(template.get("reflection") or 0.0))}  # the Floor reflection slider's range
 
 
 def choose(template: dict) -> None:

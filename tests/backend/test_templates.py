@@ -12,6 +12,7 @@ import pytest
 TEMPLATES_FILE = Path(__file__).resolve().parents[2] / "backend" / "products" / "templates.json"
 
 KEYS = {"id", "name", "category", "prompt", "negative_prompt", "steps", "guidance_scale", "strength", "modes"}
+OPTIONAL = {"reflection"}  # place mode's floor reflection, only where the floor is glossy
 MODES = {"generate", "restyle", "place"}
 CATEGORIES = {
     "cosmetics", "shoes", "eyewear", "bags", "watches", "jewellery",
@@ -53,7 +54,7 @@ def test_no_two_prompts_identical():
 @pytest.mark.parametrize("t", TEMPLATES, ids=_ids(TEMPLATES))
 def test_exact_keys(t):
     assert isinstance(t, dict)
-    assert set(t) == KEYS
+    assert KEYS <= set(t) <= KEYS | OPTIONAL, set(t) - KEYS
 
 
 @pytest.mark.parametrize("t", TEMPLATES, ids=_ids(TEMPLATES))
@@ -72,8 +73,8 @@ def test_fields(t):
     # bool is an int subclass; reject it explicitly.
     assert isinstance(t["steps"], int) and not isinstance(t["steps"], bool)
     assert 1 <= t["steps"] <= 150
-    for key, hi in (("guidance_scale", 30), ("strength", 1)):
-        value = t[key]
+    for key, hi in (("guidance_scale", 30), ("strength", 1), ("reflection", 1)):
+        value = t.get(key, 0.0)
         assert isinstance(value, (int, float)) and not isinstance(value, bool), key
         assert 0 <= value <= hi, key
 
@@ -82,6 +83,16 @@ def test_fields(t):
 def test_modes_name_what_the_template_suits(t):
     assert isinstance(t["modes"], list) and t["modes"] and set(t["modes"]) <= MODES, t["modes"]
     assert len(t["modes"]) == len(set(t["modes"]))
+
+
+def test_only_templates_with_a_glossy_floor_reflect_the_product():
+    """A floor reflection on sand, grass or velvet looks wrong: only templates whose prompt asks for a reflective,
+    mirror or polished floor, and that suit place mode, give one."""
+    reflecting = {t["id"] for t in TEMPLATES if t.get("reflection")}
+    assert reflecting == {"marble-countertop", "eyewear-reflective-surface", "electronics-neon-tech"}
+    for t in TEMPLATES:
+        if t.get("reflection"):
+            assert "place" in t["modes"] and any(w in t["prompt"] for w in ("reflect", "mirror", "polished")), t["id"]
 
 
 def test_several_templates_suit_place_mode_and_worn_products_do_not():

@@ -166,3 +166,16 @@ def test_a_second_click_on_the_chosen_shape_or_category_keeps_it(backend, open_a
     assert any(c.value.startswith("96 × 64 px · a custom size") for c in at.caption), [c.value for c in at.caption]
     at.pills(key="aspect").set_value("16:9").run()
     assert not any("custom size" in c.value for c in at.caption)
+
+
+def test_a_glossy_floor_style_sets_the_floor_reflection_and_a_matte_one_clears_it(backend, open_app):
+    """Choosing the marble countertop in place mode turns its reflection on (the template's 0.25), a beach turns
+    it off again: the slider follows the style as steps and guidance do, and the job sends it."""
+    at = open_app(frontend_env(backend))
+    at.radio(key="mode").set_value("place").run()
+    at.button(key="styles-more").click().run()
+    at.button(key="tpl-marble-countertop").click().run()
+    assert_no_exception(at)
+    assert at.session_state["reflection"] == 0.25
+    at.button(key="tpl-beach-sunset").click().run()
+    assert at.session_state["reflection"] == 0.0

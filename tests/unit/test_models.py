@@ -51,9 +51,9 @@ def test_job_spec_defaults_leave_the_template_fields_unset():
     dumped = JobSpec().model_dump()
     # unset here so the template, then the backend's defaults, can fill them (CONTRACT.md, JobSpec defaults)
     assert {k: dumped[k] for k in ("prompt", "negative_prompt", "product", "template", "steps", "guidance_scale",
-                                   "width", "height", "seed", "strength", "mode", "placement")} \
+                                   "width", "height", "seed", "strength", "mode", "placement", "reflection")} \
         == dict.fromkeys(("prompt", "negative_prompt", "product", "template", "steps", "guidance_scale", "width",
-                          "height", "seed", "strength", "mode", "placement"))
+                          "height", "seed", "strength", "mode", "placement", "reflection"))
     assert (dumped["num_images"], dumped["loras"]) == (4, [])
 
 

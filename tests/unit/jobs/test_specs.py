@@ -75,3 +75,24 @@ def test_place_mode_has_no_strength_rule():
 def test_placement_out_of_range_is_refused_by_the_spec(placement):
     with pytest.raises(ValueError):
         JobSpec(prompt="p", mode="place", placement=placement)
+
+
+def test_a_glossy_templates_floor_reflection_applies_in_place_mode_unless_the_request_says():
+    """A template of a glossy floor (marble, a mirror surface) gives place mode its reflection; the request's own
+    value wins (0 turns it off); other modes have no product layer to mirror, so none."""
+    from backend.products.catalog import load_templates
+
+    marble = load_templates()["marble-countertop"]
+    assert marble.reflection == 0.25
+
+    def place(**spec):
+        return resolve(JobSpec(template=marble.id, mode="place", **spec), template=marble, product=None, native=512,
+                       photo_size=(640, 480))
+
+    assert place().reflection == 0.25
+    assert place(reflection=0).reflection == 0 and place(reflection=0.6).reflection == 0.6
+    restyled = resolve(JobSpec(template=marble.id), template=marble, product=None, native=512, photo_size=(640, 480))
+    assert restyled.mode == "restyle" and restyled.reflection == 0.0
+    assert resolved(mode="place").reflection == 0.0, "no template: a matte floor"
+    with pytest.raises(InvalidRequest, match="reflection is used only in mode 'place'"):
+        resolved(photo_size=None, reflection=0.3)
