@@ -1,12 +1,14 @@
 """The local executor: fans the images of jobs out over this box's worker processes, one per GPU.
 
-One dispatcher thread owns the workers: it hands out batches (and local upscales), reads the
-workers' messages, notices a worker that died or overran its time limit, and reports what happened
+One dispatcher thread owns the workers: it hands out batches (and local upscales and trainings), reads
+the workers' messages, notices a worker that died or overran its time limit, and reports what happened
 as events (backend.gpu.executor). It writes no manifest. Its lock guards memory only: no storage
 call is ever made while it is held, so /health and the routes never wait on S3 behind it.
 
-A worker process's own life (start, stop, time limit, death, restart) is its slot's
-(backend.gpu.worker_slot); batches are cut and built as EXECUTOR=celery cuts them (backend.gpu.batches).
+What it holds (jobs with images open, the work waiting for a worker, the events not yet handed out) and
+what becomes of a dead worker's work are backend.gpu.local_flights'. A worker process's own life (start,
+stop, time limit, death, restart) is its slot's (backend.gpu.worker_slot); batches are cut and built as
+EXECUTOR=celery cuts them (backend.gpu.batches).
 """
 
 import logging
@@ -22,16 +24,14 @@ from multiprocessing.connection import wait
 
 from backend.gpu import executor as ev
 from backend.gpu import messages as m
-from backend.gpu.batches import HeldJob, batch_size, build_task
+from backend.gpu.batches import batch_size, build_task
+from backend.gpu.local_flights import LocalFlights
 from backend.gpu.worker_slot import Lost, Training, Upscale, Work, WorkerSlot, WorkerState, all_given_up, first_error
-from backend.models import JobManifest, Status
-from backend.storage import Storage, StorageError
+from backend.models import JobManifest
+from backend.storage import Storage
 
 log = logging.getLogger("showroom.scheduler")
-MAX_ATTEMPTS = 2          # an image whose worker died is tried once more on another worker
-MAX_TRAINING_ATTEMPTS = 3  # a training resumes from its checkpoint after a lost worker, twice
 TICK_S = 0.25
-DECIDE_EVERY_S = 2.0      # how often images whose fate waits on storage are looked at again
 
 
 class Scheduler:
@@ -39,19 +39,12 @@ class Scheduler:
                  worker_target: Callable | None = None):
         self.settings, self.storage = settings, storage
         self.worker_target = worker_target
-        self.on_event = on_event or (lambda event: None)
         self.ctx = mp.get_context("spawn")
         self.lock = threading.RLock()
-        self.jobs: dict[str, HeldJob] = {}
-        self.pending: deque[Work] = deque()
-        self.upscales: deque[Upscale] = deque()
-        self.trainings: deque[Training] = deque()
         self.slots = [WorkerSlot(i) for i in range(worker_count)]
+        self.flights = LocalFlights(storage, on_event or (lambda event: None), self.lock,
+                                    hopeless=lambda: all_given_up(self.slots))
         self.native_size: int | None = None
-        self._outbox: list[ev.Event] = []
-        self.undecided: list[tuple[Work, str]] = []  # lost images storage could not tell about (with the reason)
-        self._decide_at = 0.0
-        self._delivering = threading.Lock()
         self._next_task = 0
         self._stopping = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
@@ -71,39 +64,27 @@ class Scheduler:
         for slot in self.slots:
             slot.shutdown(timeout)
         with self.lock:
-            for upscale in self.upscales:
-                upscale.future.set_exception(RuntimeError("the backend is stopping"))
-            self.upscales.clear()
+            self.flights.fail_upscales("the backend is stopping")
 
     def submit(self, job: JobManifest, loras: tuple) -> None:
         with self.lock:
-            queued = [img.index for img in job.images if img.status == Status.queued]
-            self.jobs[job.id] = HeldJob(job.model_copy(deep=True), loras, set(queued))
-            self.pending.extend(Work(job.id, index, cost=job.spec.image_cost) for index in queued)
-            if not queued:
-                del self.jobs[job.id]
+            self.flights.hold(job, loras)
         self._wake()
 
     def cancel(self, job_id: str) -> bool:
         """Cancel what is queued at once and interrupt what is running."""
         with self.lock:
-            held = self.jobs.get(job_id)
-            if held is None:
+            if not self.flights.cancel(job_id):
                 return False
-            held.canceled = True
-            waiting = tuple(w.index for w in self.pending if w.job_id == job_id)
-            self.pending = deque(w for w in self.pending if w.job_id != job_id)
-            if waiting:
-                self._close(job_id, waiting, ev.ImagesCanceled(job_id, waiting))
             for slot in self.slots:
                 if isinstance(slot.task, m.Task) and slot.task.job_id == job_id:
                     slot.cancel_task.value = slot.task.task_id
-        self._deliver()
+        self.flights.deliver()
         return True
 
     def holds(self, job_id: str) -> bool:
         with self.lock:
-            return job_id in self.jobs
+            return job_id in self.flights.jobs
 
     def upscale(self, source_key: str, target_key: str) -> Future:
         """Run the local upscaler on a worker's GPU; the future ends when the result is stored."""
@@ -111,28 +92,25 @@ class Scheduler:
         with self.lock:
             if self._stopping.is_set():
                 raise RuntimeError("the backend is stopping")
-            self.upscales.append(Upscale(source_key, target_key, future))
+            self.flights.upscales.append(Upscale(source_key, target_key, future))
         self._wake()
         return future
 
     def train(self, task: m.TrainTask) -> None:
         with self.lock:
-            self.trainings.append(Training(task))
+            self.flights.trainings.append(Training(task))
         self._wake()
 
     def stop_training(self, training_id: str, reason: str) -> None:
         """A training that waits is dropped; one that runs stops at its next step. Either ends failed with
         `reason`."""
         with self.lock:
-            waiting = next((t for t in self.trainings if t.task.training_id == training_id), None)
-            if waiting is not None:
-                self.trainings.remove(waiting)
-                self._emit(ev.TrainingFailed(training_id, reason))
+            self.flights.drop_training(training_id, reason)
             for slot in self.slots:
                 if slot.training is not None and slot.training.task.training_id == training_id:
                     slot.training.stopped = reason
                     slot.cancel_task.value = slot.task.task_id
-        self._deliver()
+        self.flights.deliver()
 
     def hopeless(self) -> bool:
         """True once no worker slot will ever start again (the model cannot be loaded)."""
@@ -144,42 +122,32 @@ class Scheduler:
             return first_error(self.slots)
 
     def pending_images(self) -> int:
-        return len(self.pending)  # len() of a deque is atomic: a submit never waits for the lock
+        return self.flights.pending_images()
 
     def pending_cost(self) -> float:
-        return sum(w.cost for w in list(self.pending))  # list() copies the deque in one step under the GIL
+        return self.flights.pending_cost()
 
     def snapshot(self) -> dict:
         with self.lock:
             return {
                 "workers": [{"id": s.id, "device": s.device or "unknown", "state": s.state.value} for s in self.slots],
                 "errors": [s.error for s in self.slots if s.error],
-                "pending": len(self.pending),
+                "pending": len(self.flights.pending),
                 "native_size": self.native_size,
             }
 
-    # ----- waking the loop, handing out events -----
+    @property
+    def trainings(self) -> deque[Training]:
+        """The trainings waiting for a worker."""
+        return self.flights.trainings
+
+    # ----- the dispatcher thread -----
     def _wake(self) -> None:
         try:
             os.write(self._wake_w, b"x")
         except BlockingIOError:
             pass  # the pipe is full: the loop is already due to wake
 
-    def _emit(self, event: ev.Event) -> None:
-        self._outbox.append(event)  # under the lock; delivered once it is released
-
-    def _deliver(self) -> None:
-        """Hand the events out in order, outside the lock (the sink may take its own locks)."""
-        with self._delivering:
-            with self.lock:
-                events, self._outbox = self._outbox, []
-            for event in events:
-                try:
-                    self.on_event(event)
-                except Exception:
-                    log.exception("an event could not be applied: %r", event)
-
-    # ----- the dispatcher thread -----
     def _loop(self) -> None:
         while not self._stopping.is_set():
             try:
@@ -196,7 +164,7 @@ class Scheduler:
                 if slot.process is not None:
                     waitables[slot.conn] = slot
                     waitables[slot.process.sentinel] = slot
-        self._deliver()
+        self.flights.deliver()
         lost: list[Lost] = []
         for ready in wait(list(waitables), timeout=TICK_S):
             if ready == self._wake_r:
@@ -214,44 +182,44 @@ class Scheduler:
                     slot.receive(self._handle)  # what it sent before it died: its last images may have landed
                     lost.append(self._died(slot))
         for item in lost:
-            self._settle(item)
-        self._decide_undecided()
+            self.flights.settle(item)
+        self.flights.decide_undecided()
         with self.lock:
             self._check_deadlines()
             self._restart_due()
-        self._deliver()
+        self.flights.deliver()
 
     def _dispatch(self) -> None:
-        idle = [s for s in self.slots if s.state == WorkerState.ready]
-        while idle and self.upscales:  # an upscale is one short image a person is waiting for: first
-            self._assign_upscale(idle.pop(0), self.upscales.popleft())
-        while idle and self.pending:
-            head = self.pending[0].job_id
-            same_job = [w for w in self.pending if w.job_id == head]
+        flights, idle = self.flights, [s for s in self.slots if s.state == WorkerState.ready]
+        while idle and flights.upscales:  # an upscale is one short image a person is waiting for: first
+            self._assign_upscale(idle.pop(0), flights.upscales.popleft())
+        while idle and flights.pending:
+            head = flights.pending[0].job_id
+            same_job = [w for w in flights.pending if w.job_id == head]
             size = batch_size(len(same_job), len(idle), self.settings.max_batch)
             batch = same_job[:size]
-            self.pending = deque(w for w in self.pending if w not in batch)
+            flights.pending = deque(w for w in flights.pending if w not in batch)
             self._assign(idle.pop(0), batch)
         # Trainings go last and one at a time: the other GPUs keep generating while one learns a product.
-        if idle and self.trainings and not any(isinstance(s.task, m.TrainTask) for s in self.slots):
-            self._assign_training(idle.pop(0), self.trainings.popleft())
+        if idle and flights.trainings and not any(isinstance(s.task, m.TrainTask) for s in self.slots):
+            self._assign_training(idle.pop(0), flights.trainings.popleft())
 
     def _assign_training(self, slot: WorkerSlot, training: Training) -> None:
         self._next_task += 1
         task = replace(training.task, task_id=self._next_task)
         if not slot.run(task, getattr(self.settings, "training_timeout_s", 3 * 3600), training=training):
-            self.trainings.appendleft(training)
+            self.flights.trainings.appendleft(training)
             return
         training.attempts += 1
-        self._emit(ev.TrainingStarted(task.training_id, slot.id))
+        self.flights.emit(ev.TrainingStarted(task.training_id, slot.id))
         log.info("training %s -> worker %d (attempt %d)", task.training_id, slot.id, training.attempts)
 
     def _assign(self, slot: WorkerSlot, batch: list[Work]) -> None:
-        held = self.jobs[batch[0].job_id]
+        held = self.flights.jobs[batch[0].job_id]
         self._next_task += 1
         task = build_task(self._next_task, held, [w.index for w in batch], self.settings.model_id)
         if not slot.run(task, self.settings.image_timeout_s * len(batch), work=batch):
-            self.pending.extendleft(reversed(batch))
+            self.flights.pending.extendleft(reversed(batch))
             return  # the sentinel reports the death on the next tick
         for w in batch:
             w.attempts += 1
@@ -273,17 +241,17 @@ class Scheduler:
             case m.Ready(device=device, native_size=native_size, load_s=load_s):
                 slot.loaded(device)
                 self.native_size = native_size
-                self._emit(ev.WorkerReady(slot.id, load_s))
+                self.flights.emit(ev.WorkerReady(slot.id, load_s))
             case m.LoadFailed(error=error):
                 slot.error = error
             case _ if task is None or msg.task_id != task.task_id:
                 log.warning("worker %d sent %r for a task it does not hold", slot.id, msg)
             case m.Progress(step=step, total=total, loss=loss) if isinstance(task, m.TrainTask):
-                self._emit(ev.TrainingProgress(task.training_id, step, total, loss))
+                self.flights.emit(ev.TrainingProgress(task.training_id, step, total, loss))
             case m.Done(error=error, info=info) if isinstance(task, m.TrainTask):
                 stopped = slot.training.stopped if slot.training else None
-                self._emit(ev.TrainingSucceeded(task.training_id, info) if error is None
-                           else ev.TrainingFailed(task.training_id, stopped or error))
+                self.flights.emit(ev.TrainingSucceeded(task.training_id, info) if error is None
+                                  else ev.TrainingFailed(task.training_id, stopped or error))
                 slot.freed()
             case m.Done(error=error) if isinstance(task, m.UpscaleTask):
                 upscale, slot.upscale = slot.upscale, None
@@ -293,102 +261,23 @@ class Scheduler:
                     upscale.future.set_exception(RuntimeError(error))
                 slot.freed()
             case m.Started() | m.Progress() | m.Preview():
-                self._emit(ev.image_event(msg, task, slot.id))
+                self.flights.emit(ev.image_event(msg, task, slot.id))
             case m.ImageDone(index=index) | m.ImageFailed(index=index):
                 slot.work = [w for w in slot.work if w.index != index]
-                self._close(task.job_id, (index,), ev.image_event(msg, task, slot.id))
+                self.flights.close(task.job_id, (index,), ev.image_event(msg, task, slot.id))
             case m.Done(canceled=canceled, seconds=seconds):
                 for w in slot.work:  # what the worker did not report: interrupted by cancel, or lost
                     event = (ev.ImagesCanceled(w.job_id, (w.index,)) if canceled else
                              ev.ImageFailed(w.job_id, w.index, "the worker finished without reporting this image"))
-                    self._close(w.job_id, (w.index,), event)
-                self._emit(ev.BatchFinished(seconds, len(task.indices)))
+                    self.flights.close(w.job_id, (w.index,), event)
+                self.flights.emit(ev.BatchFinished(seconds, len(task.indices)))
                 slot.freed()
 
-    def _close(self, job_id: str, indices: tuple[int, ...], event: ev.Event) -> None:
-        """Report images as terminal and forget the job once none of its images is open."""
-        self._emit(event)
-        held = self.jobs.get(job_id)
-        if held is not None:
-            held.open.difference_update(indices)
-            if not held.open:
-                del self.jobs[job_id]
-
     def _died(self, slot: WorkerSlot) -> Lost:
-        """Under the lock: the slot is freed now; what it held is settled by `_settle`, without the lock."""
+        """Under the lock: the slot is freed now; what it held is settled by `flights.settle`, without the lock."""
         lost = slot.died()
         self._fail_if_hopeless()
         return lost
-
-    def _settle(self, lost: Lost) -> None:
-        """A dead worker's images: stored already (it died between upload and report) → succeeded; else
-        tried once more, or failed with the reason. Storage is asked with no lock held; an image storage
-        cannot tell about is never failed blind (its object may exist): it is decided once storage answers."""
-        if lost.upscale is not None:
-            lost.upscale.future.set_exception(RuntimeError(f"the local upscaler's worker stopped: {lost.reason}"))
-        if lost.training is not None:
-            self._training_lost(lost.training, lost)
-        stored = {(w.job_id, w.index): self._already_stored(w) for w in lost.work}
-        with self.lock:
-            for w in lost.work:
-                error = lost.reason if w.attempts < MAX_ATTEMPTS else f"{lost.reason}; it was the second try"
-                retry = not lost.killed and w.attempts < MAX_ATTEMPTS and not all_given_up(self.slots)
-                if self._decide(w, stored[w.job_id, w.index], error, retry):
-                    log.warning("job %s image %d: storage cannot say whether it was stored; decided when it "
-                                "answers", w.job_id, w.index)
-
-    def _decide_undecided(self) -> None:
-        """Images whose fate waited on storage: stored → succeeded, else failed (or canceled) as they would have."""
-        if not self.undecided or time.monotonic() < self._decide_at:
-            return
-        self._decide_at = time.monotonic() + DECIDE_EVERY_S
-        with self.lock:
-            waiting, self.undecided = self.undecided, []
-        answers = [(w, error, self._already_stored(w)) for w, error in waiting]
-        with self.lock:
-            for w, error, known in answers:
-                self._decide(w, known, error)
-
-    def _decide(self, w: Work, known: bool | None, error: str, retry: bool = False) -> bool:
-        """Under the lock, a lost image that is still open: stored (`known`) → succeeded; else tried once more
-        when `retry` and not canceled; else, when storage could not say, kept undecided (True); else canceled,
-        or failed with `error`."""
-        held = self.jobs.get(w.job_id)
-        if held is None or w.index not in held.open:
-            return False
-        if known:
-            self._close(w.job_id, (w.index,), ev.ImageSucceeded(w.job_id, w.index))
-        elif retry and not held.canceled:
-            self._emit(ev.ImagesRequeued(w.job_id, (w.index,)))  # a new try overwrites whatever landed
-            self.pending.appendleft(w)
-        elif known is None:
-            self.undecided.append((w, error))
-            return True
-        elif held.canceled:
-            self._close(w.job_id, (w.index,), ev.ImagesCanceled(w.job_id, (w.index,)))
-        else:
-            self._close(w.job_id, (w.index,), ev.ImageFailed(w.job_id, w.index, error))
-        return False
-
-    def _training_lost(self, training: Training, lost: Lost) -> None:
-        """A training whose worker died resumes from its last checkpoint on a fresh worker, twice at most."""
-        with self.lock:
-            if (not lost.killed and not training.stopped and training.attempts < MAX_TRAINING_ATTEMPTS
-                    and not all_given_up(self.slots)):
-                self.trainings.appendleft(training)
-                self._emit(ev.TrainingRequeued(training.task.training_id, lost.reason))
-            else:
-                self._emit(ev.TrainingFailed(training.task.training_id, training.stopped or lost.reason))
-
-    def _already_stored(self, w: Work) -> bool | None:
-        """Whether the image's object exists; None when storage cannot say."""
-        held = self.jobs.get(w.job_id)
-        if held is None:
-            return False
-        try:
-            return self.storage.exists(held.job.images[w.index].key)
-        except StorageError:
-            return None
 
     def _restart_due(self) -> None:
         for slot in self.slots:
@@ -399,14 +288,7 @@ class Scheduler:
         """With no worker left that could ever start, fail what waits rather than keep it forever."""
         if not all_given_up(self.slots):
             return
-        error = first_error(self.slots)
-        while self.pending:
-            w = self.pending.popleft()
-            self._close(w.job_id, (w.index,), ev.ImageFailed(w.job_id, w.index, error))
-        while self.upscales:
-            self.upscales.popleft().future.set_exception(RuntimeError(error))
-        while self.trainings:
-            self._emit(ev.TrainingFailed(self.trainings.popleft().task.training_id, error))
+        self.flights.fail_waiting(first_error(self.slots))
 
     def _check_deadlines(self) -> None:
         for slot in self.slots:
