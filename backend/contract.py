@@ -54,6 +54,18 @@ def image_cost(width: int, height: int, steps: int) -> float:
     return max(1.0, width * height / STANDARD_PIXELS * steps / STANDARD_STEPS)
 
 
+CHECK_TEMPLATE = "studio-white"
+
+
+def check_spec(product: str, template_ids: Iterable[str]) -> dict:
+    """A JobSpec (as JSON) for four test pictures of a learnt product alone on white, beside its photos: whether
+    it learnt the product shows at a glance. The studio template when the generator has it."""
+    spec = {"product": product, "num_images": 4, "mode": "generate"}
+    if CHECK_TEMPLATE in set(template_ids):
+        return spec | {"template": CHECK_TEMPLATE}
+    return spec | {"prompt": "<product>, centered product shot, plain white background, soft studio light"}
+
+
 def job_cost(width: int, height: int, steps: int, num_images: int) -> float:
     return round(image_cost(width, height, steps) * num_images, 2)
 

@@ -40,7 +40,7 @@ from backend.ops.idle import Activity, IdleStopper, vast_stop_action
 from backend.ops.metrics import Metrics
 from backend.ops.ratelimit import RateLimiter
 from backend.products.catalog import Catalog
-from backend.products.training import TrainingService
+from backend.products.training import TrainingService, check_job
 from backend.upscale.service import UpscaleService
 
 log = logging.getLogger("showroom")
@@ -86,7 +86,8 @@ async def _lifespan(app: FastAPI, settings: Settings, activity: Activity):
     leases = Leases(store.storage)  # this backend among others on the bucket: who runs which job
     job_service = JobService(settings, catalog_, store, executor, native_size_guess(settings.model_id), preparer,
                              runs_elsewhere=leases.runs_elsewhere)
-    trainings = TrainingService(settings, catalog_, training_store, executor, job_service.native_size)
+    trainings = TrainingService(settings, catalog_, training_store, executor, job_service.native_size,
+                                start_check=partial(check_job, job_service, catalog_))
     events.on_training = trainings.on_event
     upscales = UpscaleService(settings, executor, store) if settings.active_upscaler != "off" else None
     app.state.services = Services(settings, storage, catalog_, executor, store, job_service, metrics,

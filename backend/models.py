@@ -256,6 +256,7 @@ class TrainingManifest(BaseModel):
     rank: int = 16
     resolution: int = 512
     resumed_from: int | None = None         # the checkpoint step a later attempt continued from
+    check_job: str | None = None             # four test pictures of the product, started once it learnt
     worker: int | str | None = None
     probe_loss: list[float] | None = None   # loss on the photos with fixed noise, before and after
 

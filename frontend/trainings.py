@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from backend.contract import TERMINAL, training_key
 from backend.lora.safetensors_file import LoraFormatError, read_safetensors_header
 from backend.storage import Storage, StorageError
-from frontend.jobs import parse_time, read_json
+from frontend.jobs import is_job_id, parse_time, read_json
 
 # What the page sends as `steps`: the backend's own default (DEFAULT_STEPS in backend/products/training.py),
 # sent explicitly so that the time promised on the button is about the training that runs.
@@ -38,6 +38,7 @@ class TrainingView:
     error: str | None = None
     created_at: str | None = None
     updated_at: str | None = None
+    check_job: str | None = None  # the test pictures the backend started once it learnt
 
     @property
     def terminal(self) -> bool:
@@ -70,7 +71,8 @@ def training_view(manifest: dict) -> TrainingView:
                             status=str(manifest.get("status") or "queued"), step=int(progress.get("step") or 0),
                             steps=int(progress.get("steps") or 0), loss=None if loss is None else float(loss),
                             error=None if manifest.get("error") is None else str(manifest["error"]),
-                            created_at=manifest.get("created_at"), updated_at=manifest.get("updated_at"))
+                            created_at=manifest.get("created_at"), updated_at=manifest.get("updated_at"),
+                            check_job=manifest["check_job"] if is_job_id(manifest.get("check_job")) else None)
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         raise StorageError(f"the training manifest is malformed ({type(e).__name__}: {e})") from None
 

@@ -12,9 +12,10 @@ training leaves the product as it was.
 
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from backend.contract import check_name, created_us, lora_key, new_job_id, training_owner_key
+from backend.contract import check_name, check_spec, created_us, lora_key, new_job_id, training_owner_key
 from backend.errors import InvalidRequest, NotFound, RateLimited, Unavailable, UnknownReference
 from backend.gpu import executor as ev
 from backend.gpu.messages import TrainTask
@@ -22,7 +23,7 @@ from backend.images import BadImage, normalize_photo
 from backend.jobs.manifests import ManifestStore
 from backend.lora.check import normalize_lora
 from backend.lora.worker_training import lora_result_key
-from backend.models import Status, StepProgress, TrainingManifest, now
+from backend.models import JobSpec, Status, StepProgress, TrainingManifest, now
 from backend.products.catalog import Catalog
 from backend.storage import ObjectMissing, StorageError
 
@@ -41,9 +42,11 @@ def photo_key(training_id: str, n: int) -> str:
 
 
 class TrainingService:
-    def __init__(self, settings, catalog: Catalog, store: ManifestStore, executor, native_size):
+    def __init__(self, settings, catalog: Catalog, store: ManifestStore, executor, native_size,
+                 start_check: Callable[[str], str] | None = None):
         self.settings, self.catalog, self.store, self.executor = settings, catalog, store, executor
         self.native_size = native_size  # () -> int: the size the model generates (and so learns) at
+        self.start_check = start_check  # product -> the id of a job of test pictures of it (check_job below)
         self.storage = store.storage
         self.owner = ""  # this backend's lease owner id (backend.jobs.leases), written beside each training
         # unfinished trainings this run sent to the executor (its own, and those it took back) -> their product
@@ -197,8 +200,20 @@ class TrainingService:
             return
         self._change(training_id, status=Status.succeeded, error=None,
                      progress=StepProgress(step=training.progress.steps, steps=training.progress.steps),
-                     resumed_from=info.get("resumed_from"), probe_loss=info.get("probe_loss"))
+                     resumed_from=info.get("resumed_from"), probe_loss=info.get("probe_loss"),
+                     check_job=self._check(training.product))
         log.info("training %s succeeded: product %s has its LoRA", training_id, training.product)
+
+    def _check(self, product: str) -> str | None:
+        """Four test pictures of the product that has just learnt, so its owner sees what it learnt without asking;
+        a queue that cannot take them (or anything else) costs the pictures, never the training."""
+        if self.start_check is None:
+            return None
+        try:
+            return self.start_check(product)
+        except Exception as e:  # the LoRA is the product's already: the pictures are a courtesy
+            log.warning("the test pictures of %s were not started: %s", product, getattr(e, "detail", None) or e)
+            return None
 
     def _trains(self, training: TrainingManifest) -> bool:
         """Whether the training's product is still there and still the one it learns: a product deleted and
@@ -240,6 +255,12 @@ class TrainingService:
         if not earlier.status.is_terminal():
             raise InvalidRequest(f"product {product.name!r} is being trained already (training {earlier.id}, "
                                  f"{earlier.status.value}); wait for it to finish")
+
+
+def check_job(jobs, catalog: Catalog, product: str) -> str:
+    """Start four test pictures of a product (backend.contract.check_spec, as the app's "Make 4 test pictures"):
+    the id of their job."""
+    return jobs.submit(JobSpec(**check_spec(product, catalog.templates))).id
 
 
 def _fail(training: TrainingManifest, error: str) -> None:

@@ -6,26 +6,20 @@ import uuid
 
 import streamlit as st
 
+from backend.contract import check_spec
 from backend.storage import StorageError
 from frontend import services
 from frontend.client import BackendError
 from frontend.jobs import JobView, is_job_id, load_job
 from frontend.views import job_panel
 
-STUDIO = "studio-white"
 CHECKS = "product_checks"   # product name -> its latest check job in this session
 POLL_S = 1.0
 
 
-def check_spec(name: str, templates: list[dict]) -> dict:
-    """Four pictures of the product alone, on white: the studio template when the generator has it."""
-    spec = {"product": name, "num_images": 4, "mode": "generate"}
-    if any(t.get("id") == STUDIO for t in templates):
-        return spec | {"template": STUDIO}
-    return spec | {"prompt": "<product>, centered product shot, plain white background, soft studio light"}
-
-
-def draw(product: dict, packshot: bytes | None) -> None:
+def draw(product: dict, packshot: bytes | None, learnt_check: str | None = None) -> None:
+    """`learnt_check`: the test pictures the backend made when its latest training succeeded, shown until the
+    owner asks for others."""
     name = product["name"]
     st.markdown("##### Check what it learnt")
     health = services.current_health()
@@ -35,7 +29,7 @@ def draw(product: dict, packshot: bytes | None) -> None:
                       "its cut-out: if they look like your product, it has learnt it."):
         _start(name)
     check_id = st.query_params.get("check")
-    check_id = check_id if is_job_id(check_id) else st.session_state.get(CHECKS, {}).get(name)
+    check_id = check_id if is_job_id(check_id) else st.session_state.get(CHECKS, {}).get(name) or learnt_check
     if check_id:
         _side_by_side(check_id, packshot)
 
@@ -43,7 +37,8 @@ def draw(product: dict, packshot: bytes | None) -> None:
 def _start(name: str) -> None:
     try:
         templates = services.current_catalog().get("templates", [])
-        ticket = services.client().submit(check_spec(name, templates), idempotency_key=uuid.uuid4().hex)
+        ticket = services.client().submit(check_spec(name, [t.get("id") for t in templates]),
+                                          idempotency_key=uuid.uuid4().hex)
     except BackendError as e:
         st.error(f"The test pictures were not started: {e.message}")
         return

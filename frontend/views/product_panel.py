@@ -48,9 +48,10 @@ def draw(product: dict) -> None:
     if product.get("has_lora"):
         with words:
             _download_lora(product)
-    _teaching(product)
+    training = _teaching(product)
     if product.get("has_lora"):
-        product_check.draw(product, packshot_bytes(product))
+        learnt = training.check_job if training is not None and training.status == "succeeded" else None
+        product_check.draw(product, packshot_bytes(product), learnt)
 
 
 def _make_pictures(product: dict) -> None:
@@ -107,24 +108,26 @@ def _packshot(product: dict) -> None:
     st.image(services.cutout_on_checkerboard(shot), caption="Its cut-out: placed exactly as it is", width="stretch")
 
 
-def _teaching(product: dict) -> None:
+def _teaching(product: dict) -> TrainingView | None:
+    """Its latest training: a bar while it runs, then what came of it, and the form to teach it (again)."""
     name = product["name"]
     training_id = st.session_state.get(TRAININGS, {}).get(name) or product.get("training")
     try:
         training = services.training(training_id) if training_id else None
     except StorageError as e:
         st.warning(f"How far Showroom has got cannot be read right now: {e}")
-        return
+        return None
     if training is not None and not training.terminal:
         _progress(training.id)
-        return
+        return training
     if training is not None and training.status == "succeeded" and not product.get("has_lora") \
             and training.id not in st.session_state.setdefault("trainings_refreshed", set()):
         st.session_state["trainings_refreshed"].add(training.id)  # once: the record is written before the manifest
         services.catalog.clear()  # a catalog read before the training ended: read it again
         st.rerun()
     if training is not None and training.status == "succeeded" and product.get("has_lora"):
-        st.success(f"Showroom has learnt {name}: choose it on the Create page and it appears in any scene.",
+        below = " Below: four test pictures drawn from what it learnt." if training.check_job else ""
+        st.success(f"Showroom has learnt {name}: choose it on the Create page and it appears in any scene.{below}",
                    icon=":material/school:")
     elif training is not None and training.status != "succeeded":
         st.error(f"Learning stopped: {training.error or training.label}. The product is as it was; try again below.")
@@ -136,6 +139,7 @@ def _teaching(product: dict) -> None:
         st.caption("So far it can only be placed as it is. Taught from your photos, Showroom can draw it in any "
                    "scene, from any angle.")
         _teach_form(product)
+    return training
 
 
 def _teach_form(product: dict) -> None:

@@ -141,6 +141,9 @@ def test_a_training_teaches_the_product_a_lora_that_changes_its_images(backend):
         assert all(abs(a - b) <= 3 for a, b in zip(boxes[name], expected)), (name, boxes[name], expected)
     product = {p["name"]: p for p in backend.get("/v1/catalog").json()["products"]}["bottle"]
     assert product["has_lora"] and product["training"] == ticket["id"]
+    check = backend.wait_job(training["check_job"])  # test pictures, started by the backend once it learnt
+    assert check["status"] == "succeeded" and len(check["images"]) == 4, check
+    assert (check["spec"]["product"], check["spec"]["template"]) == ("bottle", "studio-white")
     assert backend.storage.exists("products/bottle.safetensors")
 
     spec = {"num_images": 1, "seed": 8, **SMALL}

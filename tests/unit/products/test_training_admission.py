@@ -174,3 +174,38 @@ def test_a_product_deleted_while_its_training_is_submitted_leaves_no_training_wa
     service.store.flush()
     left = [service.store.get(i) for i in service.store.ids()]
     assert left and all(t.status.is_terminal() for t in left), left
+
+
+def test_a_finished_training_starts_test_pictures_of_its_product_and_a_full_queue_costs_only_them(service,
+                                                                                                 tiny_model):
+    """Once the product has its LoRA, four test pictures of it are started (their job id in the manifest), so the
+    owner sees what it learnt without asking; a queue that refuses them leaves the training succeeded."""
+    asked = []
+
+    def start(product: str) -> str:
+        asked.append((product, service.catalog.product(product).has_lora))
+        return "0" * 32
+
+    service.start_check = start
+    first = service.submit("p0", PHOTOS, 20, 4)
+    _finished(service, first.id, make_lora(tiny_model, seed=1))
+    assert asked == [("p0", True)], "started after the LoRA is the product's, so the pictures use it"
+    assert service.store.get(first.id).check_job == "0" * 32
+
+    def refuse(product: str) -> str:
+        raise RateLimited("the queue is full")
+
+    service.start_check = refuse
+    second = service.submit("p1", PHOTOS, 20, 4)
+    _finished(service, second.id, make_lora(tiny_model, seed=2))
+    done = service.store.get(second.id)
+    assert done.status.value == "succeeded" and done.check_job is None and service.catalog.product("p1").has_lora
+
+
+def test_the_test_pictures_are_four_studio_shots_of_the_product():
+    """The same pictures the app's "Make 4 test pictures" asks for: the studio template where the generator has it."""
+    from backend.contract import check_spec
+
+    assert check_spec("mug", {"studio-white": 1, "beach": 2}) == {"product": "mug", "num_images": 4,
+                                                                   "mode": "generate", "template": "studio-white"}
+    assert check_spec("mug", ["beach"])["prompt"].startswith("<product>, centered product shot")
