@@ -3,7 +3,7 @@
 A slot starts its process (spawned, with a pipe and the shared integer naming the task to cancel), stops
 it, kills it past its time limit, and when it dies hands back what it held (`Lost`) with the reason, and
 puts its next start off: the longer, the more starts failed in a row, until MAX_RESTARTS of them give it
-up. What becomes of the lost work is the scheduler's call (backend.gpu.scheduler).
+up. What becomes of the lost work is decided in backend.gpu.local_flights.
 """
 
 import logging
