@@ -80,7 +80,8 @@ def lora_metadata(trainer, step: int, photos: int) -> dict[str, str]:
         "ss_gradient_accumulation_steps": str(args.grad_accum),
         "ss_seed": str(args.seed),
         "ss_flip_aug": str(bool(args.flip)),
-        "ss_masked_loss": str(trainer.masked_photos > 0),  # the product's pixels weigh more (--background-weight)
+        # the product's pixels weigh more than the rest (--background-weight under 1)
+        "ss_masked_loss": str(trainer.masked_photos > 0 and args.background_weight < 1),
         "ss_mixed_precision": precision,
         "ss_optimizer": "torch.optim.AdamW(weight_decay=0.01)",
         "ss_lr_scheduler": "constant",

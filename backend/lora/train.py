@@ -134,11 +134,13 @@ def _own_mask(image: Image.Image) -> Image.Image | None:
         return None
 
 
-def find_products(photos: list[Photo], model: str) -> dict[str, Image.Image | None]:
+def find_products(photos: list[Photo], model: str, between: Callable[[], None] | None = None,
+                  budget_s: float | None = None) -> dict[str, Image.Image | None]:
     """The product's mask in each photo without one (no transparency), by place mode's background remover `model`
-    (BG_REMOVAL_MODEL: a rembg name or an .onnx file), keyed by the photo's name; None where it finds none. The
-    remover is never downloaded here: one that is not on this machine finds nothing (the views then hold each
-    photo's centre, and the loss weighs the whole picture alike)."""
+    (BG_REMOVAL_MODEL: a rembg name or an .onnx file), keyed by the photo's name; None where it finds none, and
+    for the photos left once `budget_s` seconds are spent. `between` runs before each photo (progress, a stop).
+    The remover is never downloaded here: one that is not on this machine finds nothing (the views then hold
+    each photo's centre, and the loss weighs the whole picture alike)."""
     from backend.place.cutout import BackgroundRemover, NothingFound, product_mask
 
     remover = BackgroundRemover(model)
@@ -146,14 +148,20 @@ def find_products(photos: list[Photo], model: str) -> dict[str, Image.Image | No
         log.warning("the background remover %s is not on this machine: each view holds its photo's centre", model)
         return {}
     started, found = time.perf_counter(), {}
-    for photo in photos:
-        if photo.mask is None:
-            try:
-                found[photo.name] = product_mask(photo.image, remover)
-            except NothingFound:
-                found[photo.name] = None
-    log.info("found the product in %d of %d photos in %.1f s (%s)", sum(m is not None for m in found.values()),
-             len(found), time.perf_counter() - started, model)
+    for photo in (p for p in photos if p.mask is None):
+        if between is not None:
+            between()
+        if budget_s is not None and time.perf_counter() - started > budget_s:
+            found[photo.name] = None  # logged below, with how many
+            continue
+        try:
+            found[photo.name] = product_mask(photo.image, remover)
+        except NothingFound:
+            found[photo.name] = None
+    log.info("found the product in %d of %d photos in %.1f s (%s)%s", sum(m is not None for m in found.values()),
+             len(found), time.perf_counter() - started, model,
+             f"; the search stopped at its budget of {budget_s:.0f} s" if budget_s is not None
+             and time.perf_counter() - started > budget_s else "")
     return found
 
 

@@ -27,6 +27,7 @@ TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 TEXT_ENCODER_CHOICES = {"all": None, "1": "text_encoder", "2": "text_encoder_2"}  # --train-text-encoder [WHICH]
 SD_RESOLUTION, XL_RESOLUTION = 512, 1024  # --resolution's default: the size each family was trained at
 PROBE_SEED = 1234
+MIN_PRODUCT_SHARE = 0.01  # of a view's pixels its mask must cover to weigh the loss
 
 
 def _seed(*parts) -> int:
@@ -44,10 +45,13 @@ def product_weights(views: list[View], latent_size, background: float):
     import torch
     import torch.nn.functional as F
 
-    if all(v.mask is None for v in views):
+    masks = [np.asarray(v.mask, dtype=np.float32) / 255 if v.mask is not None else None for v in views]
+    # a view that holds (next to) none of its product, a pair's empty middle, counts every pixel alike: weighing
+    # its ground alone would teach the trigger words nothing (and at --background-weight 0, divide by zero)
+    masks = [m if m is not None and m.mean() >= MIN_PRODUCT_SHARE else None for m in masks]
+    if all(m is None for m in masks):
         return None
-    masks = [np.asarray(v.mask, dtype=np.float32) / 255 if v.mask is not None
-             else np.ones(v.image.size[::-1], np.float32) for v in views]
+    masks = [m if m is not None else np.ones(v.image.size[::-1], np.float32) for m, v in zip(masks, views)]
     found = F.interpolate(torch.from_numpy(np.stack(masks))[:, None], size=tuple(latent_size), mode="area")
     weights = background + (1 - background) * found
     return weights / weights.mean(dim=(1, 2, 3), keepdim=True)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from PIL import Image, ImageEnhance, ImageOps
 
 Box = tuple[int, int, int, int]  # (left, top, right, bottom) of the product, in the photo's pixels
+MASK_BOX_TRIM = 0.005  # of a mask's mass left outside its box on each side (stray specks, not the product)
 
 
 @dataclass(frozen=True)
@@ -40,10 +41,26 @@ def with_mask(photo: Photo, mask: Image.Image | None) -> Photo:
 
 
 def mask_box(mask: Image.Image) -> Box | None:
-    """The box of a product's mask, trimmed of faint haze as a cut-out is; None when it holds nothing."""
+    """The box of a product's mask without faint haze (as a cut-out is trimmed) and without the outermost
+    MASK_BOX_TRIM of its mass on each side: a speck the remover left in a corner would stretch a plain bounding
+    box over the whole photo, and views would no longer hold the product. None when it holds nothing."""
+    import numpy as np
+
     from backend.place.cutout import TRIM_ALPHA
 
-    return mask.point(lambda v: 255 if v > TRIM_ALPHA else 0).getbbox()
+    levels = np.asarray(mask, dtype=np.float64)
+    levels = np.where(levels > TRIM_ALPHA, levels, 0)
+    total = levels.sum()
+    if total == 0:
+        return None
+
+    def span(profile) -> tuple[int, int]:
+        share = np.cumsum(profile) / total
+        start = int(np.searchsorted(share, MASK_BOX_TRIM, side="right"))
+        return start, max(start + 1, int(np.searchsorted(share, 1 - MASK_BOX_TRIM, side="left")) + 1)
+
+    (left, right), (top, bottom) = span(levels.sum(axis=0)), span(levels.sum(axis=1))
+    return left, top, right, bottom
 
 
 def centred_offset(length: int, side: int, rng: random.Random) -> int:

@@ -18,6 +18,9 @@ from backend.storage import ObjectMissing, Storage, StorageError, put_retrying
 log = logging.getLogger("showroom.train")
 
 CHECKPOINT_FILES = ("lora.safetensors", "optimizer.safetensors", "state.json")  # state.json last: it marks it whole
+# Finding the product in the photos is processor work before step 1 while the GPU waits (a remover pass per photo,
+# seconds each for birefnet on onnxruntime's CPU build): past this budget the photos left get no mask.
+MASKS_BUDGET_S = 180
 
 
 def checkpoints_prefix(training_id: str) -> str:
@@ -38,32 +41,47 @@ def mask_key(training_id: str, name: str) -> str:
     return f"trainings/{training_id}/masks/{name}"
 
 
-def product_masks(storage: Storage, training_id: str, remover_model: str | None, photos: list) -> dict:
-    """The product's mask in each photo (name -> "L" image, or None): found by the first attempt with place mode's
-    background remover and stored, so a resumed training (or its next chunk, on another node) holds the same views
-    and weighs the same pixels without finding them again. Without a remover on this machine: none."""
+def product_masks(storage: Storage, training_id: str, remover_model: str | None, photos: list,
+                  between: Callable[[], None] | None = None, resuming: bool = False) -> dict:
+    """The product's mask in each photo (name -> "L" image, or None), decided by a training's first attempt and
+    stored, so a resumed training (or its next chunk, on another node) keeps the same views and weights: found
+    with place mode's background remover when it is on this machine, else none (stored as none too: a later
+    attempt on a machine that has one must not change what the loss weighs half-way). A training resumed from a
+    checkpoint made before masks were found (`resuming`) keeps none. `between` runs before each photo: it
+    reports progress and raises TrainingStopped when the training was stopped."""
     from backend.lora.train import find_products
 
     try:
-        return _stored_masks(storage, training_id)
+        return _stored_masks(storage, training_id, photos)
     except ObjectMissing:
         pass
     except (ValueError, TypeError, AttributeError, OSError) as e:
         log.warning("training %s: its stored masks are unreadable (%s); finding the products again", training_id, e)
-    if not remover_model:
-        return {}
-    try:
-        masks = find_products(photos, remover_model)
-    except Exception as e:  # a remover that fails costs the training its masks, not the training
-        log.warning("training %s: the products could not be found in the photos (%s); each view holds its "
-                    "photo's centre", training_id, e)
-        return {}
-    if masks:
+    masks = {}
+    if remover_model and not resuming:
         try:
-            _store_masks(storage, training_id, masks)
-        except StorageError as e:  # the next attempt finds them again
-            log.warning("training %s: the products' masks could not be stored: %s", training_id, e)
+            masks = find_products(photos, remover_model, between=between, budget_s=MASKS_BUDGET_S)
+        except (TrainingStopped, _time_limit()):
+            raise
+        except Exception as e:  # a remover that fails costs the training its masks, not the training
+            log.warning("training %s: the products could not be found in the photos (%s); each view holds its "
+                        "photo's centre", training_id, e)
+            masks = {}
+    try:
+        _store_masks(storage, training_id, masks)
+    except StorageError as e:  # the next attempt decides again
+        log.warning("training %s: the products' masks could not be stored: %s", training_id, e)
     return masks
+
+
+def _time_limit() -> type[BaseException]:
+    """Celery's soft time limit, raised inside a node's task: it must end the chunk, not be taken for a remover
+    that failed. The GPU check's Python has no Celery."""
+    try:
+        from celery.exceptions import SoftTimeLimitExceeded
+    except ImportError:
+        return TrainingStopped
+    return SoftTimeLimitExceeded
 
 
 def _store_masks(storage: Storage, training_id: str, masks: dict) -> None:
@@ -79,16 +97,21 @@ def _store_masks(storage: Storage, training_id: str, masks: dict) -> None:
     put_retrying(storage, boxes_key(training_id), json.dumps(boxes).encode(), "application/json", budget_s=30)
 
 
-def _stored_masks(storage: Storage, training_id: str) -> dict:
+def _stored_masks(storage: Storage, training_id: str, photos: list) -> dict:
+    """The stored masks; one that does not fit its photo (the photos changed under it) is dropped, not used."""
     from PIL import Image
 
-    boxes = json.loads(storage.get(boxes_key(training_id)))
+    sizes = {p.name: p.image.size for p in photos}
     masks = {}
-    for name, box in boxes.items():
+    for name, box in json.loads(storage.get(boxes_key(training_id))).items():
         masks[name] = None
         if box:
             with Image.open(io.BytesIO(storage.get(mask_key(training_id, name)))) as mask:
                 masks[name] = mask.convert("L")
+            if masks[name].size != sizes.get(name, masks[name].size):
+                log.warning("training %s: the stored mask of %s is %s, the photo %s; it is left out", training_id,
+                            name, masks[name].size, sizes[name])
+                masks[name] = None
     return masks
 
 
@@ -150,7 +173,9 @@ def run_training(model_id: str, storage: Storage, device: str, task: TrainTask, 
     ])
     result = trainer.train(args, on_step=lambda step, _steps, loss: on_step(step, task.steps, loss),
                            on_checkpoint=upload,
-                           locate=lambda photos: product_masks(storage, task.training_id, remover_model, photos))
+                           locate=lambda photos: product_masks(storage, task.training_id, remover_model, photos,
+                                                               between=lambda: on_step(0, task.steps, None),
+                                                               resuming=resumed is not None))
     if target < task.steps:  # a chunk: the next one resumes from the checkpoint written at its end
         upload(trainer.checkpoint_root(output) / f"step-{target:06d}", target)
         shutil.rmtree(work, ignore_errors=True)

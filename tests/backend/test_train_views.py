@@ -1,5 +1,6 @@
 """What a training step sees of a photo: the views backend.lora.trainer.augment cuts, and the CLI switches."""
 
+import io
 import json
 import random
 
@@ -8,7 +9,7 @@ import pytest
 from PIL import Image
 
 from backend.lora.train import TrainSettings, find_products, load_photos, parse_args, with_masks
-from backend.lora.views import augment, crop_square
+from backend.lora.views import augment, crop_square, mask_box
 
 CLI = ["--images", "photos", "--trigger", "sks bottle", "--output", "out/bottle.safetensors"]
 
@@ -152,8 +153,70 @@ def test_masks_are_found_once_per_training_and_kept_for_its_resumes(tmp_path, ti
     storage.put(boxes_key("t1"), b"{not json", "application/json")
     assert np.array_equal(np.asarray(product_masks(storage, "t1", str(tiny_segmenter), photos)["0.png"]),
                           np.asarray(first["0.png"]))
-    assert product_masks(storage, "t2", None, photos) == {}, "no remover, nothing stored: the photos' centres"
-    assert not storage.exists(boxes_key("t2"))
+    assert product_masks(storage, "t2", None, photos) == {}, "no remover: none, the photos' centres"
+    assert json.loads(storage.get(boxes_key("t2"))) == {}, "decided: a later attempt must not weigh otherwise"
+    assert product_masks(storage, "t2", str(tiny_segmenter), photos) == {}, "a node with a remover keeps to it"
+    assert product_masks(storage, "t3", str(tiny_segmenter), photos, resuming=True) == {}, \
+        "a checkpoint from before masks were found goes on without them"
+
+
+def test_a_training_stopped_or_timed_out_while_finding_the_product_stops(tmp_path, tiny_segmenter):
+    """Finding the product runs before step 1: deleting the product stops it between photos (the stop is not taken
+    for a remover that failed), and past its budget the photos left get no mask."""
+    from backend.lora.worker_training import TrainingStopped, boxes_key, product_masks
+    from backend.storage import open_storage
+
+    storage = open_storage(f"file://{tmp_path / 'store'}")
+    for n in range(3):
+        painted((120, 80), (20 + 10 * n, 10, 60 + 10 * n, 70)).save(tmp_path / f"{n}.png")
+    photos = load_photos(tmp_path, None, 0, "{trigger}", "sks")
+    seen = []
+
+    def stop_at_second() -> None:
+        seen.append(1)
+        if len(seen) == 2:
+            raise TrainingStopped("stopped at step 0")
+
+    with pytest.raises(TrainingStopped):
+        product_masks(storage, "t1", str(tiny_segmenter), photos, between=stop_at_second)
+    assert not storage.exists(boxes_key("t1")), "nothing decided: the next attempt finds them"
+    found = find_products(photos, str(tiny_segmenter), budget_s=0)
+    assert sorted(found) == ["0.png", "1.png", "2.png"] and sum(m is not None for m in found.values()) <= 1, \
+        "past the budget (here none) the photos left get no mask"
+
+
+def test_a_stored_mask_that_does_not_fit_its_photo_is_left_out(tmp_path, tiny_segmenter):
+    from backend.lora.worker_training import mask_key, product_masks
+    from backend.storage import open_storage
+
+    storage = open_storage(f"file://{tmp_path / 'store'}")
+    (tmp_path / "p").mkdir()
+    painted((300, 120), (200, 20, 260, 100)).save(tmp_path / "p" / "0.png")
+    photos = load_photos(tmp_path / "p", None, 0, "{trigger}", "sks")
+    product_masks(storage, "t1", str(tiny_segmenter), photos)
+    wrong = io.BytesIO()
+    Image.new("L", (120, 300), 255).save(wrong, format="PNG")
+    storage.put(mask_key("t1", "0.png"), wrong.getvalue(), "image/png")
+    assert product_masks(storage, "t1", None, photos) == {"0.png": None}, "not a ValueError on every retry"
+
+
+def test_a_speck_the_remover_left_does_not_stretch_the_products_box():
+    """One 4 x 4 island in a corner made the box the whole photo wide, and views no longer held the product."""
+    mask = Image.new("L", (400, 300), 0)
+    mask.paste(255, (40, 80, 160, 260))
+    mask.paste(255, (392, 10, 396, 14))
+    assert mask_box(mask) == (40, 80, 160, 260)
+    assert mask_box(Image.new("L", (40, 40), 5)) is None, "haze alone is no product"
+
+
+def test_the_remover_is_used_once_it_is_on_this_machine(tmp_path, monkeypatch):
+    """on_disk reads rembg's own model folders: a named model downloaded before counts, so a training uses it."""
+    from backend.place.cutout import BackgroundRemover
+
+    monkeypatch.setenv("U2NET_HOME", str(tmp_path))
+    assert not BackgroundRemover("u2netp").on_disk()
+    (tmp_path / "u2netp.onnx").write_bytes(b"onnx")
+    assert BackgroundRemover("u2netp").on_disk()
 
 
 def test_a_views_mask_is_cut_scaled_and_mirrored_with_its_picture():
@@ -185,6 +248,10 @@ def test_the_loss_weighs_the_product_and_keeps_its_scale():
     assert np.allclose(first[:, :4], 1 / 0.6) and np.allclose(first[:, 4:], 0.2 / 0.6), "1 : 0.2, averaging 1"
     assert np.allclose(second, 1.0)
     assert product_weights([views[1]], (8, 8), 0.2) is None, "no mask: the plain mean"
+    empty = View(picture, (64, 64), (0, 0), Image.new("L", (64, 64), 0))  # a pair's empty middle
+    assert product_weights([empty], (8, 8), 0.0) is None, "no product in view: every pixel alike, never 0 / 0"
+    only = product_weights(views[:1], (8, 8), 0.0)[0, 0].numpy()
+    assert np.allclose(only[:, :4], 2.0) and np.allclose(only[:, 4:], 0.0)
     assert np.allclose(product_weights(views[:1], (8, 8), 1.0).numpy(), 1.0), "1 = the product and its ground alike"
 
 
