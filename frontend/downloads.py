@@ -63,14 +63,15 @@ CLONEOFSIMO_REFUSAL = ("No LoRA download: it was uploaded in cloneofsimo's layou
                        "extension).")
 
 
-def kohya_refusal(stored: bytes) -> str | None:
-    """Why a stored LoRA has no kohya file, from its header alone (no tensor is read), or None when it has one: what
-    kohya_lora refuses for the files Showroom stores, said before a click that could only fail."""
+def kohya_refusal(storage: Storage, key: str) -> str | None:
+    """Why a stored LoRA has no kohya file, from its header alone (two range reads: a LoRA may be hundreds of MB),
+    or None when it has one: what kohya_lora refuses for the files Showroom stores, said before a click that could
+    only fail."""
     from backend.lora.formats import CLONEOFSIMO_PREFIX
-    from backend.lora.safetensors_file import LoraFormatError, read_safetensors_header
+    from backend.lora.safetensors_file import LoraFormatError, read_header_only
 
     try:
-        header, _, _ = read_safetensors_header(stored)
+        header, _ = read_header_only(lambda length: storage.get_head(key, length))
     except LoraFormatError as e:
         return f"No LoRA download: the stored file cannot be read ({e})."
     if any(name.startswith(CLONEOFSIMO_PREFIX) for name in header):
@@ -80,8 +81,9 @@ def kohya_refusal(stored: bytes) -> str | None:
 
 def kohya_lora(storage: Storage, product: str, sdxl: bool | None, trigger: str | None = None) -> bytes:
     """The product's stored LoRA in kohya's layout, which AUTOMATIC1111, Forge and ComfyUI read; `sdxl` is the
-    generator's model where known (it names the text encoders when the file cannot tell); the product's name and
-    `trigger` words go into its metadata where the file names none. NotExportable says why not."""
+    generator's model where known (it names the text encoders when the file cannot tell); the product's `trigger`
+    words go into its metadata (over the file's own: they are what Showroom prompts it with), its name as the title
+    where the file names none. NotExportable says why not."""
     from backend.lora.kohya_export import to_kohya  # numpy and the LoRA readers: only when a LoRA is downloaded
 
     return to_kohya(storage.get(lora_key(product)), sdxl=sdxl, trigger=trigger, title=product)

@@ -106,12 +106,16 @@ def _base_model(downs: dict[str, Tensor], sdxl: bool | None) -> str | None:
 
 def _metadata(stored: dict[str, str], downs: dict[str, Tensor], base: str | None, embeddings: list[str]) -> dict:
     metadata = {k: v for k, v in stored.items() if k != "showroom_lora" and not k.startswith(CLONEOFSIMO_PREFIX)}
-    metadata.setdefault("ss_network_module", "networks.lora")
+    # What is written is a plain LoRA, whatever the upload was made with (a LyCORIS or DyLoRA network's module and
+    # its arguments would tell a loader to build that network for these weights)
+    metadata["ss_network_module"] = "networks.lora"
+    metadata.pop("ss_network_args", None)
     ranks = {down.shape[0] for down in downs.values()}
     if len(ranks) == 1:  # kohya's one network dim, and the alpha this file has (a trained file's said its own)
         metadata["ss_network_dim"] = metadata["ss_network_alpha"] = str(ranks.pop())
-    else:  # an upload's alpha, which the stored file folded in: each module's .alpha says its own now
+    else:  # no one dim, and an upload's alpha, which the stored file folded in: each module's .alpha says its own
         metadata.pop("ss_network_alpha", None)
+        metadata.pop("ss_network_dim", None)
     if base is not None:
         metadata.setdefault("ss_base_model_version", base)
         metadata.setdefault("ss_v2", str(base == SD2))

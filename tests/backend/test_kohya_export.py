@@ -137,9 +137,12 @@ def test_ranks_that_differ_leave_the_files_network_alpha_out(tiny_model):
     down, up = tensors[f"{first}.lora_A.weight"].array(), tensors[f"{first}.lora_B.weight"].array()
     tensors[f"{first}.lora_A.weight"] = Tensor.from_array(down[:1], "F32")
     tensors[f"{first}.lora_B.weight"] = Tensor.from_array(up[:, :1], "F32")
-    said = metadata | {"ss_network_dim": "4", "ss_network_alpha": "1"}
+    said = metadata | {"ss_network_dim": "4", "ss_network_alpha": "1", "ss_network_module": "lycoris.kohya",
+                       "ss_network_args": '{"algo": "locon"}'}
     exported = read_safetensors(to_kohya(write_safetensors(tensors, said)))[1]
-    assert "ss_network_alpha" not in exported
+    assert "ss_network_alpha" not in exported and "ss_network_dim" not in exported, "no one rank to name"
+    assert exported["ss_network_module"] == "networks.lora" and "ss_network_args" not in exported, \
+        "a plain LoRA now, whatever network the upload was made with"
 
 
 def test_sd_export_of_a_kohya_file_has_kohyas_own_keys(tiny_model):
