@@ -56,6 +56,10 @@ class Storage(ABC):
     @abstractmethod
     def exists(self, key: str) -> bool: ...
 
+    def get_head(self, key: str, length: int) -> bytes:
+        """The first `length` bytes of an object (all of it when shorter): a file's header without its body."""
+        return self.get(key)[:length]
+
     @abstractmethod
     def delete(self, key: str) -> None: ...
 
@@ -147,6 +151,14 @@ class LocalStorage(Storage):
     def get(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise ObjectMissing(key) from None
+
+    @_disk_errors
+    def get_head(self, key: str, length: int) -> bytes:
+        try:
+            with self._path(key).open("rb") as f:
+                return f.read(length)
         except FileNotFoundError:
             raise ObjectMissing(key) from None
 
@@ -272,6 +284,12 @@ class S3Storage(Storage):
 
     def get(self, key: str) -> bytes:
         return self._call(self.client.get_object, Key=self._key(key))["Body"].read()
+
+    def get_head(self, key: str, length: int) -> bytes:
+        if length < 1:
+            return b""
+        answer = self._call(self.client.get_object, Key=self._key(key), Range=f"bytes=0-{length - 1}")
+        return answer["Body"].read()[:length]  # a server that ignores Range sends the whole object
 
     def exists(self, key: str) -> bool:
         try:

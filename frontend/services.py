@@ -230,7 +230,7 @@ def kohya_refusal(product: str) -> str | None:
 @st.cache_data(max_entries=64, ttl=6 * 3600, show_spinner=False)
 def _kohya_refusal(storage_url: str, key: str, version: str) -> str | None:
     """Read once per version of the file: a LoRA taught again, or uploaded again, is stored under the same key."""
-    return downloads.kohya_refusal(storage().get(key))
+    return downloads.kohya_refusal(storage(), key)
 
 
 @st.cache_data(max_entries=16, ttl=60, show_spinner=False)

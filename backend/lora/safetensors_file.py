@@ -5,6 +5,7 @@ file are backend.lora.formats'."""
 import json
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +46,27 @@ class Tensor:
         else:
             raw = arr.astype(np.dtype(_NUMPY[dtype]).newbyteorder("<")).tobytes()
         return cls(dtype, tuple(arr.shape), raw)
+
+
+def read_header_only(read_head: Callable[[int], bytes]) -> tuple[dict[str, dict], dict[str, str]]:
+    """The header and metadata of a safetensors file from its first bytes alone, `read_head(n)` giving the first n
+    (a range read of a stored file): enough to decide what a file is, never to read its tensors (their offsets are
+    not checked against a body that was not read). LoraFormatError as read_safetensors_header says."""
+    first = read_head(8)
+    size = struct.unpack("<Q", first)[0] if len(first) == 8 else 0
+    if not 2 <= size <= MAX_HEADER:
+        raise LoraFormatError(NOT_SAFETENSORS.format(why="no safetensors header"))
+    head = read_head(8 + size)
+    if len(head) < 8 + size or head[8:9] != b"{":
+        raise LoraFormatError(NOT_SAFETENSORS.format(why="no safetensors header"))
+    try:
+        header = json.loads(head[8:])
+    except (ValueError, RecursionError):
+        raise LoraFormatError(NOT_SAFETENSORS.format(why="its header is not JSON")) from None
+    if not isinstance(header, dict):
+        raise LoraFormatError(NOT_SAFETENSORS.format(why="its header is not a JSON object"))
+    metadata = header.pop("__metadata__", None) or {}
+    return header, metadata if isinstance(metadata, dict) else {}
 
 
 def read_safetensors_header(data: bytes) -> tuple[dict[str, dict], dict[str, str], int]:

@@ -340,3 +340,11 @@ def test_open_storage_refuses_a_file_url_with_a_host(tmp_path):
 def test_storage_is_abstract():
     with pytest.raises(TypeError):
         Storage()
+
+
+def test_local_get_head_reads_only_the_start(store):
+    store.put("products/a.safetensors", b"0123456789")
+    assert store.get_head("products/a.safetensors", 4) == b"0123"
+    assert store.get_head("products/a.safetensors", 100) == b"0123456789", "a short file: all of it"
+    with pytest.raises(ObjectMissing):
+        store.get_head("products/none.safetensors", 4)
