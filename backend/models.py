@@ -259,6 +259,7 @@ class TrainingManifest(BaseModel):
     check_job: str | None = None             # four test pictures of the product, started once it learnt
     worker: int | str | None = None
     probe_loss: list[float] | None = None   # loss on the photos with fixed noise, before and after
+    product_found: list[int] | None = None  # [photos where the product was found, photos]
 
     @property
     def manifest_key(self) -> str:

@@ -39,6 +39,7 @@ class TrainingView:
     created_at: str | None = None
     updated_at: str | None = None
     check_job: str | None = None  # the test pictures the backend started once it learnt
+    product_found: tuple[int, int] | None = None  # (photos where the product was found, photos)
 
     @property
     def terminal(self) -> bool:
@@ -72,9 +73,30 @@ def training_view(manifest: dict) -> TrainingView:
                             steps=int(progress.get("steps") or 0), loss=None if loss is None else float(loss),
                             error=None if manifest.get("error") is None else str(manifest["error"]),
                             created_at=manifest.get("created_at"), updated_at=manifest.get("updated_at"),
-                            check_job=manifest["check_job"] if is_job_id(manifest.get("check_job")) else None)
+                            check_job=manifest["check_job"] if is_job_id(manifest.get("check_job")) else None,
+                            product_found=_pair(manifest.get("product_found")))
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         raise StorageError(f"the training manifest is malformed ({type(e).__name__}: {e})") from None
+
+
+def _pair(value) -> tuple[int, int] | None:
+    """Two counts, the first no more than the second; anything else (an older manifest: none) is None."""
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and v >= 0 for v in value) \
+            and value[0] <= value[1]:
+        return value[0], value[1]
+    return None
+
+
+def found_words(found: tuple[int, int] | None) -> str | None:
+    """What the owner is told of where it found the product in the photos, with advice when it mostly did not."""
+    if found is None or found[1] == 0:
+        return None
+    hits, photos = found
+    said = f"It found your product in {hits} of the {photos} photos and learnt it most closely there."
+    if hits * 2 < photos:
+        said += (" In the others it could not tell the product from what surrounds it: photos on a plain "
+                 "background (or PNGs with transparency) teach it better.")
+    return said
 
 
 def load_training(storage: Storage, training_id: str) -> TrainingView | None:

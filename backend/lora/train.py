@@ -57,6 +57,8 @@ class TrainResult:
     probe_loss_before: float
     probe_loss_after: float
     losses: list[float] = field(default_factory=list)
+    photos: int = 0
+    found: int = 0  # photos whose product was found (its own transparency, or the background remover)
 
 
 # ----- data -----
@@ -286,7 +288,7 @@ def train(args: argparse.Namespace, on_step: Callable[[int, int, float], None] |
     after = trainer.probe_loss(items)
     trainer.save_lora(args.output, trainer.metadata(args.steps, len(items)))
     print(f"wrote {args.output}; loss on the photos (fixed noise): {before:.4f} -> {after:.4f}", file=sys.stderr)
-    return TrainResult(args.output, start, args.steps, before, after, losses)
+    return TrainResult(args.output, start, args.steps, before, after, losses, len(items), trainer.masked_photos)
 
 
 def register(args: argparse.Namespace, settings: TrainSettings) -> dict:

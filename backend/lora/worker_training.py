@@ -184,4 +184,5 @@ def run_training(model_id: str, storage: Storage, device: str, task: TrainTask, 
                  budget_s=120)
     shutil.rmtree(work, ignore_errors=True)
     return {"resumed_from": result.start_step or None,
-            "probe_loss": [round(result.probe_loss_before, 6), round(result.probe_loss_after, 6)]}
+            "probe_loss": [round(result.probe_loss_before, 6), round(result.probe_loss_after, 6)],
+            "product_found": [result.found, result.photos]}

@@ -201,6 +201,7 @@ class TrainingService:
         self._change(training_id, status=Status.succeeded, error=None,
                      progress=StepProgress(step=training.progress.steps, steps=training.progress.steps),
                      resumed_from=info.get("resumed_from"), probe_loss=info.get("probe_loss"),
+                     product_found=info.get("product_found"),
                      check_job=self._check(training.product))
         log.info("training %s succeeded: product %s has its LoRA", training_id, training.product)
 

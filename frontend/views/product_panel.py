@@ -10,7 +10,7 @@ from backend.storage import ObjectMissing, StorageError
 from frontend import downloads, nav, services, uploads
 from frontend.client import BackendError
 from frontend.jobs import format_elapsed
-from frontend.trainings import TEACH_STEPS, TrainingView, estimate_minutes
+from frontend.trainings import TEACH_STEPS, TrainingView, estimate_minutes, found_words
 from frontend.views import product_check, scroll
 from frontend.views.product_form import PHOTO_SUFFIXES, TEACH_PHOTOS
 
@@ -129,6 +129,8 @@ def _teaching(product: dict) -> TrainingView | None:
         below = " Below: four test pictures drawn from what it learnt." if training.check_job else ""
         st.success(f"Showroom has learnt {name}: choose it on the Create page and it appears in any scene.{below}",
                    icon=":material/school:")
+        if found := found_words(training.product_found):
+            st.caption(found)
     elif training is not None and training.status != "succeeded":
         st.error(f"Learning stopped: {training.error or training.label}. The product is as it was; try again below.")
     if product.get("has_lora"):

@@ -99,7 +99,8 @@ def test_a_training_with_too_few_or_too_many_photos_is_422(backend, count, messa
 def test_a_training_of_an_unknown_product_is_404_and_an_unreadable_photo_is_422(backend):
     assert backend.post("/v1/products/nobody/training", files=training_photos(2)).status_code == 404
     assert add(backend, "pen", photo=("p.png", packshot(), "image/png")).status_code == 201
-    r = backend.post("/v1/products/pen/training", files=training_photos(1) + [("photos", ("b.png", b"xx", "image/png"))])
+    unreadable = [("photos", ("b.png", b"xx", "image/png"))]
+    r = backend.post("/v1/products/pen/training", files=training_photos(1) + unreadable)
     assert r.status_code == 422 and r.json()["detail"].startswith("photo 2:")
 
 
@@ -141,6 +142,7 @@ def test_a_training_teaches_the_product_a_lora_that_changes_its_images(backend):
         assert all(abs(a - b) <= 3 for a, b in zip(boxes[name], expected)), (name, boxes[name], expected)
     product = {p["name"]: p for p in backend.get("/v1/catalog").json()["products"]}["bottle"]
     assert product["has_lora"] and product["training"] == ticket["id"]
+    assert training["product_found"] == [4, 4], "the tiny remover found the product in every photo"
     check = backend.wait_job(training["check_job"])  # test pictures, started by the backend once it learnt
     assert check["status"] == "succeeded" and len(check["images"]) == 4, check
     assert (check["spec"]["product"], check["spec"]["template"]) == ("bottle", "studio-white")
@@ -150,7 +152,8 @@ def test_a_training_teaches_the_product_a_lora_that_changes_its_images(backend):
     with_lora = backend.wait_job(backend.submit(spec | {"product": "bottle", "prompt": "<product> on a table"})["id"])
     without = backend.wait_job(backend.submit(spec | {"prompt": "zxq bottle on a table"})["id"])
     assert with_lora["spec"]["prompt"] == without["spec"]["prompt"]
-    a, b = (np.asarray(Image.open(io.BytesIO(backend.storage.get(j["images"][0]["key"])))) for j in (with_lora, without))
+    a, b = (np.asarray(Image.open(io.BytesIO(backend.storage.get(j["images"][0]["key"]))))
+            for j in (with_lora, without))
     assert not np.array_equal(a, b), "the trained LoRA changes the picture"
 
 

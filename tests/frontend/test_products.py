@@ -97,11 +97,15 @@ def test_teaching_shows_progress_then_the_learnt_product_and_its_check(backend, 
     assert "Learnt: Showroom draws it in any scene" in page_text(at)
     assert record(backend, name)["has_lora"]
     assert card_pictures(at, name) == 1, "the product with its picture"
+    assert "It found your product in 4 of the 4 photos" in " ".join(c.value for c in at.caption), page_text(at)
+    learnt_check = json.loads(backend.storage.get(f"trainings/{training_id}/job.json"))["check_job"]
+    assert learnt_check and "Below: four test pictures" in page_text(at)
+    run_until(at, lambda a: "4 of 4 ready" in page_text(a), timeout=120, what="the test pictures made unasked")
 
     at.button(key="check").click().run()
     assert_no_exception(at)
     check_id = at.query_params.get("check")
-    assert check_id, page_text(at)
+    assert check_id and check_id != learnt_check, page_text(at)
     run_until(at, lambda a: "4 of 4 ready" in page_text(a), timeout=120, what="the 4 test pictures")
     assert "Your product" in captions(at), "the cut-out beside the test pictures"
     spec = json.loads(backend.storage.get(f"jobs/{check_id}/job.json"))["spec"]
