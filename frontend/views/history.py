@@ -44,8 +44,9 @@ def draw() -> None:
         _empty(filtered=bool(product or status))
         return
     first = (len(cursors) - 1) * LIMIT + 1
+    upscale = " or upscale" if services.current_health().upscaler in ("replicate", "local") else ""
     st.caption(f"Jobs {first}–{first + len(page.jobs) - 1}, newest first. Open one to see every picture, "
-               "download or upscale; Reuse puts its settings in the Create form.")
+               f"download{upscale}; Reuse puts its settings in the Create form.")
     with st.container(key="history-grid"):  # two cards a row on a phone (chrome.CSS)
         for start in range(0, len(page.jobs), PER_ROW):
             for column, job in zip(st.columns(PER_ROW), page.jobs[start:start + PER_ROW]):

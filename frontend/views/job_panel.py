@@ -94,7 +94,9 @@ def _why_waiting(view: JobView) -> None:
         return
     queue = (f" {health.pending} pictures are in the queue, this job's included."
              if health.pending > len(view.images) else "")
-    st.caption(f"Waiting for {health.waiting_for} to be free: earlier pictures are made first.{queue}")
+    # a training holds its GPU for minutes, and a job behind it was told of "earlier pictures" that were not there
+    st.caption(f"Waiting for {health.waiting_for} to be free: earlier work is done first (pictures, or a product "
+               f"it is learning).{queue}")
 
 
 def _needs_polling(view: JobView) -> bool:

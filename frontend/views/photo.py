@@ -97,8 +97,9 @@ def _place(upload, product: dict | None, packshot_key: str | None, native: int) 
         st.toggle("Edge harmonisation", key="harmonize",
                   help="The product's outline takes on a little of the scene's light, so it does not look pasted.")
         st.slider("Floor reflection", 0.0, 0.8, step=0.05, key="reflection", format="percent",
-                  help="For glossy floors (marble, a podium, polished wood, glass): the product mirrored under it, "
-                       "this strong where it stands, fading below. 0% for sand, grass, fabric and matte floors.")
+                  help="For glossy floors (marble, a podium, polished wood, glass): the product is mirrored under "
+                       "it, as strong as this where it stands and fading away below. 0% for sand, grass, fabric "
+                       "and other matte floors; a glossy style sets it for you.")
     return PhotoChoice("place", upload)
 
 

@@ -121,7 +121,8 @@ def test_job_link_to_a_pending_job_shows_placeholders_then_fills(backend, open_a
         assert shown_images(at) == 0
         assert page_text(at).count("Waiting") == 2 + 1 and placeholder_tiles(at) == 2, page_text(at)
         (why,) = [c.value for c in at.caption if c.value.startswith("Waiting for")]
-        assert why.startswith("Waiting for the generator to be free: earlier pictures are made first."), \
+        assert why.startswith("Waiting for the generator to be free: earlier work is done first (pictures, or a "
+                              "product it is learning)."), \
             "the test backend runs on the processor: " + why
         busy = services.Health("online", "Online", pending=12)  # a longer queue than the job's own pictures
         monkeypatch.setattr(services, "current_health", lambda: busy)
@@ -208,6 +209,7 @@ def test_backend_offline_the_app_opens_and_browses_history(backend, open_app):
     at.switch_page("app_pages/history.py").run()
     assert_no_exception(at)
     assert shown_images(at) >= 1, "history thumbnails come from storage"
+    assert "every picture, download; Reuse" in page_text(at), "no upscaling offered by a generator that is offline"
     at.button(key=f"open-{job['id']}").click().run()
     assert_no_exception(at)
     assert at.query_params.get("job") == job["id"]

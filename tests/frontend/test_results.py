@@ -358,7 +358,8 @@ def test_a_queued_job_waits_for_a_gpu_only_where_there_is_one(tmp_path, open_app
     health = services.Health("online", "Online", gpus=services.count_gpus(devices), workers=1, devices=devices)
     at = open_job_on(tmp_path, open_app, monkeypatch, health, job_id)
     (why,) = [c.value for c in at.caption if c.value.startswith("Waiting for")]
-    assert why == f"{waiting}: earlier pictures are made first.", "a processor is not a GPU; a GPU box still says GPU"
+    assert why == f"{waiting}: earlier work is done first (pictures, or a product it is learning).", \
+        "a processor is not a GPU; a GPU box still says GPU"
 
 
 def test_with_upscaling_off_a_job_says_so_once_instead_of_a_dead_button_per_picture(tmp_path, open_app, monkeypatch):
