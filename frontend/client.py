@@ -94,6 +94,9 @@ class ShowroomClient:
     def cancel(self, job_id: str) -> dict:
         return self._call("POST", f"/v1/jobs/{job_id}/cancel")
 
+    def cancel_training(self, training_id: str) -> dict:
+        return self._call("POST", f"/v1/trainings/{training_id}/cancel")
+
     def upscale(self, job_id: str, index: int) -> dict:
         return self._call("POST", f"/v1/jobs/{job_id}/images/{index}/upscale")
 

@@ -46,10 +46,26 @@ async def train_product(
     return {"id": training.id, "status": "queued", "manifest_key": training.manifest_key}
 
 
+TrainingId = Path(json_schema_extra={"pattern": JOB_ID_RE.pattern})
+
+
 @router.get("/v1/trainings/{training_id}", response_model=TrainingManifest, responses=errors((404, "no such training")))
-async def get_training(training_id: Annotated[str, Path(json_schema_extra={"pattern": JOB_ID_RE.pattern})],
-                       services: ServicesDep, client: ClientDep) -> TrainingManifest:
+async def get_training(training_id: Annotated[str, TrainingId], services: ServicesDep,
+                       client: ClientDep) -> TrainingManifest:
     """One training's manifest: status, progress, loss."""
+    return await run_in_threadpool(services.trainings.get, _training_id(training_id))
+
+
+@router.post("/v1/trainings/{training_id}/cancel", status_code=202, response_model=TrainingManifest,
+             responses=errors((404, "no such training"),
+                              (409, "the training runs on another backend that shares this storage")))
+async def cancel_training(training_id: Annotated[str, TrainingId], services: ServicesDep,
+                          client: ClientDep) -> TrainingManifest:
+    """Stop a training: it ends canceled, its GPU is free at its next step, the product stays as it was."""
+    return await run_in_threadpool(services.trainings.cancel, _training_id(training_id))
+
+
+def _training_id(training_id: str) -> str:
     if not is_job_id(training_id):
         raise NotFound(f"no training {training_id!r}: training ids are 32 lowercase hex characters")
-    return await run_in_threadpool(services.trainings.get, training_id)
+    return training_id

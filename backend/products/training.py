@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from backend.contract import check_name, check_spec, created_us, lora_key, new_job_id, training_owner_key
-from backend.errors import InvalidRequest, NotFound, RateLimited, Unavailable, UnknownReference
+from backend.errors import Conflict, InvalidRequest, NotFound, RateLimited, Unavailable, UnknownReference
 from backend.gpu import executor as ev
 from backend.gpu.messages import TrainTask
 from backend.images import BadImage, normalize_photo
@@ -35,6 +35,7 @@ PHOTO_SHORT_SIDE = 2048
 AT_ONCE = 4  # unfinished trainings a backend takes; more are told to retry (each holds a GPU for up to hours)
 # SD 1.x at 512 px: about 4-8 minutes on a rented 4090; SDXL at 1024 px: about 4x that (both estimated)
 DEFAULT_STEPS, DEFAULT_RANK = 800, 16
+STOPPED_BY_OWNER = "stopped by its owner; the product is as it was"
 
 
 def photo_key(training_id: str, n: int) -> str:
@@ -51,6 +52,7 @@ class TrainingService:
         self.owner = ""  # this backend's lease owner id (backend.jobs.leases), written beside each training
         # unfinished trainings this run sent to the executor (its own, and those it took back) -> their product
         self._active: dict[str, str] = {}
+        self._adopting: set[str] = set()  # finished trainings whose LoRA is being given to their product
         self._admit = threading.Lock()  # a product's training and the count are checked and taken at once
         self._finishing = ThreadPoolExecutor(1, thread_name_prefix="training-done")  # storage I/O off the dispatcher
 
@@ -116,6 +118,26 @@ class TrainingService:
         except (ObjectMissing, ValueError):
             raise NotFound(f"no training {training_id!r}") from None
 
+    def cancel(self, training_id: str) -> TrainingManifest:
+        """Stop a training its owner no longer wants (the wrong photos, too many steps): it ends `canceled` at
+        once and its GPU is free at its next step; the product stays as it was. A training that ended already is
+        answered as it is; one another backend on the bucket runs is refused (Conflict): its manifest is that
+        backend's to write."""
+        training = self.get(training_id)
+        if training.status.is_terminal():
+            return training
+        with self._admit:
+            ours = self._active.pop(training_id, None) is not None
+            if not ours and training_id in self._adopting:  # it finished: its product has the LoRA in a moment
+                return training
+        if not ours:
+            raise Conflict(f"training {training_id} runs on another backend that shares this storage: stop it "
+                           "there, or delete its product")
+        done = self._change(training_id, status=Status.canceled, error=STOPPED_BY_OWNER)
+        self.executor.stop_training(training_id, STOPPED_BY_OWNER)  # whatever it reports now finds it ended
+        log.info("training %s of %s canceled by its owner", training_id, training.product)
+        return done
+
     def resume_unfinished(self, booted_us: int, leases=None) -> int:
         """Trainings an earlier run left queued or running go on from their checkpoints: at start-up, and
         whenever a backend on the bucket went away. One that a live backend runs is left to it (`leases`)."""
@@ -169,7 +191,9 @@ class TrainingService:
             case ev.TrainingRequeued(training_id, reason):
                 self._change(training_id, status=Status.queued, error=f"{reason}; resuming from the last checkpoint")
             case ev.TrainingSucceeded(training_id, info):
-                self._active.pop(training_id, None)
+                with self._admit:
+                    self._active.pop(training_id, None)
+                    self._adopting.add(training_id)
                 self._finishing.submit(self._adopt, training_id, info)
             case ev.TrainingFailed(training_id, error):
                 self._active.pop(training_id, None)
@@ -177,6 +201,13 @@ class TrainingService:
 
     def _adopt(self, training_id: str, info: dict) -> None:
         """The trained LoRA becomes the product's, checked as an upload is; then the training has succeeded."""
+        try:
+            self._give_lora(training_id, info)
+        finally:
+            with self._admit:
+                self._adopting.discard(training_id)
+
+    def _give_lora(self, training_id: str, info: dict) -> None:
         training = self.store.get(training_id)
         if training.status.is_terminal():  # told twice (a copy of its last chunk): the product has its LoRA
             return

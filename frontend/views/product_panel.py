@@ -131,6 +131,9 @@ def _teaching(product: dict) -> TrainingView | None:
                    icon=":material/school:")
         if found := found_words(training.product_found):
             st.caption(found)
+    elif training is not None and training.status == "canceled":
+        st.info("You stopped the learning: the product is as it was. Teach it again below when you are ready.",
+                icon=":material/stop_circle:")
     elif training is not None and training.status != "succeeded":
         st.error(f"Learning stopped: {training.error or training.label}. The product is as it was; try again below.")
     if product.get("has_lora"):
@@ -224,3 +227,16 @@ def _bar(training: TrainingView) -> None:
         st.caption(f"Loss {training.loss:.4f}: how far its drawings still are from your photos (lower is better; "
                    "it wobbles).")
     st.caption("You can leave this page: learning goes on, and the bar is back when you return.")
+    if st.button("Stop learning", key="stop-training", icon=":material/stop_circle:",
+                 help="Wrong photos, or too many steps? Stops it now; the product stays as it was."):
+        _stop(training.id)
+
+
+def _stop(training_id: str) -> None:
+    try:
+        services.client().cancel_training(training_id)
+    except BackendError as e:
+        st.error(f"The learning could not be stopped: {e.message}")
+        return
+    services.catalog.clear()
+    st.rerun()

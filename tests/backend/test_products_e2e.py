@@ -170,6 +170,25 @@ def test_a_product_deleted_mid_training_stops_its_training_and_frees_the_gpu(bac
     assert not backend.storage.exists("products/vase.safetensors")
 
 
+def test_a_training_its_owner_stops_ends_canceled_and_frees_the_gpu(backend):
+    """POST /v1/trainings/{id}/cancel: canceled at once, the product as it was, the GPU free for pictures, and the
+    product may be taught again; an unknown training is 404."""
+    training_id = start_training(backend, "lamp", 5000)
+    wait_running(backend, training_id, 3)
+    r = backend.post(f"/v1/trainings/{training_id}/cancel")
+    assert r.status_code == 202 and r.json()["status"] == "canceled", r.text
+    job = backend.wait_job(backend.submit({"prompt": "a lamp", "num_images": 1, **SMALL})["id"], timeout=120)
+    assert job["status"] == "succeeded", "the GPU is free again: its worker was not left training"
+    training = backend.get(f"/v1/trainings/{training_id}").json()
+    assert training["status"] == "canceled" and training["progress"]["step"] < 5000, training
+    product = {p["name"]: p for p in backend.get("/v1/catalog").json()["products"]}["lamp"]
+    assert not product["has_lora"] and not backend.storage.exists("products/lamp.safetensors")
+    again = backend.post("/v1/products/lamp/training", files=training_photos(2), data={"steps": "10"})
+    assert again.status_code == 202, again.text
+    assert wait_training(backend, again.json()["id"])["status"] == "succeeded"
+    assert backend.post(f"/v1/trainings/{'0' * 32}/cancel").status_code == 404
+
+
 def worker_pids(backend) -> list[int]:
     return [p.pid for p in psutil.Process(backend.process.pid).children(recursive=True)
             if "spawn_main" in " ".join(p.cmdline())]

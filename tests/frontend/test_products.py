@@ -112,6 +112,21 @@ def test_teaching_shows_progress_then_the_learnt_product_and_its_check(backend, 
     assert (spec["product"], spec["template"], spec["num_images"]) == (name, "studio-white", 4)
 
 
+def test_stop_learning_ends_the_training_and_leaves_the_product_as_it_was(backend, open_app):
+    name = unique("lamp")
+    at = add(products_page(open_app, backend), name, product_photos(2), kind="lamp")
+    at.number_input(key="teach_steps").set_value(5000)
+    at.button(key="teach").click().run()
+    training_id = record(backend, name)["training"]
+    assert at.button(key="stop-training").label == "Stop learning", page_text(at)
+    at.button(key="stop-training").click().run()
+    assert_no_exception(at)
+    assert "You stopped the learning: the product is as it was." in page_text(at), page_text(at)
+    assert not at.progress and at.button(key="teach").label == "Teach Showroom this product", "taught again at will"
+    manifest = json.loads(backend.storage.get(f"trainings/{training_id}/job.json"))
+    assert manifest["status"] == "canceled" and not record(backend, name)["has_lora"]
+
+
 def test_teaching_from_one_photo_is_refused_with_the_reason(backend, open_app):
     name = unique("cup")
     at = add(products_page(open_app, backend), name, product_photos(1))

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from backend.config import Settings
-from backend.errors import InvalidRequest, NotFound, RateLimited
+from backend.errors import Conflict, InvalidRequest, NotFound, RateLimited
 from backend.gpu import executor as ev
 from backend.jobs.manifests import TRAININGS, ManifestStore
 from backend.lora.safetensors_file import read_safetensors, read_safetensors_header, write_safetensors
@@ -23,10 +23,13 @@ from tests.factories import make_lora, png_bytes
 
 class Recorder:
     def __init__(self):
-        self.sent = []
+        self.sent, self.stopped = [], []
 
     def train(self, task):
         self.sent.append(task)
+
+    def stop_training(self, training_id, reason):
+        self.stopped.append((training_id, reason))
 
 
 @pytest.fixture
@@ -209,3 +212,30 @@ def test_the_test_pictures_are_four_studio_shots_of_the_product():
     assert check_spec("mug", {"studio-white": 1, "beach": 2}) == {"product": "mug", "num_images": 4,
                                                                    "mode": "generate", "template": "studio-white"}
     assert check_spec("mug", ["beach"])["prompt"].startswith("<product>, centered product shot")
+
+
+def test_its_owner_stops_a_training_and_may_teach_the_product_again(service, tiny_model):
+    """Cancel: the training ends canceled at once (what its worker still reports changes nothing), its GPU is told
+    to stop, the product stays as it was, and it can be taught again; a training that ended is answered as it is."""
+    training = service.submit("p0", PHOTOS, 20, 4)
+    stopped = service.cancel(training.id)
+    assert (stopped.status.value, stopped.error) == ("canceled", tr.STOPPED_BY_OWNER)
+    assert service.executor.stopped == [(training.id, tr.STOPPED_BY_OWNER)]
+    service.on_event(ev.TrainingFailed(training.id, "stopped at step 3"))
+    _finished(service, training.id, make_lora(tiny_model, seed=1))  # a last report that it finished: too late
+    ended = service.store.get(training.id)
+    assert ended.status.value == "canceled" and not service.catalog.product("p0").has_lora
+    assert service.cancel(training.id).status.value == "canceled" and len(service.executor.stopped) == 1
+    again = service.submit("p0", PHOTOS, 20, 4)
+    assert again.status.value == "queued", "a canceled training does not hold its product"
+    with pytest.raises(NotFound):
+        service.cancel("0" * 32)
+
+
+def test_a_training_this_backend_does_not_run_is_not_canceled_here(service):
+    """Another backend on the bucket runs it and writes its manifest: stopping it here would be overwritten."""
+    training = service.submit("p0", PHOTOS, 20, 4)
+    service._active.pop(training.id)  # as if an earlier run, or another backend, had started it
+    with pytest.raises(Conflict, match="another backend"):
+        service.cancel(training.id)
+    assert service.store.get(training.id).status.value == "queued" and service.executor.stopped == []
