@@ -219,6 +219,12 @@ def training(training_id: str) -> TrainingView | None:
     return load_training(store, training_id) if store is not None else None
 
 
+@st.cache_data(max_entries=256, ttl=5, show_spinner=False)
+def training_glance(storage_url: str, training_id: str) -> TrainingView | None:
+    """The same, at most 5 s old: for the product list, which reads one per product on every run."""
+    return training(training_id)
+
+
 def kohya_refusal(product: str) -> str | None:
     """Why the product's stored LoRA has no kohya file to download, or None when it has one. StorageError when
     storage cannot say (ObjectMissing: there is no file)."""

@@ -239,4 +239,5 @@ def _stop(training_id: str) -> None:
         st.error(f"The learning could not be stopped: {e.message}")
         return
     services.catalog.clear()
+    services.training_glance.clear()  # its card in the list says it no longer learns
     st.rerun()

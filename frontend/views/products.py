@@ -85,9 +85,10 @@ def _picture(product: dict) -> None:
 def _card_words(product: dict) -> None:
     name = product["name"]
     kind = html.escape(product.get("category") or "")
+    said = product_panel.what_it_can_do(product) + _learning(product)
     st.markdown(f'<div class="sr-card-head"><b>{html.escape(name)}</b>'
                 f'{f"<span class=sr-tag>{kind}</span>" if kind else ""}</div>'
-                f'<span class="sr-meta">{html.escape(product_panel.what_it_can_do(product))}</span>',
+                f'<span class="sr-meta">{html.escape(said)}</span>',
                 unsafe_allow_html=True)
     if st.session_state.get(CONFIRM) == name:
         _confirm_delete(name)
@@ -102,6 +103,22 @@ def _card_words(product: dict) -> None:
                      help="Deleting needs the generator, which is offline" if offline else None):
             st.session_state[CONFIRM] = name
             st.rerun()
+
+
+def _learning(product: dict) -> str:
+    """" · learning now" while its latest training runs (its card said "not learnt yet" and looked idle)."""
+    if not product.get("training"):
+        return ""
+    try:
+        training = services.training_glance(services.settings().storage_url, product["training"])
+    except StorageError:
+        return ""
+    if training is None or training.terminal:
+        return ""
+    again = " again" if product.get("has_lora") else ""
+    if training.status == "running" and training.steps:
+        return f" · learning{again} now, {round(100 * training.fraction)}%"
+    return f" · waiting to learn{again}"
 
 
 def _confirm_delete(name: str) -> None:

@@ -119,9 +119,11 @@ def test_stop_learning_ends_the_training_and_leaves_the_product_as_it_was(backen
     at.button(key="teach").click().run()
     training_id = record(backend, name)["training"]
     assert at.button(key="stop-training").label == "Stop learning", page_text(at)
+    assert "· waiting to learn" in page_text(at) or "· learning now" in page_text(at), "its card in the list too"
     at.button(key="stop-training").click().run()
     assert_no_exception(at)
     assert "You stopped the learning: the product is as it was." in page_text(at), page_text(at)
+    assert "· waiting to learn" not in page_text(at) and "· learning now" not in page_text(at)
     assert not at.progress and at.button(key="teach").label == "Teach Showroom this product", "taught again at will"
     manifest = json.loads(backend.storage.get(f"trainings/{training_id}/job.json"))
     assert manifest["status"] == "canceled" and not record(backend, name)["has_lora"]
