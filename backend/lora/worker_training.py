@@ -131,7 +131,7 @@ def checkpoint_step(prefix: str) -> int:
 
 
 class TrainingStopped(Exception):
-    """Raised from a step's callback: the training was asked to stop (its product was deleted)."""
+    """Raised from a step's callback: the training was asked to stop (its owner stopped it, or deleted its product)."""
 
 
 def run_training(model_id: str, storage: Storage, device: str, task: TrainTask, work: Path,
