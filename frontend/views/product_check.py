@@ -77,7 +77,9 @@ def _draw(view: JobView, packshot: bytes | None) -> None:
             st.image(services.cutout_on_checkerboard(packshot), caption="Your product", width="stretch")
     with made:
         for start in (0, 2):
-            for column, img in zip(st.columns(2), view.images[start:start + 2]):
+            with st.container(key=f"pair-check-{start}"):  # two a row on a phone too (chrome.CSS): four screens tall
+                row = st.columns(2)
+            for column, img in zip(row, view.images[start:start + 2]):
                 with column, st.container(key=f"check-{img.index}"):
                     if img.done:
                         try:
