@@ -5,6 +5,7 @@ else of the header is kept."""
 
 import json
 import logging
+import uuid
 
 import numpy as np
 import pytest
@@ -84,6 +85,10 @@ def test_a_trained_file_is_titled_as_its_product():
 # ----- over HTTP -----
 
 def test_upload_over_http_stores_the_authors_metadata(backend):
-    r = backend.add_product("amber-bottle", "zwx bottle", kohya_file(AUTHOR | OTHERS))
+    name = f"authored-{uuid.uuid4().hex[:8]}"  # the shared backend: a name no other test uses (a browser test adds
+    r = backend.add_product(name, "zwx bottle", kohya_file(AUTHOR | OTHERS))  # "amber-bottle" and teaches it)
     assert r.status_code == 201, r.text
-    assert read_safetensors(backend.storage.get("products/amber-bottle.safetensors"))[1] == AUTHOR | LOADER
+    try:
+        assert read_safetensors(backend.storage.get(f"products/{name}.safetensors"))[1] == AUTHOR | LOADER
+    finally:
+        backend.delete(f"/v1/products/{name}")
