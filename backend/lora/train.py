@@ -149,21 +149,18 @@ def find_products(photos: list[Photo], model: str, between: Callable[[], None] |
     if not remover.on_disk():
         log.warning("the background remover %s is not on this machine: each view holds its photo's centre", model)
         return {}
-    started, found = time.perf_counter(), {}
+    started, found, out_of_time = time.perf_counter(), {}, False
     for photo in (p for p in photos if p.mask is None):
         if between is not None:
             between()
-        if budget_s is not None and time.perf_counter() - started > budget_s:
-            found[photo.name] = None  # logged below, with how many
-            continue
+        out_of_time = out_of_time or (budget_s is not None and time.perf_counter() - started > budget_s)
         try:
-            found[photo.name] = product_mask(photo.image, remover)
+            found[photo.name] = None if out_of_time else product_mask(photo.image, remover)
         except NothingFound:
             found[photo.name] = None
     log.info("found the product in %d of %d photos in %.1f s (%s)%s", sum(m is not None for m in found.values()),
              len(found), time.perf_counter() - started, model,
-             f"; the search stopped at its budget of {budget_s:.0f} s" if budget_s is not None
-             and time.perf_counter() - started > budget_s else "")
+             f"; the search stopped at its budget of {budget_s:.0f} s" if out_of_time else "")
     return found
 
 
