@@ -257,6 +257,7 @@ class TrainingManifest(BaseModel):
     resolution: int = 512
     resumed_from: int | None = None         # the checkpoint step a later attempt continued from
     check_job: str | None = None             # four test pictures of the product, started once it learnt
+    earlier_check_job: str | None = None     # those of the LoRA the product had when this training started
     worker: int | str | None = None
     probe_loss: list[float] | None = None   # loss on the photos with fixed noise, before and after
     product_found: list[int] | None = None  # [photos where the product was found, photos]

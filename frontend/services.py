@@ -213,6 +213,24 @@ def product_triggers() -> dict[str, str | None]:
         return {}
 
 
+def test_picture_jobs(products: list[dict]) -> dict[str, str]:
+    """The jobs of test pictures the backend made when a product learnt (its latest training's, and those of
+    the LoRA it keeps while it learns again), by job id -> the product's name: History tells them from the
+    owner's own jobs."""
+    found = {}
+    for product in products:
+        if not product.get("training") or not isinstance(product.get("name"), str):
+            continue
+        try:
+            training = training_glance(settings().storage_url, product["training"])
+        except StorageError:
+            continue
+        for job_id in (training.check_job, training.earlier_check_job) if training else ():
+            if job_id:
+                found[job_id] = product["name"]
+    return found
+
+
 def training(training_id: str) -> TrainingView | None:
     """A training's manifest, read fresh from storage (it moves every few seconds)."""
     store = storage()

@@ -39,6 +39,7 @@ class TrainingView:
     created_at: str | None = None
     updated_at: str | None = None
     check_job: str | None = None  # the test pictures the backend started once it learnt
+    earlier_check_job: str | None = None  # those of the LoRA the product had when this training started
     product_found: tuple[int, int] | None = None  # (photos where the product was found, photos)
 
     @property
@@ -73,10 +74,15 @@ def training_view(manifest: dict) -> TrainingView:
                             steps=int(progress.get("steps") or 0), loss=None if loss is None else float(loss),
                             error=None if manifest.get("error") is None else str(manifest["error"]),
                             created_at=manifest.get("created_at"), updated_at=manifest.get("updated_at"),
-                            check_job=manifest["check_job"] if is_job_id(manifest.get("check_job")) else None,
+                            check_job=_job_id(manifest.get("check_job")),
+                            earlier_check_job=_job_id(manifest.get("earlier_check_job")),
                             product_found=_pair(manifest.get("product_found")))
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         raise StorageError(f"the training manifest is malformed ({type(e).__name__}: {e})") from None
+
+
+def _job_id(value) -> str | None:
+    return value if is_job_id(value) else None
 
 
 def _pair(value) -> tuple[int, int] | None:

@@ -97,7 +97,7 @@ class TrainingService:
         self.storage.put(training_owner_key(training_id), self.owner.encode(), "text/plain")
         training = TrainingManifest(id=training_id, product=name, progress=StepProgress(step=0, steps=steps),
                                     created_at=stamp, updated_at=stamp, photos=len(pngs), rank=rank,
-                                    resolution=self.native_size())
+                                    resolution=self.native_size(), earlier_check_job=self._earlier_check(product))
         if not self.store.create(training):
             raise Unavailable("storage is unreachable; nothing was queued, try again shortly")
         try:
@@ -276,6 +276,17 @@ class TrainingService:
                          photo_keys=tuple(photo_key(training.id, n) for n in range(training.photos)), steps=steps,
                          rank=training.rank, resolution=training.resolution,
                          checkpoint_every=max(1, min(100, steps // 5)))
+
+    def _earlier_check(self, product) -> str | None:
+        """The test pictures of the LoRA the product has now, which it keeps until this training succeeds (and
+        for good if it fails or is stopped): its owner goes on seeing what the product can do meanwhile."""
+        if not product.has_lora or not product.training:
+            return None
+        try:
+            earlier = self.store.get(product.training)
+        except (ObjectMissing, StorageError, ValueError):
+            return None
+        return earlier.check_job if earlier.status is Status.succeeded else earlier.earlier_check_job
 
     def _refuse_if_busy(self, product) -> None:
         if not product.training:

@@ -29,7 +29,13 @@ def draw() -> None:
     if not url:
         st.error("STORAGE_URL is not set, so there is no history to show: set it to the backend's storage.")
         return
-    triggers = services.product_triggers()  # read once: each card shows its product's name, not these words
+    try:
+        products = services.product_records()
+    except StorageError:
+        products = []
+    # read once: each card shows its product's name, not these words
+    triggers = {p["name"]: p.get("trigger") for p in products if isinstance(p.get("name"), str)}
+    tests = services.test_picture_jobs(products)
     product, status = _filters(list(triggers))
     cursors = st.session_state.setdefault(CURSORS, [None])
     try:
@@ -51,7 +57,7 @@ def draw() -> None:
         for start in range(0, len(page.jobs), PER_ROW):
             for column, job in zip(st.columns(PER_ROW), page.jobs[start:start + PER_ROW]):
                 with column:
-                    _card(url, job, triggers.get(job.product or ""))
+                    _card(url, job, triggers.get(job.product or ""), job.id in tests)
     _pager(len(cursors), page.before)
 
 
@@ -91,13 +97,16 @@ def _empty(filtered: bool) -> None:
     st.page_link(nav.page("create"), label="Create your first pictures", icon=":material/auto_awesome:")
 
 
-def _card(url: str, job: JobView, trigger: str | None) -> None:
+def _card(url: str, job: JobView, trigger: str | None, test_pictures: bool = False) -> None:
     with st.container(border=True, key=f"job-{job.id}"):
         job = _cover(url, job)  # the job as storage really holds it, when its cover turned out to be gone
         label, color = badge(job)
         st.badge(label, color=color)
         st.markdown(f'<div class="sr-prompt">{html.escape(_shorten(reuse.shown_prompt(job, trigger), 90))}</div>',
                     unsafe_allow_html=True)
+        if test_pictures:  # jobs the owner did not start: said, so they are not taken for someone else's
+            st.markdown('<span class="sr-meta">Test pictures, made when Showroom learnt it</span>',
+                        unsafe_allow_html=True)
         missing = f" ({job.missing_count} missing)" if job.missing_count else ""
         product = f' · <span class="sr-nowrap">{html.escape(job.product)}</span>' if job.product else ""
         st.markdown(f'<span class="sr-meta sr-job-meta">{_when(job)} · {job.done_count}/{len(job.images)} pictures'

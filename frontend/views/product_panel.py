@@ -50,8 +50,15 @@ def draw(product: dict) -> None:
             _download_lora(product)
     training = _teaching(product)
     if product.get("has_lora"):
-        learnt = training.check_job if training is not None and training.status == "succeeded" else None
-        product_check.draw(product, packshot_bytes(product), learnt)
+        product_check.draw(product, packshot_bytes(product), _learnt_check(training))
+
+
+def _learnt_check(training: TrainingView | None) -> str | None:
+    """The test pictures of the LoRA the product has: its latest training's once that succeeded, else (while it
+    learns again, or after that failed or was stopped) those of the LoRA it keeps."""
+    if training is None:
+        return None
+    return training.check_job if training.status == "succeeded" else training.earlier_check_job
 
 
 def _make_pictures(product: dict) -> None:

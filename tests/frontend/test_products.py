@@ -41,6 +41,11 @@ def add(at, name: str, photos: list, kind: str | None = None):
     return at
 
 
+def page_text_of(element) -> str:
+    """The text of the markdown and captions inside one container."""
+    return " ".join(str(e.value) for e in (*element.markdown, *element.caption))
+
+
 def captions(at) -> list[str]:
     return [caption for image in at.image for caption in image.captions]
 
@@ -110,6 +115,28 @@ def test_teaching_shows_progress_then_the_learnt_product_and_its_check(backend, 
     assert "Your product" in captions(at), "the cut-out beside the test pictures"
     spec = json.loads(backend.storage.get(f"jobs/{check_id}/job.json"))["spec"]
     assert (spec["product"], spec["template"], spec["num_images"]) == (name, "studio-white", 4)
+
+    # History tells the pictures made unasked from the owner's own (the check asked for above)
+    at.switch_page("app_pages/history.py").run()
+    at.selectbox(key="history_product").set_value(name).run()
+    assert_no_exception(at)
+    cards = {job: page_text_of(at.get_by_key(f"job-{job}")) for job in (learnt_check, check_id)}
+    assert "Test pictures, made when Showroom learnt it" in cards[learnt_check], cards
+    assert "Test pictures" not in cards[check_id], cards
+
+    # Taught again: while it learns (and once stopped) the product shows the test pictures of the LoRA it keeps
+    again = products_page(open_app, backend, product=name)
+    again.file_uploader(key="teach_upload").set_value(product_photos(2))
+    again.number_input(key="teach_steps").set_value(5000)
+    again.button(key="teach").click().run()
+    assert_no_exception(again)
+    second = record(backend, name)["training"]
+    assert second != training_id and again.button(key="stop-training").label == "Stop learning", page_text(again)
+    assert json.loads(backend.storage.get(training_key(second)))["earlier_check_job"] == learnt_check
+    reloaded = products_page(open_app, backend, product=name)
+    assert reloaded.progress and "4 of 4 ready" in page_text(reloaded), page_text(reloaded)
+    reloaded.button(key="stop-training").click().run()
+    assert "You stopped the learning" in page_text(reloaded) and "4 of 4 ready" in page_text(reloaded)
 
 
 def test_stop_learning_ends_the_training_and_leaves_the_product_as_it_was(backend, open_app):

@@ -17,3 +17,10 @@ def test_the_owner_is_told_where_the_product_was_found_and_advised_when_mostly_n
                                              ([3], None), ({"a": 1}, None), ([-1, 4], None)])
 def test_a_manifests_counts_are_read_or_left_out(value, expected):
     assert training_view(BASE | {"product_found": value}).product_found == expected
+
+
+@pytest.mark.parametrize("field", ["check_job", "earlier_check_job"])
+def test_a_manifests_test_pictures_are_read_when_they_name_a_job(field):
+    job = "0123456789abcdef" * 2
+    assert getattr(training_view(BASE | {field: job}), field) == job
+    assert getattr(training_view(BASE | {field: "../products/x"}), field) is None

@@ -205,6 +205,23 @@ def test_a_finished_training_starts_test_pictures_of_its_product_and_a_full_queu
     assert done.status.value == "succeeded" and done.check_job is None and service.catalog.product("p1").has_lora
 
 
+def test_a_product_taught_again_keeps_showing_the_test_pictures_of_the_lora_it_has(service, tiny_model):
+    """While it learns again, and after that fails or is stopped, the product still has its first LoRA: each later
+    training names that LoRA's test pictures, until one succeeds and has its own."""
+    checks = iter(["1" * 32, "2" * 32])
+    service.start_check = lambda product: next(checks)
+    assert service.submit("p0", PHOTOS, 20, 4).earlier_check_job is None, "nothing learnt yet: no pictures"
+    _finished(service, service.catalog.product("p0").training, make_lora(tiny_model, seed=1))
+    second = service.submit("p0", PHOTOS, 20, 4)
+    assert second.earlier_check_job == "1" * 32
+    service.on_event(ev.TrainingFailed(second.id, "a test"))
+    service.store.flush()
+    third = service.submit("p0", PHOTOS, 20, 4)
+    assert third.earlier_check_job == "1" * 32, "carried over the failed training"
+    _finished(service, third.id, make_lora(tiny_model, seed=2))
+    assert service.submit("p0", PHOTOS, 20, 4).earlier_check_job == "2" * 32
+
+
 def test_the_test_pictures_are_four_studio_shots_of_the_product():
     """The same pictures the app's "Make 4 test pictures" asks for: the studio template where the generator has it."""
     from backend.contract import check_spec
