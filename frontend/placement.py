@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import ExifTags, Image, ImageDraw
 
+from backend.place.composite import finish
 from backend.place.layout import Placement, fitted_size, place
 
 MODES = {"place": "Place my product — it stays exactly as it is", "restyle": "Restyle my photo",
@@ -86,21 +87,21 @@ def on_checkerboard(cutout_png: bytes, side: int = 320, fill: float = 0.85) -> b
 
 
 def canvas_preview(cutout_png: bytes, width: int, height: int, x: float, y: float, scale: float,
-                   max_side: int = 320) -> bytes:
-    """A small picture of the canvas with the product where the job will put it (PNG)."""
+                   shadow: bool = False, reflection: float = 0.0, max_side: int = 320) -> bytes:
+    """A small picture of the canvas with the product where the job will put it, with the contact shadow and floor
+    reflection the job will draw (the backend's own finish on a plain scene), PNG."""
     with Image.open(io.BytesIO(cutout_png)) as img:
         cutout = img.convert("RGBA")
-    shrink = max_side / max(width, height)
-    canvas = Image.new("RGBA", (max(1, round(width * shrink)), max(1, round(height * shrink))), (*CANVAS_FILL, 255))
-    draw = ImageDraw.Draw(canvas)
-    for third in (1, 2):  # the rule-of-thirds guides the position presets follow
-        draw.line([(canvas.width * third / 3, 0), (canvas.width * third / 3, canvas.height)], fill=GUIDE)
-        draw.line([(0, canvas.height * third / 3), (canvas.width, canvas.height * third / 3)], fill=GUIDE)
     layer = place(cutout, width, height, Placement(x, y, scale))  # full size: exactly the job's product layer
-    # premultiplied, as the backend resizes: the colour hidden under transparent pixels must not fringe the edge
-    layer = layer.convert("RGBa").resize(canvas.size, Image.Resampling.LANCZOS).convert("RGBA")
-    canvas.alpha_composite(layer)
-    return _png(canvas)
+    scene = Image.new("RGB", (width, height), CANVAS_FILL)
+    draw, line = ImageDraw.Draw(scene), max(1, round(max(width, height) / max_side))  # about 1 px once shrunk
+    for third in (1, 2):  # the rule-of-thirds guides the position presets follow
+        draw.line([(width * third / 3, 0), (width * third / 3, height)], fill=GUIDE, width=line)
+        draw.line([(0, height * third / 3), (width, height * third / 3)], fill=GUIDE, width=line)
+    canvas = finish(scene, layer, shadow=shadow, harmonize=False, reflection=reflection)
+    shrink = max_side / max(width, height)
+    return _png(canvas.resize((max(1, round(width * shrink)), max(1, round(height * shrink))),
+                              Image.Resampling.LANCZOS))
 
 
 def checkerboard(size: tuple[int, int], tile: int = 8) -> Image.Image:

@@ -311,5 +311,6 @@ def fills_the_photo(cutout_png: bytes, photo: bytes) -> bool:
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def canvas_preview(png: bytes, width: int, height: int, x: float, y: float, scale: float) -> bytes:
-    return placement.canvas_preview(png, width, height, x, y, scale)
+def canvas_preview(png: bytes, width: int, height: int, x: float, y: float, scale: float, shadow: bool = False,
+                   reflection: float = 0.0) -> bytes:
+    return placement.canvas_preview(png, width, height, x, y, scale, shadow, reflection)

@@ -84,7 +84,8 @@ def _place(upload, product: dict | None, packshot_key: str | None, native: int) 
         with st.container(key="pair-cutout"):  # side by side on a phone too: Position's effect stays in sight
             left, right = st.columns(2)
         left.image(services.cutout_on_checkerboard(cut), caption=caption, width="stretch")
-        right.image(services.canvas_preview(cut, width, height, at.x, at.y, float(ss["place_scale"])),
+        right.image(services.canvas_preview(cut, width, height, at.x, at.y, float(ss["place_scale"]),
+                                            bool(ss.get("shadow")), float(ss.get("reflection") or 0.0)),
                     caption=f"Where it goes · {width} × {height}", width="stretch")
     st.pills("Position", list(PRESETS), key="place_at", required=True, format_func=lambda p: PRESETS[p].label)
     # shown as "60%": the share of the picture's width and height the product's box may take (placement.scale)

@@ -65,6 +65,26 @@ def test_the_canvas_preview_draws_the_product_at_its_preset():
     assert ys.max() - ys.min() + 1 == pytest.approx(0.5 * 180, abs=1), "fitted into scale × height"
 
 
+def test_the_canvas_preview_shows_the_shadow_and_reflection_the_job_will_draw():
+    """The Realism settings are seen before the job is sent: red mirrored under the product's base with a
+    reflection, a darker floor just under it with a shadow, and neither when both are off."""
+    red = io.BytesIO()
+    Image.new("RGBA", (40, 80), (220, 0, 0, 255)).save(red, format="PNG")
+
+    def under_the_base(**finish) -> np.ndarray:
+        preview = Image.open(io.BytesIO(placement.canvas_preview(red.getvalue(), 512, 512, 0.5, 0.4, 0.4, **finish)))
+        rgb = np.asarray(preview.convert("RGB")).astype(int)
+        ys, xs = np.nonzero((rgb[..., 0] > 200) & (rgb[..., 1] < 30))
+        return rgb[ys.max() + 2:ys.max() + 6, xs.min() + 4:xs.max() - 3].mean(axis=(0, 1))  # just below, inside
+
+    plain = under_the_base()
+    assert np.allclose(plain, placement.CANVAS_FILL, atol=3), plain
+    mirrored = under_the_base(reflection=0.6)
+    assert mirrored[0] - mirrored[1] > 60, ("the product's red shows in the floor", mirrored)
+    shaded = under_the_base(shadow=True)
+    assert (shaded < np.array(placement.CANVAS_FILL) - 20).all() and abs(shaded[0] - shaded[1]) < 4, shaded
+
+
 @pytest.mark.parametrize("body, native", [({"native_size": 1024}, 1024), ({}, 512), ({"native_size": "big"}, 512),
                                           ({"native_size": 1001}, 512), ({"native_size": True}, 512)])
 def test_native_size_comes_from_health_with_a_default(body, native):
