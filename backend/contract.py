@@ -55,6 +55,7 @@ def image_cost(width: int, height: int, steps: int) -> float:
 
 
 CHECK_TEMPLATE = "studio-white"
+TRAINING_PHOTOS = (2, 40)  # the fewest and most photos one training learns from
 
 
 def check_spec(product: str, template_ids: Iterable[str]) -> dict:

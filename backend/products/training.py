@@ -15,7 +15,15 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from backend.contract import check_name, check_spec, created_us, lora_key, new_job_id, training_owner_key
+from backend.contract import (
+    TRAINING_PHOTOS,
+    check_name,
+    check_spec,
+    created_us,
+    lora_key,
+    new_job_id,
+    training_owner_key,
+)
 from backend.errors import Conflict, InvalidRequest, NotFound, RateLimited, Unavailable, UnknownReference
 from backend.gpu import executor as ev
 from backend.gpu.messages import TrainTask
@@ -28,7 +36,7 @@ from backend.products.catalog import Catalog
 from backend.storage import ObjectMissing, StorageError
 
 log = logging.getLogger("showroom.training")
-MIN_PHOTOS, MAX_PHOTOS = 2, 40
+MIN_PHOTOS, MAX_PHOTOS = TRAINING_PHOTOS
 # A training photo's short side is kept to this: SDXL's 1024 px views, cut from crops of 60 %, still lose no
 # detail, and a 40 MP photo is not held whole (about 100 MB as a PNG, up to 40 of them in one request).
 PHOTO_SHORT_SIDE = 2048

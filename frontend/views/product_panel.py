@@ -6,6 +6,7 @@ import html
 
 import streamlit as st
 
+from backend.contract import TRAINING_PHOTOS
 from backend.storage import ObjectMissing, StorageError
 from frontend import downloads, nav, services, uploads
 from frontend.client import BackendError
@@ -173,13 +174,28 @@ def _teach_form(product: dict) -> None:
     minutes = estimate_minutes(int(steps), health.devices, health.native_size)
     # The time beside the button, not in it: a label that long was cut off on a wide screen.
     st.caption(f"Takes about {minutes} minute{'s' if minutes != 1 else ''} {where}.")
+    short = _photos_short(len(photos))
+    if short:  # said before the click: a reload or a later visit has no photos from when it was added
+        st.caption(short)
     clicked = st.button("Teach Showroom this product", key="teach", type="primary", icon=":material/school:",
-                        disabled=not health.can_generate,
+                        disabled=not health.can_generate or bool(short),
                         help="Showroom studies the photos and learns the product under its words (it trains a LoRA "
                              "for the generator's model). The time is an estimate from the number of steps and the "
                              "kind of processor, not a measurement; the bar shows the real progress.")
     if clicked:
         _teach(name, photos, int(steps))
+
+
+def _photos_short(count: int) -> str | None:
+    """Why `count` photos cannot teach it, or None when they can."""
+    fewest, most = TRAINING_PHOTOS
+    if count == 0:
+        return f"Drop {fewest} to {most} photos of it above to teach it."
+    if count < fewest:
+        return f"One photo is not enough to learn it from: add at least {fewest - count} more, from other angles."
+    if count > most:
+        return f"At most {most} photos are learnt from: remove {count - most}."
+    return None
 
 
 def _teach(name: str, photos: list[tuple[str, bytes, str]], steps: int) -> None:
