@@ -136,6 +136,12 @@ def current_health() -> Health:
     return health(settings().backend_url)
 
 
+def queue_changed() -> None:
+    """After a submit or a cancel: the header's queue count is read again, not kept for its 5 s (a canceled job
+    went on showing its pictures in the queue until the header's next refresh)."""
+    health.clear()
+
+
 @st.cache_data(ttl=60, show_spinner=False)
 def catalog(base_url: str, key_id: str) -> dict:
     """Products and templates; raises BackendError (failures are not cached)."""

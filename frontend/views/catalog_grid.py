@@ -91,6 +91,8 @@ def _stop(views: list[JobView]) -> None:
         st.error(f"Could not stop every job: {e.message}")
         return
     st.toast("Stopping: pictures already made are kept.")
+    services.queue_changed()
+    st.rerun(scope="app")  # the header's queue count too
 
 
 def _product(n: int, product: str, jobs: list[JobView], style_names: dict[str, str], packshot: str | None) -> None:

@@ -231,6 +231,7 @@ def _submit(choice: PhotoChoice) -> None:
         return
     st.session_state.pop("submission", None)  # answered: the next Generate is a new job
     services.history.clear()  # History lists it at once
+    services.queue_changed()
     job_actions.remember_ticket(ticket, spec)
     st.session_state["open_job"] = st.query_params["job"] = ticket["id"]
     scroll.ask("job")  # the button is far down the form (on a phone, the job is above it): show its status

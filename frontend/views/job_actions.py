@@ -95,6 +95,7 @@ def _more_like_this(view: JobView) -> None:
         return
     remember_ticket(ticket, spec)
     services.history.clear()
+    services.queue_changed()
     st.session_state["open_job"] = st.query_params["job"] = ticket["id"]
     st.rerun(scope="app")  # the whole page: the panel follows the new job
 

@@ -144,9 +144,12 @@ def _summary(view: JobView, trigger: str | None) -> None:
                                               width="stretch"):
         try:
             services.client().cancel(view.id)
-            st.toast("Canceling: pictures already made are kept.")
         except BackendError as e:
             st.error(f"Could not cancel: {e.message}")
+        else:
+            st.toast("Canceling: pictures already made are kept.")
+            services.queue_changed()
+            st.rerun()  # the whole page, not this fragment alone: the header's queue count goes down with it
     st.markdown(f'<div class="sr-prompt sr-job-prompt">{html.escape(reuse.shown_prompt(view, trigger))}</div>',
                 unsafe_allow_html=True)
     if view.status == "failed" and view.error:

@@ -43,6 +43,7 @@ def _start(name: str) -> None:
         st.error(f"The test pictures were not started: {e.message}")
         return
     st.session_state.setdefault(CHECKS, {})[name] = st.query_params["check"] = ticket["id"]
+    services.queue_changed()
     st.rerun()
 
 

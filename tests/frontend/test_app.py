@@ -135,13 +135,25 @@ def test_job_link_to_a_pending_job_shows_placeholders_then_fills(backend, open_a
     assert placeholder_tiles(at) == 0
 
 
-def test_cancel_button_stops_the_job(backend, open_app):
+def test_cancel_button_stops_the_job_and_the_header_says_so(backend, open_app):
+    blocker = backend.submit(BLOCKER)  # both workers busy with its two batches: the job below waits in the queue
     job = backend.submit(BLOCKER)
-    at = open_app(frontend_env(backend), job=job["id"])
-    at.button(key="cancel-job").click().run()
-    assert_no_exception(at)
+    try:
+        at = open_app(frontend_env(backend), job=job["id"])
+        assert _queued(at) == 16, page_text(at)
+        at.button(key="cancel-job").click().run()
+        assert_no_exception(at)
+        assert _queued(at) == 0, ("the header's count read again, not kept from before the cancel", page_text(at))
+    finally:
+        backend.post(f"/v1/jobs/{blocker['id']}/cancel")
     assert backend.wait_job(job["id"], timeout=60)["status"] == "canceled"
     run_until(at, lambda a: "Canceled" in page_text(a), what="the canceled state shown")
+
+
+def _queued(at) -> int:
+    """The header's count of images in the queue."""
+    (count,) = re.findall(r"(\d+) images? in queue", page_text(at))
+    return int(count)
 
 
 def test_upscale_says_why_it_cannot(backend, open_app, monkeypatch):
