@@ -69,6 +69,15 @@ def normalize_photo(data: bytes, *, max_bytes: int, max_pixels: int,
     return out.getvalue(), img.size
 
 
+def fit_photo(photo: Image.Image, width: int, height: int) -> Image.Image:
+    """Restyle's input: scaled to cover width x height and centre-cropped, never stretched; a
+    transparent photo is laid on white first."""
+    photo = photo.convert("RGBA")
+    flat = Image.new("RGB", photo.size, (255, 255, 255))
+    flat.paste(photo, mask=photo.getchannel("A"))
+    return ImageOps.fit(flat, (width, height), Image.Resampling.LANCZOS, centering=(0.5, 0.5))
+
+
 def to_pixels(img: Image.Image) -> Image.Image:
     """A photo as generation reads it: 8-bit, in sRGB, RGBA where it has transparency, else RGB (an alpha hiding
     nothing is dropped). Uploads (normalize_photo) and the trainer's own photo folder both go through here."""

@@ -10,8 +10,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import ExifTags, Image, ImageDraw
+from PIL import ExifTags, Image, ImageDraw, ImageOps
 
+from backend.images import fit_photo
 from backend.place.composite import finish
 from backend.place.layout import Placement, fitted_size, place
 
@@ -102,6 +103,22 @@ def canvas_preview(cutout_png: bytes, width: int, height: int, x: float, y: floa
     shrink = max_side / max(width, height)
     return _png(canvas.resize((max(1, round(width * shrink)), max(1, round(height * shrink))),
                               Image.Resampling.LANCZOS))
+
+
+def restyle_preview(photo: bytes, width: int, height: int, max_side: int = 320) -> tuple[bytes, bytes] | None:
+    """The photo, small, and the part of it a restyle job repaints (the backend's own cover-and-centre crop, upright
+    as the backend turns it), PNGs; None when this side cannot read the photo (the backend says why on Generate)."""
+    try:
+        with Image.open(io.BytesIO(photo)) as img:
+            img.draft("RGB", (2 * max_side, 2 * max_side))  # a JPEG decoded at a fraction of its size: quick
+            upright = ImageOps.exif_transpose(img)
+            upright.thumbnail((4 * max_side, 4 * max_side))  # enough for the crop below, whatever the photo's size
+            shrink = max_side / max(width, height)
+            crop = fit_photo(upright, max(1, round(width * shrink)), max(1, round(height * shrink)))
+            upright.thumbnail((max_side, max_side))
+            return _png(fit_photo(upright, *upright.size)), _png(crop)  # transparency on white, as the job has it
+    except Exception:  # a photo the backend refuses is explained there, not here
+        return None
 
 
 def checkerboard(size: tuple[int, int], tile: int = 8) -> Image.Image:

@@ -316,6 +316,11 @@ def fills_the_photo(cutout_png: bytes, photo: bytes) -> bool:
     return placement.fills_the_photo(cutout_png, photo)
 
 
+@st.cache_data(max_entries=8, show_spinner=False)
+def restyle_preview(photo: bytes, width: int, height: int) -> tuple[bytes, bytes] | None:
+    return placement.restyle_preview(photo, width, height)
+
+
 @st.cache_data(max_entries=32, show_spinner=False)
 def canvas_preview(png: bytes, width: int, height: int, x: float, y: float, scale: float, shadow: bool = False,
                    reflection: float = 0.0) -> bytes:

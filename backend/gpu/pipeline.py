@@ -17,12 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from backend.gpu.devices import has_fp16_weights
 from backend.gpu.long_prompts import prompt_embeddings, window_count
 from backend.gpu.messages import LoraTask, Task
 from backend.gpu.previews import preview_jpegs, preview_steps
+from backend.images import fit_photo
 from backend.lora.formats import LoraNotApplied
 from backend.lora.loading import forget_token_embeddings, load_lora_into, use_token_embeddings
 from backend.place.composite import finish
@@ -34,15 +35,6 @@ MAX_ADAPTERS = 16
 
 class Canceled(Exception):
     pass
-
-
-def fit_photo(photo: Image.Image, width: int, height: int) -> Image.Image:
-    """Restyle's input: scaled to cover width x height and centre-cropped, never stretched; a
-    transparent photo is laid on white first."""
-    photo = photo.convert("RGBA")
-    flat = Image.new("RGB", photo.size, (255, 255, 255))
-    flat.paste(photo, mask=photo.getchannel("A"))
-    return ImageOps.fit(flat, (width, height), Image.Resampling.LANCZOS, centering=(0.5, 0.5))
 
 
 def place_inputs(layer: Image.Image, n: int) -> dict:

@@ -40,11 +40,28 @@ def section(product: dict | None, native: int) -> PhotoChoice:
     photo = st.file_uploader(label, type=PHOTO_TYPES, key="photo", help=about, max_upload_size=uploads.photo_mb())
     upload = (photo.name, photo.getvalue(), photo.type or "application/octet-stream") if photo else None
     if mode == "restyle":
-        st.slider("How much to change", 0.0, 1.0, step=0.05, key="strength",
+        if upload:
+            _what_is_repainted(upload)
+        st.slider("How much to change", 0.0, 1.0, step=0.05, key="strength", format="percent",
                   help="Strength: low keeps the photo nearly as it is; high lets the prompt repaint more of it.")
         _shape(native)
         return PhotoChoice("restyle", upload, None if upload else "Upload the photo to restyle.")
     return _place(upload, product, packshot_key, native)
+
+
+def _what_is_repainted(upload: tuple[str, bytes, str]) -> None:
+    """The photo as it will be cropped to the picture's shape, so a cut-off head or product is seen before any
+    GPU time is spent (place mode shows where its product goes the same way)."""
+    ss = st.session_state
+    width, height = int(ss["width"]), int(ss["height"])
+    pictures = services.restyle_preview(upload[1], width, height)
+    if pictures is None:
+        return
+    photo, crop = pictures
+    with st.container(key="pair-restyle"):  # side by side on a phone too (chrome.CSS), as place mode's pair
+        left, right = st.columns(2)
+    left.image(photo, caption="Your photo", width="stretch")
+    right.image(crop, caption=f"What is repainted · {width} × {height}", width="stretch")
 
 
 def _not_learnt(product: dict) -> None:

@@ -187,7 +187,31 @@ def test_restyle_shows_strength_and_no_placement(backend, open_app):
     assert at.button(key="generate").disabled, "restyle needs a photo"
     assert at.file_uploader(key="photo").label == "Your photo", "the whole photo is repainted, not a product cut out"
     at.file_uploader(key="photo").set_value(("room.png", png_bytes(96, 72, (20, 160, 60)), "image/png")).run()
-    assert not at.button(key="generate").disabled and not captions(at), "no cut-out is made to restyle"
+    assert not at.button(key="generate").disabled, "a photo to restyle"
+    size = f"{at.session_state['width']} × {at.session_state['height']}"
+    assert captions(at) == ["Your photo", f"What is repainted · {size}"], "no cut-out: the photo and its crop"
+
+
+def test_the_restyle_preview_is_the_crop_the_backend_repaints():
+    """A wide photo at 1:1 loses its sides, as fit_photo crops it; a phone photo stored sideways with its EXIF
+    turn is shown upright; a file that is no picture shows nothing (the backend explains on Generate)."""
+    wide = Image.new("RGB", (300, 100), (0, 0, 255))
+    wide.paste((255, 0, 0), (100, 0, 200, 100))  # red in the middle third
+    out = io.BytesIO()
+    wide.save(out, format="JPEG", quality=95)
+    photo, crop = (Image.open(io.BytesIO(p)) for p in placement.restyle_preview(out.getvalue(), 512, 512))
+    assert crop.size == (320, 320) and photo.size == (300, 100)
+    red = np.asarray(crop.convert("RGB")).astype(int)
+    assert (red[..., 0] > 200).mean() > 0.97, "only the red middle is kept"
+
+    tall = Image.new("RGB", (100, 200), (0, 200, 0))
+    turned = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned: shown rotated 90° clockwise
+    tall.save(turned, format="JPEG", exif=exif)
+    photo, _ = (Image.open(io.BytesIO(p)) for p in placement.restyle_preview(turned.getvalue(), 512, 512))
+    assert photo.size == (200, 100), "upright, as the backend turns it"
+    assert placement.restyle_preview(b"not a picture", 512, 512) is None
 
 
 def stored_product(backend, name: str, has_lora: bool = False) -> str:

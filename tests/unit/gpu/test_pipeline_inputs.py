@@ -3,7 +3,8 @@
 import numpy as np
 from PIL import Image
 
-from backend.gpu.pipeline import fit_photo, place_inputs
+from backend.gpu.pipeline import place_inputs
+from backend.images import fit_photo
 
 
 def test_fit_photo_covers_and_crops_the_centre_of_a_wide_photo():
