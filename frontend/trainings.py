@@ -98,7 +98,8 @@ def found_words(found: tuple[int, int] | None) -> str | None:
     if found is None or found[1] == 0:
         return None
     hits, photos = found
-    said = f"It found your product in {hits} of the {photos} photos and learnt it most closely there."
+    said = (f"It found your product in {hits} of the {photos} photos: there it learnt the product, not what is "
+            "around it.")
     if hits * 2 < photos:
         said += (" In the others it could not tell the product from what surrounds it: photos on a plain "
                  "background (or PNGs with transparency) teach it better.")

@@ -8,7 +8,8 @@ BASE = {"id": "t", "product": "mug", "status": "succeeded", "progress": {"step":
 
 
 def test_the_owner_is_told_where_the_product_was_found_and_advised_when_mostly_not():
-    assert found_words((4, 4)) == "It found your product in 4 of the 4 photos and learnt it most closely there."
+    assert found_words((4, 4)) == ("It found your product in 4 of the 4 photos: there it learnt the product, not what "
+                                   "is around it.")
     assert "plain background" in found_words((1, 4)) and "plain background" not in found_words((2, 4))
     assert found_words(None) is None and found_words((0, 0)) is None
 
