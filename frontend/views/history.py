@@ -176,7 +176,10 @@ def _buttons(job: JobView) -> None:
 
 
 def _confirm_delete(job: JobView) -> None:
-    st.markdown(f"**Delete this job and its {len(job.images)} pictures?** This cannot be undone.")
+    made = job.done_count  # the pictures that exist: a canceled job asked for 15 may have 3, or none
+    question = f"Delete this job and its {made} picture{'' if made == 1 else 's'}?" if made else \
+        "Delete this job? It has no pictures."
+    st.markdown(f"**{question}** This cannot be undone.")
     with st.container(horizontal=True, gap="small"):
         confirmed = st.button("Delete for good", key=f"delete-yes-{job.id}", type="primary")
         if st.button("Keep it", key=f"delete-no-{job.id}"):

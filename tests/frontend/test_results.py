@@ -250,6 +250,27 @@ def test_delete_a_job_from_history_asks_first_and_removes_every_object(backend, 
     assert not [b for b in at.button if b.key == f"open-{job['id']}"]
 
 
+
+@pytest.mark.parametrize("made, asked", [(3, "**Delete this job and its 3 pictures?**"),
+                                         (1, "**Delete this job and its 1 picture?**"),
+                                         (0, "**Delete this job? It has no pictures.**")])
+def test_deleting_a_canceled_job_from_history_counts_the_pictures_it_has(tmp_path, open_app, monkeypatch,
+                                                                         made, asked):
+    storage = LocalStorage(tmp_path)
+    job_id = uuid.uuid4().hex
+    stored_manifest(storage, job_id, ["succeeded"] * made + ["canceled"] * (15 - made))
+    for index in range(made):
+        storage.put(f"jobs/{job_id}/{index}.png", png_bytes(32, 32), "image/png")
+    monkeypatch.setattr(services, "current_health", lambda: services.Health("online", "Online"))
+    at = open_app({"BACKEND_URL": offline_url(), "STORAGE_URL": f"file://{tmp_path}"})
+    at.switch_page("app_pages/history.py").run()
+    assert f"{made}/15 pictures" in page_text(at)
+    at.button(key=f"delete-{job_id}").click().run()
+    assert_no_exception(at)
+    text = page_text(at)
+    assert asked in text and "15 pictures?" not in text, "the pictures that exist, not the 15 asked for"
+
+
 def prompts_shown(at) -> list[str]:
     return [str(m.value) for m in at.markdown if 'class="sr-prompt' in str(m.value)]  # a job's, History's
 
