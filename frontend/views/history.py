@@ -10,7 +10,7 @@ import html
 import streamlit as st
 
 from backend.storage import ObjectMissing, StorageError
-from frontend import clock, nav, reuse, services
+from frontend import clock, nav, placement, reuse, services
 from frontend.client import BackendError
 from frontend.jobs import JobView, format_elapsed, load_job, parse_time
 from frontend.views import job_actions, scroll
@@ -21,6 +21,8 @@ PER_ROW = 4
 ALL = ""  # not None: a selectbox shows None as "nothing chosen yet"
 STATUSES = {"active": "In progress", "succeeded": "Done", "failed": "Failed", "canceled": "Canceled"}
 CURSORS = "history_cursors"   # where each page from the newest to the one shown starts: [None, <before>, ...]
+# how a job was made, in a card's few words; the Create page's own name for the mode is its tooltip
+MADE = {"place": "Product placed", "restyle": "Photo restyled", "generate": "From the prompt"}
 
 
 def draw() -> None:
@@ -110,7 +112,7 @@ def _card(url: str, job: JobView, trigger: str | None, test_pictures: bool = Fal
         missing = f" ({job.missing_count} missing)" if job.missing_count else ""
         product = f' · <span class="sr-nowrap">{html.escape(job.product)}</span>' if job.product else ""
         st.markdown(f'<span class="sr-meta sr-job-meta">{_when(job)} · {job.done_count}/{len(job.images)} pictures'
-                    f'{missing}{product}</span>', unsafe_allow_html=True)
+                    f'{missing}{_made(job)}{product}</span>', unsafe_allow_html=True)
         if st.session_state.get("confirm_delete_job") == job.id:
             _confirm_delete(job)
         else:
@@ -197,6 +199,14 @@ def _confirm_delete(job: JobView) -> None:
         services.history.clear()
         st.toast("Job deleted.")
         st.rerun()
+
+
+def _made(job: JobView) -> str:
+    """' · Photo restyled': a restyle, a place and a generate job of one style share their prompt's words."""
+    mode = job.spec.get("mode") or "generate"  # the backend's default: a spec without a mode drew everything
+    if mode not in MADE:
+        return ""
+    return f' · <span class="sr-nowrap" title="{html.escape(placement.MODES[mode])}">{MADE[mode]}</span>'
 
 
 def _when(job: JobView) -> str:

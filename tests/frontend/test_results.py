@@ -271,6 +271,25 @@ def test_deleting_a_canceled_job_from_history_counts_the_pictures_it_has(tmp_pat
     assert asked in text and "15 pictures?" not in text, "the pictures that exist, not the 15 asked for"
 
 
+def test_history_says_how_each_job_was_made(tmp_path, open_app):
+    storage = LocalStorage(tmp_path)
+    ids = sorted(uuid.uuid4().hex for _ in range(4))
+    for job_id, mode in zip(ids, ("place", "restyle", "generate", None)):
+        manifest = stored_manifest(storage, job_id, ["succeeded"])
+        manifest["spec"] |= {"prompt": "a mug on a marble counter", "template": "marble"}
+        if mode:
+            manifest["spec"]["mode"] = mode
+        storage.put(f"jobs/{job_id}/job.json", json.dumps(manifest).encode(), "application/json")
+        storage.put(f"jobs/{job_id}/0.png", png_bytes(32, 32), "image/png")
+    at = open_app({"BACKEND_URL": offline_url(), "STORAGE_URL": f"file://{tmp_path}"})
+    at.switch_page("app_pages/history.py").run()
+    assert_no_exception(at)
+    metas = [str(m.value) for m in at.markdown if "sr-job-meta" in str(m.value)]
+    words = [next((w for w in ("Product placed", "Photo restyled", "From the prompt") if w in m), None)
+             for m in metas]
+    assert words == ["From the prompt", "From the prompt", "Photo restyled", "Product placed"], \
+        f"newest first; a spec without a mode was drawn from the prompt, as the backend's default: {metas}"
+
 def prompts_shown(at) -> list[str]:
     return [str(m.value) for m in at.markdown if 'class="sr-prompt' in str(m.value)]  # a job's, History's
 
