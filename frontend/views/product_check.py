@@ -72,8 +72,9 @@ def _side_by_side(check_id: str, packshot: bytes | None) -> None:
 
 
 def _draw(view: JobView, packshot: bytes | None) -> None:
-    mine, made = st.columns([1, 2], gap="medium")
-    with mine:
+    with st.container(key="check-compare"):  # on a phone, the pictures alone (chrome.CSS)
+        mine, made = st.columns([1, 2], gap="medium")
+    with mine, st.container(key="check-mine"):
         if packshot is not None:
             st.image(services.cutout_on_checkerboard(packshot), caption="Your product", width="stretch")
     with made:

@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import expect, sync_playwright
 
-from tests.factories import packshot
+from tests.factories import make_lora, packshot
 from tests.frontend.conftest import SMALL
 from tests.frontend.test_browser import CHROMIUM, CHROMIUM_ARGS, app_url, in_viewport, wait_images  # noqa: F401
 
@@ -51,12 +51,18 @@ def columns(page, container: str) -> list[dict]:
 
 
 @pytest.mark.browser
-def test_on_a_phone_a_job_link_shows_the_pictures_before_the_form(backend, app_url, artifacts):  # noqa: F811
+def test_on_a_phone_a_job_link_shows_the_pictures_before_the_form(backend, app_url, artifacts,  # noqa: F811
+                                                                   tiny_model):
     job = backend.wait_job(backend.submit({"prompt": "a teapot on a table", "num_images": 4, **SMALL})["id"])
     tall = backend.wait_job(backend.submit({"prompt": "a vase", "num_images": 1, **SMALL, "height": 96})["id"])
     name = f"jar-{uuid.uuid4().hex[:6]}"
     added = backend.post("/v1/products", data={"name": name, "trigger": "qzv jar"},
                          files={"photo": ("jar.png", packshot(), "image/png")})
+    assert added.status_code == 201, added.text
+    learnt = f"urn-{uuid.uuid4().hex[:6]}"
+    added = backend.post("/v1/products", data={"name": learnt, "trigger": "qzv urn"},
+                         files={"photo": ("urn.png", packshot(), "image/png"),
+                                "file": ("urn.safetensors", make_lora(tiny_model, seed=3), "application/octet-stream")})
     assert added.status_code == 201, added.text
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -105,6 +111,18 @@ def test_on_a_phone_a_job_link_shows_the_pictures_before_the_form(backend, app_u
         phone.locator(".st-key-place_at").scroll_into_view_if_needed()  # for the screenshot
         phone.wait_for_timeout(300)
         phone.screenshot(path=str(artifacts / "place-phone.png"))
+
+        phone.goto(f"{app_url}/products?product={learnt}&check={job['id']}")  # four pictures as its test pictures
+        phone.wait_for_function("() => [...document.querySelectorAll('.st-key-check-compare img')].filter(i => "
+                                "i.complete && i.naturalWidth > 0).length === 5", timeout=30_000)  # its cut-out too
+        mine, _ = columns(phone, ".st-key-check-compare")[:2]  # then the pictures' own columns
+        assert mine["height"] == 0, "not a second, screen-wide cut-out: the product's own is just above"
+        span = box(phone, ".st-key-pair-check-2")["bottom"] - box(phone, ".st-key-check")["top"]
+        assert span <= PHONE["height"] - 40, f"the button and the four pictures on one screen ({span:.0f} px)"
+        phone.locator(".st-key-pair-check-2").scroll_into_view_if_needed()  # for the screenshot
+        left, right = columns(phone, ".st-key-pair-check-0")
+        assert abs(left["top"] - right["top"]) < 2 and left["width"] > PHONE["width"] / 3, "two a row, each a fair size"
+        phone.screenshot(path=str(artifacts / "check-phone.png"), full_page=True)
 
         desktop = browser.new_page(viewport={"width": 1440, "height": 1000})
         desktop.goto(f"{app_url}/?job={job['id']}")
