@@ -11,6 +11,7 @@ stop, time limit, death, restart) is its slot's (backend.gpu.worker_slot); batch
 EXECUTOR=celery cuts them (backend.gpu.batches).
 """
 
+import atexit
 import logging
 import multiprocessing as mp
 import os
@@ -56,13 +57,24 @@ class Scheduler:
         for slot in self.slots:
             slot.spawn(self.ctx, self.worker_target, self.settings, len(self.slots))
         self._thread.start()
+        # The workers ignore SIGTERM, with which multiprocessing ends them at exit: a process that leaves without
+        # stop() (a forced quit skips the app's shutdown) would wait for them forever.
+        atexit.register(self.stop)
 
     def stop(self, timeout: float = 10) -> None:
+        """The dispatcher first, so that nothing is reported or restarted from here on; then the workers, told
+        to leave together, what they run interrupted (it stays running in its manifest: the next start takes it
+        up); any still there after `timeout` is killed."""
+        atexit.unregister(self.stop)
         self._stopping.set()
         self._wake()
         self._thread.join(timeout)
+        interrupt = not self._thread.is_alive()  # else a canceled task's report could still be applied as a cancel
         for slot in self.slots:
-            slot.shutdown(timeout)
+            slot.ask_to_stop(interrupt)
+        deadline = time.monotonic() + timeout
+        for slot in self.slots:
+            slot.wait_stopped(deadline)
         with self.lock:
             self.flights.fail_upscales("the backend is stopping")
 

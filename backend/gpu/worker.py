@@ -7,7 +7,6 @@ finished image itself, so a picture reaches storage the moment it exists.
 
 import logging
 import os
-import signal
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -57,7 +56,6 @@ def load_generator(settings, index: int, workers: int, cache_name: str):
 def run_worker(worker_id: int, settings, conn, cancel_task, workers: int = 1) -> None:
     """Entry point of the worker process (spawned: nothing of the parent's CUDA state leaks in).
     `workers` is how many run on this box: they share its CPU cores."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which stops us cleanly
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker-{worker_id} %(levelname)s %(message)s")
     started = time.perf_counter()
     try:

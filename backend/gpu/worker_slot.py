@@ -1,13 +1,15 @@
 """The scheduler's side of one GPU worker process: its state, the work it holds, and its life.
 
 A slot starts its process (spawned, with a pipe and the shared integer naming the task to cancel), stops
-it, kills it past its time limit, and when it dies hands back what it held (`Lost`) with the reason, and
+it (the process ignores the stop signals sent to its process group: only its scheduler stops it), kills it
+past its time limit, and when it dies hands back what it held (`Lost`) with the reason, and
 puts its next start off: the longer, the more starts failed in a row, until MAX_RESTARTS of them give it
 up. What becomes of the lost work is decided in backend.gpu.local_flights.
 """
 
 import logging
 import multiprocessing as mp
+import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -89,8 +91,8 @@ class WorkerSlot:
         parent, child = ctx.Pipe()
         self.cancel_task = ctx.Value("q", -1, lock=False)
         args = (self.id, settings, child, self.cancel_task, workers)
-        self.process = ctx.Process(target=target or run_worker, args=args, name=f"showroom-worker-{self.id}",
-                                   daemon=True)
+        self.process = ctx.Process(target=worker_main, args=(target or run_worker, *args),
+                                   name=f"showroom-worker-{self.id}", daemon=True)
         self.process.start()
         child.close()
         self.conn, self.state, self.task, self.work, self.upscale = parent, WorkerState.starting, None, [], None
@@ -117,14 +119,23 @@ class WorkerSlot:
         """Its task is done: ready for the next."""
         self.state, self.task, self.work, self.upscale, self.training = WorkerState.ready, None, [], None, None
 
-    def shutdown(self, timeout: float) -> None:
+    def ask_to_stop(self, interrupt: bool) -> None:
+        """The backend is stopping: the process is told to leave once its task is over, and with `interrupt` that
+        task (images or a training) is stopped at its next step."""
         if self.process is None:
             return
+        if interrupt and self.task is not None:
+            self.cancel_task.value = self.task.task_id
         try:
             self.conn.send(m.Stop())
         except (OSError, ValueError):
             pass
-        self.process.join(timeout)
+
+    def wait_stopped(self, deadline: float) -> None:
+        """The process has left by `deadline` (time.monotonic()), else it is killed."""
+        if self.process is None:
+            return
+        self.process.join(max(0.0, deadline - time.monotonic()))
         if self.process.is_alive():
             self.process.kill()
             self.process.join(2)
@@ -170,6 +181,18 @@ class WorkerSlot:
                                     f"(IMAGE_TIMEOUT_S={settings.image_timeout_s:g})")
             log.error("worker %d: %s; killing it", self.id, self.kill_reason)
             self.process.kill()
+
+
+def worker_main(target: Callable, *args) -> None:
+    """A worker process's entry. Ctrl-C, `kill -TERM -<pgid>` or a supervisor stopping the service signal the
+    whole process group: the workers as well as the backend. Left to die of it, a worker would be seen dead by
+    the still-running dispatcher, reported as a failure and started again while the backend shuts down. So it
+    ignores SIGINT and SIGTERM, as Python's own resource tracker process does, and leaves when its scheduler
+    stops it (`Stop`, then a kill), or when its pipe closes (the backend was killed). Only a signal in the first
+    instant of its start, before these lines, still kills it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    target(*args)
 
 
 def all_given_up(slots: list[WorkerSlot]) -> bool:
