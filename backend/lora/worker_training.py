@@ -169,7 +169,9 @@ def run_training(model_id: str, storage: Storage, device: str, task: TrainTask, 
         "--steps", str(target), "--rank", str(task.rank), "--resolution", str(task.resolution),
         "--device", device, "--checkpoint-every", str(task.checkpoint_every), "--keep-checkpoints", "1",
         "--seed", str(task.seed), "--no-flip",  # products carry labels and logos: never mirrored
-        "--resume", "--quiet",
+        "--quiet",
+        # only with a checkpoint to resume from: the trainer warns when it is told to resume and finds none
+        *(["--resume"] if resumed else []),
     ])
     result = trainer.train(args, on_step=lambda step, _steps, loss: on_step(step, task.steps, loss),
                            on_checkpoint=upload,
