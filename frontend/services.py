@@ -85,8 +85,15 @@ class Health:
         if self.state == "offline":
             return "The generator is offline, so pictures cannot be enlarged right now"
         if self.upscaler == "off":
-            return ("Enlarging pictures 4x is not switched on in this Showroom; whoever runs its generator can "
-                    "switch it on with UPSCALER=replicate and a REPLICATE_API_TOKEN, or with UPSCALER=local")
+            return "Enlarging pictures 4x is not switched on in this Showroom"
+        return None
+
+    @property
+    def upscale_howto(self) -> str | None:
+        """For whoever runs the generator (a tooltip: the shop owner need not read settings' names)."""
+        if self.upscaler == "off" and self.state != "offline":
+            return ("Whoever runs the generator can switch it on with UPSCALER=replicate and a REPLICATE_API_TOKEN, "
+                    "or with UPSCALER=local (on the GPU box itself).")
         return None
 
 
@@ -219,11 +226,9 @@ def product_triggers() -> dict[str, str | None]:
         return {}
 
 
-def test_picture_jobs(products: list[dict]) -> dict[str, str]:
-    """The jobs of test pictures the backend made when a product learnt (its latest training's, and those of
-    the LoRA it keeps while it learns again), by job id -> the product's name: History tells them from the
-    owner's own jobs."""
-    found = {}
+def latest_trainings(products: list[dict]) -> list[TrainingView]:
+    """Each product's latest training, at most 5 s old; those storage cannot give are left out."""
+    found = []
     for product in products:
         if not product.get("training") or not isinstance(product.get("name"), str):
             continue
@@ -231,10 +236,17 @@ def test_picture_jobs(products: list[dict]) -> dict[str, str]:
             training = training_glance(settings().storage_url, product["training"])
         except StorageError:
             continue
-        for job_id in (training.check_job, training.earlier_check_job) if training else ():
-            if job_id:
-                found[job_id] = product["name"]
+        if training is not None:
+            found.append(training)
     return found
+
+
+def test_picture_jobs(products: list[dict]) -> dict[str, str]:
+    """The jobs of test pictures the backend made when a product learnt (its latest training's, and those of
+    the LoRA it keeps while it learns again), by job id -> the product's name: History tells them from the
+    owner's own jobs."""
+    return {job_id: training.product for training in latest_trainings(products)
+            for job_id in (training.check_job, training.earlier_check_job) if job_id}
 
 
 def training(training_id: str) -> TrainingView | None:

@@ -45,7 +45,7 @@ def bar(view: JobView) -> None:
                 _more_like_this(view)
     if view.done_count and refusal:
         # once for the job, instead of an Upscale button per picture that could only be greyed out
-        st.caption(f"{refusal}.")
+        st.caption(f"{refusal}.", help=health.upscale_howto)
 
 
 def use_settings(view: JobView) -> None:
