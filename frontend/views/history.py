@@ -161,7 +161,9 @@ def _tile(status: str, text: str) -> None:
 
 
 def _buttons(job: JobView) -> None:
-    with st.container(horizontal=True, gap="small"):
+    # one row in a card a quarter of a desktop wide: Delete as an icon, named by its tooltip (with its word it
+    # wrapped onto a line of its own in every card); a phone's half-screen card puts Reuse and Delete on a second
+    with st.container(horizontal=True, gap="xsmall"):
         if st.button("Open", key=f"open-{job.id}", icon=":material/open_in_full:"):
             scroll.ask("job")  # the Create page would open at this card's depth: mid-form
             nav.open_job(job.id)
@@ -171,8 +173,8 @@ def _buttons(job: JobView) -> None:
             scroll.ask("form")
             nav.open_job(job.id)
         offline = services.current_health().state == "offline"
-        if st.button("Delete", key=f"delete-{job.id}", icon=":material/delete:", disabled=offline,
-                     help="Deleting needs the generator, which is offline" if offline else None):
+        if st.button("", key=f"delete-{job.id}", icon=":material/delete:", disabled=offline,
+                     help="Deleting needs the generator, which is offline" if offline else "Delete this job"):
             st.session_state["confirm_delete_job"] = job.id
             st.rerun()
 
