@@ -34,10 +34,26 @@ def _tokenizers(pipe) -> list:
     return [t for t in (getattr(pipe, "tokenizer", None), getattr(pipe, "tokenizer_2", None)) if t is not None]
 
 
+class _Quiet:
+    """A tokenizer whose `tokenize` does not warn that a text is longer than the model takes ("... will result in
+    indexing errors"): here the whole text is wanted, then cut into windows, so the warning would be false. For
+    diffusers' maybe_convert_prompt, which tokenizes the whole prompt; the rest is the tokenizer's own."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+
+    def __getattr__(self, name: str):
+        return getattr(self._tokenizer, name)
+
+    def tokenize(self, text: str, **kwargs) -> list[str]:
+        return self._tokenizer.tokenize(text, verbose=False, **kwargs)
+
+
 def _windows(pipe, tokenizer, text: str) -> list[list[int]]:
     if hasattr(pipe, "maybe_convert_prompt"):  # a token embedding of n vectors: `<s1>` is written `<s1> <s1>_1 ...`
-        text = pipe.maybe_convert_prompt(text, tokenizer)
-    ids = tokenizer(text, add_special_tokens=False, truncation=False).input_ids
+        text = pipe.maybe_convert_prompt(text, _Quiet(tokenizer))
+    # verbose=False: no false warning that the tokens are too many for the model, since they are cut into windows
+    ids = tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
     size = tokenizer.model_max_length - 2
     return [ids[i:i + size] for i in range(0, len(ids), size)] or [[]]
 

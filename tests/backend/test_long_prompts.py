@@ -1,6 +1,7 @@
 """Prompts past CLIP's 77 tokens are encoded window by window, not cut: the end of a long prompt changes the
 picture. On the tiny models every character is a token, so 100 characters make two windows."""
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -91,3 +92,18 @@ def test_a_token_of_several_vectors_is_expanded_as_diffusers_does(model, request
         table[-1] = 0  # the second vector, <s1>_1
     after = prompt_embeddings(pipe, FILLER + "<s1>", "", 1)["prompt_embeds"]
     assert not torch.allclose(before, after), "a long prompt's <s1> uses its second vector too"
+
+
+@pytest.mark.parametrize("model", ["tiny_model", "tiny_sdxl"])
+def test_a_long_prompt_logs_no_false_warning_about_its_length(model, request, tmp_path, torch_one_thread, caplog,
+                                                              monkeypatch):
+    """Nothing is cut: the tokens are taken whole, then encoded window by window. The tokenizer's "Token indices
+    sequence length is longer than the specified maximum ... will result in indexing errors" would be false."""
+    from transformers.utils import logging as transformers_logging
+
+    # it goes to transformers' own handler only; get_logger() first sets that up, which turns propagation off
+    monkeypatch.setattr(transformers_logging.get_logger(), "propagate", True)
+    gen = Generator(str(request.getfixturevalue(model)), "cpu", LocalStorage(tmp_path / "s"), tmp_path / "c")
+    with caplog.at_level(logging.WARNING):
+        prompt_embeddings(gen.t2i, FILLER + "red label", FILLER + "blurry", 1)
+    assert [r.getMessage() for r in caplog.records if "sequence length" in r.getMessage()] == []
