@@ -261,6 +261,8 @@ class TrainingManifest(BaseModel):
     worker: int | str | None = None
     probe_loss: list[float] | None = None   # loss on the photos with fixed noise, before and after
     product_found: list[int] | None = None  # [photos where the product was found, photos]
+    step_s: float | None = None             # seconds per step on its worker, loading and finding the product included
+    device: str | None = None               # the kind of device it learnt on: cuda, mps or cpu
 
     @property
     def manifest_key(self) -> str:

@@ -41,6 +41,9 @@ class TrainingView:
     check_job: str | None = None  # the test pictures the backend started once it learnt
     earlier_check_job: str | None = None  # those of the LoRA the product had when this training started
     product_found: tuple[int, int] | None = None  # (photos where the product was found, photos)
+    step_s: float | None = None  # measured: seconds a step took on its worker, all in
+    device: str | None = None    # the kind of device it learnt on (cuda, mps, cpu)
+    resolution: int | None = None
 
     @property
     def terminal(self) -> bool:
@@ -76,9 +79,16 @@ def training_view(manifest: dict) -> TrainingView:
                             created_at=manifest.get("created_at"), updated_at=manifest.get("updated_at"),
                             check_job=_job_id(manifest.get("check_job")),
                             earlier_check_job=_job_id(manifest.get("earlier_check_job")),
-                            product_found=_pair(manifest.get("product_found")))
+                            product_found=_pair(manifest.get("product_found")),
+                            step_s=_positive(manifest.get("step_s")),
+                            device=manifest["device"] if manifest.get("device") in SECONDS_PER_STEP else None,
+                            resolution=manifest["resolution"] if type(manifest.get("resolution")) is int else None)
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         raise StorageError(f"the training manifest is malformed ({type(e).__name__}: {e})") from None
+
+
+def _positive(value) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and value > 0 else None
 
 
 def _job_id(value) -> str | None:
@@ -141,6 +151,19 @@ def lora_trigger(data: bytes) -> str | None:
             if isinstance(n, int | float) and str(tag).strip():
                 counts[str(tag).strip()[:200]] += n
     return counts.most_common(1)[0][0] if counts else None
+
+
+def measured_minutes(steps: int, trainings: list[TrainingView], devices: tuple[str, ...],
+                     native_size: int) -> int | None:
+    """About how many minutes `steps` steps take, at the speed the newest training that succeeded on this kind of
+    device and at this size measured; None when none did (a new box, another model)."""
+    kinds = {d.split(":")[0] for d in devices}
+    seen = [t for t in trainings if t.status == "succeeded" and t.step_s and t.device in kinds
+            and t.resolution == native_size]
+    if not seen:
+        return None
+    newest = max(seen, key=lambda t: t.created_at or "")
+    return max(1, math.ceil(steps * newest.step_s / 60))
 
 
 def estimate_minutes(steps: int, devices: tuple[str, ...], native_size: int = 512) -> int:

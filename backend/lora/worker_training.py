@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -142,6 +143,7 @@ def run_training(model_id: str, storage: Storage, device: str, task: TrainTask, 
     `remover_model` (BG_REMOVAL_MODEL) finds the product in the photos, so that every view holds it."""
     from backend.lora import train as trainer
 
+    started = time.monotonic()
     shutil.rmtree(work, ignore_errors=True)
     photos, output = work / "photos", work / "lora.safetensors"
     photos.mkdir(parents=True)
@@ -185,6 +187,10 @@ def run_training(model_id: str, storage: Storage, device: str, task: TrainTask, 
     put_retrying(storage, lora_result_key(task.training_id), output.read_bytes(), "application/octet-stream",
                  budget_s=120)
     shutil.rmtree(work, ignore_errors=True)
+    steps = result.end_step - result.start_step
     return {"resumed_from": result.start_step or None,
             "probe_loss": [round(result.probe_loss_before, 6), round(result.probe_loss_after, 6)],
-            "product_found": [result.found, result.photos]}
+            "product_found": [result.found, result.photos],
+            # what the app tells the next owner a training takes here: loading and finding the product included
+            "step_s": round((time.monotonic() - started) / steps, 4) if steps > 0 else None,
+            "device": device.split(":")[0]}

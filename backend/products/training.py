@@ -240,7 +240,8 @@ class TrainingService:
         self._change(training_id, status=Status.succeeded, error=None,
                      progress=StepProgress(step=training.progress.steps, steps=training.progress.steps),
                      resumed_from=info.get("resumed_from"), probe_loss=info.get("probe_loss"),
-                     product_found=info.get("product_found"),
+                     product_found=info.get("product_found"), step_s=info.get("step_s"),
+                     device=info.get("device"),
                      check_job=self._check(training.product))
         log.info("training %s succeeded: product %s has its LoRA", training_id, training.product)
 

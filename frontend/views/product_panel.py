@@ -11,7 +11,7 @@ from backend.storage import ObjectMissing, StorageError
 from frontend import downloads, nav, services, uploads
 from frontend.client import BackendError
 from frontend.jobs import format_elapsed
-from frontend.trainings import TEACH_STEPS, TrainingView, estimate_minutes, found_words
+from frontend.trainings import TEACH_STEPS, TrainingView, estimate_minutes, found_words, measured_minutes
 from frontend.views import product_check, scroll
 from frontend.views.product_form import PHOTO_SUFFIXES, TEACH_PHOTOS
 
@@ -171,17 +171,26 @@ def _teach_form(product: dict) -> None:
                                      "are chosen by the generator.")
     health = services.current_health()
     where = "on this GPU" if health.gpus else "on the generator's processor"  # which may not be the owner's computer
-    minutes = estimate_minutes(int(steps), health.devices, health.native_size)
+    try:
+        learnt = services.latest_trainings(services.product_records())
+    except StorageError:
+        learnt = []
+    minutes = measured_minutes(int(steps), learnt, health.devices, health.native_size)
+    measured = minutes is not None
+    if not measured:
+        minutes = estimate_minutes(int(steps), health.devices, health.native_size)
     # The time beside the button, not in it: a label that long was cut off on a wide screen.
-    st.caption(f"Takes about {minutes} minute{'s' if minutes != 1 else ''} {where}.")
+    st.caption(f"Takes about {minutes} minute{'s' if minutes != 1 else ''} {where}"
+               + (", at the speed it learnt your last product." if measured else "."))
     short = _photos_short(len(photos))
     if short:  # said before the click: a reload or a later visit has no photos from when it was added
         st.caption(short)
     clicked = st.button("Teach Showroom this product", key="teach", type="primary", icon=":material/school:",
                         disabled=not health.can_generate or bool(short),
                         help="Showroom studies the photos and learns the product under its words (it trains a LoRA "
-                             "for the generator's model). The time is an estimate from the number of steps and the "
-                             "kind of processor, not a measurement; the bar shows the real progress.")
+                             "for the generator's model). The time is measured on the last product it learnt here, "
+                             "or before the first, estimated from the number of steps and the kind of processor; "
+                             "the bar shows the real progress.")
     if clicked:
         _teach(name, photos, int(steps))
 

@@ -44,6 +44,7 @@ def test_a_first_training_starts_from_step_0_without_a_warning(tiny_model, tmp_p
                             lambda step, steps, loss: None)
     assert info["resumed_from"] is None
     assert warnings_in(caplog) == []
+    assert info["device"] == "cpu" and 0 < info["step_s"] < 60, ("the speed the app's next estimate is made of", info)
 
 
 def test_a_training_with_a_checkpoint_in_storage_resumes_from_it(tiny_model, tmp_path, caplog):

@@ -205,6 +205,15 @@ def test_a_finished_training_starts_test_pictures_of_its_product_and_a_full_queu
     assert done.status.value == "succeeded" and done.check_job is None and service.catalog.product("p1").has_lora
 
 
+def test_a_finished_training_records_the_speed_its_worker_measured(service, tiny_model):
+    training = service.submit("p0", PHOTOS, 20, 4)
+    service.storage.put(tr.lora_result_key(training.id), make_lora(tiny_model, seed=1), "application/octet-stream")
+    service.on_event(ev.TrainingSucceeded(training.id, {"step_s": 0.52, "device": "cuda"}))
+    service._finishing.submit(lambda: None).result(30)
+    done = service.store.get(training.id)
+    assert (done.status.value, done.step_s, done.device) == ("succeeded", 0.52, "cuda")
+
+
 def test_a_product_taught_again_keeps_showing_the_test_pictures_of_the_lora_it_has(service, tiny_model):
     """While it learns again, and after that fails or is stopped, the product still has its first LoRA: each later
     training names that LoRA's test pictures, until one succeeds and has its own."""
