@@ -51,4 +51,4 @@ def test_history_shows_when_a_job_started_in_the_viewers_time(tmp_path, open_app
     at.switch_page("app_pages/history.py").run()
     assert_no_exception(at)
     meta = [line for line in page_text(at).splitlines() if "sr-job-meta" in line]
-    assert len(meta) == 1 and f">{shown} · 0/1 pictures<" in meta[0], meta
+    assert len(meta) == 1 and f">{shown} · 0/1 pictures · " in meta[0], meta

@@ -9,8 +9,10 @@ from tests.frontend.conftest import REPO, SMALL, frontend_env
 HEAVY = ("torch", "diffusers", "transformers", "fastapi", "pydantic-settings", "uvicorn", "peft", "rembg",
          "onnxruntime")
 # The backend modules written for the frontend too: standard library, boto3, PIL and numpy only. The LoRA file
-# reader names a LoRA's trigger words on the Products page; its kohya export is built on a download's click.
+# reader names a LoRA's trigger words on the Products page; its kohya export is built on a download's click; the
+# place preview is finished by the job's own composite, and restyle's by its own crop (backend.images).
 LIGHT_BACKEND = {"backend", "backend.contract", "backend.storage", "backend.place", "backend.place.layout",
+                 "backend.place.composite", "backend.images",
                  "backend.lora", "backend.lora.safetensors_file", "backend.lora.formats", "backend.lora.kohya_export"}
 
 
@@ -24,7 +26,8 @@ def test_frontend_runs_without_torch_or_diffusers(backend):
     assert result["exceptions"] == []
     assert result["heavy"] == []
     assert {"backend.contract", "backend.storage"} <= set(result["backend_modules"]) <= LIGHT_BACKEND, \
-        "only the light modules (contract, storage, place.layout, the torch-free LoRA files) may be imported"
+        "only the light modules (contract, storage, images, place's layout and composite, the torch-free LoRA " \
+        "files) may be imported"
     assert result["images"] == 2, "the job's images are read from storage and shown"
     assert "generate" in result["buttons"]
 
