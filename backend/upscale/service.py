@@ -167,7 +167,7 @@ class UpscaleService:
         try:
             future = self.pool.submit(self._run, job_id, index, source, target)
         except RuntimeError as exc:  # the pool is shut down: the app is stopping
-            self._set(job_id, index, Status.failed, f"upscale failed: could not start ({exc})")
+            self._set(job_id, index, Status.failed, f"could not start ({exc})")
             self._release(job_id, index)
             raise
         future.add_done_callback(lambda f: self._finished(job_id, index, f, target))
@@ -198,7 +198,7 @@ class UpscaleService:
         else:
             reason = str(error) if not isinstance(error, ObjectMissing) else "the source image is missing"
             log.warning("job %s image %d: upscale failed: %s", job_id, index, reason)
-            self._set(job_id, index, Status.failed, f"upscale failed: {reason}"[:500])
+            self._set(job_id, index, Status.failed, reason[:500])  # the upscale's own error: no "failed" twice
         self._release(job_id, index)
 
     def _remove(self, key: str) -> None:

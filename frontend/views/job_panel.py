@@ -234,8 +234,9 @@ def _image_actions(view: JobView, img: ImageView, url: str, data: bytes) -> None
     elif offered and right.button("Upscale 4x", key=f"up-{img.index}", icon=":material/zoom_out_map:",
                                   width="stretch") and request_upscale(view.id, img.index):
         st.rerun()  # the whole page, so the panel polls until the upscale lands
-    if img.upscale_status == "failed":
-        st.warning(f"Upscale failed: {img.upscale_error or 'no reason given'}")
+    if img.upscale_status == "failed":  # one line under the picture; the upscaler's own words for whoever runs it
+        st.caption(":orange[:material/error: Not enlarged this time.] Upscale 4x tries again.",
+                   help=f"The upscaler said: {img.upscale_error or 'nothing'}")
     message = st.session_state.get("upscale_errors", {}).get(f"{view.id}/{img.index}")
     if message and img.upscale_status is None:
         st.warning(f"Cannot upscale: {message}")

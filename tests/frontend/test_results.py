@@ -420,3 +420,19 @@ def test_with_upscaling_off_a_job_says_so_once_instead_of_a_dead_button_per_pict
     upscales = [b for b in at.button if b.key.startswith(UPSCALES)]
     assert [b.key for b in upscales] == ["job-upscale-all", "up-0", "up-1", "up-2"]
     assert not any(b.disabled for b in upscales) and not [c for c in at.caption if "4x" in c.value]
+
+
+def test_a_failed_upscale_says_so_in_a_line_and_offers_it_again(tmp_path, open_app, monkeypatch):
+    """The upscaler's own words are for whoever runs it (in the tooltip); the owner reads one line, and the button
+    that tries again."""
+    storage = LocalStorage(tmp_path)
+    job_id = uuid.uuid4().hex
+    said = "mv-lab/swin2sr failed on Replicate: CUDA out of memory. Tried to allocate 2.00 GiB"
+    stored_manifest(storage, job_id, ["succeeded"],
+                    upscale={"key": f"jobs/{job_id}/0_x4.png", "status": "failed", "error": said})
+    storage.put(f"jobs/{job_id}/0.png", png_bytes(32, 32), "image/png")
+    at = open_job_on(tmp_path, open_app, monkeypatch, services.Health("online", "Online", upscaler="replicate"), job_id)
+    (line,) = [c for c in at.caption if "Not enlarged" in c.value]
+    assert "Upscale 4x tries again." in line.value and said not in line.value and said in line.help
+    assert not [w for w in at.warning if "Replicate" in w.value], "no block of machine text under the picture"
+    assert not at.button(key="up-0").disabled
