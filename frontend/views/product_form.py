@@ -8,6 +8,7 @@ from pathlib import PurePath
 
 import streamlit as st
 
+from backend.lora.safetensors_file import LoraFormatError, read_safetensors_header
 from frontend import nav, services, uploads
 from frontend.client import BackendError
 from frontend.trainings import lora_trigger, suggest_trigger
@@ -60,6 +61,12 @@ def _add(name: str, kind: str | None, trigger: str, photos: list, lora, weight: 
     if problem:
         st.error(problem)
         return
+    if lora is not None and (why := _not_a_lora(lora.getvalue())):  # said first: no words make such a file work
+        st.error(f"**{name} was not added.** “{lora.name}” is not a LoRA Showroom can read: it takes `.safetensors` "
+                 "LoRA files (as Civitai and Hugging Face offer them). A `.ckpt`, `.pt` or `.bin` file is refused, "
+                 "because opening one can run code on the generator.", icon=":material/error:")
+        chrome.backend_said(why)
+        return
     if not trigger and lora is not None:  # a LoRA made elsewhere answers only to the words it was trained with
         trigger = lora_trigger(lora.getvalue()) or ""
         if not trigger:
@@ -83,6 +90,16 @@ def _add(name: str, kind: str | None, trigger: str, photos: list, lora, weight: 
     nav.focus_product(product["name"])
     scroll.ask("product")
     st.rerun()
+
+
+def _not_a_lora(data: bytes) -> str | None:
+    """Why the file is no safetensors file (the reader's words), or None when its header reads; what is inside is
+    the backend's to check."""
+    try:
+        read_safetensors_header(data)
+    except LoraFormatError as e:
+        return str(e)
+    return None
 
 
 def _refused(name: str, e: BackendError) -> None:

@@ -47,6 +47,15 @@ def test_a_lora_that_names_its_trigger_is_added_under_it(backend, open_app, tiny
     assert json.loads(backend.storage.get(f"products/{name}.json"))["trigger"] == "qwz teapot"
 
 
+def test_a_file_that_is_no_lora_is_refused_for_that_whatever_the_words(backend, open_app):
+    """Not first asked for its trigger words, which could not make it work."""
+    name = f"junk-{uuid.uuid4().hex[:6]}"
+    at = add_from_lora(open_app, backend, name, b"just thirty bytes of plain text")
+    shown = page_text(at)
+    assert "is not a LoRA Showroom can read" in shown and "does not say which words" not in shown, shown
+    assert not backend.storage.exists(f"products/{name}.json")
+
+
 def test_a_lora_that_names_no_trigger_is_not_added_without_one(backend, open_app, tiny_model):
     name = f"vase-{uuid.uuid4().hex[:6]}"
     at = add_from_lora(open_app, backend, name, make_lora(tiny_model, seed=8))
