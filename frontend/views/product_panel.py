@@ -111,9 +111,22 @@ def packshot_bytes(product: dict) -> bytes | None:
 def _packshot(product: dict) -> None:
     shot = packshot_bytes(product)
     if shot is None:
-        st.markdown('<div class="sr-thumb-empty">No picture yet</div>', unsafe_allow_html=True)
+        _made_with_it(product)
         return
     st.image(services.cutout_on_checkerboard(shot), caption="Its cut-out: placed exactly as it is", width="stretch")
+
+
+def _made_with_it(product: dict) -> None:
+    """No cut-out (a product added from a LoRA): the newest picture made with it, as its card in the list shows."""
+    url = services.settings().storage_url
+    try:
+        made = services.pictures_by_product(url).get(product["name"]) if url else None
+        if made:
+            st.image(services.thumbnail(url, made, 320), caption="Made with it", width="stretch")
+            return
+    except StorageError:
+        pass
+    st.markdown('<div class="sr-thumb-empty">No picture yet</div>', unsafe_allow_html=True)
 
 
 def _teaching(product: dict) -> TrainingView | None:
@@ -145,7 +158,9 @@ def _teaching(product: dict) -> TrainingView | None:
     elif training is not None and training.status != "succeeded":
         st.error(f"Learning stopped: {training.error or training.label}. The product is as it was; try again below.")
     if product.get("has_lora"):
-        with st.expander("Teach it again, from other photos"):
+        # a LoRA uploaded (made elsewhere) was never taught here: not "again"
+        again = "Teach it again, from other photos" if training is not None else "Teach it from your own photos instead"
+        with st.expander(again):
             _teach_form(product)
     else:
         st.markdown("##### Teach Showroom this product")

@@ -8,7 +8,7 @@ from backend.lora.safetensors_file import read_safetensors, write_safetensors
 from frontend import services
 from frontend.trainings import lora_trigger
 from tests.factories import make_lora
-from tests.frontend.conftest import assert_no_exception, frontend_env, page_text
+from tests.frontend.conftest import SMALL, assert_no_exception, frontend_env, page_text
 from tests.frontend.test_scroll import scroll_targets
 
 
@@ -45,6 +45,15 @@ def test_a_lora_that_names_its_trigger_is_added_under_it(backend, open_app, tiny
     at = add_from_lora(open_app, backend, name, lora)
     assert at.query_params.get("product") == name, page_text(at)
     assert json.loads(backend.storage.get(f"products/{name}.json"))["trigger"] == "qwz teapot"
+    assert "No picture yet" in page_text(at), "no cut-out, nothing made with it yet"
+    assert [e.label for e in at.expander if e.label.startswith("Teach")] == ["Teach it from your own photos instead"], \
+        "never taught here: not 'again'"
+    backend.wait_job(backend.submit({"prompt": "<product> on a table", "product": name, "num_images": 1,
+                                     **SMALL})["id"])
+    services.pictures_by_product.clear()
+    at.run()
+    made = [c for image in at.image for c in image.captions if c == "Made with it"]
+    assert len(made) == 2, "open, as on its card in the list (it said 'No picture yet' beside it)"
 
 
 def test_a_file_that_is_no_lora_is_refused_for_that_whatever_the_words(backend, open_app):
