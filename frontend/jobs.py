@@ -55,15 +55,24 @@ class ImageView:
     def upscaling(self) -> bool:
         return self.upscale_status in ("queued", "running") and not self.upscaled
 
-    def eta_s(self, now: datetime | None = None) -> float | None:
-        """Seconds left at the speed measured so far (steps done since `started_at`); None before a step is done."""
+    def eta_s(self, now: datetime | None = None, since: tuple[int, str] | None = None,
+              updated_at: str | None = None) -> float | None:
+        """Seconds left at the speed measured so far; None before a step is done. With `since` (a step and the
+        manifest time it was first seen at) and the manifest's `updated_at` now, the speed between the two: the
+        first steps' setup (the prompt encoded, the model warmed) no longer stretches the whole estimate. Else
+        from `started_at`, setup included."""
+        now = now or datetime.now(timezone.utc)
         start = parse_time(self.started_at)
         if self.status != "running" or not self.progress or not start or self.progress[0] <= 0:
             return None
-        spent = ((now or datetime.now(timezone.utc)) - start).total_seconds()
+        step, steps = self.progress
+        seen, latest = (parse_time(since[1]) if since else None), parse_time(updated_at)
+        if since and seen and latest and since[0] < step and latest > seen:
+            per_step = (latest - seen).total_seconds() / (step - since[0])
+            return max(0.0, (steps - step) * per_step - max(0.0, (now - latest).total_seconds()))
+        spent = (now - start).total_seconds()
         if spent <= 0:
             return None
-        step, steps = self.progress
         return max(0.0, (steps - step) * spent / step)
 
 

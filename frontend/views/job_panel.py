@@ -187,8 +187,10 @@ def tile(view: JobView, img: ImageView) -> None:
     _slot(view, img.status, img.label, img.error, _preview(img))
     if img.status == "running" and img.progress:
         step, steps = img.progress
-        eta = img.eta_s()
-        left = f" · about {format_elapsed(eta)} left" if eta is not None else ""
+        seen = st.session_state.setdefault("steps_seen", {})  # where this page started measuring each picture
+        since = seen.setdefault(f"{view.id}/{img.index}", (step, view.updated_at))
+        eta = img.eta_s(since=since, updated_at=view.updated_at)
+        left = "" if eta is None else " · almost done" if eta < 1 else f" · about {format_elapsed(eta)} left"
         st.progress(min(1.0, step / steps), text=f"Step {step} of {steps}{left}")
 
 
