@@ -17,13 +17,18 @@ FIRST_WAIT_S, MAX_WAIT_S = 1.0, 60.0  # after each wrong password the next try w
 
 def require_password(expected: str | None) -> None:
     """Return when this visitor may use the app; otherwise draw why not (or the form) and stop."""
+    if admitted(expected):
+        return
     if not expected:
-        if from_outside():
-            _closed()
-        return
-    if st.session_state.get("authenticated"):
-        return
+        _closed()
     _form(expected)
+
+
+def admitted(expected: str | None) -> bool:
+    """Whether this visitor may use the app now (nothing drawn)."""
+    if not expected:
+        return not from_outside()
+    return bool(st.session_state.get("authenticated"))
 
 
 def from_outside() -> bool:

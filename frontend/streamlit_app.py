@@ -15,7 +15,7 @@ if ROOT not in sys.path:
 import streamlit as st  # noqa: E402
 
 from frontend import nav, services  # noqa: E402
-from frontend.auth import require_password  # noqa: E402
+from frontend.auth import admitted, require_password  # noqa: E402
 from frontend.settings import SecretsUnreadable  # noqa: E402
 from frontend.views import chrome, compose, job_actions  # noqa: E402
 
@@ -26,9 +26,11 @@ try:
 except SecretsUnreadable as e:  # fail closed: the broken file may be the one holding the password
     st.error(f"Showroom cannot start: {e}.")
     st.stop()
+# The page is chosen before the password is asked for, so a link's page and query are still there after it (a run
+# that stops before st.navigation is the main page's: the browser's address went back to "/"). Its links stay hidden.
+page = st.navigation(nav.build(), position="top" if admitted(app_password) else "hidden")
 require_password(app_password)
 compose.keep_compose_state()
 job_actions.apply_pending()  # "Use these settings": before any widget is drawn
-page = st.navigation(nav.build(), position="top")
 chrome.header()
 page.run()
