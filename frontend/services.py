@@ -7,7 +7,7 @@ one process (tests, a settings change) never share an entry.
 import hashlib
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import streamlit as st
 from PIL import Image
@@ -59,7 +59,7 @@ PICTURE_SCAN = 60     # finished jobs looked at for the pictures of products wit
 
 @dataclass(frozen=True)
 class Health:
-    state: str            # online, loading, degraded, error, offline
+    state: str            # online, loading, degraded, error, offline; refused: it answers, but not to this app's key
     label: str
     detail: str | None = None
     gpus: int = 0         # distinct GPUs, however many workers share them
@@ -84,6 +84,8 @@ class Health:
         """Why an Upscale request can only fail right now, or None when it may work."""
         if self.state == "offline":
             return "The generator is offline, so pictures cannot be enlarged right now"
+        if self.state == "refused":
+            return "The backend refused this app's API key, so pictures cannot be enlarged"
         if self.upscaler == "off":
             return "Enlarging pictures 4x is not switched on in this Showroom"
         return None
@@ -99,6 +101,7 @@ class Health:
 
 _STATES = {"ok": ("online", "Online"), "starting": ("loading", "Loading the model"),
            "degraded": ("degraded", "Degraded"), "error": ("error", "Error")}
+KEY_REFUSED = "the backend refused this app's API key: set API_KEY to the backend's key"
 
 
 def count_gpus(devices: tuple[str, ...]) -> int:
@@ -129,18 +132,32 @@ def _native_size(value) -> int:
 
 
 @st.cache_data(ttl=5, show_spinner=False)
-def health(base_url: str) -> Health:
+def health(base_url: str, key_id: str) -> Health:
+    """/health (public), and whether this app's key is accepted: a wrong key would be refused on every click."""
     try:
         body = client().health()
     except BackendOffline:
         return Health("offline", "Offline", f"the generator at {base_url} is not answering")
     except BackendError as e:
         return Health("error", "Error", e.message)
-    return health_from(body)
+    found = health_from(body)
+    if found.can_generate and _key_refused(base_url, key_id):
+        return replace(found, state="refused", label="Key refused", detail=KEY_REFUSED)
+    return found
+
+
+def _key_refused(base_url: str, key_id: str) -> bool:
+    """Asked of the catalog, which every page reads anyway: kept a minute once it answers, so a good key costs
+    no request of its own; a refusal is not kept, so a wrong key costs one each time health is read again."""
+    try:
+        catalog(base_url, key_id)
+    except BackendError as e:
+        return e.status == 401
+    return False
 
 
 def current_health() -> Health:
-    return health(settings().backend_url)
+    return health(settings().backend_url, _key_id())
 
 
 def queue_changed() -> None:
@@ -156,9 +173,12 @@ def catalog(base_url: str, key_id: str) -> dict:
 
 
 def current_catalog() -> dict:
-    s = settings()
-    # the key's fingerprint, not the key, tells cache entries apart: a wrong key must not reuse a good answer
-    return catalog(s.backend_url, hashlib.sha256((s.api_key or "").encode()).hexdigest()[:16])
+    return catalog(settings().backend_url, _key_id())
+
+
+def _key_id() -> str:
+    """The key's fingerprint, not the key, tells cache entries apart: a wrong key must not reuse a good answer."""
+    return hashlib.sha256((settings().api_key or "").encode()).hexdigest()[:16]
 
 
 @st.cache_data(max_entries=64, ttl=3600, show_spinner=False)

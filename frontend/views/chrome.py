@@ -18,7 +18,7 @@ CSS = """
 .sr-pill .sr-dot {width: .55rem; height: .55rem; border-radius: 50%; background: currentColor;}
 .sr-pill-online {background: #E8F7EE; color: #17803D; border-color: #BFE8CF;}
 .sr-pill-loading, .sr-pill-degraded {background: #FFF5E5; color: #B25E00; border-color: #FBDDB0;}
-.sr-pill-error {background: #FDECEC; color: #B42318; border-color: #F6C7C3;}
+.sr-pill-error, .sr-pill-refused {background: #FDECEC; color: #B42318; border-color: #F6C7C3;}
 .sr-pill-offline {background: #F1F1F5; color: #5B5B6E; border-color: #DCDCE5;}
 .sr-pill-loading .sr-dot {animation: sr-pulse 1.2s ease-in-out infinite;}
 .sr-status {text-align: right;}
@@ -157,6 +157,8 @@ def status_pill(h: services.Health) -> str:
 def status_meta(h: services.Health) -> str:
     if h.state == "offline":
         return "History stays available; generation is paused."
+    if h.state == "refused":
+        return h.detail[:1].upper() + h.detail[1:]
     # plain words: where pictures are made, and how many at once (the workers), never "CPU worker"
     at_once = f", {h.workers} pictures at a time" if h.workers > 1 else ""
     if not h.gpus:

@@ -87,6 +87,7 @@ def test_health_says_when_upscaling_can_only_fail():
     assert health_from(workers_on("cpu") | {"upscaler": "replicate"}).upscale_refusal is None
     assert "offline" in Health("offline", "Offline").upscale_refusal
     assert Health("error", "Error", "500").upscale_refusal is None, "unknown: let the backend answer"
+    assert "refused this app's API key" in Health("refused", "Key refused").upscale_refusal
 
 
 SHOW_SETTINGS = """
