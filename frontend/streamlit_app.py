@@ -32,5 +32,9 @@ page = st.navigation(nav.build(), position="top" if admitted(app_password) else 
 require_password(app_password)
 compose.keep_compose_state()
 job_actions.apply_pending()  # "Use these settings": before any widget is drawn
-chrome.header()
-page.run()
+status = chrome.header()
+try:
+    page.run()
+finally:  # after the page, so the queue count holds the pictures it just sent (whatever way the page ended)
+    with status:
+        chrome.live_status()

@@ -3,6 +3,7 @@
 import html
 
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 from frontend import nav, services
 
@@ -169,15 +170,15 @@ def status_meta(h: services.Health) -> str:
     return " · ".join(parts) + (f" — {h.detail}" if h.detail else "")
 
 
-def header() -> None:
+def header() -> DeltaGenerator:
+    """The header, and its place for the status: the entry point fills it (live_status) once the page has run."""
     _phone_nav()
     with st.container(key="page-header"):
         brand, status = st.columns([3, 2], vertical_alignment="center")
     brand.markdown('<div class="sr-brand"><h1><span class="sr-mark">◆</span> Showroom</h1></div>'
                    '<div class="sr-tagline">Studio-quality pictures of your product, in any scene.</div>',
                    unsafe_allow_html=True)
-    with status:
-        _live_status()
+    return status
 
 
 def _phone_nav() -> None:
@@ -187,8 +188,8 @@ def _phone_nav() -> None:
             st.page_link(page)
 
 
-@st.fragment(run_every=15)
-def _live_status() -> None:
+@st.fragment(run_every=5)  # as long as services.health keeps an answer: work sent from elsewhere shows within 5 s
+def live_status() -> None:
     h = services.current_health()
     st.markdown(f'<div class="sr-status">{status_pill(h)}<div class="sr-status-meta">'
                 f'{html.escape(status_meta(h))}</div></div>', unsafe_allow_html=True)

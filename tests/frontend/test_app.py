@@ -150,6 +150,20 @@ def test_cancel_button_stops_the_job_and_the_header_says_so(backend, open_app):
     run_until(at, lambda a: "Canceled" in page_text(a), what="the canceled state shown")
 
 
+def test_the_header_counts_a_job_the_moment_it_is_sent(backend, open_app):
+    blocker = backend.submit(BLOCKER)  # both workers busy with it: the job below stays in the queue
+    try:
+        at = run_until(open_app(frontend_env(backend)), lambda a: _queued(a) == 0, what="the blocker taken up")
+        at.text_area(key="prompt").input("a lamp")
+        at.number_input(key="steps").set_value(2)
+        at.slider(key="num_images").set_value(3)
+        at.button(key="generate").click().run()
+        assert_no_exception(at)
+        assert _queued(at) == 3, ("the header drawn after the page sent the job, not before", page_text(at))
+    finally:
+        backend.post(f"/v1/jobs/{blocker['id']}/cancel")
+
+
 def _queued(at) -> int:
     """The header's count of images in the queue."""
     (count,) = re.findall(r"(\d+) images? in queue", page_text(at))
