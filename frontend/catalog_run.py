@@ -21,6 +21,7 @@ MAX_BATCH = 50          # the most specs POST /v1/batches takes at once
 MAX_RUN_JOBS = 400      # the most job ids a run link carries (33 characters each in the URL)
 READERS = 8             # manifests read side by side when the grid refreshes
 URL_SEPARATOR = "."     # not encoded in a URL (a comma would show as %2C); a comma is read too
+STEPS = (1, 150)        # the steps a job may ask for (backend.models.JobSpec.steps)
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,22 @@ def mode_for(product: dict, template: dict, exact: bool) -> str:
     if exact and product.get("packshot_key") and suits(template, "place"):
         return "place"
     return "generate"
+
+
+def steps_problem(steps: float | None) -> str | None:
+    """Why the generator would refuse the steps typed, with the value; None when they can be sent (None: each
+    style's own). The field has no range of its own: a browser keeps a value outside it to itself, red in
+    the field, and the page would go on without it."""
+    if steps is None or (STEPS[0] <= steps <= STEPS[1] and steps == int(steps)):
+        return None
+    return (f"Steps go from {STEPS[0]} to {STEPS[1]}, and the field under Advanced settings says {steps:g}. "
+            "Change it, or empty it to use each style's own.")
+
+
+def own_steps(templates: list[dict]) -> str:
+    """The steps the styles use when none are typed: "30", or "30 to 45"."""
+    steps = sorted({int(t.get("steps") or STANDARD_STEPS) for t in templates})
+    return f"{steps[0]}" if len(steps) == 1 else f"{steps[0]} to {steps[-1]}"
 
 
 def plan(products: list[dict], templates: list[dict], num_images: int, width: int, height: int,

@@ -92,19 +92,26 @@ def _picker(catalog: dict, health: services.Health) -> None:
     aspect = shape.segmented_control("Shape", list(ASPECTS), default="1:1", key="catalog_shape", persist_state=KEEP,
                                      required=True, help=shape_help(health.native_size))
     with st.expander("Advanced settings", icon=":material/tune:"):
-        steps = st.number_input("Steps", 1, 150, None, key="catalog_steps", persist_state=KEEP,
+        # no range here: a browser keeps a typed value outside it to itself, and the run went on without it
+        steps = st.number_input("Steps", value=None, step=1, key="catalog_steps", persist_state=KEEP,
                                 placeholder="each style's own",
-                                help="More are slower and a little more detailed; left empty, each style uses "
-                                     "its own.")
+                                help=f"{catalog_run.STEPS[0]} to {catalog_run.STEPS[1]}. More are slower and a "
+                                     "little more detailed; left empty, each style uses its own.")
     width, height = canvas_size(aspect or "1:1", health.native_size)
-    plan = catalog_run.plan([products[n] for n in picked], [styles[i] for i in chosen], num, width, height, steps,
-                            exact)
-    _summary(plan, [products[n] for n in picked] if exact else [], width, height)
+    refused = catalog_run.steps_problem(steps)
+    plan = catalog_run.plan([products[n] for n in picked], [styles[i] for i in chosen], num, width, height,
+                            None if refused else steps, exact)
+    steps_said = None if refused or not chosen else f"{steps:g} steps" if steps else \
+        f"each style's own steps ({catalog_run.own_steps([styles[i] for i in chosen])})"
+    _summary(plan, [products[n] for n in picked] if exact else [], width, height, steps_said)
+    if refused:
+        st.error(refused, icon=":material/block:")
     if not health.can_generate:
         st.warning(f"No pictures can be made right now: {health.detail or 'the generator reports an error'}.")
     label = f"Make {plan.images} picture{'s' if plan.images != 1 else ''}" if plan.jobs else "Make the pictures"
     if st.button(label, type="primary", key="catalog-submit", icon=":material/auto_awesome:", width="stretch",
-                 disabled=not plan.jobs or plan.too_many or not health.can_generate):
+                 disabled=not plan.jobs or plan.too_many or not health.can_generate or refused is not None,
+                 help=refused):
         _submit(plan)
 
 
@@ -114,7 +121,8 @@ def _keep_known(key: str, known: dict) -> None:
         st.session_state[key] = [v for v in st.session_state[key] if v in known]
 
 
-def _summary(plan: Plan, exact_products: list[dict], width: int, height: int) -> None:
+def _summary(plan: Plan, exact_products: list[dict], width: int, height: int, steps: str | None) -> None:
+    """`steps`: the steps sent, in words; None while the field holds steps that cannot be sent (no cost then)."""
     if not plan.jobs:
         st.caption("Pick at least one product and one style to see how many pictures that makes.")
         return
@@ -123,15 +131,17 @@ def _summary(plan: Plan, exact_products: list[dict], width: int, height: int) ->
     per = plan.entries[0].spec["num_images"]
     with st.container(border=True, key="catalog-summary"):
         st.markdown(f"**{_n(products, 'product')} × {_n(styles, 'style')} × {_n(per, 'picture')} = "
-                    f"{_n(plan.images, 'picture')}**, in {_n(plan.jobs, 'job')} of {width} × {height}")
-        st.markdown(f'<span class="sr-meta">Cost: {cost.amount(plan.cost)} of work. A standard picture is '
-                    f"512 × 512 at 30 steps; a bigger or longer one counts more.</span>", unsafe_allow_html=True)
+                    f"{_n(plan.images, 'picture')}**, in {_n(plan.jobs, 'job')} of {width} × {height}"
+                    + (f" at {steps}" if steps else ""))
+        if steps:
+            st.markdown(f'<span class="sr-meta">Cost: {cost.amount(plan.cost)} of work. A standard picture is '
+                        f"512 × 512 at 30 steps; a bigger or longer one counts more.</span>", unsafe_allow_html=True)
         if plan.batches > 1:
             st.caption(f"Sent as {plan.batches} batches of up to {catalog_run.MAX_BATCH} jobs, one after another.")
     if plan.too_many:
         st.error(f"One run makes at most {catalog_run.MAX_RUN_JOBS} jobs, and this is {plan.jobs}. Pick fewer "
                  "products or styles, and make the others in a second run.", icon=":material/block:")
-    if too_big := plan.too_big():
+    if steps and (too_big := plan.too_big()):
         st.warning(f"The job for {too_big[0].label} is {cost.amount(too_big[0].cost)} of work; the generator "
                    f"usually takes at most {cost.amount(cost.DEFAULT_MAX_JOB_COST)} in one job, so it may be "
                    "refused. Choose fewer pictures, a smaller shape or fewer steps.", icon=":material/warning:")

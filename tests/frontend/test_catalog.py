@@ -344,3 +344,28 @@ def test_stop_the_rest_cancels_every_job_still_going(backend, open_app):
     assert_no_exception(at)
     assert [backend.wait_job(i, timeout=60)["status"] for i in ids] == ["canceled", "canceled"]
     run_until(at, lambda a: not [b for b in a.button if b.key == "catalog-stop"], what="nothing left to stop")
+
+
+def test_steps_the_generator_would_refuse_are_said_and_nothing_is_sent(backend, open_app):
+    (name,) = add_products(backend, 1)
+    at = open_catalog(open_app, backend)
+    at.multiselect(key="catalog_products").set_value([name])
+    at.multiselect(key="catalog_styles").set_value(PLACE_STYLES).run()
+    assert "at each style's own steps (30 to 35)" in page_text(at), "what is sent when the field is left empty"
+    steps = at.number_input(key="catalog_steps")
+    assert steps.min is None and steps.max is None, \
+        "a browser keeps a value outside the field's range to itself: the page went on with each style's own steps"
+    before = job_ids(backend)
+    for typed in (200, 0):
+        at.number_input(key="catalog_steps").set_value(typed).run()
+        assert_no_exception(at)
+        said = [e.value for e in at.error if "Steps go from 1 to 150" in e.value]
+        assert said == [f"Steps go from 1 to 150, and the field under Advanced settings says {typed}. Change it, "
+                        "or empty it to use each style's own."], [e.value for e in at.error]
+        make = at.button(key="catalog-submit")
+        assert make.disabled and "Steps go from 1 to 150" in make.help, "never sent as something else"
+        assert "each style's own steps (" not in page_text(at)
+    at.number_input(key="catalog_steps").set_value(20).run()
+    assert "at 20 steps" in page_text(at) and not at.button(key="catalog-submit").disabled
+    assert not [e for e in at.error if "Steps go from" in e.value]
+    assert job_ids(backend) == before
