@@ -33,8 +33,6 @@ require_password(app_password)
 compose.keep_compose_state()
 job_actions.apply_pending()  # "Use these settings": before any widget is drawn
 status = chrome.header()
-try:
-    page.run()
-finally:  # after the page, so the queue count holds the pictures it just sent (whatever way the page ended)
-    with status:
-        chrome.live_status()
+page.run()
+with status:  # the status again, after the page: its queue count holds the pictures the page just sent
+    chrome.live_status()

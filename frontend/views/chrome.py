@@ -171,14 +171,18 @@ def status_meta(h: services.Health) -> str:
 
 
 def header() -> DeltaGenerator:
-    """The header, and its place for the status: the entry point fills it (live_status) once the page has run."""
+    """The header, its status drawn at once; the status's place is returned for the entry point to make it live
+    once the page has run (live_status), so that it counts what the page just sent."""
     _phone_nav()
     with st.container(key="page-header"):
         brand, status = st.columns([3, 2], vertical_alignment="center")
     brand.markdown('<div class="sr-brand"><h1><span class="sr-mark">◆</span> Showroom</h1></div>'
                    '<div class="sr-tagline">Studio-quality pictures of your product, in any scene.</div>',
                    unsafe_allow_html=True)
-    return status
+    slot = status.empty()
+    with slot:
+        _status()
+    return slot
 
 
 def _phone_nav() -> None:
@@ -190,6 +194,10 @@ def _phone_nav() -> None:
 
 @st.fragment(run_every=5)  # as long as services.health keeps an answer: work sent from elsewhere shows within 5 s
 def live_status() -> None:
+    _status()
+
+
+def _status() -> None:
     h = services.current_health()
     st.markdown(f'<div class="sr-status">{status_pill(h)}<div class="sr-status-meta">'
                 f'{html.escape(status_meta(h))}</div></div>', unsafe_allow_html=True)
