@@ -115,6 +115,13 @@ def plan(products: list[dict], templates: list[dict], num_images: int, width: in
     return Plan(entries)
 
 
+def drawn_unlearnt(plan: Plan, products: list[dict]) -> list[dict]:
+    """The products the plan draws (in at least one style) that Showroom has not learnt: each comes from its name
+    alone, a product like it, not it."""
+    drawn = {e.product for e in plan.entries if e.spec["mode"] == "generate"}
+    return [p for p in products if p["name"] in drawn and not p.get("has_lora")]
+
+
 @dataclass
 class Outcome:
     job_ids: list[str] = field(default_factory=list)

@@ -106,6 +106,8 @@ def _picker(catalog: dict, health: services.Health) -> None:
     _summary(plan, [products[n] for n in picked] if exact else [], width, height, steps_said)
     if refused:
         st.error(refused, icon=":material/block:")
+    _not_learnt(catalog_run.drawn_unlearnt(plan, [products[n] for n in picked]), [products[n] for n in picked],
+                [styles[i] for i in chosen], exact)
     if not health.can_generate:
         st.warning(f"No pictures can be made right now: {health.detail or 'the generator reports an error'}.")
     label = f"Make {plan.images} picture{'s' if plan.images != 1 else ''}" if plan.jobs else "Make the pictures"
@@ -145,10 +147,53 @@ def _summary(plan: Plan, exact_products: list[dict], width: int, height: int, st
         st.warning(f"The job for {too_big[0].label} is {cost.amount(too_big[0].cost)} of work; the generator "
                    f"usually takes at most {cost.amount(cost.DEFAULT_MAX_JOB_COST)} in one job, so it may be "
                    "refused. Choose fewer pictures, a smaller shape or fewer steps.", icon=":material/warning:")
-    drawn = [p["name"] for p in exact_products if not p.get("packshot_key")]
+    drawn = [p["name"] for p in exact_products if not p.get("packshot_key") and p.get("has_lora")]
     if drawn:
         st.caption(f"{', '.join(drawn)} {'has' if len(drawn) == 1 else 'have'} no photo, so Showroom draws "
                    f"{'it' if len(drawn) == 1 else 'them'} instead.")
+
+
+def _not_learnt(unlearnt: list[dict], picked: list[dict], chosen: list[dict], exact: bool) -> None:
+    """Products the run would draw without having learnt them: said before any GPU time is spent, with the
+    way to the owner's own products where there is one (placing their photos). The run is not blocked."""
+    if not unlearnt:
+        return
+    one = len(unlearnt) == 1
+    them, names = ("it" if one else "them"), _and([p["name"] for p in unlearnt])
+    like = f"Drawn, {'it' if one else 'each'} comes from its name alone: a product like yours, not yours."
+    teach = f"teach Showroom {'the product' if one else 'the products'} on the Products page"
+    if exact:  # only a product without a photo is drawn here
+        st.warning(f"**Showroom has not learnt {names} yet and has no photo of {them}.** {like} "
+                   f"{teach.capitalize()}, or add {them} again from a photo.", icon=":material/school:")
+        return
+    placeable = any(p.get("packshot_key") for p in unlearnt)
+    way = f"Place {'its photo' if one else 'their photos'} exactly as photographed, or {teach}." if placeable \
+        else f"{teach.capitalize()}."
+    st.warning(f"**Showroom has not learnt {names} yet.** {like} {way}", icon=":material/school:")
+    if placeable:
+        st.button("Place exactly as photographed", key="catalog-place-instead", icon=":material/add_photo_alternate:",
+                  on_click=_place_instead)
+        _switch_note(picked, chosen)
+
+
+def _switch_note(picked: list[dict], chosen: list[dict]) -> None:
+    """The look is the whole run's: what else placing changes, said before the click."""
+    also = [p["name"] for p in picked if p.get("has_lora") and p.get("packshot_key")]
+    left_out = [t.get("name") or t["id"] for t in chosen if not catalog_run.suits(t, "place")]
+    notes = [f"{_and(also)} {'is' if len(also) == 1 else 'are'} placed too"] if also else []
+    if left_out:
+        notes.append(f"{_and(left_out)} {'is' if len(left_out) == 1 else 'are'} not made for placing and "
+                     f"{'leaves' if len(left_out) == 1 else 'leave'} the run")
+    if notes:
+        st.caption(f"For the whole run: {'; '.join(notes)}.")
+
+
+def _place_instead() -> None:
+    st.session_state["catalog_look"] = "exact"
+
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _n(count: int, noun: str) -> str:

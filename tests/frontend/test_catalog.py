@@ -369,3 +369,42 @@ def test_steps_the_generator_would_refuse_are_said_and_nothing_is_sent(backend, 
     assert "at 20 steps" in page_text(at) and not at.button(key="catalog-submit").disabled
     assert not [e for e in at.error if "Steps go from" in e.value]
     assert job_ids(backend) == before
+
+
+def test_products_showroom_has_not_learnt_are_named_before_they_are_drawn(backend, open_app, monkeypatch):
+    names = add_products(backend, 3)  # each from a photo, none taught
+    learnt = names[2]
+    real = services.current_catalog
+    monkeypatch.setattr(services, "current_catalog", lambda: real() | {"products": [
+        p | {"has_lora": p["name"] == learnt} for p in real()["products"]]})
+    at = open_catalog(open_app, backend)
+    at.radio(key="catalog_look").set_value("drawn").run()
+    at.multiselect(key="catalog_products").set_value(names)
+    at.multiselect(key="catalog_styles").set_value(["studio-white", "art-watercolour"]).run()
+    assert_no_exception(at)
+    (said,) = [w.value for w in at.warning if "has not learnt" in w.value]
+    assert said.startswith(f"**Showroom has not learnt {names[0]} and {names[1]} yet.** Drawn, each comes from its "
+                           "name alone: a product like yours, not yours."), said
+    assert learnt not in said
+    assert not at.button(key="catalog-submit").disabled, "the owner may want them drawn all the same"
+    (note,) = [c.value for c in at.caption if "placed too" in c.value]
+    assert learnt in note and "Watercolour" in note, "what else the switch changes is said before it"
+    at.button(key="catalog-place-instead").click().run()
+    assert_no_exception(at)
+    assert at.radio(key="catalog_look").value == "exact"
+    assert at.multiselect(key="catalog_products").value == names
+    assert at.multiselect(key="catalog_styles").value == ["studio-white"], "watercolour is not made for placing"
+    assert not [w for w in at.warning if "has not learnt" in w.value], "each has a photo: placed, nothing drawn"
+
+
+def test_a_product_without_a_photo_or_a_lora_is_named_in_the_exact_look(backend, open_app, monkeypatch):
+    (name,) = add_products(backend, 1)
+    real = services.current_catalog
+    monkeypatch.setattr(services, "current_catalog", lambda: real() | {"products": [
+        p | {"packshot_key": None, "has_lora": False} if p["name"] == name else p for p in real()["products"]]})
+    at = open_catalog(open_app, backend)
+    at.multiselect(key="catalog_products").set_value([name])
+    at.multiselect(key="catalog_styles").set_value(["studio-white"]).run()
+    (said,) = [w.value for w in at.warning if "has not learnt" in w.value]
+    assert said.startswith(f"**Showroom has not learnt {name} yet and has no photo of it.**"), said
+    assert not [b for b in at.button if b.key == "catalog-place-instead"], "no photo to place"
