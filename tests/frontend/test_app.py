@@ -99,7 +99,7 @@ def test_a_photo_uploaded_on_the_page_is_restyled(backend, open_app):
     assert manifest["spec"]["mode"] == "restyle" and manifest["spec"].get("placement") is None
     stored = decode_png(backend.storage.get(manifest["input_key"]))
     assert stored.shape[:2] == (72, 96) and abs(stored[..., 1].mean() - 160) < 4, "the photo, as uploaded"
-    run_until(at, lambda a: shown_images(a) == 2 + 1, what="the photo job's image shown (beside the photo and its crop)")
+    run_until(at, lambda a: shown_images(a) == 2 + 1, what="the job's image shown, beside the photo and its crop")
 
 
 def test_job_link_brings_back_finished_images_at_once(backend, open_app):
