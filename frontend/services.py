@@ -25,18 +25,27 @@ def settings() -> Settings:
     return load_settings()
 
 
+def code_version() -> int:
+    """Changes when Streamlit reloads the modules the kept client and store come from (new code on a running
+    server: a git push on Streamlit Community Cloud, an edit under `make run`). Part of their cache keys: an
+    object the old code made raises the old code's error classes, which the new code's `except` lets through
+    (a refused Add product crashed the page)."""
+    return hash((ShowroomClient, BackendError, Storage, StorageError))
+
+
 @st.cache_resource(show_spinner=False)
-def _client(base_url: str, api_key: str | None) -> ShowroomClient:
+def _client(base_url: str, api_key: str | None, code: int) -> ShowroomClient:
     return ShowroomClient(base_url, api_key)
 
 
 def client() -> ShowroomClient:
     s = settings()
-    return _client(s.backend_url, s.api_key)
+    return _client(s.backend_url, s.api_key, code_version())
 
 
 @st.cache_resource(show_spinner=False)
-def _storage(url: str, endpoint: str | None, key: str | None, secret: str | None, region: str | None) -> Storage:
+def _storage(url: str, endpoint: str | None, key: str | None, secret: str | None, region: str | None,
+             code: int) -> Storage:
     return open_storage(url, endpoint_url=endpoint, access_key=key, secret_key=secret, region=region,
                         interactive=True)
 
@@ -48,7 +57,7 @@ def storage() -> Storage | None:
     if not s.storage_url:
         return None
     try:
-        return _storage(*s.storage_args)
+        return _storage(*s.storage_args, code_version())
     except (ValueError, OSError) as e:
         raise StorageError(f"STORAGE_URL cannot be opened: {e}") from None
 
