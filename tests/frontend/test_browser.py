@@ -30,12 +30,17 @@ SLOTS_KEEP_THEIR_ROOM = """() => {
 @pytest.fixture
 def app_url(backend, tmp_path):
     """`streamlit run` exactly as the contract starts it, from the repo root, with the backend's settings."""
+    yield from streamlit_app(backend, tmp_path)
+
+
+def streamlit_app(backend, tmp_path, **settings):
+    """Start the app (the frontend's `settings` over the backend's), yield its URL, stop it."""
     port = free_port()
     with open(tmp_path / "streamlit.log", "wb") as log:  # the child keeps its own copy of the handle
         process = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", "frontend/streamlit_app.py", "--server.port", str(port),
              "--server.headless", "true"],
-            cwd=REPO, env=backend.env | frontend_env(backend), stdout=log, stderr=subprocess.STDOUT)
+            cwd=REPO, env=backend.env | frontend_env(backend, **settings), stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:

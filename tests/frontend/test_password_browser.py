@@ -1,17 +1,11 @@
 """A protected studio in a real browser: a link to any page, with its query, still shows that page after the password
 (the password page sent every link but a job's to the Create page, query and all)."""
 
-import subprocess
-import sys
-import time
-
 import pytest
-import requests
 from playwright.sync_api import expect, sync_playwright
 
-from backend.tools.seaweed import free_port
-from tests.frontend.conftest import REPO, SMALL, frontend_env
-from tests.frontend.test_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.frontend.conftest import SMALL
+from tests.frontend.test_browser import CHROMIUM, CHROMIUM_ARGS, streamlit_app
 
 PASSWORD = "open sesame"
 
@@ -19,30 +13,7 @@ PASSWORD = "open sesame"
 @pytest.fixture
 def protected_url(backend, tmp_path):
     """`streamlit run` as test_browser's app_url starts it, with APP_PASSWORD set."""
-    port = free_port()
-    with open(tmp_path / "streamlit.log", "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "frontend/streamlit_app.py", "--server.port", str(port),
-             "--server.headless", "true"],
-            cwd=REPO, env=backend.env | frontend_env(backend, APP_PASSWORD=PASSWORD), stdout=log,
-            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while not _healthy(url):
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"streamlit did not start:\n{(tmp_path / 'streamlit.log').read_text()[-3000:]}")
-        time.sleep(0.3)
-    yield url
-    process.terminate()
-    process.wait(20)
-
-
-def _healthy(url: str) -> bool:
-    try:
-        return requests.get(f"{url}/_stcore/health", timeout=2).ok
-    except requests.RequestException:
-        return False
+    yield from streamlit_app(backend, tmp_path, APP_PASSWORD=PASSWORD)
 
 
 @pytest.mark.browser
