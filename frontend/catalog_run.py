@@ -16,6 +16,7 @@ from backend.storage import Storage, StorageError
 from frontend.client import BackendError, BackendOffline, ShowroomClient
 from frontend.cost import DEFAULT_MAX_JOB_COST, STANDARD_STEPS, amount, job_cost
 from frontend.jobs import JobView, is_job_id, load_job
+from frontend.reuse import variation
 
 MAX_BATCH = 50          # the most specs POST /v1/batches takes at once
 MAX_RUN_JOBS = 400      # the most job ids a run link carries (33 characters each in the URL)
@@ -196,6 +197,22 @@ def ids_from_url(value: str | None) -> list[str]:
 
 def ids_to_url(ids: Iterable[str]) -> str:
     return URL_SEPARATOR.join(ids)
+
+
+def not_made(views: Iterable[JobView], triggers: dict[str, str | None], style_names: dict[str, str]) -> list[Entry]:
+    """The pictures a stop canceled, as a job each of the same spec with that many pictures and new seeds (the
+    "More like this" spec). A job made from an uploaded photo is left out: a batch carries no photo."""
+    entries = []
+    for view in views:
+        count = sum(img.status == "canceled" for img in view.images)
+        if not count or view.input_key:
+            continue
+        spec = variation(view, triggers.get(view.product or "")) | {"num_images": count}
+        style = style_names.get(view.template or "", view.template or "your own words")
+        steps = int(spec.get("steps") or STANDARD_STEPS)
+        entries.append(Entry(view.product or "no product", style, spec, job_cost(view.width, view.height, steps,
+                                                                                 count)))
+    return entries
 
 
 def refresh(storage: Storage, ids: list[str], known: dict[str, JobView]) -> tuple[dict[str, JobView | None], set[str]]:

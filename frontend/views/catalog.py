@@ -42,7 +42,7 @@ def draw() -> None:
     if ids:
         names = {t["id"]: t.get("name") or t["id"] for t in (catalog or {}).get("templates", [])}
         packshots = {p["name"]: p["packshot_key"] for p in (catalog or {}).get("products", []) if p.get("packshot_key")}
-        catalog_grid.draw(ids, names, packshots)
+        catalog_grid.draw(ids, names, packshots, again=_again)
 
 
 def run_ids() -> list[str]:
@@ -203,18 +203,27 @@ def _n(count: int, noun: str) -> str:
 def _submit(plan: Plan) -> None:
     st.session_state.pop(REFUSAL, None)
     st.session_state.pop(LEFT, None)
-    _send(plan.entries, new_run=True)
+    st.session_state.pop(catalog_grid.STOPPED, None)  # a new run: the last one's stop offers nothing here
+    _send(plan.entries, keep=None)
 
 
-def _send(entries: list[catalog_run.Entry], new_run: bool) -> None:
+def _again(entries: list[catalog_run.Entry], leaving: list[str]) -> None:
+    """The pictures a stop left unmade, sent as new jobs of this run; `leaving`: stopped jobs that made none."""
+    st.session_state.pop(REFUSAL, None)
+    st.session_state.pop(LEFT, None)
+    _send(entries, keep=[i for i in run_ids() if i not in leaving])
+
+
+def _send(entries: list[catalog_run.Entry], keep: list[str] | None) -> None:
+    """`keep`: the run's jobs the new ones join; None: a new run."""
     outcome = catalog_run.send(services.client(), entries)
     if outcome.refusal:
         st.session_state[REFUSAL] = outcome.refusal
-    if outcome.left and (outcome.job_ids or not new_run):
+    if outcome.left and (outcome.job_ids or keep is not None):
         st.session_state[LEFT] = outcome.left   # part of the run is going: the rest can follow
     if not outcome.job_ids:
         return
-    ids = outcome.job_ids if new_run else [*run_ids(), *outcome.job_ids]
+    ids = [*(keep or []), *outcome.job_ids]
     st.session_state[RUN] = ids
     st.query_params[URL_KEY] = catalog_run.ids_to_url(ids)
     services.history.clear()  # History lists them at once
@@ -232,4 +241,4 @@ def _left_over() -> None:
                      icon=":material/send:"):
             st.session_state.pop(REFUSAL, None)
             st.session_state.pop(LEFT, None)
-            _send(left, new_run=False)
+            _send(left, keep=run_ids())

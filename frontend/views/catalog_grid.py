@@ -6,6 +6,7 @@ moves, reading from storage only the jobs that are not finished (finished ones n
 """
 
 import html
+from collections.abc import Callable
 
 import streamlit as st
 
@@ -18,11 +19,14 @@ from frontend.views.job_panel import BADGES, tile
 
 POLL_S = 2.0
 VIEWS = "catalog_views"   # job id -> its last view, so finished jobs are not read again
+STOPPED = "catalog_stopped"  # the jobs Stop canceled in this session: their pictures not made are offered again
+Again = Callable[[list[catalog_run.Entry], list[str]], None]  # sends the entries; the ids it names leave the run
 MIN_SLOTS, MAX_PER_ROW = 4, 6
 
 
-def draw(ids: list[str], style_names: dict[str, str], packshots: dict[str, str]) -> None:
-    """`style_names`: template id -> name; `packshots`: product name -> its packshot's key (where it has one)."""
+def draw(ids: list[str], style_names: dict[str, str], packshots: dict[str, str], again: Again) -> None:
+    """`style_names`: template id -> name; `packshots`: product name -> its packshot's key (where it has one);
+    `again` sends the pictures a stop left unmade."""
     try:
         if services.storage() is None:
             st.error("STORAGE_URL is not set, so the pictures cannot be read: set it to the generator's storage.")
@@ -35,7 +39,7 @@ def draw(ids: list[str], style_names: dict[str, str], packshots: dict[str, str])
 
     @st.fragment(run_every=POLL_S if polling else None)
     def live() -> None:
-        _render(ids, style_names, packshots, polling)
+        _render(ids, style_names, packshots, polling, again)
 
     live()
 
@@ -52,12 +56,14 @@ def _moving(views: dict[str, JobView | None], unreadable: set[str]) -> bool:
     return bool(unreadable) or any(v is not None and not v.terminal for v in views.values())
 
 
-def _render(ids: list[str], style_names: dict[str, str], packshots: dict[str, str], polling: bool) -> None:
+def _render(ids: list[str], style_names: dict[str, str], packshots: dict[str, str], polling: bool,
+            again: Again) -> None:
     views, unreadable = _views(ids)
     if polling and not _moving(views, unreadable):
         st.rerun()  # the whole page once, so the grid is drawn again without its timer
     present = [v for v in views.values() if v is not None]
     _head(present, sum(v is None and i not in unreadable for i, v in views.items()))
+    _not_made(present, style_names, again)
     if unreadable:
         st.warning(f"Storage is not answering for {len(unreadable)} of these jobs; trying again.",
                    icon=":material/sync_problem:")
@@ -74,8 +80,9 @@ def _head(views: list[JobView], missing: int) -> None:
         info, action = st.columns([4, 1], vertical_alignment="center")
     not_made = f" · {failed} not made" if failed else ""
     info.markdown(f"##### Your catalog · {done} of {total} pictures ready{not_made}")
-    if moving and action.button("Stop the rest", key="catalog-stop", icon=":material/stop_circle:", width="stretch",
-                                help="Pictures already made are kept"):
+    if moving and action.button("Stop", key="catalog-stop", icon=":material/stop_circle:", width="stretch",
+                                help="Pictures already made are kept; those being drawn now stop too, unfinished, "
+                                     "and those waiting are not made"):
         _stop(moving)
     st.progress(done / total if total else 0.0)
     if missing:
@@ -90,9 +97,30 @@ def _stop(views: list[JobView]) -> None:
     except BackendError as e:
         st.error(f"Could not stop every job: {e.message}")
         return
-    st.toast("Stopping: pictures already made are kept.")
+    st.session_state[STOPPED] = [*st.session_state.get(STOPPED, []), *(v.id for v in views)]
+    st.toast("Stopping: pictures already made are kept; the others are not made.")
     services.queue_changed()
     st.rerun(scope="app")  # the header's queue count too
+
+
+def _not_made(views: list[JobView], style_names: dict[str, str], again: Again) -> None:
+    """Once what Stop stopped has stopped: the pictures it left unmade, offered again once (a new job per style,
+    the same settings). A stopped job that made none leaves the grid then; one that made some keeps them."""
+    stopped = [v for v in views if v.id in st.session_state.get(STOPPED, ())]
+    if not stopped or any(not v.terminal for v in stopped):
+        return
+    entries = catalog_run.not_made(stopped, services.product_triggers(), style_names)
+    if not entries:
+        st.session_state.pop(STOPPED, None)
+        return
+    count = sum(e.spec["num_images"] for e in entries)
+    with st.container(horizontal=True, vertical_alignment="center", key="catalog-not-made"):
+        st.caption(f"Stopped: {count} picture{'s were' if count != 1 else ' was'} not made.")
+        if st.button(f"Make the {count} picture{'s' if count != 1 else ''} not made", key="catalog-again",
+                     icon=":material/replay:", help="A new job for each style that was stopped, with the same "
+                                                    "settings and new seeds"):
+            st.session_state.pop(STOPPED, None)
+            again(entries, [v.id for v in stopped if not v.done_count])
 
 
 def _product(n: int, product: str, jobs: list[JobView], style_names: dict[str, str], packshot: str | None) -> None:

@@ -333,17 +333,40 @@ def test_a_refused_batch_says_which_product_and_style_and_starts_nothing(backend
     assert job_ids(backend) == before, "admitted whole or not at all: the good spec was not queued either"
 
 
-def test_stop_the_rest_cancels_every_job_still_going(backend, open_app):
-    slow = {"prompt": "a chair", "num_images": 16, "steps": 150, "width": 128, "height": 128}
+def test_stop_says_what_it_stops_and_offers_the_pictures_not_made_again(backend, open_app):
+    (name,) = add_products(backend, 1)
+    slow = {"product": name, "template": "studio-white", "num_images": 16, "steps": 150, "width": 128,
+            "height": 128, "mode": "place"}
     r = backend.post("/v1/batches", json={"jobs": [slow, slow]})
     assert r.status_code == 202, r.text
     ids = [ticket["id"] for ticket in r.json()["jobs"]]
     at = open_catalog(open_app, backend, jobs=catalog_run.ids_to_url(ids))
     assert " of 32 pictures ready" in page_text(at), page_text(at)
-    at.button(key="catalog-stop").click().run()
+    stop = at.button(key="catalog-stop")
+    assert stop.label == "Stop" and "those being drawn now stop too" in stop.help, "it read 'Stop the rest'"
+    stop.click().run()
     assert_no_exception(at)
     assert [backend.wait_job(i, timeout=60)["status"] for i in ids] == ["canceled", "canceled"]
     run_until(at, lambda a: not [b for b in a.button if b.key == "catalog-stop"], what="nothing left to stop")
+    manifests = [backend.get(f"/v1/jobs/{i}").json() for i in ids]
+    not_made = [sum(img["status"] == "canceled" for img in m["images"]) for m in manifests]
+    again = at.button(key="catalog-again")
+    assert again.label == f"Make the {sum(not_made)} pictures not made", again.label
+    again.click().run()
+    assert_no_exception(at)
+    run = catalog_run.ids_from_url(at.query_params.get("jobs"))
+    kept = [i for i, m in zip(ids, manifests) if any(img["status"] == "succeeded" for img in m["images"])]
+    new = run[len(kept):]
+    try:
+        assert run[:len(kept)] == kept, "a stopped job that made pictures stays in the grid; one that made none goes"
+        specs = [backend.get(f"/v1/jobs/{i}").json()["spec"] for i in new]
+        assert [(s["product"], s["template"], s["mode"], s["steps"], s["width"]) for s in specs] == \
+            [(name, "studio-white", "place", 150, 128)] * 2
+        assert [s["num_images"] for s in specs] == not_made
+        assert not [b for b in at.button if b.key == "catalog-again"], "offered once"
+    finally:
+        for job_id in new:
+            backend.post(f"/v1/jobs/{job_id}/cancel")  # the shared backend is free for the next test
 
 
 def test_steps_the_generator_would_refuse_are_said_and_nothing_is_sent(backend, open_app):
