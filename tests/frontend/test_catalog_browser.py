@@ -1,7 +1,8 @@
 """The Catalog page in a real browser: pick two products and two styles, see the count and the cost, send
 them, watch the grid fill (catalog-picked.png, catalog-grid.png), and find the grid again from its link; on a
 phone the same link shows each style's pictures two a row, every pick stays in sight, and a second run's
-grid comes on screen after the click (catalog-phone.png)."""
+grid comes on screen after the click (catalog-phone.png); what the page says before a run (a product not
+learnt, steps out of range: catalog-warnings.png) and after a stop (catalog-stopped.png)."""
 
 import re
 import time
@@ -124,3 +125,61 @@ def on_a_phone(phone, run_url: str, name: str, artifacts) -> None:
     phone.wait_for_function(IN_UPPER_THIRD, arg=".st-key-catalog-head", timeout=15_000)  # the button is far above
     phone.wait_for_timeout(500)
     phone.screenshot(path=str(artifacts / "catalog-phone.png"))
+
+
+@pytest.mark.browser
+def test_what_the_catalog_says_before_a_run_and_after_a_stop(backend, app_url, artifacts):  # noqa: F811
+    """A product not learnt, drawn: said, with the way to place it; steps out of range: said, Make waits (the
+    field's own range kept 200 to the browser, and the run went at each style's own); Stop, then the pictures it
+    left unmade offered again (catalog-warnings.png, catalog-stopped.png)."""
+    name = f"shop-{uuid.uuid4().hex[:4]}"
+    r = backend.post("/v1/products", data={"name": name, "trigger": "qz bottle", "category": "bottles"},
+                     files={"photo": (f"{name}.png", packshot(80, 112), "image/png")})
+    assert r.status_code == 201, r.text
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 1300})
+        page.goto(f"{app_url}/catalog")
+        expect(page.get_by_text("Generator: Online")).to_be_visible(timeout=30_000)
+        page.get_by_text("Drawn by Showroom").click()
+        pick(page, "catalog_products", name)
+        pick(page, "catalog_styles", "Studio white")
+        expect(page.get_by_text(f"Showroom has not learnt {name} yet.")).to_be_visible(timeout=15_000)
+        make = page.get_by_role("button", name="Make 4 pictures")
+        expect(make).to_be_enabled()
+        page.get_by_text("Advanced settings").click()
+        steps = page.get_by_role("spinbutton", name="Steps", exact=True)
+        steps.fill("200")
+        steps.press("Enter")
+        expect(page.get_by_text("the field under Advanced settings says 200")).to_be_visible(timeout=15_000)
+        expect(make).to_be_disabled()
+        page.mouse.move(5, 5)
+        scroll_to_top(page)
+        page.screenshot(path=str(artifacts / "catalog-warnings.png"), full_page=True)
+
+        steps.fill("150")
+        steps.press("Enter")
+        expect(page.get_by_text("at 150 steps")).to_be_visible(timeout=15_000)
+        page.get_by_role("button", name="Place exactly as photographed").click()
+        expect(page.get_by_text(f"Showroom has not learnt {name} yet.")).to_have_count(0, timeout=15_000)
+        thumb = page.get_by_role("slider", name="Pictures of each product in each style")
+        thumb.focus()
+        for _ in range(12):
+            thumb.press("ArrowRight")
+        page.get_by_role("button", name="Make 16 pictures").click()
+        stop = page.locator(".st-key-catalog-stop button:visible")  # a button with help is drawn twice, once hidden
+        expect(stop).to_be_visible(timeout=30_000)
+        stop.click()
+        again = page.locator(".st-key-catalog-again button:visible")
+        expect(again).to_be_visible(timeout=60_000)
+        page.mouse.move(5, 5)
+        page.screenshot(path=str(artifacts / "catalog-stopped.png"))
+        assert re.search(r"Make the \d+ pictures? not made$", again.inner_text().strip()), again.inner_text()
+        stopped = catalog_run.ids_from_url(page.evaluate("window.location.href").split("jobs=")[1])
+        again.click()
+        expect(stop).to_be_visible(timeout=30_000)  # the pictures not made, on their way
+        run = catalog_run.ids_from_url(page.evaluate("window.location.href").split("jobs=")[1])
+        browser.close()
+    for job_id in run:
+        backend.post(f"/v1/jobs/{job_id}/cancel")  # the shared backend is free for the next test
+    assert len(stopped) == len(run) == 1 and run != stopped, "the stopped job made none: the new one took its place"
