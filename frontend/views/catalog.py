@@ -227,6 +227,7 @@ def _send(entries: list[catalog_run.Entry], keep: list[str] | None) -> None:
     st.session_state[RUN] = ids
     st.query_params[URL_KEY] = catalog_run.ids_to_url(ids)
     services.history.clear()  # History lists them at once
+    services.queue_changed()  # and the header counts them
     scroll.ask("catalog")  # the button is far down the picker: the new grid starts below it
     st.rerun()
 
