@@ -242,8 +242,7 @@ def test_an_upscale_that_fails_at_once_on_a_job_taken_back_keeps_its_reason(run_
     assert recover(store, CountingScheduler(sched), NO_LORAS, service, booted_us=time.time_ns() // 1000) == 1
     done = wait_terminal(store, job)
     assert done.status == Status.succeeded
-    assert (done.images[0].upscale.status, done.images[0].upscale.error) == (Status.failed,
-                                                                             "upscale failed: invalid token")
+    assert (done.images[0].upscale.status, done.images[0].upscale.error) == (Status.failed, "invalid token")
 
 
 def test_a_cancel_before_recovery_takes_a_job_back_sticks(run_scheduler):
