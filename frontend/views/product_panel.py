@@ -111,22 +111,24 @@ def packshot_bytes(product: dict) -> bytes | None:
 def _packshot(product: dict) -> None:
     shot = packshot_bytes(product)
     if shot is None:
-        _made_with_it(product)
+        if not made_with_it(product, 320):  # as its card in the list shows
+            st.markdown('<div class="sr-thumb-empty">No picture yet</div>', unsafe_allow_html=True)
         return
     st.image(services.cutout_on_checkerboard(shot), caption="Its cut-out: placed exactly as it is", width="stretch")
 
 
-def _made_with_it(product: dict) -> None:
-    """No cut-out (a product added from a LoRA): the newest picture made with it, as its card in the list shows."""
+def made_with_it(product: dict, side: int) -> bool:
+    """The newest picture made with a product that has no cut-out (one added from a LoRA), drawn; False when there
+    is none (or storage cannot say), for the caller's empty tile."""
     url = services.settings().storage_url
     try:
         made = services.pictures_by_product(url).get(product["name"]) if url else None
         if made:
-            st.image(services.thumbnail(url, made, 320), caption="Made with it", width="stretch")
-            return
+            st.image(services.thumbnail(url, made, side), caption="Made with it", width="stretch")
+            return True
     except StorageError:
         pass
-    st.markdown('<div class="sr-thumb-empty">No picture yet</div>', unsafe_allow_html=True)
+    return False
 
 
 def _teaching(product: dict) -> TrainingView | None:

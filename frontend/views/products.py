@@ -73,12 +73,10 @@ def _picture(product: dict) -> None:
         if key:
             st.image(services.cutout_on_checkerboard(services.packshot(url, key)), width="stretch")
             return
-        made = services.pictures_by_product(url).get(product["name"])
-        if made:
-            st.image(services.thumbnail(url, made, 192), width="stretch", caption="Made with it")
-            return
     except StorageError:
         pass
+    if not key and product_panel.made_with_it(product, 192):
+        return
     st.markdown('<div class="sr-thumb-empty">No picture</div>', unsafe_allow_html=True)
 
 
