@@ -247,12 +247,14 @@ def product_records() -> list[dict]:
     return sorted(found, key=lambda p: p.get("name", ""))
 
 
-def product_triggers() -> dict[str, str | None]:
-    """Each product's trigger words, by its name; {} when neither the generator nor storage can say."""
+def product_triggers(products: list[dict] | None = None) -> dict[str, str | None]:
+    """Each product's trigger words, by its name (of `products` when the caller has read them); {} when neither
+    the generator nor storage can say."""
     try:
-        return {p["name"]: p.get("trigger") for p in product_records() if isinstance(p.get("name"), str)}
+        products = product_records() if products is None else products
     except StorageError:
         return {}
+    return {p["name"]: p.get("trigger") for p in products if isinstance(p.get("name"), str)}
 
 
 def latest_trainings(products: list[dict]) -> list[TrainingView]:

@@ -35,8 +35,7 @@ def draw() -> None:
         products = services.product_records()
     except StorageError:
         products = []
-    # read once: each card shows its product's name, not these words
-    triggers = {p["name"]: p.get("trigger") for p in products if isinstance(p.get("name"), str)}
+    triggers = services.product_triggers(products)  # read once: each card shows its product's name, not these words
     tests = services.test_picture_jobs(products)
     product, status = _filters(list(triggers))
     cursors = st.session_state.setdefault(CURSORS, [None])
