@@ -103,7 +103,7 @@ CSS = """
   .st-key-product-summary [data-testid="stColumn"]:first-child {flex: 0 0 38% !important; width: 38% !important;}
   /* no second cut-out above the four test pictures: the product's own is just above them on a phone (this one
      was a screen wide and pushed the pictures below the first screen) */
-  .st-key-check-compare [data-testid="stColumn"]:has(.st-key-check-mine) {display: none;}
+  .st-key-check-compare [data-testid="stColumn"]:has(.st-key-check-mine), .st-key-check-mine {display: none;}
   /* what was opened (a job's pictures, a product) comes before the form or the list it sits beside */
   [data-testid="stColumn"]:has(.st-key-job-first), [data-testid="stColumn"]:has(.st-key-product-open) {order: -1;}
   /* a catalog's style: its name, state and Open on one line, then its pictures two a row (stacked, each
