@@ -46,6 +46,11 @@ def bar(view: JobView) -> None:
     if view.done_count and refusal:
         # once for the job, instead of an Upscale button per picture that could only be greyed out
         st.caption(f"{refusal}.", help=health.upscale_howto)
+    if enlarging := enlarging_count(view):  # after Upscale all, the job said nothing of the pictures it sent
+        done = sum(img.upscaled for img in view.images)
+        so_far = f" ({done} done)" if done else ""
+        st.caption(f":material/zoom_out_map: Enlarging {enlarging} picture{'s' * (enlarging > 1)} 4x{so_far}: "
+                   "each gets its 4x PNG button when it is ready.")
 
 
 def use_settings(view: JobView) -> None:
@@ -105,6 +110,14 @@ def _upscale_all(view: JobView, indices: list[int]) -> None:
         if not request_upscale(view.id, index):
             break  # the reason is under the picture; the others would only fail the same way
     st.rerun(scope="app")  # the whole page, so the panel polls until the upscales land
+
+
+def enlarging_count(view: JobView) -> int:
+    """Pictures of the job being upscaled now, or asked for by this session and not yet in the manifest."""
+    asked = asked_upscales()
+    return sum(not img.upscaled and (img.upscaling or (img.upscale_status is None
+                                                        and f"{view.id}/{img.index}" in asked))
+               for img in view.images)
 
 
 def remember_ticket(ticket: dict, spec: dict) -> None:

@@ -436,3 +436,24 @@ def test_a_failed_upscale_says_so_in_a_line_and_offers_it_again(tmp_path, open_a
     assert "Upscale 4x tries again." in line.value and said not in line.value and said in line.help
     assert not [w for w in at.warning if "Replicate" in w.value], "no block of machine text under the picture"
     assert not at.button(key="up-0").disabled
+
+
+def test_a_job_says_how_many_of_its_pictures_are_being_enlarged(tmp_path, open_app, monkeypatch):
+    """After Upscale all, the job names what it sent, and what is done so far (each picture alone said it)."""
+    storage = LocalStorage(tmp_path)
+    job_id = uuid.uuid4().hex
+    manifest = stored_manifest(storage, job_id, ["succeeded"] * 3)
+    for index in range(3):
+        storage.put(f"jobs/{job_id}/{index}.png", png_bytes(32, 32), "image/png")
+    health = services.Health("online", "Online", upscaler="replicate")
+    at = open_job_on(tmp_path, open_app, monkeypatch, health, job_id)
+    assert not [c for c in at.caption if "Enlarging" in c.value], "nothing sent, nothing said"
+
+    manifest["images"][0]["upscale"] = {"key": f"jobs/{job_id}/0_x4.png", "status": "running", "error": None}
+    manifest["images"][1]["upscale"] = {"key": f"jobs/{job_id}/1_x4.png", "status": "queued", "error": None}
+    manifest["images"][2]["upscale"] = {"key": f"jobs/{job_id}/2_x4.png", "status": "succeeded", "error": None}
+    storage.put(f"jobs/{job_id}/2_x4.png", png_bytes(128, 128), "image/png")
+    storage.put(f"jobs/{job_id}/job.json", json.dumps(manifest).encode(), "application/json")
+    at = open_job_on(tmp_path, open_app, monkeypatch, health, job_id)
+    (line,) = [c.value for c in at.caption if "Enlarging" in c.value]
+    assert line.endswith("Enlarging 2 pictures 4x (1 done): each gets its 4x PNG button when it is ready."), line
