@@ -115,6 +115,13 @@ class JobView:
         end = self.finished_at() if self.terminal else (now or datetime.now(timezone.utc))
         return max(0.0, (end - start).total_seconds()) if start and end else 0.0
 
+    def duration_words(self, now: datetime | None = None) -> str:
+        """"took 42 s", "canceled after 4 s" (not the time a job took: it never finished), or "12 s elapsed"."""
+        spent = format_elapsed(self.elapsed_s(now))
+        if not self.terminal:
+            return f"{spent} elapsed"
+        return f"canceled after {spent}" if self.status == "canceled" else f"took {spent}"
+
     def finished_at(self) -> datetime | None:
         ends = [t for t in (parse_time(img.finished_at) for img in self.images) if t]
         return max(ends) if ends else parse_time(self.updated_at)

@@ -12,7 +12,7 @@ import streamlit as st
 from backend.storage import ObjectMissing, StorageError
 from frontend import clock, nav, placement, reuse, services
 from frontend.client import BackendError
-from frontend.jobs import JobView, format_elapsed, load_job, parse_time
+from frontend.jobs import JobView, load_job, parse_time
 from frontend.views import job_actions, scroll
 from frontend.views.job_panel import badge
 
@@ -213,7 +213,8 @@ def _made(job: JobView) -> str:
 def _when(job: JobView) -> str:
     created = parse_time(job.created_at)
     stamp = clock.shown(created) if created else "unknown time"
-    return f"{stamp} · {format_elapsed(job.elapsed_s())}" if job.terminal else stamp
+    # "· 12 s" for what a job took, "· canceled after 4 s" for one that never finished
+    return f"{stamp} · {job.duration_words().removeprefix('took ')}" if job.terminal else stamp
 
 
 def _shorten(text: str, limit: int) -> str:

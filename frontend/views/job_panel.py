@@ -134,9 +134,8 @@ def _summary(view: JobView, trigger: str | None) -> None:
         info, actions = (st.container(), None) if view.terminal else st.columns([3, 1], vertical_alignment="center")
     with info, st.container(horizontal=True, vertical_alignment="center", gap="small"):
         st.badge(label, color=color)
-        spent = format_elapsed(view.elapsed_s())
-        took = f"took {spent}" if view.terminal else f"{spent} elapsed"  # a finished job's time is not running
-        st.markdown(f'<span class="sr-meta">{view.done_count} of {len(view.images)} ready{missing} · {took}</span>',
+        st.markdown(f'<span class="sr-meta">{view.done_count} of {len(view.images)} ready{missing} · '
+                    f'{view.duration_words()}</span>',
                     unsafe_allow_html=True)
     if view.status == "queued":
         _why_waiting(view)

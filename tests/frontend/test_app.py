@@ -148,6 +148,7 @@ def test_cancel_button_stops_the_job_and_the_header_says_so(backend, open_app):
         backend.post(f"/v1/jobs/{blocker['id']}/cancel")
     assert backend.wait_job(job["id"], timeout=60)["status"] == "canceled"
     run_until(at, lambda a: "Canceled" in page_text(a), what="the canceled state shown")
+    assert "0 of 16 ready · canceled after " in page_text(at), "not 'took': a canceled job never finished"
 
 
 def test_the_header_counts_a_job_the_moment_it_is_sent(backend, open_app):

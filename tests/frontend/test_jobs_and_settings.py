@@ -64,6 +64,20 @@ def test_elapsed_of_a_finished_job_ends_at_its_last_image_not_at_a_later_upscale
     m["images"][1] |= {"started_at": "2026-01-01T10:00:01.000Z", "finished_at": "2026-01-01T10:00:10.500Z"}
     view = job_view(m, {f"jobs/{JOB}/0.png", f"jobs/{JOB}/0_x4.png"})
     assert view.terminal and view.elapsed_s() == 10.5
+    assert view.duration_words() == f"took {format_elapsed(10.5)}"
+
+
+def test_a_canceled_job_says_when_it_was_canceled_not_what_it_took():
+    m = manifest("succeeded", "canceled")
+    m["status"] = "canceled"
+    m["images"][0] |= {"started_at": "2026-01-01T10:00:01.000Z", "finished_at": "2026-01-01T10:00:04.000Z"}
+    m["images"][1] |= {"finished_at": "2026-01-01T10:00:06.000Z"}
+    view = job_view(m, {f"jobs/{JOB}/0.png"})
+    assert view.duration_words() == f"canceled after {format_elapsed(view.elapsed_s())}"
+    m["status"] = "running"
+    m["images"][1] |= {"status": "running", "finished_at": None}
+    running = job_view(m, {f"jobs/{JOB}/0.png"})
+    assert running.duration_words().endswith(" elapsed"), "a running job's time is still running"
 
 
 def workers_on(*devices: str) -> dict:
