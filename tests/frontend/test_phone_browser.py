@@ -156,6 +156,9 @@ def test_on_a_phone_a_job_link_shows_the_pictures_before_the_form(backend, app_u
                                   "i.naturalWidth > 0).length === 2", arg=covers, timeout=15_000)
         square, portrait = (box(desktop, f".st-key-job-{j['id']}") for j in (job, tall))
         assert abs(square["top"] - portrait["top"]) < 2, "the two newest jobs share History's first row"
+        opens = ", ".join(f".st-key-open-{j['id']} button" for j in (job, tall))
+        desktop.wait_for_function("(s) => document.querySelectorAll(s).length >= 2", arg=opens,
+                                  timeout=15_000)  # a card's buttons are drawn after its cover, a moment later
         opens = [box(desktop, f".st-key-open-{j['id']} button") for j in (job, tall)]
         assert abs(opens[0]["top"] - opens[1]["top"]) < 2, \
             f"a 64 x 96 job's cover as tall as a square one's, so the row's buttons stay level: {opens}"
