@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     max_batch: int = Field(8, ge=1, description="most images of one job a worker generates as one batch")
     image_timeout_s: float = Field(600, gt=0, description="per-image time limit (scaled by batch size)")
     training_timeout_s: float = Field(3 * 3600, gt=0, description="the longest a LoRA training may run")
+    node_lost_s: float = Field(30, ge=12, description="EXECUTOR=celery: a GPU node's task whose heartbeat (every 5 s) "
+                               "has not changed for this long is sent again to another node")
     storage_retry_s: float = Field(60, ge=0, description="how long a worker retries writing an image to storage")
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_upload_pixels: int = Field(40_000_000, ge=1024)

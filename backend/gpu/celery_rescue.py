@@ -30,7 +30,8 @@ from backend.gpu import executor as ev
 
 log = logging.getLogger("showroom.celery")
 
-LOST_S = 30  # six missed heartbeats: the node is gone, or cut off long enough that a copy is worth its cost
+LOST_S = 30  # NODE_LOST_S's default: six missed heartbeats, the node is gone or cut off long enough that a copy is
+#              worth its cost
 SUPERSEDED_TTL_S = ca.CANCEL_TTL_S  # longer than any visibility timeout: a redelivered old task still finds it
 MAX_RESCUES = 2  # then the task's images (its training, its upscale) fail
 RESCUED = (ca.GENERATE, ca.TRAIN, ca.UPSCALE)  # the tasks a heartbeat may name
@@ -63,11 +64,12 @@ def only_indices(payload: dict, keep: set[int]) -> dict:
 class Silence:
     """How long each worker's heartbeat has not changed, by this process's monotonic clock."""
 
-    def __init__(self):
+    def __init__(self, lost_s: float = LOST_S):
+        self.lost_s = lost_s
         self.seen: dict[str, tuple[str, float]] = {}  # worker id -> (its last heartbeat, when it changed)
 
     def lost(self, beats: dict[str, str], model_id: str, now: float) -> list[tuple[str, dict]]:
-        """(worker id, task) for each task whose worker has not beaten for LOST_S, unless a worker that
+        """(worker id, task) for each task whose worker has not beaten for `lost_s`, unless a worker that
         beat since runs the same task. `beats` is the WORKERS hash as Redis holds it."""
         self.seen = {w: (raw, self.seen[w][1] if w in self.seen and self.seen[w][0] == raw else now)
                      for w, raw in beats.items()}
@@ -80,7 +82,7 @@ class Silence:
             task = beat.get("task") if isinstance(beat, dict) else None
             if not isinstance(task, dict) or task.get("name") not in RESCUED or beat.get("model") != model_id:
                 continue  # idle, unreadable, or of another model: a copy would be refused by every node
-            if now - changed < LOST_S:
+            if now - changed < self.lost_s:
                 live.add(task.get("id"))
             else:
                 silent.append((worker_id, task))
@@ -92,7 +94,7 @@ class Rescue:
 
     def __init__(self, app, client, settings, queue: str, retry_policy: dict):
         self.app, self.redis, self.settings, self.queue, self.retry_policy = app, client, settings, queue, retry_policy
-        self.silence = Silence()
+        self.silence = Silence(settings.node_lost_s)
         self.done: set[str] = set()  # ids of lost tasks this run has dealt with
 
     def check(self, beats: dict[str, str], open_of, apply) -> None:
@@ -156,5 +158,5 @@ class Rescue:
                            soft_time_limit=limit, time_limit=limit + ca.HARD_LIMIT_MARGIN_S, retry=True,
                            retry_policy=self.retry_policy)
         self.redis.set(superseded_key(old_id), new_id, ex=SUPERSEDED_TTL_S)
-        log.warning("%s has not reported for %d s: its node is gone; %s sent again as task %s", worker_id, LOST_S,
-                    what, new_id)
+        log.warning("%s has not reported for %d s: its node is gone; %s sent again as task %s", worker_id,
+                    self.silence.lost_s, what, new_id)

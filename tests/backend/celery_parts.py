@@ -56,9 +56,9 @@ class Cluster:
         self.nodes.append(node)
         return node
 
-    def start_backend(self, wait_for: str = "ok"):
+    def start_backend(self, wait_for: str = "ok", **extra):
         self.backend = self.make_backend(wait_for=wait_for, EXECUTOR="celery", BROKER_URL=self.redis.url,
-                                         MODEL_ID=self.model, UPSCALER="local", **self.storage_env)
+                                         MODEL_ID=self.model, UPSCALER="local", **self.storage_env | extra)
         self.backends.append(self.backend)
         return self.backend
 
@@ -86,9 +86,9 @@ def redis_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cluster(make_backend, redis_server, s3, tiny_model, tmp_path_factory):
+def cluster(make_backend, redis_server, s3, tiny_model, tmp_path_factory, request):
     """Two nodes of one worker each (node-a, node-b) and a celery backend waiting for both; UPSCALER=local
-    (a tiny Swin2SR) runs on the nodes."""
+    (a tiny Swin2SR) runs on the nodes. A test module's BACKEND_ENV adds to the backend's settings."""
     from tests.factories import save_tiny_swin2sr
 
     upscaler = save_tiny_swin2sr(tmp_path_factory.mktemp("celery-swin2sr"))
@@ -96,7 +96,7 @@ def cluster(make_backend, redis_server, s3, tiny_model, tmp_path_factory):
     parts.start_node("node-a")
     parts.start_node("node-b")
     try:
-        parts.start_backend()
+        parts.start_backend(**getattr(request.module, "BACKEND_ENV", {}))
         wait_until(lambda: sorted(w["id"] for w in parts.backend.get("/health").json()["workers"]
                                   if w["state"] == "ready") == ["node-a/0", "node-b/0"], 120, 0.3, "both nodes ready")
         yield parts

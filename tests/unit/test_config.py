@@ -75,3 +75,14 @@ def test_an_api_key_wrapped_in_quotes_is_refused(monkeypatch):
     with pytest.raises(SettingsError) as refused:
         get_settings()
     assert "API_KEY is wrapped in quotes" in str(refused.value) and "0123456789" not in str(refused.value)
+
+
+def test_node_lost_s_below_two_missed_heartbeats_is_refused(monkeypatch):
+    """A node beats every 5 s: a shorter wait would send a busy node's task again while it still runs it."""
+    monkeypatch.setenv("NODE_LOST_S", "8")
+    with pytest.raises(SettingsError) as refused:
+        get_settings()
+    assert "NODE_LOST_S" in str(refused.value) and "12" in str(refused.value), str(refused.value)
+    get_settings.cache_clear()
+    monkeypatch.setenv("NODE_LOST_S", "15")
+    assert get_settings().node_lost_s == 15

@@ -84,7 +84,7 @@ def client(redis_server):
 
 @pytest.fixture
 def parts(client):
-    settings = SimpleNamespace(model_id=MODEL, image_timeout_s=60, max_batch=4)
+    settings = SimpleNamespace(model_id=MODEL, image_timeout_s=60, max_batch=4, node_lost_s=rescue.LOST_S)
     app = Sent()
     return client, app, rescue.Rescue(app, client, settings, "shared", {})
 
