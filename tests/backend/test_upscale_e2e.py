@@ -1,5 +1,6 @@
 """Upscaling through the real backend: the endpoint, the manifest's `upscale` field, the stored 4x object."""
 
+import dataclasses
 import io
 import threading
 import time
@@ -25,11 +26,27 @@ def wait_upscale(backend, job_id: str, index: int, timeout: float = 120) -> dict
     raise TimeoutError(f"upscale of {job_id}/{index} not finished: {record}")
 
 
-@pytest.fixture
-def fake_replicate():
+@pytest.fixture(scope="module")
+def replicate_server():
     fake = FakeReplicate().start()
     yield fake
     fake.stop()
+
+
+@pytest.fixture(scope="module")
+def replicate_backend(make_backend, replicate_server):
+    """One backend for the module's Replicate tests (each start costs a GPU worker's load)."""
+    return make_backend(UPSCALER="replicate", REPLICATE_API_TOKEN=replicate_server.token,
+                        REPLICATE_BASE_URL=replicate_server.url)
+
+
+@pytest.fixture
+def fake_replicate(replicate_server):
+    """The module's fake, as a new one would be: default behaviour, nothing recorded."""
+    fresh = FakeReplicate()
+    for f in dataclasses.fields(FakeReplicate):
+        setattr(replicate_server, f.name, getattr(fresh, f.name))
+    return replicate_server
 
 
 def assert_exactly_4x(backend, job: dict, index: int, record: dict) -> None:
@@ -38,9 +55,8 @@ def assert_exactly_4x(backend, job: dict, index: int, record: dict) -> None:
         assert big.size == (64 * 4, 72 * 4)
 
 
-def test_replicate_upscale_lands_exactly_4x_and_is_paid_once(make_backend, fake_replicate):
-    backend = make_backend(UPSCALER="replicate", REPLICATE_API_TOKEN=fake_replicate.token,
-                           REPLICATE_BASE_URL=fake_replicate.url)
+def test_replicate_upscale_lands_exactly_4x_and_is_paid_once(replicate_backend, fake_replicate):
+    backend = replicate_backend
     assert backend.get("/health").json()["upscaler"] == "replicate"
     assert backend.get("/v1/catalog").json()["upscaler"] == "replicate"
     job = backend.wait_job(backend.submit(SMALL | {"num_images": 2})["id"])
@@ -60,10 +76,9 @@ def test_replicate_upscale_lands_exactly_4x_and_is_paid_once(make_backend, fake_
     assert backend.get(f"/v1/jobs/{job['id']}").json()["images"][0]["upscale"] is None
 
 
-def test_two_simultaneous_upscale_requests_start_one_prediction(make_backend, fake_replicate):
+def test_two_simultaneous_upscale_requests_start_one_prediction(replicate_backend, fake_replicate):
     fake_replicate.polls_to_finish = 3
-    backend = make_backend(UPSCALER="replicate", REPLICATE_API_TOKEN=fake_replicate.token,
-                           REPLICATE_BASE_URL=fake_replicate.url)
+    backend = replicate_backend
     job = backend.wait_job(backend.submit(SMALL | {"num_images": 1})["id"])
     together = threading.Barrier(4)
 
@@ -81,10 +96,9 @@ def test_two_simultaneous_upscale_requests_start_one_prediction(make_backend, fa
     assert len([r for r in fake_replicate.requests_to("POST", "/v1/predictions") if r.path == "/v1/predictions"]) == 1
 
 
-def test_replicate_model_failure_is_recorded_with_its_message(make_backend, fake_replicate):
+def test_replicate_model_failure_is_recorded_with_its_message(replicate_backend, fake_replicate):
     fake_replicate.outcome = "fail"
-    backend = make_backend(UPSCALER="replicate", REPLICATE_API_TOKEN=fake_replicate.token,
-                           REPLICATE_BASE_URL=fake_replicate.url)
+    backend = replicate_backend
     job = backend.wait_job(backend.submit(SMALL | {"num_images": 1})["id"])
     backend.post(f"/v1/jobs/{job['id']}/images/0/upscale")
     record = wait_upscale(backend, job["id"], 0)
@@ -115,9 +129,8 @@ def test_local_upscale_with_a_tiny_swin2sr_is_queued_while_its_gpu_is_busy(make_
     assert_exactly_4x(backend, job, 0, record)
 
 
-def test_upscale_refusals(make_backend, fake_replicate):
-    backend = make_backend(UPSCALER="replicate", REPLICATE_API_TOKEN=fake_replicate.token,
-                           REPLICATE_BASE_URL=fake_replicate.url)
+def test_upscale_refusals(replicate_backend, fake_replicate):
+    backend = replicate_backend
     running = backend.submit({"prompt": "slow", "num_images": 2, "steps": 150, "width": 256, "height": 256})
     r = backend.post(f"/v1/jobs/{running['id']}/images/1/upscale")
     assert r.status_code == 409 and "only a succeeded image" in r.json()["detail"]
