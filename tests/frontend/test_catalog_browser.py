@@ -111,6 +111,7 @@ def on_a_phone(phone, run_url: str, name: str, artifacts) -> None:
     pick(phone, "catalog_products", name)
     pick(phone, "catalog_styles", "Studio white")
     pick(phone, "catalog_styles", "Marble countertop")
+    expect(phone.locator(".st-key-catalog_styles").get_by_text("Marble countertop")).to_be_visible()  # measured once in
     assert not phone.evaluate(OVERFLOWS, ".st-key-catalog_styles"), "every style picked in sight, none scrolled off"
     thumb = phone.get_by_role("slider", name="Pictures of each product in each style")
     thumb.focus()

@@ -87,7 +87,11 @@ def test_on_a_phone_a_job_link_shows_the_pictures_before_the_form(backend, app_u
 
         phone.goto(f"{app_url}/products?product={name}")
         expect(phone.locator(".st-key-product-open").get_by_text(name).first).to_be_visible(timeout=30_000)
-        phone.wait_for_timeout(500)
+        # Make pictures comes five elements after the name, and the cut-out above it moves it down once loaded
+        expect(phone.locator(".st-key-make-pictures button")).to_be_visible(timeout=15_000)
+        phone.wait_for_function("() => [...document.querySelectorAll('.st-key-product-summary img')]"
+                                ".some(i => i.complete && i.naturalWidth > 0)", timeout=15_000)
+        phone.wait_for_timeout(300)
         assert phone.evaluate(IN_UPPER_THIRD, ".st-key-product-open"), "the product, not the list, comes first"
         cutout, summary = columns(phone, ".st-key-product-summary")
         assert summary["left"] >= cutout["right"] - 1 and cutout["width"] < PHONE["width"] / 2, \
@@ -104,7 +108,11 @@ def test_on_a_phone_a_job_link_shows_the_pictures_before_the_form(backend, app_u
         cut, canvas = columns(phone, ".st-key-pair-cutout")
         assert abs(cut["top"] - canvas["top"]) < 2 and canvas["left"] >= cut["right"] - 1, \
             "the cut-out beside where it goes, so Position's effect stays in sight"
-        # Measured, not scrolled to: the click's own scroll to the form may still be running on a slow box.
+        # Measured, not scrolled to: the click's own scroll to the form may still be running on a slow box. The chips
+        # come after the caption waited for, and the two pictures above them grow once loaded.
+        expect(phone.locator(".st-key-place_at")).to_be_visible(timeout=15_000)
+        phone.wait_for_function("() => [...document.querySelectorAll('.st-key-pair-cutout img')].filter(i => "
+                                "i.complete && i.naturalWidth > 0).length === 2", timeout=15_000)
         preview, chips = box(phone, ".st-key-pair-cutout"), box(phone, ".st-key-place_at")
         span = max(preview["bottom"], chips["bottom"]) - min(preview["top"], chips["top"])
         assert span <= PHONE["height"] - 40, f"the preview and its Position chips on one screen ({span:.0f} px)"
