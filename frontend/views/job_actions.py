@@ -112,12 +112,14 @@ def _upscale_all(view: JobView, indices: list[int]) -> None:
     st.rerun(scope="app")  # the whole page, so the panel polls until the upscales land
 
 
+def is_enlarging(view: JobView, img) -> bool:
+    """Being upscaled now, or asked for by this session and not yet in the manifest."""
+    asked = img.upscale_status is None and f"{view.id}/{img.index}" in asked_upscales()
+    return not img.upscaled and (img.upscaling or asked)
+
+
 def enlarging_count(view: JobView) -> int:
-    """Pictures of the job being upscaled now, or asked for by this session and not yet in the manifest."""
-    asked = asked_upscales()
-    return sum(not img.upscaled and (img.upscaling or (img.upscale_status is None
-                                                        and f"{view.id}/{img.index}" in asked))
-               for img in view.images)
+    return sum(is_enlarging(view, img) for img in view.images)
 
 
 def remember_ticket(ticket: dict, spec: dict) -> None:

@@ -16,7 +16,7 @@ from frontend import downloads, reuse, services
 from frontend.client import BackendError
 from frontend.jobs import ImageView, JobView, format_elapsed, is_job_id, load_job, ticket_view, upscale_key
 from frontend.views import job_actions, scroll
-from frontend.views.job_actions import asked_upscales, request_upscale
+from frontend.views.job_actions import asked_upscales, is_enlarging, request_upscale
 
 POLL_S = 1.0
 MISSING_REASON = "It was made, but it is no longer in storage"
@@ -215,8 +215,7 @@ def _slot(view: JobView, status: str, label: str, reason: str | None = None, pre
 
 def _image_actions(view: JobView, img: ImageView, url: str, data: bytes) -> None:
     name = downloads.file_stem(view, img.index)
-    asked = img.upscale_status is None and f"{view.id}/{img.index}" in asked_upscales()
-    moving = img.upscale_status == "queued" or img.upscaling or asked
+    moving = is_enlarging(view, img)
     # Upscaling that can only fail is said once, under the job's buttons (job_actions.bar): Download has the row
     offered = img.upscaled or moving or services.current_health().upscale_refusal is None
     with st.container(key=f"image-actions-{img.index}"):  # stacked on a phone (chrome.CSS)
