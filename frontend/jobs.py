@@ -42,6 +42,7 @@ class ImageView:
     progress: tuple[int, int] | None = None  # (step, steps) while it runs
     preview_key: str | None = None      # a preview JPEG that exists now (the final PNG is what counts)
     missing: bool = False               # made, but its object is gone from storage (the folder was listed)
+    worker: str | None = None           # the GPU that made it (speed.gpu_seconds: a batch counts once)
 
     @property
     def done(self) -> bool:
@@ -183,7 +184,7 @@ def _job_view(manifest: dict, listed: set[str] | None) -> JobView:
                                 finished_at=img.get("finished_at"), started_at=img.get("started_at"),
                                 progress=_progress(img.get("progress")),
                                 preview_key=str(preview) if preview and preview in present else None,
-                                missing=missing))
+                                missing=missing, worker=_text(img.get("worker"))))
     view = JobView(id=str(manifest["id"]), status=str(manifest.get("status", "queued")),
                    prompt=str(spec.get("prompt") or ""),
                    created_at=manifest.get("created_at"), updated_at=manifest.get("updated_at"),

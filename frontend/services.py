@@ -14,10 +14,11 @@ from PIL import Image
 
 from backend.contract import lora_key
 from backend.storage import Storage, StorageError, open_storage
-from frontend import downloads, placement
+from frontend import downloads, placement, speed
 from frontend.client import BackendError, BackendOffline, ShowroomClient
-from frontend.jobs import JobPage, recent_jobs
+from frontend.jobs import JobPage, JobView, recent_jobs
 from frontend.settings import Settings, load_settings
+from frontend.speed import Speed
 from frontend.trainings import TrainingView, load_training
 
 
@@ -210,6 +211,24 @@ def thumbnail(storage_url: str, key: str, size: int = 384) -> bytes:
 def history(storage_url: str, limit: int, before: str | None = None, product: str | None = None,
             status: str | None = None) -> JobPage:
     return recent_jobs(storage(), limit, before, product, status)
+
+
+def generator_speed(mode: str | None) -> Speed | None:
+    """This generator's measured speed for jobs of `mode` (frontend/speed.py), None until it has finished
+    enough of them or while storage cannot be read."""
+    url = settings().storage_url
+    if not url:
+        return None
+    try:
+        return speed.measured(_measured_jobs(url), mode)
+    except StorageError:
+        return None
+
+
+@st.cache_data(ttl=300, show_spinner=False)
+def _measured_jobs(storage_url: str) -> list[JobView]:
+    """The jobs a speed is measured on: a speed moves slowly, and each look reads their manifests one by one."""
+    return recent_jobs(storage(), speed.RECENT + 4, status="succeeded").jobs
 
 
 @st.cache_data(ttl=60, show_spinner=False)

@@ -21,6 +21,7 @@ class Settings:
     aws_secret_access_key: str | None = field(default=None, repr=False)
     aws_region: str | None = None
     app_password: str | None = field(default=None, repr=False)
+    gpu_hour_price: float | None = None   # dollars one GPU costs an hour: what a job's GPU time is priced at
 
     @property
     def storage_args(self) -> tuple:
@@ -66,4 +67,14 @@ def load_settings() -> Settings:
         aws_secret_access_key=_read("AWS_SECRET_ACCESS_KEY"),
         aws_region=_read("AWS_REGION"),
         app_password=_read("APP_PASSWORD"),
+        gpu_hour_price=_price(_read("GPU_HOUR_PRICE")),
     )
+
+
+def _price(value: str | None) -> float | None:
+    """GPU_HOUR_PRICE as dollars ("0.45" or "$0.45"); anything else, or 0, shows no prices rather than wrong ones."""
+    try:
+        dollars = float((value or "").strip().lstrip("$"))
+    except ValueError:
+        return None
+    return dollars if 0 < dollars < 1000 else None

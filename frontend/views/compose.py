@@ -12,7 +12,7 @@ import uuid
 import streamlit as st
 
 from backend.storage import StorageError
-from frontend import cost, nav, reuse, services, uploads
+from frontend import cost, nav, reuse, services, speed, uploads
 from frontend.client import BackendError, BackendOffline
 from frontend.jobs import is_job_id
 from frontend.placement import PRESETS
@@ -134,7 +134,7 @@ def _compose(catalog: dict, health: services.Health) -> None:
         st.number_input("Seed", 0, MAX_SEED, key="seed", placeholder="random",
                         help="Image i is made from seed + i: the same seed gives the same pictures.")
 
-    _cost_line()
+    _cost_line(choice.mode, health)
     if health.state == "loading":
         st.caption("The model is still loading: your job waits in the queue and starts as soon as it is ready.")
     elif not health.can_generate:
@@ -146,17 +146,23 @@ def _compose(catalog: dict, health: services.Health) -> None:
         _submit(choice)
 
 
-def _cost_line() -> None:
-    """What the job will cost the generator, counted as the backend counts it, before it is sent."""
+def _cost_line(mode: str, health: services.Health) -> None:
+    """What the job will cost the generator, counted as the backend counts it, before it is sent; once this
+    generator has finished a few jobs, how long it will take and (with GPU_HOUR_PRICE) what it costs."""
     ss = st.session_state
     try:
         width, height, steps, count = int(ss["width"]), int(ss["height"]), int(ss["steps"]), int(ss["num_images"])
     except (KeyError, TypeError, ValueError):
         return
     total = cost.job_cost(width, height, steps, count)
+    why = "A standard picture is 512 x 512 at 30 steps; bigger or longer pictures count more."
+    estimate = ""
+    if measured := services.generator_speed(mode):
+        hour_price = services.settings().gpu_hour_price
+        estimate = f" · {speed.estimate(measured, total, count, health.workers, hour_price)}"
+        why += " " + speed.basis(measured, hour_price)
     st.markdown(f'<span class="sr-meta" id="job-cost">{count} picture{"s" if count != 1 else ""} of {width} x {height} '
-                f"at {steps} steps: {cost.amount(total)} of work</span>", unsafe_allow_html=True,
-                help="A standard picture is 512 x 512 at 30 steps; bigger or longer pictures count more.")
+                f"at {steps} steps: {cost.amount(total)} of work{estimate}</span>", unsafe_allow_html=True, help=why)
     if total > cost.DEFAULT_MAX_JOB_COST:
         st.warning(f"That is more than the generator usually takes in one job ({cost.amount(cost.DEFAULT_MAX_JOB_COST)}"
                    "): ask for fewer, smaller or shorter pictures, or it may refuse the job.")

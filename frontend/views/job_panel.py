@@ -12,7 +12,7 @@ import time
 import streamlit as st
 
 from backend.storage import ObjectMissing, StorageError
-from frontend import downloads, reuse, services
+from frontend import downloads, reuse, services, speed
 from frontend.client import BackendError
 from frontend.jobs import ImageView, JobView, format_elapsed, is_job_id, load_job, ticket_view, upscale_key
 from frontend.views import job_actions, scroll
@@ -134,8 +134,8 @@ def _summary(view: JobView, trigger: str | None) -> None:
         info, actions = (st.container(), None) if view.terminal else st.columns([3, 1], vertical_alignment="center")
     with info, st.container(horizontal=True, vertical_alignment="center", gap="small"):
         st.badge(label, color=color)
-        st.markdown(f'<span class="sr-meta">{view.done_count} of {len(view.images)} ready{missing} · '
-                    f'{view.duration_words()}</span>',
+        st.markdown(f'<span class="sr-meta" id="job-meta">{view.done_count} of {len(view.images)} ready{missing} · '
+                    f'{view.duration_words()}{_gpu_time(view)}</span>',
                     unsafe_allow_html=True)
     if view.status == "queued":
         _why_waiting(view)
@@ -154,6 +154,17 @@ def _summary(view: JobView, trigger: str | None) -> None:
     if view.status == "failed" and view.error:
         st.error(view.error)
     job_actions.bar(view)
+
+
+def _gpu_time(view: JobView) -> str:
+    """" · 8 s of GPU time, $0.0017" once the job is over: what it used of the box (a batch counts once), priced
+    with GPU_HOUR_PRICE; nothing while it runs or when its images' times are not all known."""
+    if not view.terminal or (seconds := speed.gpu_seconds(view)) is None:
+        return ""
+    device = "GPU" if services.current_health().gpus else "generator"
+    money = speed.price(seconds, services.settings().gpu_hour_price)
+    return f" · {format_elapsed(seconds) if seconds >= 1 else 'under 1 s'} of {device} time" + (
+        f", {money}" if money else "")
 
 
 def _image_card(view: JobView, img: ImageView) -> None:

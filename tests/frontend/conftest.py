@@ -12,7 +12,7 @@ from backend.tools.seaweed import free_port
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "frontend" / "streamlit_app.py"
 FRONTEND_NAMES = ("BACKEND_URL", "API_KEY", "STORAGE_URL", "S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
-                  "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "APP_PASSWORD")
+                  "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "APP_PASSWORD", "GPU_HOUR_PRICE")
 SMALL = {"steps": 2, "width": 64, "height": 64}
 
 

@@ -3,6 +3,7 @@ refusals in words that name the product and the style, and one grid that fills a
 
 import io
 import json
+import re
 import uuid
 import zipfile
 
@@ -227,8 +228,8 @@ def add_products(backend, count: int) -> list[str]:
     return names
 
 
-def open_catalog(open_app, backend, jobs: str | None = None):
-    at = open_app(frontend_env(backend))
+def open_catalog(open_app, backend, jobs: str | None = None, **env):
+    at = open_app(frontend_env(backend, **env))
     if jobs:
         at.query_params["jobs"] = jobs
     at.switch_page(CATALOG_PAGE).run()
@@ -280,6 +281,15 @@ def test_two_products_in_two_styles_fill_one_grid(backend, open_app):
         pngs = sorted(n for n in z.namelist() if n.endswith(".png"))
         assert [n.split("/")[0] for n in pngs] == ["marble-countertop"] * 2 + ["studio-white"] * 2, pngs
         assert json.loads(z.read("studio-white/job.json"))["id"] == ids[0]
+
+    # those four place jobs are measured: the next run is timed and priced before it is sent
+    priced = open_catalog(open_app, backend, GPU_HOUR_PRICE="0.6")
+    priced.multiselect(key="catalog_products").set_value(names)
+    priced.multiselect(key="catalog_styles").set_value(PLACE_STYLES)
+    priced.slider(key="catalog_num").set_value(2).run()
+    line = next(str(m.value) for m in priced.markdown if 'id="catalog-cost"' in str(m.value))
+    assert re.search(r"Cost: 8 standard pictures of work \((under a second|about \d+ (s|min)) once it starts, "
+                     r"(\$[0-9.]+|under \$0\.0001)\)\.", line), line
 
 
 def test_the_pictures_proportions_have_one_name_on_the_catalog_and_create_pages(backend, open_app):

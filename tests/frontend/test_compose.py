@@ -2,11 +2,12 @@
 scroll box), choosing a style over the user's own words (undo), and what Generate asks the browser to do."""
 
 import html
+import re
 
 from frontend import nav
 from frontend.views import styles
 from frontend.views.style_notes import describe
-from tests.frontend.conftest import assert_no_exception, frontend_env, page_text
+from tests.frontend.conftest import SMALL, assert_no_exception, frontend_env, page_text
 
 OWN_WORDS = "my grandmother's <product> on a kitchen shelf"
 
@@ -179,3 +180,23 @@ def test_a_glossy_floor_style_sets_the_floor_reflection_and_a_matte_one_clears_i
     assert at.session_state["reflection"] == 0.25
     at.button(key="tpl-beach-sunset").click().run()
     assert at.session_state["reflection"] == 0.0
+
+
+def test_once_jobs_have_finished_the_page_says_how_long_a_job_takes_and_what_it_costs(backend, open_app):
+    """Measured on this generator's own finished jobs (frontend/speed.py): the time before Generate, and a
+    finished job's GPU time, priced with GPU_HOUR_PRICE."""
+    jobs = [backend.submit({"prompt": f"a speed test {i}", "num_images": 2, "seed": i} | SMALL) for i in range(2)]
+    for ticket in jobs:
+        assert backend.wait_job(ticket["id"])["status"] == "succeeded"
+    at = open_app(frontend_env(backend, GPU_HOUR_PRICE="0.5"), job=jobs[-1]["id"])
+    assert_no_exception(at)
+    line = next(str(m.value) for m in at.markdown if 'id="job-cost"' in str(m.value))
+    assert re.search(r"of work · (under a second|about \d+ (s|min)) once it starts, "
+                     r"(\$[0-9.]+|under \$0\.0001)<", line), line
+    meta = next(str(m.value) for m in at.markdown if 'id="job-meta"' in str(m.value))
+    assert re.search(r"2 of 2 ready · took \d+ s · (\d+ s|under 1 s) of generator time, (\$|under \$)", meta), meta
+
+    at = open_app(frontend_env(backend), job=jobs[-1]["id"])  # no price set: the time alone
+    line = next(str(m.value) for m in at.markdown if 'id="job-cost"' in str(m.value))
+    assert "once it starts<" in line and "$" not in line
+    assert "$" not in next(str(m.value) for m in at.markdown if 'id="job-meta"' in str(m.value))
