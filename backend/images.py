@@ -6,11 +6,13 @@ import logging
 import warnings
 
 import numpy as np
-from PIL import Image, ImageCms, ImageOps, PngImagePlugin
+from PIL import Image, ImageCms, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 log = logging.getLogger("showroom.images")
 
 ACCEPTED_FORMATS = {"PNG", "JPEG", "WEBP"}
+NOT_A_PICTURE = ("the photo could not be read as an image: the file is not a PNG, JPEG or WebP picture (a PDF, a "
+                 "document, or an iPhone HEIC photo renamed will not do; export it as JPEG or PNG)")
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 SRGB_PNG = PngImagePlugin.PngInfo()
 SRGB_PNG.add(b"sRGB", b"\x00")  # the PNG's own 1-byte "these numbers are sRGB" (intent: perceptual, as usual)
@@ -57,8 +59,12 @@ def normalize_photo(data: bytes, *, max_bytes: int, max_pixels: int,
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise BadImage(f"the photo claims more than {max_pixels} pixels") from None
+    except UnidentifiedImageError:  # its text names an in-memory buffer ("<_io.BytesIO object at 0x...>")
+        raise BadImage(NOT_A_PICTURE) from None
     except Exception as e:  # PIL raises many kinds for broken input: all mean the same to the user
-        raise BadImage(f"the photo could not be read as an image ({type(e).__name__}: {e})") from None
+        log.info("unreadable photo: %s: %s", type(e).__name__, e)
+        raise BadImage("the photo could not be read as an image: the file is damaged or incomplete; save or export "
+                       "it again and send the new file") from None
     img = to_pixels(img)
     if max_short_side and min(img.size) > max_short_side:
         scale = max_short_side / min(img.size)

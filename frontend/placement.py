@@ -49,7 +49,27 @@ def shape_help(native: int) -> str:
 def canvas_size(aspect: str, native: int) -> tuple[int, int]:
     """Width and height with the preset's aspect at about native × native pixels (as the backend sizes a
     photo's aspect), in multiples of 8 within 64..2048."""
-    across, down = ASPECTS[aspect]
+    return _canvas(*ASPECTS[aspect], native)
+
+
+def photo_canvas(photo: bytes, native: int) -> tuple[int, int] | None:
+    """A canvas of the photo's own shape, as it stands upright (a phone's EXIF turn applied, as the backend
+    applies it), sized as canvas_size sizes a preset; None when the photo cannot be read."""
+    size = upright_size(photo)
+    return _canvas(*size, native) if size and all(size) else None
+
+
+def upright_size(photo: bytes) -> tuple[int, int] | None:
+    """The photo's width and height as it stands upright (a phone's EXIF quarter turn applied), without decoding a
+    JPEG's pixels; None when it cannot be read."""
+    try:
+        with Image.open(io.BytesIO(photo)) as img:
+            return img.size[::-1] if img.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8) else img.size
+    except Exception:  # unreadable: uploads.unreadable says so
+        return None
+
+
+def _canvas(across: float, down: float, native: int) -> tuple[int, int]:
     width = math.sqrt(native * native * across / down)
     height = width * down / across
     # grown or shrunk as a whole when a side leaves 64..2048, so the aspect holds where it can
@@ -66,10 +86,8 @@ def fills_the_photo(cutout_png: bytes, photo: bytes) -> bool:
     2 % of the photo's own size (the cut-out is trimmed to its product, and the photo stood upright first)."""
     with Image.open(io.BytesIO(cutout_png)) as img:
         size, alpha = img.size, np.asarray(img.convert("RGBA").getchannel("A"))
-    try:
-        with Image.open(io.BytesIO(photo)) as img:  # its size, upright, without decoding a JPEG's pixels
-            whole = img.size[::-1] if img.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8) else img.size
-    except Exception:  # the backend read it; a photo this side cannot read is not worth a warning
+    whole = upright_size(photo)
+    if whole is None:  # the backend read it; a photo this side cannot read is not worth a warning
         return False
     close = all(abs(a - b) <= 0.02 * b for a, b in zip(size, whole))
     return close and float((alpha >= 128).mean()) >= 0.98  # a soft mask's "mostly product" counts: 190 is no background

@@ -1,6 +1,7 @@
 """The Create page's photo part: what a photo is for (place the product, restyle the photo, or none),
 the picture's shape, and in place mode the cut-out, where it goes, and the realism switches."""
 
+import hashlib
 from dataclasses import dataclass
 
 import streamlit as st
@@ -12,6 +13,7 @@ from frontend.placement import ASPECTS, MODE_CAPTIONS, MODES, PRESETS
 from frontend.views import chrome
 
 PHOTO_TYPES = ["png", "jpg", "jpeg", "webp"]
+PHOTO_SHAPE = "photo_shape"  # (digest, width, height): the restyle photo whose shape the picture was given
 
 
 @dataclass(frozen=True)
@@ -39,14 +41,36 @@ def section(product: dict | None, native: int) -> PhotoChoice:
         about = "A PNG or WebP with transparency is used as it is; any other photo has its background removed."
     photo = st.file_uploader(label, type=PHOTO_TYPES, key="photo", help=about, max_upload_size=uploads.photo_mb())
     upload = (photo.name, photo.getvalue(), photo.type or "application/octet-stream") if photo else None
+    if upload and (problem := uploads.unreadable(upload[1])):
+        st.error(problem, icon=":material/broken_image:")
+        upload, unusable = None, "Choose a PNG, JPEG or WebP photo: this file cannot be read as one."
+    else:
+        unusable = None
     if mode == "restyle":
         if upload:
+            _shape_of_photo(upload, native)
             _what_is_repainted(upload)
         st.slider("How much to change", 0.0, 1.0, step=0.05, key="strength", format="percent",
                   help="Strength: low keeps the photo nearly as it is; high lets the prompt repaint more of it.")
         _shape(native)
-        return PhotoChoice("restyle", upload, None if upload else "Upload the photo to restyle.")
+        return PhotoChoice("restyle", upload, unusable or (None if upload else "Upload the photo to restyle."))
+    if unusable:
+        return PhotoChoice("place", None, unusable)
     return _place(upload, product, packshot_key, native)
+
+
+def _shape_of_photo(upload: tuple[str, bytes, str], native: int) -> None:
+    """A photo just chosen to restyle sets the picture's shape to its own (at about the model's size), so none of
+    it is cropped away unasked; a shape chosen after that is kept until another photo is chosen."""
+    digest = hashlib.sha256(upload[1]).hexdigest()
+    if st.session_state.get(PHOTO_SHAPE, (None,))[0] == digest:
+        return
+    size = placement.photo_canvas(upload[1], native)
+    if size is None:
+        return
+    st.session_state["width"], st.session_state["height"] = size
+    st.session_state["aspect"] = next((a for a in ASPECTS if placement.canvas_size(a, native) == size), None)
+    st.session_state[PHOTO_SHAPE] = (digest, *size)
 
 
 def _what_is_repainted(upload: tuple[str, bytes, str]) -> None:
@@ -139,7 +163,7 @@ def _cutout(upload: tuple[str, bytes, str]) -> tuple[bytes | None, str | None]:
     if result.refusal:
         st.error(f"**Nothing to place in this photo.** {result.refusal[:1].upper()}{result.refusal[1:]}.",
                  icon=":material/hide_image:")
-        return None, "No product was found in the photo: choose another photo."
+        return None, "Nothing can be placed from this photo (see why above): choose another photo."
     if services.fills_the_photo(result.png, upload[1]):
         st.warning("**No background was found around the product**, so the whole photo will be kept as it is, "
                    "its background included. A photo with some space around the product, on a plain background, "
@@ -164,7 +188,10 @@ def _shape(native: int) -> None:
     st.pills("Shape", list(ASPECTS), key="aspect", on_change=_aspect_chosen, args=(native,), required=True,
              help=placement.shape_help(native))
     ss = st.session_state
-    custom = "" if ss.get("aspect") else " · a custom size, set in Advanced settings"
+    if ss.get("mode") == "restyle" and tuple(ss.get(PHOTO_SHAPE, ())[1:]) == (ss["width"], ss["height"]):
+        custom = " · your photo's shape"
+    else:
+        custom = "" if ss.get("aspect") else " · a custom size, set in Advanced settings"
     st.caption(f"{ss['width']} × {ss['height']} px{custom}")
 
 

@@ -301,3 +301,53 @@ def test_the_whole_photo_check_turns_a_phone_photo_upright_by_its_exif():
     soft = io.BytesIO()  # a remover unsure of everything: no pixel quite opaque, none see-through
     Image.new("RGBA", (72, 96), (40, 40, 40, 190)).save(soft, format="PNG")
     assert placement.fills_the_photo(soft.getvalue(), sideways.getvalue())
+
+
+def test_a_photo_to_restyle_gives_the_picture_its_own_shape_until_another_is_chosen(backend, open_app):
+    """A landscape photo at the default 1:1 lost its sides without a word; now its shape is the picture's, and a
+    shape the owner picks afterwards is kept until another photo comes."""
+    at = open_app(frontend_env(backend))
+    native = at.session_state["width"]
+    at.radio(key="mode").set_value("restyle").run()
+    at.file_uploader(key="photo").set_value(("room.jpg", png_bytes(800, 600, fmt="JPEG"), "image/jpeg")).run()
+    assert_no_exception(at)
+    width, height = at.session_state["width"], at.session_state["height"]
+    assert (width, height) == placement.photo_canvas(png_bytes(800, 600), native)
+    assert abs(width / height - 4 / 3) < 0.08 and width % 8 == 0 and height % 8 == 0, (width, height)
+    assert f"{width} × {height} px · your photo's shape" in [c.value for c in at.caption]
+    assert captions(at)[-1] == f"What is repainted · {width} × {height}"
+
+    at.pills(key="aspect").set_value("1:1").run()
+    at.slider(key="strength").set_value(0.6).run()
+    assert (at.session_state["width"], at.session_state["height"]) == (native, native), "the owner's choice stays"
+
+    at.file_uploader(key="photo").set_value(("tall.png", png_bytes(300, 600), "image/png")).run()
+    assert at.session_state["height"] > at.session_state["width"], "another photo: its own shape again"
+
+
+def test_a_file_that_is_no_picture_is_said_at_once_and_blocks_generate(backend, open_app):
+    at = open_app(frontend_env(backend))
+    for mode in ("restyle", "place"):
+        at.radio(key="mode").set_value(mode).run()
+        at.file_uploader(key="photo").set_value(("scan.jpg", b"%PDF-1.7 a catalogue page", "image/jpeg")).run()
+        assert_no_exception(at)
+        (said,) = [e.value for e in at.error]
+        assert said.startswith("**This file is not a picture Showroom can read.** Choose a PNG, JPEG or WebP"), said
+        assert "Error" not in said and "BytesIO" not in said and "Nothing to place" not in said
+        assert at.button(key="generate").disabled
+        assert at.button(key="generate").help == "Choose a PNG, JPEG or WebP photo: this file cannot be read as one."
+    at.file_uploader(key="photo").set_value(("anim.png", png_bytes(40, 40, fmt="GIF"), "image/png")).run()
+    assert [e.value for e in at.error] == ["**This is a GIF file, not a photo Showroom takes.** Save it as PNG, "
+                                           "JPEG or WebP and choose that."]
+
+
+def test_a_canvas_of_the_photos_shape_stands_it_upright_first():
+    tall = Image.new("RGB", (400, 200), (0, 200, 0))  # stored sideways: 400 x 200, shown 200 x 400
+    turned = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    tall.save(turned, format="JPEG", exif=exif)
+    width, height = placement.photo_canvas(turned.getvalue(), 512)
+    assert height > width and abs(height / width - 2) < 0.05 and abs(width * height - 512 * 512) < 0.05 * 512 * 512
+    assert placement.photo_canvas(png_bytes(512, 512), 512) == (512, 512) == placement.canvas_size("1:1", 512)
+    assert placement.photo_canvas(b"not a picture", 512) is None
