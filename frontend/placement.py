@@ -52,6 +52,11 @@ def canvas_size(aspect: str, native: int) -> tuple[int, int]:
     return _canvas(*ASPECTS[aspect], native)
 
 
+def drawable(width, height) -> bool:
+    """A size a preview can be drawn at: the contract's range (a size typed outside it is refused, not drawn)."""
+    return all(isinstance(v, (int, float)) and MIN_SIDE <= v <= MAX_SIDE for v in (width, height))
+
+
 def photo_canvas(photo: bytes, native: int) -> tuple[int, int] | None:
     """A canvas of the photo's own shape, as it stands upright (a phone's EXIF turn applied, as the backend
     applies it), sized as canvas_size sizes a preset; None when the photo cannot be read."""

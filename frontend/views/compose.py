@@ -118,32 +118,60 @@ def _compose(catalog: dict, health: services.Health) -> None:
                  placeholder="blurry, low quality, text, watermark",
                  help="The negative prompt: things the pictures should not show.")
     st.slider("Number of images", 1, 16, key="num_images")
-    with st.expander("Advanced settings", icon=":material/tune:"):
-        # each pair in a row of its own, kept side by side on a phone too (chrome.CSS: .st-key-pair-*)
+    with st.expander("Advanced settings", icon=":material/tune:", expanded=_settings_problem() is not None):
+        # No range on these fields: a browser keeps a typed value outside it to itself, and Generate went on with
+        # the old one. Each is checked below instead (_settings_problem), and Generate waits for a good one.
+        # Each pair in a row of its own, kept side by side on a phone too (chrome.CSS: .st-key-pair-*).
         with st.container(key="pair-quality"):
             left, right = st.columns(2)
-        left.number_input("Steps", 1, 150, key="steps",
-                          help="Inference steps: more are slower and a little more detailed; 25-40 is usual.")
-        right.number_input("Follow the prompt", 0.0, 30.0, step=0.5, key="guidance",
-                           help="Guidance scale (CFG): higher follows the words more strictly, lower is freer; 5-9 "
-                                "is usual.")
+        left.number_input("Steps", step=1, key="steps",
+                          help="Inference steps, 1 to 150: more are slower and a little more detailed; 25-40 is usual.")
+        right.number_input("Follow the prompt", step=0.5, key="guidance",
+                           help="Guidance scale (CFG), 0 to 30: higher follows the words more strictly, lower is "
+                                "freer; 5-9 is usual.")
         with st.container(key="pair-size"):
             left, right = st.columns(2)
-        left.number_input("Width", 64, 2048, step=8, key="width", on_change=photo.custom_size)
-        right.number_input("Height", 64, 2048, step=8, key="height", on_change=photo.custom_size)
-        st.number_input("Seed", 0, MAX_SEED, key="seed", placeholder="random",
+        sizes = "64 to 2048, a multiple of 8."
+        left.number_input("Width", step=8, key="width", on_change=photo.custom_size, help=sizes)
+        right.number_input("Height", step=8, key="height", on_change=photo.custom_size, help=sizes)
+        st.number_input("Seed", step=1, key="seed", placeholder="random",
                         help="Image i is made from seed + i: the same seed gives the same pictures.")
-
-    _cost_line(choice.mode, health)
+    problem = _settings_problem()
+    if problem:
+        st.error(problem, icon=":material/tune:")
+    else:
+        _cost_line(choice.mode, health)
+    blocked = problem or choice.blocked
     if health.state == "loading":
         st.caption("The model is still loading: your job waits in the queue and starts as soon as it is ready.")
     elif not health.can_generate:
         st.warning(f"Generation is unavailable: {health.detail or 'the generator reports an error'}.")
-    elif choice.blocked:
+    elif choice.blocked and not problem:
         st.caption(choice.blocked)
     if st.button("Generate", type="primary", width="stretch", key="generate", icon=":material/auto_awesome:",
-                 disabled=not health.can_generate or choice.blocked is not None, help=choice.blocked):
+                 disabled=not health.can_generate or blocked is not None, help=blocked):
         _submit(choice)
+
+
+SETTING_RANGES = {"steps": ("Steps", 1, 150), "guidance": ("Follow the prompt", 0.0, 30.0),
+                  "width": ("Width", 64, 2048), "height": ("Height", 64, 2048), "seed": ("Seed", 0, MAX_SEED)}
+
+
+def _settings_problem() -> str | None:
+    """What in Advanced settings cannot be sent, with the value and its range; None when all can."""
+    ss = st.session_state
+    for key, (label, low, high) in SETTING_RANGES.items():
+        value = ss.get(key)
+        if value is None:
+            if key != "seed":  # an empty seed is a random one
+                return f"{label} is empty: give it a value from {low:g} to {high:g} in Advanced settings."
+        elif not low <= value <= high:
+            return f"{label} goes from {low:g} to {high:g}, and it is {value:g}: change it in Advanced settings."
+    for key in ("width", "height"):
+        if int(ss[key]) % 8:
+            return (f"{key.capitalize()} must be a multiple of 8, and it is {ss[key]}: {int(ss[key]) // 8 * 8} or "
+                    f"{int(ss[key]) // 8 * 8 + 8} would do (Advanced settings).")
+    return None
 
 
 def _cost_line(mode: str, health: services.Health) -> None:
@@ -197,14 +225,16 @@ def _product_picture(product: dict | None) -> None:
         return
 
 
-def _spec(mode: str) -> tuple[dict | None, str | None]:
+def _prompt_problem() -> str | None:
+    """Said after Generate, not before: the button stays pressable while the prompt is typed, or the click that
+    ends the typing (it leaves the box) would fall on a disabled button and be lost."""
+    return None if (st.session_state["prompt"] or "").strip() else "Write a prompt, or choose a style to start from."
+
+
+def _spec(mode: str) -> dict:
+    """The form as a JobSpec, once _prompt_problem and _settings_problem find nothing."""
     ss = st.session_state
-    prompt = (ss["prompt"] or "").strip()
-    if not prompt:
-        return None, "Write a prompt, or choose a style to start from."
-    for name in ("width", "height"):
-        if int(ss[name]) % 8:
-            return None, f"{name.capitalize()} must be a multiple of 8, got {ss[name]}."
+    prompt = ss["prompt"].strip()
     spec = {"prompt": prompt, "negative_prompt": ss["negative"] or "", "product": ss["product"] or None,
             "template": ss["template_id"], "num_images": int(ss["num_images"]), "steps": int(ss["steps"]),
             "guidance_scale": float(ss["guidance"]), "width": int(ss["width"]), "height": int(ss["height"]),
@@ -216,14 +246,15 @@ def _spec(mode: str) -> tuple[dict | None, str | None]:
         spec |= {"placement": {"x": at.x, "y": at.y, "scale": float(ss["place_scale"])},
                  "shadow": bool(ss["shadow"]), "harmonize": bool(ss["harmonize"]),
                  "reflection": float(ss["reflection"])}
-    return spec, None
+    return spec
 
 
 def _submit(choice: PhotoChoice) -> None:
-    spec, problem = _spec(choice.mode)
-    if problem:
+    # checked here too: a value typed just before the click reaches this run with the click
+    if problem := _prompt_problem() or _settings_problem():
         st.error(problem)
         return
+    spec = _spec(choice.mode)
     upload = choice.upload
     try:
         ticket = services.client().submit(spec, upload, idempotency_key=_submission_key(spec, upload))

@@ -77,6 +77,8 @@ def _what_is_repainted(upload: tuple[str, bytes, str]) -> None:
     """The photo as it will be cropped to the picture's shape, so a cut-off head or product is seen before any
     GPU time is spent (place mode shows where its product goes the same way)."""
     ss = st.session_state
+    if not placement.drawable(ss["width"], ss["height"]):
+        return  # a size Advanced settings refuses, said there
     width, height = int(ss["width"]), int(ss["height"])
     pictures = services.restyle_preview(upload[1], width, height)
     if pictures is None:
@@ -119,7 +121,7 @@ def _place(upload, product: dict | None, packshot_key: str | None, native: int) 
     if blocked:
         return PhotoChoice("place", upload, blocked)
     ss = st.session_state
-    if cut is not None:
+    if cut is not None and placement.drawable(ss["width"], ss["height"]):
         at = PRESETS[ss["place_at"] or "centre"]
         width, height = int(ss["width"]), int(ss["height"])
         with st.container(key="pair-cutout"):  # side by side on a phone too: Position's effect stays in sight
@@ -163,7 +165,7 @@ def _cutout(upload: tuple[str, bytes, str]) -> tuple[bytes | None, str | None]:
     if result.refusal:
         st.error(f"**Nothing to place in this photo.** {result.refusal[:1].upper()}{result.refusal[1:]}.",
                  icon=":material/hide_image:")
-        return None, "Nothing can be placed from this photo (see why above): choose another photo."
+        return None, "No product could be cut out of this photo (see why above): choose another photo."
     if services.fills_the_photo(result.png, upload[1]):
         st.warning("**No background was found around the product**, so the whole photo will be kept as it is, "
                    "its background included. A photo with some space around the product, on a plain background, "

@@ -200,3 +200,40 @@ def test_once_jobs_have_finished_the_page_says_how_long_a_job_takes_and_what_it_
     line = next(str(m.value) for m in at.markdown if 'id="job-cost"' in str(m.value))
     assert "once it starts<" in line and "$" not in line
     assert "$" not in next(str(m.value) for m in at.markdown if 'id="job-meta"' in str(m.value))
+
+
+def test_a_setting_out_of_its_range_holds_generate_back_and_says_so(backend, open_app):
+    """With a range on the field, a typed 1000 steps stayed in the browser and Generate made 30-step pictures."""
+    at = open_app(frontend_env(backend))
+    at.text_area(key="prompt").input("a mug on a table").run()
+    assert not at.button(key="generate").disabled
+    at.number_input(key="steps").set_value(1000)
+    at.button(key="generate").click().run()  # the click that ended the typing comes in the same run
+    assert_no_exception(at)
+    said = "Steps goes from 1 to 150, and it is 1000: change it in Advanced settings."
+    assert not at.query_params.get("job") and said in [e.value for e in at.error]
+    at.run()
+    assert [e.value for e in at.error] == [said]
+    assert at.button(key="generate").disabled and at.button(key="generate").help == said
+    assert not [m for m in at.markdown if 'id="job-cost"' in str(m.value)], "no cost for a job that cannot be sent"
+
+    at.number_input(key="steps").set_value(2)
+    at.number_input(key="width").set_value(100).run()
+    assert [e.value for e in at.error] == ["Width must be a multiple of 8, and it is 100: 96 or 104 would do "
+                                           "(Advanced settings)."]
+    at.number_input(key="width").set_value(4096).run()
+    assert [e.value for e in at.error] == ["Width goes from 64 to 2048, and it is 4096: change it in Advanced "
+                                           "settings."]
+    at.number_input(key="width").set_value(64)
+    at.number_input(key="height").set_value(64)
+    at.number_input(key="guidance").set_value(31.5).run()
+    assert [e.value for e in at.error] == ["Follow the prompt goes from 0 to 30, and it is 31.5: change it in "
+                                           "Advanced settings."]
+    at.number_input(key="guidance").set_value(7.5)
+    at.slider(key="num_images").set_value(1).run()
+    assert not at.error and not at.button(key="generate").disabled
+    at.button(key="generate").click().run()
+    job_id = at.query_params.get("job")
+    assert job_id, page_text(at)
+    spec = backend.get(f"/v1/jobs/{job_id}").json()["spec"]
+    assert (spec["steps"], spec["width"], spec["height"], spec["guidance_scale"]) == (2, 64, 64, 7.5)

@@ -152,7 +152,7 @@ def test_a_photo_with_nothing_to_cut_out_says_why_and_generate_is_disabled(backe
     shown = " ".join(e.value for e in at.error)
     assert "Nothing to place in this photo" in shown and "single flat colour" in shown, page_text(at)
     assert at.button(key="generate").disabled
-    assert "No product was found in the photo" in at.button(key="generate").help
+    assert "No product could be cut out of this photo" in at.button(key="generate").help
     assert not [s for s in at.slider if s.key == "place_scale"], "nothing to place, so no placement"
 
 
