@@ -68,7 +68,12 @@ def run_worker(worker_id: int, settings, conn, cancel_task, workers: int = 1) ->
     log.info("ready on %s in %.1fs", device, time.perf_counter() - started)
 
     while True:
-        match conn.recv():
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):  # the backend is gone (killed): nothing will ever be asked again
+            log.info("the backend closed the pipe; leaving")
+            return
+        match message:
             case Stop():
                 return
             case Task() as task:
