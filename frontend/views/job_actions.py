@@ -1,13 +1,14 @@
 """What can be done with a whole job: download it as a ZIP, upscale every picture, reuse its settings on the
 Create page, or make more like it with a new seed."""
 
+import hashlib
 import time
 import uuid
 
 import streamlit as st
 
 from backend.storage import StorageError
-from frontend import downloads, reuse, services
+from frontend import downloads, placement, reuse, services, uploads
 from frontend.client import BackendError
 from frontend.jobs import JobView
 from frontend.views import scroll
@@ -16,6 +17,7 @@ PENDING = "compose_pending"   # values for the Create page's widgets, applied be
 NOTE = "compose_note"         # what the page says about them once applied
 PICTURE = "reuse_png"         # the Create page's "Reuse a picture's settings" upload
 PICTURE_REFUSAL = "reuse_png_refusal"  # why that picture's settings could not be read, in words
+PHOTO = "reused_photo"        # the stored photo of the job reused: the form's photo until another is chosen
 
 
 def bar(view: JobView) -> None:
@@ -54,18 +56,74 @@ def bar(view: JobView) -> None:
 
 
 def use_settings(view: JobView) -> None:
-    """The Create page's widgets take the job's values on the next run of the app."""
-    st.session_state[PENDING] = reuse.compose_values(view, _trigger(view.spec.get("product")),
-                                                     services.current_health().native_size)
+    """The Create page's widgets take the job's values on the next run of the app, and its photo, where it was
+    made from one, becomes the form's photo (read back from storage, as More like this sends it)."""
+    native = services.current_health().native_size
+    st.session_state[PENDING] = reuse.compose_values(view, _trigger(view.spec.get("product")), native)
+    st.session_state.pop(PHOTO, None)
+    photo = ""
+    if view.input_key:
+        data = _stored_photo(view.input_key)
+        if data is None:
+            photo = " It was made from a photo you uploaded: upload it again to use it."
+        else:
+            _keep_photo(f"{downloads.job_stem(view)}-photo.png", data, native)
+            photo = " Its photo is back in the form too: upload another to use that one instead."
     st.session_state[NOTE] = ("The form holds the settings of the job you opened: change what you like, then press "
-                              "Generate.") + (
-        " It was made from a photo you uploaded: upload it again to use it." if view.input_key else "")
+                              "Generate.") + photo
+
+
+def _stored_photo(key: str) -> bytes | None:
+    """The job's stored photo, or None where it cannot be sent again: the job deleted, storage unreadable, or the
+    photo bigger as a PNG than the backend takes (a large JPEG grows when stored losslessly)."""
+    try:
+        store = services.storage()
+        data = store.get(key) if store is not None else None
+    except (StorageError, ValueError):  # ValueError: a manifest's key that is not a storage key
+        return None
+    return data if data and len(data) <= uploads.PHOTO_BYTES else None
+
+
+def _keep_photo(name: str, data: bytes, native: int) -> None:
+    from frontend.views.photo import PHOTO_SHAPE  # not at the top: photo.py draws reused_photo below
+
+    # As if the photo had just been chosen, less the new shape it would give the picture: the job's size is kept.
+    size = placement.photo_canvas(data, native) or (None, None)
+    st.session_state[PHOTO_SHAPE] = (hashlib.sha256(data).hexdigest(), *size)
+    st.session_state[PHOTO] = {"upload": (name, data, "image/png")}
+
+
+def reused_photo(upload: tuple[str, bytes, str] | None) -> tuple[str, bytes, str] | None:
+    """The Create form's photo (photo.section): a file chosen after Reuse replaces the reused job's photo; until
+    then that photo is sent, named under the upload box with a way to leave it out. A file the box already held
+    when Reuse was pressed (Streamlit cannot empty the box) does not count as chosen."""
+    kept = st.session_state.get(PHOTO)
+    if kept is None:
+        return upload
+    chosen = hashlib.sha256(upload[1]).hexdigest() if upload else None
+    kept.setdefault("instead_of", chosen)  # the first run after Reuse
+    if chosen not in (None, kept["instead_of"]):
+        st.session_state.pop(PHOTO)
+        return upload
+    name = kept["upload"][0]
+    with st.container(horizontal=True, gap="small", vertical_alignment="center", key="reused-photo"):
+        instead = f", is sent, not {upload[0]}" if upload else ""
+        st.caption(f":material/photo: Photo: **{name}**, from the job you reused{instead}. "
+                   "Upload another to replace it.")
+        st.button("Remove", key="reused-photo-remove", icon=":material/close:", on_click=_leave_photo_out,
+                  help="Leave the reused job's photo out of the form")
+    return kept["upload"]
+
+
+def _leave_photo_out() -> None:
+    st.session_state.pop(PHOTO, None)
 
 
 def use_picture() -> None:
     """The upload's on_change: runs before the page is drawn, so apply_pending fills the form in the same run."""
     st.session_state.pop(PICTURE_REFUSAL, None)
     upload = st.session_state.get(PICTURE)
+    st.session_state.pop(PHOTO, None)  # another job's settings: the photo of one reused before is not theirs
     if upload is None:
         return
     spec, reason = reuse.png_settings(upload.getvalue())

@@ -10,7 +10,7 @@ from backend.storage import StorageError
 from frontend import placement, services, uploads
 from frontend.client import BackendError
 from frontend.placement import ASPECTS, MODE_CAPTIONS, MODES, PRESETS
-from frontend.views import chrome
+from frontend.views import chrome, job_actions
 
 PHOTO_TYPES = ["png", "jpg", "jpeg", "webp"]
 PHOTO_SHAPE = "photo_shape"  # (digest, width, height): the restyle photo whose shape the picture was given
@@ -41,6 +41,7 @@ def section(product: dict | None, native: int) -> PhotoChoice:
         about = "A PNG or WebP with transparency is used as it is; any other photo has its background removed."
     photo = st.file_uploader(label, type=PHOTO_TYPES, key="photo", help=about, max_upload_size=uploads.photo_mb())
     upload = (photo.name, photo.getvalue(), photo.type or "application/octet-stream") if photo else None
+    upload = job_actions.reused_photo(upload)  # a reused job's photo, until another is chosen
     if upload and (problem := uploads.unreadable(upload[1])):
         st.error(problem, icon=":material/broken_image:")
         upload, unusable = None, "Choose a PNG, JPEG or WebP photo: this file cannot be read as one."
