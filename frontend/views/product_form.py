@@ -1,13 +1,18 @@
 """Add a product: a name and a few photos (the first becomes its cut-out picture), or a LoRA already made.
 
 Plain words on the form; the technical names (trigger words, LoRA) live in the help texts. A refused
-upload keeps everything typed and says why in words.
+upload keeps everything typed and says why in words. The name is taken as typed and saved in the backend's
+form (shown under the field); a name that is a product's already is said before anything is sent, and replaced
+only when the user ticks Replace.
 """
 
+import re
+import unicodedata
 from pathlib import PurePath
 
 import streamlit as st
 
+from backend.contract import NAME_RE
 from backend.lora.safetensors_file import LoraFormatError, read_safetensors_header
 from frontend import nav, services, uploads
 from frontend.client import BackendError
@@ -23,44 +28,118 @@ def draw() -> None:
     offline = not services.current_health().can_generate
     if offline:
         st.info("Adding a product needs the generator, which is not available right now.")
-    with st.form("add-product", clear_on_submit=False):  # a refused upload keeps what was typed
-        name = st.text_input("Name", key="add_name", placeholder="e.g. blue-mug",
-                             help="Letters, digits, '-' or '_' (up to 64); it is how you pick the product later.")
-        kind = st.text_input("What is it? (optional)", key="add_kind", placeholder="e.g. mug",
-                             help="One or two words: they help Showroom draw the product and sort your list.")
-        photos = st.file_uploader("Photos of the product (drag several)", key="add_photos", accept_multiple_files=True,
-                                  max_upload_size=uploads.photo_mb(),
-                                  help="Drag several at once: PNG, JPEG or WebP. The first is cut out and becomes "
-                                       "the product's picture, placed exactly as it is; all of them can teach "
-                                       "Showroom the product (2 to 40 photos, from different angles, work best).")
-        with st.expander("Advanced"):
-            trigger = st.text_input("Words that call it up in a prompt", key="add_trigger",
-                                    placeholder="chosen for you: a rare word plus what it is, e.g. zwx mug",
-                                    help="Its trigger words: they replace <product> in a prompt, and Showroom "
-                                         "learns the product under them. Leave empty to have them chosen (with a "
-                                         "LoRA: read from its file, where it names them).")
-        with st.expander("I already have a LoRA"):
-            lora = st.file_uploader("LoRA file (.safetensors)", key="add_lora", max_upload_size=uploads.lora_mb(),
-                                    help="A LoRA trained on this product for the generator's model. Its trigger "
-                                         "words are read from the file where it names them; else type them under "
-                                         "Advanced.")
-            weight = st.slider("How strongly it applies", 0.0, 2.0, 1.0, step=0.05, key="add_weight",
-                               help="The LoRA's weight: 1 as trained; lower if it overpowers the scene.")
-        submitted = st.form_submit_button("Add product", type="primary", disabled=offline, icon=":material/add:",
-                                          key="add-submit")
+    with st.container(border=True):
+        typed, existing, replace = _name_field(offline)
+        with st.form("add-product", clear_on_submit=False, border=False):  # a refused upload keeps what was typed
+            submitted, kind, trigger, photos, lora, weight = _fields(offline or bool(existing and not replace))
     if submitted:
         with st.container(key="add-refused"):  # an accepted product reruns the page; only a refusal stays here
-            _add(name.strip(), kind.strip() or None, trigger.strip(), photos or [], lora, weight)
+            _add(typed, kind.strip() or None, trigger.strip(), photos or [], lora, weight,
+                 replacing=existing["name"] if existing and replace else None)
         # Under the form: with an expander open it landed below the screen, and the click seemed to do nothing.
         scroll.ask("add-refused")
         scroll.draw_if_asked("add-refused")
 
 
-def _add(name: str, kind: str | None, trigger: str, photos: list, lora, weight: float) -> None:
-    problem = _problem(name, photos, lora)
+def _name_field(offline: bool) -> tuple[str, dict | None, bool]:
+    """Outside the form, so that what it is saved as, and a product that has it already, are said as it is
+    typed: what was typed, the product that has its name, whether the user ticked Replace."""
+    typed = st.text_input("Name", key="add_name", placeholder="e.g. Red bottle",
+                          help="Type it as you like: it is saved in small letters and digits, with '-' between "
+                               "words (shown below). It is how you pick the product later.")
+    name = stored_name(typed)
+    existing = None if offline or not name else _existing(name, _products())
+    return typed, existing, _name_said(typed, name, existing)
+
+
+def _fields(disabled: bool) -> tuple:
+    """The form's other fields and its button: (submitted, kind, trigger, photos, lora, weight)."""
+    kind = st.text_input("What is it? (optional)", key="add_kind", placeholder="e.g. mug",
+                         help="One or two words: they help Showroom draw the product and sort your list.")
+    photos = st.file_uploader("Photos of the product (drag several)", key="add_photos", accept_multiple_files=True,
+                              max_upload_size=uploads.photo_mb(),
+                              help="Drag several at once: PNG, JPEG or WebP. The first is cut out and becomes "
+                                   "the product's picture, placed exactly as it is; all of them can teach "
+                                   "Showroom the product (2 to 40 photos, from different angles, work best).")
+    with st.expander("Advanced"):
+        trigger = st.text_input("Words that call it up in a prompt", key="add_trigger",
+                                placeholder="chosen for you: a rare word plus what it is, e.g. zwx mug",
+                                help="Its trigger words: they replace <product> in a prompt, and Showroom "
+                                     "learns the product under them. Leave empty to have them chosen (with a "
+                                     "LoRA: read from its file, where it names them).")
+    with st.expander("I already have a LoRA"):
+        lora = st.file_uploader("LoRA file (.safetensors)", key="add_lora", max_upload_size=uploads.lora_mb(),
+                                help="A LoRA trained on this product for the generator's model. Its trigger "
+                                     "words are read from the file where it names them; else type them under "
+                                     "Advanced.")
+        weight = st.slider("How strongly it applies", 0.0, 2.0, 1.0, step=0.05, key="add_weight",
+                           help="The LoRA's weight: 1 as trained; lower if it overpowers the scene.")
+    submitted = st.form_submit_button("Add product", type="primary", icon=":material/add:", key="add-submit",
+                                      disabled=disabled)
+    return submitted, kind, trigger, photos, lora, weight
+
+
+def _name_said(typed: str, name: str, existing: dict | None) -> bool:
+    """Under the name: what it is saved as, or why it cannot be one; a product that has it already, with Open and
+    Replace. Whether the user ticked Replace."""
+    if not typed.strip():
+        return False
+    if not name:
+        st.caption(f":red[{_NO_NAME}]")
+        return False
+    st.caption(f"Saved as **{name}**")
+    if existing is None:
+        return False
+    st.warning(_exists_words(existing), icon=":material/warning:")
+    with st.container(horizontal=True, gap="small"):
+        if st.button(f"Open {existing['name']}", key="add-open-existing", icon=":material/open_in_full:"):
+            nav.focus_product(existing["name"])
+            scroll.ask("product")
+            st.rerun()
+        # keyed by the name: a tick given to one product never carries over to another
+        return st.checkbox(f"Replace {existing['name']}", key=f"add_replace-{existing['name']}")
+
+
+def _exists_words(existing: dict) -> str:
+    said = (f"**A product named {existing['name']} exists already.** Adding this one under its name replaces it: "
+            "your first photo becomes its picture. Open it instead, tick Replace, or choose another name.")
+    kind = f"what it is, “{existing['category']}”" if existing.get("category") else ""
+    if existing.get("has_lora"):  # learnt under its words: new ones would call up nothing it learnt
+        kept = " and ".join(filter(None, [f"the words that call it up, “{existing['trigger']}”", kind]))
+        return f"{said} Showroom has learnt it: what it learnt is kept, and so are {kept}, unless you type others."
+    return f"{said} Kept: {kind}, unless you type another." if kind else said
+
+
+def _products() -> list[dict]:
+    try:
+        return services.current_catalog().get("products", [])
+    except BackendError:
+        return []
+
+
+def _existing(name: str, products: list[dict]) -> dict | None:
+    """The product with this name, else one whose name differs only in case (the backend refuses a second such
+    name: on some storage the two would share their files)."""
+    same = [p for p in products if p["name"].lower() == name.lower()]
+    return next((p for p in same if p["name"] == name), same[0] if same else None)
+
+
+def _add(typed: str, kind: str | None, trigger: str, photos: list, lora, weight: float,
+         replacing: str | None) -> None:
+    name = stored_name(typed)
+    problem = _problem(typed, name, photos, lora)
     if problem:
         st.error(problem)
         return
+    services.catalog.clear()  # read again: a product added elsewhere in the last minute is not replaced unasked
+    existing = _existing(name, _products())
+    if existing is not None and existing["name"] != replacing:
+        scroll.ask("product-form")
+        st.rerun()  # drawn again, the name's field says that the product exists, with Open and Replace
+    if existing is not None:  # replacing it: what is left empty is kept, so what it learnt still works
+        name, kind = existing["name"], kind or existing.get("category")
+        if existing.get("has_lora") and lora is None:
+            trigger, weight = trigger or existing["trigger"], existing.get("weight", weight)
     if lora is not None and (why := _not_a_lora(lora.getvalue())):  # said first: no words make such a file work
         st.error(f"**{name} was not added.** “{lora.name}” is not a LoRA Showroom can read: it takes `.safetensors` "
                  "LoRA files (as Civitai and Hugging Face offer them). A `.ckpt`, `.pt` or `.bin` file is refused, "
@@ -117,10 +196,12 @@ def _refused(name: str, e: BackendError) -> None:
     chrome.backend_said(e.message)
 
 
-def _problem(name: str, photos: list, lora) -> str | None:
+def _problem(typed: str, name: str, photos: list, lora) -> str | None:
     """What stops the form before anything is sent, in words (the backend checks the rest)."""
-    if not name:
+    if not typed.strip():
         return "Give the product a name."
+    if not name:
+        return _NO_NAME
     if not photos and lora is None:
         return "Add at least one photo of the product (or its LoRA, under “I already have a LoRA”)."
     for photo in photos:
@@ -129,3 +210,16 @@ def _problem(name: str, photos: list, lora) -> str | None:
     if lora is not None and PurePath(lora.name).suffix.lower() != ".safetensors":
         return f"“{lora.name}” is not a .safetensors file: a LoRA must be saved in that format."
     return None
+
+
+_NO_NAME = ("A name needs at least one letter (a to z) or digit: Showroom saves names in those, and this one has "
+            "none. Type it in Latin letters, e.g. “Red bottle”.")
+
+
+def stored_name(typed: str) -> str:
+    """The name a product is saved under, from what was typed: "Red Bottle #1" -> "red-bottle-1", "Café crème"
+    -> "cafe-creme". Accents folded, small letters, each run of other characters one '-', none at the ends, at
+    most 64 characters: always a name the backend takes (NAME_RE). "" when nothing usable is left ("###")."""
+    folded = unicodedata.normalize("NFKD", typed.casefold()).encode("ascii", "ignore").decode()
+    name = re.sub(r"[^a-z0-9_]+", "-", folded).strip("-_")[:64].rstrip("-_")
+    return name if NAME_RE.fullmatch(name) else ""
