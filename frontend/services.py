@@ -186,6 +186,17 @@ def current_catalog() -> dict:
     return catalog(settings().backend_url, _key_id())
 
 
+def style_names() -> dict[str, str]:
+    """Each style's name by its id, from the catalog; {} while the generator cannot be asked (History, which
+    names a job's style with it, works without the generator)."""
+    if current_health().state in ("offline", "refused"):
+        return {}
+    try:
+        return {str(t["id"]): str(t["name"]) for t in current_catalog().get("templates", [])}
+    except (BackendError, KeyError, TypeError, AttributeError):
+        return {}
+
+
 def _key_id() -> str:
     """The key's fingerprint, not the key, tells cache entries apart: a wrong key must not reuse a good answer."""
     return hashlib.sha256((settings().api_key or "").encode()).hexdigest()[:16]

@@ -46,6 +46,7 @@ CSS = """
   color: #6B6B80; background: #FAFAFC;}
 .sr-empty h3 {color: #1B1B2F; font-size: 1.15rem; margin-bottom: .3rem;}
 .sr-prompt {color: #55556A; font-size: .84rem; line-height: 1.35; min-height: 3.4em;}
+.sr-prompt .sr-style {color: #1B1B2F; font-weight: 600;}
 .sr-card-head {display: flex; justify-content: space-between; align-items: baseline; gap: .5rem;
   margin-bottom: .35rem;}
 .sr-card-head b {font-size: .95rem; line-height: 1.25;}

@@ -37,6 +37,7 @@ def draw() -> None:
         products = []
     triggers = services.product_triggers(products)  # read once: each card shows its product's name, not these words
     tests = services.test_picture_jobs(products)
+    styles = services.style_names()
     product, status = _filters(list(triggers))
     cursors = st.session_state.setdefault(CURSORS, [None])
     try:
@@ -58,7 +59,7 @@ def draw() -> None:
         for start in range(0, len(page.jobs), PER_ROW):
             for column, job in zip(st.columns(PER_ROW), page.jobs[start:start + PER_ROW]):
                 with column:
-                    _card(url, job, triggers.get(job.product or ""), job.id in tests)
+                    _card(url, job, triggers.get(job.product or ""), job.id in tests, styles.get(job.template or ""))
     _pager(len(cursors), page.before)
 
 
@@ -98,13 +99,16 @@ def _empty(filtered: bool) -> None:
     st.page_link(nav.page("create"), label="Create your first pictures", icon=":material/auto_awesome:")
 
 
-def _card(url: str, job: JobView, trigger: str | None, test_pictures: bool = False) -> None:
+def _card(url: str, job: JobView, trigger: str | None, test_pictures: bool = False, style: str | None = None) -> None:
+    """`style`: the name of the style it was made in, which says more at a glance than the photographer's words
+    the style put in its prompt ("Beach at sunset" over "…, 70mm lens, f/4, golden hour"); they follow it."""
     with st.container(border=True, key=f"job-{job.id}"):
         job = _cover(url, job)  # the job as storage really holds it, when its cover turned out to be gone
         label, color = badge(job)
         st.badge(label, color=color)
-        st.markdown(f'<div class="sr-prompt">{html.escape(_shorten(reuse.shown_prompt(job, trigger), 90))}</div>',
-                    unsafe_allow_html=True)
+        named = f'<b class="sr-style">{html.escape(style)}</b> · ' if style else ""
+        prompt = html.escape(_shorten(reuse.shown_prompt(job, trigger), 90 - (len(style) + 3 if style else 0)))
+        st.markdown(f'<div class="sr-prompt">{named}{prompt}</div>', unsafe_allow_html=True)
         if test_pictures:  # jobs the owner did not start: said, so they are not taken for someone else's
             st.markdown('<span class="sr-meta">Test pictures, made when Showroom learnt it</span>',
                         unsafe_allow_html=True)

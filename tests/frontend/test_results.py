@@ -289,6 +289,24 @@ def test_history_says_how_each_job_was_made(tmp_path, open_app):
              for m in metas]
     assert words == ["From the prompt", "From the prompt", "Photo restyled", "Product placed"], \
         f"newest first; a spec without a mode was drawn from the prompt, as the backend's default: {metas}"
+    assert prompts_shown(at) == ['<div class="sr-prompt">a mug on a marble counter</div>'] * 4, \
+        "the generator off: no style names to read, the prompt as it is"
+
+
+def test_a_history_card_names_the_style_before_its_words(backend, open_app):
+    template = next(t for t in backend.get("/v1/catalog").json()["templates"] if "generate" in t.get("modes", []))
+    styled = backend.submit({"template": template["id"], "num_images": 1} | SMALL)
+    own = backend.submit({"prompt": f"a teapot by a window {uuid.uuid4().hex[:6]}", "num_images": 1} | SMALL)
+    for ticket in (styled, own):
+        assert backend.wait_job(ticket["id"])["status"] == "succeeded"
+    at = open_app(frontend_env(backend))
+    at.switch_page("app_pages/history.py").run()
+    assert_no_exception(at)
+    first, second = prompts_shown(at)[:2]  # newest first
+    own_prompt = backend.get(f"/v1/jobs/{own['id']}").json()["spec"]["prompt"]
+    assert first == f'<div class="sr-prompt">{own_prompt}</div>'
+    assert second.startswith(f'<div class="sr-prompt"><b class="sr-style">{template["name"]}</b> · '), second
+    assert len(second.split("</b> · ", 1)[1].removesuffix("</div>")) <= 90 - len(template["name"]) - 3
 
 def prompts_shown(at) -> list[str]:
     return [str(m.value) for m in at.markdown if 'class="sr-prompt' in str(m.value)]  # a job's, History's
