@@ -86,7 +86,9 @@ def png_settings(data: bytes) -> tuple[dict | None, str | None]:
     try:
         with Image.open(io.BytesIO(data)) as img:
             if img.format != "PNG":
-                return None, "This file is not a PNG: only a PNG keeps the settings a picture was made with."
+                return None, (f"This file is a {img.format}, not a PNG: only a PNG keeps the settings a picture was "
+                              "made with (a copy saved as JPEG or sent through a chat app loses them). Drop the PNG "
+                              "Showroom gave you: its Download button saves it.")
             # Text before the pixels is in `info` without decoding anything; `text` also finds text after
             # them, by decoding the whole picture: only for a picture of a sane size (a 13000 x 13000 PNG
             # of a few hundred KB would take the app's memory).

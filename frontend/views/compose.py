@@ -198,7 +198,8 @@ def _cost_line(mode: str, health: services.Health) -> None:
 
 def _reuse_picture() -> None:
     with st.expander("Reuse a picture's settings", icon=":material/image_search:"):
-        st.file_uploader("A PNG made by Showroom (or AUTOMATIC1111)", type=["png"], key=job_actions.PICTURE,
+        # JPEG and WebP too: refused here in words (they keep no settings), not by the box's bare "not allowed"
+        st.file_uploader("A PNG made by Showroom (or AUTOMATIC1111)", type=photo.PHOTO_TYPES, key=job_actions.PICTURE,
                          max_upload_size=uploads.picture_mb(),
                          on_change=job_actions.use_picture,
                          help="Its prompt, size, steps, guidance and seed (and, from Showroom, its product, style "

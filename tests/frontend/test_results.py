@@ -181,8 +181,10 @@ def test_a_png_without_settings_says_why_and_leaves_the_form(backend, open_app):
     drop_picture(at, "plain.png", png_bytes(32, 32))
     assert "This picture carries no settings" in " ".join(w.value for w in at.warning)
     assert form_of(at, "prompt", "steps", "seed") == {"prompt": "my own words", "steps": 30, "seed": None}
-    drop_picture(at, "photo.png", png_bytes(32, 32, fmt="JPEG"))
-    assert "This file is not a PNG" in " ".join(w.value for w in at.warning)
+    drop_picture(at, "photo.jpg", png_bytes(32, 32, fmt="JPEG"))
+    assert "This file is a JPEG, not a PNG: only a PNG keeps the settings" in " ".join(w.value for w in at.warning)
+    assert at.file_uploader(key="reuse_png").proto.type == [".png", ".jpg", ".jpeg", ".webp"], \
+        "a JPEG reaches the page and is told why, not refused by the box in Streamlit's words"
 
 
 def test_the_product_picker_shows_the_chosen_products_picture(backend, open_app, made_png, tiny_model):
