@@ -15,18 +15,24 @@ CONFIRM = "confirm_delete_product"
 
 
 def draw() -> None:
+    name = open_product()
     try:
         products = services.product_records()
+        if name and not any(p["name"] == name for p in products):  # a list read before it was added elsewhere?
+            services.catalog.clear()
+            products = services.product_records()
+        listed = True
     except StorageError as e:
         st.error(f"The product list cannot be read right now: {e}")
-        products = []
+        products, listed = [], False
     listing, side = st.columns([6, 5], gap="large")
     with listing:
         st.markdown("#### Your products")
         _listing(products)
     with side:
-        name = open_product()
         product = next((p for p in products if p["name"] == name), None)
+        if name and product is None and listed:
+            _gone(name)
         if product is not None:
             with st.container(key="product-open"):  # on a phone, before the list (chrome.CSS)
                 product_panel.draw(product)
@@ -35,6 +41,15 @@ def draw() -> None:
             with st.container(key="product-form"):
                 product_form.draw()
             scroll.draw_if_asked("product-form")
+
+
+def _gone(name: str) -> None:
+    """A link (or this session) names a product there is no longer: said, not silently replaced by the form.
+    The name matched NAME_RE, so it is plain letters, digits, '-' and '_'."""
+    st.info(f"**There is no product named {name} now**: it may have been deleted. Add it again below, or open "
+            "one from the list.", icon=":material/search_off:")
+    st.session_state.pop("open_product", None)
+    st.query_params.pop("product", None)
 
 
 def open_product() -> str | None:

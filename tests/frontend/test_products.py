@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from backend.contract import product_key, training_key
-from backend.storage import LocalStorage
+from backend.storage import LocalStorage, StorageError
 from frontend import services
 from frontend.client import BackendError, ShowroomClient
 from frontend.trainings import RARE_TOKENS, estimate_minutes, suggest_trigger, training_view
@@ -294,3 +294,24 @@ def test_an_added_product_leads_to_the_create_page_with_it_chosen_and_placed(bac
     assert at.selectbox(key="product").value == name, "the Create page opens with the product chosen"
     assert at.radio(key="mode").value == "place", "not learnt yet: its photo is placed as it is"
     assert f"{name}'s cut-out: kept pixel for pixel" in captions(at) and not at.button(key="generate").disabled
+
+
+def test_a_link_to_a_product_deleted_since_says_so_and_offers_the_form(backend, open_app, monkeypatch):
+    name = unique("vase")
+    r = backend.post("/v1/products", data={"name": name, "trigger": "zqv vase"},
+                     files={"photo": ("v.png", packshot(), "image/png")})
+    assert r.status_code == 201, r.text
+    assert backend.delete(f"/v1/products/{name}").status_code == 204
+    at = products_page(open_app, backend, product=name)
+    said = " ".join(i.value for i in at.info)
+    assert f"**There is no product named {name} now**: it may have been deleted." in said, page_text(at)
+    assert "product" not in at.query_params, "the dead link is not kept for the next reload"
+    assert at.text_input(key="add_name"), "the form, to add it again"
+
+    def unreadable():
+        raise StorageError("storage is down")
+
+    monkeypatch.setattr(services, "product_records", unreadable)
+    at.query_params["product"] = name
+    at.run()
+    assert not at.info and "cannot be read right now" in page_text(at), "an unread list proves nothing gone"
