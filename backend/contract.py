@@ -141,6 +141,21 @@ def packshot_key(product: str) -> str:
     return f"products/{check_name('product', product)}.png"
 
 
+def product_folder(product: str) -> str:
+    """Ours, beside the contract's layout: what a product keeps besides its record, LoRA and packshot."""
+    return f"products/{check_name('product', product)}/"
+
+
+def product_photos_prefix(product: str) -> str:
+    """The photos a product was added with (`photos` parts of POST /v1/products), kept to teach it from later."""
+    return f"{product_folder(product)}photos/"
+
+
+def product_photo_key(product: str, n: int) -> str:
+    """Its n-th kept photo (from 0), normalised as a training's photos are."""
+    return f"{product_photos_prefix(product)}{n}.png"
+
+
 def training_key(training_id: str) -> str:
     return f"trainings/{training_id}/job.json"
 

@@ -398,3 +398,44 @@ def restyle_preview(photo: bytes, width: int, height: int) -> tuple[bytes, bytes
 def canvas_preview(png: bytes, width: int, height: int, x: float, y: float, scale: float, shadow: bool = False,
                    reflection: float = 0.0) -> bytes:
     return placement.canvas_preview(png, width, height, x, y, scale, shadow, reflection)
+
+
+@st.cache_data(max_entries=16, ttl=60, show_spinner=False)
+def added_photos(storage_url: str, product: str) -> list[tuple[str, bytes]]:
+    """The photos a product was added with, kept in storage to teach it from: each one's key and a small JPEG of
+    it, in their order. Short-lived, and cleared when this session adds a product: one added again under its name
+    reuses the keys. The photos themselves are read on the Teach click only."""
+    from backend.contract import product_photos_prefix  # here: this section was added at the file's end
+
+    def number(key: str) -> int:
+        stem = key.rsplit("/", 1)[-1].removesuffix(".png")
+        return int(stem) if stem.isdigit() else -1
+
+    store = storage()
+    found = []
+    for key in sorted(store.list_files(product_photos_prefix(product)), key=number):
+        if number(key) >= 0:
+            with Image.open(io.BytesIO(store.get(key))) as img:
+                img.thumbnail((128, 128))
+                small = img.convert("RGBA")
+            flat = Image.new("RGB", small.size, (255, 255, 255))  # a cut-out's clear parts white, not black
+            flat.paste(small, mask=small.getchannel("A"))
+            out = io.BytesIO()
+            flat.save(out, format="JPEG", quality=85)
+            found.append((key, out.getvalue()))
+    return found
+
+
+def add_product(name: str, trigger: str, category: str | None, weight: float, lora: tuple[str, bytes] | None,
+                photo: tuple[str, bytes, str] | None, photos: list[tuple[str, bytes, str]]) -> dict:
+    """POST /v1/products with the photos to keep for teaching it (`photos` parts) beside the packshot's `photo`.
+    ShowroomClient.add_product sends no `photos` yet: without them it is its request, with them its request plus
+    those parts."""
+    from frontend.client import UPLOAD_READ_S  # here: this section was added at the file's end
+
+    if not photos:
+        return client().add_product(name, trigger, category, weight, lora=lora, photo=photo)
+    data = {"name": name, "trigger": trigger, "weight": str(weight)} | ({"category": category} if category else {})
+    files = [("file", (lora[0], lora[1], "application/octet-stream"))] if lora is not None else []
+    files += ([("photo", photo)] if photo is not None else []) + [("photos", p) for p in photos]
+    return client()._call("POST", "/v1/products", read_s=UPLOAD_READ_S, data=data, files=files)

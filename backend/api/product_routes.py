@@ -14,6 +14,7 @@ from backend.errors import InvalidRequest, NotFound, PayloadTooLarge, RateLimite
 from backend.jobs.prepare import png_bytes
 from backend.lora.check import normalize_lora
 from backend.models import Product
+from backend.products.training import MAX_PHOTOS, normalize_photos
 
 router = APIRouter(prefix="/v1/products", tags=["products"], responses=V1_ERRORS)
 # The name's rule, documented; product_name() enforces it with a message that states it.
@@ -37,11 +38,15 @@ async def add_product(
     trigger: Annotated[str, Form(min_length=1, max_length=200)],
     file: Annotated[UploadFile | None, File(description="the product's LoRA, a .safetensors file")] = None,
     photo: Annotated[UploadFile | None, File(description="a packshot: cut out as in place mode")] = None,
+    photos: Annotated[list[UploadFile] | None, File(
+        description=f"up to {MAX_PHOTOS} photos of the product, kept with it (products/<name>/photos/<n>.png, "
+                    "checked and normalised as a training's) to teach it from later; they replace those it kept",
+        json_schema_extra={"maxItems": MAX_PHOTOS})] = None,
     category: Annotated[str | None, Form(max_length=64)] = None,
     weight: Annotated[float, Form(ge=-4, le=4)] = 1.0,
 ) -> Product:
-    """Add (or replace) a product: its LoRA (checked against MODEL_ID), its packshot, or both. Usable in the
-    next job, on every worker; with a packshot, `place` jobs need no upload."""
+    """Add (or replace) a product: its LoRA (checked against MODEL_ID), its packshot, or both, and the photos to
+    teach it from. Usable in the next job, on every worker; with a packshot, `place` jobs need no upload."""
     product_name(name)
     if not trigger.strip():
         raise InvalidRequest("trigger must hold the words that call up the product, e.g. 'sks bottle'")
@@ -62,6 +67,7 @@ async def add_product(
             raise InvalidRequest(str(e)) from None
         finally:
             CONVERSIONS.release()
+    kept = await kept_photos(photos, services) if photos else None  # checked before the cut-out's seconds
     if photo is not None:
         try:  # cut out before anything is stored: a photo with no product found changes nothing
             png = await read_photo(photo, services)
@@ -69,7 +75,21 @@ async def add_product(
         except ValueError as e:
             raise InvalidRequest(str(e)) from None
     product = Product(name=name, trigger=trigger.strip(), category=(category or "").strip() or None, weight=weight)
-    return await run_in_threadpool(services.catalog.add_product, product, lora, packshot)
+    return await run_in_threadpool(services.catalog.add_product, product, lora, packshot, kept)
+
+
+async def kept_photos(photos: list[UploadFile], services) -> list[bytes]:
+    """The photos to keep with a product, read and normalised as a training's, before anything is stored."""
+    if len(photos) > MAX_PHOTOS:
+        raise InvalidRequest(f"at most {MAX_PHOTOS} photos are kept with a product (a training's most), "
+                             f"got {len(photos)}")
+    limit, data = services.settings.max_upload_bytes, []
+    for n, upload in enumerate(photos, start=1):
+        content = await upload.read(limit + 1)
+        if len(content) > limit:
+            raise PayloadTooLarge(f"photo {n} ({upload.filename!r}) is larger than the limit of {limit} bytes")
+        data.append(content)
+    return await run_in_threadpool(normalize_photos, data, services.settings)
 
 
 @router.delete("/{name}", status_code=204, responses=errors((404, "no such product"), 422))

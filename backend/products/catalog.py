@@ -5,7 +5,14 @@ import logging
 from functools import lru_cache
 from pathlib import Path
 
-from backend.contract import lora_key, packshot_key, product_key
+from backend.contract import (
+    lora_key,
+    packshot_key,
+    product_folder,
+    product_key,
+    product_photo_key,
+    product_photos_prefix,
+)
 from backend.errors import Conflict, UnknownReference
 from backend.models import Product, Template
 from backend.storage import ObjectMissing, Storage, WriteConflict
@@ -67,9 +74,11 @@ class Catalog:
     def lora_exists(self, name: str) -> bool:
         return self.reader.exists(lora_key(name))
 
-    def add_product(self, product: Product, lora: bytes | None = None, packshot: bytes | None = None) -> Product:
+    def add_product(self, product: Product, lora: bytes | None = None, packshot: bytes | None = None,
+                    photos: list[bytes] | None = None) -> Product:
         """Add or replace a product. What is not given is kept from the record it replaces: a photo added
-        to a product keeps its LoRA, and a LoRA added keeps its packshot."""
+        to a product keeps its LoRA, and a LoRA added keeps its packshot. `photos` (normalised PNGs) are kept
+        to teach it from later, in place of any it kept before."""
         try:
             earlier = self.product(product.name)
         except UnknownReference:
@@ -84,15 +93,26 @@ class Catalog:
             self.storage.put(lora_key(product.name), lora, "application/octet-stream")
         if packshot is not None:
             self.storage.put(packshot_key(product.name), packshot, "image/png")
+        if photos:
+            self._keep_photos(product.name, photos)
         product = product.model_copy(update={
             "has_lora": lora is not None or bool(earlier and earlier.has_lora and self.lora_exists(product.name)),
             "packshot_key": packshot_key(product.name) if packshot is not None else (earlier and earlier.packshot_key),
             "training": earlier.training if earlier else None,
         })
         self._write(product)
-        log.info("product %s added (LoRA: %s, packshot: %s)", product.name, product.has_lora,
-                 bool(product.packshot_key))
+        log.info("product %s added (LoRA: %s, packshot: %s, photos kept: %s)", product.name, product.has_lora,
+                 bool(product.packshot_key), len(photos) if photos else "as before")
         return product
+
+    def _keep_photos(self, name: str, photos: list[bytes]) -> None:
+        """Its photos as 0.png, 1.png, ...; those an earlier version of it kept past them are removed."""
+        for n, png in enumerate(photos):
+            self.storage.put(product_photo_key(name, n), png, "image/png")
+        kept = {product_photo_key(name, n) for n in range(len(photos))}
+        for key in self.storage.list_files(product_photos_prefix(name)):
+            if key not in kept:
+                self.storage.delete(key)
 
     def update(self, name: str, *, if_training: str | None = None, **fields) -> Product:
         """Change fields of a product that exists, written over the version read: a delete meanwhile is not
@@ -125,8 +145,12 @@ class Catalog:
         try:
             self.product(name)
         except UnknownReference:
-            if not any(self.storage.exists(key) for key in keys):
+            if not any(self.storage.exists(key) for key in keys) \
+                    and not self.storage.list_files(product_photos_prefix(name)):
                 raise
         for key in keys:
             self.storage.delete(key)
+        # the photos it was added with; then the folder, whose marker an S3 store (SeaweedFS) keeps while it holds one
+        self.storage.delete_prefix(product_photos_prefix(name))
+        self.storage.delete_prefix(product_folder(name))
         log.info("product %s deleted", name)

@@ -50,6 +50,20 @@ def photo_key(training_id: str, n: int) -> str:
     return f"trainings/{training_id}/{n}.png"
 
 
+def normalize_photos(photos: list[bytes], settings) -> list[bytes]:
+    """Photos to learn from, as stored: each checked by its content and made a clean PNG, its short side at most
+    PHOTO_SHORT_SIDE. InvalidRequest names the first bad one ("photo 3: ..."). Also what a product keeps of the
+    photos it was added with (Catalog.add_product), so those pass a training's checks as they are."""
+    pngs = []
+    for n, data in enumerate(photos, start=1):
+        try:
+            pngs.append(normalize_photo(data, max_bytes=settings.max_upload_bytes,
+                                        max_pixels=settings.max_upload_pixels, max_short_side=PHOTO_SHORT_SIDE)[0])
+        except BadImage as e:
+            raise InvalidRequest(f"photo {n}: {e}") from None
+    return pngs
+
+
 class TrainingService:
     def __init__(self, settings, catalog: Catalog, store: ManifestStore, executor, native_size,
                  start_check: Callable[[str], str] | None = None):
@@ -75,14 +89,7 @@ class TrainingService:
         if not MIN_PHOTOS <= len(photos) <= MAX_PHOTOS:
             raise InvalidRequest(f"a training needs {MIN_PHOTOS} to {MAX_PHOTOS} photos of the product, "
                                  f"got {len(photos)}")
-        pngs = []
-        for n, data in enumerate(photos, start=1):
-            try:
-                pngs.append(normalize_photo(data, max_bytes=self.settings.max_upload_bytes,
-                                            max_pixels=self.settings.max_upload_pixels,
-                                            max_short_side=PHOTO_SHORT_SIDE)[0])
-            except BadImage as e:
-                raise InvalidRequest(f"photo {n}: {e}") from None
+        pngs = normalize_photos(photos, self.settings)
         training_id, stamp = new_job_id(), now()
         steps, rank = steps or DEFAULT_STEPS, rank or DEFAULT_RANK
         with self._admit:

@@ -12,7 +12,7 @@ from pathlib import PurePath
 
 import streamlit as st
 
-from backend.contract import NAME_RE
+from backend.contract import NAME_RE, TRAINING_PHOTOS
 from backend.lora.safetensors_file import LoraFormatError, read_safetensors_header
 from frontend import nav, services, uploads
 from frontend.client import BackendError
@@ -20,7 +20,8 @@ from frontend.trainings import lora_trigger, suggest_trigger
 from frontend.views import chrome, scroll
 
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-TEACH_PHOTOS = "photos_to_teach"   # product name -> the photos it was added with, for teaching it next
+# product name -> the photos it was added with in this session: what teaches it when storage keeps none of them
+TEACH_PHOTOS = "photos_to_teach"
 
 
 def draw() -> None:
@@ -154,21 +155,28 @@ def _add(typed: str, kind: str | None, trigger: str, photos: list, lora, weight:
                      "listed as its trigger words).", icon=":material/error:")
             return
     trigger = trigger or suggest_trigger(name, kind)
-    first = (photos[0].name, photos[0].getvalue(), photos[0].type or "application/octet-stream") if photos else None
+    files = [(p.name, p.getvalue(), p.type or "application/octet-stream") for p in photos]
     try:
-        with st.spinner("Cutting the product out of the first photo…" if first else "Checking the LoRA…"):
-            product = services.client().add_product(name, trigger, kind, weight,
-                                                    lora=(lora.name, lora.getvalue()) if lora else None, photo=first)
+        with st.spinner("Cutting the product out of the first photo…" if files else "Checking the LoRA…"):
+            product = services.add_product(name, trigger, kind, weight, (lora.name, lora.getvalue()) if lora else None,
+                                           files[0] if files else None, _kept(files, replacing))
     except BackendError as e:
         _refused(name, e)
         return
     services.catalog.clear()
     services.packshot.clear()  # a product added again under an old name has a new picture
+    services.added_photos.clear()  # and other photos to learn from
     st.session_state.setdefault(TEACH_PHOTOS, {})[product["name"]] = [
         (p.name, p.getvalue(), p.type or "application/octet-stream") for p in photos]
     nav.focus_product(product["name"])
     scroll.ask("product")
     st.rerun()
+
+
+def _kept(files: list[tuple[str, bytes, str]], replacing: str | None) -> list[tuple[str, bytes, str]]:
+    """The photos the backend keeps with the product, to teach it from after a reload or on another day: all of
+    them, from two up (one cannot teach it); a replace's always, so none of the product it replaces stay."""
+    return files if len(files) >= TRAINING_PHOTOS[0] or (files and replacing) else []
 
 
 def _not_a_lora(data: bytes) -> str | None:

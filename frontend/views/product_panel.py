@@ -174,14 +174,21 @@ def _teaching(product: dict) -> TrainingView | None:
 
 def _teach_form(product: dict) -> None:
     name = product["name"]
-    kept = st.session_state.get(TEACH_PHOTOS, {}).get(name) or []
+    added = _added_photos(name)  # kept in storage: there after a reload, on another day, on another device
+    kept = [] if added else st.session_state.get(TEACH_PHOTOS, {}).get(name) or []
     dropped = st.file_uploader("Photos to learn from", key="teach_upload", accept_multiple_files=True,
                                max_upload_size=uploads.photo_mb(),
                                help="2 to 40 photos of the product, from different angles and in different light.")
     photos = [(p.name, p.getvalue(), p.type or "application/octet-stream") for p in dropped or []] or kept
-    if kept and not dropped:
-        st.caption(f"The {len(kept)} photo{'s' if len(kept) != 1 else ''} you added it with will be used; "
-                   "drop others above to use those instead.")
+    with_added = bool(added) and (not dropped or st.checkbox(
+        f"Add them to the {_count(len(added))} you added it with", key="teach_with_added",
+        help="Unticked, only the photos dropped above are learnt from."))
+    if added and not dropped:
+        st.caption(f"Learns from the {_count(len(added))} you added it with: drop more above to add to them, or "
+                   "others to use instead.")
+        st.image([thumb for _, thumb in added], width=56)
+    elif kept and not dropped:
+        st.caption(f"The {_count(len(kept))} you added it with will be used; drop others above to use those instead.")
     with st.expander("Advanced"):
         steps = st.number_input("Learning steps", 10, 5000, TEACH_STEPS, step=50, key="teach_steps",
                                 help="More steps learn more detail and take longer; the rank and the picture size "
@@ -199,8 +206,8 @@ def _teach_form(product: dict) -> None:
     # The time beside the button, not in it: a label that long was cut off on a wide screen.
     st.caption(f"Takes about {minutes} minute{'s' if minutes != 1 else ''} {where}"
                + (", at the speed it learnt your last product." if measured else "."))
-    short = _photos_short(len(photos))
-    if short:  # said before the click: a reload or a later visit has no photos from when it was added
+    short = _photos_short(len(photos) + (len(added) if with_added else 0))
+    if short:  # said before the click (a product added from one photo, or before photos were kept, has none)
         st.caption(short)
     clicked = st.button("Teach Showroom this product", key="teach", type="primary", icon=":material/school:",
                         disabled=not health.can_generate or bool(short),
@@ -209,7 +216,28 @@ def _teach_form(product: dict) -> None:
                              "or before the first, estimated from the number of steps and the kind of processor; "
                              "the bar shows the real progress.")
     if clicked:
+        try:  # read on the click only: up to 40 full-size photos are not kept in the page between reruns
+            photos = photos + [(key.rsplit("/", 1)[-1], services.storage().get(key), "image/png")
+                               for key, _ in (added if with_added else [])]
+        except StorageError as e:
+            st.error(f"The photos you added it with cannot be read right now ({e}): drop them above instead.")
+            return
         _teach(name, photos, int(steps))
+
+
+def _count(n: int) -> str:
+    return f"{n} photo{'s' if n != 1 else ''}"
+
+
+def _added_photos(name: str) -> list[tuple[str, bytes]]:
+    """The photos the product was added with, kept in storage (key and thumbnail); none when storage cannot say."""
+    url = services.settings().storage_url
+    if not url:
+        return []
+    try:
+        return services.added_photos(url, name)
+    except (StorageError, OSError):  # OSError: a kept photo Pillow cannot read back; teaching asks for others
+        return []
 
 
 def _photos_short(count: int) -> str | None:
