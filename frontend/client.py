@@ -104,14 +104,13 @@ class ShowroomClient:
         self._send("DELETE", f"/v1/jobs/{job_id}")
 
     def add_product(self, name: str, trigger: str, category: str | None, weight: float = 1.0,
-                    lora: tuple[str, bytes] | None = None, photo: tuple[str, bytes, str] | None = None) -> dict:
-        """A product from its LoRA, a photo of it (cut out by the backend into its packshot), or both."""
+                    lora: tuple[str, bytes] | None = None, photo: tuple[str, bytes, str] | None = None,
+                    photos: list[tuple[str, bytes, str]] | None = None) -> dict:
+        """A product from its LoRA, a photo of it (cut out by the backend into its packshot), or both; `photos`:
+        the photos it keeps to learn from later (`photos` parts)."""
         data = {"name": name, "trigger": trigger, "weight": str(weight)} | ({"category": category} if category else {})
-        files = {}
-        if lora is not None:
-            files["file"] = (lora[0], lora[1], "application/octet-stream")
-        if photo is not None:
-            files["photo"] = photo
+        files = [("file", (lora[0], lora[1], "application/octet-stream"))] if lora is not None else []
+        files += ([("photo", photo)] if photo is not None else []) + [("photos", p) for p in photos or []]
         return self._call("POST", "/v1/products", read_s=UPLOAD_READ_S, data=data, files=files)
 
     def delete_product(self, name: str) -> None:

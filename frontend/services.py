@@ -424,18 +424,3 @@ def added_photos(storage_url: str, product: str) -> list[tuple[str, bytes]]:
             flat.save(out, format="JPEG", quality=85)
             found.append((key, out.getvalue()))
     return found
-
-
-def add_product(name: str, trigger: str, category: str | None, weight: float, lora: tuple[str, bytes] | None,
-                photo: tuple[str, bytes, str] | None, photos: list[tuple[str, bytes, str]]) -> dict:
-    """POST /v1/products with the photos to keep for teaching it (`photos` parts) beside the packshot's `photo`.
-    ShowroomClient.add_product sends no `photos` yet: without them it is its request, with them its request plus
-    those parts."""
-    from frontend.client import UPLOAD_READ_S  # here: this section was added at the file's end
-
-    if not photos:
-        return client().add_product(name, trigger, category, weight, lora=lora, photo=photo)
-    data = {"name": name, "trigger": trigger, "weight": str(weight)} | ({"category": category} if category else {})
-    files = [("file", (lora[0], lora[1], "application/octet-stream"))] if lora is not None else []
-    files += ([("photo", photo)] if photo is not None else []) + [("photos", p) for p in photos]
-    return client()._call("POST", "/v1/products", read_s=UPLOAD_READ_S, data=data, files=files)

@@ -50,7 +50,10 @@ def _name_field(offline: bool) -> tuple[str, dict | None, bool]:
                                "words (shown below). It is how you pick the product later.")
     name = stored_name(typed)
     existing = None if offline or not name else _existing(name, _products())
-    return typed, existing, _name_said(typed, name, existing)
+    # Always there, empty or not: what it holds appears once a name is typed, and an element put before the form
+    # moved it in the page, so the browser drew the form anew and dropped the photos just chosen in it.
+    with st.container(key="add-name-said"):
+        return typed, existing, _name_said(typed, name, existing)
 
 
 def _fields(disabled: bool) -> tuple:
@@ -158,8 +161,9 @@ def _add(typed: str, kind: str | None, trigger: str, photos: list, lora, weight:
     files = [(p.name, p.getvalue(), p.type or "application/octet-stream") for p in photos]
     try:
         with st.spinner("Cutting the product out of the first photo…" if files else "Checking the LoRA…"):
-            product = services.add_product(name, trigger, kind, weight, (lora.name, lora.getvalue()) if lora else None,
-                                           files[0] if files else None, _kept(files, replacing))
+            product = services.client().add_product(name, trigger, kind, weight,
+                                                    lora=(lora.name, lora.getvalue()) if lora else None,
+                                                    photo=files[0] if files else None, photos=_kept(files, replacing))
     except BackendError as e:
         _refused(name, e)
         return

@@ -44,12 +44,12 @@ def draw() -> None:
 
 
 def _gone(name: str) -> None:
-    """A link (or this session) names a product there is no longer: said, not silently replaced by the form.
-    The name matched NAME_RE, so it is plain letters, digits, '-' and '_'."""
+    """A link (or this session) names a product there is no longer: said, not silently replaced by the form. The
+    link stays as it was (it is the page asked for); this session forgets the product, so the Products page opened
+    later, without the link, shows the form alone. The name matched NAME_RE: plain letters, digits, '-' and '_'."""
     st.info(f"**There is no product named {name} now**: it may have been deleted. Add it again below, or open "
             "one from the list.", icon=":material/search_off:")
     st.session_state.pop("open_product", None)
-    st.query_params.pop("product", None)
 
 
 def open_product() -> str | None:

@@ -305,7 +305,7 @@ def test_a_link_to_a_product_deleted_since_says_so_and_offers_the_form(backend, 
     at = products_page(open_app, backend, product=name)
     said = " ".join(i.value for i in at.info)
     assert f"**There is no product named {name} now**: it may have been deleted." in said, page_text(at)
-    assert "product" not in at.query_params, "the dead link is not kept for the next reload"
+    assert "open_product" not in at.session_state, "the Products page opened later shows the form alone"
     assert at.text_input(key="add_name"), "the form, to add it again"
 
     def unreadable():
