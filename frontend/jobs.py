@@ -5,8 +5,10 @@ object is listed, even if the manifest saying so is still being written.
 """
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from itertools import islice
 
 from backend.contract import (
     INDEX_BUILT,
@@ -252,6 +254,23 @@ def recent_jobs(storage: Storage, limit: int, before: str | None = None, product
             more = next(ids, None) is not None
             return JobPage(found, job_id if more else None)
     return JobPage(found, None)
+
+
+def newest_finished(storage: Storage, scan: int, readers: int = 8) -> list[JobView]:
+    """The wholly finished jobs among the newest `scan`, newest first: a bounded look (History's reader may read
+    400 manifests to fill a filtered page), their manifests read `readers` at a time."""
+    ids = list(islice(_newest_ids(storage, None), scan))
+
+    def read(job_id: str) -> JobView | None:
+        try:
+            manifest = read_manifest(storage, job_id)
+            return job_view(manifest) if manifest is not None else None
+        except StorageError:
+            return None  # one unreadable job does not hide the others
+
+    with ThreadPoolExecutor(max_workers=max(1, min(readers, len(ids)))) as pool:
+        views = list(pool.map(read, ids))
+    return [v for v in views if v is not None and v.status == "succeeded"]
 
 
 def _newest_ids(storage: Storage, before: str | None):

@@ -16,7 +16,7 @@ from backend.contract import lora_key
 from backend.storage import Storage, StorageError, open_storage
 from frontend import downloads, placement, speed
 from frontend.client import BackendError, BackendOffline, ShowroomClient
-from frontend.jobs import JobPage, JobView, recent_jobs
+from frontend.jobs import JobPage, JobView, newest_finished, recent_jobs
 from frontend.settings import Settings, load_settings
 from frontend.speed import Speed
 from frontend.trainings import TrainingView, load_training
@@ -238,8 +238,8 @@ def generator_speed(mode: str | None) -> Speed | None:
 
 @st.cache_data(ttl=300, show_spinner=False)
 def _measured_jobs(storage_url: str) -> list[JobView]:
-    """The jobs a speed is measured on: a speed moves slowly, and each look reads their manifests one by one."""
-    return recent_jobs(storage(), speed.RECENT + 4, status="succeeded").jobs
+    """The jobs a speed is measured on: the finished ones among the newest few dozen (a speed moves slowly)."""
+    return newest_finished(storage(), speed.SCAN)
 
 
 @st.cache_data(ttl=60, show_spinner=False)

@@ -15,6 +15,7 @@ from backend.contract import job_cost
 from frontend.jobs import JobView, parse_time
 
 RECENT = 20    # finished jobs a speed is measured on: recent enough to be this model and box
+SCAN = 32      # the newest jobs looked at for them (failed and canceled ones are passed over, not read past)
 MIN_JOBS = 2   # fewer say too little (the first after a start pays for loading a LoRA)
 
 

@@ -80,3 +80,25 @@ def test_prices_and_durations_read_as_estimates():
                                                 (None, None)])
 def test_gpu_hour_price_is_dollars_or_nothing(value, dollars):
     assert _price(value) == dollars
+
+
+def test_the_jobs_measured_are_the_finished_among_the_newest_few(tmp_path):
+    """A bounded look: failed and canceled jobs are passed over, never read past (History's reader may go on for
+    400 manifests to fill a filtered page)."""
+    import json
+    import uuid
+
+    from backend.storage import LocalStorage
+    from frontend.jobs import newest_finished
+
+    storage = LocalStorage(tmp_path)
+    ids = sorted(uuid.uuid4().hex for _ in range(speed.SCAN + 6))
+    statuses = ["succeeded"] * 8 + ["failed", "canceled"] * (speed.SCAN // 2 - 2) + ["succeeded"] * 2
+    for job_id, status in zip(ids, statuses, strict=True):
+        manifest = {"id": job_id, "status": status, "created_at": T0, "updated_at": T0, "spec": {"prompt": "p"},
+                    "images": [{"index": 0, "key": f"jobs/{job_id}/0.png", "seed": 1, "status": status}]}
+        storage.put(f"jobs/{job_id}/job.json", json.dumps(manifest).encode(), "application/json")
+    storage.put(f"jobs/{'f' * 32}/job.json", b"not json", "application/json")  # the newest, unreadable: passed over
+    found = newest_finished(storage, speed.SCAN)
+    # the newest 32: the unreadable one and ids[7:], whose finished are ids[7] (the window's oldest) and the two newest
+    assert [j.id for j in found] == [ids[-1], ids[-2], ids[7]], "newest first, the newest SCAN only"
