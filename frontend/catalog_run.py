@@ -17,6 +17,7 @@ from frontend.client import BackendError, BackendOffline, ShowroomClient
 from frontend.cost import DEFAULT_MAX_JOB_COST, STANDARD_STEPS, amount, job_cost
 from frontend.jobs import JobView, is_job_id, load_job
 from frontend.reuse import variation
+from frontend.speed import work
 
 MAX_BATCH = 50          # the most specs POST /v1/batches takes at once
 MAX_RUN_JOBS = 400      # the most job ids a run link carries (33 characters each in the URL)
@@ -32,6 +33,7 @@ class Entry:
     style: str          # the style's name, as the page shows it
     spec: dict
     cost: float
+    work: float | None = None   # what it asks of the GPU, unfloored (speed.work): what its time is estimated from
 
     @property
     def label(self) -> str:
@@ -53,6 +55,10 @@ class Plan:
     @property
     def cost(self) -> float:
         return round(sum(e.cost for e in self.entries), 2)
+
+    @property
+    def work(self) -> float:
+        return sum(e.cost if e.work is None else e.work for e in self.entries)
 
     @property
     def batches(self) -> int:
@@ -112,7 +118,8 @@ def plan(products: list[dict], templates: list[dict], num_images: int, width: in
             if steps:
                 spec["steps"] = int(steps)
             entries.append(Entry(product["name"], template.get("name") or template["id"], spec,
-                                 job_cost(width, height, job_steps, num_images)))
+                                 job_cost(width, height, job_steps, num_images),
+                                 work(width, height, job_steps, num_images)))
     return Plan(entries)
 
 

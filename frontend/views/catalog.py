@@ -159,7 +159,7 @@ def _estimate(plan: Plan) -> str:
     if not (measured := services.generator_speed(plan.entries[0].spec.get("mode"))):
         return ""
     hour_price = services.settings().gpu_hour_price
-    return f" ({speed.estimate(measured, plan.cost, plan.images, services.current_health().workers, hour_price)})"
+    return f" ({speed.estimate(measured, plan.work, plan.images, services.current_health().workers, hour_price)})"
 
 
 def _not_learnt(unlearnt: list[dict], picked: list[dict], chosen: list[dict], exact: bool) -> None:

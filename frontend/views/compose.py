@@ -187,7 +187,8 @@ def _cost_line(mode: str, health: services.Health) -> None:
     estimate = ""
     if measured := services.generator_speed(mode):
         hour_price = services.settings().gpu_hour_price
-        estimate = f" · {speed.estimate(measured, total, count, health.workers, hour_price)}"
+        asked = speed.work(width, height, steps, count)
+        estimate = f" · {speed.estimate(measured, asked, count, health.workers, hour_price)}"
         why += " " + speed.basis(measured, hour_price)
     st.markdown(f'<span class="sr-meta" id="job-cost">{count} picture{"s" if count != 1 else ""} of {width} x {height} '
                 f"at {steps} steps: {cost.amount(total)} of work{estimate}</span>", unsafe_allow_html=True, help=why)

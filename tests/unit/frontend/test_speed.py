@@ -59,10 +59,10 @@ def test_the_speed_is_the_median_of_recent_jobs_of_the_mode_when_there_are_enoug
 
 def test_a_jobs_time_is_shared_by_the_workers_its_pictures_spread_over():
     s = speed.Speed(2.0, 5, None)
-    assert speed.wall_seconds(s, work=4, num_images=4, workers=1) == 8
-    assert speed.wall_seconds(s, work=4, num_images=4, workers=4) == 2
-    assert speed.wall_seconds(s, work=4, num_images=1, workers=4) == 8, "one picture runs on one worker"
-    assert speed.wall_seconds(s, work=4, num_images=4, workers=0) == 8, "no worker yet: as if one"
+    assert speed.wall_seconds(s, asked=4, num_images=4, workers=1) == 8
+    assert speed.wall_seconds(s, asked=4, num_images=4, workers=4) == 2
+    assert speed.wall_seconds(s, asked=4, num_images=1, workers=4) == 8, "one picture runs on one worker"
+    assert speed.wall_seconds(s, asked=4, num_images=4, workers=0) == 8, "no worker yet: as if one"
 
 
 def test_prices_and_durations_read_as_estimates():
@@ -102,3 +102,11 @@ def test_the_jobs_measured_are_the_finished_among_the_newest_few(tmp_path):
     found = newest_finished(storage, speed.SCAN)
     # the newest 32: the unreadable one and ids[7:], whose finished are ids[7] (the window's oldest) and the two newest
     assert [j.id for j in found] == [ids[-1], ids[-2], ids[7]], "newest first, the newest SCAN only"
+
+
+def test_a_small_or_short_picture_asks_less_than_a_standard_one():
+    """The queue counts any picture as at least one standard one; its time is not: a speed measured on 64 x 64
+    pictures, or on 20 steps, is told by what they really ask."""
+    assert speed.work(512, 512, 30, 4) == 4 and speed.work(1024, 1024, 30, 1) == 4
+    assert speed.work(64, 64, 30, 1) == pytest.approx(1 / 64) and speed.work(512, 512, 15, 2) == 1
+    assert speed.per_picture(job([("0", 0, 1)], width=256, height=256)) == pytest.approx(4.0)
