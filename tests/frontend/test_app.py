@@ -139,8 +139,10 @@ def test_cancel_button_stops_the_job_and_the_header_says_so(backend, open_app):
     blocker = backend.submit(BLOCKER)  # both workers busy with its two batches: the job below waits in the queue
     job = backend.submit(BLOCKER)
     try:
-        at = open_app(frontend_env(backend), job=job["id"])
-        assert _queued(at) == 16, page_text(at)
+        # Both its batches are taken up once both workers are free: one may still be reporting the last test's
+        # picture (its object lands before its worker is free), and the header reads /health at most every 5 s.
+        at = run_until(open_app(frontend_env(backend), job=job["id"]), lambda a: _queued(a) == 16, timeout=60,
+                       what="only the job waiting, the blocker on both workers")
         at.button(key="cancel-job").click().run()
         assert_no_exception(at)
         assert _queued(at) == 0, ("the header's count read again, not kept from before the cancel", page_text(at))
