@@ -52,6 +52,11 @@ def canvas_size(aspect: str, native: int) -> tuple[int, int]:
     return _canvas(*ASPECTS[aspect], native)
 
 
+def preset_for(width: int, height: int, native: int) -> str | None:
+    """The Shape preset that gives exactly this size, or None (a custom size)."""
+    return next((a for a in ASPECTS if canvas_size(a, native) == (width, height)), None)
+
+
 def drawable(width, height) -> bool:
     """A size a preview can be drawn at: the contract's range (a size typed outside it is refused, not drawn)."""
     return all(isinstance(v, (int, float)) and MIN_SIDE <= v <= MAX_SIDE for v in (width, height))

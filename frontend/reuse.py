@@ -64,7 +64,7 @@ def form_values(spec: dict, trigger: str | None, native: int, images: int | None
         "width": width, "height": height,
         "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED else None,
         "strength": _clamp(_number(spec.get("strength"), 0.5), 0.0, 1.0),
-        "mode": mode if mode in placement.MODES else "generate", "aspect": _aspect(width, height, native),
+        "mode": mode if mode in placement.MODES else "generate", "aspect": placement.preset_for(width, height, native),
         "shadow": bool(spec.get("shadow", True)), "harmonize": bool(spec.get("harmonize", True)),
         "reflection": _clamp(_number(spec.get("reflection"), 0.0), 0.0, 0.8),
     }
@@ -151,11 +151,6 @@ def variation(view: JobView, trigger: str | None) -> dict:
 
 def nearest_preset(x: float, y: float) -> str:
     return min(placement.PRESETS, key=lambda p: (placement.PRESETS[p].x - x) ** 2 + (placement.PRESETS[p].y - y) ** 2)
-
-
-def _aspect(width: int, height: int, native: int) -> str | None:
-    """The canvas preset that gives exactly this size, or None (a custom size)."""
-    return next((a for a in placement.ASPECTS if placement.canvas_size(a, native) == (width, height)), None)
 
 
 def _number(value, default: float) -> float:

@@ -12,7 +12,7 @@ import uuid
 import streamlit as st
 
 from backend.storage import StorageError
-from frontend import cost, nav, reuse, services, speed, uploads
+from frontend import catalog_run, cost, nav, placement, reuse, services, speed, uploads
 from frontend.client import BackendError, BackendOffline
 from frontend.jobs import is_job_id
 from frontend.placement import PRESETS
@@ -153,8 +153,9 @@ def _compose(catalog: dict, health: services.Health) -> None:
         _submit(choice)
 
 
-SETTING_RANGES = {"steps": ("Steps", 1, 150), "guidance": ("Follow the prompt", 0.0, 30.0),
-                  "width": ("Width", 64, 2048), "height": ("Height", 64, 2048), "seed": ("Seed", 0, MAX_SEED)}
+SIDES = (placement.MIN_SIDE, placement.MAX_SIDE)
+SETTING_RANGES = {"steps": ("Steps", *catalog_run.STEPS), "guidance": ("Follow the prompt", 0.0, 30.0),
+                  "width": ("Width", *SIDES), "height": ("Height", *SIDES), "seed": ("Seed", 0, MAX_SEED)}
 
 
 def _settings_problem() -> str | None:

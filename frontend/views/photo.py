@@ -70,7 +70,7 @@ def _shape_of_photo(upload: tuple[str, bytes, str], native: int) -> None:
     if size is None:
         return
     st.session_state["width"], st.session_state["height"] = size
-    st.session_state["aspect"] = next((a for a in ASPECTS if placement.canvas_size(a, native) == size), None)
+    st.session_state["aspect"] = placement.preset_for(*size, native)
     st.session_state[PHOTO_SHAPE] = (digest, *size)
 
 
