@@ -242,11 +242,7 @@ def recent_jobs(storage: Storage, limit: int, before: str | None = None, product
     ids = _newest_ids(storage, before)  # a generator: read a page at a time, only as far as needed
     found: list[JobView] = []
     for scanned, job_id in enumerate(ids, start=1):
-        try:
-            manifest = read_manifest(storage, job_id)
-            view = job_view(manifest) if manifest is not None else None
-        except StorageError:
-            view = None  # one unreadable job does not hide the others
+        view = _view_or_none(storage, job_id)
         if view is not None and (product is None or view.product == product) and (
                 status is None or view.status in STATUS_FILTERS[status]):
             found.append(view)
@@ -260,17 +256,19 @@ def newest_finished(storage: Storage, scan: int, readers: int = 8) -> list[JobVi
     """The wholly finished jobs among the newest `scan`, newest first: a bounded look (History's reader may read
     400 manifests to fill a filtered page), their manifests read `readers` at a time."""
     ids = list(islice(_newest_ids(storage, None), scan))
-
-    def read(job_id: str) -> JobView | None:
-        try:
-            manifest = read_manifest(storage, job_id)
-            return job_view(manifest) if manifest is not None else None
-        except StorageError:
-            return None  # one unreadable job does not hide the others
-
     with ThreadPoolExecutor(max_workers=max(1, min(readers, len(ids)))) as pool:
-        views = list(pool.map(read, ids))
+        views = list(pool.map(lambda job_id: _view_or_none(storage, job_id), ids))
     return [v for v in views if v is not None and v.status == "succeeded"]
+
+
+def _view_or_none(storage: Storage, job_id: str) -> JobView | None:
+    """The job as a list shows it; None when it has no manifest or it cannot be read: one unreadable job does not
+    hide the others."""
+    try:
+        manifest = read_manifest(storage, job_id)
+        return job_view(manifest) if manifest is not None else None
+    except StorageError:
+        return None
 
 
 def _newest_ids(storage: Storage, before: str | None):
